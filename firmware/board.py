@@ -1,0 +1,343 @@
+"""Sans-I/O board core: feed(bytes, now_ms) -> bytes; tick(now_ms) -> bytes.
+
+The same core runs in the simulator (CPython, firmware/sim.py) and on MicroPython boards
+(firmware/main.py); ports only move bytes and read the clock.
+
+Rules it keeps:
+- HELLO is announced at boot with a random boot id, so a reset is visible to the host.
+- A corrupt frame is dropped and counted, never acted on (firmware/link/frame.py).
+- A repeated request seq is answered from the reply cache, so a retried SA_ADD is applied
+  once. Data-path requests (FLAG_NOCACHE) are never retried and not cached.
+- Fail closed: when the host has been silent for longer than the profile's
+  host_silence_ms, the SAD is flushed and a FLUSHED event sent (RFC 7296 §2.4: no SA may
+  outlive the processor that keeps its peer's state in step).
+- UNKNOWN_SPI events are aggregated and rate limited by a token bucket, so an ESP flood
+  with random SPIs cannot saturate the link.
+"""
+from firmware.link import frame as fr
+from firmware.link import messages as m
+from firmware.sad import Sad, SaRecord
+
+FW_VERSION = "0.1.0"
+
+DEFAULT_PROFILE = {
+    "board_id": "sim",
+    "max_sas": 64,
+    "max_frame": 4096,
+    "max_batch": 32,
+    "host_silence_ms": 3000,
+    "reply_cache": 32,
+    "unknown_spi_rate": 10,     # events per second
+    "unknown_spi_burst": 5,
+}
+
+
+def profile_value(profile, key):
+    v = profile.get(key)
+    return DEFAULT_PROFILE[key] if v is None else v
+
+
+class TokenBucket:
+    """Rate limiter: `rate` tokens per second, at most `burst` banked (times in ms)."""
+
+    def __init__(self, rate, burst, now):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+
+    def take(self, now):
+        dt = now - self.at
+        if dt > 0:
+            self.tokens = min(self.burst, self.tokens + dt * self.rate / 1000)
+            self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def ready_at(self):
+        """Earliest time (ms) at which take() can succeed."""
+        if self.tokens >= 1 or self.rate <= 0:
+            return self.at
+        return self.at + int((1 - self.tokens) * 1000 / self.rate) + 1
+
+
+class ReplyCache:
+    """The last few replies by request seq (RFC-style at-most-once execution for retries)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.replies = {}
+        self.order = []
+
+    def get(self, seq, type):
+        hit = self.replies.get(seq)
+        if hit is not None and hit[0] == type:
+            return hit[1]
+        return None
+
+    def put(self, seq, type, wire):
+        if seq not in self.replies:
+            self.order.append(seq)
+            if len(self.order) > self.size:
+                del self.replies[self.order.pop(0)]
+        self.replies[seq] = (type, wire)
+
+    def clear(self):
+        self.replies = {}
+        self.order = []
+
+
+class Board:
+    def __init__(self, profile=None, now=0, random_bytes=None, reset_cause=m.RESET_POWER_ON,
+                 sa_factory=None, transforms=None, features=0):
+        """profile: dict (board.json / boards/*.toml [board] table); now: ms; random_bytes(n)."""
+        self.profile = profile or {}
+        p = self.profile
+        if random_bytes is None:
+            import os
+            random_bytes = os.urandom
+        self.random_bytes = random_bytes
+        self.boot_id = bytes(random_bytes(8))
+        self.reset_cause = reset_cause
+        self.boot_ms = now
+        self.last_host_ms = now
+        self.max_frame = profile_value(p, "max_frame")
+        self.max_batch = profile_value(p, "max_batch")
+        self.host_silence_ms = profile_value(p, "host_silence_ms")
+        self.sad = Sad(profile_value(p, "max_sas"), sa_factory or SaRecord)
+        self.decoder = fr.FrameDecoder(self.max_frame)
+        self.cache = ReplyCache(profile_value(p, "reply_cache"))
+        self.session = None
+        self.transforms = transforms or []
+        self.features = features
+        self.event_seq = 0
+        self.flushes = 0
+        self.out = bytearray()
+        self.reset_requested = False
+        self.counters = {"requests": 0, "replies_from_cache": 0, "bad_requests": 0,
+                         "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
+                         "unknown_spi_suppressed": 0, "host_silence_flushes": 0}
+        self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
+        self._unknown_suppressed = 0
+        self._unknown_bucket = TokenBucket(profile_value(p, "unknown_spi_rate"),
+                                           profile_value(p, "unknown_spi_burst"), now)
+        self.out += b"\x00"  # flush whatever a half-sent frame left in the host's decoder
+        self._event(m.HELLO, self.hello().encode())
+
+    # ---- public verbs ---------------------------------------------------------------------
+    def feed(self, data, now):
+        """Bytes from the host; returns bytes to send back."""
+        for f in self.decoder.feed(data):
+            self.last_host_ms = now
+            self._request(f, now)
+        return self.tick(now)
+
+    def tick(self, now):
+        """Timers: host-silence flush, pending events. Returns bytes to send."""
+        if self.host_silence_ms and now - self.last_host_ms > self.host_silence_ms and len(self.sad):
+            removed = self.sad.flush()
+            self.flushes += 1
+            self.counters["host_silence_flushes"] += 1
+            self._event(m.EV_FLUSHED, m.Flushed(m.FLUSH_HOST_SILENCE, removed, self.sad.gen).encode())
+        if self._unknown and self._unknown_bucket.take(now):
+            self._emit_unknown_spi()
+        out = self.out
+        if out:
+            self.out = bytearray()
+            return bytes(out)
+        return b""
+
+    def next_deadline(self):
+        """Earliest ms at which tick() has work, or None: lets a port sleep."""
+        t = None
+        if self.host_silence_ms and len(self.sad):
+            t = self.last_host_ms + self.host_silence_ms + 1
+        if self._unknown:
+            u = self._unknown_bucket.ready_at()
+            t = u if t is None or u < t else t
+        return t
+
+    def hello(self):
+        return m.Hello(self.boot_id, self.profile.get("board_id", "sim"), FW_VERSION, self.reset_cause,
+                       self.sad.max_sas, self.max_frame, self.max_batch, self.host_silence_ms,
+                       self.features, self.transforms, self.cache.size)
+
+    def uptime(self, now):
+        return now - self.boot_ms
+
+    def note_unknown_spi(self, spi, src):
+        """The ESP path saw a packet for an SPI we do not have (reported to the host)."""
+        self.counters["unknown_spi_packets"] += 1
+        key = (spi, src)
+        n = self._unknown.get(key)
+        if n is not None:
+            self._unknown[key] = n + 1
+        elif len(self._unknown) < m.UnknownSpi.MAX_ENTRIES:
+            self._unknown[key] = 1
+        else:
+            self._unknown_suppressed += 1
+            self.counters["unknown_spi_suppressed"] += 1
+
+    # ---- internals ------------------------------------------------------------------------
+    def _send(self, type, seq, flags, body):
+        wire = fr.encode(type, seq, flags, body)
+        self.out += wire
+        return wire
+
+    def _event(self, type, body):
+        self.counters["events"] += 1
+        self.event_seq = (self.event_seq + 1) & 0xFFFF
+        self._send(type, self.event_seq, fr.FLAG_EVENT, body)
+
+    def _emit_unknown_spi(self):
+        entries = [(k[0], k[1], n) for k, n in self._unknown.items()]
+        ev = m.UnknownSpi(entries, self._unknown_suppressed)
+        self._unknown = {}
+        self._unknown_suppressed = 0
+        self._event(m.EV_UNKNOWN_SPI, ev.encode())
+
+    def _request(self, f, now):
+        if f.flags & (fr.FLAG_REPLY | fr.FLAG_EVENT):
+            self.counters["bad_requests"] += 1
+            return
+        self.counters["requests"] += 1
+        nocache = f.flags & fr.FLAG_NOCACHE
+        if not nocache:
+            wire = self.cache.get(f.seq, f.type)
+            if wire is not None:
+                self.counters["replies_from_cache"] += 1
+                self.out += wire
+                return
+        handler = HANDLERS.get(f.type)
+        if handler is None:
+            self.counters["unknown_types"] += 1
+            body = bytes((m.UNSUPPORTED,))
+        else:
+            try:
+                body = handler(self, f.body, now)
+            except m.UnsupportedAttribute:
+                self.counters["bad_requests"] += 1
+                body = bytes((m.UNSUPPORTED,))
+            except m.MessageError:
+                self.counters["bad_requests"] += 1
+                body = bytes((m.BAD_REQUEST,))
+        if len(body) + fr.MIN_FRAME > self.max_frame:
+            body = bytes((m.TOO_BIG,))
+        wire = self._send(f.type, f.seq, fr.FLAG_REPLY | nocache, body)
+        if not nocache:
+            self.cache.put(f.seq, f.type, wire)
+
+    def _hello(self, body, now):
+        session = m.decode_hello_request(body)
+        if session != self.session:
+            # A new host session: seqs from an earlier session must not hit old replies.
+            self.session = session
+            self.cache.clear()
+        return bytes((m.OK,)) + self.hello().encode()
+
+    def _heartbeat(self, body, now):
+        if body:
+            raise m.MessageError("heartbeat has no body")
+        ack = m.HeartbeatAck(self.boot_id, self.uptime(now), len(self.sad), self.sad.gen,
+                             self.flushes, self.decoder.dropped())
+        return bytes((m.OK,)) + ack.encode()
+
+    def _sad_reply(self, status, removed=0):
+        return m.SadReply(status, self.sad.gen, len(self.sad), removed).encode()
+
+    def _sa_add(self, body, now):
+        st = self.sad.add(m.SaSpec.decode(body))
+        self._count_sad("sa_add", st)
+        return self._sad_reply(st)
+
+    def _sa_del(self, body, now):
+        spi, direction = m.decode_sa_ref(body)
+        st = self.sad.delete(spi, direction)
+        self._count_sad("sa_del", st)
+        return self._sad_reply(st)
+
+    def _count_sad(self, what, status):
+        # Lets a test prove that retried requests were applied once: a re-executed SA_ADD
+        # would show as "exists", a re-executed SA_DEL as "not_found".
+        key = what + "_" + m.STATUS_NAMES.get(status, "other").lower()
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def _sa_flush(self, body, now):
+        if body:
+            raise m.MessageError("flush has no body")
+        return self._sad_reply(m.OK, self.sad.flush())
+
+    def _sa_stats(self, body, now):
+        start, limit = m.decode_stats_request(body)
+        recs = self.sad.records()
+        room = (self.max_frame - fr.MIN_FRAME - 5) // m.SaStats.SIZE
+        page = [r.stats() for r in recs[start:start + min(limit, room)]]
+        return m.StatsReply(m.OK, len(recs), page).encode()
+
+    def _encrypt(self, body, now):
+        items = m.decode_encrypt_request(body, self.max_batch)
+        out = []
+        for spi, pkt in items:
+            rec = self.sad.get(spi, m.DIR_OUT)
+            if rec is None:
+                out.append((m.P_UNKNOWN_SPI, b""))
+                continue
+            out.append(rec.encrypt(pkt))
+            self._expiry(rec)
+        return m.encode_encrypt_reply(out)
+
+    def _decrypt(self, body, now):
+        items = m.decode_decrypt_request(body, self.max_batch)
+        out = []
+        for src, pkt in items:
+            st, spi, inner = self._decrypt_one(src, pkt)
+            out.append((st, spi, inner))
+        return m.encode_decrypt_reply(out)
+
+    def _decrypt_one(self, src, pkt):
+        """Hook for the ESP engine (RFC 3948 classification, SPI lookup, RFC 4303 §3.4)."""
+        if len(pkt) < 8:
+            return m.P_MALFORMED, 0, b""
+        spi = int.from_bytes(pkt[0:4], "big")
+        rec = self.sad.get(spi, m.DIR_IN)
+        if rec is None:
+            self.note_unknown_spi(spi, src)
+            return m.P_UNKNOWN_SPI, spi, b""
+        st, inner = rec.decrypt(pkt)
+        self._expiry(rec)
+        return st, spi, inner
+
+    def _expiry(self, rec):
+        for hard, reason in rec.pop_expiry():
+            s = rec.spec
+            self._event(m.EV_SA_EXPIRE, m.SaExpire(s.spi, s.direction, hard, reason, s.reqid).encode())
+
+    def _reset(self, body, now):
+        self.reset_requested = True
+        return bytes((m.OK,))
+
+    def _counters(self, body, now):
+        items = []
+        for k in sorted(self.decoder.counters):
+            items.append(("link_" + k, self.decoder.counters[k]))
+        for k in sorted(self.counters):
+            items.append((k, self.counters[k]))
+        items.append(("sa_count", len(self.sad)))
+        items.append(("sad_gen", self.sad.gen))
+        return m.encode_counters_reply(items)
+
+
+HANDLERS = {
+    m.HELLO: Board._hello,
+    m.HEARTBEAT: Board._heartbeat,
+    m.SA_ADD: Board._sa_add,
+    m.SA_DEL: Board._sa_del,
+    m.SA_FLUSH: Board._sa_flush,
+    m.SA_STATS: Board._sa_stats,
+    m.ENCRYPT: Board._encrypt,
+    m.DECRYPT: Board._decrypt,
+    m.RESET: Board._reset,
+    m.COUNTERS: Board._counters,
+}

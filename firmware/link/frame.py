@@ -1,0 +1,149 @@
+"""Link frames: header, CRC-32 and COBS on a 0x00-delimited byte stream.
+
+Decoded frame layout (all integers big-endian except the CRC):
+
+    version(1) type(1) flags(1) seq(2) body(...) [tag(16) if FLAG_AUTH] crc32(4, little-endian)
+
+The CRC (binascii.crc32, IEEE 802.3) covers everything before it. On the wire a frame is
+0x00 COBS(frame) 0x00: the leading delimiter costs one byte and means a lost or corrupted
+delimiter loses one frame, not two. Empty blocks between delimiters are ignored.
+
+A frame with a bad CRC, broken COBS, a foreign version, an oversize length or an
+authentication tag we cannot check is dropped and counted, never acted on; the decoder
+resynchronises on the next 0x00.
+"""
+import binascii
+import struct
+
+from firmware.link import cobs
+
+VERSION = 1
+HEADER_FMT = ">BBBH"  # MicroPython has no struct.Struct
+HEADER_LEN = 5
+CRC_LEN = 4
+TAG_LEN = 16
+
+FLAG_REPLY = 0x01    # answer to the request with the same seq
+FLAG_EVENT = 0x02    # unsolicited, board to host; seq is the board's event counter
+FLAG_NOCACHE = 0x04  # data-path request: never retried, so the board keeps no reply for it
+FLAG_AUTH = 0x80     # reserved: a link-key tag precedes the CRC (per-board key, provisioned at flash)
+
+DEFAULT_MAX_FRAME = 4096  # decoded bytes, header to CRC inclusive
+MIN_FRAME = HEADER_LEN + CRC_LEN
+
+
+class Frame:
+    """One decoded link frame."""
+
+    def __init__(self, type, seq, flags=0, body=b""):
+        self.type = type
+        self.seq = seq
+        self.flags = flags
+        self.body = body
+
+    def __repr__(self):
+        return "Frame(type=0x%02x, seq=%d, flags=0x%02x, body=%d bytes)" % (
+            self.type, self.seq, self.flags, len(self.body))
+
+    def __eq__(self, other):
+        return (isinstance(other, Frame) and self.type == other.type and self.seq == other.seq
+                and self.flags == other.flags and bytes(self.body) == bytes(other.body))
+
+
+def pack(type, seq, flags=0, body=b""):
+    """The decoded frame bytes (header, body, CRC) without COBS."""
+    raw = struct.pack(HEADER_FMT, VERSION, type, flags, seq & 0xFFFF) + bytes(body)
+    return raw + struct.pack("<I", binascii.crc32(raw) & 0xFFFFFFFF)
+
+
+def encode(type, seq, flags=0, body=b""):
+    """A frame ready for the wire: 0x00 COBS(header body crc) 0x00."""
+    return b"\x00" + cobs.encode(pack(type, seq, flags, body)) + b"\x00"
+
+
+def max_wire_len(max_frame):
+    """Longest COBS block a decoded frame of `max_frame` bytes can produce."""
+    return max_frame + max_frame // 254 + 2
+
+
+class FrameDecoder:
+    """Stream decoder: feed() any chunking of the byte stream, get whole valid frames back.
+
+    Counters (attribute `counters`, a dict) say what was dropped and why.
+    """
+
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._max_block = max_wire_len(max_frame)
+        self._buf = bytearray()
+        self._skipping = False  # an oversize block: discard until the next delimiter
+        self.counters = {"frames": 0, "bad_crc": 0, "bad_cobs": 0, "short": 0,
+                         "too_long": 0, "bad_version": 0, "auth_dropped": 0}
+
+    def feed(self, data):
+        frames = []
+        data = bytes(data)
+        n = len(data)
+        i = 0
+        while i < n:
+            j = data.find(b"\x00", i)
+            if j < 0:
+                if not self._skipping:
+                    self._buf += data[i:]
+                    if len(self._buf) > self._max_block:
+                        self.counters["too_long"] += 1
+                        self._buf = bytearray()
+                        self._skipping = True
+                return frames
+            if self._skipping:
+                self._skipping = False
+            else:
+                if self._buf:
+                    self._buf += data[i:j]
+                    block = bytes(self._buf)
+                    self._buf = bytearray()
+                else:
+                    block = data[i:j]
+                if block:
+                    if len(block) > self._max_block:
+                        self.counters["too_long"] += 1
+                    else:
+                        f = self._decode_block(block)
+                        if f is not None:
+                            frames.append(f)
+            i = j + 1
+        return frames
+
+    def _decode_block(self, block):
+        c = self.counters
+        try:
+            raw = cobs.decode(block)
+        except cobs.CobsError:
+            c["bad_cobs"] += 1
+            return None
+        if len(raw) < MIN_FRAME:
+            c["short"] += 1
+            return None
+        if len(raw) > self.max_frame:
+            c["too_long"] += 1
+            return None
+        crc = struct.unpack("<I", raw[-CRC_LEN:])[0]
+        if binascii.crc32(raw[:-CRC_LEN]) & 0xFFFFFFFF != crc:
+            c["bad_crc"] += 1
+            return None
+        version, type, flags, seq = struct.unpack_from(HEADER_FMT, raw, 0)
+        if version != VERSION:
+            c["bad_version"] += 1
+            return None
+        if flags & FLAG_AUTH:
+            # No link key is provisioned in this protocol version: a tag we cannot check is
+            # worth nothing, so the frame is not acted on.
+            c["auth_dropped"] += 1
+            return None
+        c["frames"] += 1
+        return Frame(type, seq, flags, raw[HEADER_LEN:-CRC_LEN])
+
+    def dropped(self):
+        """Total frames dropped for any reason."""
+        c = self.counters
+        return c["bad_crc"] + c["bad_cobs"] + c["short"] + c["too_long"] + c["bad_version"] + c["auth_dropped"]

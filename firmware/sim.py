@@ -1,0 +1,346 @@
+# cpython-only: the simulator port (pseudo-terminal / TCP, signals, control socket)
+"""Simulated board: the firmware's board core under CPython, on a real pseudo-terminal.
+
+    python -m firmware.sim [--profile sim] [--socket HOST:PORT] [--baud N] [--reset-every S]
+
+Prints `board: <device path or socket:// URL>` on its first line and `control: <path>` on its
+second, then serves until killed. Any serial tool (pyserial, miniterm, mpremote-style tools)
+can open the device. Like hardware, the board can be reset without the device path changing:
+a new boot id, an empty SAD and a HELLO. Reset by SIGUSR1, by `--reset-every`, or through the
+control socket (a unix socket speaking one command per line):
+
+    reset [quiet]   reset now; `quiet` loses the boot HELLO (as a host that was not reading would)
+    hang            stop answering (a hung MCU); with the profile's wdt_ms the watchdog resets it
+    resume          answer again, state kept
+    status          one JSON line: boot id, uptime, SA count, SAD generation, counters
+    sad             one JSON line: the SAs (SPI, direction, counters — never keys)
+
+`--baud` throttles both directions to baud/10 bytes per second so UART limits show.
+"""
+import argparse
+import binascii
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import tempfile
+import time
+import tty
+
+from firmware import board as board_mod
+from firmware import profiles
+from firmware.link import messages as m
+
+
+def now_ms():
+    return int(time.monotonic() * 1000)
+
+
+class Pacer:
+    """Token bucket in bytes: at most `rate` bytes per second (None: unlimited)."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.tokens = 0.0
+        self.at = time.monotonic()
+        self.burst = max(64, rate // 50) if rate else 0  # ~20 ms of line time
+
+    def allow(self, want):
+        if not self.rate:
+            return want
+        t = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (t - self.at) * self.rate)
+        self.at = t
+        n = min(want, int(self.tokens))
+        self.tokens -= n
+        return n
+
+    def wait(self):
+        """Seconds until at least one byte may pass."""
+        if not self.rate or self.tokens >= 1:
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Simulator:
+    MAX_OUT = 1 << 20  # like a UART without flow control, beyond this the board drops output
+
+    def __init__(self, profile, baud=None, reset_every=None, make_board=None):
+        self.profile = profile
+        self.make_board = make_board or self._default_board
+        self.board = self.make_board(profile, now_ms(), m.RESET_POWER_ON)
+        self.out = bytearray(self.board.tick(now_ms()))
+        self.hung_since = None
+        self.reset_every = reset_every
+        self.next_reset = time.monotonic() + reset_every if reset_every else None
+        self.resets = 0
+        self.tx_pacer = Pacer(baud // 10 if baud else None)
+        self.rx_pacer = Pacer(baud // 10 if baud else None)
+        self.dropped_out = 0
+
+    @staticmethod
+    def _default_board(profile, now, cause):
+        try:
+            from firmware import esp  # the ESP engine, when present
+            return esp.make_board(profile, now, cause)
+        except ImportError:
+            return board_mod.Board(profile, now, reset_cause=cause)
+
+    # ---- board life -------------------------------------------------------------------------
+    def reset(self, cause=m.RESET_SIM, quiet=False):
+        self.resets += 1
+        self.board = self.make_board(self.profile, now_ms(), cause)
+        hello = self.board.tick(now_ms())
+        self.out = bytearray()  # bytes in flight die with the chip
+        if not quiet:
+            self.out += hello
+        self.hung_since = None
+
+    def on_input(self, data):
+        if self.hung_since is not None:
+            return  # a hung MCU does not read its UART: the bytes are lost
+        self._queue(self.board.feed(data, now_ms()))
+        if self.board.reset_requested:
+            self.reset(m.RESET_COMMAND)
+
+    def on_tick(self):
+        t = time.monotonic()
+        if self.next_reset is not None and t >= self.next_reset:
+            self.next_reset = t + self.reset_every
+            self.reset()
+        if self.hung_since is not None:
+            wdt = self.profile.get("wdt_ms")
+            if wdt and (t - self.hung_since) * 1000 >= wdt:
+                self.reset(m.RESET_WDT)
+            return
+        self._queue(self.board.tick(now_ms()))
+
+    def timeout(self):
+        """Seconds until on_tick() has work."""
+        waits = [0.05]
+        d = self.board.next_deadline()
+        if d is not None:
+            waits.append(max(0.0, (d - now_ms()) / 1000))
+        if self.next_reset is not None:
+            waits.append(max(0.0, self.next_reset - time.monotonic()))
+        if self.out and self.tx_pacer.rate:
+            waits.append(self.tx_pacer.wait())
+        return min(waits)
+
+    def _queue(self, data):
+        if data:
+            room = self.MAX_OUT - len(self.out)
+            if len(data) > room:
+                self.dropped_out += len(data) - room
+                data = data[:room]
+            self.out += data
+
+    # ---- control ----------------------------------------------------------------------------
+    def command(self, line):
+        words = line.split()
+        if not words:
+            return {"ok": False, "error": "empty command"}
+        cmd = words[0]
+        if cmd == "reset":
+            self.reset(quiet="quiet" in words[1:])
+            return {"ok": True, "boot_id": binascii.hexlify(self.board.boot_id).decode()}
+        if cmd == "hang":
+            self.hung_since = time.monotonic()
+            return {"ok": True}
+        if cmd == "resume":
+            self.hung_since = None
+            return {"ok": True}
+        if cmd == "status":
+            b = self.board
+            counters = dict(b.counters)
+            counters.update(("link_" + k, v) for k, v in b.decoder.counters.items())
+            return {"ok": True, "boot_id": binascii.hexlify(b.boot_id).decode(),
+                    "uptime_ms": b.uptime(now_ms()), "sa_count": len(b.sad), "sad_gen": b.sad.gen,
+                    "resets": self.resets, "hung": self.hung_since is not None,
+                    "counters": counters, "dropped_out": self.dropped_out}
+        if cmd == "sad":
+            sas = []
+            for rec in self.board.sad.records():
+                s = rec.stats()
+                sas.append({"spi": s.spi, "dir": "out" if s.direction == m.DIR_OUT else "in",
+                            "reqid": s.reqid, "packets": s.packets, "bytes": s.octets,
+                            "state": s.state})
+            return {"ok": True, "gen": self.board.sad.gen, "sas": sas}
+        return {"ok": False, "error": "unknown command %r" % cmd}
+
+
+def open_pty():
+    """A pseudo-terminal in raw mode; returns (master fd, slave fd, slave path).
+
+    The slave fd stays open here so the master never sees EIO while no host has it open.
+    """
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
+def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
+    """Main loop: move bytes between the link and the board core, run timers and control."""
+    sel = selectors.DefaultSelector()
+    conn = None
+    if master_fd is not None:
+        sel.register(master_fd, selectors.EVENT_READ, "link")
+    if listen_sock is not None:
+        sel.register(listen_sock, selectors.EVENT_READ, "accept")
+    ctl = None
+    if control_path:
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl.bind(control_path)
+        os.chmod(control_path, 0o600)
+        ctl.listen(4)
+        ctl.setblocking(False)
+        sel.register(ctl, selectors.EVENT_READ, "ctl-accept")
+    sig_r, sig_w = socket.socketpair()
+    sig_r.setblocking(False)
+    sig_w.setblocking(False)
+    signal.set_wakeup_fd(sig_w.fileno())
+    signal.signal(signal.SIGUSR1, lambda *a: None)
+    sel.register(sig_r, selectors.EVENT_READ, "signal")
+    clients = {}
+    if ready:
+        ready()
+
+    def link_write(data):
+        if master_fd is not None:
+            return os.write(master_fd, data)
+        if conn is not None:
+            return conn.send(data)
+        return len(data)  # no host connected: the bytes go nowhere, as on an unplugged UART
+
+    writing = False
+    while True:
+        want_write = bool(sim.out) and (master_fd is not None or conn is not None)
+        if want_write != writing:
+            target = master_fd if master_fd is not None else conn
+            sel.modify(target, selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0),
+                       "link")
+            writing = want_write
+        for key, ev in sel.select(sim.timeout()):
+            what = key.data
+            if what == "link":
+                if ev & selectors.EVENT_READ:
+                    n = sim.rx_pacer.allow(65536)
+                    if n:
+                        try:
+                            data = os.read(master_fd, n) if master_fd is not None else conn.recv(n)
+                        except (BlockingIOError, InterruptedError):
+                            data = None
+                        except OSError:
+                            data = b""
+                        if data:
+                            sim.on_input(data)
+                        elif data == b"" and conn is not None:
+                            sel.unregister(conn)
+                            conn.close()
+                            conn = None
+                            writing = False
+                if ev & selectors.EVENT_WRITE and sim.out:
+                    n = sim.tx_pacer.allow(len(sim.out))
+                    if n:
+                        try:
+                            sent = link_write(bytes(sim.out[:n]))
+                            del sim.out[:sent]
+                        except (BlockingIOError, InterruptedError):
+                            pass
+                        except OSError:
+                            sim.out = bytearray()
+            elif what == "accept":
+                new, _ = listen_sock.accept()
+                new.setblocking(False)
+                new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if conn is not None:
+                    sel.unregister(conn)
+                    conn.close()
+                conn = new
+                writing = False
+                sel.register(conn, selectors.EVENT_READ, "link")
+            elif what == "ctl-accept":
+                c, _ = ctl.accept()
+                c.setblocking(False)
+                clients[c] = bytearray()
+                sel.register(c, selectors.EVENT_READ, "ctl")
+            elif what == "ctl":
+                c = key.fileobj
+                try:
+                    data = c.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(c)
+                    c.close()
+                    del clients[c]
+                    continue
+                clients[c] += data
+                while b"\n" in clients[c]:
+                    line, _, rest = bytes(clients[c]).partition(b"\n")
+                    clients[c] = bytearray(rest)
+                    reply = sim.command(line.decode(errors="replace"))
+                    c.setblocking(True)
+                    c.sendall((json.dumps(reply) + "\n").encode())
+                    c.setblocking(False)
+            elif what == "signal":
+                try:
+                    sigs = sig_r.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    sigs = b""
+                for s in sigs:
+                    if s == signal.SIGUSR1:
+                        sim.reset()
+                    elif s in (signal.SIGTERM, signal.SIGINT):
+                        return
+        sim.on_tick()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="sim", help="board profile name (boards/NAME.toml) or a path")
+    ap.add_argument("--socket", metavar="HOST:PORT", help="serve socket://HOST:PORT instead of a pty")
+    ap.add_argument("--baud", type=int, help="throttle both directions to baud/10 bytes per second")
+    ap.add_argument("--reset-every", type=float, metavar="S", help="reset the board every S seconds")
+    ap.add_argument("--control", metavar="PATH", help="control socket path (default: a temp path)")
+    ap.add_argument("--host-silence-ms", type=int, help="override the profile's host-silence limit")
+    args = ap.parse_args(argv)
+
+    profile = profiles.board_config(profiles.load(args.profile))
+    if args.host_silence_ms is not None:
+        profile["host_silence_ms"] = args.host_silence_ms
+    sim = Simulator(profile, baud=args.baud, reset_every=args.reset_every)
+    control = args.control or os.path.join(tempfile.mkdtemp(prefix="ikeoffload-sim-"), "control")
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    signal.signal(signal.SIGINT, lambda *a: None)
+    master = listen = None
+    if args.socket:
+        host, _, port = args.socket.rpartition(":")
+        listen = socket.create_server((host or "127.0.0.1", int(port)))
+        listen.setblocking(False)
+        host, port = listen.getsockname()[:2]
+        where = "socket://%s:%d" % (host, port)
+    else:
+        master, _slave, where = open_pty()
+
+    def ready():
+        print("board: %s" % where, flush=True)
+        print("control: %s" % control, flush=True)
+
+    try:
+        serve(sim, master, listen, control, ready)
+    finally:
+        try:
+            os.unlink(control)
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

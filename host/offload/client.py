@@ -1,0 +1,243 @@
+"""BoardClient: asyncio driver that joins a transport with the sans-I/O BoardSession.
+
+    client = BoardClient("b0", "/dev/pts/3", period=0.1, misses=3)
+    await client.start(); await client.wait_ready()
+    reply = await client.sa_add(spec)            # SadReply; raises on failure
+    ev = await client.events.get()               # BoardLost / BoardReady / UnknownSpiReport / ...
+
+Every coroutine's request has a deadline; nothing waits forever.
+"""
+import asyncio
+import time
+
+from firmware.link import messages as m
+from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
+from host.offload.link import LinkClient
+from host.offload.session import READY, BoardSession, NotReady
+from host.offload.transport import SerialTransport, TransportError
+
+
+class LinkError(RuntimeError):
+    """A request got no reply (timeout, board lost) or the board refused it."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class BoardClient:
+    def __init__(self, name, url, *, period=0.1, misses=3, baudrate=None, rtscts=False,
+                 flush_on_open=True, reopen_interval=1.0, link_options=None, on_event=None,
+                 transport_factory=None):
+        self.name = name
+        self.url = url
+        self.period = period
+        self.misses = misses
+        self.baudrate = baudrate
+        self.rtscts = rtscts
+        self.flush_on_open = flush_on_open
+        self.reopen_interval = reopen_interval
+        self.link_options = dict(link_options or {})
+        if baudrate and "byte_time" not in self.link_options and not url.startswith("socket://") \
+                and not url.startswith("/dev/pts/"):
+            self.link_options["byte_time"] = 10.0 / baudrate
+        self.on_event = on_event
+        self.events = asyncio.Queue()
+        self.session = None
+        self.transport = None
+        self._transport_factory = transport_factory or self._serial
+        self._futures = {}
+        self._timer = None
+        self._loop = None
+        self._ready = asyncio.Event()
+        self._reopen_task = None
+        self._closed = False
+        self.ready_at = None
+        self.lost = []  # BoardLost history (most recent last)
+
+    def _serial(self):
+        return SerialTransport(self.url, baudrate=self.baudrate, rtscts=self.rtscts,
+                               on_data=self._on_data, on_error=self._on_transport_error)
+
+    # ---- life -------------------------------------------------------------------------------
+    async def start(self):
+        self._loop = asyncio.get_running_loop()
+        self.transport = self._transport_factory()
+        self.transport.open()
+        self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
+                                    flush_on_open=self.flush_on_open,
+                                    link=LinkClient(**self.link_options))
+        self._after()
+
+    async def wait_ready(self, timeout=5.0):
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def ready(self):
+        return self.session is not None and self.session.state == READY
+
+    async def close(self):
+        self._closed = True
+        if self._reopen_task:
+            self._reopen_task.cancel()
+        if self._timer:
+            self._timer.cancel()
+        if self.session:
+            self.session.close(self._now())
+            self._dispatch()
+        if self.transport:
+            self.transport.close()
+
+    # ---- requests ---------------------------------------------------------------------------
+    async def _call(self, seq):
+        fut = self._loop.create_future()
+        self._futures[seq] = fut
+        self._after()
+        ev = await fut
+        if isinstance(ev, RequestFailed):
+            raise LinkError("%s %s: %s" % (self.name, m.NAMES.get(ev.type, ev.type), ev.reason))
+        return ev
+
+    def _start(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except NotReady as e:
+            raise LinkError(str(e)) from None
+
+    async def sa_add(self, spec):
+        """Install an SA; returns the SadReply. Raises LinkError unless the board said OK."""
+        ev = await self._call(self._start(self.session.sa_add, spec, self._now()))
+        return self._sad_ok(ev, "SA_ADD 0x%08x" % spec.spi)
+
+    async def sa_del(self, spi, direction):
+        ev = await self._call(self._start(self.session.sa_del, spi, direction, self._now()))
+        return self._sad_ok(ev, "SA_DEL 0x%08x" % spi)
+
+    async def sa_flush(self):
+        ev = await self._call(self._start(self.session.sa_flush, self._now()))
+        return self._sad_ok(ev, "SA_FLUSH")
+
+    def _sad_ok(self, ev, what):
+        r = m.SadReply.decode(ev.body)
+        if r.status != m.OK:
+            raise LinkError("%s %s: %s" % (self.name, what, m.STATUS_NAMES.get(r.status, r.status)), r.status)
+        return r
+
+    async def request(self, type, body=b"", **kw):
+        """A raw request; returns the reply body (status byte first)."""
+        ev = await self._call(self._start(self.session.request, type, body, self._now(), **kw))
+        return ev.body
+
+    async def stats(self):
+        """Every SA's counters (paged SA_STATS)."""
+        out, start = [], 0
+        while True:
+            body = await self.request(m.SA_STATS, m.encode_stats_request(start), idempotent=True)
+            r = m.StatsReply.decode(body)
+            if r.status != m.OK:
+                raise LinkError("%s SA_STATS: %s" % (self.name, m.STATUS_NAMES.get(r.status)), r.status)
+            out += r.records
+            start += len(r.records)
+            if not r.records or start >= r.total:
+                return out
+
+    async def counters(self):
+        status, d = m.decode_counters_reply(await self.request(m.COUNTERS, b"", idempotent=True))
+        if status != m.OK:
+            raise LinkError("%s COUNTERS: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
+        return d
+
+    async def encrypt(self, items, timeout=1.0):
+        """[(spi, packet)] -> [(packet status, ESP bytes)]; sent once, never retried."""
+        body = await self.request(m.ENCRYPT, m.encode_encrypt_request(items), retry=False,
+                                  deadline=self._now() + timeout,
+                                  reply_len=sum(len(p) for _, p in items) + 40 * len(items))
+        status, out = m.decode_encrypt_reply(body)
+        if status != m.OK:
+            raise LinkError("%s ENCRYPT: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
+        return out
+
+    async def decrypt(self, items, timeout=1.0):
+        """[(source (ip, port) or None, UDP payload)] -> [(packet status, spi, inner packet)]."""
+        body = await self.request(m.DECRYPT, m.encode_decrypt_request(items), retry=False,
+                                  deadline=self._now() + timeout,
+                                  reply_len=sum(len(p) for _, p in items) + 8 * len(items))
+        status, out = m.decode_decrypt_reply(body)
+        if status != m.OK:
+            raise LinkError("%s DECRYPT: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
+        return out
+
+    async def reset(self):
+        """Ask the board to reset (it answers, then reboots: expect BoardLost + BoardReady)."""
+        await self.request(m.RESET, b"")
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _now(self):
+        return time.monotonic()
+
+    def _on_data(self, data):
+        self.session.receive(data, self._now())
+        self._after()
+
+    def _on_timer(self):
+        self._timer = None
+        if self.session is not None:
+            self.session.handle_timer(self._now())
+            self._after()
+
+    def _on_transport_error(self, exc):
+        if self._closed:
+            return
+        self.session.transport_error(str(exc), self._now())
+        self._after()
+        if self._reopen_task is None or self._reopen_task.done():
+            self._reopen_task = self._loop.create_task(self._reopen())
+
+    async def _reopen(self):
+        while not self._closed:
+            await asyncio.sleep(self.reopen_interval)
+            try:
+                self.transport = self._transport_factory()
+                self.transport.open()
+            except TransportError:
+                continue
+            self.session.reopen(self._now())
+            self._after()
+            return
+
+    def _after(self):
+        """Flush output, deliver events, re-arm the timer: called after every input."""
+        if self.session is None:
+            return
+        data = self.session.data_to_send()
+        if data and self.transport is not None and self.transport.is_open:
+            self.transport.write(data)
+        self._dispatch()
+        t = self.session.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if t is not None:
+            # asyncio's loop.time() is time.monotonic() on Linux, the clock the session uses
+            self._timer = self._loop.call_at(max(t, self._loop.time()), self._on_timer)
+
+    def _dispatch(self):
+        while True:
+            ev = self.session.next_event()
+            if ev is None:
+                return
+            if isinstance(ev, (Reply, RequestFailed)):
+                fut = self._futures.pop(ev.seq, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev)
+                continue
+            if isinstance(ev, BoardReady):
+                self.ready_at = ev.at
+                self._ready.set()
+            elif isinstance(ev, BoardLost):
+                self._ready.clear()
+                self.lost.append(ev)
+            self.events.put_nowait(ev)
+            if self.on_event:
+                self.on_event(ev)
+
