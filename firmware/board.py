@@ -96,8 +96,7 @@ class Board:
         self.profile = profile or {}
         p = self.profile
         if random_bytes is None:
-            import os
-            random_bytes = os.urandom
+            from firmware.rand import urandom as random_bytes
         self.random_bytes = random_bytes
         self.boot_id = bytes(random_bytes(8))
         self.reset_cause = reset_cause

@@ -21,10 +21,14 @@ def encode(data):
         if j < 0:
             j = n
         # segment data[i:j] is followed by a zero (or by the end when j == n)
+        full = False
         while j - i >= 254:
             out.append(255)
             out += data[i:i + 254]
             i += 254
+            full = True
+        if full and i == n:
+            return bytes(out)  # data ended on a full block: no implied zero to encode
         out.append(j - i + 1)
         out += data[i:j]
         if j >= n:

@@ -577,7 +577,7 @@ class SaStats:
     def __repr__(self):
         return "SaStats(spi=0x%08x, dir=%d, packets=%d)" % (self.spi, self.direction, self.packets)
 
-    SIZE = 46
+    SIZE = 42  # 4+1+1+8+8+4+4+8+4
 
     def encode(self):
         return (struct.pack(">IBB", self.spi, self.direction, self.state) + w_u64(self.packets)

@@ -38,7 +38,7 @@ class _Pending:
 
 class LinkClient:
     def __init__(self, *, window=8, data_window=16, cache_size=1, rto_initial=0.2, rto_min=0.005,
-                 rto_max=0.5, give_up=3.0, byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME):
+                 rto_max=0.2, give_up=3.0, byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME):
         """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty)."""
         self.window = window
         self.data_window = data_window
@@ -76,8 +76,9 @@ class LinkClient:
         if cached:
             self._cached_index += 1
             index = self._cached_index
-        p = _Pending(seq, type, wire, retry, cached, index,
-                     deadline if deadline is not None else now + self.give_up, reply_len)
+        # Without an explicit deadline a request may wait for the window, then has `give_up`
+        # seconds from its first transmission (an unresponsive board, not a busy queue).
+        p = _Pending(seq, type, wire, retry, cached, index, deadline, reply_len)
         self._waiting.append(p)
         self._pump(now)
         return seq
@@ -102,21 +103,26 @@ class LinkClient:
         return len(self._pending) + len(self._waiting)
 
     def _pump(self, now):
-        while self._waiting:
-            p = self._waiting[0]
-            if p.retry:
-                n = sum(1 for q in self._pending.values() if q.retry)
-                if n >= self.window:
-                    return
-                if p.cached:
-                    oldest = next((q.index for q in self._pending.values() if q.cached), None)
-                    if oldest is not None and p.index - oldest >= self.cache_size:
-                        return
-            else:
-                n = sum(1 for q in self._pending.values() if not q.retry)
-                if n >= self.data_window:
-                    return
-            self._waiting.popleft()
+        """Send what the windows allow. Cached requests leave in order; idempotent and data
+        requests never wait behind them (a heartbeat must not queue behind SA commands)."""
+        cached_blocked = False
+        cached_n = sum(1 for q in self._pending.values() if q.cached)
+        data_n = sum(1 for q in self._pending.values() if not q.retry)
+        oldest = next((q.index for q in self._pending.values() if q.cached), None)
+        for p in list(self._waiting):
+            if p.cached:
+                if cached_blocked or cached_n >= self.window or (
+                        oldest is not None and p.index - oldest >= self.cache_size):
+                    cached_blocked = True
+                    continue
+                cached_n += 1
+                if oldest is None:
+                    oldest = p.index
+            elif not p.retry:
+                if data_n >= self.data_window:
+                    continue
+                data_n += 1
+            self._waiting.remove(p)
             self._pending[p.seq] = p
             self._transmit(p, now)
 
@@ -129,11 +135,17 @@ class LinkClient:
     def _transmit(self, p, now):
         if p.first_sent is None:
             p.first_sent = now
+            if p.deadline is None:
+                p.deadline = now + self.give_up
         else:
             self.counters["retries"] += 1
         p.sent_at = now
-        if p.retry:
+        if p.cached:
             p.expires = now + min(self.rto * (2 ** p.tries), self.rto_max) + self._wire_time(p)
+        elif p.retry:
+            # idempotent requests (heartbeats) live within a deadline of one period: retry at
+            # the RTO without backoff so that a lossy line does not turn into missed periods
+            p.expires = now + self.rto + self._wire_time(p)
         else:
             p.expires = p.deadline  # sent once: it waits for its reply until the deadline
         p.tries += 1
@@ -182,6 +194,9 @@ class LinkClient:
 
     def get_timer(self):
         t = None
+        for p in self._waiting:
+            if p.deadline is not None and (t is None or p.deadline < t):
+                t = p.deadline
         for p in self._pending.values():
             e = min(p.expires, p.deadline)
             if t is None or e < t:
@@ -189,6 +204,10 @@ class LinkClient:
         return t
 
     def handle_timer(self, now):
+        for p in [w for w in self._waiting if w.deadline is not None and now >= w.deadline]:
+            self._waiting.remove(p)
+            self.counters["failed"] += 1
+            self._events.append(RequestFailed(p.seq, p.type, "timeout (never sent: window full)"))
         for p in list(self._pending.values()):
             if now >= p.deadline:
                 del self._pending[p.seq]
