@@ -89,11 +89,12 @@ class Simulator:
             return board_mod.Board(profile, now, reset_cause=cause)
 
     # ---- board life -------------------------------------------------------------------------
-    def reset(self, cause=m.RESET_SIM, quiet=False):
+    def reset(self, cause=m.RESET_SIM, quiet=False, keep_output=False):
         self.resets += 1
         self.board = self.make_board(self.profile, now_ms(), cause)
         hello = self.board.tick(now_ms())
-        self.out = bytearray()  # bytes in flight die with the chip
+        if not keep_output:
+            self.out = bytearray()  # bytes in flight die with the chip
         if not quiet:
             self.out += hello
         self.hung_since = None
@@ -103,7 +104,8 @@ class Simulator:
             return  # a hung MCU does not read its UART: the bytes are lost
         self._queue(self.board.feed(data, now_ms()))
         if self.board.reset_requested:
-            self.reset(m.RESET_COMMAND)
+            # like firmware/main.py: the reply is flushed out of the UART before the reset
+            self.reset(m.RESET_COMMAND, keep_output=True)
 
     def on_tick(self):
         t = time.monotonic()

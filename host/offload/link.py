@@ -83,6 +83,10 @@ class LinkClient:
         self._pump(now)
         return seq
 
+    def set_max_frame(self, max_frame):
+        """The board's frame limit from its HELLO: longer replies are legitimate."""
+        self.decoder = fr.FrameDecoder(max_frame) if max_frame != self.decoder.max_frame else self.decoder
+
     def cancel(self, seq):
         """Forget a request (its reply, if any, will be counted as stale)."""
         p = self._pending.pop(seq, None)
@@ -141,7 +145,9 @@ class LinkClient:
             self.counters["retries"] += 1
         p.sent_at = now
         if p.cached:
-            p.expires = now + min(self.rto * (2 ** p.tries), self.rto_max) + self._wire_time(p)
+            # Back off, but only to 4 x RTO: on a point-to-point link loss is noise, not
+            # congestion, and the board answers retries from its cache at no cost.
+            p.expires = now + min(self.rto * (1 << min(p.tries, 2)), self.rto_max) + self._wire_time(p)
         elif p.retry:
             # idempotent requests (heartbeats) live within a deadline of one period: retry at
             # the RTO without backoff so that a lossy line does not turn into missed periods

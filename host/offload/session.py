@@ -226,6 +226,7 @@ class BoardSession:
         self.boot_id = hello.boot_id
         # Retryable requests in flight stay within the board's reply cache (exactly-once).
         self.link.cache_size = max(1, hello.reply_cache // 2)
+        self.link.set_max_frame(max(hello.max_frame, 64))
         if self.flush_on_open:
             seq = self.link.request(m.SA_FLUSH, b"", now, reply_len=12)
             self._ops[seq] = ("open_flush", None)

@@ -1,0 +1,140 @@
+"""A board that resets, hangs or fails closed is declared lost, fast, and comes back.
+
+Bound from the issue: detection in <= period x misses + one period. The figures are printed
+(`inv hil -- -s`) and measured properly by `inv bench --only link`."""
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from firmware.link import messages as m
+from host.offload.events import BoardLost, BoardReady
+from hil_tests.conftest import needs
+
+
+def spec(spi, d=m.DIR_IN):
+    return m.SaSpec(spi, d, m.ENCR_AES_GCM_16, b"k" * 20, reqid=spi & 0xFFFF)
+
+
+async def next_of(c, kind, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = await asyncio.wait_for(c.events.get(), max(0.01, deadline - time.monotonic()))
+        if isinstance(ev, kind):
+            return ev
+
+
+def test_reset_is_detected_within_the_bound_and_recovers(bench, make_client, run):
+    bound = bench.period * bench.misses + bench.period
+
+    async def main():
+        c = await make_client()
+        latencies = []
+        for i in range(5):
+            await c.sa_add(spec(0x1000 + i))
+            await asyncio.sleep(bench.period * (0.3 + 0.1 * i))   # land between heartbeats
+            t0 = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, bench.reset)
+            lost = await next_of(c, BoardLost, bound + 1)
+            latencies.append(lost.at - t0)
+            assert lost.reason in ("unsolicited-hello", "boot-id-changed"), lost
+            assert (0x1000 + i, 0) in lost.sas
+            ready = await next_of(c, BoardReady, 5)
+            assert c.session.books.sas == {} and ready.boot_id == c.session.boot_id
+        assert max(latencies) <= bound, latencies
+        print("\nreset -> BoardLost: median %.1f ms, max %.1f ms (bound %.0f ms)"
+              % (statistics.median(latencies) * 1000, max(latencies) * 1000, bound * 1000))
+    run(main())
+
+
+def test_reset_between_heartbeats_caught_by_boot_id(bench, make_client, run):
+    needs(bench, "can_quiet_reset")
+    bound = bench.period * bench.misses + bench.period
+
+    async def main():
+        c = await make_client()
+        await c.sa_add(spec(0x2000))
+        worst = 0
+        for i in range(3):
+            await asyncio.sleep(bench.period * 0.5)
+            t0 = time.monotonic()
+            bench.reset(quiet=True)            # the boot HELLO is lost
+            lost = await next_of(c, BoardLost, bound + 1)
+            assert lost.reason == "boot-id-changed", lost
+            worst = max(worst, lost.at - t0)
+            await next_of(c, BoardReady, 5)
+            await c.sa_add(spec(0x2100 + i))
+        assert worst <= bench.period + 0.05     # caught by the very next heartbeat
+        print("\nquiet reset -> boot-id-changed: worst %.1f ms" % (worst * 1000))
+    run(main())
+
+
+def test_hung_board_detected_by_missed_heartbeats(bench, make_client, run):
+    needs(bench, "can_hang")
+    bound = bench.period * bench.misses + bench.period
+
+    async def main():
+        c = await make_client()
+        await c.sa_add(spec(0x3000))
+        await asyncio.sleep(bench.period * 1.5)
+        t0 = time.monotonic()
+        bench.hang()
+        lost = await next_of(c, BoardLost, bound + 1)
+        assert lost.reason == "missed-heartbeats" and lost.sas == ((0x3000, 0),)
+        took = lost.at - t0
+        assert bench.period * (bench.misses - 1) <= took <= bound, took
+        bench.resume()
+        ready = await next_of(c, BoardReady, 5)
+        # the board came back with its old boot id: it was hung, not reset — and flushed anyway
+        assert await c.stats() == []
+        print("\nhung board -> missed-heartbeats after %.0f ms" % (took * 1000))
+    run(main())
+
+
+def test_reset_command_over_the_link(bench, make_client, run):
+    async def main():
+        c = await make_client()
+        old = c.session.boot_id
+        await c.sa_add(spec(0x4000))
+        await c.reset()
+        lost = await next_of(c, BoardLost, 2)
+        ready = await next_of(c, BoardReady, 5)
+        assert lost.reason in ("unsolicited-hello", "boot-id-changed")
+        assert ready.boot_id != old and ready.hello.reset_cause == m.RESET_COMMAND
+    run(main())
+
+
+def test_board_fails_closed_when_the_host_falls_silent(bench, make_client, run):
+    """Heartbeats slower than the board's host-silence limit: the board flushes and says so."""
+    silence = bench.profile["board"]["host_silence_ms"] / 1000
+
+    async def main():
+        c = await make_client(period=silence * 3, misses=3)
+        await c.sa_add(spec(0x5000))
+        await c.sa_add(spec(0x5001))
+        t0 = time.monotonic()
+        lost = await next_of(c, BoardLost, silence * 2 + 1)
+        assert lost.reason == "board-flushed" and len(lost.sas) == 2
+        assert silence <= lost.at - t0 <= silence + 0.5
+        await next_of(c, BoardReady, 5)
+        counters = await c.counters()
+        assert counters["host_silence_flushes"] >= 1
+    run(main())
+
+
+def test_silent_flush_seen_by_a_host_that_was_away(bench, make_client, run):
+    """A host that was gone (daemon stopped) finds the SAD flushed by the board itself."""
+    silence = bench.profile["board"]["host_silence_ms"] / 1000
+
+    async def main():
+        c = await make_client()
+        await c.sa_add(spec(0x6000))
+        before = (await c.counters())["host_silence_flushes"]
+        await c.close()
+        await asyncio.sleep(silence + 0.3)
+        c2 = await make_client(flush_on_open=False)
+        counters = await c2.counters()
+        assert counters["sa_count"] == 0
+        assert counters["host_silence_flushes"] == before + 1
+    run(main())
