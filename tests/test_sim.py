@@ -1,0 +1,149 @@
+"""The simulated board as a user meets it: `inv sim`, a pty any serial tool can open, socket://,
+resets that keep the device path, and a UART-rate throttle."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import serial
+
+from firmware.link import frame as fr
+from firmware.link import messages as m
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+
+def start(args):
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    first = p.stdout.readline()
+    second = p.stdout.readline()
+    return p, first, second
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError("simulator ignored SIGTERM")
+
+
+def exchange(port, frames, want, timeout=2.0):
+    port.write(b"".join(frames))
+    dec = fr.FrameDecoder(65535)
+    got = []
+    end = time.monotonic() + timeout
+    while len([f for f in got if f.flags & fr.FLAG_REPLY]) < want and time.monotonic() < end:
+        got += dec.feed(port.read(4096))
+    return got
+
+
+def hello(port, seq=1):
+    got = exchange(port, [fr.encode(m.HELLO, seq, 0, m.encode_hello_request(b"testtest"))], 1)
+    replies = [f for f in got if f.flags & fr.FLAG_REPLY]
+    assert replies, got
+    return m.Hello.decode(replies[0].body[1:])
+
+
+def test_inv_sim_prints_a_pty_that_pyserial_and_miniterm_open():
+    p, first, second = start([sys.executable, "-m", "invoke", "sim"])
+    try:
+        assert first.startswith("board: /dev/pts/"), first
+        assert second.startswith("control: ")
+        dev = first.split()[1]
+        with serial.Serial(dev, 921600, timeout=0.2) as s:
+            h = hello(s)
+            assert h.board_id == "sim"
+        # miniterm (it wants a terminal of its own) opens it, stays up, and quits on Ctrl-]
+        console, console_slave = os.openpty()
+        mt = subprocess.Popen([sys.executable, "-m", "serial.tools.miniterm", dev, "921600", "--raw", "-q"],
+                              stdin=console_slave, stdout=console_slave, stderr=subprocess.PIPE, env=ENV)
+        time.sleep(1.0)
+        assert mt.poll() is None, mt.stderr.read()
+        os.write(console, b"\x1d")
+        assert mt.wait(5) == 0
+        os.close(console)
+        os.close(console_slave)
+        with serial.Serial(dev, 921600, timeout=0.2) as s:    # still there after a tool left
+            assert hello(s, 2).board_id == "sim"
+    finally:
+        stop(p)
+
+
+def test_reset_by_signal_keeps_the_path_and_changes_the_boot_id():
+    p, first, _ = start([sys.executable, "-m", "firmware.sim"])
+    try:
+        dev = first.split()[1]
+        with serial.Serial(dev, timeout=0.2) as s:
+            a = hello(s).boot_id
+            p.send_signal(signal.SIGUSR1)
+            dec = fr.FrameDecoder(65535)
+            events = []
+            end = time.monotonic() + 2
+            while not events and time.monotonic() < end:
+                events = [f for f in dec.feed(s.read(4096)) if f.flags & fr.FLAG_EVENT]
+            assert events and events[0].type == m.HELLO
+            b = m.Hello.decode(events[0].body).boot_id
+            assert a != b and hello(s, 3).boot_id == b
+            assert os.path.exists(dev)
+    finally:
+        stop(p)
+
+
+def test_socket_mode():
+    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--socket", "127.0.0.1:0"])
+    try:
+        assert first.startswith("board: socket://127.0.0.1:"), first
+        url = first.split()[1]
+        with serial.serial_for_url(url, timeout=0.2) as s:
+            assert hello(s).max_sas > 0
+        with serial.serial_for_url(url, timeout=0.2) as s:   # a second host session later
+            assert hello(s, 5).max_sas > 0
+    finally:
+        stop(p)
+
+
+def test_reset_every():
+    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--reset-every", "0.3"])
+    try:
+        with serial.Serial(first.split()[1], timeout=0.1) as s:
+            dec = fr.FrameDecoder(65535)
+            boots = set()
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                for f in dec.feed(s.read(4096)):
+                    if f.flags & fr.FLAG_EVENT and f.type == m.HELLO:
+                        boots.add(m.Hello.decode(f.body).boot_id)
+            assert 3 <= len(boots) <= 6
+    finally:
+        stop(p)
+
+
+@pytest.mark.parametrize("baud", [115200, 921600])
+def test_baud_throttle_shows_uart_limits(baud):
+    """Stats replies of ~64 KB in total must take about bytes / (baud / 10)."""
+    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--baud", str(baud)])
+    try:
+        with serial.Serial(first.split()[1], timeout=0.05) as s:
+            hello(s)
+            spec = m.SaSpec(0x1000, 0, m.ENCR_AES_GCM_16, b"k" * 20)
+            reqs = []
+            for i in range(40):
+                spec.spi = 0x1000 + i
+                reqs.append(fr.encode(m.SA_ADD, 10 + i, 0, spec.encode()))
+            exchange(s, reqs, 40, timeout=10)
+            t0 = time.monotonic()
+            n = 0
+            want = 25 if baud > 200000 else 4
+            got = exchange(s, [fr.encode(m.SA_STATS, 100 + i, fr.FLAG_NOCACHE, m.encode_stats_request())
+                               for i in range(want)], want, timeout=30)
+            took = time.monotonic() - t0
+            n = sum(len(f.body) + 14 for f in got)
+            rate = n / took
+            assert 0.6 * baud / 10 <= rate <= 1.1 * baud / 10, (rate, baud / 10)
+    finally:
+        stop(p)
