@@ -38,10 +38,10 @@ if hasattr(time, "ticks_ms"):  # MicroPython: wrap-safe millisecond ticks
 else:
 
     def _now_ms():
-        return time.perf_counter() * 1000
+        return time.perf_counter() * 1000  # mpy-ok: CPython branch
 
     def _since_ms(t0):
-        return time.perf_counter() * 1000 - t0
+        return time.perf_counter() * 1000 - t0  # mpy-ok: CPython branch
 
 
 def format_exception(exc):
@@ -52,7 +52,7 @@ def format_exception(exc):
         buf = io.StringIO()
         sys.print_exception(exc, buf)
         return buf.getvalue()
-    import traceback
+    import traceback  # mpy-ok: CPython branch
 
     tb = exc.__traceback__
     if tb is not None and tb.tb_next is not None:
