@@ -10,7 +10,7 @@ def _run_mjs_find_module(name, path):
     for p in path:
         if p.startswith("."):  # '.frozen' holds no sources to run
             continue
-        base = (p.rstrip("/") + "/" if p else "") + rel
+        base = (p or os.getcwd()).rstrip("/") + "/" + rel  # absolute, like CPython's sys.argv[0]
         for cand in (base + ".py", base + "/__main__.py"):
             try:
                 os.stat(cand)
