@@ -1,0 +1,1 @@
+"""Repository tools (not installed; imported by tests with the repository root on sys.path)."""
