@@ -1,0 +1,111 @@
+"""Board pool: several offload boards, each its own failure domain (RFC 7296 §2.4).
+
+Every Child SA of one IKE SA lives on one board, so a board that fails takes exactly its own
+IKE SAs with it. New IKE SAs are placed on the ready board with the most room that can run the
+transforms the connection needs; `owner_of` and `ike_sas_on` answer what the flush must remove.
+"""
+from dataclasses import dataclass, field
+
+from host.offload.events import BoardLost, BoardReady
+
+
+@dataclass
+class BoardState:
+    name: str
+    client: object                       # BoardClient
+    ike_sas: set = field(default_factory=set)
+    ready: bool = False
+    losses: int = 0
+    last_loss: BoardLost | None = None
+    ready_at: float | None = None
+
+    @property
+    def hello(self):
+        s = self.client.session
+        return s.hello if s is not None else None
+
+    def capabilities(self):
+        """(encr, key_bits, integ) tuples the board runs, fastest backends first."""
+        h = self.hello
+        if h is None:
+            return []
+        ts = sorted(h.transforms, key=lambda t: -t.speed)
+        return [t.key() for t in ts]
+
+    def load(self):
+        """Fraction of the board's SAD in use (SAs the host installed there)."""
+        h = self.hello
+        n = len(self.client.session.books.sas) if self.client.session else 0
+        return n / h.max_sas if h and h.max_sas else 1.0
+
+
+class NoBoard(RuntimeError):
+    """No ready board can take this IKE SA's Child SAs."""
+
+
+class BoardPool:
+    def __init__(self):
+        self.boards = {}      # name -> BoardState
+        self._owner = {}      # ike_id -> board name
+
+    def add(self, name, client):
+        self.boards[name] = BoardState(name, client)
+        return self.boards[name]
+
+    def on_event(self, ev):
+        """Feed BoardReady/BoardLost; returns the IKE SAs that lost their board (for the flush)."""
+        b = self.boards.get(ev.board)
+        if b is None:
+            return set()
+        if isinstance(ev, BoardReady):
+            b.ready = True
+            b.ready_at = ev.at
+            return set()
+        if isinstance(ev, BoardLost):
+            b.ready = False
+            b.losses += 1
+            b.last_loss = ev
+            gone = set(b.ike_sas)
+            for ike_id in gone:
+                self._owner.pop(ike_id, None)
+            b.ike_sas.clear()
+            return gone
+        return set()
+
+    def place(self, ike_id, need=None):
+        """Choose the board for a new IKE SA (or the one it already has). `need`: an iterable of
+        acceptable (encr, key_bits, integ) transforms; the board must run at least one."""
+        if ike_id in self._owner:
+            return self.boards[self._owner[ike_id]]
+        need = set(need) if need is not None else None
+        best = None
+        for b in self.boards.values():
+            if not b.ready:
+                continue
+            if need is not None and not need.intersection(b.capabilities()):
+                continue
+            if b.load() >= 1.0:
+                continue
+            if best is None or (b.load(), len(b.ike_sas)) < (best.load(), len(best.ike_sas)):
+                best = b
+        if best is None:
+            raise NoBoard("no ready board can take IKE SA %d" % ike_id)
+        best.ike_sas.add(ike_id)
+        self._owner[ike_id] = best.name
+        return best
+
+    def release(self, ike_id):
+        """The IKE SA is gone: its board no longer counts it."""
+        name = self._owner.pop(ike_id, None)
+        if name is not None:
+            self.boards[name].ike_sas.discard(ike_id)
+
+    def owner_of(self, ike_id):
+        name = self._owner.get(ike_id)
+        return self.boards[name] if name is not None else None
+
+    def ike_sas_on(self, name):
+        return set(self.boards[name].ike_sas)
+
+    def ready_boards(self):
+        return [b for b in self.boards.values() if b.ready]
