@@ -273,8 +273,9 @@ class EspSa(SaRecord):
 
     def pop_expiry(self):
         ev = self._events
-        if ev:
-            self._events = []
+        if not ev:
+            return []
+        self._events = []
         return ev
 
     def stats(self):
@@ -483,7 +484,7 @@ class CbcHmacSa(EspSa):
         self.cbc = backend.aes_cbc(spec.encr_key)
         self.mac = backend.hmac_sha256(spec.integ_key)
         self.ct_equal = backend.ct_equal
-        self.iv_source = backend.random
+        self.random = backend.random  # tests may set a fixed IV source here
 
     def encrypt(self, pkt):
         if self.state == _ST_HARD:
@@ -501,7 +502,7 @@ class CbcHmacSa(EspSa):
         self.seq = seq
         padlen = (14 - len(payload)) & 15
         trailer = _TRAILERS.get((nh << 8) | padlen) or _trailer(padlen, nh)
-        iv = self.iv_source(16)
+        iv = self.random(16) if self.random else self._iv_from_seq(seq)
         body = self.spi_b + _pack(">I", seq & 0xFFFFFFFF) + iv + self.cbc.encrypt(iv, payload + trailer)
         icv = self.mac.digest(body, _pack(">I", seq >> 32) if self.esn else b"")
         self.packets += 1
@@ -509,6 +510,13 @@ class CbcHmacSa(EspSa):
         if self.packets >= self._next_p or self.octets >= self._next_o or seq >= self._next_seq:
             self._limits(seq)
         return m.P_OK, body + icv[:16]
+
+    _ZERO_IV = bytes(16)
+
+    def _iv_from_seq(self, seq):
+        """No RNG on this runtime: IV = AES_K(0^64 || seq), unpredictable without the key and
+        unique per SA (NIST SP 800-38A Appendix C, the first method)."""
+        return self.cbc.encrypt(self._ZERO_IV, _pack(">IIII", 0, 0, seq >> 32, seq & 0xFFFFFFFF))
 
     def decrypt(self, pkt):
         if self.state == _ST_HARD:

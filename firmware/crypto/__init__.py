@@ -17,7 +17,8 @@ A backend is a module with:
     hmac_sha256(key)     .digest(data, tail=b"") -> 32 bytes of HMAC-SHA-256(key, data || tail)
                          (RFC 2104; `tail` lets ESN append seq-hi without a copy, RFC 4303 §3.3.2.1)
     ct_equal(a, b)       constant-time comparison of two byte strings
-    random(n)            n unpredictable bytes (CBC IVs, RFC 3602 §2.1)
+    random               random(n) -> n unpredictable bytes (CBC IVs, RFC 3602 §2.1), or None
+                         where the runtime has no os.urandom
 
 Key sizes: AES 16 and 32 bytes (24 works in every backend but is not advertised).
 Inputs may be bytes, bytearray or memoryview; outputs are bytes.

@@ -25,8 +25,9 @@ def speed(encr):
     return m.SPEED_SLOW
 
 
-def random(n):
-    return os.urandom(n)
+# None where the runtime has no os.urandom (the wasm port): the ESP engine then derives CBC IVs
+# by encrypting the sequence number (NIST SP 800-38A Appendix C).
+random = getattr(os, "urandom", None)
 
 
 def hmac_sha256(key):
@@ -242,6 +243,9 @@ class AesCbc:
             out.append(pack(">IIII", p0 ^ v0, p1 ^ v1, p2 ^ v2, p3 ^ v3))
             v0, v1, v2, v3 = c0, c1, c2, c3
         return b"".join(out)
+
+    def __repr__(self):
+        return "AesCbc(<key hidden>)"
 
 
 def aes_cbc(key):
