@@ -578,7 +578,7 @@ class SaStats:
     def __repr__(self):
         return "SaStats(spi=0x%08x, dir=%d, packets=%d)" % (self.spi, self.direction, self.packets)
 
-    SIZE = 46
+    SIZE = 42  # spi 4, dir 1, state 1, packets 8, octets 8, auth_fail 4, replay 4, seq 8, reqid 4
 
     def encode(self):
         return (struct.pack(">IBB", self.spi, self.direction, self.state) + w_u64(self.packets)
