@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from firmware.link import frame as fr
 from firmware.link import messages as m
 from firmware.tests import espdata as d
 from firmware.tests.espdata import A1, A2, det, ipv4
@@ -79,6 +80,25 @@ def test_unknown_spi_and_expiry_events_reach_the_host(sim):
             assert (ev.spi, ev.hard, ev.reason, ev.reqid) == (0x7100, True, m.EXP_PACKETS, 9)
             assert c.ready   # an expired SA is the host's to delete: the books still agree
             await c.sa_del(0x7100, m.DIR_OUT)
+        finally:
+            await c.close()
+    asyncio.run(run())
+
+
+def test_batches_larger_than_the_default_frame_limit(sim):
+    """Replies of a full batch are as large as the board's max_frame (16384 for the sim): the
+    host adopts the HELLO's max_frame instead of dropping them as oversize."""
+    async def run():
+        c = await _client(sim.url)
+        try:
+            assert c.session.hello.max_frame > fr.DEFAULT_MAX_FRAME
+            await c.sa_add(d.spec(0x7200, m.DIR_OUT, src=(A1, 0), dst=(A2, 0)))
+            await c.sa_add(d.spec(0x7200, m.DIR_IN, src=(A2, 0), dst=(A1, 0)))
+            pkts = [ipv4(A1, A2, 17, d.udp(1, 2, det(1372, k))) for k in range(10)]
+            out = await c.encrypt([(0x7200, p) for p in pkts])
+            assert sum(len(e) for _, e in out) > fr.DEFAULT_MAX_FRAME
+            back = await c.decrypt([((A1, 0), e) for _, e in out])
+            assert [p for _, _, p in back] == pkts
         finally:
             await c.close()
     asyncio.run(run())

@@ -224,6 +224,9 @@ class BoardSession:
             return
         self.hello = hello
         self.boot_id = hello.boot_id
+        # Batched data-path replies are as large as the board's frames: decode them.
+        if hello.max_frame > self.link.decoder.max_frame:
+            self.link.decoder.set_max_frame(hello.max_frame)
         # Retryable requests in flight stay within the board's reply cache (exactly-once).
         self.link.cache_size = max(1, hello.reply_cache // 2)
         if self.flush_on_open:
