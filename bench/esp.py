@@ -11,9 +11,10 @@ For 64-, 512- and 1400-byte IP packets, side by side in one run:
   link    a packet's encapsulation and decapsulation by the simulated board (python -m
           firmware.sim, a real pty, pyserial, the real BoardClient), batched ENCRYPT then
           DECRYPT requests, 4 batches in flight
-Figures are packets (encap + decap pairs) per second; raw and esp are measured in alternation,
-`rounds` times, best of each, so load from other processes hits both alike. Ratios are what
-to compare across machines.
+Figures are packets (encap + decap pairs) per second; raw, esp and cbc are measured in
+alternation, `rounds` times, best of each, in process CPU time, so load from other processes
+hits them alike; the link figure is wall time (two processes and a pty). Ratios are what to
+compare across machines.
 
 Link efficiency: useful bytes (plaintext or ESP packets) / bytes on the wire (COBS, frame
 header, CRC, batch and item headers, delimiters) for batched 1400-byte packets, from the
@@ -63,11 +64,13 @@ def sa_pair(encr, spi, window=64, flags=0):
 
 
 def rate(fn, seconds):
-    """Calls of fn() per second over about `seconds` (fn runs a chunk and returns its count)."""
-    n, t0 = 0, time.perf_counter()
+    """Items per second of this process's CPU time over about `seconds` (fn runs a chunk and
+    returns its count). CPU time rather than wall time: other processes on a shared machine
+    then cost less noise (they still share caches and cores)."""
+    n, t0 = 0, time.process_time()
     while True:
         n += fn()
-        dt = time.perf_counter() - t0
+        dt = time.process_time() - t0
         if dt >= seconds:
             return n / dt
 
