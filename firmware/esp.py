@@ -212,13 +212,25 @@ class EspSa(SaRecord):
                 raise m.MessageError("transport mode needs A_SRC and A_DST of one family")
             self._local = bytes(spec.src[0])
             self._peer = bytes(spec.dst[0])
-        self._fast_out = self.tunnel and not self._ts and not self.inbound
+        self._fast_out = self.tunnel and not self._ts and not self.inbound and not self.esn
         self._fast_in = (self.tunnel and not self._ts and self.inbound and not self.esn
                          and spec.replay_window > 0)
         self._tr4 = [_trailer((2 - k) & 3, NH_IPV4) for k in range(4)]  # by len(pkt) & 3
         self._seq_soft = self.seq_max - (self.seq_max >> 4)
         self._next_seq = self._seq_soft if not self.inbound else _NEVER
         self._next_limits()
+
+    # Outbound, every packet sent consumes one sequence number and nothing else does, so the
+    # packet count is derived from it (one counter less on the hot path).
+    @property
+    def packets(self):
+        if self.spec.direction == m.DIR_OUT:
+            return self.seq - self.spec.initial_seq
+        return self._in_packets
+
+    @packets.setter
+    def packets(self, value):
+        self._in_packets = value
 
     # ---- lifetimes ------------------------------------------------------------------------
     def _next_limits(self):
@@ -235,6 +247,9 @@ class EspSa(SaRecord):
                 o = s.soft_bytes
         self._next_p = p
         self._next_o = o
+        # outbound: the first sequence number at which a packet or sequence limit needs a look
+        c = self.spec.initial_seq + p
+        self._check_seq = c if c < self._next_seq else self._next_seq
 
     def _expire(self, hard, reason):
         if hard:
@@ -348,9 +363,9 @@ class EspSa(SaRecord):
         if end < 0 or (padlen and pt[end:n - 2] != _PADS[padlen]):
             return _R_MALFORMED
         inner = pt[:end]
-        self.packets += 1
+        self._in_packets += 1
         self.octets += end
-        if self.packets >= self._next_p or self.octets >= self._next_o:
+        if self._in_packets >= self._next_p or self.octets >= self._next_o:
             self._limits()
         if nh == NH_NONE:
             return _R_DUMMY
@@ -424,24 +439,21 @@ class GcmSa(EspSa):
         self.auth_error = backend.AuthError
 
     def encrypt(self, pkt):
-        # Fast path (the common case, kept short for CPython): tunnel mode, no selectors, an
-        # IPv4 packet whose length field matches. Everything else takes _encrypt().
+        # Fast path (the common case, kept short for CPython): tunnel mode, no selectors, no
+        # ESN, an IPv4 packet whose length field matches, no limit near. Else _encrypt().
         n = len(pkt)
-        if not self._fast_out or n < 20 or pkt[0] >> 4 != 4 or ((pkt[2] << 8) | pkt[3]) != n:
-            return self._encrypt(pkt)
-        seq = self.seq + 1
-        if seq > self.seq_max:
-            return self._exhausted()
-        self.seq = seq
-        iv = seq.to_bytes(8, "big")
-        hdr = self.spi_b + iv[4:]
-        out = hdr + iv + self.aead.encrypt(self.salt + iv, pkt + self._tr4[n & 3],
-                                           self.spi_b + iv if self.esn else hdr)
-        self.packets += 1
-        self.octets += n
-        if self.packets >= self._next_p or self.octets >= self._next_o or seq >= self._next_seq:
-            self._limits(seq)
-        return 0, out
+        if self._fast_out and n > 19 and pkt[0] >> 4 == 4 and ((pkt[2] << 8) | pkt[3]) == n:
+            seq = self.seq + 1
+            if seq < self._check_seq:
+                self.seq = seq
+                iv = seq.to_bytes(8, "big")
+                hdr = self.spi_b + iv[4:]
+                o = self.octets + n
+                self.octets = o
+                if o >= self._next_o:
+                    self._limits(seq)
+                return 0, hdr + iv + self.aead.encrypt(self.salt + iv, pkt + self._tr4[n & 3], hdr)
+        return self._encrypt(pkt)
 
     def _encrypt(self, pkt):
         if self.state == _ST_HARD:
@@ -466,39 +478,42 @@ class GcmSa(EspSa):
         else:
             hdr = aad = self.spi_b + iv[4:]
         out = hdr + iv + self.aead.encrypt(self.salt + iv, payload + trailer, aad)
-        self.packets += 1
         self.octets += len(pkt)
-        if self.packets >= self._next_p or self.octets >= self._next_o or seq >= self._next_seq:
+        if seq >= self._check_seq or self.octets >= self._next_o:
             self._limits(seq)
         return m.P_OK, out
 
     def decrypt(self, pkt):
-        # Fast path: no ESN, window on, tunnel mode, no selectors, an in-order packet carrying
-        # an IPv4 packet with default padding and no TFC padding. Else _decrypt().
-        w = self.window
-        if not self._fast_in or len(pkt) < 54:
-            return self._decrypt(pkt)
-        seq = int.from_bytes(pkt[4:8], "big")
-        top = w.top
-        if seq <= top:
-            return self._decrypt(pkt)
-        try:
-            pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], pkt[:8])
-        except self.auth_error:
-            self.auth_fail += 1
-            return _R_AUTH
-        d = seq - top
-        w.bits = ((w.bits << d) | 1) & w.mask if d < w.size else 1
-        w.top = seq
-        end = len(pt) - 2 - pt[-2]
-        if (pt[-1] != 4 or end < 20 or ((pt[2] << 8) | pt[3]) != end or pt[0] >> 4 != 4
-                or pt[end:-2] != _PADS[pt[-2]]):
-            return self._deliver(pt)
-        self.packets += 1
-        self.octets += end
-        if self.packets >= self._next_p or self.octets >= self._next_o:
-            self._limits()
-        return 0, pt[:end]
+        # Fast path: no ESN, window on, tunnel mode, no selectors, a packet right of the
+        # window carrying an IPv4 packet with default padding and no TFC padding. Else the
+        # general path (_decrypt / _deliver), which gives the same result.
+        if self._fast_in and len(pkt) > 53:
+            seq = int.from_bytes(pkt[4:8], "big")
+            w = self.window
+            top = w.top
+            if seq > top:
+                try:
+                    pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], pkt[:8])
+                except self.auth_error:
+                    self.auth_fail += 1
+                    return _R_AUTH
+                d = seq - top
+                w.bits = ((w.bits << d) | 1) & w.mask if d < w.size else 1
+                w.top = seq
+                k = len(pt) - 2
+                pad = pt[k]
+                end = k - pad
+                if (pt[-1] == 4 and end > 19 and ((pt[2] << 8) | pt[3]) == end and pt[0] >> 4 == 4
+                        and (not pad or pt[end:k] == _PADS[pad])):
+                    p = self._in_packets + 1
+                    self._in_packets = p
+                    o = self.octets + end
+                    self.octets = o
+                    if p >= self._next_p or o >= self._next_o:
+                        self._limits()
+                    return 0, pt[:end]
+                return self._deliver(pt)
+        return self._decrypt(pkt)
 
     def _decrypt(self, pkt):
         if self.state == _ST_HARD:
@@ -558,9 +573,8 @@ class CbcHmacSa(EspSa):
         iv = self.random(16) if self.random else self._iv_from_seq(seq)
         body = self.spi_b + _pack(">I", seq & 0xFFFFFFFF) + iv + self.cbc.encrypt(iv, payload + trailer)
         icv = self.mac.digest(body, _pack(">I", seq >> 32) if self.esn else b"")
-        self.packets += 1
         self.octets += len(pkt)
-        if self.packets >= self._next_p or self.octets >= self._next_o or seq >= self._next_seq:
+        if seq >= self._check_seq or self.octets >= self._next_o:
             self._limits(seq)
         return m.P_OK, body + icv[:16]
 

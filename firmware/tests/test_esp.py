@@ -386,7 +386,7 @@ def test_fast_path_and_general_path_agree():
     for flags in (0, m.SAF_ESN):
         fo, fi = d.pair(be, 0x900, flags=flags)
         so, si = d.pair(be, 0x900, flags=flags, ts_out=(anything, anything))
-        assert fo._fast_out and not so._fast_out and not si._fast_in
+        assert fo._fast_out == fi._fast_in == (flags == 0) and not so._fast_out and not si._fast_in
         for n in (20, 21, 22, 23, 100):
             pkt = ipv4(payload=det(n - 20, n)) if n > 20 else ipv4()
             a, b = fo.encrypt(pkt), so.encrypt(pkt)
