@@ -46,7 +46,8 @@ GOAL_LINK_EFF = 0.95
 def ip_packet(size, seed=0):
     """An IPv4/UDP packet of `size` bytes with a valid header checksum."""
     body = bytes((i * 7 + seed) & 0xFF for i in range(size - 28))
-    udp = (1000).to_bytes(2, "big") + (2000).to_bytes(2, "big") + (size - 20).to_bytes(2, "big") + b"\0\0" + body
+    udp = ((1000).to_bytes(2, "big") + (2000).to_bytes(2, "big") + (size - 20).to_bytes(2, "big")
+           + b"\0\0" + body)
     hdr = bytearray(b"\x45\x00" + size.to_bytes(2, "big") + b"\x00\x00\x00\x00\x40\x11\x00\x00" + A1 + A2)
     hdr[10:12] = esp.checksum(bytes(hdr)).to_bytes(2, "big")
     return bytes(hdr) + udp
@@ -148,7 +149,7 @@ async def through_board(seconds, rounds, depth=4):
             pkts = [ip_packet(size, k) for k in range(batch)]
             useful = [0]
 
-            async def one():
+            async def one(pkts=pkts, useful=useful, batch=batch):
                 enc = await c.encrypt([(so.spi, p) for p in pkts], timeout=5)
                 esps = [e for st, e in enc]
                 dec = await c.decrypt([((A1, 4500), e) for e in esps], timeout=5)

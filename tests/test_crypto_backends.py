@@ -25,7 +25,8 @@ def test_gcm_agrees(key, nonce, data, aad):
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=keys, iv=st.binary(min_size=16, max_size=16), blocks=st.integers(0, 8), seed=st.binary(max_size=128))
+@given(key=keys, iv=st.binary(min_size=16, max_size=16), blocks=st.integers(0, 8),
+       seed=st.binary(max_size=128))
 def test_cbc_agrees(key, iv, blocks, seed):
     data = (seed * 200)[:16 * blocks] if seed else bytes(16 * blocks)
     outs = [be.aes_cbc(key).encrypt(iv, data) for be in BACKENDS]

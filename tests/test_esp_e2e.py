@@ -68,7 +68,8 @@ def test_unknown_spi_and_expiry_events_reach_the_host(sim):
     async def run():
         c = await _client(sim.url)
         try:
-            out = await c.decrypt([((A1, 4500), (0xBAD00 + i).to_bytes(4, "big") + det(40)) for i in range(20)])
+            junk = [((A1, 4500), (0xBAD00 + i).to_bytes(4, "big") + det(40)) for i in range(20)]
+            out = await c.decrypt(junk)
             assert {st for st, _, _ in out} == {m.P_UNKNOWN_SPI}
             rep = await _next(c.events, UnknownSpiReport)
             assert sum(n for _, _, n in rep.entries) + rep.suppressed >= 1

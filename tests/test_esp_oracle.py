@@ -67,7 +67,8 @@ def _scapy_sa(spec, mode, encap, src, dst, esn_hi=None, seq=1):
 
 def _inner(mode, n=0):
     if mode == m.MODE_TUNNEL:
-        return [IP(src="192.168.1.10", dst="192.168.2.20", ttl=33, id=7) / ICMP(id=5, seq=n) / (b"x" * (n + 1)),
+        return [IP(src="192.168.1.10", dst="192.168.2.20", ttl=33, id=7) / ICMP(id=5, seq=n)
+                / (b"x" * (n + 1)),
                 IPv6(src="2001:db8:1::1", dst="2001:db8:2::2") / UDP(sport=1000, dport=2000) / (b"y" * 30)]
     return [IP(src=BOARD, dst=PEER, id=9) / UDP(sport=5000, dport=53) / (b"q" * (n + 3)),
             IP(src=BOARD, dst=PEER) / TCP(sport=4000, dport=80, flags="PA") / b"GET / HTTP/1.0\r\n\r\n"]

@@ -88,14 +88,14 @@ def test_gcm_rejects_any_flipped_bit():
             bad[i] ^= 1
             try:
                 g.decrypt(h(nonce), bytes(bad), h(aad))
-                assert False, "%s accepted a flipped bit at %d" % (be.NAME, i)
+                raise AssertionError("%s accepted a flipped bit at %d" % (be.NAME, i))
             except be.AuthError:
                 pass
         bad_aad = bytearray(h(aad))
         bad_aad[7] ^= 0x80   # another sequence number
         try:
             g.decrypt(h(nonce), ct, bytes(bad_aad))
-            assert False, "%s accepted a changed AAD" % be.NAME
+            raise AssertionError("%s accepted a changed AAD" % be.NAME)
         except be.AuthError:
             pass
 
@@ -114,7 +114,7 @@ def test_cbc_refuses_partial_blocks():
         for n in (1, 15, 17):
             try:
                 c.encrypt(bytes(16), bytes(n))
-                assert False, "%s took %d bytes" % (be.NAME, n)
+                raise AssertionError("%s took %d bytes" % (be.NAME, n))
             except ValueError:
                 pass
 
@@ -142,6 +142,6 @@ def test_bad_key_sizes_refused():
             for make in (be.aes_gcm, be.aes_cbc):
                 try:
                     make(bytes(n))
-                    assert False, "%s took a %d-byte key" % (be.NAME, n)
+                    raise AssertionError("%s took a %d-byte key" % (be.NAME, n))
                 except ValueError:
                     pass

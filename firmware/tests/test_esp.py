@@ -354,14 +354,14 @@ def test_unsupported_and_bad_sa_specs():
     for spec in cases:
         try:
             esp.new_sa(spec, be)
-            assert False, spec
+            raise AssertionError(spec)
         except sad.UnsupportedSa:
             pass
     for spec in (m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), mode=m.MODE_TRANSPORT),
                  m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), initial_seq=1 << 32)):
         try:
             esp.new_sa(spec, be)
-            assert False, spec
+            raise AssertionError(spec)
         except m.MessageError:
             pass
 

@@ -66,7 +66,7 @@ def test_window_size_bounds():
     for bad in (-1, 1025):
         try:
             ReplayWindow(bad)
-            assert False, bad
+            raise AssertionError(bad)
         except ValueError:
             pass
 
