@@ -117,9 +117,12 @@ class Board:
         self.reset_requested = False
         self.counters = {"requests": 0, "replies_from_cache": 0, "bad_requests": 0,
                          "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
-                         "unknown_spi_suppressed": 0, "host_silence_flushes": 0}
+                         "unknown_spi_suppressed": 0, "host_silence_flushes": 0,
+                         "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0}
         self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
         self._unknown_suppressed = 0
+        # entries that fit one event frame (spi 4, IPv6 address 19, count 4)
+        self._unknown_max = max(1, min(m.UnknownSpi.MAX_ENTRIES, (self.max_frame - fr.MIN_FRAME - 5) // 27))
         self._unknown_bucket = TokenBucket(profile_value(p, "unknown_spi_rate"),
                                            profile_value(p, "unknown_spi_burst"), now)
         self.out += b"\x00"  # flush whatever a half-sent frame left in the host's decoder
@@ -167,13 +170,17 @@ class Board:
         return now - self.boot_ms
 
     def note_unknown_spi(self, spi, src):
-        """The ESP path saw a packet for an SPI we do not have (reported to the host)."""
+        """The ESP path saw a packet for an SPI we do not have (RFC 4303 §3.4.2; the host may
+        answer INVALID_SPI, RFC 7296 §2.21.1). Aggregated per (SPI, source) until the token
+        bucket lets the next UNKNOWN_SPI event out; beyond the entries one event can carry,
+        packets are only counted (`suppressed`). Memory and link use stay bounded whatever
+        the flood."""
         self.counters["unknown_spi_packets"] += 1
         key = (spi, src)
         n = self._unknown.get(key)
         if n is not None:
             self._unknown[key] = n + 1
-        elif len(self._unknown) < m.UnknownSpi.MAX_ENTRIES:
+        elif len(self._unknown) < self._unknown_max:
             self._unknown[key] = 1
         else:
             self._unknown_suppressed += 1
@@ -275,35 +282,69 @@ class Board:
         page = [r.stats() for r in recs[start:start + min(limit, room)]]
         return m.StatsReply(m.OK, len(recs), page).encode()
 
+    # Worst-case ESP growth of one packet (SPI+seq, IV, padding, trailer, ICV) and per-item
+    # reply overhead; a packet whose result would not fit the reply frame gets P_TOO_BIG and
+    # uses no sequence number, instead of the whole batch failing.
+    ESP_OVERHEAD = 64
+
+    def _reply_room(self):
+        return self.max_frame - fr.MIN_FRAME - 3
+
     def _encrypt(self, body, now):
         items = m.decode_encrypt_request(body, self.max_batch)
         out = []
+        room = self._reply_room()
         for spi, pkt in items:
             rec = self.sad.get(spi, m.DIR_OUT)
             if rec is None:
-                out.append((m.P_UNKNOWN_SPI, b""))
-                continue
-            out.append(rec.encrypt(pkt))
-            self._expiry(rec)
+                res = (m.P_UNKNOWN_SPI, b"")
+            elif len(pkt) + self.ESP_OVERHEAD + 3 > room:
+                res = (m.P_TOO_BIG, b"")
+            else:
+                res = rec.encrypt(pkt)
+                self._expiry(rec)
+            room -= 3 + len(res[1])
+            out.append(res)
         return m.encode_encrypt_reply(out)
 
     def _decrypt(self, body, now):
         items = m.decode_decrypt_request(body, self.max_batch)
         out = []
+        room = self._reply_room()
         for src, pkt in items:
             st, spi, inner = self._decrypt_one(src, pkt)
+            if len(inner) + 7 > room:
+                st, inner = m.P_TOO_BIG, b""
+            room -= 7 + len(inner)
             out.append((st, spi, inner))
         return m.encode_decrypt_reply(out)
 
     def _decrypt_one(self, src, pkt):
-        """Hook for the ESP engine (RFC 3948 classification, SPI lookup, RFC 4303 §3.4)."""
-        if len(pkt) < 8:
+        """RFC 3948 classification, SPI lookup, then the SA's RFC 4303 §3.4 processing.
+
+        src = (ip, port): port != 0 means `pkt` is a UDP payload from port 4500; port 0 or
+        src None means it is the payload of an IP protocol-50 packet (see firmware/esp.py)."""
+        udp = src is not None and src[1] != 0
+        n = len(pkt)
+        if udp:
+            if n == 1 and pkt[0] == 0xFF:
+                self.counters["nat_keepalives"] += 1
+                return m.P_KEEPALIVE, 0, b""     # RFC 3948 §2.3: ignored
+            if n >= 4 and pkt[0] == 0 and pkt[1] == 0 and pkt[2] == 0 and pkt[3] == 0:
+                self.counters["non_esp"] += 1
+                return m.P_NOT_ESP, 0, b""       # RFC 3948 §2.2: IKE, not for the board
+        if n < 8:
             return m.P_MALFORMED, 0, b""
         spi = int.from_bytes(pkt[0:4], "big")
+        if spi < 256:
+            return m.P_MALFORMED, spi, b""       # reserved SPIs (RFC 4303 §2.1): never an SA
         rec = self.sad.get(spi, m.DIR_IN)
         if rec is None:
             self.note_unknown_spi(spi, src)
             return m.P_UNKNOWN_SPI, spi, b""
+        if getattr(rec, "udp", udp) != udp:
+            self.counters["encap_mismatch"] += 1
+            return m.P_POLICY, spi, b""
         st, inner = rec.decrypt(pkt)
         self._expiry(rec)
         return st, spi, inner

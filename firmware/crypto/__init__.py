@@ -1,0 +1,59 @@
+"""Crypto backends for the ESP engine: one interface, three implementations, chosen at start.
+
+    be = crypto.load()             # best available: cryptography, then cryptolib, then pure
+    be = crypto.load("pure")       # or a given one (tests make the choice explicit)
+
+A backend is a module with:
+
+    NAME                 "cryptography" | "cryptolib" | "pure"
+    speed(encr)          messages.SPEED_FAST / SPEED_SLOW for an IKEv2 ENCR transform id
+    AuthError            raised by an AEAD's decrypt() when the tag does not verify
+    aes_gcm(key)         AEAD (RFC 5116 / NIST SP 800-38D) with a 16-byte tag:
+                           .encrypt(nonce12, plaintext, aad) -> ciphertext || tag
+                           .decrypt(nonce12, ciphertext || tag, aad) -> plaintext  (or AuthError)
+                         the same call shape as cryptography's AESGCM, so the CPython path adds
+                         no wrapper
+    aes_cbc(key)         .encrypt(iv16, data) / .decrypt(iv16, data); len(data) % 16 == 0, no padding
+    hmac_sha256(key)     .digest(data, tail=b"") -> 32 bytes of HMAC-SHA-256(key, data || tail)
+                         (RFC 2104; `tail` lets ESN append seq-hi without a copy, RFC 4303 §3.3.2.1)
+    ct_equal(a, b)       constant-time comparison of two byte strings
+    random               random(n) -> n unpredictable bytes (CBC IVs, RFC 3602 §2.1), or None
+                         where the runtime has no os.urandom
+
+Key sizes: AES 16 and 32 bytes (24 works in every backend but is not advertised).
+Inputs may be bytes, bytearray or memoryview; outputs are bytes.
+"""
+
+ORDER = ("cryptography", "cryptolib", "pure")
+
+
+def load(name=None):
+    """The named backend, or the first of ORDER this runtime can import."""
+    names = (name,) if name else ORDER
+    last = None
+    for n in names:
+        try:
+            if n == "cryptography":
+                from firmware.crypto import cryptography_backend as be
+            elif n == "cryptolib":
+                from firmware.crypto import cryptolib_backend as be
+            elif n == "pure":
+                from firmware.crypto import pure as be
+            else:
+                raise ValueError("unknown crypto backend %r" % n)
+            return be
+        except ImportError as e:
+            last = e
+    raise ImportError("no crypto backend among %s: %s" % (names, last))
+
+
+def available():
+    """Names of the backends this runtime can load."""
+    out = []
+    for n in ORDER:
+        try:
+            load(n)
+            out.append(n)
+        except ImportError:
+            pass
+    return out

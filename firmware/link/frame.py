@@ -73,12 +73,16 @@ class FrameDecoder:
     """
 
     def __init__(self, max_frame=DEFAULT_MAX_FRAME):
-        self.max_frame = max_frame
-        self._max_block = max_wire_len(max_frame)
+        self.set_max_frame(max_frame)
         self._buf = bytearray()
         self._skipping = False  # an oversize block: discard until the next delimiter
         self.counters = {"frames": 0, "bad_crc": 0, "bad_cobs": 0, "short": 0,
                          "too_long": 0, "bad_version": 0, "auth_dropped": 0}
+
+    def set_max_frame(self, max_frame):
+        """Accept frames up to `max_frame` decoded bytes (the host learns the board's from HELLO)."""
+        self.max_frame = max_frame
+        self._max_block = max_wire_len(max_frame)
 
     def feed(self, data):
         frames = []

@@ -59,6 +59,7 @@ P_KEEPALIVE = 7     # NAT-keepalive 0xFF (RFC 3948 §2.3): ignored
 P_TOO_BIG = 8
 P_POLICY = 9        # decrypted inner packet outside the SA's traffic selectors (RFC 4301 §5.2)
 P_UNSUPPORTED = 10
+P_DUMMY = 11        # authentic dummy packet, next header 59 (RFC 4303 §2.6): nothing to deliver
 
 # ---- SA directions and modes -----------------------------------------------------------------
 DIR_IN = 0
@@ -336,8 +337,8 @@ A_SOFT_BYTES = 10
 A_HARD_BYTES = 11
 A_SOFT_PACKETS = 12
 A_HARD_PACKETS = 13
-A_SRC = 14          # outer source (our address) — tunnel endpoint / UDP encap source
-A_DST = 15          # outer destination (the peer)
+A_SRC = 14          # our address (tunnel endpoint / UDP encap), for either direction
+A_DST = 15          # the peer's address, for either direction; transport mode needs both
 A_REQID = 16        # host's Child SA handle, echoed in events
 A_TS_LOCAL = 17     # traffic selectors: repeated (start ip, end ip, proto, start port, end port)
 A_TS_REMOTE = 18
@@ -577,7 +578,7 @@ class SaStats:
     def __repr__(self):
         return "SaStats(spi=0x%08x, dir=%d, packets=%d)" % (self.spi, self.direction, self.packets)
 
-    SIZE = 42  # 4+1+1+8+8+4+4+8+4
+    SIZE = 42  # spi 4, dir 1, state 1, packets 8, octets 8, auth_fail 4, replay 4, seq 8, reqid 4
 
     def encode(self):
         return (struct.pack(">IBB", self.spi, self.direction, self.state) + w_u64(self.packets)

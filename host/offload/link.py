@@ -85,7 +85,7 @@ class LinkClient:
 
     def set_max_frame(self, max_frame):
         """The board's frame limit from its HELLO: longer replies are legitimate."""
-        self.decoder = fr.FrameDecoder(max_frame) if max_frame != self.decoder.max_frame else self.decoder
+        self.decoder.set_max_frame(max_frame)
 
     def cancel(self, seq):
         """Forget a request (its reply, if any, will be counted as stale)."""

@@ -224,9 +224,10 @@ class BoardSession:
             return
         self.hello = hello
         self.boot_id = hello.boot_id
+        # Batched data-path replies are as large as the board's frames: decode them.
+        self.link.set_max_frame(max(hello.max_frame, 64))
         # Retryable requests in flight stay within the board's reply cache (exactly-once).
         self.link.cache_size = max(1, hello.reply_cache // 2)
-        self.link.set_max_frame(max(hello.max_frame, 64))
         if self.flush_on_open:
             seq = self.link.request(m.SA_FLUSH, b"", now, reply_len=12)
             self._ops[seq] = ("open_flush", None)

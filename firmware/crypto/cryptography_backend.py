@@ -1,0 +1,81 @@
+# cpython-only: the `cryptography` library (OpenSSL); the simulated board and the host use it
+"""CPython backend: `cryptography` (OpenSSL) for AES-GCM and AES-CBC; HMAC-SHA-256 on hashlib
+(also OpenSSL on CPython), whose copy() of the keyed states beats building an HMAC per packet.
+
+aes_gcm() returns cryptography's AESGCM object itself, so the ESP fast path calls OpenSSL with
+no Python layer in between (cache it per SA: building one costs more than sealing a packet).
+"""
+import hmac as _hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from firmware.crypto.hmac256 import HmacSha256  # hashlib (OpenSSL) with copied keyed states
+from firmware.link import messages as m
+
+NAME = "cryptography"
+AuthError = InvalidTag
+random = os.urandom
+
+
+def speed(encr):
+    return m.SPEED_FAST
+
+
+def ct_equal(a, b):
+    return _hmac.compare_digest(bytes(a), bytes(b))
+
+
+def aes_gcm(key):
+    if len(key) not in (16, 24, 32):
+        raise ValueError("AES key must be 16, 24 or 32 bytes")
+    return AESGCM(bytes(key))
+
+
+class AesCbc:
+    """AES-CBC on two long-lived OpenSSL contexts per key: building a context costs ~30 us,
+    more than the packet. CBC's only state is the chaining block, so a packet with its own
+    IV is run through a running context like this:
+      decrypt: feed IV || C and drop the first output block (the IV acts as C0);
+      encrypt: feed (P1 ^ IV ^ X) || P2.. where X is the context's last output block, giving
+               E_K(P1 ^ IV) || ... exactly as a fresh CBC(IV) context would.
+    Checked against fresh contexts by tests/test_crypto_backends.py."""
+    __slots__ = ("_enc", "_dec", "_last")
+
+    def __init__(self, key):
+        if len(key) not in (16, 24, 32):
+            raise ValueError("AES key must be 16, 24 or 32 bytes")
+        alg = algorithms.AES(bytes(key))
+        self._enc = Cipher(alg, modes.CBC(bytes(16))).encryptor()
+        self._dec = Cipher(alg, modes.CBC(bytes(16))).decryptor()
+        self._last = 0   # the encryptor's chaining value (its IV, then its last output block)
+
+    def encrypt(self, iv, data):
+        if len(data) % 16 or len(iv) != 16:
+            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+        if not data:
+            return b""
+        first = int.from_bytes(data[:16], "big") ^ int.from_bytes(iv, "big") ^ self._last
+        out = self._enc.update(first.to_bytes(16, "big") + data[16:])
+        self._last = int.from_bytes(out[-16:], "big")
+        return out
+
+    def decrypt(self, iv, data):
+        if len(data) % 16 or len(iv) != 16:
+            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+        if not data:
+            return b""
+        return self._dec.update(bytes(iv) + bytes(data))[16:]
+
+    def __repr__(self):
+        return "AesCbc(<key hidden>)"
+
+
+def aes_cbc(key):
+    return AesCbc(key)
+
+
+def hmac_sha256(key):
+    return HmacSha256(key)

@@ -1,0 +1,639 @@
+"""ESP processing on the board: RFC 4303 with RFC 4106 (AES-GCM), RFC 3602 + RFC 4868
+(AES-CBC + HMAC-SHA-256-128) and RFC 3948 (UDP encapsulation).
+
+The contract of the link's data path (what the host daemon builds on)
+--------------------------------------------------------------------
+ENCRYPT item (spi, packet) -> (status, esp)
+    packet  a whole IPv4 or IPv6 packet, as read from the TUN device; its length field must
+            match its size.
+    tunnel mode     the whole packet is the ESP payload (next header 4 or 41).
+    transport mode  the IP header is taken off (its protocol becomes the next header) and
+                    only the upper-layer payload is protected. IPv4 options and IPv6
+                    extension headers are not carried (an IPv6 packet with extension headers,
+                    or any fragment, is refused with P_UNSUPPORTED: RFC 4303 §3.1.1 applies
+                    transport mode to whole datagrams).
+    esp     the ESP packet from the SPI on: SPI | seq | IV | ciphertext | ICV. It is the same
+            with and without UDP encapsulation: the host sends it as the payload of a UDP
+            datagram from/to port 4500 (RFC 3948 §2.1) for an SA with SAF_UDP_ENCAP, or as the
+            payload of an IP packet with protocol 50 otherwise; the host builds the outer IP
+            (and UDP) header from the SA's addresses, in both modes.
+    statuses  P_OK; P_EXPIRED (hard lifetime reached or sequence numbers exhausted, §3.3.3);
+            P_MALFORMED (not an IP packet, length fields wrong); P_POLICY (outside the SA's
+            traffic selectors); P_UNSUPPORTED; P_UNKNOWN_SPI / P_TOO_BIG (board.py).
+
+DECRYPT item (source, data) -> (status, spi, packet)
+    source  (ip, port) the datagram came from. port != 0: `data` is a UDP payload received on
+            port 4500 (RFC 3948): a single 0xFF byte is a NAT-keepalive (P_KEEPALIVE, §2.3),
+            four zero bytes first is the non-ESP marker of IKE (P_NOT_ESP, §2.2) and anything
+            else is ESP. port 0 or source None: `data` is the payload of an IP protocol-50
+            packet. An SA with SAF_UDP_ENCAP accepts only UDP-encapsulated ESP and an SA
+            without it only plain ESP (P_POLICY otherwise), so the encapsulation cannot be
+            switched by an attacker.
+    data    from the SPI on.
+    packet  a whole IP packet, ready for the TUN device:
+    tunnel mode     the inner packet, trimmed to its IP length (TFC padding, §2.7).
+    transport mode  a rebuilt IP header (version of the SA's addresses; source = the peer,
+                    A_DST; destination = us, A_SRC; TTL 64; IPv4 ID 0) followed by the
+                    payload. With UDP encapsulation, TCP and UDP checksums are fixed as RFC
+                    3948 §3.1.2 asks (recomputed; a UDP checksum over IPv4 is zeroed), since a
+                    NAT changed the addresses they were computed over.
+    statuses  P_OK; P_DUMMY (next header 59, a TFC dummy packet, §2.6: authentic, nothing to
+            deliver); P_AUTH_FAIL (ICV, §3.4.4); P_REPLAY (§3.4.3); P_EXPIRED; P_MALFORMED
+            (truncated, bad padding or next header, broken inner packet); P_POLICY (inner
+            packet outside the SA's selectors, RFC 4301 §5.2, or wrong encapsulation);
+            P_KEEPALIVE / P_NOT_ESP / P_UNKNOWN_SPI (board.py).
+
+Sequence numbers and IVs: outbound sequence numbers start at 1 (initial_seq + 1) and never
+cycle: after 2^32 - 1 (2^64 - 1 with ESN) the SA is hard-expired (EXP_SEQ) and refuses to send
+(§3.3.3); a soft EXP_SEQ fires 1/16 of the space before. The GCM IV is the 64-bit sequence
+number (unique under the key, RFC 4106 §3.1); the CBC IV is random (RFC 3602 §2.1). The
+anti-replay window is updated only after the ICV verified (replay.py).
+
+Lifetimes (RFC 4301 §4.4.2.1): packets and bytes of the IP packets (inner, plaintext) are
+counted after processing; the first one at or above a soft limit raises a soft SA_EXPIRE, at
+or above a hard limit a hard one, after which the SA answers P_EXPIRED until the host deletes
+it. Events are collected by pop_expiry() and sent by the board core.
+"""
+import struct
+
+from firmware import crypto
+from firmware.board import Board
+from firmware.link import messages as m
+from firmware.replay import ReplayWindow
+from firmware.sad import SaRecord, UnsupportedSa
+
+P_DUMMY = m.P_DUMMY
+NH_IPV4 = 4
+NH_IPV6 = 41
+NH_NONE = 59
+IPV6_EXT = (0, 43, 44, 51, 60, 135, 139, 140)
+PORT_PROTOS = (6, 17, 132, 136)   # TCP, UDP, SCTP, UDP-Lite: ports in the first 4 bytes
+ICMP_PROTOS = (1, 58)             # type/code take the place of ports (RFC 7296 §3.13.1)
+
+FEATURES = m.FEAT_ESN | m.FEAT_UDP_ENCAP | m.FEAT_TUNNEL | m.FEAT_TRANSPORT | m.FEAT_BATCH
+KEY_BITS = (128, 256)
+MAX_OVERHEAD = 8 + 16 + 15 + 2 + 16  # SPI+seq, IV, padding, trailer, ICV: worst case
+
+_pack = struct.pack
+_unpack_from = struct.unpack_from
+_NEVER = 1 << 64
+_ST_SOFT = m.SaStats.STATE_SOFT_EXPIRED
+_ST_HARD = m.SaStats.STATE_HARD_EXPIRED
+
+_R_EXPIRED = (m.P_EXPIRED, b"")
+_R_MALFORMED = (m.P_MALFORMED, b"")
+_R_REPLAY = (m.P_REPLAY, b"")
+_R_AUTH = (m.P_AUTH_FAIL, b"")
+_R_POLICY = (m.P_POLICY, b"")
+_R_UNSUPPORTED = (m.P_UNSUPPORTED, b"")
+_R_DUMMY = (P_DUMMY, b"")
+
+_PADS = [bytes(range(1, n + 1)) for n in range(256)]  # default padding (RFC 4303 §2.4)
+_TRAILERS = {}
+
+
+def _trailer(padlen, nh):
+    t = _PADS[padlen] + bytes((padlen, nh))
+    _TRAILERS[(nh << 8) | padlen] = t
+    return t
+
+
+def ones_sum(data):
+    """Internet one's-complement sum of `data` (RFC 1071), as an int 0..0xFFFF."""
+    if len(data) & 1:
+        data = bytes(data) + b"\x00"
+    n = int.from_bytes(data, "big")
+    s = n % 0xFFFF
+    if s == 0 and n:
+        s = 0xFFFF
+    return s
+
+
+def checksum(data):
+    return ~ones_sum(data) & 0xFFFF
+
+
+# ---- traffic selectors (RFC 4301 §4.4.1, RFC 7296 §3.13.1) -----------------------------------
+def flow_of(pkt):
+    """(src, dst, proto, sport, dport) of an IP packet; ports are None when the packet has none
+    or they cannot be seen (non-first fragment: OPAQUE). None if the header is broken."""
+    n = len(pkt)
+    if n < 20:
+        return None
+    v = pkt[0] >> 4
+    if v == 4:
+        ihl = (pkt[0] & 15) * 4
+        if ihl < 20 or ihl > n:
+            return None
+        proto = pkt[9]
+        src, dst = pkt[12:16], pkt[16:20]
+        off = ihl if not (_unpack_from(">H", pkt, 6)[0] & 0x1FFF) else -1
+    elif v == 6:
+        if n < 40:
+            return None
+        proto = pkt[6]
+        src, dst = pkt[8:24], pkt[24:40]
+        off = 40
+        hops = 0
+        while proto in IPV6_EXT and off >= 0:
+            hops += 1
+            if hops > 8 or off + 8 > n:
+                return None
+            if proto == 44:  # fragment header: ports only in the first fragment
+                frag = _unpack_from(">H", pkt, off + 2)[0] & 0xFFF8
+                proto = pkt[off]
+                off = off + 8 if not frag else -1
+            elif proto == 51:  # AH: length in 4-byte units, minus 2
+                proto, off = pkt[off], off + (pkt[off + 1] + 2) * 4
+            else:
+                proto, off = pkt[off], off + (pkt[off + 1] + 1) * 8
+    else:
+        return None
+    sport = dport = None
+    if off >= 0:
+        if proto in PORT_PROTOS and off + 4 <= n:
+            sport, dport = _unpack_from(">HH", pkt, off)
+        elif proto in ICMP_PROTOS and off + 2 <= n:
+            sport = dport = (pkt[off] << 8) | pkt[off + 1]
+    return bytes(src), bytes(dst), proto, sport, dport
+
+
+def ts_match(sels, addr, proto, port):
+    """True if (addr, proto, port) falls in one of the selectors (start, end, proto, pstart,
+    pend). A packet without visible ports matches only a full port range."""
+    for start, end, p, ps, pe in sels:
+        if len(start) != len(addr) or addr < start or addr > end:
+            continue
+        if p and p != proto:
+            continue
+        if port is None:
+            if ps == 0 and pe == 0xFFFF:
+                return True
+        elif ps <= port <= pe:
+            return True
+    return False
+
+
+# ---- SA records --------------------------------------------------------------------------------
+class EspSa(SaRecord):
+    """What every ESP SA shares: mode, sequence numbers, replay window, lifetimes, selectors.
+    Subclasses implement encrypt()/decrypt() for one transform, with the hot path inline."""
+
+    def __init__(self, spec, backend):
+        SaRecord.__init__(self, spec)
+        if spec.flags & ~(m.SAF_ESN | m.SAF_UDP_ENCAP):
+            raise UnsupportedSa("unknown SA flags 0x%x" % spec.flags)
+        self.backend = backend
+        self.esn = bool(spec.flags & m.SAF_ESN)
+        self.udp = bool(spec.flags & m.SAF_UDP_ENCAP)
+        self.tunnel = spec.mode == m.MODE_TUNNEL
+        self.inbound = spec.direction == m.DIR_IN
+        self.spi_b = _pack(">I", spec.spi)
+        self.seq_max = 0xFFFFFFFFFFFFFFFF if self.esn else 0xFFFFFFFF
+        if spec.initial_seq > self.seq_max:
+            raise m.MessageError("initial sequence number beyond the sequence space")
+        self.policy = 0
+        self._events = []
+        self._soft_done = False
+        if self.inbound:
+            if self.esn and not spec.replay_window:
+                raise UnsupportedSa("ESN needs an anti-replay window (RFC 4303 Appendix A)")
+            self.window = ReplayWindow(spec.replay_window, self.esn)
+            self.window.top = spec.initial_seq
+            ts_src, ts_dst = spec.ts_remote, spec.ts_local
+        else:
+            self.window = None
+            ts_src, ts_dst = spec.ts_local, spec.ts_remote
+        self._ts_src = ts_src
+        self._ts_dst = ts_dst
+        self._ts = bool(ts_src or ts_dst)
+        if not self.tunnel:
+            if spec.src is None or spec.dst is None or len(spec.src[0]) != len(spec.dst[0]):
+                raise m.MessageError("transport mode needs A_SRC and A_DST of one family")
+            self._local = bytes(spec.src[0])
+            self._peer = bytes(spec.dst[0])
+        self._fast_out = self.tunnel and not self._ts and not self.inbound and not self.esn
+        self._fast_in = (self.tunnel and not self._ts and self.inbound and not self.esn
+                         and spec.replay_window > 0)
+        self._tr4 = [_trailer((2 - k) & 3, NH_IPV4) for k in range(4)]  # by len(pkt) & 3
+        self._seq_soft = self.seq_max - (self.seq_max >> 4)
+        self._next_seq = self._seq_soft if not self.inbound else _NEVER
+        self._next_limits()
+
+    # Outbound, every packet sent consumes one sequence number and nothing else does, so the
+    # packet count is derived from it (one counter less on the hot path).
+    @property
+    def packets(self):
+        if self.spec.direction == m.DIR_OUT:
+            return self.seq - self.spec.initial_seq
+        return self._in_packets
+
+    @packets.setter
+    def packets(self, value):
+        self._in_packets = value
+
+    # ---- lifetimes ------------------------------------------------------------------------
+    def _next_limits(self):
+        s = self.spec
+        p = o = _NEVER
+        if s.hard_packets:
+            p = s.hard_packets
+        if s.hard_bytes:
+            o = s.hard_bytes
+        if not self._soft_done:
+            if s.soft_packets and s.soft_packets < p:
+                p = s.soft_packets
+            if s.soft_bytes and s.soft_bytes < o:
+                o = s.soft_bytes
+        self._next_p = p
+        self._next_o = o
+        # outbound: the first sequence number at which a packet or sequence limit needs a look
+        c = self.spec.initial_seq + p
+        self._check_seq = c if c < self._next_seq else self._next_seq
+
+    def _expire(self, hard, reason):
+        if hard:
+            if self.state == _ST_HARD:
+                return
+            self.state = _ST_HARD
+            self._soft_done = True
+            self._fast_out = self._fast_in = False
+        else:
+            if self._soft_done:
+                return
+            self.state = _ST_SOFT
+            self._soft_done = True
+        self._events.append((hard, reason))
+        self._next_limits()
+
+    def _limits(self, seq=0):
+        """Called when a counter reached the next threshold."""
+        s = self.spec
+        if s.hard_packets and self.packets >= s.hard_packets:
+            self._expire(True, m.EXP_PACKETS)
+        elif s.hard_bytes and self.octets >= s.hard_bytes:
+            self._expire(True, m.EXP_BYTES)
+        elif s.soft_packets and self.packets >= s.soft_packets:
+            self._expire(False, m.EXP_PACKETS)
+        elif s.soft_bytes and self.octets >= s.soft_bytes:
+            self._expire(False, m.EXP_BYTES)
+        if seq >= self._next_seq:
+            if seq >= self.seq_max:
+                self._expire(True, m.EXP_SEQ)
+                self._next_seq = _NEVER
+            else:
+                self._expire(False, m.EXP_SEQ)
+                self._next_seq = self.seq_max
+        self._next_limits()
+
+    def _exhausted(self):
+        """No sequence number left (RFC 4303 §3.3.3): refuse and expire."""
+        self._expire(True, m.EXP_SEQ)
+        return _R_EXPIRED
+
+    def pop_expiry(self):
+        ev = self._events
+        if not ev:
+            return []
+        self._events = []
+        return ev
+
+    def stats(self):
+        st = SaRecord.stats(self)
+        if self.window is not None:
+            st.seq = self.window.top
+        return st
+
+    # ---- packets in and out ---------------------------------------------------------------
+    def _payload_out(self, pkt):
+        """(payload, next header) to protect, or a (status, b"") tuple to return."""
+        n = len(pkt)
+        if n < 20:
+            return _R_MALFORMED
+        v = pkt[0] >> 4
+        if self.tunnel:
+            if v == 4:
+                if ((pkt[2] << 8) | pkt[3]) != n:
+                    return _R_MALFORMED
+                return pkt, NH_IPV4
+            if v == 6:
+                if n < 40 or ((pkt[4] << 8) | pkt[5]) + 40 != n:
+                    return _R_MALFORMED
+                return pkt, NH_IPV6
+            return _R_MALFORMED
+        if v == 4:
+            ihl = (pkt[0] & 15) * 4
+            if ihl < 20 or ihl > n or ((pkt[2] << 8) | pkt[3]) != n:
+                return _R_MALFORMED
+            if _unpack_from(">H", pkt, 6)[0] & 0x3FFF:  # MF or a fragment offset
+                return _R_UNSUPPORTED
+            if len(self._local) != 4:
+                return _R_POLICY
+            return pkt[ihl:], pkt[9]
+        if v == 6:
+            if n < 40 or ((pkt[4] << 8) | pkt[5]) + 40 != n:
+                return _R_MALFORMED
+            if pkt[6] in IPV6_EXT:
+                return _R_UNSUPPORTED
+            if len(self._local) != 16:
+                return _R_POLICY
+            return pkt[40:], pkt[6]
+        return _R_MALFORMED
+
+    def _ts_ok(self, pkt):
+        f = flow_of(pkt)
+        if f is None:
+            return False
+        src, dst, proto, sport, dport = f
+        if self._ts_src and not ts_match(self._ts_src, src, proto, sport):
+            return False
+        if self._ts_dst and not ts_match(self._ts_dst, dst, proto, dport):
+            return False
+        return True
+
+    def _deliver(self, pt):
+        """Authenticated plaintext -> (status, IP packet): trailer, mode, selectors (§3.4.4,
+        RFC 4301 §5.2)."""
+        n = len(pt)
+        if n < 2:
+            return _R_MALFORMED
+        padlen = pt[n - 2]
+        nh = pt[n - 1]
+        end = n - 2 - padlen
+        if end < 0 or (padlen and pt[end:n - 2] != _PADS[padlen]):
+            return _R_MALFORMED
+        inner = pt[:end]
+        self._in_packets += 1
+        self.octets += end
+        if self._in_packets >= self._next_p or self.octets >= self._next_o:
+            self._limits()
+        if nh == NH_NONE:
+            return _R_DUMMY
+        if self.tunnel:
+            if nh == NH_IPV4:
+                if end < 20 or inner[0] >> 4 != 4:
+                    return _R_MALFORMED
+                tl = (inner[2] << 8) | inner[3]
+            elif nh == NH_IPV6:
+                if end < 40 or inner[0] >> 4 != 6:
+                    return _R_MALFORMED
+                tl = ((inner[4] << 8) | inner[5]) + 40
+            else:
+                return _R_MALFORMED
+            if tl > end or tl < 20:
+                return _R_MALFORMED
+            if tl < end:
+                inner = inner[:tl]  # TFC padding (RFC 4303 §2.7)
+        else:
+            inner = self._rebuild(inner, nh)
+        if self._ts and not self._ts_ok(inner):
+            self.policy += 1
+            return _R_POLICY
+        return m.P_OK, inner
+
+    def _rebuild(self, payload, nh):
+        """Transport mode: an IP header in front of the payload (see the module docstring)."""
+        src, dst = self._peer, self._local
+        n = len(payload)
+        if self.udp and nh in (6, 17):
+            payload = self._fix_l4(payload, nh, src, dst)
+        if len(src) == 4:
+            h = _pack(">BBHHHBBH", 0x45, 0, 20 + n, 0, 0, 64, nh, 0) + src + dst
+            return h[:10] + _pack(">H", checksum(h)) + h[12:] + payload
+        return _pack(">IHBB", 0x60000000, n, nh, 64) + src + dst + payload
+
+    @staticmethod
+    def _fix_l4(seg, proto, src, dst):
+        """RFC 3948 §3.1.2: the NAT changed the addresses the TCP/UDP checksum covers."""
+        n = len(seg)
+        at = 16 if proto == 6 else 6
+        if n < at + 2:
+            return seg
+        body = seg[:at] + b"\x00\x00" + seg[at + 2:]
+        if proto == 17 and len(src) == 4:
+            return body  # UDP over IPv4: checksum 0 means none
+        if len(src) == 4:
+            pseudo = src + dst + _pack(">BBH", 0, proto, n)
+        else:
+            pseudo = src + dst + _pack(">IBBBB", n, 0, 0, 0, proto)
+        c = checksum(pseudo + body)
+        if proto == 17 and c == 0:
+            c = 0xFFFF
+        return seg[:at] + _pack(">H", c) + seg[at + 2:]
+
+
+class GcmSa(EspSa):
+    """ENCR_AES_GCM_16 (RFC 4106): key || 4-byte salt; nonce = salt || IV; IV = the 64-bit
+    sequence number; AAD = SPI || seq (8 bytes) or SPI || seq-hi || seq-lo with ESN (§5);
+    16-byte ICV; payload padded to 4 bytes."""
+
+    def __init__(self, spec, backend):
+        if spec.integ != m.AUTH_NONE:
+            raise UnsupportedSa("AES-GCM is combined mode: no integrity transform (RFC 4106 §8.2)")
+        key = spec.encr_key
+        if (len(key) - 4) * 8 not in KEY_BITS:
+            raise UnsupportedSa("AES-GCM key must be 16 or 32 bytes plus a 4-byte salt")
+        EspSa.__init__(self, spec, backend)
+        self.aead = backend.aes_gcm(key[:-4])
+        self.salt = bytes(key[-4:])
+        self.auth_error = backend.AuthError
+
+    def encrypt(self, pkt):
+        # Fast path (the common case, kept short for CPython): tunnel mode, no selectors, no
+        # ESN, an IPv4 packet whose length field matches, no limit near. Else _encrypt().
+        n = len(pkt)
+        if self._fast_out and n > 19 and pkt[0] >> 4 == 4 and ((pkt[2] << 8) | pkt[3]) == n:
+            seq = self.seq + 1
+            if seq < self._check_seq:
+                self.seq = seq
+                iv = seq.to_bytes(8, "big")
+                hdr = self.spi_b + iv[4:]
+                o = self.octets + n
+                self.octets = o
+                if o >= self._next_o:
+                    self._limits(seq)
+                return 0, hdr + iv + self.aead.encrypt(self.salt + iv, pkt + self._tr4[n & 3], hdr)
+        return self._encrypt(pkt)
+
+    def _encrypt(self, pkt):
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        r = self._payload_out(pkt)
+        if type(r[0]) is int:
+            return r
+        payload, nh = r
+        if self._ts and not self._ts_ok(pkt):
+            self.policy += 1
+            return _R_POLICY
+        seq = self.seq + 1
+        if seq > self.seq_max:
+            return self._exhausted()
+        self.seq = seq
+        padlen = (2 - len(payload)) & 3
+        trailer = _TRAILERS.get((nh << 8) | padlen) or _trailer(padlen, nh)
+        iv = _pack(">II", seq >> 32, seq & 0xFFFFFFFF)
+        if self.esn:
+            hdr = self.spi_b + iv[4:]
+            aad = self.spi_b + iv
+        else:
+            hdr = aad = self.spi_b + iv[4:]
+        out = hdr + iv + self.aead.encrypt(self.salt + iv, payload + trailer, aad)
+        self.octets += len(pkt)
+        if seq >= self._check_seq or self.octets >= self._next_o:
+            self._limits(seq)
+        return m.P_OK, out
+
+    def decrypt(self, pkt):
+        # Fast path: no ESN, window on, tunnel mode, no selectors, a packet right of the
+        # window carrying an IPv4 packet with default padding and no TFC padding. Else the
+        # general path (_decrypt / _deliver), which gives the same result.
+        if self._fast_in and len(pkt) > 53:
+            seq = int.from_bytes(pkt[4:8], "big")
+            w = self.window
+            top = w.top
+            if seq > top:
+                try:
+                    pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], pkt[:8])
+                except self.auth_error:
+                    self.auth_fail += 1
+                    return _R_AUTH
+                d = seq - top
+                w.bits = ((w.bits << d) | 1) & w.mask if d < w.size else 1
+                w.top = seq
+                k = len(pt) - 2
+                pad = pt[k]
+                end = k - pad
+                if (pt[-1] == 4 and end > 19 and ((pt[2] << 8) | pt[3]) == end and pt[0] >> 4 == 4
+                        and (not pad or pt[end:k] == _PADS[pad])):
+                    p = self._in_packets + 1
+                    self._in_packets = p
+                    o = self.octets + end
+                    self.octets = o
+                    if p >= self._next_p or o >= self._next_o:
+                        self._limits()
+                    return 0, pt[:end]
+                return self._deliver(pt)
+        return self._decrypt(pkt)
+
+    def _decrypt(self, pkt):
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        if len(pkt) < 34:  # SPI, seq, IV, 2-byte trailer, ICV
+            return _R_MALFORMED
+        w = self.window
+        seql = _unpack_from(">I", pkt, 4)[0]
+        seq = w.infer(seql) if self.esn else seql
+        if not w.check(seq):
+            self.replay += 1
+            return _R_REPLAY
+        aad = self.spi_b + _pack(">II", seq >> 32, seql) if self.esn else pkt[:8]
+        try:
+            pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], aad)
+        except self.auth_error:
+            self.auth_fail += 1
+            return _R_AUTH
+        w.update(seq)
+        return self._deliver(pt)
+
+
+class CbcHmacSa(EspSa):
+    """ENCR_AES_CBC (RFC 3602: random 16-byte IV, padding to 16) with AUTH_HMAC_SHA2_256_128
+    (RFC 4868: 32-byte key, ICV = first 16 bytes of HMAC-SHA-256 over SPI..ciphertext, with
+    seq-hi appended for the computation only under ESN, RFC 4303 §2.2.1)."""
+
+    def __init__(self, spec, backend):
+        if spec.integ != m.AUTH_HMAC_SHA2_256_128:
+            raise UnsupportedSa("AES-CBC needs AUTH_HMAC_SHA2_256_128 on this board")
+        if len(spec.encr_key) * 8 not in KEY_BITS:
+            raise UnsupportedSa("AES-CBC key must be 16 or 32 bytes")
+        if len(spec.integ_key) != 32:
+            raise UnsupportedSa("HMAC-SHA-256-128 key must be 32 bytes (RFC 4868 §2.1.1)")
+        EspSa.__init__(self, spec, backend)
+        self.cbc = backend.aes_cbc(spec.encr_key)
+        self.mac = backend.hmac_sha256(spec.integ_key)
+        self.ct_equal = backend.ct_equal
+        self.random = backend.random  # tests may set a fixed IV source here
+
+    def encrypt(self, pkt):
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        r = self._payload_out(pkt)
+        if type(r[0]) is int:
+            return r
+        payload, nh = r
+        if self._ts and not self._ts_ok(pkt):
+            self.policy += 1
+            return _R_POLICY
+        seq = self.seq + 1
+        if seq > self.seq_max:
+            return self._exhausted()
+        self.seq = seq
+        padlen = (14 - len(payload)) & 15
+        trailer = _TRAILERS.get((nh << 8) | padlen) or _trailer(padlen, nh)
+        iv = self.random(16) if self.random else self._iv_from_seq(seq)
+        body = self.spi_b + _pack(">I", seq & 0xFFFFFFFF) + iv + self.cbc.encrypt(iv, payload + trailer)
+        icv = self.mac.digest(body, _pack(">I", seq >> 32) if self.esn else b"")
+        self.octets += len(pkt)
+        if seq >= self._check_seq or self.octets >= self._next_o:
+            self._limits(seq)
+        return m.P_OK, body + icv[:16]
+
+    _ZERO_IV = bytes(16)
+
+    def _iv_from_seq(self, seq):
+        """No RNG on this runtime: IV = AES_K(0^64 || seq), unpredictable without the key and
+        unique per SA (NIST SP 800-38A Appendix C, the first method)."""
+        return self.cbc.encrypt(self._ZERO_IV, _pack(">IIII", 0, 0, seq >> 32, seq & 0xFFFFFFFF))
+
+    def decrypt(self, pkt):
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        n = len(pkt)
+        if n < 56 or (n - 40) % 16:  # SPI, seq, IV, >= 1 block, ICV
+            return _R_MALFORMED
+        w = self.window
+        seql = _unpack_from(">I", pkt, 4)[0]
+        seq = w.infer(seql) if self.esn else seql
+        if not w.check(seq):
+            self.replay += 1
+            return _R_REPLAY
+        body = pkt[:-16]
+        icv = self.mac.digest(body, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"")
+        if not self.ct_equal(icv[:16], pkt[-16:]):
+            self.auth_fail += 1
+            return _R_AUTH
+        w.update(seq)
+        return self._deliver(self.cbc.decrypt(pkt[8:24], pkt[24:-16]))
+
+
+def new_sa(spec, backend):
+    """SA factory for the SAD: UnsupportedSa for what this board cannot run."""
+    if spec.encr == m.ENCR_AES_GCM_16:
+        return GcmSa(spec, backend)
+    if spec.encr == m.ENCR_AES_CBC:
+        return CbcHmacSa(spec, backend)
+    raise UnsupportedSa("transform %d" % spec.encr)
+
+
+def transforms(backend):
+    """The HELLO capability list: every transform with the backend that runs it."""
+    out = []
+    for bits in KEY_BITS:
+        out.append(m.Transform(m.ENCR_AES_GCM_16, bits, m.AUTH_NONE, backend.NAME,
+                               backend.speed(m.ENCR_AES_GCM_16)))
+    for bits in KEY_BITS:
+        out.append(m.Transform(m.ENCR_AES_CBC, bits, m.AUTH_HMAC_SHA2_256_128, backend.NAME,
+                               backend.speed(m.ENCR_AES_CBC)))
+    return out
+
+
+def make_board(profile, now, reset_cause=m.RESET_POWER_ON, backend=None, random_bytes=None):
+    """A board core running this ESP engine. The backend is `backend` (a name), else the
+    profile's "crypto" key, else the best this runtime has (firmware/crypto/__init__.py)."""
+    be = crypto.load(backend or (profile or {}).get("crypto"))
+
+    def factory(spec):
+        return new_sa(spec, be)
+
+    return Board(profile, now, random_bytes=random_bytes, reset_cause=reset_cause,
+                 sa_factory=factory, transforms=transforms(be), features=FEATURES)

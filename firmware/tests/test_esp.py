@@ -1,0 +1,398 @@
+"""ESP engine (firmware/esp.py): RFC 4303 encapsulation and decapsulation, RFC 4106 and RFC 3602
++ 4868 known answers at the packet level, anti-replay, sequence exhaustion, lifetimes,
+selectors, malformed input. Runs on every backend the runtime has (only `pure` on MicroPython,
+so packet counts stay small)."""
+import struct
+
+from firmware import esp, sad
+from firmware.crypto import pure
+from firmware.link import messages as m
+from firmware.tests import espdata as d
+from firmware.tests.espdata import A1, A2, A3, backends, det, h, ipv4, ipv6
+
+GCM = m.ENCR_AES_GCM_16
+CBC = m.ENCR_AES_CBC
+FLAG_SETS = (0, m.SAF_ESN, m.SAF_UDP_ENCAP)
+
+
+def _ping(n=40, src=A1, dst=A2):
+    return ipv4(src, dst, 1, d.icmp_echo(7, 1, det(n)))
+
+
+def test_round_trip_every_transform_mode_and_flag():
+    pkt4 = _ping(33)
+    pkt6 = ipv6(payload=d.udp(1000, 2000, det(21)))
+    for be in backends():
+        for encr in (GCM, CBC):
+            for bits in (128, 256):
+                for flags in FLAG_SETS:
+                    o, i = d.pair(be, 0x2000 + bits, encr, bits, m.MODE_TUNNEL, flags)
+                    for pkt in (pkt4, pkt6):
+                        st, wire = o.encrypt(pkt)
+                        assert st == m.P_OK, (be.NAME, encr, bits, flags)
+                        assert wire[:4] == struct.pack(">I", 0x2000 + bits)
+                        st, out = i.decrypt(wire)
+                        assert (st, out) == (m.P_OK, pkt), (be.NAME, encr, bits, flags)
+                    assert o.seq == 2 and i.stats().seq == 2
+                    assert o.packets == i.packets == 2
+                    assert o.octets == i.octets == len(pkt4) + len(pkt6)
+
+
+def test_transport_mode_round_trip_rebuilds_the_header():
+    for be in backends():
+        for encr in (GCM, CBC):
+            o, i = d.pair(be, 0x3000, encr, 128, m.MODE_TRANSPORT)
+            seg = d.udp(5000, 53, det(17))
+            pkt = ipv4(A1, A2, 17, seg, ttl=9, ident=77)
+            st, wire = o.encrypt(pkt)
+            assert st == m.P_OK
+            st, out = i.decrypt(wire)
+            assert st == m.P_OK
+            assert out[20:] == seg                        # only the payload travelled
+            assert out[9] == 17 and out[12:16] == A1 and out[16:20] == A2
+            assert (out[2] << 8 | out[3]) == len(out)
+            assert d.cksum(out[:20]) == 0                 # valid IPv4 header checksum
+
+
+def test_sequence_numbers_start_at_one_and_gcm_iv_is_the_sequence_number():
+    be = backends()[0]
+    o, i = d.pair(be)
+    for n in (1, 2, 3):
+        st, wire = o.encrypt(_ping())
+        assert struct.unpack(">I", wire[4:8])[0] == n
+        assert wire[8:16] == struct.pack(">II", 0, n)     # RFC 4106 §3.1: unique per key
+    o, i = d.pair(be, flags=m.SAF_ESN, initial_seq=(5 << 32) | 9)
+    st, wire = o.encrypt(_ping())
+    assert wire[4:8] == struct.pack(">I", 10) and wire[8:16] == struct.pack(">II", 5, 10)
+
+
+def test_mcgrew_gcm_esp_packets_decapsulate():
+    """draft-mcgrew-gcm-test-01 cases as received ESP packets (next header 1 there, so a
+    transport-mode SA): SPI and sequence number come from the AAD, salt || IV from the nonce."""
+    from firmware.tests.test_crypto_kat import GCM_CASES
+    picks = ((GCM_CASES[0], m.SAF_ESN, (0x87654320 << 32) | 0xFFFFFFF6),   # seq-hi inferred + 1
+             (GCM_CASES[1], 0, 0), (GCM_CASES[2], m.SAF_ESN, 0),
+             (GCM_CASES[4], m.SAF_ESN, 0xFFFFFFFFFFFFFFF0), (GCM_CASES[3], 0, 0))
+    for be in backends():
+        for (key, nonce, aad, pt, ct), flags, top in picks:
+            aad, nonce, pt = h(aad), h(nonce), h(pt)
+            spi = struct.unpack(">I", aad[:4])[0]
+            spec = m.SaSpec(spi, m.DIR_IN, GCM, h(key) + nonce[:4], mode=m.MODE_TRANSPORT,
+                            flags=flags, src=(A2, 0), dst=(A1, 0), initial_seq=top)
+            rec = esp.new_sa(spec, be)
+            wire = aad[:4] + aad[-4:] + nonce[4:] + h(ct)
+            st, out = rec.decrypt(wire)
+            assert st == m.P_OK, (be.NAME, spi, st)
+            assert out[9] == pt[-1] == 1 and out[20:] == pt[:-2 - pt[-2]]
+            assert out[12:16] == A1 and out[16:20] == A2
+
+
+def test_rfc3602_case5_transport_packet_encapsulates_byte_exact():
+    """RFC 3602 §4 case #5 (SPI 0x4321, seq 1, fixed IV), with an HMAC-SHA-256-128 ICV."""
+    from firmware.tests.test_crypto_kat import CBC_CASES
+    key, iv, esp_pt, esp_ct = CBC_CASES[2]
+    ikey = det(32, 9)
+    hdr = h("4500005408f200004001f9fec0a87b03c0a87b64")
+    pkt = hdr + h(esp_pt)[:64]
+    for be in backends():
+        kw = dict(mode=m.MODE_TRANSPORT, src=(hdr[12:16], 0), dst=(hdr[16:20], 0))
+        o = esp.new_sa(m.SaSpec(0x4321, m.DIR_OUT, CBC, h(key), m.AUTH_HMAC_SHA2_256_128, ikey, **kw), be)
+        o.random = lambda n: h(iv)
+        st, wire = o.encrypt(pkt)
+        assert st == m.P_OK
+        body = h("0000432100000001") + h(iv) + h(esp_ct)
+        assert wire == body + pure.hmac_sha256(ikey).digest(body)[:16]
+        kw = dict(mode=m.MODE_TRANSPORT, src=(hdr[16:20], 0), dst=(hdr[12:16], 0))
+        i = esp.new_sa(m.SaSpec(0x4321, m.DIR_IN, CBC, h(key), m.AUTH_HMAC_SHA2_256_128, ikey, **kw), be)
+        st, out = i.decrypt(wire)
+        assert st == m.P_OK and out[20:] == pkt[20:] and out[9] == 1
+
+
+def test_cbc_ivs_differ_per_packet():
+    for be in backends():
+        o, i = d.pair(be, encr=CBC)
+        ivs = set()
+        for _ in range(3):
+            st, wire = o.encrypt(_ping())
+            ivs.add(wire[8:24])
+        assert len(ivs) == 3
+
+
+def test_cbc_iv_without_rng_is_the_encrypted_sequence_number():
+    be = backends()[-1]
+    o, i = d.pair(be, encr=CBC)
+    o.random = None
+    st, wire = o.encrypt(_ping())
+    assert wire[8:24] == pure.Aes(o.spec.encr_key).encrypt_block(struct.pack(">IIII", 0, 0, 0, 1))
+    assert i.decrypt(wire) == (m.P_OK, _ping())
+
+
+def test_replay_duplicates_window_and_reordering():
+    be = backends()[0]
+    o, i = d.pair(be, replay_window=64)
+    wires = [o.encrypt(_ping(8))[1] for _ in range(5)]
+    for k in (0, 3, 1):
+        assert i.decrypt(wires[k])[0] == m.P_OK
+    assert i.decrypt(wires[3])[0] == m.P_REPLAY          # duplicate
+    assert i.decrypt(wires[2])[0] == m.P_OK              # late, inside the window
+    assert i.decrypt(wires[4])[0] == m.P_OK
+    assert i.replay == 1 and i.packets == 5
+    # a sender far ahead: packets left of the window are refused
+    far = d.pair(be, replay_window=64, initial_seq=99)[0]
+    assert i.decrypt(far.encrypt(_ping(8))[1])[0] == m.P_OK   # seq 100
+    old = d.pair(be, replay_window=64, initial_seq=35)[0]
+    assert i.decrypt(old.encrypt(_ping(8))[1])[0] == m.P_REPLAY  # seq 36 = 100 - 64
+    assert i.replay == 2
+
+
+def test_forged_icv_does_not_advance_the_window():
+    for be in backends():
+        for encr in (GCM, CBC):
+            o, i = d.pair(be, encr=encr, replay_window=64)
+            held = [o.encrypt(_ping(8))[1] for _ in range(3)]
+            assert i.decrypt(held[0])[0] == m.P_OK
+            ahead = d.pair(be, encr=encr, initial_seq=199)[0].encrypt(_ping(8))[1]   # seq 200
+            forged = bytearray(ahead)
+            forged[-1] ^= 1
+            assert i.decrypt(bytes(forged)) == (m.P_AUTH_FAIL, b"")
+            assert i.auth_fail == 1 and i.stats().seq == 1 and i.packets == 1
+            assert i.decrypt(held[2])[0] == m.P_OK       # the window did not move to 200
+            assert i.decrypt(ahead)[0] == m.P_OK         # and 200 itself was not marked seen
+            assert i.decrypt(held[1])[0] == m.P_REPLAY   # now it has moved
+
+
+def test_sequence_overflow_stops_sending_and_hard_expires():
+    be = backends()[0]
+    for encr in (GCM, CBC):
+        o, i = d.pair(be, encr=encr, initial_seq=0xFFFFFFFE)
+        st, wire = o.encrypt(_ping())
+        assert st == m.P_OK and wire[4:8] == b"\xff\xff\xff\xff"
+        ev = o.pop_expiry()
+        assert (True, m.EXP_SEQ) in ev                    # hard at the last number
+        assert o.encrypt(_ping()) == (m.P_EXPIRED, b"")   # never cycles to 0
+        assert o.seq == 0xFFFFFFFF and o.state == m.SaStats.STATE_HARD_EXPIRED
+        assert o.pop_expiry() == []                       # reported once
+
+
+def test_sequence_soft_warning_before_exhaustion():
+    be = backends()[0]
+    o, i = d.pair(be, initial_seq=0xF0000000 - 2)
+    o.encrypt(_ping())
+    assert o.pop_expiry() == []
+    o.encrypt(_ping())
+    assert o.pop_expiry() == [(False, m.EXP_SEQ)]
+
+
+def test_esn_continues_past_2_32():
+    be = backends()[0]
+    for encr in (GCM, CBC):
+        o, i = d.pair(be, encr=encr, flags=m.SAF_ESN, initial_seq=0xFFFFFFFE)
+        i.window.top = 0xFFFFFFF0
+        wires = [o.encrypt(_ping(8))[1] for _ in range(3)]    # 2^32 - 1, 2^32, 2^32 + 1
+        assert [w[4:8] for w in wires] == [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x00\x00\x00\x01"]
+        assert o.pop_expiry() == [(False, m.EXP_SEQ)] or o.pop_expiry() == []
+        for w in (wires[1], wires[0], wires[2]):
+            assert i.decrypt(w)[0] == m.P_OK, encr
+        assert i.stats().seq == (1 << 32) + 1
+        assert o.state != m.SaStats.STATE_HARD_EXPIRED
+
+
+def test_packet_and_byte_lifetimes_both_directions():
+    be = backends()[0]
+    pkt = _ping(12)
+    o, i = d.pair(be, soft_packets=2, hard_packets=3)
+    results = []
+    for _ in range(4):
+        st, wire = o.encrypt(pkt)
+        results.append((st, o.pop_expiry()))
+        if st == m.P_OK:
+            assert i.decrypt(wire)[0] == m.P_OK
+    assert results == [(m.P_OK, []), (m.P_OK, [(False, m.EXP_PACKETS)]),
+                       (m.P_OK, [(True, m.EXP_PACKETS)]), (m.P_EXPIRED, [])]
+    assert i.pop_expiry() == [(False, m.EXP_PACKETS), (True, m.EXP_PACKETS)]
+    assert o.packets == 3 and o.stats().state == m.SaStats.STATE_HARD_EXPIRED
+    o, i = d.pair(be, soft_bytes=len(pkt) + 1, hard_bytes=3 * len(pkt))
+    o.encrypt(pkt)
+    assert o.pop_expiry() == []
+    o.encrypt(pkt)
+    assert o.pop_expiry() == [(False, m.EXP_BYTES)] and o.state == m.SaStats.STATE_SOFT_EXPIRED
+    o.encrypt(pkt)
+    assert o.pop_expiry() == [(True, m.EXP_BYTES)]
+    assert o.encrypt(pkt)[0] == m.P_EXPIRED and o.octets == 3 * len(pkt)
+
+
+def test_hard_expired_inbound_sa_refuses_and_keeps_counters():
+    be = backends()[0]
+    o, i = d.pair(be, hard_packets=1)
+    w1 = o.encrypt(_ping())[1]
+    o2 = d.pair(be, initial_seq=1)[0]
+    w2 = o2.encrypt(_ping())[1]
+    assert i.decrypt(w1)[0] == m.P_OK
+    assert i.decrypt(w2) == (m.P_EXPIRED, b"")
+    assert i.packets == 1
+
+
+def test_inbound_selectors_checked_after_decryption():
+    """RFC 4301 §5.2: an authentic packet outside the SA's selectors is dropped."""
+    be = backends()[0]
+    ts_a1 = [(A1, A1, 17, 53, 53)]           # the peer side: A1, UDP source port 53
+    ts_net = [(A2, bytes((10, 0, 0, 255)), 0, 0, 0xFFFF)]
+    for mode in (m.MODE_TUNNEL, m.MODE_TRANSPORT):
+        o, i = d.pair(be, mode=mode)          # the sender has no selectors: it sends anything
+        i2 = esp.new_sa(d.spec(0x1000, m.DIR_IN, mode=mode, ts_remote=ts_a1, ts_local=ts_net,
+                               src=(A2, 0), dst=(A1, 0)), be)
+        good = ipv4(A1, A2, 17, d.udp(53, 999, b"x"))
+        assert i2.decrypt(o.encrypt(good)[1]) [0] == m.P_OK
+        for bad in (ipv4(A1, A2, 17, d.udp(54, 999, b"x")), ipv4(A1, A2, 6, d.tcp(53, 999))):
+            assert i2.decrypt(o.encrypt(bad)[1]) == (m.P_POLICY, b""), mode
+        if mode == m.MODE_TUNNEL:
+            assert i2.decrypt(o.encrypt(ipv4(A3, A2, 17, d.udp(53, 9)))[1])[0] == m.P_POLICY
+            assert i2.decrypt(o.encrypt(ipv6(payload=d.udp(53, 9)))[1])[0] == m.P_POLICY
+        assert i2.policy >= 2
+
+
+def test_outbound_selectors_refuse_foreign_packets_without_using_a_sequence_number():
+    be = backends()[0]
+    ts_local = [(A1, A1, 0, 0, 0xFFFF)]
+    ts_remote = [(A2, A2, 1, 0x0800, 0x08FF)]   # ICMP echo request only (type 8 << 8 | code)
+    o = esp.new_sa(d.spec(0x1000, m.DIR_OUT, ts_local=ts_local, ts_remote=ts_remote), be)
+    assert o.encrypt(_ping())[0] == m.P_OK
+    assert o.encrypt(ipv4(A1, A2, 17, d.udp(1, 2))) == (m.P_POLICY, b"")
+    assert o.encrypt(_ping(src=A3)) == (m.P_POLICY, b"")
+    assert o.seq == 1 and o.policy == 2
+
+
+def test_ipv6_extension_headers_and_fragments_in_selectors():
+    frag = ipv6(nh=44, payload=struct.pack(">BBHI", 17, 0, 8, 1) + b"\x00" * 8)   # non-first
+    assert esp.flow_of(frag)[2:] == (17, None, None)
+    first = ipv6(nh=44, payload=struct.pack(">BBHI", 17, 0, 1, 1) + d.udp(7, 9))
+    assert esp.flow_of(first)[2:] == (17, 7, 9)
+    assert esp.ts_match([(A1, A2, 17, 0, 0xFFFF)], A1, 17, None)
+    assert not esp.ts_match([(A1, A2, 17, 7, 7)], A1, 17, None)
+
+
+def test_malformed_input_is_refused_and_changes_nothing():
+    be = backends()[0]
+    for encr in (GCM, CBC):
+        o, i = d.pair(be, encr=encr)
+        good = o.encrypt(_ping())[1]
+        for bad in (b"", good[:8], good[:33], good[:-1]):
+            assert i.decrypt(bad)[0] in (m.P_MALFORMED, m.P_AUTH_FAIL)
+        assert i.packets == 0 and i.stats().seq == 0
+        assert i.decrypt(good)[0] == m.P_OK
+        seq = o.seq
+        for bad in (b"", b"\x45" * 19, b"\x55" + bytes(30), ipv4(payload=b"abc") + b"x",
+                    ipv6(payload=b"ab")[:-1]):
+            assert o.encrypt(bad) == (m.P_MALFORMED, b"")
+        assert o.seq == seq
+
+
+def _gcm_raw(rec_out, seq, plaintext):
+    """An authentic GCM ESP packet around an arbitrary plaintext (to test the trailer checks)."""
+    spi = rec_out.spi_b
+    iv = struct.pack(">II", 0, seq)
+    aad = spi + struct.pack(">I", seq)
+    return aad + iv + rec_out.aead.encrypt(rec_out.salt + iv, plaintext, aad)
+
+
+def test_trailer_checks_padding_next_header_dummy_and_tfc():
+    be = backends()[0]
+    o, i = d.pair(be)
+    pkt = _ping(10)
+    assert i.decrypt(_gcm_raw(o, 1, pkt + b"\x01\x02\x02\x04")) == (m.P_OK, pkt)
+    assert i.decrypt(_gcm_raw(o, 2, pkt + b"\x00\x00\x02\x04"))[0] == m.P_MALFORMED  # not 1, 2
+    assert i.decrypt(_gcm_raw(o, 3, pkt + b"\x09\x04"))[0] == m.P_MALFORMED          # pad > data
+    assert i.decrypt(_gcm_raw(o, 4, pkt + b"\x00\x06"))[0] == m.P_MALFORMED          # not IP
+    assert i.decrypt(_gcm_raw(o, 5, pkt + b"\x00\x29"))[0] == m.P_MALFORMED          # says IPv6
+    assert i.decrypt(_gcm_raw(o, 6, det(30) + b"\x00\x3b")) == (esp.P_DUMMY, b"")     # §2.6
+    assert i.decrypt(_gcm_raw(o, 7, pkt + bytes(6) + b"\x00\x04")) == (m.P_OK, pkt)  # TFC, §2.7
+    assert i.packets == 5       # bad padding is refused before it counts
+    assert i.decrypt(_gcm_raw(o, 2, pkt + b"\x01\x02\x02\x04"))[0] == m.P_REPLAY     # seq 2 seen
+
+
+def test_transport_udp_encap_fixes_l4_checksums():
+    """RFC 3948 §3.1.2: TCP checksums are recomputed over the rebuilt header, UDP/IPv4 zeroed."""
+    be = backends()[0]
+    o, i = d.pair(be, mode=m.MODE_TRANSPORT, flags=m.SAF_UDP_ENCAP)
+    seg = d.tcp(1234, 80, b"hello")
+    seg = seg[:16] + b"\xde\xad" + seg[18:]           # checksum as computed behind a NAT
+    st, out = i.decrypt(o.encrypt(ipv4(A1, A2, 6, seg))[1])
+    assert st == m.P_OK
+    pseudo = out[12:20] + struct.pack(">BBH", 0, 6, len(out) - 20)
+    assert d.cksum(pseudo + out[20:]) == 0 and out[36:38] != b"\xde\xad"
+    st, out = i.decrypt(o.encrypt(ipv4(A1, A2, 17, d.udp(1, 2, b"x")[:6] + b"\x12\x34x"))[1])
+    assert st == m.P_OK and out[26:28] == b"\x00\x00"
+    # without UDP encapsulation nothing is touched
+    o, i = d.pair(be, spi=0x1001, mode=m.MODE_TRANSPORT)
+    assert i.decrypt(o.encrypt(ipv4(A1, A2, 6, seg))[1])[1][20:] == seg
+
+
+def test_transport_mode_refuses_fragments_and_ipv6_extension_headers():
+    be = backends()[0]
+    o, i = d.pair(be, mode=m.MODE_TRANSPORT)
+    assert o.encrypt(ipv4(A1, A2, 17, d.udp(1, 2), frag=0x2000))[0] == m.P_UNSUPPORTED   # MF
+    assert o.encrypt(ipv4(A1, A2, 17, d.udp(1, 2), frag=5))[0] == m.P_UNSUPPORTED
+    o6 = esp.new_sa(d.spec(0x1000, m.DIR_OUT, mode=m.MODE_TRANSPORT, src=(d.A6_1, 0), dst=(d.A6_2, 0)), be)
+    assert o6.encrypt(ipv6(nh=0, payload=bytes(8)))[0] == m.P_UNSUPPORTED
+    assert o6.encrypt(ipv6(payload=d.udp(1, 2)))[0] == m.P_OK
+    assert o6.encrypt(_ping())[0] == m.P_POLICY        # IPv4 packet on an IPv6 SA
+    assert o.seq == 0 and o6.seq == 1
+
+
+def test_unsupported_and_bad_sa_specs():
+    be = backends()[0]
+    cases = [
+        m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), m.AUTH_HMAC_SHA2_256_128, det(32)),   # GCM + integ
+        m.SaSpec(0x100, m.DIR_OUT, GCM, det(28)),                                      # GCM-192
+        m.SaSpec(0x100, m.DIR_OUT, GCM, det(16)),                                      # no salt
+        m.SaSpec(0x100, m.DIR_OUT, CBC, det(16)),                                      # CBC, no integ
+        m.SaSpec(0x100, m.DIR_OUT, CBC, det(16), m.AUTH_HMAC_SHA2_256_128, det(20)),   # short key
+        m.SaSpec(0x100, m.DIR_OUT, 3, det(24)),                                        # 3DES
+        m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), flags=0x80),                          # unknown flag
+        m.SaSpec(0x100, m.DIR_IN, GCM, det(20), flags=m.SAF_ESN, replay_window=0),    # ESN, no window
+    ]
+    for spec in cases:
+        try:
+            esp.new_sa(spec, be)
+            raise AssertionError(spec)
+        except sad.UnsupportedSa:
+            pass
+    for spec in (m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), mode=m.MODE_TRANSPORT),
+                 m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), initial_seq=1 << 32)):
+        try:
+            esp.new_sa(spec, be)
+            raise AssertionError(spec)
+        except m.MessageError:
+            pass
+
+
+def test_repr_never_shows_keys():
+    for be in backends():
+        for encr in (GCM, CBC):
+            o, i = d.pair(be, encr=encr)
+            secrets = [d.hx(k[:8]) for k in (o.spec.encr_key, o.spec.integ_key) if k]
+            for obj in (o.spec, o, i, getattr(o, "cbc", None), getattr(o, "mac", None), o.stats()):
+                if obj is not None:
+                    r = repr(obj)
+                    for sec in secrets:
+                        assert sec not in r, (be.NAME, type(obj))
+
+
+def test_fast_path_and_general_path_agree():
+    """GcmSa has a short path for tunnel-mode IPv4 without selectors; an SA whose selectors
+    admit everything takes the general path and must produce the same bytes and state."""
+    be = backends()[0]
+    anything = [(bytes(4), b"\xff" * 4, 0, 0, 0xFFFF)]
+    for flags in (0, m.SAF_ESN):
+        fo, fi = d.pair(be, 0x900, flags=flags)
+        so, si = d.pair(be, 0x900, flags=flags, ts_out=(anything, anything))
+        assert fo._fast_out == fi._fast_in == (flags == 0) and not so._fast_out and not si._fast_in
+        for n in (20, 21, 22, 23, 100):
+            pkt = ipv4(payload=det(n - 20, n)) if n > 20 else ipv4()
+            a, b = fo.encrypt(pkt), so.encrypt(pkt)
+            assert a == b and a[0] == m.P_OK
+            assert fi.decrypt(a[1]) == si.decrypt(b[1]) == (m.P_OK, pkt)
+        assert fi.decrypt(a[1]) == si.decrypt(b[1]) == (m.P_REPLAY, b"")
+        assert (fo.seq, fo.packets, fo.octets) == (so.seq, so.packets, so.octets)
+        assert (fi.packets, fi.octets, fi.window.top, fi.window.bits) == \
+            (si.packets, si.octets, si.window.top, si.window.bits)

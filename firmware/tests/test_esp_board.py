@@ -1,0 +1,154 @@
+"""The board core with the ESP engine, driven through link frames (sans-I/O): SA_ADD, batched
+ENCRYPT/DECRYPT, RFC 3948 classification, UNKNOWN_SPI rate limiting, SA_EXPIRE events,
+per-packet TOO_BIG. Uses the first backend this runtime has."""
+from firmware import esp
+from firmware.link import frame as fr
+from firmware.link import messages as m
+from firmware.tests import espdata as d
+from firmware.tests.espdata import A1, A2, det, ipv4
+
+
+class Host:
+    """A minimal host: sends requests, collects replies and events."""
+
+    def __init__(self, profile=None):
+        self.now = 1000
+        self.board = esp.make_board(profile or {}, self.now, backend=d.fast_backend().NAME,
+                                    random_bytes=lambda n: det(n, 5))
+        self.dec = fr.FrameDecoder(65535)
+        self.events = []
+        self.seq = 0
+        self._take(self.board.tick(self.now))
+
+    def _take(self, data):
+        replies = []
+        for f in self.dec.feed(data):
+            if f.flags & fr.FLAG_EVENT:
+                self.events.append(f)
+            else:
+                replies.append(f)
+        return replies
+
+    def request(self, type, body, nocache=False):
+        self.seq += 1
+        wire = fr.encode(type, self.seq, fr.FLAG_NOCACHE if nocache else 0, body)
+        replies = self._take(self.board.feed(wire, self.now))
+        assert len(replies) == 1 and replies[0].seq == self.seq
+        return replies[0].body
+
+    def add(self, spec):
+        return m.SadReply.decode(self.request(m.SA_ADD, spec.encode())).status
+
+    def encrypt(self, items):
+        st, out = m.decode_encrypt_reply(self.request(m.ENCRYPT, m.encode_encrypt_request(items), True))
+        assert st == m.OK
+        return out
+
+    def decrypt(self, items):
+        st, out = m.decode_decrypt_reply(self.request(m.DECRYPT, m.encode_decrypt_request(items), True))
+        assert st == m.OK
+        return out
+
+    def tick(self, dt=0):
+        self.now += dt
+        self._take(self.board.tick(self.now))
+
+    def events_of(self, type):
+        return [f for f in self.events if f.type == type]
+
+
+def _pair(h, spi=0x5000, flags=0, **kw):
+    """Install an outbound and an inbound SA with the same keys (the board talks to itself)."""
+    assert h.add(d.spec(spi, m.DIR_OUT, flags=flags, src=(A1, 4500), dst=(A2, 4500), **kw)) == m.OK
+    assert h.add(d.spec(spi, m.DIR_IN, flags=flags, src=(A2, 4500), dst=(A1, 4500), **kw)) == m.OK
+
+
+def test_hello_advertises_transforms_with_backend_and_features():
+    h = Host()
+    hello = m.Hello.decode(h.events_of(m.HELLO)[0].body)
+    keys = [t.key() for t in hello.transforms]
+    assert (m.ENCR_AES_GCM_16, 128, m.AUTH_NONE) in keys and (m.ENCR_AES_GCM_16, 256, m.AUTH_NONE) in keys
+    assert (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_256_128) in keys
+    assert all(t.backend == d.fast_backend().NAME for t in hello.transforms)
+    for f in (m.FEAT_ESN, m.FEAT_UDP_ENCAP, m.FEAT_TUNNEL, m.FEAT_TRANSPORT, m.FEAT_BATCH):
+        assert hello.features & f
+
+
+def test_batched_encrypt_then_decrypt_over_udp():
+    h = Host()
+    _pair(h, flags=m.SAF_UDP_ENCAP)
+    pkts = [ipv4(A1, A2, 17, d.udp(1, 2, det(n))) for n in (1, 60, 200)]
+    out = h.encrypt([(0x5000, p) for p in pkts] + [(0x5999, pkts[0])])
+    assert [st for st, _ in out] == [m.P_OK, m.P_OK, m.P_OK, m.P_UNKNOWN_SPI]
+    back = h.decrypt([((A1, 4500), esp_) for _, esp_ in out[:3]])
+    assert back == [(m.P_OK, 0x5000, p) for p in pkts]
+    assert h.decrypt([((A1, 4500), out[0][1])]) == [(m.P_REPLAY, 0x5000, b"")]
+
+
+def test_rfc3948_keepalive_non_esp_marker_and_encapsulation_mismatch():
+    h = Host()
+    _pair(h)   # plain ESP SAs
+    esp_pkt = h.encrypt([(0x5000, ipv4())])[0][1]
+    out = h.decrypt([((A1, 4500), b"\xff"), ((A1, 4500), b"\x00\x00\x00\x00" + det(30)),
+                     ((A1, 4500), esp_pkt), ((A1, 0), b"\x00" * 8), ((A1, 0), esp_pkt)])
+    assert [st for st, _, _ in out] == [m.P_KEEPALIVE, m.P_NOT_ESP, m.P_POLICY, m.P_MALFORMED, m.P_OK]
+    c = h.board.counters
+    assert (c["nat_keepalives"], c["non_esp"], c["encap_mismatch"]) == (1, 1, 1)
+    assert h.board.sad.get(0x5000, m.DIR_IN).packets == 1    # the mismatch did not count
+
+
+def test_unknown_spi_events_are_aggregated_and_rate_limited():
+    h = Host()
+    flood = [((A1, 4500), (0x10000 + i).to_bytes(4, "big") + det(36)) for i in range(60)]
+    before = len(h.events_of(m.EV_UNKNOWN_SPI))
+    for k in range(0, 60, 20):
+        out = h.decrypt(flood[k:k + 20] + flood[:1])
+        assert all(st == m.P_UNKNOWN_SPI for st, _, _ in out)
+    evs = [m.UnknownSpi.decode(f.body) for f in h.events_of(m.EV_UNKNOWN_SPI)[before:]]
+    # burst 5 allows one event per request here; every packet is either listed or counted
+    assert 1 <= len(evs) <= 5
+    total = sum(n for e in evs for _, _, n in e.entries) + sum(e.suppressed for e in evs)
+    h.tick(1000)
+    evs2 = [m.UnknownSpi.decode(f.body) for f in h.events_of(m.EV_UNKNOWN_SPI)[before + len(evs):]]
+    total += sum(n for e in evs2 for _, _, n in e.entries) + sum(e.suppressed for e in evs2)
+    assert total == 63
+    assert all(len(e.entries) <= m.UnknownSpi.MAX_ENTRIES for e in evs + evs2)
+    assert h.board.counters["unknown_spi_packets"] == 63
+    # a sustained flood cannot make more events than the bucket allows
+    n0 = len(h.events_of(m.EV_UNKNOWN_SPI))
+    for _ in range(50):
+        h.decrypt(flood[:3])
+    assert len(h.events_of(m.EV_UNKNOWN_SPI)) - n0 <= 5
+
+
+def test_expiry_events_and_expired_sa_stays_until_deleted():
+    h = Host()
+    _pair(h, hard_packets=2, soft_packets=1, reqid=77)
+    out = h.encrypt([(0x5000, ipv4())] * 3)
+    assert [st for st, _ in out] == [m.P_OK, m.P_OK, m.P_EXPIRED]
+    exp = [m.SaExpire.decode(f.body) for f in h.events_of(m.EV_SA_EXPIRE)]
+    assert [(e.spi, e.direction, e.hard, e.reason, e.reqid) for e in exp] == [
+        (0x5000, m.DIR_OUT, False, m.EXP_PACKETS, 77), (0x5000, m.DIR_OUT, True, m.EXP_PACKETS, 77)]
+    assert len(h.board.sad) == 2                      # the host deletes it, not the board
+    stats = m.StatsReply.decode(h.request(m.SA_STATS, m.encode_stats_request()))
+    out_stats = [s for s in stats.records if s.direction == m.DIR_OUT][0]
+    assert (out_stats.state, out_stats.packets, out_stats.seq) == (m.SaStats.STATE_HARD_EXPIRED, 2, 2)
+
+
+def test_sa_add_refusals():
+    h = Host()
+    assert h.add(m.SaSpec(0x6000, m.DIR_OUT, 3, det(24))) == m.UNSUPPORTED
+    assert h.add(m.SaSpec(0x6000, m.DIR_OUT, m.ENCR_AES_GCM_16, det(28))) == m.UNSUPPORTED
+    body = h.request(m.SA_ADD, m.SaSpec(0x6000, m.DIR_OUT, m.ENCR_AES_GCM_16, det(20),
+                                        mode=m.MODE_TRANSPORT).encode())
+    assert body[0] == m.BAD_REQUEST
+    assert len(h.board.sad) == 0
+
+
+def test_oversize_result_gets_too_big_without_using_a_sequence_number():
+    h = Host({"max_frame": 720})
+    _pair(h)
+    big = ipv4(payload=det(640))       # the request fits a frame, its ESP reply would not
+    assert h.encrypt([(0x5000, big)]) == [(m.P_TOO_BIG, b"")]
+    out = h.encrypt([(0x5000, ipv4(payload=det(100)))])
+    assert out[0][0] == m.P_OK and out[0][1][4:8] == b"\x00\x00\x00\x01"

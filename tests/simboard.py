@@ -1,0 +1,32 @@
+"""Start the simulated board (python -m firmware.sim) as a subprocess on a real pty."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SimBoard:
+    def __init__(self, *args):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "firmware.sim"] + list(args), cwd=ROOT,
+                                     env=env, stdout=subprocess.PIPE, text=True)
+        self.url = self._line("board: ")
+        self.control = self._line("control: ")
+
+    def _line(self, prefix):
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith(prefix):
+            self.close()
+            raise RuntimeError("simulator said %r" % line)
+        return line[len(prefix):]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
