@@ -34,7 +34,7 @@ def load(name=None):
     for n in names:
         try:
             if n == "cryptography":
-                from firmware.crypto import cryptography_backend as be
+                from firmware.crypto import cryptography_backend as be  # mpy-ok: ImportError on a board picks the next backend
             elif n == "cryptolib":
                 from firmware.crypto import cryptolib_backend as be
             elif n == "pure":
