@@ -505,3 +505,36 @@ def test_invalid_syntax_inside_protected_request_is_answered():
     _, sk = parse_plain(hdr, out[0].data)
     inner = open_sk(out[0].data, sk, sa.cipher)
     assert inner[0].notify_type == Notify.INVALID_SYNTAX
+
+
+def test_unauthenticated_garbage_does_not_advance_message_ids():
+    """A message with our SPIs and the expected Message ID but a broken outer payload chain is not
+    authentic: it is dropped without an answer and the real next request still works."""
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    ike_id = kinds(net.events[A], IkeSaUp)[0].ike_id
+    a.check_liveness(ike_id, 1.0)
+    req = a.datagrams_to_send(1.0)[0].data
+    bad = bytearray(req)
+    bad[30:32] = b"\xff\xff"                     # the Encrypted payload's length field
+    b.receive_datagram(bytes(bad), (A, 4500), 1.0, (B, 4500))
+    assert b.datagrams_to_send(1.0) == []
+    b.receive_datagram(req, (A, 4500), 1.0, (B, 4500))
+    out = b.datagrams_to_send(1.0)
+    assert len(out) == 1
+    a.receive_datagram(out[0].data, (B, 4500), 1.0, (A, 4500))
+    assert a.ike_sa(ike_id).outstanding is None and a.stats["bad_icv"] == 0
+
+
+def test_forged_init_response_is_ignored_not_fatal():
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    first = a.datagrams_to_send(0.0)[0]
+    hdr = parse_header(first.data)
+    forged = Message(hdr.spi_i, b"\x42" * 8, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0, []).encode()
+    a.receive_datagram(forged, (B, 500), 0.0, (A, 500))
+    assert a.stats["init_responses_ignored"] == 1 and len(a.ike_sas()) == 1
+    b.receive_datagram(first.data, (A, 500), 0.0, (B, 500))
+    net.pump(0.0)
+    assert kinds(net.events[A], IkeSaUp)

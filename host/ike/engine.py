@@ -26,7 +26,7 @@ from . import child_create, ike_auth, informational
 from .config import Connection, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .events import ChildSaDelete, IkeSaDown, IkeSaUp, Warning_
-from .ike_init import IkeInitTask, ZERO_SPI, respond as init_respond
+from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
 from .ike_sa import CONNECTING, DEAD, ESTABLISHED, IkeSa
 from .message import Message, VersionError, open_sk, parse_header, parse_plain
 from .payloads import NotifyPayload, SyntaxError_, UnsupportedCritical
@@ -96,6 +96,7 @@ class IkeEngine:
                                      self.settings.reply_global_rate, self.settings.reply_global_burst)
         self._rand = random.SystemRandom()
         self.stats = Counter()
+        self.strict = bool(os.environ.get("IKE_ENGINE_RAISE"))   # tests: let internal errors escape
         # hooks for the lifecycle work (issue 5): CREATE_CHILD_SA rekeys, notifications
         self.rekey_responder: Callable | None = None
         self.notify_hooks: dict[int, Callable] = {}
@@ -166,7 +167,7 @@ class IkeEngine:
             self.stats["malformed"] += 1
         except Exception:                      # pragma: no cover - a bug; keep the daemon alive
             self.stats["internal_errors"] += 1
-            if os.environ.get("IKE_ENGINE_RAISE"):
+            if self.strict:
                 raise
 
     def datagrams_to_send(self, now: float | None = None) -> list[Datagram]:
@@ -259,10 +260,6 @@ class IkeEngine:
                 self.stats["init_retransmits_answered"] += 1
                 self._send(sa.init_resp, addr, local)
             return
-        s = self.settings
-        if len(self._half_open) >= s.max_half_open or self._half_open_ip[addr[0]] >= s.max_half_open_per_ip:
-            self.stats["half_open_limit"] += 1
-            return
         try:
             payloads, sk = parse_plain(hdr, data)
         except UnsupportedCritical as e:
@@ -274,6 +271,10 @@ class IkeEngine:
             raise
         if sk is not None:
             self.stats["malformed"] += 1
+            return
+        s = self.settings
+        if len(self._half_open) >= s.max_half_open or self._half_open_ip[addr[0]] >= s.max_half_open_per_ip:
+            self.stats["half_open_limit"] += 1
             return
         msg = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, hdr.mid, payloads)
         if not self._admit_init(hdr, msg, addr, local, now):
@@ -310,15 +311,23 @@ class IkeEngine:
         done = task.on_response(sa, msg, data, now)
         if sa.state == DEAD:
             return
-        if done:
+        if done is IGNORED:
+            sa.outstanding = o          # not a usable answer: keep waiting and retransmitting
+            self.stats["init_responses_ignored"] += 1
+        elif done:
             sa.my_mid = 1
             sa.finish_task(now)
         sa.reschedule()
 
     def _decrypt(self, sa, hdr, data):
-        """Returns the inner payloads, None (ICV failure), or raises SyntaxError_/UnsupportedCritical
-        for an authentic but malformed message."""
-        payloads, sk = parse_plain(hdr, data)
+        """Returns the inner payloads or None (not authentic: unparsable outside the Encrypted
+        payload, no Encrypted payload, or ICV failure). Raises SyntaxError_/UnsupportedCritical only
+        for a message whose ICV verified, i.e. an authentic but malformed one."""
+        try:
+            _outer, sk = parse_plain(hdr, data)
+        except (SyntaxError_, UnsupportedCritical):
+            self.stats["malformed"] += 1
+            return None
         if sk is None:
             return None         # §3.14: after IKE_SA_INIT everything is protected
         return open_sk(data, sk, sa.cipher)

@@ -17,6 +17,7 @@ from .proposals import ProposalSpec, accept_response, select
 NONCE_LEN = 32          # §2.10: >= 128 bits and >= half the PRF key size (SHA-512: 32 bytes)
 MAX_INIT_RETRIES = 3    # COOKIE / INVALID_KE restarts before giving up (bounds unprotected actions)
 ZERO_SPI = b"\0" * 8
+IGNORED = object()      # on_response: not a usable answer (unprotected, so it changes nothing)
 
 
 def pack_ip(ip: str) -> bytes:
@@ -122,19 +123,18 @@ class IkeInitTask:
         if err is not None:
             eng._fail(sa, f"IKE_SA_INIT refused: {notify_error_name(err.notify_type)}")
             return True
+        # Anything below that does not fit is ignored rather than acted on: the message is not
+        # authenticated, and a forged or damaged answer must not end our attempt (§2.21.1).
         sap, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
         if sap is None or ke is None or nonce is None or len(sap.proposals) != 1 or msg.spi_r == ZERO_SPI:
-            eng._fail(sa, "malformed IKE_SA_INIT response")
-            return True
+            return IGNORED
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE)
         if chosen is None or chosen.dh != self.group or ke.group != self.group:
-            eng._fail(sa, "IKE_SA_INIT response chose something we did not offer")
-            return True
+            return IGNORED
         try:
             shared = dh_group(self.group).shared(sa.dh_priv, ke.data)
-        except CryptoError as e:
-            eng._fail(sa, f"bad KE from peer: {e}")
-            return True
+        except CryptoError:
+            return IGNORED
         sa.chosen = chosen
         sa.spi_r = msg.spi_r
         sa.nr = nonce.data
