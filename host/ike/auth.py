@@ -4,6 +4,7 @@ signatures with RFC 7427 (and RFC 4754 ECDSA as a fallback), certificate checks 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -237,9 +238,19 @@ def signed_octets(real_message: bytes, peer_nonce: bytes, prf, sk_p: bytes, id_b
     return real_message + peer_nonce + prf(sk_p, id_body)
 
 
+_PADDED: dict = {}
+
+
 def psk_auth(prf, psk: bytes, octets: bytes) -> bytes:
-    """§2.15: AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)."""
-    return prf(prf(psk, KEY_PAD), octets)
+    """§2.15: AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>). The inner value
+    depends only on the PSK and the PRF, so it is computed once per pair."""
+    key = (prf.prf_id, psk)
+    padded = _PADDED.get(key)
+    if padded is None:
+        if len(_PADDED) >= 256:
+            _PADDED.clear()
+        padded = _PADDED[key] = prf(psk, KEY_PAD)
+    return prf(padded, octets)
 
 
 # ---------------------------------------------------------------- signatures (RFC 7427)
@@ -373,6 +384,7 @@ def load_private_key(data: bytes):
     return serialization.load_der_private_key(data, None)
 
 
+@functools.lru_cache(maxsize=256)
 def spki_sha1(cert: x509.Certificate) -> bytes:
     """CERTREQ content: SHA-1 of the CA's SubjectPublicKeyInfo (§3.7)."""
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,

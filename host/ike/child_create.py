@@ -89,6 +89,7 @@ def request_install(sa: IkeSa, child: ChildSa, continuation):
         local_port=eng.settings.natt_port if sa.nat else sa.local[1],
         remote_port=sa.remote[1], initiator=child.exchange_initiator,
         lifetime=child.cfg.life_time if child.cfg else 0.0, rekey_of=child.rekey_of))
+    child.keys = None           # the keys live on the board from here on, not in the engine
 
 
 def installed_ok(sa: IkeSa, child: ChildSa):

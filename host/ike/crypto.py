@@ -141,10 +141,13 @@ class PrfAlg:
         """prf+ (§2.13): T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n); at most 255 blocks."""
         if length > 255 * self.out_len:
             raise CryptoError("prf+ cannot produce that much keying material")
+        keyed = hmac.HMAC(key, self.hash)           # the key schedule once, then a copy per block
         out, t, n = [], b"", 1
         got = 0
         while got < length:
-            t = self(key, t + seed + bytes((n,)))
+            h = keyed.copy()
+            h.update(t + seed + bytes((n,)))
+            t = h.finalize()
             out.append(t)
             got += len(t)
             n += 1

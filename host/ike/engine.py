@@ -92,6 +92,7 @@ class IkeEngine:
         self._handles = itertools.count(1)
         self._out: list[Datagram] = []
         self._events = deque()
+        self._conn_cache: dict = {}
         self._replies = KeyedBuckets(self.settings.reply_rate, self.settings.reply_burst,
                                      self.settings.reply_global_rate, self.settings.reply_global_burst)
         self._rand = random.SystemRandom()
@@ -279,7 +280,7 @@ class IkeEngine:
         msg = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, hdr.mid, payloads)
         if not self._admit_init(hdr, msg, addr, local, now):
             return
-        conns = [c for c in self.connections.values() if c.matches_addrs(local[0], addr[0])]
+        conns = self._conns_for(local[0], addr[0])
         if not conns:
             self._reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", addr, local, now)
             return
@@ -289,6 +290,24 @@ class IkeEngine:
             self._half_open[key] = sa
             self._half_open_ip[addr[0]] += 1
             self.stats["half_open_created"] += 1
+
+    def _conns_for(self, local_ip: str, remote_ip: str) -> list:
+        """Connections whose addresses fit, in configuration order (cached per address pair)."""
+        key = (local_ip, remote_ip)
+        hit = self._conn_cache.get(key)
+        if hit is None:
+            if len(self._conn_cache) >= 4096:
+                self._conn_cache.clear()
+            hit = self._conn_cache[key] = [c for c in self.connections.values()
+                                           if c.matches_addrs(local_ip, remote_ip)]
+        return hit
+
+    def set_connections(self, connections):
+        """Replace the configuration (existing SAs keep the Connection objects they have)."""
+        if isinstance(connections, (list, tuple)):
+            connections = {c.name: c for c in connections}
+        self.connections = dict(connections)
+        self._conn_cache.clear()
 
     def _admit_init(self, hdr, msg, addr, local, now) -> bool:
         """Hook for stateless cookies (§2.6, issue 5): return False after answering with a
@@ -480,6 +499,7 @@ class IkeEngine:
         sa.established_at = now
         sa.expire_at = None
         self._leave_half_open(sa)
+        sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
         sa.local_id = sa.conn.local.id
         self._event(IkeSaUp(sa.ike_id, sa.conn.name, sa.initiator, sa.local, sa.remote, str(sa.local_id),
                             str(sa.remote_id), sa.chosen.describe()))

@@ -73,6 +73,20 @@ def _certreq(conns) -> list:
 
 # ---------------------------------------------------------------- initiator
 
+_OFFERS: dict = {}
+
+
+def _offer(conn) -> SaPayload:
+    """Our IKE_SA_INIT SA payload for ``conn`` (built once; it carries no SPI)."""
+    key = tuple(conn.proposals)
+    sap = _OFFERS.get(key)
+    if sap is None:
+        if len(_OFFERS) >= 256:
+            _OFFERS.clear()
+        sap = _OFFERS[key] = SaPayload([s.to_proposal(i + 1) for i, s in enumerate(conn.proposals)])
+    return sap
+
+
 class IkeInitTask:
     """Initiator: send IKE_SA_INIT, process the answer."""
     exchange = ExchangeType.IKE_SA_INIT
@@ -91,8 +105,9 @@ class IkeInitTask:
         payloads = []
         if sa.cookie:
             payloads.append(NotifyPayload(Notify.COOKIE, sa.cookie))    # §2.6: first payload
-        self.offered = [s.to_proposal(i + 1) for i, s in enumerate(conn.proposals)]
-        payloads += [SaPayload(self.offered), KePayload(self.group, sa.dh_pub), NoncePayload(sa.ni)]
+        sap = _offer(conn)
+        self.offered = sap.proposals
+        payloads += [sap, KePayload(self.group, sa.dh_pub), NoncePayload(sa.ni)]
         payloads += nat_payloads(sa.spi_i, ZERO_SPI, sa.local, sa.remote, conn.encap)
         payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
         return payloads
@@ -166,17 +181,7 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
         engine._reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
         return None
     ke = kes[0]
-    specs = []
-    for c in conns:
-        specs.extend(c.proposals)
-    chosen = select(saps[0].proposals, specs, ProtocolId.IKE)
-    if chosen is not None and chosen.dh != ke.group:
-        # Prefer the group the initiator guessed, if any of our proposals allows it (§1.2).
-        alt = [ProposalSpec(s.protocol, s.encr, s.integ, s.prf, (ke.group,), s.esn)
-               for s in specs if ke.group in s.dh]
-        c2 = select(saps[0].proposals, alt, ProtocolId.IKE) if alt else None
-        if c2 is not None:
-            chosen = c2
+    chosen = _select_ike(saps[0], tuple(p for c in conns for p in c.proposals), ke.group)
     if chosen is None:
         engine._reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", remote, local, now)
         return None
@@ -221,6 +226,28 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
     sa.expire_at = now + engine.settings.half_open_timeout
     sa.reschedule()
     return sa
+
+
+_SELECTED: dict = {}
+
+
+def _select_ike(sap, specs: tuple, ke_group: int):
+    """Choose from the peer's IKE offer, preferring the DH group its KE already uses if any of our
+    proposals allows it (§1.2). Cached: the same offer arrives again and again."""
+    key = (sap.raw, specs, ke_group)
+    if key in _SELECTED:
+        return _SELECTED[key]
+    chosen = select(sap.proposals, list(specs), ProtocolId.IKE)
+    if chosen is not None and chosen.dh != ke_group:
+        alt = [ProposalSpec(s.protocol, s.encr, s.integ, s.prf, (ke_group,), s.esn)
+               for s in specs if ke_group in s.dh]
+        c2 = select(sap.proposals, alt, ProtocolId.IKE) if alt else None
+        if c2 is not None:
+            chosen = c2
+    if len(_SELECTED) >= 1024:
+        _SELECTED.clear()
+    _SELECTED[key] = chosen
+    return chosen
 
 
 def chosen_fits(conn, chosen) -> bool:

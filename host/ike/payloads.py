@@ -115,19 +115,44 @@ class Proposal:
                            self.protocol, len(self.spi), n) + self.spi + tr
 
 
+_SA_CACHE: dict = {}
+
+
 class SaPayload(Payload):
-    __slots__ = ("proposals",)
+    """§3.3. Decoded SA payloads are cached by their bytes (peers send the same offer again and
+    again); treat ``proposals`` as read-only."""
+    __slots__ = ("proposals", "_raw")
     ptype = PayloadType.SA
 
     def __init__(self, proposals: list[Proposal]):
         self.proposals = proposals
+        self._raw = None
 
     def body(self) -> bytes:
-        n = len(self.proposals)
-        return b"".join(p.encode(i == n - 1) for i, p in enumerate(self.proposals))
+        if self._raw is None:
+            n = len(self.proposals)
+            self._raw = b"".join(p.encode(i == n - 1) for i, p in enumerate(self.proposals))
+        return self._raw
+
+    @property
+    def raw(self) -> bytes:
+        return self.body()
 
     @classmethod
     def decode(cls, body: bytes, ptype: int = PayloadType.SA):
+        body = bytes(body)
+        hit = _SA_CACHE.get(body)
+        if hit is not None:
+            return hit
+        sa = cls._decode(body)
+        sa._raw = body
+        if len(_SA_CACHE) >= 512:
+            _SA_CACHE.clear()
+        _SA_CACHE[body] = sa
+        return sa
+
+    @classmethod
+    def _decode(cls, body: bytes):
         proposals = []
         off, end = 0, len(body)
         if end == 0:

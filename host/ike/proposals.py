@@ -6,6 +6,7 @@ algorithms separated by ``-``; several of one kind are alternatives (an OR insid
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -178,6 +179,16 @@ class OffloadCapabilities:
 
 
 def filter_child_specs(specs, caps: OffloadCapabilities) -> list[ProposalSpec]:
+    """Cached front of :func:`_filter_child_specs` (configs and capabilities rarely change)."""
+    return list(_filter_cached(tuple(specs), caps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _filter_cached(specs, caps):
+    return tuple(_filter_child_specs(specs, caps))
+
+
+def _filter_child_specs(specs, caps: OffloadCapabilities) -> list[ProposalSpec]:
     """Restrict ESP proposals to the board's capabilities. A proposal whose every combination is
     allowed is kept whole; otherwise it is split into one proposal per cipher with the allowed
     integrity algorithms, so that nothing the board cannot do can be negotiated."""
@@ -227,9 +238,13 @@ class Chosen:
         return Proposal(self.num, self.protocol, spi, t)
 
     def describe(self) -> str:
-        return describe(ProposalSpec(self.protocol, ((self.encr, self.encr_bits),),
-                                     (self.integ,) if self.integ else (), (self.prf,) if self.prf else (),
-                                     (self.dh,) if self.dh else (), (self.esn,)))
+        return _describe_algs(self.protocol, self.encr, self.encr_bits, self.integ, self.prf, self.dh, self.esn)
+
+
+@functools.lru_cache(maxsize=256)
+def _describe_algs(protocol, encr, bits, integ, prf, dh, esn) -> str:
+    return describe(ProposalSpec(protocol, ((encr, bits),), (integ,) if integ else (), (prf,) if prf else (),
+                                 (dh,) if dh else (), (esn,)))
 
 
 def _pick(ours, theirs):
