@@ -538,3 +538,64 @@ def test_forged_init_response_is_ignored_not_fatal():
     b.receive_datagram(first.data, (A, 500), 0.0, (B, 500))
     net.pump(0.0)
     assert kinds(net.events[A], IkeSaUp)
+
+
+def _first_notify(data):
+    hdr = parse_header(data)
+    payloads, _ = parse_plain(hdr, data)
+    return payloads[0]
+
+
+def test_unknown_critical_payload_in_ike_sa_init():
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    init = a.datagrams_to_send(0.0)[0].data
+    hdr = parse_header(init)
+    payloads, _ = parse_plain(hdr, init)
+    from host.ike.payloads import RawPayload
+    crit = RawPayload(250, b"surprise", critical=True)
+    msg = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0, payloads + [crit]).encode()
+    b.receive_datagram(msg, (A, 500), 0.0, (B, 500))
+    out = b.datagrams_to_send(0.0)
+    n = _first_notify(out[0].data)
+    assert n.notify_type == Notify.UNSUPPORTED_CRITICAL_PAYLOAD and n.data == bytes((250,))
+    assert b.ike_sas() == []
+    # not critical: ignored, the SA comes up
+    ok = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0,
+                 payloads + [RawPayload(250, b"surprise")]).encode()
+    b.receive_datagram(ok, (A, 500), 0.0, (B, 500))
+    assert b.half_open_count() == 1
+
+
+def test_invalid_syntax_answer_to_malformed_ike_sa_init():
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    init = bytearray(a.datagrams_to_send(0.0)[0].data)
+    # the Nonce payload cut to 8 bytes (§3.9 needs 16): rebuild the message around it
+    hdr = parse_header(bytes(init))
+    payloads, _ = parse_plain(hdr, bytes(init))
+    from host.ike.payloads import RawPayload
+    bad = [RawPayload(PayloadType.NONCE, b"12345678") if p.ptype == PayloadType.NONCE else p for p in payloads]
+    b.receive_datagram(Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0, bad).encode(), (A, 500), 0.0, (B, 500))
+    n = _first_notify(b.datagrams_to_send(0.0)[0].data)
+    assert n.notify_type == Notify.INVALID_SYNTAX and b.ike_sas() == []
+    # two SA payloads: also INVALID_SYNTAX
+    twice = payloads[:1] + payloads
+    b.receive_datagram(Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0, twice).encode(), (A, 500), 0.0, (B, 500))
+    assert _first_notify(b.datagrams_to_send(0.0)[0].data).notify_type == Notify.INVALID_SYNTAX
+
+
+def test_unknown_critical_payload_in_protected_request():
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa = a.ike_sa(kinds(net.events[A], IkeSaUp)[0].ike_id)
+    from host.ike.payloads import RawPayload
+    from host.ike.message import open_sk
+    msg = Message(sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa.my_mid,
+                  [RawPayload(251, b"x", critical=True)])
+    b.receive_datagram(msg.encode(sa.cipher), (A, 4500), 1.0, (B, 4500))
+    out = b.datagrams_to_send(1.0)[0].data
+    _, sk = parse_plain(parse_header(out), out)
+    inner = open_sk(out, sk, sa.cipher)
+    assert inner[0].notify_type == Notify.UNSUPPORTED_CRITICAL_PAYLOAD and inner[0].data == bytes((251,))

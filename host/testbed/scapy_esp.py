@@ -45,6 +45,7 @@ class ScapyEchoDataPath:
         self.answered = 0
         self.errors = 0
         self.unknown_spi = 0
+        self.decrypted = {}             # spi_in -> packets that decrypted
 
     def install(self, ev) -> bool:
         try:
@@ -81,6 +82,7 @@ class ScapyEchoDataPath:
         except Exception:
             self.errors += 1
             return
+        self.decrypted[spi] = self.decrypted.get(spi, 0) + 1
         if ICMP in inner and inner[ICMP].type == 8:
             reply = IP(src=inner[IP].dst, dst=inner[IP].src) / ICMP(type=0, id=inner[ICMP].id,
                                                                      seq=inner[ICMP].seq) / bytes(inner[ICMP].payload)

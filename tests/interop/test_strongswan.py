@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -66,11 +67,17 @@ def bed():
         with open(b.ca_path, "wb") as f:
             f.write(b.ca_pem)
         b.charon_cert_pem = theirs.cert_pem()
+        # RSA end entities under the same CA; charon picks the key that matches the cert it sends
+        rsa_ours = b.ca.issue(OUR_ID, "rsa")
+        rsa_theirs = b.ca.issue(CHARON_ID, "rsa")
+        b.our_rsa_cert, b.our_rsa_key = rsa_ours.write(b.state, "ours-rsa")
+        b.charon_rsa_cert_pem = rsa_theirs.cert_pem()
         b.charon = charon_mod.Charon(b.net.ns_b, os.path.join(b.state, "c"), loglevel=1)
         b.charon.start()
         b.charon.load_psk(PSK, [OUR_ID, CHARON_ID])
         b.charon.load_ca(b.ca_pem)
         b.charon.load_key(theirs.key_pem(), "ecdsa")
+        b.charon.load_key(rsa_theirs.key_pem(), "rsa")
         yield b
     finally:
         if getattr(b, "charon", None) is not None:
@@ -82,26 +89,30 @@ def bed():
 def charon_conn(bed, ike, esp, auth, more=False):
     side = {"psk": ({"auth": "psk", "id": CHARON_ID}, {"auth": "psk", "id": OUR_ID}),
             "ecdsa": ({"auth": "pubkey", "id": CHARON_ID, "certs": [bed.charon_cert_pem]},
-                      {"auth": "pubkey", "id": OUR_ID, "cacerts": [bed.ca_pem]})}[auth]
+                      {"auth": "pubkey", "id": OUR_ID, "cacerts": [bed.ca_pem]}),
+            "rsa": ({"auth": "pubkey", "id": CHARON_ID, "certs": [bed.charon_rsa_cert_pem]},
+                    {"auth": "pubkey", "id": OUR_ID, "cacerts": [bed.ca_pem]})}[auth]
     child = {"local_ts": [f"{CHARON_INNER}/32"], "remote_ts": [f"{OUR_INNER}/32"], "esp_proposals": [esp],
              "mode": "tunnel", "rekey_time": "0", "start_action": "none"}
     c = {"version": "2", "local_addrs": [CHARON_IP], "remote_addrs": [OUR_IP], "proposals": [ike],
          "encap": "yes", "mobike": "no", "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0",
          "unique": "no", "local": side[0], "remote": side[1], "children": {"net": child}}
-    if more:        # a second child with narrower selectors (charon refuses duplicates)
+    if more:        # a second child with narrower selectors (charon refuses duplicates), with PFS
         c["children"]["udp"] = dict(child, local_ts=[f"{CHARON_INNER}/32[udp]"],
-                                    remote_ts=[f"{OUR_INNER}/32[udp]"])
+                                    remote_ts=[f"{OUR_INNER}/32[udp]"], esp_proposals=["aes128gcm16-ecp256"])
     return c
 
 
-def our_conn(bed, ike, esp, auth):
+def our_conn(bed, ike, esp, auth, pfs=False):
+    esps = [esp, "aes128gcm16-ecp256"] if pfs else [esp]
     c = {"local_addrs": [OUR_IP], "remote_addrs": [CHARON_IP], "proposals": [ike],
          "children": {"net": {"local_ts": [f"{OUR_INNER}/32"], "remote_ts": [f"{CHARON_INNER}/32"],
-                              "esp_proposals": [esp]}}}
+                              "esp_proposals": esps}}}
     if auth == "psk":
         c.update(psk=PSK, local={"auth": "psk", "id": OUR_ID}, remote={"auth": "psk", "id": CHARON_ID})
     else:
-        c.update(local={"auth": "pubkey", "id": OUR_ID, "cert": str(bed.our_cert), "key": str(bed.our_key)},
+        cert, key = (bed.our_rsa_cert, bed.our_rsa_key) if auth == "rsa" else (bed.our_cert, bed.our_key)
+        c.update(local={"auth": "pubkey", "id": OUR_ID, "cert": str(cert), "key": str(key)},
                  remote={"auth": "pubkey", "id": CHARON_ID, "cacerts": [bed.ca_path]})
     return c
 
@@ -200,6 +211,7 @@ async def _case(bed, ike, esp, auth, we_initiate, we_delete):
 
 
 CASES = [(ike, esp, auth, we_init) for ike, esp in SUITES for auth in ("psk", "ecdsa") for we_init in (True, False)]
+CASES += [(SUITES[0][0], SUITES[0][1], "rsa", True), (SUITES[1][0], SUITES[1][1], "rsa", False)]
 
 
 @pytest.mark.parametrize("ike,esp,auth,we_initiate", CASES,
@@ -222,7 +234,7 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
         name = f"t{next(_names)}"
         ike, esp = SUITES[0]
         bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk", more=True))
-        ours = Ours(bed, our_conn(bed, ike, esp, "psk"))
+        ours = Ours(bed, our_conn(bed, ike, esp, "psk", pfs=True))
         await ours.ep.start()
         try:
             ike_id = ours.ep.initiate("gw")
@@ -238,6 +250,12 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
             await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="third ChildSaUp")
             third_ts = ours.of(ChildSaInstall)[2]
             assert [t.ip_proto for t in third_ts.local_ts] == [17]            # narrowed to charon's [udp]
+            assert (third_ts.encr, third_ts.encr_key_bits) == (20, 128)        # the PFS proposal (ecp256)
+            # UDP from charon's inner host goes through the PFS Child SA and decrypts with our keys
+            await asyncio.to_thread(ns_exec, bed.net.ns_b, sys.executable, "-c",
+                                    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                    f"s.bind(('{CHARON_INNER}', 0)); s.sendto(b'pfs', ('{OUR_INNER}', 9))")
+            await ours.until(lambda: ours.dp.decrypted.get(third_ts.spi_in), what="UDP via the PFS child")
             sas = await asyncio.to_thread(charon_sas, bed, name)
             assert len(sas) == 1 and len(sas[0]["child-sas"]) == 2
             third = ours.of(ChildSaUp)[2]
