@@ -13,6 +13,7 @@ own in libipsec.
 Usage (root): python -m bench.ike [-n 2000] [-c 2,8,32] [--only ours|charon]
 Prints a table and writes bench/results/ike.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,31 @@ A_IN, B_IN = "198.51.100.1", "203.0.113.1"
 
 # ---------------------------------------------------------------- our side (worker processes)
 
+
 def _our_conns(role):
     from host.ike.config import parse_connections
-    me, peer, mid, pid, mts, pts = (A, B, "a.bench", "b.bench", A_IN, B_IN) if role == "initiator" else \
-        (B, A, "b.bench", "a.bench", B_IN, A_IN)
-    return parse_connections({"gw": {
-        "local_addrs": [me], "remote_addrs": [peer], "psk": PSK, "proposals": [IKE], "initial_contact": False,
-        "local": {"auth": "psk", "id": mid}, "remote": {"auth": "psk", "id": pid},
-        "children": {"net": {"local_ts": [f"{mts}/32"], "remote_ts": [f"{pts}/32"], "esp_proposals": [ESP]}}}})
+
+    me, peer, mid, pid, mts, pts = (
+        (A, B, "a.bench", "b.bench", A_IN, B_IN)
+        if role == "initiator"
+        else (B, A, "b.bench", "a.bench", B_IN, A_IN)
+    )
+    return parse_connections(
+        {
+            "gw": {
+                "local_addrs": [me],
+                "remote_addrs": [peer],
+                "psk": PSK,
+                "proposals": [IKE],
+                "initial_contact": False,
+                "local": {"auth": "psk", "id": mid},
+                "remote": {"auth": "psk", "id": pid},
+                "children": {
+                    "net": {"local_ts": [f"{mts}/32"], "remote_ts": [f"{pts}/32"], "esp_proposals": [ESP]}
+                },
+            }
+        }
+    )
 
 
 def worker(role: str, n: int, window: int):
@@ -106,13 +124,19 @@ def worker(role: str, n: int, window: int):
         elapsed = loop.time() - t0
         c1 = os.times()
         ep.close()
-        return {"established": state["up"], "failed": state["failed"], "elapsed": elapsed,
-                "cpu": (c1.user - c0.user) + (c1.system - c0.system), "stats": dict(engine.stats)}
+        return {
+            "established": state["up"],
+            "failed": state["failed"],
+            "elapsed": elapsed,
+            "cpu": (c1.user - c0.user) + (c1.system - c0.system),
+            "stats": dict(engine.stats),
+        }
 
     c0 = os.times()
     prof_path = os.environ.get("BENCH_PROFILE")
     if prof_path:
         import cProfile
+
         prof = cProfile.Profile()
         res = prof.runcall(asyncio.run, main())
         prof.dump_stats(f"{prof_path}.{role}")
@@ -120,8 +144,11 @@ def worker(role: str, n: int, window: int):
         res = asyncio.run(main())
     if res is None:
         c1 = os.times()
-        res = {"cpu": (c1.user - c0.user) + (c1.system - c0.system), "up": state["up"],
-               "stats": dict(engine.stats)}
+        res = {
+            "cpu": (c1.user - c0.user) + (c1.system - c0.system),
+            "up": state["up"],
+            "stats": dict(engine.stats),
+        }
     print(json.dumps(res), flush=True)
 
 
@@ -132,22 +159,48 @@ def _last_json(text: str) -> dict:
 def run_ours(bed, n, window):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     py = sys.executable
-    spy = os.environ.get("BENCH_PYSPY")        # e.g. /tmp/spy: sample both workers with py-spy
-    wrap = (lambda role: ["py-spy", "record", "-r", "1000", "-f", "raw", "-o", f"{spy}.{role}", "--", py]) \
-        if spy else (lambda role: [py])
-    resp = subprocess.Popen(["ip", "netns", "exec", bed.ns_b, *wrap("responder"), "-m", "bench.ike", "--worker",
-                             "responder"],
-                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    spy = os.environ.get("BENCH_PYSPY")  # e.g. /tmp/spy: sample both workers with py-spy
+    wrap = (
+        (lambda role: ["py-spy", "record", "-r", "1000", "-f", "raw", "-o", f"{spy}.{role}", "--", py])
+        if spy
+        else (lambda role: [py])
+    )
+    resp = subprocess.Popen(
+        ["ip", "netns", "exec", bed.ns_b, *wrap("responder"), "-m", "bench.ike", "--worker", "responder"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = resp.stdout.readline()
-        while line and line.strip() != "ready":       # (py-spy, when used, talks first)
+        while line and line.strip() != "ready":  # (py-spy, when used, talks first)
             line = resp.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError("our responder did not start")
-        out = subprocess.run(["ip", "netns", "exec", bed.ns_a, *wrap("initiator"), "-m", "bench.ike", "--worker",
-                              "initiator",
-                              "-n", str(n), "-c", str(window)], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=max(120, n / 20))
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                bed.ns_a,
+                *wrap("initiator"),
+                "-m",
+                "bench.ike",
+                "--worker",
+                "initiator",
+                "-n",
+                str(n),
+                "-c",
+                str(window),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(120, n / 20),
+        )
         if out.returncode != 0:
             raise RuntimeError(f"our initiator failed:\n{out.stderr[-2000:]}")
         ini = _last_json(out.stdout)
@@ -160,28 +213,71 @@ def run_ours(bed, n, window):
     ok = ini["established"]
     if os.environ.get("BENCH_DEBUG"):
         print("   initiator stats", ini.get("stats"), "responder stats", rres.get("stats"))
-    return {"impl": "ours", "window": window, "established": ok, "failed": ini["failed"],
-            "seconds": ini["elapsed"], "rate": ok / ini["elapsed"] if ini["elapsed"] else 0.0,
-            "cpu_ms_per_sa_initiator": 1000 * ini["cpu"] / max(ok, 1),
-            "cpu_ms_per_sa_responder": 1000 * rres["cpu"] / max(ok, 1)}
+    return {
+        "impl": "ours",
+        "window": window,
+        "established": ok,
+        "failed": ini["failed"],
+        "seconds": ini["elapsed"],
+        "rate": ok / ini["elapsed"] if ini["elapsed"] else 0.0,
+        "cpu_ms_per_sa_initiator": 1000 * ini["cpu"] / max(ok, 1),
+        "cpu_ms_per_sa_responder": 1000 * rres["cpu"] / max(ok, 1),
+    }
 
 
 # ---------------------------------------------------------------- charon <-> charon
 
+
 def _charon_conn(me, peer, mid, pid, mts, pts):
-    return {"version": "2", "local_addrs": [me], "remote_addrs": [peer], "proposals": [IKE], "encap": "yes",
-            "mobike": "no", "unique": "never", "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0",
-            "local": {"auth": "psk", "id": mid}, "remote": {"auth": "psk", "id": pid},
-            "children": {"net": {"local_ts": [f"{mts}/32"], "remote_ts": [f"{pts}/32"], "esp_proposals": [ESP],
-                                 "mode": "tunnel", "rekey_time": "0", "start_action": "none"}}}
+    return {
+        "version": "2",
+        "local_addrs": [me],
+        "remote_addrs": [peer],
+        "proposals": [IKE],
+        "encap": "yes",
+        "mobike": "no",
+        "unique": "never",
+        "rekey_time": "0",
+        "reauth_time": "0",
+        "dpd_delay": "0",
+        "local": {"auth": "psk", "id": mid},
+        "remote": {"auth": "psk", "id": pid},
+        "children": {
+            "net": {
+                "local_ts": [f"{mts}/32"],
+                "remote_ts": [f"{pts}/32"],
+                "esp_proposals": [ESP],
+                "mode": "tunnel",
+                "rekey_time": "0",
+                "start_action": "none",
+            }
+        },
+    }
 
 
 def run_charon(bed, state, n, window):
     from host.testbed.charon import Charon
-    ca = Charon(bed.ns_a, os.path.join(state, "a"), loglevel=0, reuse_ikesa=False, half_open=100000,
-                ikesa_table=(4096, 16), retransmit_timeout=4.0, retransmit_tries=5)
-    cb = Charon(bed.ns_b, os.path.join(state, "b"), loglevel=0, reuse_ikesa=False, half_open=100000,
-                ikesa_table=(4096, 16), retransmit_timeout=4.0, retransmit_tries=5)
+
+    ca = Charon(
+        bed.ns_a,
+        os.path.join(state, "a"),
+        loglevel=0,
+        reuse_ikesa=False,
+        half_open=100000,
+        ikesa_table=(4096, 16),
+        retransmit_timeout=4.0,
+        retransmit_tries=5,
+    )
+    cb = Charon(
+        bed.ns_b,
+        os.path.join(state, "b"),
+        loglevel=0,
+        reuse_ikesa=False,
+        half_open=100000,
+        ikesa_table=(4096, 16),
+        retransmit_timeout=4.0,
+        retransmit_tries=5,
+    )
     try:
         ca.start()
         cb.start()
@@ -211,7 +307,7 @@ def run_charon(bed, state, n, window):
                     if counts["up"] >= n:
                         finished.set()
             except OSError:
-                pass            # charon went away at the end of the run
+                pass  # charon went away at the end of the run
             finally:
                 try:
                     gen.close()
@@ -229,17 +325,27 @@ def run_charon(bed, state, n, window):
         while fired < n:
             if not window_sem.acquire(timeout=10):
                 break
-            list(cmd.initiate({"ike": "gw", "child": "net", "timeout": -1, "init-limits": "no", "loglevel": -1}))
+            list(
+                cmd.initiate(
+                    {"ike": "gw", "child": "net", "timeout": -1, "init-limits": "no", "loglevel": -1}
+                )
+            )
             fired += 1
         finished.wait(max(60.0, n / 50))
         elapsed = time.monotonic() - t0
         cpu1 = (ca.cpu_seconds(), cb.cpu_seconds())
         stop.set()
         ok = counts["up"]
-        return {"impl": "charon", "window": window, "established": ok, "failed": fired - ok, "seconds": elapsed,
-                "rate": ok / elapsed if elapsed else 0.0,
-                "cpu_ms_per_sa_initiator": 1000 * (cpu1[0] - cpu0[0]) / max(ok, 1),
-                "cpu_ms_per_sa_responder": 1000 * (cpu1[1] - cpu0[1]) / max(ok, 1)}
+        return {
+            "impl": "charon",
+            "window": window,
+            "established": ok,
+            "failed": fired - ok,
+            "seconds": elapsed,
+            "rate": ok / elapsed if elapsed else 0.0,
+            "cpu_ms_per_sa_initiator": 1000 * (cpu1[0] - cpu0[0]) / max(ok, 1),
+            "cpu_ms_per_sa_responder": 1000 * (cpu1[1] - cpu0[1]) / max(ok, 1),
+        }
     finally:
         ca.stop(grace=2)
         cb.stop(grace=2)
@@ -247,12 +353,17 @@ def run_charon(bed, state, n, window):
 
 # ---------------------------------------------------------------- coordinator
 
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", choices=["initiator", "responder"])
     ap.add_argument("-n", type=int, default=2000, help="IKE SAs (each with one Child SA) per run")
-    ap.add_argument("-c", default="2,16", help="windows (SA setups in flight) to try; each side's best counts")
-    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats per window (the machine is shared)")
+    ap.add_argument(
+        "-c", default="2,16", help="windows (SA setups in flight) to try; each side's best counts"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="interleaved repeats per window (the machine is shared)"
+    )
     ap.add_argument("--only", choices=["ours", "charon"])
     args = ap.parse_args(argv)
     if args.worker:
@@ -260,6 +371,7 @@ def main(argv=None):
 
     from host.testbed import charon as charon_mod
     from host.testbed.netns import VethPair, have_root
+
     if not have_root():
         sys.exit("bench.ike needs root (network namespaces, ports 500/4500)")
     windows = [int(x) for x in args.c.split(",")]
@@ -274,7 +386,11 @@ def main(argv=None):
             for w in windows:
                 for impl in impls:
                     with VethPair(lo_a=[A_IN], lo_b=[B_IN]) as bed:
-                        r = run_charon(bed, state, args.n, w) if impl == "charon" else run_ours(bed, args.n, w)
+                        r = (
+                            run_charon(bed, state, args.n, w)
+                            if impl == "charon"
+                            else run_ours(bed, args.n, w)
+                        )
                     r["repeat"] = rep
                     runs.append(r)
                     print(_row(r), flush=True)
@@ -293,15 +409,20 @@ def main(argv=None):
         w_best = max(by_window, key=lambda w: statistics.median(x["rate"] for x in by_window[w]))
         rs = by_window[w_best]
         summary[impl] = {
-            "window": w_best, "best_rate": max(x["rate"] for x in rs),
+            "window": w_best,
+            "best_rate": max(x["rate"] for x in rs),
             "median_rate": statistics.median(x["rate"] for x in rs),
             "cpu_ms_per_sa_both_ends": statistics.median(
-                x["cpu_ms_per_sa_initiator"] + x["cpu_ms_per_sa_responder"] for x in rs),
+                x["cpu_ms_per_sa_initiator"] + x["cpu_ms_per_sa_responder"] for x in rs
+            ),
             "cpu_ms_per_sa_initiator": statistics.median(x["cpu_ms_per_sa_initiator"] for x in rs),
-            "cpu_ms_per_sa_responder": statistics.median(x["cpu_ms_per_sa_responder"] for x in rs)}
+            "cpu_ms_per_sa_responder": statistics.median(x["cpu_ms_per_sa_responder"] for x in rs),
+        }
     print()
-    print(f"IKE SA + 1 Child SA per second, {IKE} / ESP {ESP}, PSK, NAT-T, n={args.n}, "
-          f"{args.repeat} interleaved repeats per window {windows}")
+    print(
+        f"IKE SA + 1 Child SA per second, {IKE} / ESP {ESP}, PSK, NAT-T, n={args.n}, "
+        f"{args.repeat} interleaved repeats per window {windows}"
+    )
     print(f"{'implementation':<15}{'window':>7}{'median/s':>10}{'best/s':>9}{'CPU ms/SA (init+resp)':>26}")
     for impl in ("ours", "charon"):
         r = summary.get(impl)
@@ -314,14 +435,26 @@ def main(argv=None):
         ratio = o["median_rate"] / c["median_rate"]
         ratio_best = o["best_rate"] / c["best_rate"]
         cpu_ratio = c["cpu_ms_per_sa_both_ends"] / o["cpu_ms_per_sa_both_ends"]
-        print(f"ratio ours/charon: {ratio:.2f}x (median), {ratio_best:.2f}x (best); "
-              f"CPU per SA: charon uses {cpu_ratio:.2f}x ours")
-    result = {"benchmark": "ike", "suite": f"IKE {IKE}, ESP {ESP}, PSK, one Child SA, NAT-T",
-              "n": args.n, "windows": windows, "repeats": args.repeat, "cpus": os.cpu_count(),
-              "ours_rate": summary.get("ours", {}).get("median_rate"),
-              "charon_rate": summary.get("charon", {}).get("median_rate"),
-              "ratio": ratio, "ratio_best": ratio_best, "cpu_ratio": cpu_ratio,
-              "summary": summary, "runs": runs, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        print(
+            f"ratio ours/charon: {ratio:.2f}x (median), {ratio_best:.2f}x (best); "
+            f"CPU per SA: charon uses {cpu_ratio:.2f}x ours"
+        )
+    result = {
+        "benchmark": "ike",
+        "suite": f"IKE {IKE}, ESP {ESP}, PSK, one Child SA, NAT-T",
+        "n": args.n,
+        "windows": windows,
+        "repeats": args.repeat,
+        "cpus": os.cpu_count(),
+        "ours_rate": summary.get("ours", {}).get("median_rate"),
+        "charon_rate": summary.get("charon", {}).get("median_rate"),
+        "ratio": ratio,
+        "ratio_best": ratio_best,
+        "cpu_ratio": cpu_ratio,
+        "summary": summary,
+        "runs": runs,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
@@ -329,9 +462,11 @@ def main(argv=None):
 
 
 def _row(r):
-    return (f"  {r['impl']:<7} window {r['window']:>3}: {r['established']} established, {r['failed']} failed in "
-            f"{r['seconds']:.2f}s = {r['rate']:.0f}/s (CPU/SA init {r['cpu_ms_per_sa_initiator']:.2f} ms, "
-            f"resp {r['cpu_ms_per_sa_responder']:.2f} ms)")
+    return (
+        f"  {r['impl']:<7} window {r['window']:>3}: {r['established']} established, {r['failed']} failed in "
+        f"{r['seconds']:.2f}s = {r['rate']:.0f}/s (CPU/SA init {r['cpu_ms_per_sa_initiator']:.2f} ms, "
+        f"resp {r['cpu_ms_per_sa_responder']:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The IKE engine end to end in memory: our initiator against our responder, both real engines with
 real crypto, datagrams moved by host.ike.loopback.Network (no sockets)."""
-import struct
 
 import pytest
 

@@ -17,6 +17,7 @@ from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, TsPaylo
 from .proposals import accept_response, filter_child_specs, select
 
 NONCE_LEN = 32
+NO_BOARD_PROPOSAL = "the board supports none of the ESP proposals"
 PENDING = object()      # a responder handler's answer: "the response follows the board's verdict"
 
 
@@ -181,7 +182,7 @@ class CreateChildTask:
     def build(self, sa: IkeSa, now):
         self.offered, self.spi_in = offer(sa, self.cfg, with_dh=True)
         if self.offered is None:
-            sa.engine._event(ChildSaFailed(sa.ike_id, self.name, "the board supports none of the ESP proposals"))
+            sa.engine._event(ChildSaFailed(sa.ike_id, self.name, NO_BOARD_PROPOSAL))
             return None
         self.ni = random_bytes(NONCE_LEN)
         self.local_ts, self.remote_ts = our_selectors(sa, self.cfg)

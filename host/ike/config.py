@@ -399,7 +399,8 @@ def parse_connection(name: str, data: dict, base: Path | None = None, path: str 
     return conn
 
 
-def parse_connections(data: dict, base: Path | None = None, path: str = "connections") -> dict[str, Connection]:
+def parse_connections(data: dict, base: Path | None = None,
+                      path: str = "connections") -> dict[str, Connection]:
     """Parse the ``[connections]`` table (a dict of name -> table)."""
     if not isinstance(data, dict):
         raise ConfigError(path, "must be a table")

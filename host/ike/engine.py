@@ -24,13 +24,13 @@ from typing import Callable, NamedTuple
 
 from . import child_create, ike_auth, informational
 from .config import Connection, RetransmitPolicy
-from .constants import ExchangeType, Flag, Notify, PayloadType
+from .constants import ExchangeType, Flag, Notify
 from .events import ChildSaDelete, IkeSaDown, IkeSaUp, Warning_
 from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
 from .ike_sa import CONNECTING, DEAD, ESTABLISHED, IkeSa
 from .message import Message, VersionError, open_sk, parse_header, parse_plain
 from .payloads import NotifyPayload, SyntaxError_, UnsupportedCritical
-from .proposals import OffloadCapabilities, describe
+from .proposals import OffloadCapabilities
 from .ratelimit import KeyedBuckets
 
 _INIT = int(ExchangeType.IKE_SA_INIT)

@@ -98,7 +98,7 @@ class IkeAuthTask:
         if cfg is not None:
             self.offered, self.spi_in = cc.offer(sa, cfg, with_dh=False)     # §1.2: no KE here
             if self.offered is None:
-                sa.engine._event(ChildSaFailed(sa.ike_id, cfg.name, "the board supports none of the ESP proposals"))
+                sa.engine._event(ChildSaFailed(sa.ike_id, cfg.name, cc.NO_BOARD_PROPOSAL))
             else:
                 self.local_ts, self.remote_ts = cc.our_selectors(sa, cfg)
                 if cfg.mode == "transport":
@@ -112,7 +112,8 @@ class IkeAuthTask:
         idr, auth = msg.get(PayloadType.IDr), msg.get(PayloadType.AUTH)
         if idr is None or auth is None:
             err = msg.error_notify()
-            eng._fail(sa, "peer refused IKE_AUTH: " + (notify_error_name(err.notify_type) if err else "no AUTH"))
+            why = notify_error_name(err.notify_type) if err else "no AUTH"
+            eng._fail(sa, f"peer refused IKE_AUTH: {why}")
             return True
         try:
             peer_id = _verify_peer(sa, sa.conn, msg, idr, auth)

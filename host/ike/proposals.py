@@ -238,7 +238,8 @@ class Chosen:
         return Proposal(self.num, self.protocol, spi, t)
 
     def describe(self) -> str:
-        return _describe_algs(self.protocol, self.encr, self.encr_bits, self.integ, self.prf, self.dh, self.esn)
+        return _describe_algs(self.protocol, self.encr, self.encr_bits, self.integ, self.prf, self.dh,
+                              self.esn)
 
 
 @functools.lru_cache(maxsize=256)

@@ -22,12 +22,13 @@ from pathlib import Path
 import vici
 
 CHARON = "/usr/lib/ipsec/charon"
+LIBIPSEC_PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"
 PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm curve25519 gmp kdf pem pkcs1 pkcs8 pubkey x509 "
            "kernel-libipsec kernel-netlink socket-default vici")
 
 
 def available() -> bool:
-    return os.path.exists(CHARON) and os.path.exists("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
+    return os.path.exists(CHARON) and os.path.exists(LIBIPSEC_PLUGIN)
 
 
 class Charon:
@@ -36,7 +37,8 @@ class Charon:
 
     def __init__(self, netns: str, statedir, port: int = 500, natt_port: int = 4500, threads: int = 16,
                  loglevel: int = 1, reuse_ikesa: bool = True, half_open: int | None = None,
-                 ikesa_table: tuple | None = None, retransmit_timeout: float = 1.0, retransmit_tries: int = 3):
+                 ikesa_table: tuple | None = None, retransmit_timeout: float = 1.0,
+                 retransmit_tries: int = 3):
         self.netns = netns
         self.dir = Path(statedir)
         self.port, self.natt_port = port, natt_port

@@ -84,7 +84,8 @@ class VethPair:
                 self._made.append(ns)
             run("ip", "link", "add", self.if_a, "netns", self.ns_a, "type", "veth", "peer", "name", self.if_b,
                 "netns", self.ns_b)
-            for ns, ifn, addr, los in ((self.ns_a, self.if_a, addr_a, lo_a), (self.ns_b, self.if_b, addr_b, lo_b)):
+            for ns, ifn, addr, los in ((self.ns_a, self.if_a, addr_a, lo_a),
+                                       (self.ns_b, self.if_b, addr_b, lo_b)):
                 run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifn)
                 for lo in los:
                     run("ip", "-n", ns, "addr", "add", lo if "/" in lo else f"{lo}/32", "dev", "lo")

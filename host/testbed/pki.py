@@ -61,8 +61,10 @@ class TestCa:
                      .not_valid_before(now - datetime.timedelta(hours=1))
                      .not_valid_after(now + datetime.timedelta(days=1))
                      .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                                    critical=True)
+                     .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                  key_encipherment=False, data_encipherment=False,
+                                                  key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                                  encipher_only=False, decipher_only=False), critical=True)
                      .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), False)
                      .sign(self.key, hashes.SHA256()))
 
@@ -83,6 +85,7 @@ class TestCa:
                 .not_valid_before(nb).not_valid_after(nb + datetime.timedelta(days=valid_days))
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                               critical=False)
                 .sign(self.key, hashes.SHA256()))
         return Issued(cert, key)

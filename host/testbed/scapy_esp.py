@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.environ.get("TMPDIR", "/tmp"), "ikeoffload-scapy-cache"))
+# scapy writes a cache under $HOME/.cache on import; keep it out of the home directory
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.environ.get("TMPDIR", "/tmp"), "ikeoffload-scapy"))
 
 from scapy.layers.inet import ICMP, IP, UDP  # noqa: E402
 from scapy.layers.ipsec import ESP, SecurityAssociation  # noqa: E402
@@ -84,8 +85,9 @@ class ScapyEchoDataPath:
             return
         self.decrypted[spi] = self.decrypted.get(spi, 0) + 1
         if ICMP in inner and inner[ICMP].type == 8:
-            reply = IP(src=inner[IP].dst, dst=inner[IP].src) / ICMP(type=0, id=inner[ICMP].id,
-                                                                     seq=inner[ICMP].seq) / bytes(inner[ICMP].payload)
+            echo = inner[ICMP]
+            reply = IP(src=inner[IP].dst, dst=inner[IP].src) / ICMP(type=0, id=echo.id, seq=echo.seq) / \
+                bytes(echo.payload)
             sa_out, oev = self.outbound[ev.handle]
             pkt = sa_out.encrypt(reply)
             self.send(bytes(pkt[UDP].payload), (addr[0], addr[1]))
