@@ -161,7 +161,7 @@ def run_ours(bed, n, window):
     py = sys.executable
     spy = os.environ.get("BENCH_PYSPY")  # e.g. /tmp/spy: sample both workers with py-spy
     wrap = (
-        (lambda role: ["py-spy", "record", "-r", "1000", "-f", "raw", "-o", f"{spy}.{role}", "--", py])
+        (lambda role: ["py-spy", "record", "-r", "200", "-f", "raw", "-o", f"{spy}.{role}", "--", py])
         if spy
         else (lambda role: [py])
     )

@@ -6,6 +6,9 @@
 * IKE sent from the NAT-T port gets the marker prepended. A marker on the IKE port is tolerated
   (strongSwan puts one on every packet when it runs on non-standard ports).
 * The engine's clock is the event loop's monotonic ``loop.time()``.
+* Sockets are non-blocking and read with ``loop.add_reader``; one wake-up drains every queued
+  datagram (asyncio's datagram transport reads one per loop iteration) and the engine's output is
+  sent once per batch. A send that would block is dropped: IKE retransmits, ESP is datagrams.
 
 Events from the engine go to ``on_event(event)``; the callback may call back into the driver
 (``child_sa_installed``, ``initiate``, ...). Everything runs on the event loop thread.
@@ -21,17 +24,6 @@ from host.ike.constants import NON_ESP_MARKER
 KEEPALIVE = b"\xff"
 
 
-class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, owner, port):
-        self.owner, self.port = owner, port
-
-    def datagram_received(self, data, addr):
-        self.owner._received(data, addr[:2], self.port)
-
-    def error_received(self, exc):      # ICMP errors: the engine's retransmissions handle loss
-        self.owner.stats["socket_errors"] += 1
-
-
 class IkeUdpEndpoint:
     """Binds ``local_ip`` on ``port`` and ``natt_port`` (or uses the ``sockets`` given, e.g. made
     inside a network namespace) and drives ``engine``."""
@@ -45,7 +37,7 @@ class IkeUdpEndpoint:
         self.on_event = on_event
         self.on_esp = on_esp
         self._given = sockets or {}
-        self._transports = {}
+        self._sockets = {}
         self._timer = None
         self._timer_at = None
         self._loop = None
@@ -65,8 +57,8 @@ class IkeUdpEndpoint:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.local_ip, port))
             sock.setblocking(False)
-            tr, _ = await self._loop.create_datagram_endpoint(lambda p=port: _Proto(self, p), sock=sock)
-            self._transports[port] = tr
+            self._sockets[port] = sock
+            self._loop.add_reader(sock.fileno(), self._readable, sock, port)
         self._service()
         return self
 
@@ -74,9 +66,11 @@ class IkeUdpEndpoint:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for tr in self._transports.values():
-            tr.close()
-        self._transports.clear()
+        for sock in self._sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
 
     def now(self) -> float:
         return self._loop.time()
@@ -100,13 +94,35 @@ class IkeUdpEndpoint:
 
     def send_esp(self, data: bytes, remote: tuple):
         """Send an ESP-in-UDP packet from the NAT-T port (no marker: the SPI is never zero)."""
-        tr = self._transports.get(self.natt_port)
-        if tr is not None:
-            tr.sendto(data, remote)
+        self._sendto(self.natt_port, data, remote)
 
     # -------------------------------------------------------------- internals
 
-    def _received(self, data: bytes, addr, port: int):
+    def _sendto(self, port, data, remote):
+        sock = self._sockets.get(port)
+        if sock is None:
+            self.stats["no_socket"] += 1
+            return
+        try:
+            sock.sendto(data, remote)
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_dropped"] += 1
+        except OSError:
+            self.stats["socket_errors"] += 1
+
+    def _readable(self, sock, port):
+        for _ in range(256):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:                 # e.g. ICMP port unreachable: retransmissions handle loss
+                self.stats["socket_errors"] += 1
+                break
+            self._received(data, addr[:2], port, batch=True)
+        self._service()
+
+    def _received(self, data: bytes, addr, port: int, batch: bool = False):
         if port == self.natt_port:
             if data[:4] == NON_ESP_MARKER:
                 data = data[4:]
@@ -121,7 +137,8 @@ class IkeUdpEndpoint:
         elif data[:4] == NON_ESP_MARKER:
             data = data[4:]
         self.engine.receive_datagram(data, addr, self.now(), (self.local_ip, port))
-        self._service()
+        if not batch:
+            self._service()
 
     def _service(self):
         """Send what the engine queued, hand out its events, re-arm the timer."""
@@ -130,11 +147,8 @@ class IkeUdpEndpoint:
         eng = self.engine
         for _ in range(1000):
             for d in eng.datagrams_to_send():
-                tr = self._transports.get(d.local[1])
-                if tr is None:
-                    self.stats["no_socket"] += 1
-                    continue
-                tr.sendto(NON_ESP_MARKER + d.data if d.local[1] == self.natt_port else d.data, d.remote)
+                port = d.local[1]
+                self._sendto(port, NON_ESP_MARKER + d.data if port == self.natt_port else d.data, d.remote)
             ev = eng.next_event()
             if ev is None:
                 break
@@ -143,15 +157,16 @@ class IkeUdpEndpoint:
         self._arm()
 
     def _arm(self):
+        """Keep one loop timer at or before the engine's next deadline. A deadline that moves later
+        leaves the armed timer alone (it fires, finds nothing due, and re-arms): re-arming on every
+        message would churn the loop's timer heap."""
         t = self.engine.get_timer()
-        if t == self._timer_at:
+        if t is None or (self._timer_at is not None and self._timer_at <= t):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = t
-        if t is not None:
-            self._timer = self._loop.call_at(t, self._fire)
+        self._timer = self._loop.call_at(t, self._fire)
 
     def _fire(self):
         self._timer = None
