@@ -370,7 +370,7 @@ def main(argv=None):
         return worker(args.worker, args.n, int(args.c.split(",")[0]))
 
     from host.testbed import charon as charon_mod
-    from host.testbed.netns import VethPair, have_root
+    from host.testbed.netns import VethPair, cleanup_stale, have_root
 
     if not have_root():
         sys.exit("bench.ike needs root (network namespaces, ports 500/4500)")
@@ -378,6 +378,7 @@ def main(argv=None):
     impls = [i for i in ("charon", "ours") if args.only in (None, i)]
     if "charon" in impls and not charon_mod.available():
         sys.exit("strongSwan charon with kernel-libipsec is not installed")
+    cleanup_stale()
     runs = []
     state = tempfile.mkdtemp(prefix="ikb", dir="/tmp")
     try:

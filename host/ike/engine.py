@@ -258,8 +258,11 @@ class IkeEngine:
         if sa is not None:
             # §2.1: a retransmitted IKE_SA_INIT gets the same answer, no new state
             if sa.init_req == data and sa.init_resp and sa.state == CONNECTING:
-                self.stats["init_retransmits_answered"] += 1
-                self._send(sa.init_resp, addr, local)
+                if self._replies.take(addr[0], now):     # a replayed request must not make us a reflector
+                    self.stats["init_retransmits_answered"] += 1
+                    self._send(sa.init_resp, addr, local)
+                else:
+                    self.stats["replies_rate_limited"] += 1
             return
         try:
             payloads, sk = parse_plain(hdr, data)

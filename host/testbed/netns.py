@@ -26,8 +26,33 @@ def have_root() -> bool:
 
 
 def unique_prefix(tag: str = "ik") -> str:
-    """A short prefix unique to this process and call (interface names are at most 15 bytes)."""
-    return f"{tag}{os.getpid() % 100000}{next(_counter)}"
+    """A prefix unique to this process and call: ``<tag><pid>x<n>`` (interface names derived from it,
+    ``<prefix>a0``, stay within 15 bytes)."""
+    return f"{tag}{os.getpid()}x{next(_counter) % 1000}"
+
+
+def cleanup_stale(tag: str = "ik") -> list[str]:
+    """Remove namespaces named by :func:`unique_prefix` whose creating process is gone (a test run
+    that was killed), after stopping the processes still running inside them (charon started there
+    by that run). Returns the namespaces removed."""
+    import re
+    import signal
+    pat = re.compile(rf"^{re.escape(tag)}(\d+)x\d+[ab]$")
+    out = run("ip", "netns", "list", check=False).stdout.split()
+    removed = []
+    for ns in out:
+        m = pat.match(ns)
+        if not m or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        run("ip", "netns", "del", ns, check=False)
+        removed.append(ns)
+    return removed
 
 
 def run(*args, check=True, **kw):

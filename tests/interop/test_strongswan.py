@@ -20,7 +20,7 @@ import time
 import pytest
 
 from host.testbed import charon as charon_mod
-from host.testbed.netns import VethPair, have_root, ns_exec, udp_socket
+from host.testbed.netns import VethPair, cleanup_stale, have_root, ns_exec, udp_socket
 
 pytestmark = pytest.mark.strongswan
 
@@ -54,6 +54,7 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def bed():
+    cleanup_stale()             # namespaces left by a killed earlier run, if any
     b = Bed()
     b.state = tempfile.mkdtemp(prefix="iko", dir="/tmp")
     b.net = VethPair(lo_b=[CHARON_INNER])
