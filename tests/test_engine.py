@@ -598,3 +598,22 @@ def test_unknown_critical_payload_in_protected_request():
     _, sk = parse_plain(parse_header(out), out)
     inner = open_sk(out, sk, sa.cipher)
     assert inner[0].notify_type == Notify.UNSUPPORTED_CRITICAL_PAYLOAD and inner[0].data == bytes((251,))
+
+
+def test_start_action_brings_up_marked_children():
+    children = {"net": {"local_ts": [A_NET], "remote_ts": [B_NET], "esp_proposals": ["aes256gcm16"],
+                        "start_action": "start"},
+                "other": {"local_ts": ["198.51.100.9"], "remote_ts": ["203.0.113.9"], "esp_proposals": ["aes128gcm16"]},
+                "udp": {"local_ts": ["198.51.100.5[udp]"], "remote_ts": ["203.0.113.5[udp]"],
+                        "esp_proposals": ["aes128gcm16"], "start_action": "start"}}
+    bchildren = {"all": {"local_ts": ["203.0.113.0/24"], "remote_ts": ["198.51.100.0/24"],
+                         "esp_proposals": ["aes256gcm16", "aes128gcm16"]}}
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET, children=children,
+                                 extra={"start_action": "start"}),
+                     b_conn=conn(B, A, "b.example", "a.example", B_NET, A_NET, children=bchildren))
+    assert len(a.start(0.0)) == 1 and b.start(0.0) == []
+    net.pump(0.0)
+    names = [e.name for e in kinds(net.events[A], ChildSaUp)]
+    assert names == ["net", "udp"]
+    udp = kinds(net.events[A], ChildSaInstall)[1]
+    assert [t.ip_proto for t in udp.remote_ts] == [17] and udp.encr_key_bits == 128

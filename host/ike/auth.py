@@ -291,13 +291,17 @@ _ECDSA_CLASSIC = {  # RFC 4754: method -> (curve name, hash, coordinate length)
 }
 
 
+_OUR_HASHES_DATA = b"".join(struct.pack("!H", h) for h in OUR_HASHES)
+
+
 def hash_algorithms_notify_data() -> bytes:
     """SIGNATURE_HASH_ALGORITHMS data (RFC 7427 §4): the hashes we accept."""
-    return b"".join(struct.pack("!H", h) for h in OUR_HASHES)
+    return _OUR_HASHES_DATA
 
 
-def parse_hash_algorithms(data: bytes) -> set[int]:
-    return {struct.unpack_from("!H", data, i)[0] for i in range(0, len(data) - 1, 2)}
+@functools.lru_cache(maxsize=64)
+def parse_hash_algorithms(data: bytes) -> frozenset:
+    return frozenset(struct.unpack_from("!H", data, i)[0] for i in range(0, len(data) - 1, 2))
 
 
 def sign(key, octets: bytes, peer_hashes: set[int] | None) -> tuple[int, bytes]:

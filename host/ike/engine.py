@@ -104,9 +104,21 @@ class IkeEngine:
 
     # ================================================================ public API: commands
 
-    def initiate(self, conn_name: str, now: float, child: str | None | bool = None) -> int:
-        """Start an IKE SA for ``conn_name`` with its first Child SA (``child``: a child name, None for
-        the first configured one, False for none). Returns the IKE SA id."""
+    def start(self, now: float) -> list[int]:
+        """Initiate every connection with ``start_action = "start"``, with the children marked
+        ``start_action = "start"`` (or its first child if none is). Returns the IKE SA ids."""
+        ids = []
+        for name, conn in self.connections.items():
+            if conn.start_action != "start":
+                continue
+            marked = [c for c, cfg in conn.children.items() if cfg.start_action == "start"]
+            ids.append(self.initiate(name, now, marked or None))
+        return ids
+
+    def initiate(self, conn_name: str, now: float, child: str | list | None | bool = None) -> int:
+        """Start an IKE SA for ``conn_name``. ``child``: a child name or list of names (the first is
+        negotiated in IKE_AUTH, the others with CREATE_CHILD_SA right after), None for the first
+        configured child, False for none (childless, RFC 6023). Returns the IKE SA id."""
         conn = self.connections[conn_name]
         remote = conn.remote_host
         if remote is None:
@@ -122,9 +134,11 @@ class IkeEngine:
         elif child is None:
             cfgs = [next(iter(conn.children.values()))]
         else:
-            cfgs = [conn.children[child]]
+            cfgs = [conn.children[c] for c in ([child] if isinstance(child, str) else child)]
         sa.add_task(IkeInitTask(conn.proposals[0].dh[0]), now)
         sa.queue.append(ike_auth.IkeAuthTask(cfgs[0] if cfgs else None))
+        for cfg in cfgs[1:]:
+            sa.queue.append(child_create.CreateChildTask(cfg))
         return sa.ike_id
 
     def create_child(self, ike_id: int, child: str, now: float):
