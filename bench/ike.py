@@ -379,6 +379,7 @@ def main(argv=None):
     if "charon" in impls and not charon_mod.available():
         sys.exit("strongSwan charon with kernel-libipsec is not installed")
     cleanup_stale()
+    psi_before = _cpu_pressure()
     runs = []
     state = tempfile.mkdtemp(prefix="ikb", dir="/tmp")
     try:
@@ -453,6 +454,7 @@ def main(argv=None):
         "ratio_best": ratio_best,
         "cpu_ratio": cpu_ratio,
         "summary": summary,
+        "cpu_pressure_avg60": {"before": psi_before, "after": _cpu_pressure()},
         "runs": runs,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -460,6 +462,16 @@ def main(argv=None):
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
+
+
+def _cpu_pressure():
+    """Share of time runnable tasks waited for a CPU (Linux PSI, "some avg60"): how busy the shared
+    machine was; a loaded machine depresses both implementations' rates."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[2].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _row(r):
