@@ -121,6 +121,7 @@ class IkeInitTask:
                 return True
             sa.retries += 1
             sa.cookie = cookie.data
+            eng.stats["cookies_returned"] += 1
             sa.restart_init(self, now)
             return False
         ike = msg.notify(Notify.INVALID_KE_PAYLOAD)
@@ -132,6 +133,7 @@ class IkeInitTask:
                 return True
             sa.retries += 1
             self.group = group
+            eng.stats["invalid_ke_retries"] += 1
             sa.restart_init(self, now)
             return False
         err = msg.error_notify()

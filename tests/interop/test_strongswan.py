@@ -73,7 +73,8 @@ def bed():
         rsa_theirs = b.ca.issue(CHARON_ID, "rsa")
         b.our_rsa_cert, b.our_rsa_key = rsa_ours.write(b.state, "ours-rsa")
         b.charon_rsa_cert_pem = rsa_theirs.cert_pem()
-        b.charon = charon_mod.Charon(b.net.ns_b, os.path.join(b.state, "c"), loglevel=1)
+        # cookie_threshold 1: a second concurrent half-open IKE_SA from us gets a COOKIE (§2.6)
+        b.charon = charon_mod.Charon(b.net.ns_b, os.path.join(b.state, "c"), loglevel=1, cookie_threshold=1)
         b.charon.start()
         b.charon.load_psk(PSK, [OUR_ID, CHARON_ID])
         b.charon.load_ca(b.ca_pem)
@@ -274,4 +275,65 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
         asyncio.run(run())
     except BaseException:
         print(bed.charon.log_tail(80))
+        raise
+
+
+def test_invalid_ke_both_ways(bed):
+    """Each side guesses a DH group the other does not take first: INVALID_KE_PAYLOAD, then retry."""
+    async def run(we_initiate):
+        name = f"t{next(_names)}"
+        both, only = "aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16-prfsha256-ecp256"
+        bed.charon.load_conn(name, charon_conn(bed, only if we_initiate else both, "aes128gcm16", "psk"))
+        ours = Ours(bed, our_conn(bed, both if we_initiate else only, "aes128gcm16", "psk"))
+        await ours.ep.start()
+        try:
+            if we_initiate:
+                ours.ep.initiate("gw")
+            else:
+                task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            if not we_initiate:
+                await task
+                assert ours.engine.stats["error_replies"] == 1          # our INVALID_KE_PAYLOAD
+            else:
+                assert ours.engine.stats["invalid_ke_retries"] == 1
+            assert ours.of(IkeSaUp)[0].proposal.endswith("ecp256")
+            rc, out = await ping(bed, 1)
+            assert rc == 0, out
+            ours.ep.call(ours.engine.delete_ike, ours.of(IkeSaUp)[0].ike_id)
+            await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    for we_initiate in (True, False):
+        asyncio.run(run(we_initiate))
+
+
+def test_cookie_from_charon(bed):
+    """charon demands a COOKIE once we have another half-open IKE_SA with it; we return it."""
+    async def run():
+        name = f"t{next(_names)}"
+        ike, esp = SUITES[0]
+        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk"))
+        conn = our_conn(bed, ike, esp, "psk")
+        conn["initial_contact"] = False
+        ours = Ours(bed, conn)
+        await ours.ep.start()
+        try:
+            for _ in range(3):
+                ours.ep.initiate("gw")
+            await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="three Child SAs")
+            assert ours.engine.stats["cookies_returned"] >= 1
+            sas = await asyncio.to_thread(charon_sas, bed, name)
+            assert len(sas) == 3
+            for up in ours.of(IkeSaUp):
+                ours.ep.call(ours.engine.delete_ike, up.ike_id)
+            await ours.until(lambda: len(ours.of(IkeSaDown)) == 3, what="IkeSaDown x3")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(60))
         raise
