@@ -200,7 +200,8 @@ class IkeSa:
                 hook = getattr(task, "on_timeout", None)
                 if hook is not None:
                     hook(self, now)
-                self.engine._destroy(self, "retransmit timeout (peer not responding)", send_delete=False)
+                reason = getattr(task, "timeout_reason", None) or "retransmit timeout (peer not responding)"
+                self.engine._destroy(self, reason, send_delete=False)
                 return
             o.tries += 1
             o.next_at = now + policy.delay(o.tries)

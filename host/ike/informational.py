@@ -65,8 +65,9 @@ class DeleteIkeTask:
         sa.engine._destroy(sa, self.reason, send_delete=False)
         return True
 
-    def on_timeout(self, sa, now):
-        pass            # the IKE SA goes anyway
+    @property
+    def timeout_reason(self):
+        return f"{self.reason} (the peer did not answer our Delete)"
 
 
 class LivenessTask:
