@@ -617,3 +617,22 @@ def test_start_action_brings_up_marked_children():
     assert names == ["net", "udp"]
     udp = kinds(net.events[A], ChildSaInstall)[1]
     assert [t.ip_proto for t in udp.remote_ts] == [17] and udp.encr_key_bits == 128
+
+
+def test_drop_ike_sends_one_delete_and_reports_at_once():
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    ike_id = kinds(net.events[A], IkeSaUp)[0].ike_id
+    child = kinds(net.events[A], ChildSaUp)[0]
+    assert a.child_by_spi_in(child.spi_in).handle == child.handle
+    assert [sa.ike_id for sa in a.ike_sas_with_peer(B)] == [ike_id]
+    a.drop_ike(ike_id, 1.0, "board lost")
+    ev = drain(a, 1.0)
+    assert [type(e).__name__ for e in ev] == ["ChildSaDelete", "IkeSaDown"]
+    assert ev[1].reason == "board lost" and a.ike_sas() == [] and a.child_by_spi_in(child.spi_in) is None
+    out = a.datagrams_to_send(1.0)
+    assert len(out) == 1
+    b.receive_datagram(out[0].data, (A, 4500), 1.0, (B, 4500))      # the peer honours it
+    assert kinds(drain(b, 1.0), IkeSaDown)[0].reason == "deleted by peer"
+    assert a.get_timer() is None                                       # nothing retransmits

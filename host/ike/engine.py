@@ -165,6 +165,14 @@ class IkeEngine:
         else:
             self._destroy(sa, reason, send_delete=False)
 
+    def drop_ike(self, ike_id: int, now: float, reason: str, send_delete: bool = True):
+        """Remove an IKE SA at once (the daemon's flush when a board is lost, RFC 7296 §2.4): a
+        best-effort INFORMATIONAL Delete goes out (not retransmitted), ChildSaDelete for each Child
+        SA and IkeSaDown follow immediately."""
+        sa = self._ids.get(ike_id)
+        if sa is not None:
+            self._destroy(sa, reason, send_delete=send_delete)
+
     def check_liveness(self, ike_id: int, now: float, on_alive=None):
         """Send an empty INFORMATIONAL request (§1.4); no answer after the retransmissions tears the
         IKE SA down (§2.4)."""
@@ -239,6 +247,15 @@ class IkeEngine:
 
     def half_open_count(self) -> int:
         return len(self._half_open)
+
+    def ike_sas_with_peer(self, ip: str) -> list[IkeSa]:
+        """IKE SAs whose peer is at ``ip`` (e.g. to answer an unknown-SPI report, issue 5)."""
+        return [sa for sa in self._ids.values() if sa.remote[0] == ip and sa.state != DEAD]
+
+    def child_by_spi_in(self, spi: int):
+        """The Child SA that receives on ``spi``, if any."""
+        c = self._child_spis.get(spi)
+        return c if c is not None and c.state != "dead" else None
 
     # ================================================================ receive path
 

@@ -103,6 +103,7 @@ class IkeSa:
         self.children: dict[int, ChildSa] = {}
         self.deleted_reason = None
         self.ho_key = None                  # responder: key in the engine's half-open table
+        self.placement = None               # opaque to the engine: the daemon's board for this SA
 
     # -------------------------------------------------------------- identity helpers
 
