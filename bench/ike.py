@@ -75,8 +75,8 @@ def worker(role: str, n: int, window: int):
     from host.ike.events import ChildSaInstall, ChildSaUp, IkeSaDown
     from host.ike.proposals import OffloadCapabilities
 
-    # A daemon holding thousands of SAs should not run full collections every few hundred
-    # allocations (the default thresholds); this is the setting the daemon uses too.
+    # A process holding thousands of SAs should not run full collections every few hundred
+    # allocations (CPython's default thresholds); recommended for the daemon as well.
     gc.set_threshold(20_000, 20, 20)
     caps = OffloadCapabilities.from_proposals([ESP])
     settings = EngineSettings(max_half_open=65536, max_half_open_per_ip=65536, half_open_timeout=60.0)
