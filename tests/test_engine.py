@@ -636,3 +636,19 @@ def test_drop_ike_sends_one_delete_and_reports_at_once():
     b.receive_datagram(out[0].data, (A, 4500), 1.0, (B, 4500))      # the peer honours it
     assert kinds(drain(b, 1.0), IkeSaDown)[0].reason == "deleted by peer"
     assert a.get_timer() is None                                       # nothing retransmits
+
+
+def test_ipv6_peers_and_selectors():
+    a6, b6 = "2001:db8::1", "2001:db8::2"
+    a = IkeEngine(parse_connections({"gw": conn(a6, b6, "a.example", "b.example", "2001:db8:a::/48",
+                                                "2001:db8:b::/48")}), ALL)
+    b = IkeEngine(parse_connections({"gw": conn(b6, a6, "b.example", "a.example", "2001:db8:b::/48",
+                                                "2001:db8:a::/48")}), ALL)
+    net = Network()
+    net.add(a6, a)
+    net.add(b6, b)
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    x = kinds(net.events[a6], ChildSaInstall)[0]
+    assert x.remote_addr == b6 and x.local_ts[0].ts_type == 8 and len(x.local_ts[0].start) == 16
+    assert kinds(net.events[b6], ChildSaUp)
