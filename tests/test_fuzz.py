@@ -231,3 +231,116 @@ def test_responder_survives_100k_mutated_messages():
     assert all(sa.state == "established" or sa.initiator for sa in b.ike_sas())
     print(f"\nfuzz: {h.mutated} mutated + {h.random} random messages in {elapsed:.1f}s, allocated blocks {warm} -> {end}; stats {dict(b.stats)}")
     assert b.stats["malformed"] > N // 10 and b.stats["bad_icv"] > 1000 and b.stats["half_open_created"] > 100
+
+
+# ---------------------------------------------------------------- authenticated garbage
+
+def _seal(sa, exchange, mid, first, chain):
+    """An Encrypted-payload message from ``sa`` (the initiator side) whose inner payload chain is the
+    raw bytes ``chain`` (starting with payload type ``first``), valid ICV and all."""
+    from host.ike.constants import Flag
+    from host.ike.message import _GEN, _HDR, _SK
+    cipher = sa.cipher
+    plain = cipher.pad(chain)
+    sk_len = 4 + cipher.iv_len + len(plain) + cipher.icv_len
+    aad = _HDR.pack(sa.spi_i, sa.spi_r, _SK, 0x20, exchange, Flag.INITIATOR, mid, 28 + sk_len) + \
+        _GEN.pack(first, 0, sk_len)
+    return aad + cipher.seal(aad, plain)
+
+
+def test_responder_survives_authenticated_garbage():
+    """A peer that holds the keys but sends nonsense inside the Encrypted payload (mutated payload
+    chains in IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL requests) must get answers or be dropped,
+    never crash the engine: the exchange handlers see every odd combination of payloads here."""
+    from host.ike.constants import ExchangeType
+    from host.ike.message import open_sk, parse_header, parse_plain
+    from host.ike.payloads import encode_chain
+    rng = random.Random(7)
+    h = Harness(seed=7)
+    b = h.b
+    conns = _conn(A, B, "a.example", "b.example", "198.51.100.0/24", "203.0.113.0/24", [IKE[0]])
+
+    def establish():
+        a = IkeEngine(parse_connections(conns), CAPS)
+        a.strict = True
+        a.initiate("gw", h.now)
+        auth_plain = None
+        for _ in range(4):
+            for d in a.datagrams_to_send():
+                if auth_plain is None and parse_header(d.data).exchange == ExchangeType.IKE_AUTH:
+                    sa_b = b._sas.get(parse_header(d.data).spi_r)
+                    _, sk = parse_plain(parse_header(d.data), d.data)
+                    auth_plain = encode_chain(open_sk(d.data, sk, sa_b.cipher))
+                b.receive_datagram(d.data, (A, d.local[1]), h.now, (B, d.remote[1]))
+            drain(a, h.now)
+            drain(b, h.now)
+            for d in b.datagrams_to_send():
+                a.receive_datagram(d.data, (B, d.local[1]), h.now, (A, d.remote[1]))
+        drain(a, h.now)
+        sa_a = next(iter(a.ike_sas()))
+        return a, sa_a, auth_plain
+
+    a, sa_a, auth_plain = establish()
+    # plaintext seeds for requests on an established SA
+    seeds = [(ExchangeType.CREATE_CHILD_SA, auth_plain), (ExchangeType.INFORMATIONAL, auth_plain)]
+    for cmd in (lambda: a.create_child(sa_a.ike_id, "net", h.now), lambda: a.check_liveness(sa_a.ike_id, h.now)):
+        cmd()
+        d = a.datagrams_to_send()[0]
+        hdr = parse_header(d.data)
+        _, sk = parse_plain(hdr, d.data)
+        inner = open_sk(d.data, sk, b._sas[sa_a.spi_r].cipher)
+        seeds.append((hdr.exchange, encode_chain(inner)))
+        b.receive_datagram(d.data, (A, 4500), h.now, (B, 4500))
+        drain(b, h.now)
+        for r in b.datagrams_to_send():
+            a.receive_datagram(r.data, (B, 4500), h.now, (A, 4500))
+        drain(a, h.now)
+    from host.ike.payloads import DeletePayload, NotifyPayload
+    seeds.append((ExchangeType.INFORMATIONAL, encode_chain([DeletePayload(3, [b"\0\0\1\0"]), NotifyPayload(11)])))
+    count = answers = 0
+    kinds = {}
+    t0 = time.monotonic()
+    while count < 20_000:
+        b_sa = b._sas.get(sa_a.spi_r)
+        if b_sa is None or b_sa.state != "established":
+            a, sa_a, _ = establish()          # garbage may legitimately delete it (a Delete payload)
+            continue
+        if rng.random() < 0.05:               # IKE_AUTH on a fresh half-open SA
+            a2 = IkeEngine(parse_connections(conns), CAPS)
+            a2.initiate("gw", h.now)
+            init = a2.datagrams_to_send()[0]
+            b.receive_datagram(init.data, (A, 500), h.now, (B, 500))
+            for r in b.datagrams_to_send():
+                a2.receive_datagram(r.data, (B, 500), h.now, (A, 500))
+            sent = a2.datagrams_to_send()
+            sa2 = next(iter(a2.ike_sas()), None)
+            if sa2 is None or sa2.cipher is None or not sent:   # b at its half-open limit: no answer
+                h.now += 0.01
+                b.handle_timer(h.now)
+                continue
+            # this SA's own IKE_AUTH plaintext, so that mutations after AUTH still authenticate
+            hdr = parse_header(sent[0].data)
+            _, sk = parse_plain(hdr, sent[0].data)
+            own = encode_chain(open_sk(sent[0].data, sk, b._sas[hdr.spi_r].cipher))
+            first, chain = own[0], mutate(rng, own[1], own[1])
+            b.receive_datagram(_seal(sa2, ExchangeType.IKE_AUTH, 1, first, chain), (A, 4500), h.now, (B, 4500))
+        else:
+            exch, (first, chain) = rng.choice(seeds)
+            chain = mutate(rng, chain, rng.choice(seeds)[1][1])
+            if rng.random() < 0.1:
+                first = rng.choice((0, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 99))
+            b.receive_datagram(_seal(sa_a, exch, b_sa.peer_mid, first, chain), (A, 4500), h.now, (B, 4500))
+        count += 1
+        answers += len(b.datagrams_to_send())
+        for e in drain(b, h.now):             # accept whatever installs the garbage negotiated
+            kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
+        answers += len(b.datagrams_to_send())
+        h.now += 0.001
+        if count % 1000 == 0:
+            b.handle_timer(h.now)
+    elapsed = time.monotonic() - t0
+    assert b.stats["internal_errors"] == 0
+    assert b.half_open_count() <= h.settings.max_half_open
+    print(f"\nauthenticated garbage: {count} messages in {elapsed:.1f}s, {answers} answers, events {kinds}")
+    assert answers > count // 2                        # authentic requests get answers (errors included)
+    assert kinds.get("ChildSaInstall", 0) > 10 and kinds.get("IkeSaUp", 0) > 10
