@@ -3,6 +3,7 @@ initiator's handling of COOKIE (§2.6) and INVALID_KE_PAYLOAD (§1.2, §2.7), an
 (§2.14) once both halves are known."""
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -34,10 +35,18 @@ def nat_payloads(spi_i, spi_r, local, remote, fake_local: bool):
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP, dst)]
 
 
+_SRC, _DST = int(Notify.NAT_DETECTION_SOURCE_IP), int(Notify.NAT_DETECTION_DESTINATION_IP)
+
+
 def check_nat(msg, spi_i, spi_r, local, remote):
     """Returns (local behind NAT, remote behind NAT) or None if the peer sent no NAT-D (§2.23)."""
-    srcs = [n.data for n in msg.notifies() if n.notify_type == Notify.NAT_DETECTION_SOURCE_IP]
-    dsts = [n.data for n in msg.notifies() if n.notify_type == Notify.NAT_DETECTION_DESTINATION_IP]
+    srcs, dsts = [], []
+    for p in msg.payloads:
+        nt = getattr(p, "notify_type", None)
+        if nt == _SRC:
+            srcs.append(p.data)
+        elif nt == _DST:
+            dsts.append(p.data)
     if not srcs or not dsts:
         return None
     remote_ok = nat_hash(spi_i, spi_r, pack_ip(remote[0]), remote[1]) in srcs
@@ -216,7 +225,7 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
     sh = msg.notify(Notify.SIGNATURE_HASH_ALGORITHMS)
     if sh is not None:
         sa.peer_hashes = parse_hash_algorithms(sh.data)
-    payloads = [SaPayload([chosen.to_proposal(b"")]), KePayload(chosen.dh, pub), NoncePayload(sa.nr)]
+    payloads = [_answer(chosen), KePayload(chosen.dh, pub), NoncePayload(sa.nr)]
     if nat is not None:
         payloads += nat_payloads(sa.spi_i, sa.spi_r, local, remote, fake)
     payloads += _certreq(sa.candidates)
@@ -228,6 +237,12 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
     sa.expire_at = now + engine.settings.half_open_timeout
     sa.reschedule()
     return sa
+
+
+@functools.lru_cache(maxsize=256)
+def _answer(chosen) -> SaPayload:
+    """The responder's SA payload for an IKE proposal choice (no SPI: the same every time)."""
+    return SaPayload([chosen.to_proposal(b"")])
 
 
 _SELECTED: dict = {}
