@@ -12,6 +12,7 @@ from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
 from .events import ChildSaFailed, ChildSaInstall, ChildSaUp
 from .ike_sa import ChildSa, IkeSa
+from .informational import DeleteSpisTask
 from .keys import child_keymat
 from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, TsPayload, notify_error_name
 from .proposals import accept_response, filter_child_specs, select
@@ -197,7 +198,7 @@ class CreateChildTask:
             payloads.insert(0, NotifyPayload(Notify.USE_TRANSPORT_MODE))
         return payloads
 
-    def _fail(self, sa, reason, now, delete_spi=False):
+    def _fail(self, sa, reason, now):
         sa.engine._child_spis.pop(self.spi_in, None)
         sa.engine._event(ChildSaFailed(sa.ike_id, self.name, reason))
         sa.finish_task(now)
@@ -229,7 +230,6 @@ class CreateChildTask:
             sa.engine._child_spis.pop(self.spi_in, None)
             sa.engine._event(ChildSaFailed(sa.ike_id, self.name, "unacceptable CREATE_CHILD_SA response"))
             if chosen is not None:
-                from .informational import DeleteSpisTask
                 sa.add_task(DeleteSpisTask([self.spi_in]), now, first=True)
             sa.finish_task(now)
             return False
@@ -253,7 +253,6 @@ def initiator_install(sa: IkeSa, child: ChildSa, now):
             installed_ok(sa, child)
         else:
             install_failed(sa, child, f"board refused the Child SA ({reason or 'no reason given'})")
-            from .informational import DeleteSpisTask
             sa.add_task(DeleteSpisTask([child.spi_in]), now2, first=True)   # the peer has it: delete
         sa.finish_task(now2)
     request_install(sa, child, done)

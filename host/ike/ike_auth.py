@@ -13,6 +13,7 @@ from .auth import (
 from .constants import AuthMethod, CertEncoding, ExchangeType, Notify, PayloadType, ProtocolId
 from .events import ChildSaFailed
 from .ike_init import initiator_certreq
+from .informational import DeleteSpisTask
 from .payloads import AuthPayload, CertPayload, IdPayload, NotifyPayload, SaPayload, TsPayload
 from .payloads import notify_error_name
 from .proposals import accept_response
@@ -138,7 +139,6 @@ class IkeAuthTask:
                 or not cc.covered(tsr.selectors, self.remote_ts):
             eng._child_spis.pop(self.spi_in, None)
             eng._event(ChildSaFailed(sa.ike_id, cfg.name, "unacceptable Child SA in IKE_AUTH response"))
-            from .informational import DeleteSpisTask
             sa.add_task(DeleteSpisTask([self.spi_in]), now)
             return True
         child = cc.new_child(sa, cfg, cfg.name)
