@@ -129,8 +129,7 @@ class DemoBed:
         self.charon = charon_mod.Charon(self.net.ns_b, os.path.join(self.state, "c"), loglevel=0)
         self.charon.start()
         self.charon.load_psk(PSK, [OUR_ID, PEER_ID])
-        for i in range(self.nconns):
-            self.charon.load_conn("gw%d" % i, self._charon_conn(i))
+        self.charon.load_conn("gw", self._charon_conn())
         self.write_config()
         self.start_daemon()
 
@@ -146,14 +145,17 @@ class DemoBed:
         else:
             self.sims.append((p, dev, ctl))
 
-    def _charon_conn(self, i):
-        child = {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
-                 "esp_proposals": ["aes256gcm16"], "mode": "tunnel", "start_action": "none", "rekey_time": "0"}
+    def _charon_conn(self):
+        """One charon connection with a child per tunnel (charon picks a connection by address and
+        identity, so several with the same ones would shadow each other)."""
+        children = {"net%d" % i: {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
+                                  "esp_proposals": ["aes256gcm16"], "mode": "tunnel", "start_action": "none",
+                                  "rekey_time": "0"} for i in range(self.nconns)}
         return {"version": "2", "local_addrs": [PEER_IP], "remote_addrs": [OUR_IP],
                 "proposals": ["aes256gcm16-prfsha256-x25519"], "encap": "yes", "mobike": "no",
                 "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0", "unique": "no",
                 "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
-                "children": {"net%d" % i: child}}
+                "children": children}
 
     def write_config(self):
         lines = ['[daemon]', 'control_socket = "%s"' % self.control, 'log_level = "%s"' % self.log_level,

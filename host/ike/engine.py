@@ -523,10 +523,14 @@ class IkeEngine:
             sa.local = local
 
     def _wants_initial_contact(self, sa) -> bool:
-        """Send INITIAL_CONTACT when no other IKE SA exists for this connection (§2.4)."""
+        """Send INITIAL_CONTACT only when no other IKE SA exists between the same authenticated
+        identities (§2.4: it asserts this is the only one; the peer deletes the others — so two
+        connections with the same identities must not send it for each other)."""
         if not sa.conn.initial_contact:
             return False
-        return not any(o is not sa and o.conn is sa.conn and o.state != DEAD for o in self._ids.values())
+        ids = (sa.conn.local.id, sa.conn.remote.id)
+        return not any(o is not sa and o.conn is not None and o.state != DEAD
+                       and (o.conn.local.id, o.conn.remote.id) == ids for o in self._ids.values())
 
     def _established(self, sa, now):
         sa.state = ESTABLISHED
