@@ -322,12 +322,18 @@ class Daemon:
                            **common)
         spec_out = m.SaSpec(ev.spi_out, m.DIR_OUT, ev.encr, ev.key_out + ev.salt_out, ev.integ,
                             ev.integ_key_out, **common)
+        if not b.reserve(2):
+            self.stats["child_install_failures"] += 1
+            log.warning("Child SA %s #%d: board %s has no room for 2 more SAs", ev.name, ev.handle, b.name)
+            self.udp.child_sa_installed(ev.handle, False, "full")
+            return
         done = []
         try:
             for spec in (spec_in, spec_out):
                 await client.sa_add(spec)
                 done.append(spec)
         except LinkError as e:
+            b.unreserve(2)
             for spec in done:
                 try:
                     await client.sa_del(spec.spi, spec.direction)
@@ -338,6 +344,7 @@ class Daemon:
             log.warning("Child SA %s #%d: board %s refused it: %s", ev.name, ev.handle, b.name, e)
             self.udp.child_sa_installed(ev.handle, False, reason)
             return
+        b.unreserve(2)       # now counted in the board's books
         route = ChildRoute(ev.handle, ev.ike_id, b.name, ev.spi_in, ev.spi_out,
                            (ev.remote_addr, ev.remote_port), ts_networks(ev.local_ts), ts_networks(ev.remote_ts))
         self.datapath.add(route)

@@ -103,8 +103,9 @@ class Pinger(threading.Thread):
 
 
 class DemoBed:
-    def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False):
+    def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim"):
         self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
+        self.profile = profile
         self.state = state or tempfile.mkdtemp(prefix="ikod", dir="/tmp")
         self.quiet = quiet
         self.net = self.charon = self.daemon = None
@@ -135,7 +136,7 @@ class DemoBed:
 
     def start_sim(self, i):
         ctl = os.path.join(self.state, "sim%d.ctl" % i)
-        p = subprocess.Popen([sys.executable, "-m", "firmware.sim", "--profile", "sim", "--control", ctl],
+        p = subprocess.Popen([sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl],
                              stdout=subprocess.PIPE, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=ROOT))
         dev = p.stdout.readline().split()[1]
@@ -163,7 +164,7 @@ class DemoBed:
                  '', '[dataplane]', 'tun = "ikeo0"', '', '[retransmit]', 'timeout = 1.0', 'base = 1.8',
                  'tries = 3', '']
         for i, (_, dev, _) in enumerate(self.sims):
-            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "sim"', 'port = "%s"' % dev, '']
+            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev, '']
         for i in range(self.nconns):
             lines += ['[connections.gw%d]' % i, 'local_addrs = ["%s"]' % OUR_IP, 'remote_addrs = ["%s"]' % PEER_IP,
                       'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK, 'start_action = "start"',

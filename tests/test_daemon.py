@@ -237,3 +237,32 @@ def test_check_config_names_key_and_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "host", "--check-config", str(cfg)], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 1 and "bad.toml:8: board[0].misses: must be int" in r.stderr, r.stderr
+
+
+def test_a_full_board_fails_only_the_new_child_sa(tmp_path):
+    """Board refuses (SAD full): the exchange fails cleanly, the IKE SA and other tunnels live on."""
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(open(os.path.join(ROOT, "boards", "sim.toml")).read().replace("max_sas = 256", "max_sas = 2"))
+    b = DemoBed(conns=2, quiet=True, profile=str(prof))
+    try:
+        b.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sas = b.ctl("list-sas")
+            if len(sas) == 2 and "no room for 2 more SAs" in b.log_tail(80):
+                break
+            time.sleep(0.05)
+        assert len(sas) == 2, b.log_tail()
+        installed = [s for s in sas if s["children"]]
+        assert len(installed) == 1 and installed[0]["children"][0]["state"] == "INSTALLED"
+        assert "no room for 2 more SAs" in b.log_tail(80)
+        assert b.ctl("list-boards")[0]["sa_count"] == 2
+        i = int(installed[0]["conn"][2:])
+        p = Pinger(b.net.ns_a, b.inner_a[i], b.inner_b[i])
+        p.start()
+        time.sleep(0.5)
+        p.stop()
+        assert len(p.replies) >= len(p.sent) - 2          # the working tunnel carries traffic
+        assert b.ctl("stats")["child_install_failures"] >= 1
+    finally:
+        b.stop()

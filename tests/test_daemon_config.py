@@ -80,3 +80,9 @@ def test_systemd_unit_runs_the_console_script_with_the_config():
     assert svc["ExecStart"] == "/usr/bin/ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml"
     assert "--check-config" in svc["ExecStartPre"] and svc["KillSignal"] == "SIGTERM"
     assert "CAP_NET_ADMIN" in svc["AmbientCapabilities"] and unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_readme_shows_the_full_example_verbatim():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    example = open(os.path.join(ROOT, "packaging", "ikeoffloadd.toml")).read()
+    assert "```toml\n" + example + "```" in readme
