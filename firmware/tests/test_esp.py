@@ -396,3 +396,66 @@ def test_fast_path_and_general_path_agree():
         assert (fo.seq, fo.packets, fo.octets) == (so.seq, so.packets, so.octets)
         assert (fi.packets, fi.octets, fi.window.top, fi.window.bits) == \
             (si.packets, si.octets, si.window.top, si.window.bits)
+
+
+def _state(sa):
+    st = (sa.packets, sa.octets, sa.auth_fail, sa.replay, sa.policy, sa.state)
+    if sa.window is not None:
+        st += (sa.window.top, sa.window.bits)
+    return st
+
+
+def test_fast_decrypt_equals_general_path_on_crafted_trailers():
+    """The inbound fast path accepts a packet only when the inner IPv4 length and the trailer
+    our encrypt() writes after it compare equal; everything else must fall through to the
+    general path and give what the general path gives (status, packet and counters)."""
+    be = backends()[0]
+    anything = [(bytes(4), b"\xff" * 4, 0, 0, 0xFFFF)]
+    fo, fi = d.pair(be, 0x901)
+    _, si = d.pair(be, 0x901, ts_out=(anything, anything))
+    assert fi._fast_in and not si._fast_in
+
+    def tr(padlen, nh, pad=None):
+        return (d.det(padlen, 5) if pad == "bad" else bytes(range(1, padlen + 1))) + bytes((padlen, nh))
+
+    p24, p25, p40 = ipv4(payload=det(4, 2)), ipv4(payload=det(5, 2)), ipv4(payload=det(20, 2))
+    cases = [p24 + tr(2, 4), p25 + tr(1, 4), p40 + tr(2, 4),      # default padding: fast
+             p24 + tr(6, 4), p24 + tr(10, 4), p25 + tr(253, 4),    # longer (legal) padding
+             p24 + tr(2, 4, "bad"), p24 + tr(6, 4, "bad"),         # broken padding
+             p24 + tr(2, 41), p24 + tr(2, 59), p24 + tr(2, 17),    # other next headers
+             p24 + b"\x00" * 4 + tr(2, 4),                         # TFC padding
+             p24 + b"\x00" * 4 + tr(2, 59),                        # dummy with padding
+             p40[:-4] + tr(2, 4), p40[:-4] + tr(6, 4),             # inner length beyond the payload
+             p24[:3] + b"\x13" + p24[4:] + tr(2, 4),               # inner length 19
+             p24[:3] + b"\x13" + p24[4:19] + tr(3, 4),             # ... with its trailer after it
+             b"\x65" + p24[1:] + tr(2, 4),                         # version 6 under next header 4
+             ipv6(payload=det(2, 3)) + tr(0, 41) + bytes(8)]       # IPv6 with TFC padding
+    general = []
+    deliver = esp.EspSa._deliver
+
+    def spy(self, pt):
+        if self is fi:
+            general.append(pt)
+        return deliver(self, pt)
+
+    seq = 0
+    esp.EspSa._deliver = spy
+    try:
+        for k, pt in enumerate(cases):
+            seq += 1 + (k % 3)                                      # gaps move the window by more
+            pkt = _gcm_raw(fo, seq, pt)
+            assert len(pkt) > 53, k                                 # long enough for the fast path
+            del general[:]
+            got, want = fi.decrypt(pkt), si.decrypt(pkt)
+            assert got == want, (k, got, want)
+            assert len(general) == (0 if k < 3 else 1), k           # only the first three are fast
+            assert _state(fi) == _state(si), (k, _state(fi), _state(si))
+            assert fi.decrypt(pkt) == si.decrypt(pkt) == (m.P_REPLAY, b""), k
+    finally:
+        esp.EspSa._deliver = deliver
+    # a forged packet right of the window, then the authentic one
+    pkt = _gcm_raw(fo, seq + 70, cases[0])
+    forged = pkt[:-1] + bytes((pkt[-1] ^ 1,))
+    assert fi.decrypt(forged) == si.decrypt(forged) == (m.P_AUTH_FAIL, b"")
+    assert fi.decrypt(pkt) == si.decrypt(pkt) == (m.P_OK, p24)
+    assert _state(fi) == _state(si)
