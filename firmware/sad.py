@@ -43,6 +43,14 @@ class SaRecord:
     def decrypt(self, packet):
         return m.P_UNSUPPORTED, b""
 
+    def encrypt_batch(self, packets):
+        """[encrypt(p) for p in packets]; an engine may do it faster (GcmSa)."""
+        return [self.encrypt(p) for p in packets]
+
+    def decrypt_batch(self, packets):
+        """[decrypt(p) for p in packets]; an engine may do it faster (GcmSa)."""
+        return [self.decrypt(p) for p in packets]
+
     def pop_expiry(self):
         """Lifetime events raised since the last call: list of (hard, reason)."""
         return []

@@ -459,3 +459,53 @@ def test_fast_decrypt_equals_general_path_on_crafted_trailers():
     assert fi.decrypt(forged) == si.decrypt(forged) == (m.P_AUTH_FAIL, b"")
     assert fi.decrypt(pkt) == si.decrypt(pkt) == (m.P_OK, p24)
     assert _state(fi) == _state(si)
+
+
+def test_batches_equal_packet_by_packet_calls():
+    """encrypt_batch/decrypt_batch (the board's path) give what encrypt()/decrypt() give packet
+    by packet, in results, counters, window and lifetime events: fast and general packets
+    mixed, limits and sequence exhaustion reached in the middle of a batch, replays, forgeries."""
+    be = backends()[0]
+    ps = [ipv4(payload=det(k, k)) for k in range(9)]                # 20..28 bytes: every padding
+    mixed = (ps[:3] + [b"", b"\x45" * 19, ipv6(payload=d.udp(1, 2, det(5))), ps[0][:-1] + b"\x00"]
+             + ps[3:])
+    configs = [{}, {"flags": m.SAF_ESN}, {"flags": m.SAF_UDP_ENCAP}, {"mode": m.MODE_TRANSPORT},
+               {"soft_packets": 3, "hard_packets": 7}, {"soft_bytes": 60, "hard_bytes": 200},
+               {"initial_seq": 0xFFFFFFFF - 4}, {"replay_window": 0}]
+    for encr in (GCM, CBC):
+        for kw in configs:
+            (o1, i1), (o2, i2) = d.pair(be, 0x902, encr, **kw), d.pair(be, 0x902, encr, **kw)
+            if encr == CBC:
+                o1.random = o2.random = lambda n: det(n, 9)
+            want = [o1.encrypt(x) for x in mixed]
+            got = o2.encrypt_batch(mixed)
+            assert got == want, (encr, kw, got, want)
+            assert _state(o1) == _state(o2) and o1.pop_expiry() == o2.pop_expiry(), (encr, kw)
+            esps = [e for st, e in want if st == m.P_OK]
+            assert len(esps) > 3, (encr, kw)
+            last = esps[-1]
+            inbound = (esps[:2] + [esps[0], last[:-1] + bytes((last[-1] ^ 1,))] + esps[3:]
+                       + [esps[2], esps[1][:30], b"", esps[1][:8]])
+            if encr == GCM and o1.seq < 0xFFFF0000:
+                p24 = ps[4]
+                inbound += [_gcm_raw(o1, o1.seq + 5, p24 + b"\x01\x02\x03\x04\x05\x06\x06\x04"),
+                            _gcm_raw(o1, o1.seq + 6, p24 + bytes(8) + b"\x01\x02\x02\x04")]
+            want = [i1.decrypt(x) for x in inbound]
+            got = i2.decrypt_batch(inbound)
+            assert got == want, (encr, kw, got, want)
+            assert _state(i1) == _state(i2) and i1.pop_expiry() == i2.pop_expiry(), (encr, kw)
+            assert o2.encrypt_batch([]) == i2.decrypt_batch([]) == []
+    # limits reached on the fast path in the middle of a run of fast packets: the rest refused
+    lim = {"soft_packets": 2, "hard_packets": 4, "soft_bytes": 50}
+    o1, o2 = [esp.new_sa(d.spec(0x903, m.DIR_OUT, src=(A1, 4500), dst=(A2, 4500), **lim), be)
+              for _ in range(2)]
+    want = [o1.encrypt(x) for x in ps[:6]]
+    assert o2.encrypt_batch(ps[:6]) == want and want[-1] == (m.P_EXPIRED, b"")
+    assert o1.pop_expiry() == o2.pop_expiry() != []
+    o = d.pair(be, 0x903)[0]
+    esps = [o.encrypt(x)[1] for x in ps[:6]]
+    i1, i2 = [esp.new_sa(d.spec(0x903, m.DIR_IN, src=(A2, 4500), dst=(A1, 4500), **lim), be)
+              for _ in range(2)]
+    want = [i1.decrypt(x) for x in esps]
+    assert i2.decrypt_batch(esps) == want and want[-1] == (m.P_EXPIRED, b"")
+    assert _state(i1) == _state(i2) and i1.pop_expiry() == i2.pop_expiry() != []
