@@ -466,7 +466,8 @@ class GcmSa(EspSa):
                 self.octets = o
                 if o >= self._next_o:
                     self._limits(seq)
-                return 0, _join((hdr, _Z4, s, self._seal(self._salt0 + s, pkt + self._tr4[n & 3], hdr)))
+                seal = self._seal  # a local: CPython 3.11 specializes no method call on a slot
+                return 0, _join((hdr, _Z4, s, seal(self._salt0 + s, pkt + self._tr4[n & 3], hdr)))
         return self._encrypt(pkt)
 
     def _encrypt(self, pkt):
@@ -506,8 +507,9 @@ class GcmSa(EspSa):
             w = self.window
             top = w.top
             if seq > top:
+                open_ = self._open  # a local, as in encrypt()
                 try:
-                    pt = self._open(self.salt + iv, pkt[16:], pkt[:8])
+                    pt = open_(self.salt + iv, pkt[16:], pkt[:8])
                 except self.auth_error:
                     self.auth_fail += 1
                     return _R_AUTH
