@@ -176,7 +176,7 @@ def test_runs_through_batches_answer_as_item_by_item():
                  + [(0x5001, x) for x in p[:3]] + [(0x5000, x) for x in (p[3], p[2], p[0])])
     got = new.encrypt(enc_items)
     want = _per_item_encrypt(ref.board, enc_items)
-    ref._take(ref.board.tick(ref.now))
+    ref.collect(ref.board.tick(ref.now))
     assert got == want, (got, want)
     sts = [st for st, _ in got]
     assert m.P_TOO_BIG in sts and m.P_EXPIRED in sts and m.P_UNKNOWN_SPI in sts
@@ -196,7 +196,7 @@ def test_runs_through_batches_answer_as_item_by_item():
     for items in (first, second, list(reversed(first)), list(reversed(second))):
         got = new.decrypt(items)
         want = _per_item_decrypt(ref.board, items)
-        ref._take(ref.board.tick(ref.now))
+        ref.collect(ref.board.tick(ref.now))
         assert got == want, (got, want)
         sts |= {st for st, _, _ in got}
     assert {m.P_OK, m.P_REPLAY, m.P_AUTH_FAIL, m.P_POLICY, m.P_KEEPALIVE, m.P_NOT_ESP, m.P_MALFORMED,
