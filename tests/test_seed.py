@@ -185,7 +185,8 @@ def seed_run(retransmit, unprotected, hint_retransmit=None, restart_at=60.0, lim
 
 
 def _fmt(p):
-    return f"{p.timeout:g} s x {p.base:g}^n, {p.tries} retransmissions (gives up after {schedule_total(p):g} s)"
+    return (f"{p.timeout:g} s x {p.base:g}^n, {p.tries} retransmissions "
+            f"(gives up after {schedule_total(p):g} s)")
 
 
 def test_seed_scenario_recovery_with_and_without_unprotected_invalid_spi():
@@ -210,7 +211,8 @@ def test_seed_scenario_recovery_with_and_without_unprotected_invalid_spi():
         dpd = 30.0
         assert dpd - 0.3 + schedule_total(retransmit) <= t_off <= dpd + schedule_total(retransmit) + 0.3, \
             (name, t_off)
-        assert off_b.stats["invalid_spi_sent_unprotected"] == 0 and off_a.stats["liveness_checks_from_hints"] == 0
+        assert off_b.stats["invalid_spi_sent_unprotected"] == 0
+        assert off_a.stats["liveness_checks_from_hints"] == 0
         assert off_a.stats["dpd_checks"] >= 1
         for sim, a in ((on_sim, on_a), (off_sim, off_a)):
             downs = [e for _t, e in sim.events[A] if isinstance(e, IkeSaDown)]
@@ -272,7 +274,8 @@ def test_flood_of_spoofed_unprotected_invalid_spi_tears_nothing_down():
         if kind == 0:       # the worst case: the real peer's address and one of our real SPIs
             src, spi = (B, 4500), child.spi_out
         elif kind == 1:     # our SPI from a random address
-            src, spi = (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", 4500), child.spi_out
+            src = (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", 4500)
+            spi = child.spi_out
         elif kind == 2:     # the peer's address, a random SPI
             src, spi = (B, 4500), rng.randrange(256, 1 << 32)
         else:               # garbage both ways
