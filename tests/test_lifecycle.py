@@ -543,3 +543,56 @@ def test_initial_contact_keeps_an_sa_that_came_up_while_the_new_one_was_set_up()
     assert [d.ike_id for d in downs] == [1] and downs[0].reason == "replaced (INITIAL_CONTACT)"
     assert len(b.ike_sas()) == len(a2.ike_sas()) == 2     # consistent at both ends
     assert {(s.spi_i, s.spi_r) for s in b.ike_sas()} == {(s.spi_i, s.spi_r) for s in a2.ike_sas()}
+
+
+def test_engine_settings_from_the_daemon_config():
+    from host.ike.config import parse_settings
+    s, r = parse_settings({"unprotected_invalid_spi": True, "cookie_threshold": 10, "invalid_spi_rate": 2,
+                           "retransmit": {"timeout": 1.0, "tries": 3},
+                           "hint_retransmit": {"timeout": 0.5, "base": 2.0, "tries": 3}})
+    assert s.unprotected_invalid_spi and s.cookie_threshold == 10 and s.invalid_spi_rate == 2.0
+    assert (r.timeout, r.base, r.tries) == (1.0, 1.8, 3) and s.hint_retransmit.timeout == 0.5
+    assert parse_settings(None)[0] == EngineSettings()
+    for bad, key in (({"cookie_treshold": 3}, "ike.cookie_treshold"),
+                     ({"unprotected_invalid_spi": "yes"}, "ike.unprotected_invalid_spi"),
+                     ({"hint_rate": -1}, "ike.hint_rate"),
+                     ({"hint_retransmit": {"base": 0.5}}, "ike.hint_retransmit.base")):
+        with pytest.raises(ConfigError) as e:
+            parse_settings(bad)
+        assert e.value.key == key
+
+
+def test_ike_hard_expiry_deletes_and_restarts_when_the_peer_refuses_every_rekey():
+    a_conn = conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                  extra={"rekey_time": 50, "over_time": 10, "rand_time": 0, "dpd_action": "restart"})
+    b_conn = conn(B, A, "b.example", "a.example", B_NET, A_NET, extra={"rekey_time": 0})
+    a, b, net = pair(a_conn=a_conn, b_conn=b_conn)
+    a.settings.retry_delay = 4.0
+    b.rekey_responder = lambda sa, msg, reply, now: reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)
+    sa_a, _ = up(a, b, net)
+    advance(net, 0.0, 59.9)
+    assert a.ike_sas() == [sa_a] and a.stats["ike_rekeys_failed"] >= 2      # retried, never at once
+    advance(net, 59.9, 61.0)
+    down = [d for d in kinds(net.events[A], IkeSaDown) if d.ike_id == sa_a.ike_id]
+    assert down and down[0].reason == "IKE SA lifetime expired" and down[0].restart_ike_id
+    assert [d.reason for d in kinds(net.events[B], IkeSaDown)] == ["deleted by peer"]
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na.ike_id == down[0].restart_ike_id
+    assert_pair(na, nb)
+
+
+def test_create_child_refused_during_ike_rekey_is_retried_on_the_new_ike_sa():
+    a, b, net = pair()
+    a.settings.retry_delay = 8.0                  # a retries after 4..8 s, b after 1..2 s
+    b.settings.retry_delay = 2.0
+    sa_a, sa_b = up(a, b, net)
+    b.rekey_ike(sa_b.ike_id, 1.0)
+    a.create_child(sa_a.ike_id, "net", 1.0)        # crosses b's IKE rekey: both TEMPORARY_FAILURE (§2.25)
+    net.pump(1.0)
+    assert b.stats["ike_rekeys_failed"] == 1 and [k for k in sa_a.timers if k[0] == "task"]
+    advance(net, 1.0, 3.5)                         # b's IKE rekey went through; a's retry moved with it
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na is not sa_a and len(na.children) == 1 and [k for k in na.timers if k[0] == "task"]
+    advance(net, 3.5, 10.0)
+    assert len(na.children) == len(nb.children) == 2
+    assert not [e for e in net.events[A] if type(e).__name__ == "ChildSaFailed"]

@@ -472,6 +472,36 @@ def parse_retransmit(data: dict | None, path: str = "retransmit") -> RetransmitP
     return r
 
 
+def parse_settings(data: dict | None, path: str = "ike"):
+    """The daemon's ``[ike]`` table -> (EngineSettings, RetransmitPolicy). Keys are the field names
+    of ``EngineSettings`` (documented in host/ike/README.md) plus ``[ike.retransmit]`` and
+    ``[ike.hint_retransmit]`` tables (timeout, base, tries, limit)."""
+    from dataclasses import fields
+    from .engine import EngineSettings
+    settings = EngineSettings()
+    if data is None:
+        return settings, RetransmitPolicy()
+    sec = _Section(data, path)
+    retransmit = parse_retransmit(data.get("retransmit"), sec.key("retransmit"))
+    sec.used.add("retransmit")
+    for f in fields(EngineSettings):
+        if f.name == "hint_retransmit":
+            if "hint_retransmit" in data:
+                sec.used.add(f.name)
+                settings.hint_retransmit = parse_retransmit(data[f.name], sec.key(f.name))
+            continue
+        default = getattr(settings, f.name)
+        kind = type(default) if default is not None else str
+        v = sec.get(f.name, kind, default)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(sec.key(f.name), "must not be negative")
+        if f.name in ("port", "natt_port") and not 1 <= v <= 65535:
+            raise ConfigError(sec.key(f.name), "must be a port number 1..65535")
+        setattr(settings, f.name, v)
+    sec.done()
+    return settings, retransmit
+
+
 def loads(text: str, base: Path | None = None) -> dict[str, Connection]:
     try:
         data = tomllib.loads(text)

@@ -78,12 +78,14 @@ def report(eng, spi: int, src, now: float, local=None) -> str | None:
     if sas:
         sa = max(sas, key=lambda s: (s.established_at, s.ike_id))
         task = sa.hint_task
-        if task is not None and not task.sent and len(task.spis) < MAX_SPIS_PER_MESSAGE:
-            if spi not in task.spis:
-                task.spis.append(spi)
-        else:
+        if task is None:
             task = sa.hint_task = InvalidSpiTask([spi])
             sa.add_task(task, now)
+        elif spi in task.spis or len(task.spis) >= MAX_SPIS_PER_MESSAGE:
+            st["invalid_spi_coalesced"] += 1        # one notification waiting per IKE SA, bounded
+            return None
+        else:
+            task.spis.append(spi)
         st["invalid_spi_sent_protected"] += 1
         return "protected"
     if local is None:
