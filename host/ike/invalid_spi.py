@@ -76,7 +76,8 @@ def report(eng, spi: int, src, now: float, local=None) -> str | None:
         st["invalid_spi_rate_limited"] += 1
         return None
     if sas:
-        sa = max(sas, key=lambda s: (s.established_at, s.ike_id))
+        # several peers behind one NAT share the address: the one at that port first, then the newest
+        sa = max(sas, key=lambda s: (tuple(s.remote) == tuple(src), s.established_at, s.ike_id))
         task = sa.hint_task
         if task is None:
             task = sa.hint_task = InvalidSpiTask([spi])

@@ -155,7 +155,8 @@ class RekeyChildTask(CreateChildTask):
         if old.ike is not sa or old.state != "installed" or old.rekey_state is not None:
             return None
         payloads = super().build(sa, now)
-        if payloads is None:
+        if payloads is None:                    # the board can run none of the proposals now
+            retry_child_rekey(sa, old, now)
             return None
         old.rekey_state = "rekeying"
         old.collisions = []
@@ -174,7 +175,7 @@ class RekeyChildTask(CreateChildTask):
         if self._live_collision() is not None:
             old.rekey_state = "rekeyed"         # the peer's rekey of it went through: that one stands
             return
-        if old.rekey_state == "recreate" or (old.state == "dead" and why == "not found"):
+        if old.rekey_state == "recreate":       # dropped meanwhile for a reason that wants it back
             old.rekey_state = None
             if old.cfg is not None and old.cfg.name in sa.conn.children and sa.state == ESTABLISHED:
                 sa.add_task(CreateChildTask(old.cfg), now)
