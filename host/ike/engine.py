@@ -565,6 +565,8 @@ class IkeEngine:
             reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
             return
         msg = Message(hdr.spi_i, hdr.spi_r, exch, hdr.flags, mid, inner, True)
+        if sa.collision_of is not None:
+            rekey.peer_resolved(sa, inner, now)
         sa.pending_mid = mid
         handler(sa, msg, reply, now)
 

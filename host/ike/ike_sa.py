@@ -132,6 +132,7 @@ class IkeSa:
         self.timers: dict = {}              # key (kind, arg) -> time; see IkeEngine._sa_timer
         self.successor = None               # IKE rekey: the IKE SA our Child SAs moved to (§2.18)
         self.rekey_collision = None         # (Ni, Nr, new IkeSa) of a peer rekey we answered (§2.8.2)
+        self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
         self.keying = None                  # (attempt, child names) when failures re-initiate
         self.announced = True               # IkeSaDown only for SAs the driver heard of
         self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs

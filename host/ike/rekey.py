@@ -257,6 +257,11 @@ def respond_child_rekey(sa: IkeSa, msg, reply, now):
         old = next((c for c in sa.children.values() if c.spi_out == spi and c.state != "dead"), None) or \
             next((c for c in sa.children.values() if c.spi_in == spi and c.state != "dead"), None)
     if old is None:
+        if isinstance(sa.active, CreateChildTask) and sa.outstanding is not None:
+            # the SPI may belong to the Child SA our own exchange in flight creates (its response,
+            # with the peer's SPI, has not reached us): not "not found" yet (§2.25)
+            eng.stats["rekey_child_unknown_while_creating"] += 1
+            return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
         eng.stats["rekey_child_not_found"] += 1
         return reply([NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", n.protocol, n.spi)], now)
     if old.state != "installed" or old.rekey_state in ("rekeyed", "redundant", "recreate"):
@@ -344,6 +349,26 @@ class RekeyIkeTask:
         eng.stats["ike_rekeys_started"] += 1
         return [SaPayload(self.offered), NoncePayload(self.ni), KePayload(self.group, pub)]
 
+    def _close_redundant(self, sa, msg, now) -> bool:
+        """Our exchange completed but lost: bring its IKE SA up only to delete it (§2.8.2)."""
+        sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+        chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
+            if sap is not None and len(sap.proposals) == 1 else None
+        if chosen is None or nonce is None or ke is None or ke.group != self.group or len(chosen.spi) != 8:
+            return False
+        try:
+            shared = dh_group(self.group).shared(self.dh_priv, ke.data)
+        except CryptoError:
+            return False
+        new = self.new
+        new.spi_i, new.spi_r = self.spi, chosen.spi
+        setup(sa, new, chosen, skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data),
+              self.ni, nonce.data, now)
+        self.dh_priv = None
+        sa.engine.stats["ike_rekey_collisions_lost"] += 1
+        new.add_task(DeleteIkeTask(REDUNDANT), now)
+        return True
+
     def abort(self, sa):
         """Release the new SPI (the exchange failed, or the old IKE SA went away)."""
         if self.new is not None and sa.engine._sas.get(self.spi) is self.new:
@@ -353,6 +378,12 @@ class RekeyIkeTask:
     def on_response(self, sa, msg, raw, now) -> bool:
         eng = sa.engine
         err = msg.error_notify()
+        if sa.successor is not None:
+            # the peer already used its new IKE SA from our collision: it won (peer_resolved)
+            if err is None and self.new is not None and self._close_redundant(sa, msg, now):
+                return True
+            self.abort(sa)
+            return True
         if err is not None:
             self.abort(sa)
             col, sa.rekey_collision = sa.rekey_collision, None
@@ -438,6 +469,7 @@ def respond_ike_rekey(sa: IkeSa, msg, reply, now):
     eng.stats["ike_rekeys_answered"] += 1
     if getattr(sa.active, "rekeys_ike", False) and sa.outstanding is not None:
         sa.rekey_collision = (nonce.data, nr, new)      # decided when our own exchange is done
+        new.collision_of = sa
         new.announced = False
         eng.stats["ike_rekey_collisions"] += 1
     else:
@@ -495,6 +527,22 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
         old.set_timer(REAP, now + eng.settings.rekey_reap_time)
     new.reschedule()
     new.kick(now)
+
+
+def peer_resolved(new: IkeSa, payloads, now: float):
+    """An authentic request arrived on the peer's new IKE SA from a simultaneous rekey we have not
+    decided yet: the peer decided, and it only uses its new IKE SA if that one survived (a
+    redundant one it only deletes). So it won; take the Child SAs over to it now, before the
+    request needs them (§2.8.2)."""
+    old = new.collision_of
+    new.collision_of = None
+    if old is None or old.state == DEAD or old.rekey_collision is None or old.rekey_collision[2] is not new:
+        return
+    if any(getattr(p, "protocol", None) == ProtocolId.IKE for p in payloads if p.ptype == PayloadType.DELETE):
+        return                                  # it deletes this one: ours survives
+    old.rekey_collision = None
+    old.engine.stats["ike_rekey_collisions_peer_won"] += 1
+    adopt(old, new, now, delete_old=False)
 
 
 def respond(sa: IkeSa, msg, reply, now):
