@@ -362,7 +362,8 @@ class IkeEngine:
         return self._ids.get(ike_id)
 
     def ike_sas(self) -> list[IkeSa]:
-        return list(self._ids.values())
+        """Every IKE SA the driver was told of (not the redundant ones of a rekey collision)."""
+        return [sa for sa in self._ids.values() if sa.announced]
 
     def half_open_count(self) -> int:
         return len(self._half_open)

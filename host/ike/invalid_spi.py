@@ -68,7 +68,8 @@ def report(eng, spi: int, src, now: float, local=None) -> str | None:
         st["esp_unknown_spi_ignored"] += 1
         return None
     ip = src[0]
-    sas = [sa for sa in eng.ike_sas_with_peer(ip) if sa.state == ESTABLISHED and sa.successor is None]
+    sas = [sa for sa in eng.ike_sas_with_peer(ip)
+           if sa.state == ESTABLISHED and sa.successor is None and sa.announced]
     if not sas and not eng.settings.unprotected_invalid_spi:
         st["esp_unknown_spi_no_ike_sa"] += 1
         return None
