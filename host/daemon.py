@@ -383,6 +383,7 @@ class Daemon:
         self.udp.child_sa_installed(ev.handle, True)
 
     def _remove_child(self, ev):
+        log.debug("Child SA #%d removed: %s", ev.handle, ev.reason)
         route = self.datapath.remove(ev.handle)
         self.children.pop(ev.handle, None)
         if route is None:

@@ -103,9 +103,11 @@ class Pinger(threading.Thread):
 
 
 class DemoBed:
-    def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim"):
+    def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim",
+                 peer_child_rekey=0, child_rekey=0):
         self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
         self.profile = profile
+        self.peer_child_rekey, self.child_rekey = peer_child_rekey, child_rekey   # seconds, 0: never
         self.state = state or tempfile.mkdtemp(prefix="ikod", dir="/tmp")
         self.quiet = quiet
         self.net = self.charon = self.daemon = None
@@ -151,7 +153,9 @@ class DemoBed:
         identity, so several with the same ones would shadow each other)."""
         children = {"net%d" % i: {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
                                   "esp_proposals": ["aes256gcm16"], "mode": "tunnel", "start_action": "none",
-                                  "rekey_time": "0"} for i in range(self.nconns)}
+                                  "rekey_time": "%ds" % self.peer_child_rekey,
+                                  "life_time": "%ds" % (3 * self.peer_child_rekey), "rand_time": "0"}
+                    for i in range(self.nconns)}
         return {"version": "2", "local_addrs": [PEER_IP], "remote_addrs": [OUR_IP],
                 "proposals": ["aes256gcm16-prfsha256-x25519"], "encap": "yes", "mobike": "no",
                 "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0", "unique": "no",
@@ -171,7 +175,8 @@ class DemoBed:
                       '[connections.gw%d.local]' % i, 'auth = "psk"', 'id = "%s"' % OUR_ID,
                       '[connections.gw%d.remote]' % i, 'auth = "psk"', 'id = "%s"' % PEER_ID,
                       '[connections.gw%d.children.net%d]' % (i, i), 'local_ts = ["%s/32"]' % self.inner_a[i],
-                      'remote_ts = ["%s/32"]' % self.inner_b[i], 'esp_proposals = ["aes256gcm16"]', '']
+                      'remote_ts = ["%s/32"]' % self.inner_b[i], 'esp_proposals = ["aes256gcm16"]',
+                      'rekey_time = %d' % self.child_rekey, '']
         self.config = os.path.join(self.state, "ikeoffloadd.toml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))

@@ -266,3 +266,27 @@ def test_a_full_board_fails_only_the_new_child_sa(tmp_path):
         assert b.ctl("stats")["child_install_failures"] >= 1
     finally:
         b.stop()
+
+
+@pytest.mark.parametrize("who", ["charon", "ours"])
+def test_child_rekeys_keep_traffic_flowing_through_the_board(who):
+    """Make before break on the board (RFC 7296 §2.8): new SA installed, outbound moved, old deleted."""
+    b = DemoBed(quiet=True, peer_child_rekey=2 if who == "charon" else 0, child_rekey=2 if who == "ours" else 0)
+    try:
+        b.start()
+        first = b.wait_tunnels()[0]["children"][0]
+        p = Pinger(b.net.ns_a, OUR_INNER, PEER_INNER)
+        p.start()
+        time.sleep(7.0)
+        p.stop()
+        now = b.ctl("list-sas")[0]["children"]
+        assert len(now) == 1 and now[0]["spi_in"] != first["spi_in"], (first, now)     # rekeyed
+        rekeys = b.log_tail(200).count("up: SPIs in") - 1
+        assert rekeys >= 2, b.log_tail(60)
+        lost = p.lost_between(0, time.monotonic() - 0.3)
+        assert lost <= 1, "%d of %d pings lost across %d rekeys" % (lost, len(p.sent), rekeys)
+        assert b.ctl("list-boards")[0]["sa_count"] == 2          # old SAs removed from the board
+        assert len(b.sim(0, "sad")["sas"]) == 2
+        print("\n%s rekeyed the Child SA %d times in 7 s: %d of %d pings lost" % (who, rekeys, lost, len(p.sent)))
+    finally:
+        b.stop()

@@ -123,6 +123,9 @@ class DataPath:
                     break
             else:
                 self.stats["out_no_sa"] += 1
+                log.debug("no SA for %s -> %s; routes: %s", src, dst,
+                          ["#%d%s%s" % (r.handle, "" if r.sending else " (not sending)", "" if r.usable else " (lost)")
+                           for r in self.routes])
         self._schedule()
 
     def esp_in(self, data, addr):
