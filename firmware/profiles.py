@@ -120,7 +120,7 @@ SCHEMA = {
     "reset": {"method": _Str(True, RESET_METHODS), "pulse_ms": _Int(1, 10_000), "boot_ms": _Int(0, 60_000)},
     "heartbeat": {"period_ms": _Int(1, 600_000, True), "misses": _Int(1, 100, True)},
     "crypto": {"backend": _Str(False, CRYPTO_BACKENDS), "fast": _List(TRANSFORMS)},
-    "bench": {"scale": _Float(0.001, 1.0), "rto_min_ms": _Int(1, 10_000)},
+    "bench": {"scale": _Float(0.001, 1.0), "rto_min_ms": _Int(1, 10_000), "fast_period_ms": _Int(1, 10_000)},
 }
 REQUIRED_TABLES = ("board", "link", "heartbeat", "reset")
 
