@@ -112,8 +112,8 @@ class SimBench(Bench):
     can_hang = True
     can_quiet_reset = True
 
-    def __init__(self, profile_name="sim", throttle=None):
-        cmd = [sys.executable, "-m", "firmware.sim", "--profile", profile_name]
+    def __init__(self, profile_name="sim", extra_args=(), throttle=None):
+        cmd = [sys.executable, "-m", "firmware.sim", "--profile", profile_name] + list(extra_args)
         if throttle:
             cmd += ["--baud", str(throttle)]
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -315,7 +315,7 @@ def open_bench(board, port=None, reset=None, throttle=None):
     if board == "sim":
         if port:
             return SerialBench("sim", port, reset)
-        return SimBench("sim", throttle_baud(throttle))
+        return SimBench("sim", throttle=throttle_baud(throttle))
     if throttle:
         raise RuntimeError("--throttle paces the simulated board (--board sim) only")
     kind = profiles.load(board)["link"]["kind"]

@@ -339,6 +339,31 @@ vboard.info = lambda: {"link": _vb.link_path(), "boot": _vb.boot_count()}
 sys.modules["vboard"] = vboard
 
 
+# ---- input(): the port's readline spins on a stub; read the REPL through sys.stdin instead ------
+def _input(prompt=""):
+    sys.stdout.write(prompt)
+    line = b""
+    while True:
+        c = sys.stdin.buffer.read(1)
+        if not c or c in (b"\r", b"\n"):
+            sys.stdout.write("\r\n")
+            return line.decode()
+        if c == b"\x03":
+            raise KeyboardInterrupt
+        if c in (b"\x08", b"\x7f"):
+            if line:
+                line = line[:-1]
+                sys.stdout.write("\x08 \x08")
+            continue
+        line += c
+        sys.stdout.write(c.decode())
+
+
+import builtins  # noqa: E402
+
+builtins.input = _input
+
+
 # ---- the flash ---------------------------------------------------------------------------------
 def mount_flash(root):
     vfs.umount("/")
