@@ -38,18 +38,23 @@ class Bench:
         self.profile = profiles.load(profile_name)
         self.url = url
         bench = self.profile.get("bench", {})
-        self.scale = bench.get("scale", 1.0)
         self.link_options = {}
         if "rto_min_ms" in bench:
             self.link_options["rto_min"] = bench["rto_min_ms"] / 1000
 
+    timing = None             # a profile whose heartbeat and bench timing to use (throttled sim)
+
+    @property
+    def scale(self):
+        return (self.timing or self.profile).get("bench", {}).get("scale", 1.0)
+
     @property
     def period(self):
-        return self.profile["heartbeat"]["period_ms"] / 1000
+        return (self.timing or self.profile)["heartbeat"]["period_ms"] / 1000
 
     @property
     def misses(self):
-        return self.profile["heartbeat"]["misses"]
+        return (self.timing or self.profile)["heartbeat"]["misses"]
 
     @property
     def baudrate(self):
@@ -62,7 +67,9 @@ class Bench:
     @property
     def fast_period(self):
         """The shortest heartbeat period this board answers reliably (fault tests use it)."""
-        return max(0.01, self.profile.get("bench", {}).get("fast_period_ms", 0) / 1000, self.period / 10)
+        floor = 0.05 if self.link_options.get("byte_time") else 0.01     # a paced UART: frames take time
+        bench = (self.timing or self.profile).get("bench", {})
+        return max(floor, bench.get("fast_period_ms", 0) / 1000, self.period / 10)
 
     @property
     def boot_s(self):
@@ -78,9 +85,13 @@ class Bench:
     def scaled(self, n, minimum=1):
         return max(minimum, int(n * self.scale))
 
-    def transport_factory(self, client):
-        """None: BoardClient's serial transport on self.url (SPI benches return their own)."""
-        return None
+    def make_transport(self, client):
+        """A transport for BoardClient `client` to this board's link (a serial port, pty or
+        socket:// here; SPI benches override it)."""
+        from host.offload.transport import SerialTransport
+
+        return SerialTransport(self.url, baudrate=self.baudrate, rtscts=self.rtscts,
+                               on_data=client._on_data, on_error=client._on_transport_error)
 
     def reset(self, quiet=False):
         raise NotImplementedError
@@ -108,11 +119,12 @@ def _control(path, cmd, timeout=10):
 
 class SimBench(Bench):
     """python -m firmware.sim in a subprocess, controlled through its control socket. With
-    `throttle` (a baud rate) both directions are paced like that UART."""
+    `throttle` (a baud rate) both directions are paced like that UART; `timing` (a profile) then
+    gives the heartbeat the tests use, as that board's host would."""
     can_hang = True
     can_quiet_reset = True
 
-    def __init__(self, profile_name="sim", extra_args=(), throttle=None):
+    def __init__(self, profile_name="sim", extra_args=(), throttle=None, timing=None):
         cmd = [sys.executable, "-m", "firmware.sim", "--profile", profile_name] + list(extra_args)
         if throttle:
             cmd += ["--baud", str(throttle)]
@@ -122,6 +134,7 @@ class SimBench(Bench):
         self.control = self._line("control: ")
         super().__init__(profile_name, url)
         self.throttle = throttle
+        self.timing = timing
         # a pty answers in well under a millisecond; a throttled one costs the UART's byte time
         self.link_options.setdefault("rto_min", 0.002)
         if throttle:
@@ -282,15 +295,13 @@ class SerialBench(Bench):
         super().__init__(profile_name, port)
         self.resetter = make_resetter(self.profile, port, reset_spec)
 
-    def transport_factory(self, client):
+    def make_transport(self, client):
         if self.profile["link"]["kind"] != "spi-pio":
-            return None
+            return super().make_transport(client)
         from host.offload.spi import SpiTransport, pyftdi_bus
 
-        def factory():
-            return SpiTransport(pyftdi_bus(self.profile, self.url), self.profile["spi"],
-                                on_data=client._on_data, on_error=client._on_transport_error)
-        return factory
+        return SpiTransport(pyftdi_bus(self.profile, self.url), self.profile["spi"],
+                            on_data=client._on_data, on_error=client._on_transport_error)
 
     def reset(self, quiet=False):
         if quiet:
@@ -299,23 +310,26 @@ class SerialBench(Bench):
         return {"ok": True}
 
 
-def throttle_baud(spec):
-    """--throttle: a baud rate, or a profile whose link.baud to use."""
+def throttle_of(spec):
+    """--throttle: a baud rate, or a profile whose link.baud (and heartbeat timing) to use.
+    Returns (baud, timing profile or None)."""
     if spec is None:
-        return None
+        return None, None
     if str(spec).isdigit():
-        return int(spec)
-    baud = profiles.load(spec)["link"].get("baud")
+        return int(spec), None
+    prof = profiles.load(spec)
+    baud = prof["link"].get("baud")
     if not baud:
         raise RuntimeError("profile %s has no link.baud to throttle to" % spec)
-    return baud
+    return baud, prof
 
 
 def open_bench(board, port=None, reset=None, throttle=None):
     if board == "sim":
         if port:
             return SerialBench("sim", port, reset)
-        return SimBench("sim", throttle=throttle_baud(throttle))
+        baud, timing = throttle_of(throttle)
+        return SimBench("sim", throttle=baud, timing=timing)
     if throttle:
         raise RuntimeError("--throttle paces the simulated board (--board sim) only")
     kind = profiles.load(board)["link"]["kind"]

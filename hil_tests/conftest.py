@@ -54,17 +54,14 @@ def make_client(bench, loop):
     async def make(fault=0.0, seed=1, wait=True, **kw):
         kw.setdefault("period", bench.period)
         kw.setdefault("misses", bench.misses)
-        factory = None
-        if fault:
-            def factory():
-                return FaultyTransport(bench.url, baudrate=bench.baudrate, rtscts=bench.rtscts,
-                                       on_data=c._on_data, on_error=c._on_transport_error,
-                                       fault=fault, seed=seed)
         kw.setdefault("link_options", bench.link_options)
+
+        def factory():
+            t = bench.make_transport(c)          # serial, pty, socket:// or SPI, as the bench says
+            return FaultyTransport(t, fault=fault, seed=seed) if fault else t
+
         c = BoardClient("hil", bench.url, baudrate=bench.baudrate, rtscts=bench.rtscts,
                         transport_factory=factory, **kw)
-        if factory is None:
-            c._transport_factory = bench.transport_factory(c) or c._transport_factory
         made.append(c)
         await c.start()
         if wait:

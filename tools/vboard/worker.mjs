@@ -46,6 +46,7 @@ function replByte(c) {
 }
 function flush() {
   if (out.length) {
+    blockWhileHung(); // a hung MCU prints nothing either
     S.emit(S.CH_REPL, Buffer.from(out));
     out.length = 0;
   }
@@ -62,7 +63,6 @@ function touch() {
 
 function blockWhileHung() {
   if (!Atomics.load(ctl, S.HUNG)) return;
-  flush();
   while (Atomics.load(ctl, S.HUNG)) Atomics.wait(ctl, S.HUNG, 1, 1000); // until resumed or reset
 }
 
@@ -351,6 +351,7 @@ async function main() {
         flush();
       }
     }
+    blockWhileHung();
     if (rawMode && rawLineLen === 0 && b === 0x05) rawPaste();
     else feedChar(b);
   }
