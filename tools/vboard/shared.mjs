@@ -14,6 +14,7 @@ export const HUNG = 5;       // 1: every call into the board's hardware blocks (
 export const WDT_DEADLINE = 0;  // 0: watchdog not started
 export const WDT_TIMEOUT = 1;
 export const LAST_POLL = 2;     // when the board last looked at its input
+export const WASM_BYTES = 3;    // the MicroPython instance's wasm memory (its heap only grows, see README)
 
 export const REPL_SIZE = 1 << 16;
 export const LINK_SIZE = 1 << 18;

@@ -102,7 +102,8 @@ function command(c) {
     Atomics.notify(ctl, S.HUNG);
   } else if (c.cmd === "status") {
     S.event({ event: "status", boots, cause, mode, hung: !!Atomics.load(ctl, S.HUNG),
-      wdt_ms: clock[S.WDT_TIMEOUT], uptime_ms: Math.round(S.now() - bootedAt), dropped });
+      wdt_ms: clock[S.WDT_TIMEOUT], uptime_ms: Math.round(S.now() - bootedAt), dropped,
+      wasm_memory_mb: Math.round(clock[S.WASM_BYTES] / 1048576) });
   } else S.event({ event: "log", msg: "unknown command " + JSON.stringify(c) });
 }
 

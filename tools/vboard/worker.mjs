@@ -59,6 +59,7 @@ function replWrite(bytes) {
 // ---- input -------------------------------------------------------------------------------------
 function touch() {
   clock[S.LAST_POLL] = S.now();
+  if (memory) clock[S.WASM_BYTES] = memory.buffer.byteLength;
 }
 
 function blockWhileHung() {
