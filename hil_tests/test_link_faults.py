@@ -31,13 +31,13 @@ def test_ten_thousand_sa_commands_at_one_percent_byte_faults(bench, make_client,
         limit = min(200, c.session.hello.max_sas)
         t0 = time.monotonic()
 
-        adding = 0                          # SA_ADDs in flight count against the SAD's room
+        adding = deleting = 0               # commands in flight: the board may hold those SAs
 
         async def worker():
-            nonlocal next_spi, done, adding
+            nonlocal next_spi, done, adding, deleting
             while done < total:
                 done += 1
-                if len(live) + adding < limit and (len(live) < 20 or rng.random() < 0.5):
+                if len(live) + adding + deleting < limit and (len(live) < 20 or rng.random() < 0.5):
                     next_spi += 1
                     spi = next_spi
                     adding += 1
@@ -45,7 +45,9 @@ def test_ten_thousand_sa_commands_at_one_percent_byte_faults(bench, make_client,
                     adding -= 1
                     live.append(spi)        # deletable once acknowledged
                 else:
+                    deleting += 1
                     await c.sa_del(live.pop(rng.randrange(len(live))), m.DIR_IN)
+                    deleting -= 1
 
         await asyncio.gather(*[worker() for _ in range(8)])
         elapsed = time.monotonic() - t0

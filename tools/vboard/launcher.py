@@ -82,13 +82,26 @@ def open_pty():
     return master, slave, os.ttyname(slave)
 
 
+def compile_rom(tmp):
+    """rom.py compiled with mpy-cross (imported at every boot: saves ~0.1 s a reset); None if not."""
+    try:
+        from tools import fwcheck
+
+        out = os.path.join(tmp, "_vbrom.mpy")
+        ok, _ = fwcheck.compile_file(os.path.join(HERE, "rom.py"), out, "tools/vboard/rom.py")
+        return out if ok else None
+    except Exception:
+        return None
+
+
 class Launcher:
-    def __init__(self, flash, heapsize):
+    def __init__(self, flash, heapsize, rom=None):
         self.flash = flash
         self.repl_m, self.repl_s, self.repl_path = open_pty()
         self.link_m, self.link_s, self.link_path = open_pty()
         self.node = subprocess.Popen(
-            ["node", SUPERVISOR, "--flash", flash, "--link-path", self.link_path, "--heapsize", str(heapsize)],
+            ["node", SUPERVISOR, "--flash", flash, "--link-path", self.link_path, "--heapsize", str(heapsize)]
+            + (["--rom", rom] if rom else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         os.set_blocking(self.node.stdout.fileno(), False)
         self.to_node = bytearray()
@@ -330,7 +343,7 @@ def main(argv=None):
     control_path = args.control or os.path.join(tmp, "control")
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *a: None)
-    la = Launcher(flash, args.heapsize)
+    la = Launcher(flash, args.heapsize, compile_rom(tmp))
     reg = registry_path(la.repl_path)
 
     def ready():

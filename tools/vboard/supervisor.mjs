@@ -4,7 +4,7 @@
 // watchdog, and moves bytes between the launcher (stdin/stdout, framed as in shared.mjs) and the
 // board's input rings.
 //
-//   node supervisor.mjs --flash DIR [--link-path PTY] [--heapsize BYTES]
+//   node supervisor.mjs --flash DIR [--link-path PTY] [--heapsize BYTES] [--rom ROM.mpy]
 //
 // stdin frames: channel 0 REPL bytes, 1 link bytes, 2 a JSON command:
 //   {"cmd": "reset", "cause": "power"|"hard"|"wdt", "quiet": bool}   hard reset, as the RUN/EN pin
@@ -12,16 +12,18 @@
 //   {"cmd": "status"}
 // stdout frames: channel 0 REPL output, 1 link output, 2 JSON events ("boot", "status", "log").
 import { Worker } from "node:worker_threads";
+import fs from "node:fs";
 import * as S from "./shared.mjs";
 
 const INTERRUPT_GRACE_MS = 3000; // a Ctrl-C nobody reads for this long: hard reset (a wedged wasm loop)
 
 function parseArgs(argv) {
-  const a = { flash: null, linkPath: "", heapsize: 4 * 1048576 };
+  const a = { flash: null, linkPath: "", heapsize: 4 * 1048576, rom: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--flash") a.flash = argv[++i];
     else if (argv[i] === "--link-path") a.linkPath = argv[++i];
     else if (argv[i] === "--heapsize") a.heapsize = Number(argv[++i]);
+    else if (argv[i] === "--rom") a.rom = argv[++i];
     else throw new Error("unknown argument " + argv[i]);
   }
   if (!a.flash) throw new Error("--flash DIR is required");
@@ -29,6 +31,11 @@ function parseArgs(argv) {
 }
 
 const args = parseArgs(process.argv.slice(2));
+// The wasm is compiled once and handed to every board thread (a compiled WebAssembly.Module can be
+// shared between threads): a reset then only instantiates it.
+const WASM_PATH = new URL("../micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.wasm",
+  import.meta.url);
+const wasm = await WebAssembly.compile(fs.readFileSync(WASM_PATH));
 const shared = S.makeShared();
 const ctl = new Int32Array(shared.ctl);
 const clock = new Float64Array(shared.clock);
@@ -61,7 +68,7 @@ function start(newCause, newMode, quiet) {
   S.event({ event: "boot", boot: boots, cause, mode, quiet: !!quiet });
   const w = new Worker(new URL("./worker.mjs", import.meta.url), {
     workerData: { shared, flashDir: args.flash, linkPath: args.linkPath, heapsize: args.heapsize,
-      cause, mode, boot: boots },
+      cause, mode, boot: boots, rom: args.rom, wasm },
     stdout: false,
     stderr: false,
   });

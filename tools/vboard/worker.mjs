@@ -182,6 +182,10 @@ const vb = {
     return k;
   }, 0),
   link_write: guard((addr, n) => {
+    if (DEBUG && !vb.wrote) {
+      vb.wrote = true;
+      mark("first link write");
+    }
     blockWhileHung();
     flush();
     S.emit(S.CH_LINK, Buffer.from(heap().subarray(addr, addr + n)));
@@ -295,10 +299,18 @@ function rawPaste() {
   if (r & PYEXEC_FORCED_EXIT) softReset();
 }
 
+const T0 = performance.now();
+function mark(what) {
+  if (DEBUG) fs.writeSync(2, `[vboard boot ${cfg.boot}: ${what} at ${(performance.now() - T0).toFixed(1)} ms]\n`);
+}
+
 async function main() {
+  mark("thread started");
   const origInstantiate = WebAssembly.instantiate;
-  WebAssembly.instantiate = async function (...a) {
-    const r = await origInstantiate.apply(this, a);
+  WebAssembly.instantiate = async function (source, imports) {
+    // the supervisor's precompiled module instead of compiling the bytes again
+    const r = cfg.wasm ? { module: cfg.wasm, instance: await origInstantiate.call(this, cfg.wasm, imports) }
+      : await origInstantiate.call(this, source, imports);
     const inst = r.instance || r;
     if (inst.exports && inst.exports.memory) memory = inst.exports.memory;
     return r;
@@ -315,20 +327,24 @@ async function main() {
     },
   });
   WebAssembly.instantiate = origInstantiate;
+  mark("MicroPython loaded");
   Module = mp._module;
   if (!memory) throw new Error("could not reach the wasm memory");
   mp.FS.mkdirTree("/flash");
   copyIn(cfg.flashDir, "/flash");
   mp.FS.mkdirTree("/vbrom");
-  mp.FS.writeFile("/vbrom/_vbrom.py", fs.readFileSync(new URL("./rom.py", import.meta.url)));
+  if (cfg.rom) mp.FS.writeFile("/vbrom/_vbrom.mpy", fs.readFileSync(cfg.rom));
+  else mp.FS.writeFile("/vbrom/_vbrom.py", fs.readFileSync(new URL("./rom.py", import.meta.url)));
   mp.registerJsModule("_vb", vb);
   mp.runPython("__import__('sys').path.insert(0, '/vbrom')\n__import__('_vbrom').mount_flash('/flash')");
   rom = mp.pyimport("_vbrom");
+  mark("flash copied, ROM run");
   if (cfg.cause === "soft") replWrite(Buffer.from("MPY: soft reboot\r\n"));
   parentPort.postMessage({ type: "up" });
   // boot.py always; main.py only in the friendly REPL (as ports/rp2/main.c does)
   if (rom.run_script("boot.py") === 1) softReset();
   flush();
+  mark("boot.py done");
   if (!rawMode && rom.run_script("main.py") === 1) softReset();
   flush();
   if (rawMode) {
