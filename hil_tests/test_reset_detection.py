@@ -95,6 +95,29 @@ def test_hung_board_detected_by_missed_heartbeats(bench, make_client, run):
     run(main())
 
 
+def test_a_hung_board_is_reset_by_its_watchdog_and_says_so(bench, make_client, run):
+    """The firmware feeds machine.WDT from its main loop: frozen, the board is reset by the
+    watchdog after the profile's wdt_ms, and its next HELLO gives the reset cause WDT."""
+    needs(bench, "can_hang")
+    wdt = bench.profile["board"]["wdt_ms"] / 1000
+
+    async def main():
+        c = await make_client()
+        await c.sa_add(spec(0x3800))
+        t0 = time.monotonic()
+        bench.hang()
+        lost = await next_of(c, BoardLost, bench.period * (bench.misses + 1) + 1)
+        assert lost.reason == "missed-heartbeats" and lost.sas == ((0x3800, 0),), lost
+        ready = await next_of(c, BoardReady, wdt + bench.boot_s + 5)
+        took = ready.at - t0
+        assert ready.hello.reset_cause == m.RESET_WDT, ready.hello.reset_cause
+        # the loop feeds the watchdog at intervals: it may bite up to one interval early
+        assert wdt * 0.8 <= took <= wdt + bench.boot_s + 2, took
+        assert await c.stats() == []
+        print("\nhung board -> watchdog reset -> HELLO (reset cause WDT) after %.2f s (wdt %.1f s)" % (took, wdt))
+    run(main())
+
+
 def test_reset_command_over_the_link(bench, make_client, run):
     async def main():
         c = await make_client()
