@@ -40,8 +40,8 @@ def test(c, k=None, x=False):
     tests/, hil_tests/ (simulated board) and firmware tests (CPython and MicroPython), then
     hil_tests/ again on the virtual MicroPython board, flashed with the real mpremote."""
     extra = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
-    c.run(" ".join([PY, "-m", "pytest", "tests", "hil_tests", "firmware/tests"] + extra), env=_env(), pty=False)
-    c.run(" ".join([PY, "-m", "pytest", "hil_tests", "--board", "mpy-virtual"] + extra), env=_env(), pty=False)
+    for suite in (["tests", "hil_tests", "firmware/tests"], ["hil_tests", "--board", "mpy-virtual"]):
+        c.run(" ".join([PY, "-m", "pytest"] + suite + extra), env=_env(), pty=False)
 
 
 @task(help={"board": "sim (default) | mpy-virtual | a profile in boards/",
@@ -60,7 +60,8 @@ def hil(c, board="sim", port=None, reset=None, throttle=None, k=None):
     c.run(" ".join(args), env=_env())
 
 
-@task(help={"board": "profile (boards/NAME.toml)", "port": "the board's REPL device (mpremote connects there)",
+@task(help={"board": "profile (boards/NAME.toml)",
+            "port": "the board's REPL device (mpremote connects there)",
             "link_port": "the board's link device when it is not the REPL (mpy-virtual: looked up)",
             "source": "copy .py sources instead of mpy-cross output", "no_wait": "do not wait for HELLO"})
 def flash(c, board, port, link_port=None, source=False, no_wait=False):

@@ -11,7 +11,6 @@ Each step is its own top-level exec: the wasm port collects garbage only between
 calls (gc.collect() inside running code does nothing there), so a step's garbage is gone when
 the next one reads gc.mem_alloc(). Writes bench/results/mpy_heap.json.
 """
-import json
 import sys
 
 from bench._util import table, write

@@ -31,7 +31,8 @@ def measure(n=N):
 def main():
     res = measure()
     rows = [(v, r["requests"], "%.0f" % r["ms"], "%.0f" % r["us_per_request"]) for v, r in res.items()]
-    table("Board main loop on MicroPython 1.27 (wasm), best of 3", ["variant", "requests", "ms", "µs/request"], rows)
+    table("Board main loop on MicroPython 1.27 (wasm), best of 3",
+          ["variant", "requests", "ms", "µs/request"], rows)
     ratio = res["asyncio"]["us_per_request"] / res["tight"]["us_per_request"]
     print("tight loop is %.1fx faster" % ratio)
     print("wrote", write("mpy_loop", {"results": res, "asyncio_over_tight": ratio}))

@@ -190,7 +190,8 @@ def load(name):
 def _check_schema(c, data):
     for table in data:
         if table not in SCHEMA:
-            c.fail(table, "unknown table [%s] (known: %s)" % (table, ", ".join(k for k in SCHEMA if "." not in k)))
+            known = ", ".join(k for k in SCHEMA if "." not in k)
+            c.fail(table, "unknown table [%s] (known: %s)" % (table, known))
     for table in REQUIRED_TABLES:
         if not isinstance(data.get(table), dict):
             c.fail(table, "missing table [%s]" % table)
@@ -235,7 +236,8 @@ def _check_semantics(c, data):
     if wdt and wdt <= hb["period_ms"] * (hb["misses"] + 1) and mcu != "sim":
         c.fail("board.wdt_ms", "must exceed heartbeat.period_ms x (misses + 1): a hung board must be seen "
                "missing heartbeats before its watchdog resets it")
-    allowed_links = {"esp32": ("uart",), "rp2040": ("uart", "spi-pio"), "virtual": ("vboard",), "sim": ("sim",)}
+    allowed_links = {"esp32": ("uart",), "rp2040": ("uart", "spi-pio"), "virtual": ("vboard",),
+                     "sim": ("sim",)}
     if kind not in allowed_links[mcu]:
         c.fail("link.kind", "%r is not a link a %s board has (possible: %s)"
                % (kind, mcu, ", ".join(allowed_links[mcu])))
@@ -257,8 +259,8 @@ def _check_semantics(c, data):
             if key not in spi:
                 c.fail("spi." + key, "missing (required for an spi-pio link)")
         if spi["sck_pin"] != spi["mosi_pin"] + 1 or spi["cs_pin"] != spi["mosi_pin"] + 2:
-            c.fail("spi.sck_pin", "the PIO program reads MOSI, SCK and CS as consecutive pins: need sck_pin = "
-                   "mosi_pin + 1 and cs_pin = mosi_pin + 2 (mosi_pin = %d)" % spi["mosi_pin"])
+            c.fail("spi.sck_pin", "the PIO program reads MOSI, SCK and CS as consecutive pins: need "
+                   "sck_pin = mosi_pin + 1 and cs_pin = mosi_pin + 2 (mosi_pin = %d)" % spi["mosi_pin"])
         if spi.get("mode", 0) != 0:
             c.fail("spi.mode", "the PIO peripheral program implements SPI mode 0 only")
         if spi["clock_hz"] > PIO_SPI_MAX_HZ:

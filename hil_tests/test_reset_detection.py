@@ -114,7 +114,8 @@ def test_a_hung_board_is_reset_by_its_watchdog_and_says_so(bench, make_client, r
         # the loop feeds the watchdog at intervals: it may bite up to one interval early
         assert wdt * 0.8 <= took <= wdt + bench.boot_s + 2, took
         assert await c.stats() == []
-        print("\nhung board -> watchdog reset -> HELLO (reset cause WDT) after %.2f s (wdt %.1f s)" % (took, wdt))
+        print("\nhung board -> watchdog reset -> HELLO (reset cause WDT) after %.2f s (wdt %.1f s)"
+              % (took, wdt))
     run(main())
 
 

@@ -107,7 +107,8 @@ def test_verification_catches_a_file_that_differs_on_the_board(vb, tmp_path):
     other = tmp_path / "other.json"
     other.write_text('{"not": "what was copied"}')
     files["/board.json"] = other          # the hash the board computes cannot match this
-    with pytest.raises(flash.FlashError, match=r"verification failed for 1 file.*\n  /board.json: board [0-9a-f]{64}"):
+    want = r"verification failed for 1 file.*\n  /board.json: board [0-9a-f]{64}"
+    with pytest.raises(flash.FlashError, match=want):
         flash.copy_and_verify(vb.repl, out, files)
 
 
@@ -148,6 +149,7 @@ def test_flash_micropython_builds_the_esptool_commands(tmp_path, capsys):
     bad.write_bytes(b"UF2\n")
     for args, words in [(["--board", "rp2040-pico", "--image", str(img)], "BOOTSEL"),
                         (["--board", "esp32-devkitc", "--image", str(bad)], "not an ESP32 firmware image"),
-                        (["--board", "esp32-devkitc", "--image", str(tmp_path / "missing.bin")], "no image file")]:
+                        (["--board", "esp32-devkitc", "--image", str(tmp_path / "missing.bin")],
+                         "no image file")]:
         assert flash_micropython.main(args + ["--port", "/dev/ttyUSB0", "--dry-run"]) == 1
         assert words in capsys.readouterr().err

@@ -21,7 +21,8 @@ def test_throttled_sim_runs_at_the_profiles_baud():
     finally:
         b.close()
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pytest", "hil_tests", "--board", "sim", "--throttle", "esp32-devkitc",
+    p = subprocess.run([sys.executable, "-m", "pytest", "hil_tests", "--board", "sim",
+                        "--throttle", "esp32-devkitc",
                         "-q", "-k", "hello_reports or bookkeeping or resync"], capture_output=True, text=True,
                        cwd=ROOT, timeout=300)
     assert p.returncode == 0 and "3 passed" in p.stdout, p.stdout + p.stderr
@@ -44,7 +45,8 @@ def test_real_board_resets_follow_the_profile():
     esp = hb.make_resetter(profiles.load("esp32-devkitc"), "/dev/ttyUSB1", "/dev/ttyUSB0")
     assert isinstance(esp, hb.LineReset) and (esp.device, esp.line) == ("/dev/ttyUSB0", "rts")
     pico = hb.make_resetter(profiles.load("rp2040-pico"), "/dev/ttyUSB1", None)
-    assert isinstance(pico, hb.LineReset) and (pico.device, pico.line, pico.pulse) == ("/dev/ttyUSB1", "dtr", 0.05)
+    assert isinstance(pico, hb.LineReset)
+    assert (pico.device, pico.line, pico.pulse) == ("/dev/ttyUSB1", "dtr", 0.05)
     spi = hb.make_resetter(profiles.load("rp2040-pico-spi"), "ftdi://ftdi:232h/1", None)
     assert isinstance(spi, hb.FtdiGpioReset) and (spi.url, spi.gpio) == ("ftdi://ftdi:232h/1", 5)
     virt = hb.make_resetter(profiles.load("mpy-virtual"), "/dev/pts/1", None)

@@ -118,7 +118,8 @@ def test_missing_tables_and_keys(tmp_path):
     msg = error_of(tmp_path, BASE.replace("max_batch = 8\n", ""))
     assert msg.startswith("FILE: board.max_batch: missing"), msg
     msg = error_of(tmp_path, BASE + "\n[bogus]\nx = 1\n")
-    assert msg.startswith("FILE:%d: bogus: unknown table" % line_of(BASE + "\n[bogus]\nx = 1\n", "[bogus]")), msg
+    where = line_of(BASE + "\n[bogus]\nx = 1\n", "[bogus]")
+    assert msg.startswith("FILE:%d: bogus: unknown table" % where), msg
     msg = error_of(tmp_path, BASE.replace("max_sas = 8", "max_sas = = 8"))
     assert msg.startswith("FILE: ") and "line" in msg, msg          # tomllib's own position
     with pytest.raises(profiles.ProfileError, match="no board profile 'nope' .known: esp32-devkitc"):

@@ -39,7 +39,8 @@ def read_until(s, needle, timeout=5):
 
 
 def test_inv_vboard_prints_its_two_ptys():
-    p = subprocess.Popen([sys.executable, "-m", "invoke", "vboard"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "vboard"], stdout=subprocess.PIPE, text=True,
+                         cwd=ROOT)
     try:
         repl = p.stdout.readline()
         link = p.stdout.readline()
@@ -92,7 +93,8 @@ def test_soft_and_hard_resets_and_the_reset_cause(vb):
     assert mpremote(vb, "exec", "import machine; print(machine.reset_cause())").stdout.strip() == "5"
     mpremote(vb, "exec", "with open('keep.txt', 'w') as f:\n    f.write('kept')", "+", "reset")
     time.sleep(0.5)
-    out = mpremote(vb, "resume", "exec", "import machine; print(machine.reset_cause(), open('keep.txt').read())")
+    out = mpremote(vb, "resume", "exec",
+                   "import machine; print(machine.reset_cause(), open('keep.txt').read())")
     assert out.stdout.split() == ["2", "kept"], out.stdout                 # HARD_RESET, files kept
     st = vb.command("status")
     assert st["cause"] == "hard" and st["boots"] >= 2, st

@@ -297,7 +297,8 @@ def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30
         else:
             with Step(6, "waiting for HELLO on the link"):
                 hello, took = waiter.wait(hello_timeout)
-                say("      %s firmware %s, boot id %s, reset cause %d, %d transforms, HELLO %.2f s after reset"
+                say("      %s firmware %s, boot id %s, reset cause %d, %d transforms, HELLO %.2f s "
+                    "after reset"
                     % (hello.board_id, hello.fw_version, binascii.hexlify(hello.boot_id).decode(),
                        hello.reset_cause, len(hello.transforms), took))
                 if hello.board_id != profile["board"]["name"]:

@@ -48,7 +48,8 @@ def commands(board, port, image, baud=460800):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.flash_micropython", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.flash_micropython",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", required=True)
     ap.add_argument("--port", required=True)
     ap.add_argument("--image", required=True)
