@@ -107,3 +107,12 @@ def bench(c, only=None):
         p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
     for name in names:
         c.run(f"{PY} -m bench.{name}", env=_env())
+
+
+@task(help={"resets": "board resets to time (default 3)", "no_contrast": "skip the flush_on_board_loss=false run"})
+def demo(c, resets=3, no_contrast=False):
+    """Daemon + simulated board + strongSwan peer: tunnel, traffic, board reset, flush, recovery timeline (root)."""
+    args = [PY, "-m", "host.demo", "--resets", str(resets)]
+    if no_contrast:
+        args.append("--no-contrast")
+    c.run(" ".join(args), env=_env(), pty=False)

@@ -296,12 +296,9 @@ class SerialBench(Bench):
         self.resetter = make_resetter(self.profile, port, reset_spec)
 
     def make_transport(self, client):
-        if self.profile["link"]["kind"] != "spi-pio":
-            return super().make_transport(client)
-        from host.offload.spi import SpiTransport, pyftdi_bus
+        from host.offload.transport import for_profile
 
-        return SpiTransport(pyftdi_bus(self.profile, self.url), self.profile["spi"],
-                            on_data=client._on_data, on_error=client._on_transport_error)
+        return for_profile(self.profile, self.url, on_data=client._on_data, on_error=client._on_transport_error)
 
     def reset(self, quiet=False):
         if quiet:

@@ -2,49 +2,20 @@
 from firmware import board as bd
 from firmware.link import frame as fr
 from firmware.link import messages as m
+from firmware.tests.linkhost import LinkHost
 
 
-class Host:
-    """Speaks the link to a Board in-process: encodes requests, decodes what comes back."""
-
-    def __init__(self, profile=None, now=0):
-        self.now = now
-        self.seq = 0
-        self.board = bd.Board(profile or {}, now, random_bytes=self.rand)
-        self.dec = fr.FrameDecoder(65535)
-        self.events = []
-        self.collect(self.board.tick(now))
+class Host(LinkHost):
+    """A LinkHost on a plain board core with deterministic boot ids."""
 
     _r = 0
+
+    def __init__(self, profile=None, now=0):
+        LinkHost.__init__(self, bd.Board(profile or {}, now, random_bytes=self.rand), now)
 
     def rand(self, n):
         Host._r += 1
         return bytes(((Host._r * 37 + i) & 0xFF for i in range(n)))
-
-    def collect(self, data):
-        replies = []
-        for f in self.dec.feed(data):
-            if f.flags & fr.FLAG_EVENT:
-                self.events.append(f)
-            else:
-                replies.append(f)
-        return replies
-
-    def send(self, type, body=b"", seq=None, flags=0):
-        if seq is None:
-            self.seq += 1
-            seq = self.seq
-        return self.collect(self.board.feed(fr.encode(type, seq, flags, body), self.now))
-
-    def call(self, type, body=b"", seq=None, flags=0):
-        replies = self.send(type, body, seq, flags)
-        assert len(replies) == 1, replies
-        assert replies[0].flags & fr.FLAG_REPLY and replies[0].type == type
-        return replies[0].body
-
-    def tick(self, dt):
-        self.now += dt
-        self.collect(self.board.tick(self.now))
 
 
 def spec(spi, d=m.DIR_IN):

@@ -6,35 +6,18 @@ from firmware.link import frame as fr
 from firmware.link import messages as m
 from firmware.tests import espdata as d
 from firmware.tests.espdata import A1, A2, det, ipv4
+from firmware.tests.linkhost import LinkHost
 
 
-class Host:
-    """A minimal host: sends requests, collects replies and events."""
+class Host(LinkHost):
+    """A LinkHost on the ESP board with the fastest backend this runtime has."""
 
     def __init__(self, profile=None):
-        self.now = 1000
-        self.board = esp.make_board(profile or {}, self.now, backend=d.fast_backend().NAME,
-                                    random_bytes=lambda n: det(n, 5))
-        self.dec = fr.FrameDecoder(65535)
-        self.events = []
-        self.seq = 0
-        self._take(self.board.tick(self.now))
-
-    def _take(self, data):
-        replies = []
-        for f in self.dec.feed(data):
-            if f.flags & fr.FLAG_EVENT:
-                self.events.append(f)
-            else:
-                replies.append(f)
-        return replies
+        LinkHost.__init__(self, esp.make_board(profile or {}, 1000, backend=d.fast_backend().NAME,
+                                               random_bytes=lambda n: det(n, 5)), 1000)
 
     def request(self, type, body, nocache=False):
-        self.seq += 1
-        wire = fr.encode(type, self.seq, fr.FLAG_NOCACHE if nocache else 0, body)
-        replies = self._take(self.board.feed(wire, self.now))
-        assert len(replies) == 1 and replies[0].seq == self.seq
-        return replies[0].body
+        return self.call(type, body, flags=fr.FLAG_NOCACHE if nocache else 0)
 
     def add(self, spec):
         return m.SadReply.decode(self.request(m.SA_ADD, spec.encode())).status
@@ -48,13 +31,6 @@ class Host:
         st, out = m.decode_decrypt_reply(self.request(m.DECRYPT, m.encode_decrypt_request(items), True))
         assert st == m.OK
         return out
-
-    def tick(self, dt=0):
-        self.now += dt
-        self._take(self.board.tick(self.now))
-
-    def events_of(self, type):
-        return [f for f in self.events if f.type == type]
 
 
 def _pair(h, spi=0x5000, flags=0, **kw):

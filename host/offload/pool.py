@@ -18,6 +18,20 @@ class BoardState:
     losses: int = 0
     last_loss: BoardLost | None = None
     ready_at: float | None = None
+    reserved: int = 0                    # SA slots promised to installs in flight
+
+    def reserve(self, n):
+        """Claim n SA slots for an install, so that concurrent installs cannot overcommit the
+        board's SAD and fail each other half-way; False if they are not there."""
+        h = self.hello
+        used = len(self.client.session.books.sas) if self.client.session else 0
+        if h is None or used + self.reserved + n > h.max_sas:
+            return False
+        self.reserved += n
+        return True
+
+    def unreserve(self, n):
+        self.reserved = max(0, self.reserved - n)
 
     @property
     def hello(self):

@@ -62,6 +62,7 @@ class BoardSession:
         self.boot_id = None
         self.missed = 0
         self.last_ack_at = None
+        self.last_ack = None
         self.rtt = None
         self.next_heartbeat = None
         self.losses = 0
@@ -268,6 +269,7 @@ class BoardSession:
             return
         self.missed = 0
         self.last_ack_at = now
+        self.last_ack = ack
         if ev.rtt is not None:
             self.rtt = ev.rtt
         if ack.boot_id != self.boot_id:

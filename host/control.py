@@ -1,0 +1,194 @@
+"""Control socket of ikeoffloadd and the `ikeoffloadctl` command.
+
+The daemon listens on a unix socket (mode 0600). One JSON object per line each way:
+    -> {"cmd": "list-sas"}                 <- {"ok": true, "result": [...]}
+    -> {"cmd": "initiate", "conn": "gw"}   <- {"ok": false, "error": "..."}
+Commands: list-sas, list-boards, initiate, terminate, flush-board, stats.
+`ikeoffloadctl --json CMD` prints the result object; without --json a readable form in the
+style of `swanctl --list-sas`.
+"""
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+
+DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
+COMMANDS = ("list-sas", "list-boards", "initiate", "terminate", "flush-board", "stats")
+
+
+class ControlServer:
+    """Serves `handler(request dict) -> result` (a coroutine) on a unix socket."""
+
+    def __init__(self, path, handler):
+        self.path = path
+        self.handler = handler
+        self.server = None
+
+    async def start(self):
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)        # the socket is born 0600: no window with wider access
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def _client(self, reader, writer):
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
+                        raise ValueError("unknown command %r (known: %s)"
+                                         % (req.get("cmd") if isinstance(req, dict) else req, ", ".join(COMMANDS)))
+                    reply = {"ok": True, "result": await self.handler(req)}
+                except (ValueError, KeyError, LookupError) as e:
+                    reply = {"ok": False, "error": str(e)}
+                writer.write((json.dumps(reply, default=str) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self):
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def call(path, request, timeout=30.0):
+    """One request to the daemon; returns the reply dict."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall((json.dumps(request) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("daemon closed the control connection")
+            buf += chunk
+    return json.loads(buf)
+
+
+# ---- human output ------------------------------------------------------------------------------
+def _ago(t, now):
+    if t is None:
+        return "never"
+    d = max(0, now - t)
+    return "%ds ago" % d if d < 120 else "%dm ago" % (d // 60) if d < 7200 else "%dh ago" % (d // 3600)
+
+
+def format_sas(sas, now=None):
+    now = time.time() if now is None else now
+    out = []
+    for s in sas:
+        out.append("%s: #%d, %s, IKEv2, %s_i%s %s_r%s" % (
+            s["conn"], s["ike_id"], s["state"], s["spi_i"], "*" if s["initiator"] else "",
+            s["spi_r"], "" if s["initiator"] else "*"))
+        out.append("  local  '%s' @ %s" % (s["local_id"], s["local"]))
+        out.append("  remote '%s' @ %s" % (s["remote_id"], s["remote"]))
+        if s.get("proposal"):
+            out.append("  %s" % s["proposal"])
+        out.append("  established %s, board %s" % (_ago(s.get("established_at"), now), s.get("board") or "-"))
+        for c in s.get("children", []):
+            out.append("  %s: #%d, %s, %s%s, ESP:%s" % (
+                c["name"], c["handle"], c["state"], c["mode"].upper(), "-in-UDP" if c.get("encap") else "",
+                c.get("proposal", "")))
+            out.append("    installed %s" % _ago(c.get("installed_at"), now))
+            out.append("    in  %08x, %9d bytes, %7d packets" % (c["spi_in"], c.get("bytes_in", 0), c.get("packets_in", 0)))
+            out.append("    out %08x, %9d bytes, %7d packets" % (c["spi_out"], c.get("bytes_out", 0), c.get("packets_out", 0)))
+            out.append("    local  %s" % " ".join(c.get("local_ts", [])))
+            out.append("    remote %s" % " ".join(c.get("remote_ts", [])))
+    return "\n".join(out) if out else "no IKE SAs"
+
+
+def format_boards(boards, now=None):
+    now = time.time() if now is None else now
+    out = []
+    for b in boards:
+        out.append("%s: %s, %s, profile %s" % (b["name"], b["state"].upper(), b["port"], b.get("profile", "-")))
+        if b.get("boot_id"):
+            out.append("  boot id %s, up %.1f s, reset cause %s, firmware %s" % (
+                b["boot_id"], (b.get("uptime_ms") or 0) / 1000, b.get("reset_cause", "-"), b.get("firmware", "-")))
+        out.append("  SAs %d/%s, IKE SAs %d, heartbeat RTT %s" % (
+            b.get("sa_count", 0), b.get("max_sas", "-"), b.get("ike_sas", 0),
+            "%.2f ms" % (b["rtt_ms"]) if b.get("rtt_ms") is not None else "-"))
+        if b.get("transforms"):
+            out.append("  transforms %s" % ", ".join(b["transforms"]))
+        loss = b.get("last_loss")
+        if loss:
+            out.append("  last loss %s: %s (%s), %d IKE SAs flushed" % (
+                _ago(loss.get("at"), now), loss["reason"], loss.get("detail", ""), loss.get("ike_sas_flushed", 0)))
+        out.append("  losses %d" % b.get("losses", 0))
+    return "\n".join(out) if out else "no boards"
+
+
+def format_generic(result):
+    if isinstance(result, dict):
+        width = max((len(k) for k in result), default=0)
+        return "\n".join("%-*s  %s" % (width, k, v) for k, v in sorted(result.items()))
+    return str(result)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="ikeoffloadctl", description="Control a running ikeoffloadd.")
+    ap.add_argument("--socket", default=os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET),
+                    help="control socket (default %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list-sas", help="IKE and Child SAs with their board and counters")
+    sub.add_parser("list-boards", help="boards: boot id, uptime, SAs, heartbeat RTT, last loss")
+    p = sub.add_parser("initiate", help="bring up a connection")
+    p.add_argument("conn")
+    p = sub.add_parser("terminate", help="delete a connection's IKE SAs (or one by --ike-id)")
+    p.add_argument("conn", nargs="?")
+    p.add_argument("--ike-id", type=int)
+    p = sub.add_parser("flush-board", help="treat a board as lost: flush its IKE SAs, re-establish")
+    p.add_argument("board")
+    sub.add_parser("stats", help="daemon counters")
+    args = ap.parse_args(argv)
+
+    req = {"cmd": args.cmd}
+    for k in ("conn", "board", "ike_id"):
+        if getattr(args, k, None) is not None:
+            req[k] = getattr(args, k)
+    if args.cmd == "terminate" and not (args.conn or args.ike_id):
+        ap.error("terminate needs a connection name or --ike-id")
+    try:
+        reply = call(args.socket, req)
+    except (OSError, ValueError) as e:
+        print("ikeoffloadctl: cannot reach ikeoffloadd at %s: %s" % (args.socket, e), file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print("ikeoffloadctl: %s" % reply.get("error"), file=sys.stderr)
+        return 1
+    result = reply["result"]
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif args.cmd == "list-sas":
+        print(format_sas(result))
+    elif args.cmd == "list-boards":
+        print(format_boards(result))
+    else:
+        print(format_generic(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Thin asyncio UDP driver for the IKE engine: ports 500 and 4500 (RFC 7296 §2.11, §2.23).
+
+* On the NAT-T port (4500) a datagram starting with the 4-byte non-ESP marker is IKE; a single
+  0xFF byte is a NAT-keepalive (RFC 3948 §2.3, ignored); anything else is ESP-in-UDP and goes to
+  the ``on_esp(data, addr)`` callback (the data path — later the offload board).
+* IKE sent from the NAT-T port gets the marker prepended. A marker on the IKE port is tolerated
+  (strongSwan puts one on every packet when it runs on non-standard ports).
+* The engine's clock is the event loop's monotonic ``loop.time()``.
+* Sockets are non-blocking and read with ``loop.add_reader``; one wake-up drains every queued
+  datagram (asyncio's datagram transport reads one per loop iteration) and the engine's output is
+  sent once per batch. A send that would block is dropped: IKE retransmits, ESP is datagrams.
+
+Events from the engine go to ``on_event(event)``; the callback may call back into the driver
+(``child_sa_installed``, ``initiate``, ...). Everything runs on the event loop thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable
+
+from host.ike.constants import NON_ESP_MARKER
+
+KEEPALIVE = b"\xff"
+
+
+class IkeUdpEndpoint:
+    """Binds ``local_ip`` on ``port`` and ``natt_port`` (or uses the ``sockets`` given, e.g. made
+    inside a network namespace) and drives ``engine``."""
+
+    def __init__(self, engine, local_ip: str, port: int = 500, natt_port: int = 4500,
+                 on_event: Callable | None = None, on_esp: Callable | None = None,
+                 sockets: dict | None = None):
+        self.engine = engine
+        self.local_ip = local_ip
+        self.port, self.natt_port = port, natt_port
+        self.on_event = on_event
+        self.on_esp = on_esp
+        self._given = sockets or {}
+        self._sockets = {}
+        self._timer = None
+        self._timer_at = None
+        self._loop = None
+        self._closed = False
+        from collections import Counter
+        self.stats = Counter()
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self):
+        self._loop = asyncio.get_running_loop()
+        for port in (self.port, self.natt_port):
+            sock = self._given.get(port)
+            if sock is None:
+                fam = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+                sock = socket.socket(fam, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.local_ip, port))
+            sock.setblocking(False)
+            self._sockets[port] = sock
+            self._loop.add_reader(sock.fileno(), self._readable, sock, port)
+        self._service()
+        return self
+
+    def close(self):
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in self._sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    # -------------------------------------------------------------- engine commands (then flush)
+
+    def initiate(self, conn: str, child=None) -> int:
+        ike_id = self.engine.initiate(conn, self.now(), child)
+        self._service()
+        return ike_id
+
+    def child_sa_installed(self, handle: int, ok: bool, reason: str | None = None):
+        self.engine.child_sa_installed(handle, ok, self.now(), reason)
+        self._service()
+
+    def call(self, fn, *args, **kw):
+        """Run ``fn(*args, now=..., **kw)`` on the engine and flush, e.g. ``call(engine.delete_ike, id)``."""
+        r = fn(*args, now=self.now(), **kw)
+        self._service()
+        return r
+
+    def send_esp(self, data: bytes, remote: tuple):
+        """Send an ESP-in-UDP packet from the NAT-T port (no marker: the SPI is never zero)."""
+        self._sendto(self.natt_port, data, remote)
+
+    # -------------------------------------------------------------- internals
+
+    def _sendto(self, port, data, remote):
+        sock = self._sockets.get(port)
+        if sock is None:
+            self.stats["no_socket"] += 1
+            return
+        try:
+            sock.sendto(data, remote)
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_dropped"] += 1
+        except OSError:
+            self.stats["socket_errors"] += 1
+
+    def _readable(self, sock, port):
+        for _ in range(256):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:                 # e.g. ICMP port unreachable: retransmissions handle loss
+                self.stats["socket_errors"] += 1
+                break
+            self._received(data, addr[:2], port, batch=True)
+        self._service()
+
+    def _received(self, data: bytes, addr, port: int, batch: bool = False):
+        if port == self.natt_port:
+            if data[:4] == NON_ESP_MARKER:
+                data = data[4:]
+            elif data == KEEPALIVE:
+                self.stats["keepalives"] += 1
+                return
+            else:
+                self.stats["esp_in"] += 1
+                if self.on_esp is not None:
+                    self.on_esp(data, addr)
+                return
+        elif data[:4] == NON_ESP_MARKER:
+            data = data[4:]
+        self.engine.receive_datagram(data, addr, self.now(), (self.local_ip, port))
+        if not batch:
+            self._service()
+
+    def _service(self):
+        """Send what the engine queued, hand out its events, re-arm the timer."""
+        if self._closed:
+            return
+        eng = self.engine
+        for _ in range(1000):
+            for d in eng.datagrams_to_send():
+                port = d.local[1]
+                self._sendto(port, NON_ESP_MARKER + d.data if port == self.natt_port else d.data, d.remote)
+            ev = eng.next_event()
+            if ev is None:
+                break
+            if self.on_event is not None:
+                self.on_event(ev)
+        self._arm()
+
+    def _arm(self):
+        """Keep one loop timer at or before the engine's next deadline. A deadline that moves later
+        leaves the armed timer alone (it fires, finds nothing due, and re-arms): re-arming on every
+        message would churn the loop's timer heap."""
+        t = self.engine.get_timer()
+        if t is None or (self._timer_at is not None and self._timer_at <= t):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = t
+        self._timer = self._loop.call_at(t, self._fire)
+
+    def _fire(self):
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self.now())
+        self._service()

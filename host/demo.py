@@ -1,0 +1,364 @@
+"""The demo (`inv demo`): ikeoffloadd + a simulated board + a strongSwan peer, a board reset mid-
+traffic, and the recovery timeline. Needs root (network namespaces, TUN, port 500).
+
+    netns <p>a: ikeoffloadd (192.0.2.1), protected host 198.51.100.1, TUN ikeo0
+    netns <p>b: charon (192.0.2.2, kernel-libipsec), protected host 203.0.113.1
+    simulated board(s): python -m firmware.sim on ptys (the daemon opens them from its netns)
+
+A pinger in namespace a sends ICMP echo requests every 20 ms from 198.51.100.1 to 203.0.113.1
+through the tunnel and timestamps every reply, so "recovered" means a reply came back through a
+new Child SA. `DemoBed` is also what the daemon's integration tests use.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from host.testbed import charon as charon_mod
+from host.testbed.netns import VethPair, cleanup_stale, entered
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_IP, PEER_IP = "192.0.2.1", "192.0.2.2"
+OUR_INNER, PEER_INNER = "198.51.100.1", "203.0.113.1"
+OUR_ID, PEER_ID = "gw-a.ikeoffload.test", "gw-b.ikeoffload.test"
+PSK = "demo-psk-7f3a9c2e5b8d1f4a6c0e9b2d"
+
+
+class Pinger(threading.Thread):
+    """ICMP echo every `interval` seconds from `src` in namespace `ns`; records reply times."""
+
+    def __init__(self, ns, src, dst, interval=0.02):
+        super().__init__(daemon=True)
+        self.dst, self.interval = dst, interval
+        with entered(ns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.sock.bind((src, 0))
+        self.sock.settimeout(0.005)
+        self.icmp_id = os.getpid() & 0xFFFF
+        self.sent = {}      # seq -> monotonic send time
+        self.replies = {}   # seq -> monotonic reply time
+        self._halt = threading.Event()
+        self.seq = 0
+
+    @staticmethod
+    def _csum(b):
+        if len(b) % 2:
+            b += b"\0"
+        s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+        s = (s >> 16) + (s & 0xFFFF)
+        s += s >> 16
+        return ~s & 0xFFFF
+
+    def run(self):
+        next_at = time.monotonic()
+        while not self._halt.is_set():
+            now = time.monotonic()
+            if now >= next_at:
+                self.seq = (self.seq + 1) & 0xFFFF
+                body = struct.pack("!d", now) + b"ikeoffload-demo"
+                hdr = struct.pack("!BBHHH", 8, 0, 0, self.icmp_id, self.seq)
+                pkt = struct.pack("!BBHHH", 8, 0, self._csum(hdr + body), self.icmp_id, self.seq) + body
+                try:
+                    self.sock.sendto(pkt, (self.dst, 0))
+                except OSError:
+                    pass
+                self.sent[self.seq] = now
+                next_at += self.interval
+            try:
+                data = self.sock.recv(2048)
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                continue
+            ihl = (data[0] & 0x0F) * 4
+            typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if typ == 0 and ident == self.icmp_id and seq in self.sent:
+                self.replies.setdefault(seq, time.monotonic())
+
+    def stop(self):
+        self._halt.set()
+        self.join(2)
+        self.sock.close()
+
+    def first_reply_sent_after(self, t):
+        """(send time, reply time) of the first echo sent after t that was answered."""
+        best = None
+        for seq, at in self.replies.items():
+            st = self.sent.get(seq)
+            if st is not None and st > t and (best is None or st < best[0]):
+                best = (st, at)
+        return best
+
+    def lost_between(self, t0, t1):
+        return sum(1 for seq, st in self.sent.items() if t0 < st < t1 and seq not in self.replies)
+
+
+class DemoBed:
+    def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim"):
+        self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
+        self.profile = profile
+        self.state = state or tempfile.mkdtemp(prefix="ikod", dir="/tmp")
+        self.quiet = quiet
+        self.net = self.charon = self.daemon = None
+        self.sims = []
+        self.daemon_log = os.path.join(self.state, "ikeoffloadd.log")
+        self.control = os.path.join(self.state, "ctl.sock")
+
+    def say(self, *a):
+        if not self.quiet:
+            print(*a, flush=True)
+
+    # ---- set up -----------------------------------------------------------------------------
+    def start(self):
+        cleanup_stale("ikd")
+        from host.testbed.netns import unique_prefix
+        inner_a = [OUR_INNER] + ["198.51.100.%d" % (10 + i) for i in range(1, self.nconns)]
+        inner_b = [PEER_INNER] + ["203.0.113.%d" % (10 + i) for i in range(1, self.nconns)]
+        self.inner_a, self.inner_b = inner_a, inner_b
+        self.net = VethPair(unique_prefix("ikd"), OUR_IP, PEER_IP, lo_a=inner_a, lo_b=inner_b)
+        for i in range(self.nboards):
+            self.start_sim(i)
+        self.charon = charon_mod.Charon(self.net.ns_b, os.path.join(self.state, "c"), loglevel=0)
+        self.charon.start()
+        self.charon.load_psk(PSK, [OUR_ID, PEER_ID])
+        self.charon.load_conn("gw", self._charon_conn())
+        self.write_config()
+        self.start_daemon()
+
+    def start_sim(self, i):
+        ctl = os.path.join(self.state, "sim%d.ctl" % i)
+        p = subprocess.Popen([sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
+        dev = p.stdout.readline().split()[1]
+        p.stdout.readline()
+        if i < len(self.sims):
+            self.sims[i] = (p, dev, ctl)
+        else:
+            self.sims.append((p, dev, ctl))
+
+    def _charon_conn(self):
+        """One charon connection with a child per tunnel (charon picks a connection by address and
+        identity, so several with the same ones would shadow each other)."""
+        children = {"net%d" % i: {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
+                                  "esp_proposals": ["aes256gcm16"], "mode": "tunnel", "start_action": "none",
+                                  "rekey_time": "0"} for i in range(self.nconns)}
+        return {"version": "2", "local_addrs": [PEER_IP], "remote_addrs": [OUR_IP],
+                "proposals": ["aes256gcm16-prfsha256-x25519"], "encap": "yes", "mobike": "no",
+                "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0", "unique": "no",
+                "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
+                "children": children}
+
+    def write_config(self):
+        lines = ['[daemon]', 'control_socket = "%s"' % self.control, 'log_level = "%s"' % self.log_level,
+                 'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false"),
+                 '', '[dataplane]', 'tun = "ikeo0"', '', '[retransmit]', 'timeout = 1.0', 'base = 1.8',
+                 'tries = 3', '']
+        for i, (_, dev, _) in enumerate(self.sims):
+            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev, '']
+        for i in range(self.nconns):
+            lines += ['[connections.gw%d]' % i, 'local_addrs = ["%s"]' % OUR_IP, 'remote_addrs = ["%s"]' % PEER_IP,
+                      'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK, 'start_action = "start"',
+                      '[connections.gw%d.local]' % i, 'auth = "psk"', 'id = "%s"' % OUR_ID,
+                      '[connections.gw%d.remote]' % i, 'auth = "psk"', 'id = "%s"' % PEER_ID,
+                      '[connections.gw%d.children.net%d]' % (i, i), 'local_ts = ["%s/32"]' % self.inner_a[i],
+                      'remote_ts = ["%s/32"]' % self.inner_b[i], 'esp_proposals = ["aes256gcm16"]', '']
+        self.config = os.path.join(self.state, "ikeoffloadd.toml")
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines))
+
+    def start_daemon(self):
+        self._log = open(self.daemon_log, "a")
+        self.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", self.net.ns_a, sys.executable, "-m", "host", "--config", self.config],
+            stdout=self._log, stderr=self._log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.control):
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ikeoffloadd did not start:\n" + self.log_tail())
+            time.sleep(0.05)
+
+    def stop_daemon(self, sig=signal.SIGTERM):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+            try:
+                self.daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if os.path.exists(self.control) and sig == signal.SIGKILL:
+            os.unlink(self.control)
+
+    def stop(self):
+        try:
+            self.stop_daemon()
+        finally:
+            for p, _, _ in self.sims:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            if self.charon:
+                self.charon.stop()
+            if self.net:
+                self.net.destroy()
+            shutil.rmtree(self.state, ignore_errors=True)
+
+    # ---- observe and act --------------------------------------------------------------------
+    def ctl(self, cmd, **kw):
+        from host.control import call
+        reply = call(self.control, dict(cmd=cmd, **kw))
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        return reply["result"]
+
+    def sim(self, i, cmd):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(self.sims[i][2])
+            s.sendall(cmd.encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                buf += s.recv(65536)
+        return json.loads(buf)
+
+    def wait_tunnels(self, n=None, timeout=20):
+        n = self.nconns if n is None else n
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                sas = self.ctl("list-sas")
+            except (OSError, RuntimeError):
+                sas = []
+            up = [s for s in sas if any(c["state"] == "INSTALLED" for c in s["children"])]
+            if len(up) >= n:
+                return sas
+            time.sleep(0.05)
+        raise RuntimeError("tunnels did not come up:\n" + self.log_tail())
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.daemon_log) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def reset_and_recover(self, pinger, board=0, wait=5.0, quiet=False):
+        """Reset a board mid-traffic; returns the timeline (ms from the reset) or None."""
+        before = len(self.ctl("stats")["incidents"])
+        t_reset = time.monotonic()
+        self.sim(board, "reset quiet" if quiet else "reset")
+        deadline = t_reset + wait
+        rec = None
+        while time.monotonic() < deadline:
+            rec = pinger.first_reply_sent_after(t_reset)
+            if rec:
+                break
+            time.sleep(0.01)
+        stats = self.ctl("stats")
+        incs = stats["incidents"][before:]
+        inc = incs[0] if incs else {}
+
+        def ms(t):
+            return None if t is None else (t - t_reset) * 1000
+        tl = {"reset": 0.0, "detected": ms(inc.get("detected_at")), "flushed": ms(inc.get("flushed_at")),
+              "deletes_sent": inc.get("deletes_sent"), "ike_sas_flushed": inc.get("ike_sas_flushed"),
+              "board_ready": ms(inc.get("board_ready_at")), "new_ike_sa": ms(inc.get("ike_up_at")),
+              "new_child_sa": ms(inc.get("child_up_at")), "reason": inc.get("reason"),
+              "first_reply": ms(rec[1]) if rec else None,
+              "lost_pings": pinger.lost_between(t_reset - 0.5, rec[0] if rec else time.monotonic()) if rec else None,
+              "recovered": rec is not None}
+        return tl
+
+
+def print_timeline(tl, title):
+    print("\n" + title)
+    rows = [("board reset", tl["reset"]), ("loss detected (%s)" % tl["reason"], tl["detected"]),
+            ("IKE SAs flushed: %s, Deletes sent: %s" % (tl["ike_sas_flushed"], tl["deletes_sent"]), tl["flushed"]),
+            ("board ready again (HELLO, flushed)", tl["board_ready"]), ("new IKE SA established", tl["new_ike_sa"]),
+            ("new Child SA installed on the board", tl["new_child_sa"]),
+            ("first ping reply through the tunnel", tl["first_reply"])]
+    for what, t in rows:
+        print("  %8s  %s" % ("-" if t is None else "%.1f ms" % t, what))
+    if tl["recovered"]:
+        print("  pings lost: %d" % tl["lost_pings"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="inv demo")
+    ap.add_argument("--resets", type=int, default=3)
+    ap.add_argument("--contrast-seconds", type=float, default=8.0)
+    ap.add_argument("--no-contrast", action="store_true")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("inv demo needs root (network namespaces, TUN, UDP port 500)", file=sys.stderr)
+        return 2
+    print("== ikeoffload demo: ikeoffloadd + simulated board + strongSwan charon in network namespaces")
+    bed = DemoBed(flush=True)
+    results = []
+    try:
+        bed.start()
+        sas = bed.wait_tunnels()
+        s = sas[0]
+        print("tunnel up: IKE SA %s #%d (%s) on board %s, Child SA %s; pinging %s -> %s every 20 ms"
+              % (s["conn"], s["ike_id"], s["proposal"], s["board"], s["children"][0]["name"], OUR_INNER, PEER_INNER))
+        pinger = Pinger(bed.net.ns_a, OUR_INNER, PEER_INNER)
+        pinger.start()
+        time.sleep(1.0)
+        assert pinger.replies, "no ping replies through the tunnel:\n" + bed.log_tail()
+        print("traffic flowing: %d/%d echo replies" % (len(pinger.replies), len(pinger.sent)))
+        for i in range(args.resets):
+            tl = bed.reset_and_recover(pinger)
+            results.append(tl)
+            print_timeline(tl, "-- board reset %d of %d (flush_on_board_loss = true)" % (i + 1, args.resets))
+            if not tl["recovered"]:
+                break
+            time.sleep(1.0)
+        pinger.stop()
+        print("\n-- ikeoffloadctl list-boards")
+        from host.control import format_boards, format_sas
+        print(format_boards(bed.ctl("list-boards")))
+        print("\n-- ikeoffloadctl list-sas")
+        print(format_sas(bed.ctl("list-sas")))
+    finally:
+        bed.stop()
+    if not args.no_contrast and results and results[-1]["recovered"]:
+        bed2 = DemoBed(flush=False)
+        try:
+            bed2.start()
+            bed2.wait_tunnels()
+            pinger = Pinger(bed2.net.ns_a, OUR_INNER, PEER_INNER)
+            pinger.start()
+            time.sleep(1.0)
+            tl = bed2.reset_and_recover(pinger, wait=args.contrast_seconds)
+            pinger.stop()
+            print("\n-- contrast: flush_on_board_loss = false, same reset")
+            if tl["recovered"]:
+                print("  recovered after %.0f ms" % tl["first_reply"])
+            else:
+                print("  NOT recovered within %.0f s: %d pings lost so far. The IKE SA lives on without its Child SAs;"
+                      % (args.contrast_seconds, pinger.lost_between(0, time.monotonic())))
+                print("  the peer keeps sending into SAs that no longer exist until its dead-peer detection gives up")
+                print("  (strongSwan's defaults: ~165 s of retransmissions).")
+        finally:
+            bed2.stop()
+    ok = bool(results) and all(t["recovered"] for t in results)
+    if ok:
+        med = statistics.median(t["first_reply"] for t in results)
+        print("\nrecovered in %.0f ms" % med)
+    else:
+        print("\nNOT recovered")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

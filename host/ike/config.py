@@ -1,0 +1,436 @@
+"""Connections from TOML data (swanctl.conf-like names). Errors name the offending key.
+
+Example::
+
+    [connections.gw]
+    local_addrs = ["192.0.2.1"]
+    remote_addrs = ["192.0.2.2"]
+    proposals = ["aes256gcm16-prfsha256-x25519"]
+    psk = "a long random secret"
+    start_action = "start"            # none | start
+    [connections.gw.local]
+    auth = "psk"                      # psk | pubkey
+    id = "a.example"
+    # cert = "a.pem"; key = "a.key"   (pubkey; paths relative to the config file)
+    [connections.gw.remote]
+    auth = "psk"
+    id = "b.example"
+    # cacerts = ["ca.pem"]
+    [connections.gw.children.net]
+    local_ts = ["198.51.100.0/24"]
+    remote_ts = ["203.0.113.0/24"]
+    esp_proposals = ["aes128gcm16", "aes128-sha256"]
+    mode = "tunnel"
+
+The daemon's config loader embeds :func:`parse_connections`; :func:`load` reads a whole file.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auth import Identity, load_cert, load_private_key
+from .constants import ProtocolId
+from .payloads import TrafficSelector
+from .proposals import ProposalError, ProposalSpec, parse_proposal
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``key`` is the dotted path of the offending setting."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass
+class RetransmitPolicy:
+    """§2.1 / §2.4: retransmit a request after timeout * base^n, n = 0..tries-1, give up after
+    ``tries`` retransmissions and a last wait. strongSwan's defaults: 4 s, 1.8, 5 tries."""
+    timeout: float = 4.0
+    base: float = 1.8
+    tries: int = 5
+    limit: float = 0.0          # cap on a single wait, 0 = none
+
+    def delay(self, n: int) -> float:
+        d = self.timeout * self.base ** n
+        return min(d, self.limit) if self.limit else d
+
+
+@dataclass
+class AuthConfig:
+    auth: str                       # "psk" | "pubkey"
+    id: Identity
+    cert: object = None             # our certificate (cryptography x509.Certificate)
+    key: object = None              # our private key
+    cacerts: list = field(default_factory=list)     # trust anchors for the peer's certificate
+
+
+@dataclass
+class ChildConfig:
+    name: str
+    local_ts: list                  # list[TrafficSelector | "dynamic"]
+    remote_ts: list
+    esp_proposals: list[ProposalSpec]
+    mode: str = "tunnel"
+    start_action: str = "none"
+    rekey_time: float = 0.0
+    life_time: float = 0.0
+
+
+@dataclass
+class Connection:
+    name: str
+    local_addrs: list[str]
+    remote_addrs: list[str]
+    local: AuthConfig
+    remote: AuthConfig
+    proposals: list[ProposalSpec]
+    children: dict[str, ChildConfig]
+    local_port: int = 500
+    remote_port: int = 500
+    remote_port_nat_t: int = 4500
+    psk: bytes | None = field(default=None, repr=False)
+    encap: bool = True
+    start_action: str = "none"
+    dpd_action: str = "clear"
+    dpd_delay: float = 0.0
+    rekey_time: float = 0.0
+    initial_contact: bool = True
+
+    def matches_addrs(self, local_ip: str, remote_ip: str) -> bool:
+        return _addr_ok(self.local_addrs, local_ip) and _addr_ok(self.remote_addrs, remote_ip)
+
+    @property
+    def remote_host(self) -> str | None:
+        """The address we initiate to (the first specific remote address)."""
+        for a in self.remote_addrs:
+            if a != "%any" and "/" not in a:
+                return a
+        return None
+
+    @property
+    def local_host(self) -> str | None:
+        for a in self.local_addrs:
+            if a != "%any" and "/" not in a:
+                return a
+        return None
+
+
+def _addr_ok(allowed: list[str], ip: str) -> bool:
+    if not allowed:
+        return True
+    for a in allowed:
+        if a == "%any":
+            return True
+        try:
+            if ipaddress.ip_address(ip) in ipaddress.ip_network(a, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+_TS_RE = re.compile(r"^(?P<addr>[^\[\]]*?)\s*(\[(?P<sel>[^\]]*)\])?$")
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "gre": 47, "any": 0, "%any": 0}
+
+
+def parse_ts(text: str) -> TrafficSelector | str:
+    """``10.0.0.0/24``, ``10.0.0.1``, ``10.0.0.1-10.0.0.9``, ``dynamic``, optionally followed by
+    ``[proto]``, ``[proto/port]`` or ``[proto/port1-port2]``."""
+    m = _TS_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"bad traffic selector {text!r}")
+    addr, sel = m.group("addr").strip(), m.group("sel")
+    proto, ports = 0, (0, 65535)
+    if sel:
+        p, _, port = sel.partition("/")
+        p = p.strip().lower()
+        if p:
+            proto = _PROTOS.get(p, None)
+            if proto is None:
+                proto = int(p)
+                if not 0 <= proto <= 255:
+                    raise ValueError(f"bad protocol in {text!r}")
+        if port.strip() and port.strip() != "%any":
+            lo, _, hi = port.partition("-")
+            ports = (int(lo), int(hi or lo))
+            if not 0 <= ports[0] <= ports[1] <= 65535:
+                raise ValueError(f"bad port range in {text!r}")
+    if addr == "dynamic":
+        return f"dynamic/{proto}/{ports[0]}/{ports[1]}"
+    if "-" in addr:
+        first, last = addr.split("-", 1)
+        ts = TrafficSelector.from_range(first.strip(), last.strip(), proto, ports)
+        if ts.start > ts.end:
+            raise ValueError(f"empty range {text!r}")
+        return ts
+    return TrafficSelector.from_network(addr, proto, ports)
+
+
+def resolve_ts(items: list, dynamic_addr: str) -> list[TrafficSelector]:
+    """Replace ``dynamic`` by the given address (§2.9: the host's own IKE address)."""
+    out = []
+    for t in items:
+        if isinstance(t, str):
+            _d, proto, p0, p1 = t.split("/")
+            out.append(TrafficSelector.from_network(dynamic_addr, int(proto), (int(p0), int(p1))))
+        else:
+            out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------- parsing
+
+class _Section:
+    """Reads a TOML table, tracking which keys were used so typos are reported by name."""
+
+    def __init__(self, data, path: str):
+        if not isinstance(data, dict):
+            raise ConfigError(path, "must be a table")
+        self.data, self.path, self.used = data, path, set()
+
+    def key(self, k):
+        return f"{self.path}.{k}" if self.path else k
+
+    def get(self, k, kind, default=None, required=False):
+        self.used.add(k)
+        if k not in self.data:
+            if required:
+                raise ConfigError(self.key(k), "is required")
+            return default
+        v = self.data[k]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if kind is list and isinstance(v, str):
+            v = [v]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise ConfigError(self.key(k), f"must be {kind.__name__}")
+        return v
+
+    def choice(self, k, choices, default):
+        v = self.get(k, str, default)
+        if v not in choices:
+            raise ConfigError(self.key(k), f"must be one of {', '.join(choices)}")
+        return v
+
+    def sub(self, k, required=False):
+        self.used.add(k)
+        if k not in self.data:
+            if required:
+                raise ConfigError(self.key(k), "is required")
+            return None
+        return _Section(self.data[k], self.key(k))
+
+    def done(self):
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise ConfigError(self.key(extra[0]), "unknown setting")
+
+
+def _read_file(sec: _Section, k: str, base: Path | None):
+    path = sec.get(k, str)
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ConfigError(sec.key(k), f"cannot read {p}: {e.strerror}") from None
+
+
+def _port(sec, k, default):
+    v = sec.get(k, int, default)
+    if not 1 <= v <= 65535:
+        raise ConfigError(sec.key(k), "must be a port number 1..65535")
+    return v
+
+
+def _addrs(sec, k):
+    out = sec.get(k, list, ["%any"])
+    for i, a in enumerate(out):
+        if not isinstance(a, str):
+            raise ConfigError(f"{sec.key(k)}[{i}]", "must be a string")
+        if a != "%any":
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                raise ConfigError(f"{sec.key(k)}[{i}]", f"not an IP address or prefix: {a!r}") from None
+    return out
+
+
+def _proposals(sec, k, protocol, default):
+    texts = sec.get(k, list, default)
+    if not texts:
+        raise ConfigError(sec.key(k), "needs at least one proposal")
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            out.append(parse_proposal(t, protocol))
+        except ProposalError as e:
+            raise ConfigError(f"{sec.key(k)}[{i}]", str(e)) from None
+    return out
+
+
+def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfig:
+    method = sec.choice("auth", ("psk", "pubkey"), None) if "auth" in sec.data else None
+    if method is None:
+        raise ConfigError(sec.key("auth"), "is required (psk or pubkey)")
+    cert = key = None
+    cacerts = []
+    if local:
+        cert_data = _read_file(sec, "cert", base)
+        key_data = _read_file(sec, "key", base)
+        if method == "pubkey":
+            if cert_data is None:
+                raise ConfigError(sec.key("cert"), "is required for pubkey authentication")
+            if key_data is None:
+                raise ConfigError(sec.key("key"), "is required for pubkey authentication")
+            try:
+                cert = load_cert(cert_data)
+            except ValueError as e:
+                raise ConfigError(sec.key("cert"), f"not a certificate: {e}") from None
+            try:
+                key = load_private_key(key_data)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
+    else:
+        paths = sec.get("cacerts", list, [])
+        for i, pth in enumerate(paths):
+            p = Path(pth)
+            if not p.is_absolute() and base is not None:
+                p = base / p
+            try:
+                cacerts.append(load_cert(p.read_bytes()))
+            except OSError as e:
+                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"cannot read {p}: {e.strerror}") from None
+            except ValueError as e:
+                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"not a certificate: {e}") from None
+        if method == "pubkey" and not cacerts:
+            raise ConfigError(sec.key("cacerts"), "is required for pubkey authentication of the peer")
+    id_text = sec.get("id", str)
+    try:
+        if id_text is not None:
+            ident = Identity.parse(id_text)
+        elif local and cert is not None:
+            ident = Identity.from_cert(cert)
+        elif local and local_addr:
+            ident = Identity.parse(local_addr)
+        elif local:
+            raise ConfigError(sec.key("id"), "is required when local_addrs has no single address")
+        else:
+            ident = Identity.parse("%any")
+    except ValueError as e:
+        raise ConfigError(sec.key("id"), str(e)) from None
+    if local and ident.any:
+        raise ConfigError(sec.key("id"), "our own identity cannot be %any")
+    sec.done()
+    return AuthConfig(method, ident, cert, key, cacerts)
+
+
+def _child(sec: _Section, name: str) -> ChildConfig:
+    ts = {}
+    for k in ("local_ts", "remote_ts"):
+        items = sec.get(k, list, ["dynamic"])
+        out = []
+        for i, t in enumerate(items):
+            try:
+                out.append(parse_ts(t))
+            except (ValueError, TypeError, AttributeError) as e:
+                raise ConfigError(f"{sec.key(k)}[{i}]", str(e)) from None
+        ts[k] = out
+    c = ChildConfig(
+        name=name, local_ts=ts["local_ts"], remote_ts=ts["remote_ts"],
+        esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, ["aes128gcm16", "aes128-sha256"]),
+        mode=sec.choice("mode", ("tunnel", "transport"), "tunnel"),
+        start_action=sec.choice("start_action", ("none", "start"), "none"),
+        rekey_time=sec.get("rekey_time", float, 0.0),
+        life_time=sec.get("life_time", float, 0.0),
+    )
+    sec.done()
+    return c
+
+
+def parse_connection(name: str, data: dict, base: Path | None = None, path: str | None = None) -> Connection:
+    sec = _Section(data, path or f"connections.{name}")
+    version = sec.get("version", int, 2)
+    if version != 2:
+        raise ConfigError(sec.key("version"), "only IKEv2 (2) is supported")
+    local_addrs = _addrs(sec, "local_addrs")
+    remote_addrs = _addrs(sec, "remote_addrs")
+    single_local = next((a for a in local_addrs if a != "%any" and "/" not in a), None)
+    local_sec = sec.sub("local", required=True)
+    remote_sec = sec.sub("remote", required=True)
+    local = _auth(local_sec, base, True, single_local)
+    remote = _auth(remote_sec, base, False, None)
+    psk = sec.get("psk", str)
+    if (local.auth == "psk" or remote.auth == "psk") and not psk:
+        raise ConfigError(sec.key("psk"), "is required for psk authentication")
+    if psk is not None and len(psk) < 8:
+        raise ConfigError(sec.key("psk"), "too short (use at least 8 characters, better 32 random ones)")
+    children = {}
+    ch = sec.sub("children")
+    if ch is not None:
+        for cname in list(ch.data):
+            children[cname] = _child(ch.sub(cname), cname)
+        ch.done()
+    conn = Connection(
+        name=name, local_addrs=local_addrs, remote_addrs=remote_addrs, local=local, remote=remote,
+        proposals=_proposals(sec, "proposals", ProtocolId.IKE, ["aes128gcm16-prfsha256-x25519"]),
+        children=children,
+        local_port=_port(sec, "local_port", 500), remote_port=_port(sec, "remote_port", 500),
+        remote_port_nat_t=_port(sec, "remote_port_nat_t", 4500),
+        psk=psk.encode() if psk else None,
+        encap=sec.get("encap", bool, True),
+        start_action=sec.choice("start_action", ("none", "start"), "none"),
+        dpd_action=sec.choice("dpd_action", ("none", "clear", "restart"), "clear"),
+        dpd_delay=sec.get("dpd_delay", float, 0.0),
+        rekey_time=sec.get("rekey_time", float, 0.0),
+        initial_contact=sec.get("initial_contact", bool, True),
+    )
+    if conn.start_action == "start" and conn.remote_host is None:
+        raise ConfigError(sec.key("remote_addrs"), "start_action = start needs a specific remote address")
+    sec.done()
+    return conn
+
+
+def parse_connections(data: dict, base: Path | None = None,
+                      path: str = "connections") -> dict[str, Connection]:
+    """Parse the ``[connections]`` table (a dict of name -> table)."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, "must be a table")
+    return {name: parse_connection(name, body, base, f"{path}.{name}") for name, body in data.items()}
+
+
+def parse_retransmit(data: dict | None, path: str = "retransmit") -> RetransmitPolicy:
+    if data is None:
+        return RetransmitPolicy()
+    sec = _Section(data, path)
+    r = RetransmitPolicy(timeout=sec.get("timeout", float, 4.0), base=sec.get("base", float, 1.8),
+                         tries=sec.get("tries", int, 5), limit=sec.get("limit", float, 0.0))
+    if r.timeout <= 0:
+        raise ConfigError(sec.key("timeout"), "must be positive")
+    if r.base < 1:
+        raise ConfigError(sec.key("base"), "must be >= 1 (exponential back-off, RFC 7296 §2.4)")
+    if not 0 <= r.tries <= 20:
+        raise ConfigError(sec.key("tries"), "must be 0..20")
+    sec.done()
+    return r
+
+
+def loads(text: str, base: Path | None = None) -> dict[str, Connection]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("<toml>", str(e)) from None
+    return parse_connections(data.get("connections", {}), base)
+
+
+def load(path) -> dict[str, Connection]:
+    p = Path(path)
+    return loads(p.read_text(), p.parent)

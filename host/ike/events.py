@@ -1,0 +1,121 @@
+"""Events the engine hands to its driver (``IkeEngine.next_event()``), one small class each.
+
+Child SA installation is two-phase: :class:`ChildSaInstall` asks the driver to put the SA on the
+offload board; the exchange that creates it is answered (responder) or finished (initiator) only
+when the driver reports back with ``IkeEngine.child_sa_installed(handle, ok, now)``.
+Key material in these events is never shown by ``repr``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Event:
+    """Base class of all engine events."""
+
+
+@dataclass(slots=True)
+class IkeSaUp(Event):
+    """An IKE SA is established (both sides authenticated, RFC 7296 §1.2)."""
+    ike_id: int
+    conn: str
+    initiator: bool
+    local_addr: tuple
+    remote_addr: tuple
+    local_id: str
+    remote_id: str
+    proposal: str
+
+
+@dataclass(slots=True)
+class IkeSaDown(Event):
+    """An IKE SA is gone: deleted by either side, timed out, or failed before it was established
+    (``established`` False). Its Child SAs each got a :class:`ChildSaDelete` first."""
+    ike_id: int
+    conn: str
+    reason: str
+    established: bool = True
+
+
+@dataclass(slots=True, repr=False)
+class ChildSaInstall(Event):
+    """Install request for one Child SA (both directions) on the ESP processor.
+
+    Answer it with ``engine.child_sa_installed(handle, ok, now, reason)``. ``*_in`` keys protect
+    traffic from the peer to us (decrypt with ``spi_in``), ``*_out`` traffic we send (``spi_out``).
+    ``salt_*`` is the 4-byte AEAD salt (RFC 4106 §8.1), empty for AES-CBC. Integrity transform id 0
+    means none (AEAD). ``encap`` gives ESP-in-UDP (RFC 3948) with ``local_port``/``remote_port``.
+    ``rekey_of`` names the handle this SA replaces (rekeying, issue 5), else None.
+    """
+    handle: int
+    ike_id: int
+    name: str
+    protocol: int
+    mode: str
+    spi_in: int
+    spi_out: int
+    encr: int
+    encr_key_bits: int
+    integ: int
+    key_in: bytes
+    salt_in: bytes
+    integ_key_in: bytes
+    key_out: bytes
+    salt_out: bytes
+    integ_key_out: bytes
+    esn: bool
+    local_ts: list
+    remote_ts: list
+    local_addr: str
+    remote_addr: str
+    encap: bool
+    local_port: int
+    remote_port: int
+    initiator: bool
+    lifetime: float = 0.0
+    rekey_of: int | None = None
+
+    def __repr__(self):
+        return (f"ChildSaInstall(handle={self.handle}, ike_id={self.ike_id}, name={self.name!r}, "
+                f"spi_in={self.spi_in:08x}, spi_out={self.spi_out:08x}, encr={self.encr}/"
+                f"{self.encr_key_bits}, integ={self.integ}, esn={self.esn}, mode={self.mode}, "
+                f"encap={self.encap} {self.local_addr}:{self.local_port}->{self.remote_addr}:"
+                f"{self.remote_port}, ts={self.local_ts}=={self.remote_ts}, keys=<redacted>)")
+
+
+@dataclass(slots=True)
+class ChildSaUp(Event):
+    """The exchange that created Child SA ``handle`` completed and the SA is installed."""
+    handle: int
+    ike_id: int
+    name: str
+    spi_in: int
+    spi_out: int
+
+
+@dataclass(slots=True)
+class ChildSaDelete(Event):
+    """Remove Child SA ``handle`` from the ESP processor (it was installed before)."""
+    handle: int
+    ike_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(slots=True)
+class ChildSaFailed(Event):
+    """A Child SA could not be created (peer refused, no proposal, TS unacceptable, board refused).
+    Nothing is installed for it."""
+    ike_id: int
+    name: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Warning_(Event):
+    """Something the operator should see (authentication failure, malformed peer answers)."""
+    ike_id: int | None
+    text: str
+    details: dict = field(default_factory=dict)

@@ -1,0 +1,211 @@
+"""IKE SA and Child SA state, and the message plumbing every exchange shares: Message IDs with a
+window of one, retransmission of requests on an exponential schedule, and the responder's cache of
+its last response (RFC 7296 §2.1-§2.3).
+
+The exchanges themselves live in ike_init, ike_auth, child_create and informational; each gives the
+IKE SA a *task* (initiator side) with ``build(sa, now) -> payloads`` and
+``on_response(sa, msg, raw, now) -> finished?``, or handles a request (responder side).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .constants import ExchangeType, Flag
+from .message import Message
+
+CONNECTING = "connecting"       # IKE_SA_INIT / IKE_AUTH in progress ("half-open" for a responder)
+ESTABLISHED = "established"
+DELETING = "deleting"           # our Delete of the IKE SA is in flight
+DEAD = "dead"
+
+_INIT = int(ExchangeType.IKE_SA_INIT)
+
+
+class ChildSa:
+    """One Child SA (a pair of ESP SAs). ``state``: installing -> installed -> deleting -> dead.
+    ``exchange_initiator`` tells which half of KEYMAT is ours (§2.17)."""
+    __slots__ = ("handle", "ike", "name", "cfg", "state", "spi_in", "spi_out", "chosen", "mode",
+                 "local_ts", "remote_ts", "keys", "exchange_initiator", "on_installed", "doomed",
+                 "rekey_of")
+
+    def __init__(self, handle, ike, name, cfg):
+        self.handle, self.ike, self.name, self.cfg = handle, ike, name, cfg
+        self.state = "installing"
+        self.spi_in = self.spi_out = 0
+        self.chosen = None
+        self.mode = "tunnel"
+        self.local_ts = self.remote_ts = ()
+        self.keys = None
+        self.exchange_initiator = False
+        self.on_installed = None        # continuation run by IkeEngine.child_sa_installed
+        self.doomed = None              # reason, if the SA must go as soon as its install returns
+        self.rekey_of = None
+
+    def __repr__(self):
+        return (f"<ChildSa {self.handle} {self.name} {self.state} in={self.spi_in:08x} "
+                f"out={self.spi_out:08x}>")
+
+
+class Outstanding:
+    """Our request in flight (window size 1): its bytes are resent unchanged (§2.1)."""
+    __slots__ = ("mid", "exchange", "data", "task", "tries", "next_at")
+
+    def __init__(self, mid, exchange, data, task, next_at):
+        self.mid, self.exchange, self.data, self.task = mid, exchange, data, task
+        self.tries, self.next_at = 0, next_at
+
+
+class IkeSa:
+    """State of one IKE SA, from the first IKE_SA_INIT to its deletion."""
+
+    def __init__(self, engine, ike_id: int, initiator: bool, local: tuple, remote: tuple, now: float):
+        self.engine = engine
+        self.ike_id = ike_id
+        self.initiator = initiator          # we are the original initiator
+        self.local = local                  # (ip, port) we send from
+        self.remote = remote                # (ip, port) we send requests to
+        self.state = CONNECTING
+        self.created = now
+        self.established_at = None
+        self.spi_i = self.spi_r = b"\0" * 8
+        # negotiation
+        self.conn = None
+        self.candidates = []
+        self.chosen = None
+        self.prf = None
+        self.keys = None
+        self.cipher = None
+        self.ni = self.nr = b""
+        self.dh_group = 0
+        self.dh_priv = None
+        self.dh_pub = b""
+        self.init_req = self.init_resp = b""
+        self.nat_local = self.nat_remote = False
+        self.peer_hashes = set()            # RFC 7427 hashes the peer accepts
+        self.peer_certreq = False
+        self.local_id = self.remote_id = None
+        self.cookie = b""
+        self.retries = 0                    # COOKIE / INVALID_KE restarts of IKE_SA_INIT
+        self.initial_contact = False
+        # messaging (§2.1-§2.3)
+        self.my_mid = 0
+        self.peer_mid = 0
+        self.outstanding: Outstanding | None = None
+        self.queue = deque()
+        self.active = None                  # the task whose exchange is running
+        self.last_request = None           # bytes of the last request we answered
+        self.last_response = None           # bytes of our last response
+        self.pending_mid = None             # a request we are still answering (two-phase install)
+        # timers
+        self.expire_at = None               # half-open lifetime
+        self.deadline = None
+        self.last_heard = now
+        self.children: dict[int, ChildSa] = {}
+        self.deleted_reason = None
+        self.ho_key = None                  # responder: key in the engine's half-open table
+        self.placement = None               # opaque to the engine: the daemon's board for this SA
+
+    # -------------------------------------------------------------- identity helpers
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def peer_spi(self) -> bytes:
+        return self.spi_r if self.initiator else self.spi_i
+
+    @property
+    def nat(self) -> bool:
+        return self.nat_local or self.nat_remote
+
+    def __repr__(self):
+        return f"<IkeSa {self.ike_id} {self.state} {self.spi_i.hex()}/{self.spi_r.hex()} {self.remote}>"
+
+    # -------------------------------------------------------------- requests we send
+
+    def add_task(self, task, now: float, first: bool = False):
+        if first:
+            self.queue.appendleft(task)
+        else:
+            self.queue.append(task)
+        self.kick(now)
+
+    def kick(self, now: float):
+        """Start the next queued exchange if none is running (window size 1, §2.3)."""
+        while self.active is None and self.queue and self.state != DEAD:
+            task = self.queue.popleft()
+            payloads = task.build(self, now)
+            if payloads is None:            # nothing to do after all
+                continue
+            self.active = task
+            self.send_request(task, payloads, now)
+
+    def send_request(self, task, payloads, now: float):
+        flags = Flag.INITIATOR if self.initiator else 0
+        msg = Message(self.spi_i, self.spi_r, task.exchange, flags, self.my_mid, payloads)
+        init = task.exchange == _INIT
+        data = msg.encode(None if init else self.cipher)
+        if init:
+            self.init_req = data
+        self.outstanding = Outstanding(self.my_mid, task.exchange, data, task,
+                                       now + self.engine.retransmit.delay(0))
+        self.engine._send(data, self.remote, self.local)
+        self.reschedule()
+
+    def restart_init(self, task, now: float):
+        """Send IKE_SA_INIT again (after COOKIE or INVALID_KE_PAYLOAD), still Message ID 0."""
+        self.outstanding = None
+        self.send_request(task, task.build(self, now), now)
+
+    def finish_task(self, now: float):
+        """The running exchange is complete: let the next one go."""
+        self.active = None
+        self.kick(now)
+
+    # -------------------------------------------------------------- responses we send
+
+    def send_response(self, mid: int, exchange: int, payloads, dest: tuple, local: tuple):
+        flags = Flag.RESPONSE | (Flag.INITIATOR if self.initiator else 0)
+        msg = Message(self.spi_i, self.spi_r, exchange, flags, mid, payloads)
+        data = msg.encode(None if exchange == _INIT else self.cipher)
+        if exchange == _INIT:
+            self.init_resp = data
+        self.last_response = (data, dest, local)
+        self.engine._send(data, dest, local)
+        return data
+
+    # -------------------------------------------------------------- timers
+
+    def reschedule(self):
+        t = None
+        if self.outstanding is not None:
+            t = self.outstanding.next_at
+        if self.expire_at is not None and (t is None or self.expire_at < t):
+            t = self.expire_at
+        if t != self.deadline:
+            self.deadline = t
+            if t is not None:
+                self.engine._schedule(self, t)
+
+    def on_timer(self, now: float):
+        if self.expire_at is not None and now >= self.expire_at:
+            self.engine._destroy(self, "half-open timeout", send_delete=False)
+            return
+        o = self.outstanding
+        if o is not None and now >= o.next_at:
+            policy = self.engine.retransmit
+            if o.tries >= policy.tries:
+                task = o.task
+                self.outstanding = None
+                hook = getattr(task, "on_timeout", None)
+                if hook is not None:
+                    hook(self, now)
+                reason = getattr(task, "timeout_reason", None) or "retransmit timeout (peer not responding)"
+                self.engine._destroy(self, reason, send_delete=False)
+                return
+            o.tries += 1
+            o.next_at = now + policy.delay(o.tries)
+            self.engine.stats["retransmits"] += 1
+            self.engine._send(o.data, self.remote, self.local)
+        self.reschedule()

@@ -1,0 +1,127 @@
+"""INFORMATIONAL exchanges (RFC 7296 §1.4): Delete of Child SAs and IKE SAs, empty requests
+(liveness, answered with an empty response), and the notifications that arrive in them."""
+from __future__ import annotations
+
+from .constants import ExchangeType, Notify, PayloadType, ProtocolId
+from .payloads import DeletePayload
+
+
+def _spi4(v: int) -> bytes:
+    return v.to_bytes(4, "big")
+
+
+class DeleteChildTask:
+    """Delete Child SAs (by handle) with one INFORMATIONAL exchange (§1.4.1). The SAs are removed
+    from the board when the peer has answered (or the IKE SA dies)."""
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, handles, reason="deleted locally"):
+        self.handles, self.reason = list(handles), reason
+        self.children = []
+
+    def build(self, sa, now):
+        self.children = [c for h in self.handles if (c := sa.children.get(h)) is not None
+                         and c.state == "installed"]
+        if not self.children:
+            return None
+        for c in self.children:
+            c.state = "deleting"
+        return [DeletePayload(ProtocolId.ESP, [_spi4(c.spi_in) for c in self.children])]
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        for c in self.children:
+            if c.state == "deleting":
+                sa.engine._remove_child(sa, c, self.reason)
+        return True
+
+
+class DeleteSpisTask:
+    """Tell the peer to delete Child SAs that were never installed here (our inbound SPIs): used
+    when a Child SA the peer created is unacceptable or the board refused it."""
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, spis):
+        self.spis = list(spis)
+
+    def build(self, sa, now):
+        return [DeletePayload(ProtocolId.ESP, [_spi4(s) for s in self.spis])]
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        return True
+
+
+class DeleteIkeTask:
+    """Delete the IKE SA and with it all its Child SAs (§1.4.1)."""
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, reason="deleted locally"):
+        self.reason = reason
+
+    def build(self, sa, now):
+        sa.state = "deleting"
+        return [DeletePayload(ProtocolId.IKE)]
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        sa.engine._destroy(sa, self.reason, send_delete=False)
+        return True
+
+    @property
+    def timeout_reason(self):
+        return f"{self.reason} (the peer did not answer our Delete)"
+
+
+class LivenessTask:
+    """An empty INFORMATIONAL request: any protected answer proves the peer is alive (§1.4, §2.4)."""
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, on_alive=None):
+        self.on_alive = on_alive
+
+    def build(self, sa, now):
+        return []
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        if self.on_alive is not None:
+            self.on_alive(sa, now)
+        return True
+
+
+def respond(sa, msg, reply, now):
+    """Answer an INFORMATIONAL request: process Deletes, answer with the Deletes of the paired
+    SAs (§1.4.1), and pass notifications to the engine's hooks."""
+    eng = sa.engine
+    deletes = msg.all(PayloadType.DELETE)
+    if any(d.protocol == ProtocolId.IKE for d in deletes):
+        reply([], now)          # §1.4.1: an empty response, then the IKE SA and its children go
+        eng._destroy(sa, "deleted by peer", send_delete=False)
+        return None
+    out = []
+    for d in deletes:
+        if d.protocol not in (ProtocolId.ESP, ProtocolId.AH) or d.spi_size != 4:
+            continue
+        ours = []
+        for spi in d.spis:
+            out_spi = int.from_bytes(spi, "big")
+            child = next((c for c in sa.children.values() if c.spi_out == out_spi and c.state != "dead"),
+                         None)
+            if child is None:
+                continue
+            if child.state == "deleting":
+                # simultaneous delete: do not answer with a Delete of our own half (§1.4.1)
+                eng._remove_child(sa, child, "deleted by both peers")
+            elif child.state == "installing":
+                child.doomed = "deleted by peer"
+                ours.append(_spi4(child.spi_in))
+            else:
+                ours.append(_spi4(child.spi_in))
+                eng._remove_child(sa, child, "deleted by peer")
+        if ours:
+            out.append(DeletePayload(d.protocol, ours))
+    for n in msg.notifies():
+        hook = eng.notify_hooks.get(n.notify_type)
+        if hook is not None:
+            hook(sa, n, now)
+        elif n.notify_type == Notify.INVALID_SPI:
+            eng._warn(sa, "peer reports INVALID_SPI (no handler installed)")
+    reply(out, now)
+    return None

@@ -1,0 +1,94 @@
+"""A stand-in ESP data path made of scapy's independent ESP implementation (RFC 4303/4106, ESP-in-UDP
+RFC 3948), used until the offload board's data path exists: it installs the Child SAs the engine
+hands out and answers ICMP echo requests that arrive through them. If the peer's ping gets
+answers, both directions' keys, SPIs, salts and algorithms agree with the peer's.
+"""
+from __future__ import annotations
+
+import os
+
+# scapy writes a cache under $HOME/.cache on import; keep it out of the home directory
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.environ.get("TMPDIR", "/tmp"), "ikeoffload-scapy"))
+
+from scapy.layers.inet import ICMP, IP, UDP  # noqa: E402
+from scapy.layers.ipsec import ESP, SecurityAssociation  # noqa: E402
+
+from host.ike.constants import Encr, Integ  # noqa: E402
+from host.ike.proposals import OffloadCapabilities  # noqa: E402
+
+# what scapy's ESP can do, reported like a board would
+CAPABILITIES = OffloadCapabilities(frozenset({
+    (Encr.AES_GCM_16, 128, Integ.NONE), (Encr.AES_GCM_16, 256, Integ.NONE),
+    (Encr.AES_CBC, 128, Integ.HMAC_SHA2_256_128), (Encr.AES_CBC, 256, Integ.HMAC_SHA2_256_128),
+}), esn=False)
+
+
+def _sa(spi, ev, key, salt, integ_key, src, dst, sport, dport):
+    kw = dict(spi=spi, tunnel_header=IP(src=src, dst=dst), nat_t_header=UDP(sport=sport, dport=dport))
+    if ev.encr == Encr.AES_GCM_16:
+        kw.update(crypt_algo="AES-GCM", crypt_key=key + salt)
+    elif ev.encr == Encr.AES_CBC and ev.integ == Integ.HMAC_SHA2_256_128:
+        kw.update(crypt_algo="AES-CBC", crypt_key=key, auth_algo="SHA2-256-128", auth_key=integ_key)
+    else:
+        raise ValueError(f"scapy data path cannot run encr {ev.encr} / integ {ev.integ}")
+    return SecurityAssociation(ESP, **kw)
+
+
+class ScapyEchoDataPath:
+    """Holds the installed Child SAs; ``esp_in`` decrypts, answers echo requests via ``send``."""
+
+    def __init__(self, send):
+        self.send = send                # send(esp_bytes, (ip, port))
+        self.inbound = {}               # spi_in -> (SecurityAssociation, event)
+        self.outbound = {}              # handle -> (SecurityAssociation, event)
+        self.by_handle = {}
+        self.received = 0
+        self.answered = 0
+        self.errors = 0
+        self.unknown_spi = 0
+        self.decrypted = {}             # spi_in -> packets that decrypted
+
+    def install(self, ev) -> bool:
+        try:
+            sa_in = _sa(ev.spi_in, ev, ev.key_in, ev.salt_in, ev.integ_key_in, ev.remote_addr, ev.local_addr,
+                        ev.remote_port, ev.local_port)
+            sa_out = _sa(ev.spi_out, ev, ev.key_out, ev.salt_out, ev.integ_key_out, ev.local_addr,
+                         ev.remote_addr, ev.local_port, ev.remote_port)
+        except ValueError:
+            return False
+        self.inbound[ev.spi_in] = (sa_in, ev)
+        self.outbound[ev.handle] = (sa_out, ev)
+        self.by_handle[ev.handle] = ev.spi_in
+        return True
+
+    def remove(self, handle):
+        spi = self.by_handle.pop(handle, None)
+        self.inbound.pop(spi, None)
+        self.outbound.pop(handle, None)
+
+    def esp_in(self, data: bytes, addr):
+        if len(data) < 8:
+            self.errors += 1
+            return
+        spi = int.from_bytes(data[:4], "big")
+        hit = self.inbound.get(spi)
+        if hit is None:
+            self.unknown_spi += 1
+            return
+        sa_in, ev = hit
+        self.received += 1
+        try:
+            outer = IP(bytes(IP(src=addr[0], dst=ev.local_addr) / UDP(sport=addr[1], dport=4500) / data))
+            inner = sa_in.decrypt(outer)
+        except Exception:
+            self.errors += 1
+            return
+        self.decrypted[spi] = self.decrypted.get(spi, 0) + 1
+        if ICMP in inner and inner[ICMP].type == 8:
+            echo = inner[ICMP]
+            reply = IP(src=inner[IP].dst, dst=inner[IP].src) / ICMP(type=0, id=echo.id, seq=echo.seq) / \
+                bytes(echo.payload)
+            sa_out, oev = self.outbound[ev.handle]
+            pkt = sa_out.encrypt(reply)
+            self.send(bytes(pkt[UDP].payload), (addr[0], addr[1]))
+            self.answered += 1

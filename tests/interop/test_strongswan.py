@@ -1,0 +1,339 @@
+"""Interop against real strongSwan charon 5.9.8 (kernel-libipsec) in a network namespace.
+
+Topology (one per module, unique names, always removed):
+
+    netns <p>a: 192.0.2.1 (our engine, ports 500/4500)  <--veth-->  netns <p>b: 192.0.2.2 (charon),
+    inner host 198.51.100.1 (answered by scapy ESP)                 inner host 203.0.113.1 on lo
+
+libipsec always UDP-encapsulates ESP, so every case exercises NAT-T: NAT-D, port floating to 4500
+and the non-ESP marker. Keys are proven to agree by pinging 198.51.100.1 from charon's namespace
+through its TUN device: our scapy data path decrypts with our KEYMAT and answers.
+"""
+import asyncio
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import pytest
+
+from host.testbed import charon as charon_mod
+from host.testbed.netns import VethPair, cleanup_stale, have_root, ns_exec, udp_socket
+
+pytestmark = pytest.mark.strongswan
+
+if not have_root():
+    pytest.skip("interop tests need root (network namespaces, port 500)", allow_module_level=True)
+if not charon_mod.available():
+    pytest.fail("strongSwan charon with kernel-libipsec is not installed (apt-get install strongswan-charon "
+                "libcharon-extra-plugins)", pytrace=False)
+
+from host.dataplane.udp import IkeUdpEndpoint  # noqa: E402
+from host.ike.config import RetransmitPolicy, parse_connections  # noqa: E402
+from host.ike.engine import IkeEngine  # noqa: E402
+from host.ike.events import ChildSaDelete, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaUp  # noqa: E402
+from host.ike.proposals import describe, parse_proposal  # noqa: E402
+from host.testbed.pki import TestCa  # noqa: E402
+from host.testbed.scapy_esp import CAPABILITIES, ScapyEchoDataPath  # noqa: E402
+
+OUR_IP, CHARON_IP = "192.0.2.1", "192.0.2.2"
+OUR_INNER, CHARON_INNER = "198.51.100.1", "203.0.113.1"
+OUR_ID, CHARON_ID = "ours.example", "charon.example"
+PSK = "interop-psk-0123456789abcdef-0123"
+SUITES = [("aes256gcm16-prfsha256-x25519", "aes256gcm16"),
+          ("aes128-sha256-modp2048", "aes128-sha256"),
+          ("aes128gcm16-prfsha256-ecp256", "aes128gcm16")]
+_names = itertools.count(1)
+
+
+class Bed:
+    pass
+
+
+@pytest.fixture(scope="module")
+def bed():
+    cleanup_stale()             # namespaces left by a killed earlier run, if any
+    b = Bed()
+    b.state = tempfile.mkdtemp(prefix="iko", dir="/tmp")
+    b.net = VethPair(lo_b=[CHARON_INNER])
+    try:
+        b.ca = TestCa("ecdsa")
+        b.ca_pem = b.ca.cert_pem()
+        ours = b.ca.issue(OUR_ID)
+        theirs = b.ca.issue(CHARON_ID)
+        b.our_cert, b.our_key = ours.write(b.state, "ours")
+        b.ca_path = os.path.join(b.state, "ca.crt")
+        with open(b.ca_path, "wb") as f:
+            f.write(b.ca_pem)
+        b.charon_cert_pem = theirs.cert_pem()
+        # RSA end entities under the same CA; charon picks the key that matches the cert it sends
+        rsa_ours = b.ca.issue(OUR_ID, "rsa")
+        rsa_theirs = b.ca.issue(CHARON_ID, "rsa")
+        b.our_rsa_cert, b.our_rsa_key = rsa_ours.write(b.state, "ours-rsa")
+        b.charon_rsa_cert_pem = rsa_theirs.cert_pem()
+        # cookie_threshold 1: a second concurrent half-open IKE_SA from us gets a COOKIE (§2.6)
+        b.charon = charon_mod.Charon(b.net.ns_b, os.path.join(b.state, "c"), loglevel=1, cookie_threshold=1)
+        b.charon.start()
+        b.charon.load_psk(PSK, [OUR_ID, CHARON_ID])
+        b.charon.load_ca(b.ca_pem)
+        b.charon.load_key(theirs.key_pem(), "ecdsa")
+        b.charon.load_key(rsa_theirs.key_pem(), "rsa")
+        yield b
+    finally:
+        if getattr(b, "charon", None) is not None:
+            b.charon.stop()
+        b.net.destroy()
+        shutil.rmtree(b.state, ignore_errors=True)
+
+
+def charon_conn(bed, ike, esp, auth, more=False):
+    side = {"psk": ({"auth": "psk", "id": CHARON_ID}, {"auth": "psk", "id": OUR_ID}),
+            "ecdsa": ({"auth": "pubkey", "id": CHARON_ID, "certs": [bed.charon_cert_pem]},
+                      {"auth": "pubkey", "id": OUR_ID, "cacerts": [bed.ca_pem]}),
+            "rsa": ({"auth": "pubkey", "id": CHARON_ID, "certs": [bed.charon_rsa_cert_pem]},
+                    {"auth": "pubkey", "id": OUR_ID, "cacerts": [bed.ca_pem]})}[auth]
+    child = {"local_ts": [f"{CHARON_INNER}/32"], "remote_ts": [f"{OUR_INNER}/32"], "esp_proposals": [esp],
+             "mode": "tunnel", "rekey_time": "0", "start_action": "none"}
+    c = {"version": "2", "local_addrs": [CHARON_IP], "remote_addrs": [OUR_IP], "proposals": [ike],
+         "encap": "yes", "mobike": "no", "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0",
+         "unique": "no", "local": side[0], "remote": side[1], "children": {"net": child}}
+    if more:        # a second child with narrower selectors (charon refuses duplicates), with PFS
+        c["children"]["udp"] = dict(child, local_ts=[f"{CHARON_INNER}/32[udp]"],
+                                    remote_ts=[f"{OUR_INNER}/32[udp]"], esp_proposals=["aes128gcm16-ecp256"])
+    return c
+
+
+def our_conn(bed, ike, esp, auth, pfs=False):
+    esps = [esp, "aes128gcm16-ecp256"] if pfs else [esp]
+    c = {"local_addrs": [OUR_IP], "remote_addrs": [CHARON_IP], "proposals": [ike],
+         "children": {"net": {"local_ts": [f"{OUR_INNER}/32"], "remote_ts": [f"{CHARON_INNER}/32"],
+                              "esp_proposals": esps}}}
+    if auth == "psk":
+        c.update(psk=PSK, local={"auth": "psk", "id": OUR_ID}, remote={"auth": "psk", "id": CHARON_ID})
+    else:
+        cert, key = (bed.our_rsa_cert, bed.our_rsa_key) if auth == "rsa" else (bed.our_cert, bed.our_key)
+        c.update(local={"auth": "pubkey", "id": OUR_ID, "cert": str(cert), "key": str(key)},
+                 remote={"auth": "pubkey", "id": CHARON_ID, "cacerts": [bed.ca_path]})
+    return c
+
+
+class Ours:
+    """Our engine + UDP driver + scapy data path inside the bed's namespace a."""
+
+    def __init__(self, bed, conn):
+        self.engine = IkeEngine(parse_connections({"gw": conn}), CAPABILITIES,
+                                retransmit=RetransmitPolicy(timeout=1.0, base=1.8, tries=3))
+        self.events = []
+        socks = {500: udp_socket(bed.net.ns_a, OUR_IP, 500), 4500: udp_socket(bed.net.ns_a, OUR_IP, 4500)}
+        self.ep = IkeUdpEndpoint(self.engine, OUR_IP, on_event=self.on_event, on_esp=self.on_esp, sockets=socks)
+        self.dp = ScapyEchoDataPath(self.ep.send_esp)
+
+    def on_event(self, ev):
+        self.events.append(ev)
+        if isinstance(ev, ChildSaInstall):
+            self.ep.child_sa_installed(ev.handle, self.dp.install(ev), None)
+        elif isinstance(ev, ChildSaDelete):
+            self.dp.remove(ev.handle)
+
+    def on_esp(self, data, addr):
+        self.dp.esp_in(data, addr)
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+    async def until(self, pred, timeout=10.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; events: {self.events}")
+            await asyncio.sleep(0.01)
+
+
+async def ping(bed, count=3):
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", bed.net.ns_b, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2",
+        "-I", CHARON_INNER, OUR_INNER, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode, out.decode()
+
+
+def charon_sas(bed, name):
+    return [s for s in bed.charon.list_sas() if s["_name"] == name]
+
+
+async def _case(bed, ike, esp, auth, we_initiate, we_delete):
+    name = f"t{next(_names)}"
+    bed.charon.load_conn(name, charon_conn(bed, ike, esp, auth))
+    ours = Ours(bed, our_conn(bed, ike, esp, auth))
+    await ours.ep.start()
+    try:
+        t0 = time.monotonic()
+        if we_initiate:
+            ours.ep.initiate("gw")
+        else:
+            res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+        await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+        if not we_initiate:
+            await res
+        setup_ms = (time.monotonic() - t0) * 1000
+        up = ours.of(IkeSaUp)[0]
+        assert up.initiator == we_initiate
+        assert up.remote_id == CHARON_ID
+        assert up.proposal == describe(parse_proposal(ike))
+        inst = ours.of(ChildSaInstall)[0]
+        sas = await asyncio.to_thread(charon_sas, bed, name)
+        assert len(sas) == 1 and sas[0]["state"] == b"ESTABLISHED", sas
+        child = next(iter(sas[0]["child-sas"].values()))
+        assert child["state"] == b"INSTALLED" and child["encap"] == b"yes"
+        assert int(child["spi-in"], 16) == inst.spi_out and int(child["spi-out"], 16) == inst.spi_in
+        assert sas[0]["local-port"] == b"4500" and sas[0]["remote-port"] == b"4500"     # floated
+        rc, out = await ping(bed)
+        assert rc == 0 and " 0% packet loss" in out, out
+        assert ours.dp.answered >= 3 and ours.dp.errors == 0
+        if we_delete:
+            ours.ep.call(ours.engine.delete_ike, up.ike_id)
+            await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
+            deadline = time.monotonic() + 5
+            while await asyncio.to_thread(charon_sas, bed, name):
+                assert time.monotonic() < deadline, "charon kept the IKE SA after our Delete"
+                await asyncio.sleep(0.05)
+            assert ours.of(IkeSaDown)[0].reason == "deleted locally"
+        else:
+            await asyncio.to_thread(bed.charon.terminate, name)
+            await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
+            assert ours.of(IkeSaDown)[0].reason == "deleted by peer"
+        assert [e.handle for e in ours.of(ChildSaDelete)] == [inst.handle]
+        assert ours.engine.ike_sas() == []
+        return setup_ms
+    finally:
+        ours.ep.close()
+        await asyncio.to_thread(bed.charon.unload_conn, name)
+
+
+CASES = [(ike, esp, auth, we_init) for ike, esp in SUITES for auth in ("psk", "ecdsa") for we_init in (True, False)]
+CASES += [(SUITES[0][0], SUITES[0][1], "rsa", True), (SUITES[1][0], SUITES[1][1], "rsa", False)]
+
+
+@pytest.mark.parametrize("ike,esp,auth,we_initiate", CASES,
+                         ids=[f"{'we' if w else 'charon'}-init-{a}-{i.split('-')[0]}-{i.split('-')[-1]}"
+                              for i, e, a, w in CASES])
+def test_establish_ping_delete(bed, ike, esp, auth, we_initiate):
+    # alternate who deletes so both directions of Delete are covered for every suite
+    we_delete = (CASES.index((ike, esp, auth, we_initiate)) % 2) == 0
+    try:
+        asyncio.run(_case(bed, ike, esp, auth, we_initiate, we_delete))
+    except BaseException:
+        print(bed.charon.log_tail(60))
+        raise
+
+
+def test_child_delete_and_create_child_sa_both_ways(bed):
+    """Charon deletes the Child SA (we keep the IKE SA); we CREATE_CHILD_SA a new one and traffic
+    flows; charon creates one more on our IKE SA; we delete a Child SA and charon drops it."""
+    async def run():
+        name = f"t{next(_names)}"
+        ike, esp = SUITES[0]
+        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk", more=True))
+        ours = Ours(bed, our_conn(bed, ike, esp, "psk", pfs=True))
+        await ours.ep.start()
+        try:
+            ike_id = ours.ep.initiate("gw")
+            await ours.until(lambda: ours.of(ChildSaUp), what="first ChildSaUp")
+            await asyncio.to_thread(bed.charon.terminate, None, "net")
+            await ours.until(lambda: ours.of(ChildSaDelete), what="ChildSaDelete")
+            assert not ours.of(IkeSaDown)
+            ours.ep.call(ours.engine.create_child, ike_id, "net")           # CREATE_CHILD_SA, we initiate
+            await ours.until(lambda: len(ours.of(ChildSaUp)) == 2, what="second ChildSaUp")
+            rc, out = await ping(bed)
+            assert rc == 0 and " 0% packet loss" in out, out
+            await asyncio.to_thread(bed.charon.initiate, "udp", name)        # CREATE_CHILD_SA, charon initiates
+            await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="third ChildSaUp")
+            third_ts = ours.of(ChildSaInstall)[2]
+            assert [t.ip_proto for t in third_ts.local_ts] == [17]            # narrowed to charon's [udp]
+            assert (third_ts.encr, third_ts.encr_key_bits) == (20, 128)        # the PFS proposal (ecp256)
+            # UDP from charon's inner host goes through the PFS Child SA and decrypts with our keys
+            await asyncio.to_thread(ns_exec, bed.net.ns_b, sys.executable, "-c",
+                                    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                    f"s.bind(('{CHARON_INNER}', 0)); s.sendto(b'pfs', ('{OUR_INNER}', 9))")
+            await ours.until(lambda: ours.dp.decrypted.get(third_ts.spi_in), what="UDP via the PFS child")
+            sas = await asyncio.to_thread(charon_sas, bed, name)
+            assert len(sas) == 1 and len(sas[0]["child-sas"]) == 2
+            third = ours.of(ChildSaUp)[2]
+            ours.ep.call(ours.engine.delete_child, third.handle)
+            await ours.until(lambda: len(ours.of(ChildSaDelete)) == 2, what="our child delete")
+            sas = await asyncio.to_thread(charon_sas, bed, name)
+            left = [int(c["spi-in"], 16) for c in sas[0]["child-sas"].values()]
+            assert third.spi_out not in left and len(left) == 1
+            ours.ep.call(ours.engine.delete_ike, ike_id)
+            await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(80))
+        raise
+
+
+def test_invalid_ke_both_ways(bed):
+    """Each side guesses a DH group the other does not take first: INVALID_KE_PAYLOAD, then retry."""
+    async def run(we_initiate):
+        name = f"t{next(_names)}"
+        both, only = "aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16-prfsha256-ecp256"
+        bed.charon.load_conn(name, charon_conn(bed, only if we_initiate else both, "aes128gcm16", "psk"))
+        ours = Ours(bed, our_conn(bed, both if we_initiate else only, "aes128gcm16", "psk"))
+        await ours.ep.start()
+        try:
+            if we_initiate:
+                ours.ep.initiate("gw")
+            else:
+                task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            if not we_initiate:
+                await task
+                assert ours.engine.stats["error_replies"] == 1          # our INVALID_KE_PAYLOAD
+            else:
+                assert ours.engine.stats["invalid_ke_retries"] == 1
+            assert ours.of(IkeSaUp)[0].proposal.endswith("ecp256")
+            rc, out = await ping(bed, 1)
+            assert rc == 0, out
+            ours.ep.call(ours.engine.delete_ike, ours.of(IkeSaUp)[0].ike_id)
+            await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    for we_initiate in (True, False):
+        asyncio.run(run(we_initiate))
+
+
+def test_cookie_from_charon(bed):
+    """charon demands a COOKIE once we have another half-open IKE_SA with it; we return it."""
+    async def run():
+        name = f"t{next(_names)}"
+        ike, esp = SUITES[0]
+        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk"))
+        conn = our_conn(bed, ike, esp, "psk")
+        conn["initial_contact"] = False
+        ours = Ours(bed, conn)
+        await ours.ep.start()
+        try:
+            for _ in range(3):
+                ours.ep.initiate("gw")
+            await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="three Child SAs")
+            assert ours.engine.stats["cookies_returned"] >= 1
+            sas = await asyncio.to_thread(charon_sas, bed, name)
+            assert len(sas) == 3
+            for up in ours.of(IkeSaUp):
+                ours.ep.call(ours.engine.delete_ike, up.ike_id)
+            await ours.until(lambda: len(ours.of(IkeSaDown)) == 3, what="IkeSaDown x3")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(60))
+        raise
