@@ -253,3 +253,12 @@ def test_pyftdi_binding_reports_a_missing_adapter_by_url():
         PyftdiBus("ftdi://ftdi:232h/9")
     with pytest.raises(TransportError, match="ftdi_url"):
         pyftdi_bus({"spi": {"clock_hz": 1000000, "host": {}}})
+
+
+def test_transport_for_a_profile():
+    from host.offload.transport import SerialTransport, for_profile
+
+    t = for_profile(profiles.load("esp32-devkitc"), "/dev/ttyUSB1")
+    assert isinstance(t, SerialTransport) and (t.baudrate, t.rtscts) == (921600, True)
+    with pytest.raises(TransportError, match=r"ftdi://ftdi:232h/9"):
+        for_profile(PROFILE, "ftdi://ftdi:232h/9")
