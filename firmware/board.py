@@ -294,8 +294,32 @@ class Board:
         items = m.decode_encrypt_request(body, self.max_batch)
         out = []
         room = self._reply_room()
-        for spi, pkt in items:
+        n = len(items)
+        k = 0
+        while k < n:
+            spi, pkt = items[k]
             rec = self.sad.get(spi, m.DIR_OUT)
+            # A run of items for one SA goes through rec.encrypt_batch: those that fit the
+            # reply even if every packet before them grew by ESP_OVERHEAD (more than ESP adds,
+            # esp.MAX_OVERHEAD), so the P_TOO_BIG decision is the one the exact per-packet
+            # check below would take.
+            j = k
+            if rec is not None:
+                worst = room
+                while j < n:
+                    s, p = items[j]
+                    if s != spi or len(p) + self.ESP_OVERHEAD + 3 > worst:
+                        break
+                    worst -= len(p) + self.ESP_OVERHEAD + 3
+                    j += 1
+            if j > k + 1:
+                res = rec.encrypt_batch([p for _, p in items[k:j]])
+                self._expiry(rec)
+                for r in res:
+                    room -= 3 + len(r[1])
+                out.extend(res)
+                k = j
+                continue
             if rec is None:
                 res = (m.P_UNKNOWN_SPI, b"")
             elif len(pkt) + self.ESP_OVERHEAD + 3 > room:
@@ -305,25 +329,51 @@ class Board:
                 self._expiry(rec)
             room -= 3 + len(res[1])
             out.append(res)
+            k += 1
         return m.encode_encrypt_reply(out)
 
     def _decrypt(self, body, now):
         items = m.decode_decrypt_request(body, self.max_batch)
         out = []
         room = self._reply_room()
-        for src, pkt in items:
-            st, spi, inner = self._decrypt_one(src, pkt)
-            if len(inner) + 7 > room:
-                st, inner = m.P_TOO_BIG, b""
-            room -= 7 + len(inner)
-            out.append((st, spi, inner))
+        n = len(items)
+        k = 0
+        while k < n:
+            src, pkt = items[k]
+            st, spi, inner = self._decrypt_one(src, pkt, True)
+            if st is None:
+                # `inner` is the SA: this item and the following ones that are ESP for the same
+                # SPI with the same encapsulation (what _decrypt_one would check for each) form
+                # one run through rec.decrypt_batch
+                rec = inner
+                udp = src is not None and src[1] != 0
+                head = pkt[:4]
+                j = k + 1
+                while j < n:
+                    s, p = items[j]
+                    if (len(p) < 8 or p[:4] != head or (s is not None and s[1] != 0) != udp):
+                        break
+                    j += 1
+                res = rec.decrypt_batch([p for _, p in items[k:j]]) if j > k + 1 else (rec.decrypt(pkt),)
+                self._expiry(rec)
+                k = j
+            else:
+                res = ((st, inner),)
+                k += 1
+            for st, inner in res:
+                if len(inner) + 7 > room:
+                    st, inner = m.P_TOO_BIG, b""
+                room -= 7 + len(inner)
+                out.append((st, spi, inner))
         return m.encode_decrypt_reply(out)
 
-    def _decrypt_one(self, src, pkt):
+    def _decrypt_one(self, src, pkt, classify_only=False):
         """RFC 3948 classification, SPI lookup, then the SA's RFC 4303 §3.4 processing.
 
         src = (ip, port): port != 0 means `pkt` is a UDP payload from port 4500; port 0 or
-        src None means it is the payload of an IP protocol-50 packet (see firmware/esp.py)."""
+        src None means it is the payload of an IP protocol-50 packet (see firmware/esp.py).
+        classify_only: for ESP that an SA takes, return (None, spi, the SA) instead of
+        decrypting (the caller batches it)."""
         udp = src is not None and src[1] != 0
         n = len(pkt)
         if udp:
@@ -345,6 +395,8 @@ class Board:
         if getattr(rec, "udp", udp) != udp:
             self.counters["encap_mismatch"] += 1
             return m.P_POLICY, spi, b""
+        if classify_only:
+            return None, spi, rec
         st, inner = rec.decrypt(pkt)
         self._expiry(rec)
         return st, spi, inner

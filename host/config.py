@@ -4,10 +4,7 @@
     control_socket = "/run/ikeoffload/control.sock"
     log_level = "info"                 # debug | info | warning | error
     listen = "192.0.2.1"               # address the IKE ports bind to
-    ike_port = 500
-    natt_port = 4500
     flush_on_board_loss = true         # RFC 7296 §2.4: IKE SAs die with their board (see README)
-    unprotected_invalid_spi = false    # RFC 7296 §1.5 unprotected INVALID_SPI (a DoS magnet: off)
 
     [dataplane]
     tun = "ikeo0"                      # plaintext side
@@ -22,7 +19,11 @@
     # heartbeat_ms = 100               # override the profile's heartbeat period and misses
     # misses = 3
 
-    [retransmit]                       # IKE request retransmission (RFC 7296 §2.1, §2.4)
+    [ike]                              # engine settings (host/ike/README.md): ports, cookies,
+    port = 500                         # INVALID_SPI, rate limits, ...
+    natt_port = 4500
+    unprotected_invalid_spi = false    # RFC 7296 §1.5 unprotected INVALID_SPI (a DoS magnet: off)
+    [ike.retransmit]                   # IKE request retransmission (RFC 7296 §2.1, §2.4)
     timeout = 4.0
     base = 1.8
     tries = 5
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from firmware import profiles
 from host.ike.config import ConfigError as IkeConfigError
-from host.ike.config import parse_connections, parse_retransmit
+from host.ike.config import RetransmitPolicy, parse_connections, parse_settings
 from host.tomlpos import key_lines, line_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -78,25 +79,34 @@ class DaemonConfig:
     control_socket: str = "/run/ikeoffload/control.sock"
     log_level: str = "info"
     listen: str = "0.0.0.0"
-    ike_port: int = 500
-    natt_port: int = 4500
     flush_on_board_loss: bool = True
-    unprotected_invalid_spi: bool = False
     tun: str = "ikeo0"
     mtu: int = 1400
     routing_table: int = 220
     replay_window: int = 64
     boards: list = field(default_factory=list)
     connections: dict = field(default_factory=dict)
-    retransmit: object = None
-    lifecycle: dict = field(default_factory=dict)   # [lifecycle] table, passed to the engine
+    engine: object = None        # host.ike.engine.EngineSettings from [ike]
+    retransmit: object = None    # RetransmitPolicy from [ike.retransmit]
+
+    @property
+    def ike_port(self):
+        return self.engine.port
+
+    @property
+    def natt_port(self):
+        return self.engine.natt_port
 
 
-_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "ike_port": int, "natt_port": int,
-                "flush_on_board_loss": bool, "unprotected_invalid_spi": bool}
+# Liveness checks started by an unprotected INVALID_SPI (RFC 7296 §1.5) need not wait out the full
+# IKE schedule: a live peer answers within one round trip. 0.5 s x 2^n, 3 retransmissions: a peer
+# that lost its state is known in 7.5 s. [ike.hint_retransmit] overrides it.
+HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
+
+_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "flush_on_board_loss": bool}
 _DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "replay_window": int}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int}
-_TOP = {"daemon", "dataplane", "board", "retransmit", "connections", "lifecycle"}
+_TOP = {"daemon", "dataplane", "board", "ike", "connections"}
 
 
 def _typed(err, table, key_path, kinds, out):
@@ -136,11 +146,6 @@ def loads(text, path="<config>", base=None):
         ipaddress.ip_address(cfg.listen)
     except ValueError:
         err("daemon.listen", "%r is not an IP address" % cfg.listen)
-    for k in ("ike_port", "natt_port"):
-        if not 1 <= getattr(cfg, k) <= 65535:
-            err("daemon." + k, "must be a port number 1..65535")
-    if cfg.ike_port == cfg.natt_port:
-        err("daemon.natt_port", "must differ from daemon.ike_port")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", cfg.tun):
         err("dataplane.tun", "must be a valid interface name (1-15 letters, digits, _ . -)")
     if not 576 <= cfg.mtu <= 9000:
@@ -184,15 +189,17 @@ def loads(text, path="<config>", base=None):
     base = Path(base) if base is not None else (Path(path).parent if path != "<config>" else None)
     try:
         cfg.connections = parse_connections(data.get("connections", {}), base)
-        cfg.retransmit = parse_retransmit(data.get("retransmit"))
+        cfg.engine, cfg.retransmit = parse_settings(data.get("ike"))
     except IkeConfigError as e:
         msg = str(e)
         prefix = e.key + ": "
         err(e.key, msg[len(prefix):] if msg.startswith(prefix) else msg)
-    lc = data.get("lifecycle", {})
-    if not isinstance(lc, dict):
-        err("lifecycle", "must be a table")
-    cfg.lifecycle = dict(lc)
+    if cfg.engine.port == cfg.engine.natt_port:
+        err("ike.natt_port", "must differ from ike.port")
+    if cfg.engine.hint_retransmit is None:
+        cfg.engine.hint_retransmit = HINT_RETRANSMIT
+    if cfg.engine.local_addr is None and cfg.listen not in ("0.0.0.0", "::"):
+        cfg.engine.local_addr = cfg.listen
     return cfg
 
 

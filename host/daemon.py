@@ -25,7 +25,7 @@ from host.dataplane.datapath import ChildRoute, DataPath, ts_networks
 from host.dataplane.tun import Tun, TunError
 from host.dataplane.udp import IkeUdpEndpoint
 from host.ike import events as ike_ev
-from host.ike.engine import EngineSettings, IkeEngine
+from host.ike.engine import IkeEngine
 from host.ike.proposals import OffloadCapabilities
 from host.offload.client import BoardClient, LinkError
 from host.offload.events import BoardLost, BoardReady, SaExpired, UnknownSpiReport
@@ -95,8 +95,7 @@ class Daemon:
                                  rtscts=b.rtscts, flush_on_open=True, on_event=self._board_event)
             self.clients[b.name] = client
             self.pool.add(b.name, client)
-        self.engine = IkeEngine(c.connections, self._capabilities,
-                                EngineSettings(port=c.ike_port, natt_port=c.natt_port), c.retransmit)
+        self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
         self.udp = IkeUdpEndpoint(self.engine, c.listen, c.ike_port, c.natt_port,
                                   on_event=self._ike_event, on_esp=self._esp_in)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
@@ -206,9 +205,8 @@ class Daemon:
             self.stats["sa_expired"] += 1
             log.info("board %s: SA %08x %s %s lifetime reached (reason %d)", ev.board, ev.spi,
                      "out" if ev.direction else "in", "hard" if ev.hard else "soft", ev.reason)
-            hook = getattr(self.engine, "child_sa_expired", None)
-            if hook is not None and ev.reqid in self.children:
-                self.udp.call(hook, ev.reqid, ev.hard)
+            if ev.reqid in self.children:        # reqid is the engine's Child SA handle
+                self.udp.call(self.engine.child_sa_expired, ev.reqid, ev.hard)
 
     def _board_lost(self, ev, now):
         """RFC 7296 §2.4: the IKE SAs whose Child SAs were on this board go too."""
@@ -233,12 +231,12 @@ class Daemon:
             sa = self.engine.ike_sa(ike_id)
             conn = sa.conn.name if sa.conn else None
             established = sa.established_at is not None
-            self.udp.call(self.engine.drop_ike, ike_id, reason="board %s lost: %s" % (ev.board, ev.reason),
-                          send_delete=established)
+            children = self.udp.call(self.engine.drop_ike, ike_id,
+                                     reason="board %s lost: %s" % (ev.board, ev.reason), send_delete=established)
             inc.deletes_sent += 1 if established else 0
             if conn and sa.conn.remote_host and (sa.conn.start_action == "start" or sa.conn.dpd_action == "restart"):
                 conns.append(conn)
-                self._restart_pending[conn] = inc
+                self._restart_pending[conn] = (inc, children or None)
         inc.flushed_at = time.monotonic()
         self.stats["ike_sas_flushed"] += len(ids)
         self.stats["deletes_sent"] += inc.deletes_sent
@@ -253,8 +251,8 @@ class Daemon:
         if not self._restart_pending or not self.pool.ready_boards():
             return
         pending, self._restart_pending = self._restart_pending, {}
-        for conn, inc in pending.items():
-            ike_id = self.udp.call(self.engine.initiate, conn)
+        for conn, (inc, children) in pending.items():
+            ike_id = self.udp.call(self.engine.initiate, conn, child=children, retry=True)
             inc.reinitiated.append((conn, ike_id, time.monotonic()))
             self._restart_of[ike_id] = inc
 
@@ -264,6 +262,19 @@ class Daemon:
             self._spawn(self._install(ev))
         elif isinstance(ev, ike_ev.ChildSaDelete):
             self._remove_child(ev)
+        elif isinstance(ev, ike_ev.ChildSaOutbound):
+            self.datapath.send_on(ev.handle, ev.replaces)
+            log.info("Child SA #%d: outbound traffic moves to it from #%s", ev.handle, ev.replaces)
+        elif isinstance(ev, ike_ev.IkeSaRekeyed):
+            self.pool.transfer(ev.old_ike_id, ev.new_ike_id)
+            self.ike_info[ev.new_ike_id] = {"proposal": ev.proposal}
+            for ch in self.children.values():
+                if ch["ike_id"] == ev.old_ike_id:
+                    ch["ike_id"] = ev.new_ike_id
+            for r in self.datapath.routes:
+                if r.ike_id == ev.old_ike_id:
+                    r.ike_id = ev.new_ike_id
+            log.info("IKE SA %s #%d rekeyed as #%d (%s)", ev.conn, ev.old_ike_id, ev.new_ike_id, ev.proposal)
         elif isinstance(ev, ike_ev.ChildSaUp):
             ch = self.children.get(ev.handle)
             if ch is not None:
@@ -286,9 +297,14 @@ class Daemon:
                      b.name if b else "-")
         elif isinstance(ev, ike_ev.IkeSaDown):
             self.pool.release(ev.ike_id)
-            self._restart_of.pop(ev.ike_id, None)
+            inc = self._restart_of.pop(ev.ike_id, None)
             self.ike_info.pop(ev.ike_id, None)
-            (log.info if ev.established else log.debug)("IKE SA %s #%d down: %s", ev.conn, ev.ike_id, ev.reason)
+            if ev.restart_ike_id is not None and inc is not None:
+                self._restart_of[ev.restart_ike_id] = inc    # the engine retries the connection itself
+            if ev.replaced_by is None:
+                (log.info if ev.established else log.debug)(
+                    "IKE SA %s #%d down: %s%s", ev.conn, ev.ike_id, ev.reason,
+                    "; re-initiating as #%d" % ev.restart_ike_id if ev.restart_ike_id else "")
         elif isinstance(ev, ike_ev.ChildSaFailed):
             log.warning("Child SA %s of IKE SA #%d failed: %s", ev.name, ev.ike_id, ev.reason)
         elif isinstance(ev, ike_ev.Warning_):
@@ -345,8 +361,10 @@ class Daemon:
             self.udp.child_sa_installed(ev.handle, False, reason)
             return
         b.unreserve(2)       # now counted in the board's books
+        # make before break (RFC 7296 §2.8): a rekeyed SA may have to wait for ChildSaOutbound
         route = ChildRoute(ev.handle, ev.ike_id, b.name, ev.spi_in, ev.spi_out,
-                           (ev.remote_addr, ev.remote_port), ts_networks(ev.local_ts), ts_networks(ev.remote_ts))
+                           (ev.remote_addr, ev.remote_port), ts_networks(ev.local_ts), ts_networks(ev.remote_ts),
+                           sending=not (ev.rekey_of is not None and ev.defer_outbound))
         self.datapath.add(route)
         if self.tun:
             for net in route.remote_nets:
@@ -394,16 +412,17 @@ class Daemon:
             self.tun.write(pkt)
 
     def _inbound(self, route):
-        route.last_in = time.monotonic()
-        hook = getattr(self.engine, "esp_received", None)
-        if hook is not None:
-            hook(route.handle, route.last_in)
+        """Inbound ESP proves the peer alive (RFC 7296 §2.4); told to the engine at most 10 times a second."""
+        now = time.monotonic()
+        route.last_in = now
+        if now - route.last_reported >= 0.1:
+            route.last_reported = now
+            self.engine.esp_received(route.handle, now)
 
     def _unknown_spi(self, spi, addr, n=1):
+        """ESP for an SPI nobody has: INVALID_SPI to the peer, rate-limited (RFC 7296 §1.5, §2.21)."""
         self.stats["unknown_spi_reports"] += 1
-        hook = getattr(self.engine, "esp_unknown_spi", None)
-        if hook is not None:
-            self.udp.call(hook, spi, addr)
+        self.udp.call(self.engine.esp_unknown_spi, spi, addr, local=(self.cfg.listen, self.cfg.natt_port))
 
     # ---- control ----------------------------------------------------------------------------
     async def _control(self, req):

@@ -161,7 +161,7 @@ class DemoBed:
     def write_config(self):
         lines = ['[daemon]', 'control_socket = "%s"' % self.control, 'log_level = "%s"' % self.log_level,
                  'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false"),
-                 '', '[dataplane]', 'tun = "ikeo0"', '', '[retransmit]', 'timeout = 1.0', 'base = 1.8',
+                 '', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0', 'base = 1.8',
                  'tries = 3', '']
         for i, (_, dev, _) in enumerate(self.sims):
             lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev, '']

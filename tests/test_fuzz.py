@@ -75,7 +75,9 @@ class Harness:
     def __init__(self, seed):
         self.rng = random.Random(seed)
         self.now = 0.0
-        self.settings = EngineSettings(max_half_open=400, max_half_open_per_ip=200, half_open_timeout=5.0)
+        # cookies off: this harness is about half-open state and parsing (cookies: tests/test_seed.py)
+        self.settings = EngineSettings(max_half_open=400, max_half_open_per_ip=200, half_open_timeout=5.0,
+                                       cookie_threshold=0, cookie_threshold_ip=0)
         self.b = IkeEngine(parse_connections(_conn(B, A, "b.example", "a.example", "203.0.113.0/24",
                                                    "198.51.100.0/24", IKE)), CAPS, settings=self.settings)
         self.b.strict = True

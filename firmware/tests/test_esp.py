@@ -396,3 +396,116 @@ def test_fast_path_and_general_path_agree():
         assert (fo.seq, fo.packets, fo.octets) == (so.seq, so.packets, so.octets)
         assert (fi.packets, fi.octets, fi.window.top, fi.window.bits) == \
             (si.packets, si.octets, si.window.top, si.window.bits)
+
+
+def _state(sa):
+    st = (sa.packets, sa.octets, sa.auth_fail, sa.replay, sa.policy, sa.state)
+    if sa.window is not None:
+        st += (sa.window.top, sa.window.bits)
+    return st
+
+
+def test_fast_decrypt_equals_general_path_on_crafted_trailers():
+    """The inbound fast path accepts a packet only when the inner IPv4 length and the trailer
+    our encrypt() writes after it compare equal; everything else must fall through to the
+    general path and give what the general path gives (status, packet and counters)."""
+    be = backends()[0]
+    anything = [(bytes(4), b"\xff" * 4, 0, 0, 0xFFFF)]
+    fo, fi = d.pair(be, 0x901)
+    _, si = d.pair(be, 0x901, ts_out=(anything, anything))
+    assert fi._fast_in and not si._fast_in
+
+    def tr(padlen, nh, pad=None):
+        return (d.det(padlen, 5) if pad == "bad" else bytes(range(1, padlen + 1))) + bytes((padlen, nh))
+
+    p24, p25, p40 = ipv4(payload=det(4, 2)), ipv4(payload=det(5, 2)), ipv4(payload=det(20, 2))
+    cases = [p24 + tr(2, 4), p25 + tr(1, 4), p40 + tr(2, 4),      # default padding: fast
+             p24 + tr(6, 4), p24 + tr(10, 4), p25 + tr(253, 4),    # longer (legal) padding
+             p24 + tr(2, 4, "bad"), p24 + tr(6, 4, "bad"),         # broken padding
+             p24 + tr(2, 41), p24 + tr(2, 59), p24 + tr(2, 17),    # other next headers
+             p24 + b"\x00" * 4 + tr(2, 4),                         # TFC padding
+             p24 + b"\x00" * 4 + tr(2, 59),                        # dummy with padding
+             p40[:-4] + tr(2, 4), p40[:-4] + tr(6, 4),             # inner length beyond the payload
+             p24[:3] + b"\x13" + p24[4:] + tr(2, 4),               # inner length 19
+             p24[:3] + b"\x13" + p24[4:19] + tr(3, 4),             # ... with its trailer after it
+             b"\x65" + p24[1:] + tr(2, 4),                         # version 6 under next header 4
+             ipv6(payload=det(2, 3)) + tr(0, 41) + bytes(8)]       # IPv6 with TFC padding
+    general = []
+    deliver = esp.EspSa._deliver
+
+    def spy(self, pt):
+        if self is fi:
+            general.append(pt)
+        return deliver(self, pt)
+
+    seq = 0
+    esp.EspSa._deliver = spy
+    try:
+        for k, pt in enumerate(cases):
+            seq += 1 + (k % 3)                                      # gaps move the window by more
+            pkt = _gcm_raw(fo, seq, pt)
+            assert len(pkt) > 53, k                                 # long enough for the fast path
+            del general[:]
+            got, want = fi.decrypt(pkt), si.decrypt(pkt)
+            assert got == want, (k, got, want)
+            assert len(general) == (0 if k < 3 else 1), k           # only the first three are fast
+            assert _state(fi) == _state(si), (k, _state(fi), _state(si))
+            assert fi.decrypt(pkt) == si.decrypt(pkt) == (m.P_REPLAY, b""), k
+    finally:
+        esp.EspSa._deliver = deliver
+    # a forged packet right of the window, then the authentic one
+    pkt = _gcm_raw(fo, seq + 70, cases[0])
+    forged = pkt[:-1] + bytes((pkt[-1] ^ 1,))
+    assert fi.decrypt(forged) == si.decrypt(forged) == (m.P_AUTH_FAIL, b"")
+    assert fi.decrypt(pkt) == si.decrypt(pkt) == (m.P_OK, p24)
+    assert _state(fi) == _state(si)
+
+
+def test_batches_equal_packet_by_packet_calls():
+    """encrypt_batch/decrypt_batch (the board's path) give what encrypt()/decrypt() give packet
+    by packet, in results, counters, window and lifetime events: fast and general packets
+    mixed, limits and sequence exhaustion reached in the middle of a batch, replays, forgeries."""
+    be = backends()[0]
+    ps = [ipv4(payload=det(k, k)) for k in range(9)]                # 20..28 bytes: every padding
+    mixed = (ps[:3] + [b"", b"\x45" * 19, ipv6(payload=d.udp(1, 2, det(5))), ps[0][:-1] + b"\x00"]
+             + ps[3:])
+    configs = [{}, {"flags": m.SAF_ESN}, {"flags": m.SAF_UDP_ENCAP}, {"mode": m.MODE_TRANSPORT},
+               {"soft_packets": 3, "hard_packets": 7}, {"soft_bytes": 60, "hard_bytes": 200},
+               {"initial_seq": 0xFFFFFFFF - 4}, {"replay_window": 0}]
+    for encr in (GCM, CBC):
+        for kw in configs:
+            (o1, i1), (o2, i2) = d.pair(be, 0x902, encr, **kw), d.pair(be, 0x902, encr, **kw)
+            if encr == CBC:
+                o1.random = o2.random = lambda n: det(n, 9)
+            want = [o1.encrypt(x) for x in mixed]
+            got = o2.encrypt_batch(mixed)
+            assert got == want, (encr, kw, got, want)
+            assert _state(o1) == _state(o2) and o1.pop_expiry() == o2.pop_expiry(), (encr, kw)
+            esps = [e for st, e in want if st == m.P_OK]
+            assert len(esps) > 3, (encr, kw)
+            last = esps[-1]
+            inbound = (esps[:2] + [esps[0], last[:-1] + bytes((last[-1] ^ 1,))] + esps[3:]
+                       + [esps[2], esps[1][:30], b"", esps[1][:8]])
+            if encr == GCM and o1.seq < 0xFFFF0000:
+                p24 = ps[4]
+                inbound += [_gcm_raw(o1, o1.seq + 5, p24 + b"\x01\x02\x03\x04\x05\x06\x06\x04"),
+                            _gcm_raw(o1, o1.seq + 6, p24 + bytes(8) + b"\x01\x02\x02\x04")]
+            want = [i1.decrypt(x) for x in inbound]
+            got = i2.decrypt_batch(inbound)
+            assert got == want, (encr, kw, got, want)
+            assert _state(i1) == _state(i2) and i1.pop_expiry() == i2.pop_expiry(), (encr, kw)
+            assert o2.encrypt_batch([]) == i2.decrypt_batch([]) == []
+    # limits reached on the fast path in the middle of a run of fast packets: the rest refused
+    lim = {"soft_packets": 2, "hard_packets": 4, "soft_bytes": 50}
+    o1, o2 = [esp.new_sa(d.spec(0x903, m.DIR_OUT, src=(A1, 4500), dst=(A2, 4500), **lim), be)
+              for _ in range(2)]
+    want = [o1.encrypt(x) for x in ps[:6]]
+    assert o2.encrypt_batch(ps[:6]) == want and want[-1] == (m.P_EXPIRED, b"")
+    assert o1.pop_expiry() == o2.pop_expiry() != []
+    o = d.pair(be, 0x903)[0]
+    esps = [o.encrypt(x)[1] for x in ps[:6]]
+    i1, i2 = [esp.new_sa(d.spec(0x903, m.DIR_IN, src=(A2, 4500), dst=(A1, 4500), **lim), be)
+              for _ in range(2)]
+    want = [i1.decrypt(x) for x in esps]
+    assert i2.decrypt_batch(esps) == want and want[-1] == (m.P_EXPIRED, b"")
+    assert _state(i1) == _state(i2) and i1.pop_expiry() == i2.pop_expiry() != []

@@ -128,3 +128,81 @@ def test_oversize_result_gets_too_big_without_using_a_sequence_number():
     assert h.encrypt([(0x5000, big)]) == [(m.P_TOO_BIG, b"")]
     out = h.encrypt([(0x5000, ipv4(payload=det(100)))])
     assert out[0][0] == m.P_OK and out[0][1][4:8] == b"\x00\x00\x00\x01"
+
+
+def _per_item_encrypt(b, items):
+    """The ENCRYPT handler as it was before runs went through encrypt_batch: one item at a time."""
+    out = []
+    room = b._reply_room()
+    for spi, pkt in items:
+        rec = b.sad.get(spi, m.DIR_OUT)
+        if rec is None:
+            res = (m.P_UNKNOWN_SPI, b"")
+        elif len(pkt) + b.ESP_OVERHEAD + 3 > room:
+            res = (m.P_TOO_BIG, b"")
+        else:
+            res = rec.encrypt(pkt)
+            b._expiry(rec)
+        room -= 3 + len(res[1])
+        out.append(res)
+    return out
+
+
+def _per_item_decrypt(b, items):
+    out = []
+    room = b._reply_room()
+    for src, pkt in items:
+        st, spi, inner = b._decrypt_one(src, pkt)
+        if len(inner) + 7 > room:
+            st, inner = m.P_TOO_BIG, b""
+        room -= 7 + len(inner)
+        out.append((st, spi, inner))
+    return out
+
+
+def test_runs_through_batches_answer_as_item_by_item():
+    """The handlers pass runs of items for one SA to encrypt_batch/decrypt_batch; replies,
+    P_TOO_BIG decisions, events and SA counters are those of the item-by-item loop."""
+    hosts = [Host({"max_frame": 1360}), Host({"max_frame": 1360})]
+    for h in hosts:
+        _pair(h, 0x5000, flags=m.SAF_UDP_ENCAP)
+        _pair(h, 0x5001, hard_packets=6, soft_packets=2)
+        _pair(h, 0x5002, encr=m.ENCR_AES_CBC)
+        h.board.sad.get(0x5002, m.DIR_OUT).random = lambda n: det(n, 9)
+    new, ref = hosts
+    p = [ipv4(A1, A2, 17, d.udp(1, 2, det(n, n))) for n in (1, 20, 41, 62)]
+    enc_items = ([(0x5000, x) for x in p[:3]] + [(0x5001, x) for x in p] + [(0x5999, p[0])]
+                 + [(0x5000, b"\x45" * 20), (0x5000, p[3])] + [(0x5002, x) for x in p[:2]]
+                 + [(0x5001, x) for x in p[:3]] + [(0x5000, x) for x in (p[3], p[2], p[0])])
+    got = new.encrypt(enc_items)
+    want = _per_item_encrypt(ref.board, enc_items)
+    ref.collect(ref.board.tick(ref.now))
+    assert got == want, (got, want)
+    sts = [st for st, _ in got]
+    assert m.P_TOO_BIG in sts and m.P_EXPIRED in sts and m.P_UNKNOWN_SPI in sts
+    assert sts[-1] == m.P_OK                       # after a P_TOO_BIG, a smaller one still fits
+    esps = [(spi, e) for (spi, _), (st, e) in zip(enc_items, got) if st == m.P_OK]
+    udp = {0x5000: (A1, 4500)}
+    dec_items = [(udp.get(spi, (A1, 0)), e) for spi, e in esps]
+    src, last = dec_items[-1]
+    dec_items = ([(src, last[:-1] + bytes((last[-1] ^ 1,)))] + dec_items[:3]      # forged, then ...
+                 + [dec_items[0], ((A1, 4500), dec_items[1][1][:7]), ((A1, 4500), b"\xff")]  # replay, short
+                 + dec_items[3:7] + [((A1, 4500), b"\x00" * 4 + det(20)), ((A1, 0), b"\x00" * 8)]
+                 + dec_items[7:8] + [((A1, 0), dec_items[7][1])]              # wrong encapsulation
+                 + dec_items[8:] + [((A1, 0), (0x5999).to_bytes(4, "big") + det(40))])
+    sts = set()
+    half = len(dec_items) // 2
+    first, second = dec_items[:half], dec_items[half:]
+    for items in (first, second, list(reversed(first)), list(reversed(second))):
+        got = new.decrypt(items)
+        want = _per_item_decrypt(ref.board, items)
+        ref.collect(ref.board.tick(ref.now))
+        assert got == want, (got, want)
+        sts |= {st for st, _, _ in got}
+    assert {m.P_OK, m.P_REPLAY, m.P_AUTH_FAIL, m.P_POLICY, m.P_KEEPALIVE, m.P_NOT_ESP, m.P_MALFORMED,
+            m.P_UNKNOWN_SPI} <= sts, sts
+    assert [(f.type, f.body) for f in new.events] == [(f.type, f.body) for f in ref.events]
+    assert len(new.events_of(m.EV_SA_EXPIRE)) == 4
+    for key in new.board.sad.by_key:
+        a, b = new.board.sad.by_key[key].stats(), ref.board.sad.by_key[key].stats()
+        assert a == b, (key, a, b)

@@ -25,15 +25,18 @@ class ChildRoute:
     """One installed Child SA as the data path sees it."""
 
     __slots__ = ("handle", "ike_id", "board", "spi_in", "spi_out", "peer", "local_nets", "remote_nets",
-                 "usable", "packets_out", "packets_in", "bytes_out", "bytes_in", "last_in")
+                 "usable", "sending", "packets_out", "packets_in", "bytes_out", "bytes_in", "last_in",
+                 "last_reported")
 
-    def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets):
+    def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True):
         self.handle, self.ike_id, self.board = handle, ike_id, board
         self.spi_in, self.spi_out, self.peer = spi_in, spi_out, peer
         self.local_nets, self.remote_nets = local_nets, remote_nets
-        self.usable = True
+        self.usable = True        # False once its board was lost: nothing goes through it
+        self.sending = sending    # False for a rekeyed SA that must not send yet (make before break)
         self.packets_out = self.packets_in = self.bytes_out = self.bytes_in = 0
         self.last_in = None
+        self.last_reported = 0.0
 
     def matches(self, src, dst):
         return (any(dst in n for n in self.remote_nets) and any(src in n for n in self.local_nets))
@@ -90,6 +93,15 @@ class DataPath:
         self.routes = [x for x in self.routes if x.handle != handle]
         return r
 
+    def send_on(self, handle, replaces=None):
+        """Outbound traffic moves to `handle` (a rekey's new SA), away from `replaces`."""
+        r = self.by_handle.get(handle)
+        if r is not None:
+            r.sending = True
+        old = self.by_handle.get(replaces) if replaces is not None else None
+        if old is not None:
+            old.sending = False
+
     def set_usable(self, board, usable):
         for r in self.routes:
             if r.board == board:
@@ -103,7 +115,7 @@ class DataPath:
                 self.stats["tun_malformed"] += 1
                 continue
             for r in self.routes:
-                if r.matches(src, dst):
+                if r.sending and r.matches(src, dst):
                     if not r.usable:
                         self.stats["out_dropped_board_lost"] += 1
                     else:

@@ -5,8 +5,10 @@ The names most users need::
     from host.ike import IkeEngine, EngineSettings, OffloadCapabilities, load_connections
 """
 from .config import ConfigError, RetransmitPolicy, load as load_connections, parse_connections  # noqa: F401
+from .config import parse_settings  # noqa: F401
 from .engine import Datagram, EngineSettings, IkeEngine  # noqa: F401
 from .events import (  # noqa: F401
-    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaUp, Event, IkeSaDown, IkeSaUp, Warning_,
+    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaOutbound, ChildSaUp, Event, IkeSaDown, IkeSaRekeyed,
+    IkeSaUp, Warning_,
 )
 from .proposals import OffloadCapabilities  # noqa: F401

@@ -64,6 +64,15 @@ def new_child(sa: IkeSa, cfg: ChildConfig, name: str) -> ChildSa:
     return ChildSa(sa.engine._next_handle(), sa, name, cfg)
 
 
+def ike_busy(sa: IkeSa):
+    """§2.25.2: while the IKE SA is being rekeyed or deleted, Child SA requests get
+    TEMPORARY_FAILURE. Returns that error or None."""
+    if sa.state == "deleting" or sa.successor is not None or sa.rekey_collision is not None or \
+            getattr(sa.active, "rekeys_ike", False):
+        return Notify.TEMPORARY_FAILURE
+    return None
+
+
 def set_keys(sa: IkeSa, child: ChildSa, ni: bytes, nr: bytes, g_ir: bytes | None = None):
     c = child.chosen
     child.keys = child_keymat(sa.prf, sa.keys.sk_d, ni, nr, c.encr, c.encr_bits, c.integ, g_ir)
@@ -81,7 +90,7 @@ def request_install(sa: IkeSa, child: ChildSa, continuation):
     child.on_installed = continuation
     sa.children[child.handle] = child
     eng._installing[child.handle] = child
-    eng._child_spis[child.spi_in] = child
+    eng._register_child(child)
     eng._event(ChildSaInstall(
         handle=child.handle, ike_id=sa.ike_id, name=child.name, protocol=ProtocolId.ESP, mode=child.mode,
         spi_in=child.spi_in, spi_out=child.spi_out, encr=c.encr, encr_key_bits=c.encr_bits, integ=c.integ,
@@ -90,33 +99,42 @@ def request_install(sa: IkeSa, child: ChildSa, continuation):
         local_addr=sa.local[0], remote_addr=sa.remote[0], encap=sa.nat,
         local_port=eng.settings.natt_port if sa.nat else sa.local[1],
         remote_port=sa.remote[1], initiator=child.exchange_initiator,
-        lifetime=child.cfg.life_time if child.cfg else 0.0, rekey_of=child.rekey_of))
+        lifetime=child.cfg.life_time if child.cfg else 0.0, rekey_of=child.rekey_of,
+        defer_outbound=child.defer_outbound))
     child.keys = None           # the keys live on the board from here on, not in the engine
 
 
-def installed_ok(sa: IkeSa, child: ChildSa):
+def installed_ok(sa: IkeSa, child: ChildSa, now: float):
     child.state = "installed"
-    sa.engine._event(ChildSaUp(child.handle, sa.ike_id, child.name, child.spi_in, child.spi_out))
+    child.installed_at = now
+    sa.engine._event(ChildSaUp(child.handle, sa.ike_id, child.name, child.spi_in, child.spi_out,
+                               child.rekey_of))
+    sa.engine._child_up(sa, child, now)
 
 
-def install_failed(sa: IkeSa, child: ChildSa, reason: str):
+def install_failed(sa: IkeSa, child: ChildSa, reason: str, event: bool = True):
     child.state = "dead"
     sa.children.pop(child.handle, None)
-    sa.engine._child_spis.pop(child.spi_in, None)
-    sa.engine._event(ChildSaFailed(sa.ike_id, child.name, reason))
+    sa.engine._forget_child(child)
+    sa.engine._install_failed(sa, child)
+    if event:
+        sa.engine._event(ChildSaFailed(sa.ike_id, child.name, reason))
 
 
 # ---------------------------------------------------------------- responder negotiation
 
-def negotiate(sa: IkeSa, msg, ignore_dh: bool):
-    """Pick a child config, proposal and narrowed selectors for the peer's request.
-    Returns (cfg, chosen, tsi, tsr) or an error Notify type."""
+def negotiate(sa: IkeSa, msg, ignore_dh: bool, prefer: ChildConfig | None = None):
+    """Pick a child config (``prefer`` first: a rekey keeps its config), proposal and narrowed
+    selectors for the peer's request. Returns (cfg, chosen, tsi, tsr) or an error Notify type."""
     sap, tsi_p, tsr_p = msg.get(PayloadType.SA), msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
     if sap is None or tsi_p is None or tsr_p is None:
         return Notify.INVALID_SYNTAX
     caps = sa.engine.capabilities_for(sa)
     ts_ok = False
-    for cfg in sa.conn.children.values():
+    cfgs = list(sa.conn.children.values())
+    if prefer is not None:
+        cfgs = [prefer] + [c for c in cfgs if c is not prefer]
+    for cfg in cfgs:
         local_ts, remote_ts = our_selectors(sa, cfg)
         tsi = narrow(tsi_p.selectors, remote_ts)      # TSi describes the initiator's (peer's) side
         tsr = narrow(tsr_p.selectors, local_ts)
@@ -136,12 +154,18 @@ def mode_for(cfg: ChildConfig, msg) -> str:
     return "transport" if wants and cfg.mode == "transport" else "tunnel"
 
 
-def responder_child(sa: IkeSa, msg, res, ni: bytes, nr: bytes, g_ir: bytes | None, finish):
+def responder_child(sa: IkeSa, msg, res, ni: bytes, nr: bytes, g_ir: bytes | None, finish,
+                    rekey_of: ChildSa | None = None, on_created=None):
     """Install the Child SA that negotiation ``res`` = (cfg, chosen, tsi, tsr) agreed on, then call
     ``finish(payloads, child, tsi, tsr, now)`` once the board answered: on success ``payloads`` are
-    [N(USE_TRANSPORT_MODE)], SA; on refusal the error notify and ``child`` None."""
+    [N(USE_TRANSPORT_MODE)], SA; on refusal the error notify and ``child`` None. ``rekey_of``: the
+    Child SA the peer rekeys (§1.3.3); we keep sending on it until the peer deletes it.
+    ``on_created(child, ni, nr)`` runs before the install is requested."""
     cfg, chosen, tsi, tsr = res
-    child = new_child(sa, cfg, cfg.name)
+    child = new_child(sa, cfg, rekey_of.name if rekey_of is not None else cfg.name)
+    if rekey_of is not None:
+        child.rekey_of = rekey_of.handle
+        child.defer_outbound = True
     child.chosen = chosen
     child.spi_out = int.from_bytes(chosen.spi, "big")
     child.spi_in = sa.engine._alloc_child_spi()
@@ -160,6 +184,8 @@ def responder_child(sa: IkeSa, msg, res, ni: bytes, nr: bytes, g_ir: bytes | Non
             install_failed(sa, child, f"board refused the Child SA ({reason or 'no reason given'})")
             finish([NotifyPayload(install_failure_notify(reason))], None, None, None, now)
 
+    if on_created is not None:
+        on_created(child, ni, nr)
     request_install(sa, child, done)
     return PENDING
 
@@ -168,8 +194,9 @@ def responder_child(sa: IkeSa, msg, res, ni: bytes, nr: bytes, g_ir: bytes | Non
 
 class CreateChildTask:
     """Initiator of CREATE_CHILD_SA for an additional Child SA (§1.3.1), PFS if the ESP proposal
-    names a DH group."""
+    names a DH group. A TEMPORARY_FAILURE answer is retried later, never at once (§2.25)."""
     exchange = ExchangeType.CREATE_CHILD_SA
+    MAX_TEMPORARY_FAILURES = 5
 
     def __init__(self, cfg: ChildConfig, name: str | None = None):
         self.cfg, self.name = cfg, name or cfg.name
@@ -179,6 +206,14 @@ class CreateChildTask:
         self.dh_priv = None
         self.group = 0
         self.local_ts = self.remote_ts = ()
+        self.temporary_failures = 0
+
+    def selectors(self, sa: IkeSa):
+        return our_selectors(sa, self.cfg)
+
+    def head(self, sa: IkeSa) -> list:
+        """Payloads before SA (REKEY_SA for a rekey, §1.3.3)."""
+        return [NotifyPayload(Notify.USE_TRANSPORT_MODE)] if self.cfg.mode == "transport" else []
 
     def build(self, sa: IkeSa, now):
         self.offered, self.spi_in = offer(sa, self.cfg, with_dh=True)
@@ -186,16 +221,14 @@ class CreateChildTask:
             sa.engine._event(ChildSaFailed(sa.ike_id, self.name, NO_BOARD_PROPOSAL))
             return None
         self.ni = random_bytes(NONCE_LEN)
-        self.local_ts, self.remote_ts = our_selectors(sa, self.cfg)
-        payloads = [SaPayload(self.offered), NoncePayload(self.ni)]
+        self.local_ts, self.remote_ts = self.selectors(sa)
+        payloads = self.head(sa) + [SaPayload(self.offered), NoncePayload(self.ni)]
         groups = [t.tid for t in self.offered[0].transforms if t.ttype == 4 and t.tid]
         if groups:
             self.group = groups[0]
             self.dh_priv, pub = dh_group(self.group).generate()
             payloads.append(KePayload(self.group, pub))
         payloads += [TsPayload(self.local_ts, PayloadType.TSi), TsPayload(self.remote_ts, PayloadType.TSr)]
-        if self.cfg.mode == "transport":
-            payloads.insert(0, NotifyPayload(Notify.USE_TRANSPORT_MODE))
         return payloads
 
     def _fail(self, sa, reason, now):
@@ -203,11 +236,20 @@ class CreateChildTask:
         sa.engine._event(ChildSaFailed(sa.ike_id, self.name, reason))
         sa.finish_task(now)
 
-    def on_response(self, sa: IkeSa, msg, raw, now) -> bool:
-        err = msg.error_notify()
-        if err is not None:
-            self._fail(sa, f"peer refused: {notify_error_name(err.notify_type)}", now)
-            return False
+    def refused(self, sa, err, now):
+        """The peer answered with error ``err`` (a Notify payload)."""
+        sa.engine._child_spis.pop(self.spi_in, None)
+        if err.notify_type == Notify.TEMPORARY_FAILURE and \
+                self.temporary_failures < self.MAX_TEMPORARY_FAILURES:
+            self.temporary_failures += 1
+            sa.engine._delay_task(sa, self, now + sa.engine._retry_delay())
+            sa.finish_task(now)
+            return
+        self._fail(sa, f"peer refused: {notify_error_name(err.notify_type)}", now)
+
+    def accept(self, sa: IkeSa, msg):
+        """Check the peer's answer: (chosen, nonce, g_ir, tsi, tsr), or (None, chosen) if it is
+        unacceptable."""
         sap, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE)
         tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.ESP) \
@@ -225,14 +267,19 @@ class CreateChildTask:
                     ok = False
         if ok and not (covered(tsi.selectors, self.local_ts) and covered(tsr.selectors, self.remote_ts)):
             ok = False
-        if not ok:
-            # The peer may have installed its half: delete it (§1.4.1).
-            sa.engine._child_spis.pop(self.spi_in, None)
-            sa.engine._event(ChildSaFailed(sa.ike_id, self.name, "unacceptable CREATE_CHILD_SA response"))
-            if chosen is not None:
-                sa.add_task(DeleteSpisTask([self.spi_in]), now, first=True)
-            sa.finish_task(now)
-            return False
+        self.dh_priv = None
+        return (chosen, nonce, g_ir, tsi, tsr) if ok else (None, chosen)
+
+    def unacceptable(self, sa, chosen, now):
+        # The peer may have installed its half: delete it (§1.4.1).
+        sa.engine._child_spis.pop(self.spi_in, None)
+        sa.engine._event(ChildSaFailed(sa.ike_id, self.name, "unacceptable CREATE_CHILD_SA response"))
+        if chosen is not None:
+            sa.add_task(DeleteSpisTask([self.spi_in]), now, first=True)
+        sa.finish_task(now)
+
+    def make_child(self, sa, msg, res) -> ChildSa:
+        chosen, nonce, g_ir, tsi, tsr = res
         child = new_child(sa, self.cfg, self.name)
         child.chosen = chosen
         child.spi_in, child.spi_out = self.spi_in, int.from_bytes(chosen.spi, "big")
@@ -241,19 +288,32 @@ class CreateChildTask:
         child.local_ts, child.remote_ts = tsi.selectors, tsr.selectors
         child.exchange_initiator = True
         set_keys(sa, child, self.ni, nonce.data, g_ir)
-        self.dh_priv = None
-        initiator_install(sa, child, now)
+        return child
+
+    def on_response(self, sa: IkeSa, msg, raw, now) -> bool:
+        err = msg.error_notify()
+        if err is not None:
+            self.refused(sa, err, now)
+            return False
+        res = self.accept(sa, msg)
+        if res[0] is None:
+            self.unacceptable(sa, res[1], now)
+            return False
+        initiator_install(sa, self.make_child(sa, msg, res), now)
         return False
 
 
-def initiator_install(sa: IkeSa, child: ChildSa, now):
-    """Phase two for an initiator: the exchange counts as complete only after the install."""
+def initiator_install(sa: IkeSa, child: ChildSa, now, then=None):
+    """Phase two for an initiator: the exchange counts as complete only after the install.
+    ``then(ok, now)`` runs before the next exchange may start (a rekey queues its Delete there)."""
     def done(ok, reason, now2):
         if ok:
-            installed_ok(sa, child)
+            installed_ok(sa, child, now2)
         else:
             install_failed(sa, child, f"board refused the Child SA ({reason or 'no reason given'})")
             sa.add_task(DeleteSpisTask([child.spi_in]), now2, first=True)   # the peer has it: delete
+        if then is not None:
+            then(ok, now2)
         sa.finish_task(now2)
     request_install(sa, child, done)
 
@@ -262,17 +322,26 @@ def initiator_install(sa: IkeSa, child: ChildSa, now):
 
 def respond(sa: IkeSa, msg, reply, now):
     """Answer a CREATE_CHILD_SA request; ``reply(payloads, now)`` sends the response. Returns
-    PENDING while the board installs. Rekeying (REKEY_SA, or an IKE proposal) belongs to the
-    lifecycle work (issue 5): the ``engine.rekey_responder`` hook takes it, else we refuse cleanly."""
+    PENDING while the board installs. Rekeying (REKEY_SA, or an IKE proposal) goes to the
+    ``engine.rekey_responder`` hook (rekey.py), else we refuse cleanly."""
     if msg.notify(Notify.REKEY_SA) is not None or _proposes_ike(msg):
         hook = sa.engine.rekey_responder
         if hook is not None:
             return hook(sa, msg, reply, now)
         return reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)
+    busy = ike_busy(sa)
+    if busy is not None:
+        return reply([NotifyPayload(busy)], now)
+    return respond_child(sa, msg, reply, now)
+
+
+def respond_child(sa: IkeSa, msg, reply, now, rekey_of: ChildSa | None = None, on_created=None):
+    """Negotiate, install and answer one Child SA (new, or replacing ``rekey_of``).
+    ``on_created(child, ni, nr)`` runs once the Child SA object exists, before the board answers."""
     nonce = msg.get(PayloadType.NONCE)
     if nonce is None:
         return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
-    res = negotiate(sa, msg, ignore_dh=False)
+    res = negotiate(sa, msg, ignore_dh=False, prefer=rekey_of.cfg if rekey_of is not None else None)
     if isinstance(res, int):
         return reply([NotifyPayload(res)], now)
     chosen = res[1]
@@ -296,9 +365,10 @@ def respond(sa: IkeSa, msg, reply, now):
             reply(payloads, now2)
             return
         reply(payloads + tail + [TsPayload(tsi, PayloadType.TSi), TsPayload(tsr, PayloadType.TSr)], now2)
-        installed_ok(sa, child)
+        installed_ok(sa, child, now2)
 
-    return responder_child(sa, msg, res, nonce.data, nr, g_ir, finish)
+    return responder_child(sa, msg, res, nonce.data, nr, g_ir, finish, rekey_of=rekey_of,
+                           on_created=on_created)
 
 
 def _proposes_ike(msg) -> bool:

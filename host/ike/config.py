@@ -8,6 +8,11 @@ Example::
     proposals = ["aes256gcm16-prfsha256-x25519"]
     psk = "a long random secret"
     start_action = "start"            # none | start
+    dpd_delay = 30                    # liveness check after 30 s without inbound IKE or ESP (0 = off)
+    dpd_action = "restart"            # clear (= none) | restart: after a failed liveness check
+    keyingtries = 0                   # initiation attempts for start/restart (0 = until it works)
+    rekey_time = 14400                # IKE SA rekey (RFC 7296 §2.18), minus up to rand_time
+    # over_time = 1440; rand_time = 1440   (hard end = rekey_time + over_time)
     [connections.gw.local]
     auth = "psk"                      # psk | pubkey
     id = "a.example"
@@ -21,6 +26,8 @@ Example::
     remote_ts = ["203.0.113.0/24"]
     esp_proposals = ["aes128gcm16", "aes128-sha256"]
     mode = "tunnel"
+    rekey_time = 3600                 # Child SA rekey (§2.8), minus up to rand_time
+    # life_time = 3960; rand_time = 360   (hard end; jitter)
 
 The daemon's config loader embeds :func:`parse_connections`; :func:`load` reads a whole file.
 """
@@ -71,14 +78,18 @@ class AuthConfig:
 
 @dataclass
 class ChildConfig:
+    """Lifetimes follow swanctl.conf: rekey after ``rekey_time`` minus a random part of
+    ``rand_time``; ``life_time`` is the hard end (defaults 3600 s, 1.1 x rekey_time, the difference).
+    ``rekey_time = 0`` turns rekeying off."""
     name: str
     local_ts: list                  # list[TrafficSelector | "dynamic"]
     remote_ts: list
     esp_proposals: list[ProposalSpec]
     mode: str = "tunnel"
     start_action: str = "none"
-    rekey_time: float = 0.0
-    life_time: float = 0.0
+    rekey_time: float = 3600.0
+    life_time: float = 3960.0
+    rand_time: float = 360.0
 
 
 @dataclass
@@ -96,9 +107,12 @@ class Connection:
     psk: bytes | None = field(default=None, repr=False)
     encap: bool = True
     start_action: str = "none"
-    dpd_action: str = "clear"
-    dpd_delay: float = 0.0
-    rekey_time: float = 0.0
+    dpd_action: str = "clear"       # after a failed liveness check: clear (= none) | restart
+    dpd_delay: float = 0.0          # liveness check after this long without inbound IKE/ESP; 0 = off
+    rekey_time: float = 14400.0     # IKE SA rekey (§2.18); 0 = off
+    over_time: float = 1440.0       # hard end of the IKE SA = rekey_time + over_time
+    rand_time: float = 1440.0       # rekey up to this much earlier (jitter)
+    keyingtries: int = 0            # start/restart attempts; 0 = keep trying (with back-off)
     initial_contact: bool = True
 
     def matches_addrs(self, local_ip: str, remote_ip: str) -> bool:
@@ -344,16 +358,46 @@ def _child(sec: _Section, name: str) -> ChildConfig:
             except (ValueError, TypeError, AttributeError) as e:
                 raise ConfigError(f"{sec.key(k)}[{i}]", str(e)) from None
         ts[k] = out
+    rekey, life, rand = _lifetimes(sec, "life_time", 3600.0, 1.1)
     c = ChildConfig(
         name=name, local_ts=ts["local_ts"], remote_ts=ts["remote_ts"],
         esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, ["aes128gcm16", "aes128-sha256"]),
         mode=sec.choice("mode", ("tunnel", "transport"), "tunnel"),
         start_action=sec.choice("start_action", ("none", "start"), "none"),
-        rekey_time=sec.get("rekey_time", float, 0.0),
-        life_time=sec.get("life_time", float, 0.0),
+        rekey_time=rekey, life_time=life, rand_time=rand,
     )
     sec.done()
     return c
+
+
+def _seconds(sec, k, default):
+    v = sec.get(k, float, default)
+    if v < 0:
+        raise ConfigError(sec.key(k), "must not be negative")
+    return v
+
+
+def _lifetimes(sec, hard_key: str, rekey_default: float, factor: float):
+    """swanctl.conf lifetimes: (rekey_time, hard, rand_time). Children: hard = ``life_time``
+    (default 1.1 x rekey_time), rand_time defaults to hard - rekey_time. IKE: hard = ``over_time``
+    past rekey_time (default 10 %), rand_time defaults to over_time."""
+    rekey = _seconds(sec, "rekey_time", rekey_default)
+    if hard_key == "life_time":
+        life = _seconds(sec, "life_time", round(rekey * factor, 6))
+        if rekey and life and life <= rekey:
+            raise ConfigError(sec.key("life_time"), "must be longer than rekey_time")
+        rand = _seconds(sec, "rand_time", round(max(life - rekey, 0.0), 6) if life else 0.0)
+        hard_margin = life - rekey if life else None
+    else:
+        over = _seconds(sec, "over_time", round(rekey * (factor - 1.0), 6))
+        life = over
+        rand = _seconds(sec, "rand_time", over)
+        hard_margin = over if over else None
+    if rekey and rand >= rekey:
+        raise ConfigError(sec.key("rand_time"), "must be shorter than rekey_time")
+    if rekey and hard_margin is not None and rand > hard_margin:
+        raise ConfigError(sec.key("rand_time"), f"must not exceed the time between rekey_time and {hard_key}")
+    return rekey, life, rand
 
 
 def parse_connection(name: str, data: dict, base: Path | None = None, path: str | None = None) -> Connection:
@@ -379,6 +423,10 @@ def parse_connection(name: str, data: dict, base: Path | None = None, path: str 
         for cname in list(ch.data):
             children[cname] = _child(ch.sub(cname), cname)
         ch.done()
+    ike_rekey, ike_over, ike_rand = _lifetimes(sec, "over_time", 14400.0, 1.1)
+    keyingtries = sec.get("keyingtries", int, 0)
+    if keyingtries < 0:
+        raise ConfigError(sec.key("keyingtries"), "must be 0 (keep trying) or a positive count")
     conn = Connection(
         name=name, local_addrs=local_addrs, remote_addrs=remote_addrs, local=local, remote=remote,
         proposals=_proposals(sec, "proposals", ProtocolId.IKE, ["aes128gcm16-prfsha256-x25519"]),
@@ -389,8 +437,9 @@ def parse_connection(name: str, data: dict, base: Path | None = None, path: str 
         encap=sec.get("encap", bool, True),
         start_action=sec.choice("start_action", ("none", "start"), "none"),
         dpd_action=sec.choice("dpd_action", ("none", "clear", "restart"), "clear"),
-        dpd_delay=sec.get("dpd_delay", float, 0.0),
-        rekey_time=sec.get("rekey_time", float, 0.0),
+        dpd_delay=_seconds(sec, "dpd_delay", 0.0),
+        rekey_time=ike_rekey, over_time=ike_over, rand_time=ike_rand,
+        keyingtries=keyingtries,
         initial_contact=sec.get("initial_contact", bool, True),
     )
     if conn.start_action == "start" and conn.remote_host is None:
@@ -421,6 +470,36 @@ def parse_retransmit(data: dict | None, path: str = "retransmit") -> RetransmitP
         raise ConfigError(sec.key("tries"), "must be 0..20")
     sec.done()
     return r
+
+
+def parse_settings(data: dict | None, path: str = "ike"):
+    """The daemon's ``[ike]`` table -> (EngineSettings, RetransmitPolicy). Keys are the field names
+    of ``EngineSettings`` (documented in host/ike/README.md) plus ``[ike.retransmit]`` and
+    ``[ike.hint_retransmit]`` tables (timeout, base, tries, limit)."""
+    from dataclasses import fields
+    from .engine import EngineSettings
+    settings = EngineSettings()
+    if data is None:
+        return settings, RetransmitPolicy()
+    sec = _Section(data, path)
+    retransmit = parse_retransmit(data.get("retransmit"), sec.key("retransmit"))
+    sec.used.add("retransmit")
+    for f in fields(EngineSettings):
+        if f.name == "hint_retransmit":
+            if "hint_retransmit" in data:
+                sec.used.add(f.name)
+                settings.hint_retransmit = parse_retransmit(data[f.name], sec.key(f.name))
+            continue
+        default = getattr(settings, f.name)
+        kind = type(default) if default is not None else str
+        v = sec.get(f.name, kind, default)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(sec.key(f.name), "must not be negative")
+        if f.name in ("port", "natt_port") and not 1 <= v <= 65535:
+            raise ConfigError(sec.key(f.name), "must be a port number 1..65535")
+        setattr(settings, f.name, v)
+    sec.done()
+    return settings, retransmit
 
 
 def loads(text: str, base: Path | None = None) -> dict[str, Connection]:

@@ -7,10 +7,12 @@
     engine.next_event() -> Event | None               # IkeSaUp, ChildSaInstall, ChildSaDelete, ...
     engine.child_sa_installed(handle, ok, now)        # phase two of a Child SA install
 
-plus the commands initiate(), create_child(), delete_child(), delete_ike() and check_liveness().
-Time is whatever monotonic clock the caller uses, in seconds. The engine keeps the SPI tables,
-counts half-open SAs (RFC 7296 §2.6 limits) and rate-limits every answer it gives to unprotected
-messages (§2.21).
+plus the commands initiate(), create_child(), delete_child(), delete_ike(), check_liveness(),
+rekey_child(), rekey_ike(), and the reports from the ESP processor: esp_unknown_spi(),
+esp_received(), child_sa_expired(). Time is whatever monotonic clock the caller uses, in seconds.
+The engine keeps the SPI tables, counts half-open SAs (RFC 7296 §2.6 limits, cookies) and
+rate-limits every action it takes because of an unprotected message (§2.4, §2.21). The lifecycle
+lives in its own modules: rekey.py, liveness.py, invalid_spi.py, cookies.py.
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from . import child_create, ike_auth, informational
+from . import child_create, cookies, ike_auth, informational, invalid_spi, liveness, rekey
 from .config import Connection, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify
-from .events import ChildSaDelete, IkeSaDown, IkeSaUp, Warning_
+from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaUp, Warning_
 from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
-from .ike_sa import CONNECTING, DEAD, ESTABLISHED, IkeSa
+from .ike_sa import CONNECTING, DEAD, DELETING, ESTABLISHED, IkeSa
 from .message import Message, VersionError, open_sk, parse_header, parse_plain
 from .payloads import NotifyPayload, SyntaxError_, UnsupportedCritical
 from .proposals import OffloadCapabilities
@@ -60,6 +62,30 @@ class EngineSettings:
     reply_burst: float = 40.0
     reply_global_rate: float = 500.0
     reply_global_burst: float = 1000.0
+    # cookies (§2.6): demanded from this many half-open SAs on (0 = never)
+    cookie_threshold: int = 30          # in total (strongSwan's default)
+    cookie_threshold_ip: int = 3        # from one address
+    cookie_secret_lifetime: float = 60.0
+    cookie_rate: float = 20.0           # COOKIE answers per source per second ...
+    cookie_burst: float = 40.0
+    cookie_global_rate: float = 10000.0     # ... and in total (small, never amplifying)
+    cookie_global_burst: float = 10000.0
+    # INVALID_SPI (§1.5): outgoing, for ESP with an unknown SPI reported by the board
+    unprotected_invalid_spi: bool = False   # answer outside any IKE SA when none exists (DoS magnet)
+    invalid_spi_rate: float = 1.0       # per source address per second
+    invalid_spi_burst: float = 3.0
+    invalid_spi_global_rate: float = 20.0
+    invalid_spi_global_burst: float = 40.0
+    # liveness checks started by unprotected INVALID_SPI hints (plus: one in flight per IKE SA)
+    hint_rate: float = 1.0              # per source address per second
+    hint_burst: float = 2.0
+    hint_global_rate: float = 10.0
+    hint_global_burst: float = 20.0
+    hint_retransmit: RetransmitPolicy | None = None     # schedule of those checks (None: the engine's)
+    # lifecycle
+    restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
+    retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
+    rekey_reap_time: float = 30.0       # a replaced IKE SA the peer did not delete goes after this
 
 
 _FAIL_CLOSED = object()
@@ -86,6 +112,9 @@ class IkeEngine:
         self._half_open_ip: Counter = Counter()
         self._installing: dict = {}                  # handle -> ChildSa awaiting the board
         self._child_spis: dict[int, object] = {}     # our inbound ESP SPIs in use
+        self._children: dict = {}                    # handle -> ChildSa (installing or installed)
+        self._spi_out: dict[int, list] = {}          # peer's inbound SPI -> Child SAs (INVALID_SPI hints)
+        self._peers: dict[str, set] = {}             # peer IP -> IKE SAs
         self._heap = []
         self._seq = itertools.count()
         self._ike_ids = itertools.count(1)
@@ -93,32 +122,53 @@ class IkeEngine:
         self._out: list[Datagram] = []
         self._events = deque()
         self._conn_cache: dict = {}
-        self._replies = KeyedBuckets(self.settings.reply_rate, self.settings.reply_burst,
-                                     self.settings.reply_global_rate, self.settings.reply_global_burst)
+        st = self.settings
+        self._replies = KeyedBuckets(st.reply_rate, st.reply_burst, st.reply_global_rate,
+                                     st.reply_global_burst)
+        self._cookie_replies = KeyedBuckets(st.cookie_rate, st.cookie_burst, st.cookie_global_rate,
+                                            st.cookie_global_burst)
+        self._invalid_spi_out = KeyedBuckets(st.invalid_spi_rate, st.invalid_spi_burst,
+                                             st.invalid_spi_global_rate, st.invalid_spi_global_burst)
+        self._hints = KeyedBuckets(st.hint_rate, st.hint_burst, st.hint_global_rate, st.hint_global_burst)
+        self._cookies = cookies.CookieJar(st.cookie_secret_lifetime)
         self._rand = random.SystemRandom()
+        self.jitter = random.Random()       # lifetime jitter (tests may seed it); not for keys or SPIs
+        self._delayed_ids = itertools.count(1)
+        self._now = 0.0                     # the latest time any entry point was given
         self.stats = Counter()
         self.strict = bool(os.environ.get("IKE_ENGINE_RAISE"))   # tests: let internal errors escape
-        # hooks for the lifecycle work (issue 5): CREATE_CHILD_SA rekeys, notifications
-        self.rekey_responder: Callable | None = None
-        self.notify_hooks: dict[int, Callable] = {}
+        # CREATE_CHILD_SA rekeys and protected notifications (replaceable, e.g. by tests)
+        self.rekey_responder: Callable | None = rekey.respond
+        self.notify_hooks: dict[int, Callable] = {Notify.INVALID_SPI: invalid_spi.protected_received}
+        self._timer_kinds = {
+            "dpd": liveness.on_dpd, "start": liveness.on_start,
+            rekey.CHILD_REKEY: rekey.on_child_rekey, rekey.CHILD_EXPIRE: rekey.on_child_expire,
+            "ike_rekey": rekey.on_ike_rekey, "ike_expire": rekey.on_ike_expire, "reap": rekey.on_reap,
+            "task": self._delayed_task_due,
+        }
 
     # ================================================================ public API: commands
 
     def start(self, now: float) -> list[int]:
         """Initiate every connection with ``start_action = "start"``, with the children marked
-        ``start_action = "start"`` (or its first child if none is). Returns the IKE SA ids."""
+        ``start_action = "start"`` (or its first child if none is), retried per ``keyingtries``.
+        Returns the IKE SA ids."""
         ids = []
         for name, conn in self.connections.items():
             if conn.start_action != "start":
                 continue
             marked = [c for c, cfg in conn.children.items() if cfg.start_action == "start"]
-            ids.append(self.initiate(name, now, marked or None))
+            ids.append(self.initiate(name, now, marked or None, retry=True))
         return ids
 
-    def initiate(self, conn_name: str, now: float, child: str | list | None | bool = None) -> int:
+    def initiate(self, conn_name: str, now: float, child: str | list | None | bool = None, *,
+                 retry: bool = False, start_at: float | None = None, attempt: int = 1) -> int:
         """Start an IKE SA for ``conn_name``. ``child``: a child name or list of names (the first is
         negotiated in IKE_AUTH, the others with CREATE_CHILD_SA right after), None for the first
-        configured child, False for none (childless, RFC 6023). Returns the IKE SA id."""
+        configured child, False for none (childless, RFC 6023). ``retry``: if it fails before it is
+        established, try again per the connection's ``keyingtries`` (liveness.py). ``start_at``:
+        send the first message only then. Returns the IKE SA id."""
+        self._now = now
         conn = self.connections[conn_name]
         remote = conn.remote_host
         if remote is None:
@@ -126,25 +176,45 @@ class IkeEngine:
         local = conn.local_host or self.settings.local_addr
         if local is None:
             raise ValueError(f"connection {conn_name}: no local address (set local_addrs)")
-        sa = self._new_sa(True, (local, conn.local_port), (remote, conn.remote_port), now)
-        sa.conn = conn
-        sa.spi_i = self._alloc_ike_spi(sa)
         if child is False or not conn.children:
             cfgs = []
         elif child is None:
             cfgs = [next(iter(conn.children.values()))]
         else:
             cfgs = [conn.children[c] for c in ([child] if isinstance(child, str) else child)]
-        sa.add_task(IkeInitTask(conn.proposals[0].dh[0]), now)
+        sa = self._new_sa(True, (local, conn.local_port), (remote, conn.remote_port), now)
+        sa.conn = conn
+        sa.spi_i = self._alloc_ike_spi(sa)
+        if retry:
+            sa.keying = (attempt, [c.name for c in cfgs] or False)
+        sa.queue.append(IkeInitTask(conn.proposals[0].dh[0]))
         sa.queue.append(ike_auth.IkeAuthTask(cfgs[0] if cfgs else None))
         for cfg in cfgs[1:]:
             sa.queue.append(child_create.CreateChildTask(cfg))
+        if start_at is not None and start_at > now:
+            sa.set_timer(liveness.START, start_at)
+        else:
+            sa.kick(now)
         return sa.ike_id
 
     def create_child(self, ike_id: int, child: str, now: float):
         """Negotiate one more Child SA on an established IKE SA (CREATE_CHILD_SA, §1.3.1)."""
+        self._now = now
         sa = self._ids[ike_id]
         sa.add_task(child_create.CreateChildTask(sa.conn.children[child]), now)
+
+    def rekey_child(self, handle: int, now: float) -> bool:
+        """Rekey Child SA ``handle`` now (§1.3.3). False if it cannot be (not installed, being
+        rekeyed or already replaced)."""
+        self._now = now
+        c = self._children.get(handle)
+        return c is not None and rekey.start_child_rekey(c.ike, c, now)
+
+    def rekey_ike(self, ike_id: int, now: float) -> bool:
+        """Rekey IKE SA ``ike_id`` now (§2.18); its Child SAs move to the new one."""
+        self._now = now
+        sa = self._ids.get(ike_id)
+        return sa is not None and rekey.start_ike_rekey(sa, now)
 
     def delete_child(self, handle: int, now: float, reason: str = "deleted locally"):
         for sa in self._ids.values():
@@ -156,6 +226,7 @@ class IkeEngine:
     def delete_ike(self, ike_id: int, now: float, reason: str = "deleted locally"):
         """Delete an IKE SA and its Child SAs: an INFORMATIONAL Delete if it is established (sent
         ahead of queued exchanges), otherwise dropped at once."""
+        self._now = now
         sa = self._ids.get(ike_id)
         if sa is None:
             return
@@ -165,25 +236,71 @@ class IkeEngine:
         else:
             self._destroy(sa, reason, send_delete=False)
 
-    def drop_ike(self, ike_id: int, now: float, reason: str, send_delete: bool = True):
+    def drop_ike(self, ike_id: int, now: float, reason: str, send_delete: bool = True) -> list[str]:
         """Remove an IKE SA at once (the daemon's flush when a board is lost, RFC 7296 §2.4): a
         best-effort INFORMATIONAL Delete goes out (not retransmitted), ChildSaDelete for each Child
-        SA and IkeSaDown follow immediately."""
+        SA and IkeSaDown follow immediately. Nothing is re-initiated here; returns the names of the
+        Child SA configurations it carried, for ``initiate(conn, now, names, retry=True)``."""
+        self._now = now
         sa = self._ids.get(ike_id)
-        if sa is not None:
-            self._destroy(sa, reason, send_delete=send_delete)
+        if sa is None:
+            return []
+        names = liveness.child_names(sa)
+        self._destroy(sa, reason, send_delete=send_delete)
+        return names
 
     def check_liveness(self, ike_id: int, now: float, on_alive=None):
         """Send an empty INFORMATIONAL request (§1.4); no answer after the retransmissions tears the
-        IKE SA down (§2.4)."""
+        IKE SA down (§2.4) and the connection's ``dpd_action`` applies."""
+        self._now = now
         sa = self._ids[ike_id]
         sa.add_task(informational.LivenessTask(on_alive), now)
+
+    # ================================================================ public API: the ESP processor
+
+    def esp_unknown_spi(self, spi: int, src: tuple | None, now: float, local: tuple | None = None):
+        """The board received ESP for ``spi`` it does not have, from ``src`` = (ip, port); ``local``
+        = (our ip, port) it arrived on. INVALID_SPI inside an IKE SA with that peer, or (only with
+        ``unprotected_invalid_spi``) outside any; rate-limited per source and in total
+        (invalid_spi.py, §1.5). Returns "protected", "unprotected" or None (nothing sent)."""
+        self._now = now
+        return invalid_spi.report(self, spi, src, now, local)
+
+    def esp_received(self, handle: int, now: float):
+        """Inbound ESP decrypted on Child SA ``handle`` (board counters moved): proof of liveness
+        for its IKE SA (§2.4). Cheap; call it per poll, not per packet."""
+        c = self._children.get(handle)
+        if c is not None and c.state != "dead":
+            liveness.proof(c.ike, now)
+
+    def esp_received_spi(self, spi_in: int, now: float):
+        """As :meth:`esp_received`, by the SPI the packet arrived with."""
+        c = self._child_spis.get(spi_in)
+        if c is not None and c.state != "dead":
+            liveness.proof(c.ike, now)
+
+    def child_sa_expired(self, handle: int, hard: bool, now: float):
+        """The board reports a lifetime (time, bytes, packets, sequence numbers) of Child SA
+        ``handle`` ran out (RFC 4301 §4.4.2.1). Soft: rekey it now (§2.8). Hard: it is unusable —
+        delete it (at the peer too) and create it anew unless a rekey already replaced it."""
+        self._now = now
+        c = self._children.get(handle)
+        if c is None or c.state != "installed":
+            return
+        sa = c.ike
+        if not hard:
+            self.stats["child_soft_expiries"] += 1
+            rekey.start_child_rekey(sa, c, now)
+            return
+        self.stats["child_hard_expiries"] += 1
+        self._recreate_child(sa, c, now, "hard lifetime expired (board)")
 
     # ================================================================ public API: I/O
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float, local: tuple | None = None):
         """Feed one received IKE message (without the non-ESP marker). ``addr`` is the sender's
         (ip, port), ``local`` our (ip, port) it arrived on. Never raises for bad input."""
+        self._now = now
         try:
             self._receive(data, addr, now, local)
         except (SyntaxError_, UnsupportedCritical, VersionError):
@@ -207,6 +324,7 @@ class IkeEngine:
         return None
 
     def handle_timer(self, now: float):
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             t, _s, sa = heapq.heappop(heap)
@@ -220,6 +338,7 @@ class IkeEngine:
     def child_sa_installed(self, handle: int, ok: bool, now: float, reason: str | None = None):
         """Phase two of a Child SA install: the board accepted (``ok``) or refused it. ``reason``
         "unsupported" answers NO_PROPOSAL_CHOSEN, anything else TEMPORARY_FAILURE."""
+        self._now = now
         child = self._installing.pop(handle, None)
         if child is None:
             raise KeyError(f"no Child SA install pending with handle {handle}")
@@ -243,19 +362,30 @@ class IkeEngine:
         return self._ids.get(ike_id)
 
     def ike_sas(self) -> list[IkeSa]:
-        return list(self._ids.values())
+        """Every IKE SA the driver was told of (not the redundant ones of a rekey collision)."""
+        return [sa for sa in self._ids.values() if sa.announced]
 
     def half_open_count(self) -> int:
         return len(self._half_open)
 
     def ike_sas_with_peer(self, ip: str) -> list[IkeSa]:
-        """IKE SAs whose peer is at ``ip`` (e.g. to answer an unknown-SPI report, issue 5)."""
-        return [sa for sa in self._ids.values() if sa.remote[0] == ip and sa.state != DEAD]
+        """IKE SAs whose peer is at ``ip`` (e.g. to answer an unknown-SPI report)."""
+        return sorted((sa for sa in self._peers.get(ip, ()) if sa.state != DEAD), key=lambda s: s.ike_id)
 
     def child_by_spi_in(self, spi: int):
         """The Child SA that receives on ``spi``, if any."""
         c = self._child_spis.get(spi)
         return c if c is not None and c.state != "dead" else None
+
+    def child_by_spi_out(self, spi: int, peer_ip: str | None = None):
+        """The Child SA that sends with ``spi`` (to ``peer_ip``), if any: for outbound SA_EXPIRE."""
+        for c in self._spi_out.get(spi, ()):
+            if c.state != "dead" and (peer_ip is None or c.ike.remote[0] == peer_ip):
+                return c
+        return None
+
+    def child_sa(self, handle: int):
+        return self._children.get(handle)
 
     # ================================================================ receive path
 
@@ -272,7 +402,10 @@ class IkeEngine:
         ours = hdr.spi_r if hdr.flags & Flag.INITIATOR else hdr.spi_i
         sa = self._sas.get(ours)
         if sa is None or sa.state == DEAD:
-            self.stats["unknown_spi"] += 1
+            if hdr.exchange == _INFO:
+                invalid_spi.unprotected_received(self, hdr, data, addr, now)    # §1.5
+            else:
+                self.stats["unknown_spi"] += 1
             return
         if bool(hdr.flags & Flag.INITIATOR) == sa.initiator or \
                 sa.peer_spi != (hdr.spi_r if sa.initiator else hdr.spi_i):
@@ -344,9 +477,9 @@ class IkeEngine:
         self._conn_cache.clear()
 
     def _admit_init(self, hdr, msg, addr, local, now) -> bool:
-        """Hook for stateless cookies (§2.6, issue 5): return False after answering with a
-        COOKIE. Admits everything for now; the half-open limits above still apply."""
-        return True
+        """Stateless cookies (§2.6, cookies.py): False after answering with a COOKIE. The
+        half-open limits above apply in any case."""
+        return cookies.admit(self, hdr, msg, addr, local, now)
 
     def _init_response(self, hdr, data, addr, local, now):
         sa = self._sas.get(hdr.spi_i)
@@ -433,6 +566,8 @@ class IkeEngine:
             reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
             return
         msg = Message(hdr.spi_i, hdr.spi_r, exch, hdr.flags, mid, inner, True)
+        if sa.collision_of is not None:
+            rekey.peer_resolved(sa, inner, now)
         sa.pending_mid = mid
         handler(sa, msg, reply, now)
 
@@ -482,8 +617,19 @@ class IkeEngine:
 
     def _new_sa(self, initiator, local, remote, now) -> IkeSa:
         sa = IkeSa(self, next(self._ike_ids), initiator, local, remote, now)
-        self._ids[sa.ike_id] = sa
+        self._register_sa(sa)
         return sa
+
+    def _register_sa(self, sa):
+        self._ids[sa.ike_id] = sa
+        self._peers.setdefault(sa.remote[0], set()).add(sa)
+
+    def _unregister_peer(self, sa):
+        peers = self._peers.get(sa.remote[0])
+        if peers is not None:
+            peers.discard(sa)
+            if not peers:
+                del self._peers[sa.remote[0]]
 
     def _alloc_ike_spi(self, sa) -> bytes:
         while True:
@@ -519,6 +665,9 @@ class IkeEngine:
     def _nat_update(self, sa, addr, local):
         """§2.23: with a NAT in the path, follow the address of the latest authentic message."""
         if sa.nat and (addr != sa.remote or local != sa.local):
+            if addr[0] != sa.remote[0]:
+                self._unregister_peer(sa)
+                self._peers.setdefault(addr[0], set()).add(sa)
             sa.remote = addr
             sa.local = local
 
@@ -535,19 +684,33 @@ class IkeEngine:
     def _established(self, sa, now):
         sa.state = ESTABLISHED
         sa.established_at = now
+        sa.last_heard = now
         sa.expire_at = None
+        sa.keying = None
         self._leave_half_open(sa)
         sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
         sa.local_id = sa.conn.local.id
         self._event(IkeSaUp(sa.ike_id, sa.conn.name, sa.initiator, sa.local, sa.remote, str(sa.local_id),
                             str(sa.remote_id), sa.chosen.describe()))
         if not sa.initiator and sa.initial_contact:
-            # §2.4: the peer has no memory of older IKE SAs with us: drop those.
-            for other in list(self._ids.values()):
-                if other is not sa and other.state == ESTABLISHED and other.conn is sa.conn and \
-                        other.remote_id == sa.remote_id:
-                    self._destroy(other, "replaced (INITIAL_CONTACT)", send_delete=False)
+            self._initial_contact(sa)
+        liveness.arm(sa, now)
+        rekey.arm_ike(sa, now)
         sa.reschedule()
+
+    def _initial_contact(self, sa):
+        """§2.4: INITIAL_CONTACT asserts the peer has no other IKE SA with us: every IKE SA between
+        the same two authenticated identities that was up before this one began goes, without a
+        Delete (the peer has no keys for it) and without a restart. SAs that came up while this
+        one was being set up (both sides starting at once) stay: deleting them on one side only
+        would leave the other side with a dead IKE SA."""
+        for other in list(self._ids.values()):
+            if other is sa or other.state not in (ESTABLISHED, DELETING) or other.established_at is None \
+                    or other.established_at >= sa.created:
+                continue
+            if other.remote_id == sa.remote_id and other.local_id == sa.local_id:
+                self.stats["initial_contact_replaced"] += 1
+                self._destroy(other, "replaced (INITIAL_CONTACT)", send_delete=False)
 
     def _leave_half_open(self, sa):
         key, sa.ho_key = sa.ho_key, None
@@ -561,20 +724,114 @@ class IkeEngine:
 
     def _fail(self, sa, reason):
         self._warn(sa, reason)
-        self._destroy(sa, reason, send_delete=False, established=False)
+        self._destroy(sa, reason, send_delete=False, established=False, cause="failed")
+
+    # ---------------------------------------------------------------- lifecycle helpers
+
+    def _register_child(self, child):
+        self._children[child.handle] = child
+        self._child_spis[child.spi_in] = child
+        self._spi_out.setdefault(child.spi_out, []).append(child)
+
+    def _forget_child(self, child):
+        self._children.pop(child.handle, None)
+        if child.spi_in in self._child_spis and self._child_spis[child.spi_in] in (child, None):
+            del self._child_spis[child.spi_in]
+        lst = self._spi_out.get(child.spi_out)
+        if lst is not None:
+            if child in lst:
+                lst.remove(child)
+            if not lst:
+                del self._spi_out[child.spi_out]
+        rekey.clear_child_timers(child.ike, child.handle)
+
+    def _install_failed(self, sa, child):
+        """The board refused ``child`` (child_create.install_failed)."""
+        if child.rekey_of is not None:
+            rekey.responder_install_failed(sa, child, self._now)
+
+    def _child_up(self, sa, child, now):
+        """A Child SA is installed and its exchange done (ChildSaUp was just emitted)."""
+        rekey.arm_child(sa, child, now)
+        if child.rekey_of is not None and not child.exchange_initiator:
+            old = sa.children.get(child.rekey_of)
+            if old is None or old.state == "dead":
+                self._switch_outbound(sa, child)        # the peer deleted the old one already
+
+    def _switch_outbound(self, sa, child):
+        if child.defer_outbound and child.state == "installed" and child.rekey_state != "redundant":
+            child.defer_outbound = False
+            self._event(ChildSaOutbound(child.handle, sa.ike_id, child.rekey_of))
+
+    def _recreate_child(self, sa, child, now, reason, tell_peer=True):
+        """Drop ``child`` now (ChildSaDelete), ask the peer to delete its half, and negotiate it
+        anew unless a rekey already replaced it (INVALID_SPI, CHILD_SA_NOT_FOUND, hard expiry)."""
+        cfg = child.cfg
+        replaced = child.rekey_state in ("rekeyed", "redundant")
+        rekeying = child.rekey_state == "rekeying"
+        if rekeying:
+            child.rekey_state = "recreate"         # the rekey in flight replaces it, or we create it
+        self._remove_child(sa, child, reason)
+        if tell_peer:
+            sa.add_task(informational.DeleteSpisTask([child.spi_in]), now)
+        if cfg is not None and not replaced and not rekeying and sa.state == ESTABLISHED and \
+                sa.successor is None and cfg.name in sa.conn.children:
+            self.stats["child_sas_recreated"] += 1
+            sa.add_task(child_create.CreateChildTask(cfg), now)
+
+    def _retry_delay(self) -> float:
+        """§2.25: after TEMPORARY_FAILURE "MUST NOT immediately retry": 0.5..1 x retry_delay."""
+        d = self.settings.retry_delay
+        return self.jitter.uniform(d / 2, d)
+
+    def _delay_task(self, sa, task, t):
+        n = next(self._delayed_ids)
+        sa.delayed[n] = task
+        sa.set_timer(("task", n), t)
+
+    def _delayed_task_due(self, sa, key, now):
+        task = sa.delayed.pop(key[1], None)
+        if task is not None and sa.state == ESTABLISHED:
+            sa.add_task(task, now)
+
+    def _sa_timer(self, sa, key, now):
+        handler = self._timer_kinds.get(key[0])
+        if handler is not None:
+            handler(sa, key, now)
+
+    def _request_timed_out(self, sa, task, reason, now):
+        liveness.request_timed_out(sa, task, reason, now)
+
+    def _peer_deletes_ike(self, sa, now):
+        """The peer deletes this IKE SA (§1.4.1). If we had answered its rekey of it while ours
+        ran, its new IKE SA survives and takes the Child SAs (§2.25.2: forget our own rekey)."""
+        col, sa.rekey_collision = sa.rekey_collision, None
+        if col is not None and col[2].state == ESTABLISHED:
+            rekey.adopt(sa, col[2], now, delete_old=False)
+        self._destroy(sa, "deleted by peer", send_delete=False, now=now)
 
     def _remove_child(self, sa, child, reason):
         if child.state in ("installed", "deleting"):
             self._event(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason))
         child.state = "dead"
         sa.children.pop(child.handle, None)
-        self._child_spis.pop(child.spi_in, None)
+        self._forget_child(child)
+        for other in sa.children.values():
+            if other.rekey_of == child.handle and other.defer_outbound:
+                self._switch_outbound(sa, other)
 
-    def _destroy(self, sa, reason, send_delete=False, established=None):
+    def _destroy(self, sa, reason, send_delete=False, established=None, cause=None, now=None):
         """Remove an IKE SA and its Child SAs (ChildSaDelete for each installed one, then IkeSaDown).
-        With ``send_delete`` a best-effort Delete goes out first (not retransmitted)."""
+        With ``send_delete`` a best-effort Delete goes out first (not retransmitted). ``cause``
+        ("timeout", "failed", "expired") lets liveness.after_down re-initiate the connection."""
         if sa.state == DEAD:
             return
+        if now is None:
+            now = self._now
+        abort = getattr(sa.active, "abort", None)
+        if abort is not None:
+            abort(sa)
+        children = liveness.child_names(sa)
         if send_delete and sa.established_at is not None and sa.cipher is not None:
             flags = Flag.INITIATOR if sa.initiator else 0
             from .payloads import DeletePayload
@@ -590,10 +847,23 @@ class IkeEngine:
         sa.deleted_reason = reason
         sa.outstanding = None
         sa.queue.clear()
+        sa.timers.clear()
+        sa.delayed.clear()
         for spi in (sa.spi_i, sa.spi_r):
             if self._sas.get(spi) is sa:
                 del self._sas[spi]
         self._leave_half_open(sa)
-        self._ids.pop(sa.ike_id, None)
-        self._event(IkeSaDown(sa.ike_id, sa.conn.name if sa.conn else "", reason,
-                              sa.established_at is not None if established is None else established))
+        if self._ids.get(sa.ike_id) is sa:
+            del self._ids[sa.ike_id]
+        self._unregister_peer(sa)
+        col, sa.rekey_collision = sa.rekey_collision, None
+        if col is not None and col[2].state != DEAD and not col[2].announced:
+            self._destroy(col[2], "IKE SA it rekeyed is gone", send_delete=True)
+        restart = liveness.after_down(self, sa, cause, children, now)
+        if not sa.announced:
+            return
+        replaced = sa.successor.ike_id if sa.successor is not None else None
+        self._event(IkeSaDown(sa.ike_id, sa.conn.name if sa.conn else "",
+                              "rekeyed" if replaced is not None else reason,
+                              sa.established_at is not None if established is None else established,
+                              replaced_by=replaced, restart_ike_id=restart))

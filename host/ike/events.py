@@ -31,11 +31,31 @@ class IkeSaUp(Event):
 @dataclass(slots=True)
 class IkeSaDown(Event):
     """An IKE SA is gone: deleted by either side, timed out, or failed before it was established
-    (``established`` False). Its Child SAs each got a :class:`ChildSaDelete` first."""
+    (``established`` False). Its Child SAs each got a :class:`ChildSaDelete` first.
+
+    ``replaced_by``: the IKE SA that took over after a rekey (its Child SAs moved there, see
+    :class:`IkeSaRekeyed`). ``restart_ike_id``: the engine is re-initiating the connection itself
+    (``dpd_action = "restart"`` after a liveness failure, or the next ``keyingtries`` attempt) as
+    this new IKE SA id; nothing for the driver to do but expect its events."""
     ike_id: int
     conn: str
     reason: str
     established: bool = True
+    replaced_by: int | None = None
+    restart_ike_id: int | None = None
+
+
+@dataclass(slots=True)
+class IkeSaRekeyed(Event):
+    """IKE SA ``old_ike_id`` was rekeyed (RFC 7296 §2.18): ``new_ike_id`` replaces it, with the same
+    peer, identities and placement; every Child SA moved to it unchanged (same handles, SPIs and
+    board entries). Later events for those Child SAs carry ``new_ike_id``. The old IKE SA ends
+    with an IkeSaDown(replaced_by=new_ike_id) once its Delete is through."""
+    old_ike_id: int
+    new_ike_id: int
+    conn: str
+    initiator: bool
+    proposal: str
 
 
 @dataclass(slots=True, repr=False)
@@ -46,7 +66,13 @@ class ChildSaInstall(Event):
     traffic from the peer to us (decrypt with ``spi_in``), ``*_out`` traffic we send (``spi_out``).
     ``salt_*`` is the 4-byte AEAD salt (RFC 4106 §8.1), empty for AES-CBC. Integrity transform id 0
     means none (AEAD). ``encap`` gives ESP-in-UDP (RFC 3948) with ``local_port``/``remote_port``.
-    ``rekey_of`` names the handle this SA replaces (rekeying, issue 5), else None.
+    ``rekey_of`` names the handle this SA replaces (rekeying, RFC 7296 §2.8), else None: install
+    the new SA next to the old one; the old one goes with its own ChildSaDelete once the new one
+    is in place. ``defer_outbound`` (we answered the peer's rekey): keep sending on ``rekey_of``
+    until its ChildSaDelete, then switch; otherwise send on the new SA at once. Inbound, both
+    decrypt until the old one is deleted, so no packet is lost across a rekey.
+    ``lifetime`` is the hard life time in seconds (0 = none): the board may expire it itself and
+    report it with ``engine.child_sa_expired``.
     """
     handle: int
     ike_id: int
@@ -75,9 +101,11 @@ class ChildSaInstall(Event):
     initiator: bool
     lifetime: float = 0.0
     rekey_of: int | None = None
+    defer_outbound: bool = False
 
     def __repr__(self):
-        return (f"ChildSaInstall(handle={self.handle}, ike_id={self.ike_id}, name={self.name!r}, "
+        return (f"ChildSaInstall(handle={self.handle}, rekey_of={self.rekey_of}, ike_id={self.ike_id}, "
+                f"name={self.name!r}, "
                 f"spi_in={self.spi_in:08x}, spi_out={self.spi_out:08x}, encr={self.encr}/"
                 f"{self.encr_key_bits}, integ={self.integ}, esn={self.esn}, mode={self.mode}, "
                 f"encap={self.encap} {self.local_addr}:{self.local_port}->{self.remote_addr}:"
@@ -92,6 +120,16 @@ class ChildSaUp(Event):
     name: str
     spi_in: int
     spi_out: int
+    rekey_of: int | None = None
+
+
+@dataclass(slots=True)
+class ChildSaOutbound(Event):
+    """Send on Child SA ``handle`` from now on instead of ``replaces`` (a rekey we answered, or a
+    simultaneous rekey, was installed with ``defer_outbound``; its predecessor is gone or lost)."""
+    handle: int
+    ike_id: int
+    replaces: int | None
 
 
 @dataclass(slots=True)

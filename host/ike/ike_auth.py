@@ -209,6 +209,6 @@ def respond(sa, msg, reply, now):
             send(head + payloads, now2)
             return
         send(head + payloads + [TsPayload(tsi, PayloadType.TSi), TsPayload(tsr, PayloadType.TSr)], now2)
-        cc.installed_ok(sa, child)
+        cc.installed_ok(sa, child, now2)
 
     return cc.responder_child(sa, msg, res, sa.ni, sa.nr, None, finish)

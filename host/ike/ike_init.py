@@ -54,11 +54,13 @@ def check_nat(msg, spi_i, spi_r, local, remote):
     return (not local_ok, not remote_ok)
 
 
-def derive(sa: IkeSa, shared: bytes):
-    """§2.14: SKEYSEED and the seven keys; builds the SK cipher for our direction."""
+def derive(sa: IkeSa, shared: bytes | None, seed: bytes | None = None):
+    """§2.14: SKEYSEED and the seven keys; builds the SK cipher for our direction. A rekey (§2.18)
+    passes its own ``seed`` (made with the old IKE SA's PRF); the keys use the new one."""
     c = sa.chosen
     sa.prf = prf_alg(c.prf)
-    seed = skeyseed(sa.prf, sa.ni, sa.nr, shared)
+    if seed is None:
+        seed = skeyseed(sa.prf, sa.ni, sa.nr, shared)
     sa.keys = k = derive_ike_keys(sa.prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r, c.encr, c.encr_bits,
                                   c.integ)
     if sa.initiator:
@@ -192,7 +194,7 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
         engine._reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
         return None
     ke = kes[0]
-    chosen = _select_ike(saps[0], tuple(p for c in conns for p in c.proposals), ke.group)
+    chosen = select_ike(saps[0], tuple(p for c in conns for p in c.proposals), ke.group)
     if chosen is None:
         engine._reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", remote, local, now)
         return None
@@ -248,7 +250,7 @@ def _answer(chosen) -> SaPayload:
 _SELECTED: dict = {}
 
 
-def _select_ike(sap, specs: tuple, ke_group: int):
+def select_ike(sap, specs: tuple, ke_group: int):
     """Choose from the peer's IKE offer, preferring the DH group its KE already uses if any of our
     proposals allows it (§1.2). Cached: the same offer arrives again and again."""
     key = (sap.raw, specs, ke_group)

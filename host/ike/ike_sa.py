@@ -24,9 +24,28 @@ _INIT = int(ExchangeType.IKE_SA_INIT)
 class ChildSa:
     """One Child SA (a pair of ESP SAs). ``state``: installing -> installed -> deleting -> dead.
     ``exchange_initiator`` tells which half of KEYMAT is ours (§2.17)."""
-    __slots__ = ("handle", "ike", "name", "cfg", "state", "spi_in", "spi_out", "chosen", "mode",
-                 "local_ts", "remote_ts", "keys", "exchange_initiator", "on_installed", "doomed",
-                 "rekey_of")
+    __slots__ = (
+        "cfg",
+        "chosen",
+        "collisions",
+        "defer_outbound",
+        "doomed",
+        "exchange_initiator",
+        "handle",
+        "ike",
+        "installed_at",
+        "keys",
+        "local_ts",
+        "mode",
+        "name",
+        "on_installed",
+        "rekey_of",
+        "rekey_state",
+        "remote_ts",
+        "spi_in",
+        "spi_out",
+        "state",
+    )
 
     def __init__(self, handle, ike, name, cfg):
         self.handle, self.ike, self.name, self.cfg = handle, ike, name, cfg
@@ -39,7 +58,11 @@ class ChildSa:
         self.exchange_initiator = False
         self.on_installed = None        # continuation run by IkeEngine.child_sa_installed
         self.doomed = None              # reason, if the SA must go as soon as its install returns
-        self.rekey_of = None
+        self.rekey_of = None            # handle of the Child SA this one replaces (rekey, §2.8)
+        self.rekey_state = None         # None | "rekeying" (our rekey runs) | "rekeyed" (replaced)
+        self.collisions = []            # peer rekeys of this SA answered while ours ran (§2.8.1)
+        self.installed_at = None
+        self.defer_outbound = False     # responder of a rekey: keep sending on rekey_of until it goes
 
     def __repr__(self):
         return (f"<ChildSa {self.handle} {self.name} {self.state} in={self.spi_in:08x} "
@@ -47,12 +70,13 @@ class ChildSa:
 
 
 class Outstanding:
-    """Our request in flight (window size 1): its bytes are resent unchanged (§2.1)."""
-    __slots__ = ("mid", "exchange", "data", "task", "tries", "next_at")
+    """Our request in flight (window size 1): its bytes are resent unchanged (§2.1) on
+    ``policy``'s exponential schedule (§2.4)."""
+    __slots__ = ("data", "exchange", "mid", "next_at", "policy", "task", "tries")
 
-    def __init__(self, mid, exchange, data, task, next_at):
+    def __init__(self, mid, exchange, data, task, next_at, policy):
         self.mid, self.exchange, self.data, self.task = mid, exchange, data, task
-        self.tries, self.next_at = 0, next_at
+        self.tries, self.next_at, self.policy = 0, next_at, policy
 
 
 class IkeSa:
@@ -104,6 +128,15 @@ class IkeSa:
         self.deleted_reason = None
         self.ho_key = None                  # responder: key in the engine's half-open table
         self.placement = None               # opaque to the engine: the daemon's board for this SA
+        # lifecycle (issue 5): named timers, rekey successor, restart bookkeeping
+        self.timers: dict = {}              # key (kind, arg) -> time; see IkeEngine._sa_timer
+        self.successor = None               # IKE rekey: the IKE SA our Child SAs moved to (§2.18)
+        self.rekey_collision = None         # (Ni, Nr, new IkeSa) of a peer rekey we answered (§2.8.2)
+        self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
+        self.keying = None                  # (attempt, child names) when failures re-initiate
+        self.announced = True               # IkeSaDown only for SAs the driver heard of
+        self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs
+        self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
 
     # -------------------------------------------------------------- identity helpers
 
@@ -148,8 +181,8 @@ class IkeSa:
         data = msg.encode(None if init else self.cipher)
         if init:
             self.init_req = data
-        self.outstanding = Outstanding(self.my_mid, task.exchange, data, task,
-                                       now + self.engine.retransmit.delay(0))
+        policy = getattr(task, "retransmit", None) or self.engine.retransmit
+        self.outstanding = Outstanding(self.my_mid, task.exchange, data, task, now + policy.delay(0), policy)
         self.engine._send(data, self.remote, self.local)
         self.reschedule()
 
@@ -177,12 +210,24 @@ class IkeSa:
 
     # -------------------------------------------------------------- timers
 
+    def set_timer(self, key, t: float):
+        """Arm the named lifecycle timer ``key`` = (kind, arg) for time ``t`` (replacing it)."""
+        self.timers[key] = t
+        self.reschedule()
+
+    def clear_timer(self, key):
+        self.timers.pop(key, None)      # a deadline left earlier just fires and finds nothing
+
     def reschedule(self):
         t = None
         if self.outstanding is not None:
             t = self.outstanding.next_at
         if self.expire_at is not None and (t is None or self.expire_at < t):
             t = self.expire_at
+        if self.timers:
+            m = min(self.timers.values())
+            if t is None or m < t:
+                t = m
         if t != self.deadline:
             self.deadline = t
             if t is not None:
@@ -194,7 +239,7 @@ class IkeSa:
             return
         o = self.outstanding
         if o is not None and now >= o.next_at:
-            policy = self.engine.retransmit
+            policy = o.policy
             if o.tries >= policy.tries:
                 task = o.task
                 self.outstanding = None
@@ -202,10 +247,19 @@ class IkeSa:
                 if hook is not None:
                     hook(self, now)
                 reason = getattr(task, "timeout_reason", None) or "retransmit timeout (peer not responding)"
-                self.engine._destroy(self, reason, send_delete=False)
+                self.engine._request_timed_out(self, task, reason, now)
                 return
             o.tries += 1
             o.next_at = now + policy.delay(o.tries)
             self.engine.stats["retransmits"] += 1
             self.engine._send(o.data, self.remote, self.local)
-        self.reschedule()
+        if self.timers:
+            due = sorted((t, k) for k, t in self.timers.items() if t <= now)
+            for t, k in due:
+                if self.state == DEAD:
+                    return
+                if self.timers.get(k) == t:         # an earlier handler may have moved or cleared it
+                    del self.timers[k]
+                    self.engine._sa_timer(self, k, now)
+        if self.state != DEAD:
+            self.reschedule()

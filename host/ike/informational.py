@@ -51,18 +51,20 @@ class DeleteSpisTask:
 
 
 class DeleteIkeTask:
-    """Delete the IKE SA and with it all its Child SAs (§1.4.1)."""
+    """Delete the IKE SA and with it all its Child SAs (§1.4.1). ``down_cause`` is what the
+    engine's after-down policy sees (None: a deliberate delete, nothing follows)."""
     exchange = ExchangeType.INFORMATIONAL
 
-    def __init__(self, reason="deleted locally"):
+    def __init__(self, reason="deleted locally", down_cause=None):
         self.reason = reason
+        self.down_cause = down_cause
 
     def build(self, sa, now):
         sa.state = "deleting"
         return [DeletePayload(ProtocolId.IKE)]
 
     def on_response(self, sa, msg, raw, now) -> bool:
-        sa.engine._destroy(sa, self.reason, send_delete=False)
+        sa.engine._destroy(sa, self.reason, send_delete=False, cause=self.down_cause, now=now)
         return True
 
     @property
@@ -71,11 +73,13 @@ class DeleteIkeTask:
 
 
 class LivenessTask:
-    """An empty INFORMATIONAL request: any protected answer proves the peer is alive (§1.4, §2.4)."""
+    """An empty INFORMATIONAL request: any protected answer proves the peer is alive (§1.4, §2.4).
+    ``retransmit`` overrides the engine's RetransmitPolicy for this request."""
     exchange = ExchangeType.INFORMATIONAL
 
-    def __init__(self, on_alive=None):
+    def __init__(self, on_alive=None, retransmit=None):
         self.on_alive = on_alive
+        self.retransmit = retransmit
 
     def build(self, sa, now):
         return []
@@ -93,8 +97,10 @@ def respond(sa, msg, reply, now):
     deletes = msg.all(PayloadType.DELETE)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
         reply([], now)          # §1.4.1: an empty response, then the IKE SA and its children go
-        eng._destroy(sa, "deleted by peer", send_delete=False)
+        eng._peer_deletes_ike(sa, now)
         return None
+    if not msg.payloads:
+        eng.stats["liveness_answered"] += 1
     out = []
     for d in deletes:
         if d.protocol not in (ProtocolId.ESP, ProtocolId.AH) or d.spi_size != 4:
@@ -114,7 +120,8 @@ def respond(sa, msg, reply, now):
                 ours.append(_spi4(child.spi_in))
             else:
                 ours.append(_spi4(child.spi_in))
-                eng._remove_child(sa, child, "deleted by peer")
+                eng._remove_child(sa, child, "rekeyed by peer" if child.rekey_state == "rekeyed"
+                                  else "deleted by peer")
         if ours:
             out.append(DeletePayload(d.protocol, ours))
     for n in msg.notifies():

@@ -114,6 +114,15 @@ class BoardPool:
         if name is not None:
             self.boards[name].ike_sas.discard(ike_id)
 
+    def transfer(self, old_ike_id, new_ike_id):
+        """An IKE SA was rekeyed (RFC 7296 §2.18): its successor lives on the same board."""
+        name = self._owner.pop(old_ike_id, None)
+        if name is not None:
+            b = self.boards[name]
+            b.ike_sas.discard(old_ike_id)
+            b.ike_sas.add(new_ike_id)
+            self._owner[new_ike_id] = name
+
     def owner_of(self, ike_id):
         name = self._owner.get(ike_id)
         return self.boards[name] if name is not None else None

@@ -35,10 +35,14 @@ def _sa(spi, ev, key, salt, integ_key, src, dst, sport, dport):
 
 
 class ScapyEchoDataPath:
-    """Holds the installed Child SAs; ``esp_in`` decrypts, answers echo requests via ``send``."""
+    """Holds the installed Child SAs; ``esp_in`` decrypts, answers echo requests via ``send``.
+    Like the board it stands in for, it reports ESP for an unknown SPI (``on_unknown(spi, addr)``)
+    and inbound packets that decrypted (``on_inbound(handle)``, liveness proof)."""
 
-    def __init__(self, send):
+    def __init__(self, send, on_unknown=None, on_inbound=None):
         self.send = send                # send(esp_bytes, (ip, port))
+        self.on_unknown = on_unknown
+        self.on_inbound = on_inbound
         self.inbound = {}               # spi_in -> (SecurityAssociation, event)
         self.outbound = {}              # handle -> (SecurityAssociation, event)
         self.by_handle = {}
@@ -74,6 +78,8 @@ class ScapyEchoDataPath:
         hit = self.inbound.get(spi)
         if hit is None:
             self.unknown_spi += 1
+            if self.on_unknown is not None:
+                self.on_unknown(spi, addr)
             return
         sa_in, ev = hit
         self.received += 1
@@ -84,6 +90,8 @@ class ScapyEchoDataPath:
             self.errors += 1
             return
         self.decrypted[spi] = self.decrypted.get(spi, 0) + 1
+        if self.on_inbound is not None:
+            self.on_inbound(ev.handle)
         if ICMP in inner and inner[ICMP].type == 8:
             echo = inner[ICMP]
             reply = IP(src=inner[IP].dst, dst=inner[IP].src) / ICMP(type=0, id=echo.id, seq=echo.seq) / \

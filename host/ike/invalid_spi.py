@@ -1,0 +1,149 @@
+"""INVALID_SPI, sent and honoured (RFC 7296 §1.5, §2.4, §2.21, §3.10.1).
+
+Sending — the board saw ESP for an SPI it does not have (typically after it lost its SAs):
+
+* An IKE SA with the packet's source address exists: N(INVALID_SPI) with the SPI as notification
+  data, protected, in an INFORMATIONAL exchange of that IKE SA (§1.5). SPIs reported before the
+  message goes out share it.
+* None exists and ``unprotected_invalid_spi`` is on: an INFORMATIONAL outside any IKE SA (§1.5):
+  random initiator SPI, zero responder SPI, Initiator flag set, Response flag clear, Message ID 0,
+  N(INVALID_SPI) in clear, sent to the packet's source address and port. Never retransmitted,
+  never answered, no state kept.
+* Both are rate-limited per source address and in total (token buckets): an ESP packet with an
+  unknown SPI is unauthenticated (§2.4 "MUST limit the rate at which they take actions based on
+  unprotected messages"). An ESP packet never creates an IKE SA.
+
+Receiving:
+
+* Unprotected: a hint that "should only be used ... as a hint that something might be wrong
+  (because it could easily be forged)" (§1.5), and never answered (no message loops). No state
+  changes; when it names the SPI of one of our Child SAs with that peer, a liveness check starts
+  on that IKE SA at once — rate-limited per source and in total, at most one check in flight per
+  IKE SA. A peer that lost its state does not answer, and the ordinary teardown follows
+  (liveness.py); a live one answers and nothing happens.
+* Protected: the peer no longer has the Child SA that SPI belongs to. It is removed here, the peer
+  is told to delete any half it still holds, and the Child SA is created anew (as §2.25 says for
+  CHILD_SA_NOT_FOUND).
+"""
+from __future__ import annotations
+
+import os
+
+from . import liveness
+from .constants import ExchangeType, Flag, Notify
+from .ike_sa import ESTABLISHED
+from .message import Message, parse_plain
+from .payloads import NotifyPayload
+
+_INFO = int(ExchangeType.INFORMATIONAL)
+ZERO_SPI = b"\0" * 8
+MAX_SPIS_PER_MESSAGE = 8
+MAX_HINTS_PER_MESSAGE = 4
+
+
+class InvalidSpiTask:
+    """Protected INFORMATIONAL carrying N(INVALID_SPI) for each SPI (§1.5, §3.10.1)."""
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, spis):
+        self.spis = list(spis)
+        self.sent = False
+
+    def build(self, sa, now):
+        self.sent = True
+        if sa.hint_task is self:
+            sa.hint_task = None
+        return [NotifyPayload(Notify.INVALID_SPI, s.to_bytes(4, "big")) for s in self.spis]
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        return True
+
+
+def report(eng, spi: int, src, now: float, local=None) -> str | None:
+    """The board saw ESP for ``spi`` from ``src`` = (ip, port). Returns "protected",
+    "unprotected" or None (nothing sent: rate limit, feature off, bad input)."""
+    st = eng.stats
+    st["esp_unknown_spi"] += 1
+    if src is None or not 256 <= spi <= 0xFFFFFFFF:
+        st["esp_unknown_spi_ignored"] += 1
+        return None
+    ip = src[0]
+    sas = [sa for sa in eng.ike_sas_with_peer(ip)
+           if sa.state == ESTABLISHED and sa.successor is None and sa.announced]
+    if not sas and not eng.settings.unprotected_invalid_spi:
+        st["esp_unknown_spi_no_ike_sa"] += 1
+        return None
+    if not eng._invalid_spi_out.take(ip, now):
+        st["invalid_spi_rate_limited"] += 1
+        return None
+    if sas:
+        # several peers behind one NAT share the address: the one at that port first, then the newest
+        sa = max(sas, key=lambda s: (tuple(s.remote) == tuple(src), s.established_at, s.ike_id))
+        task = sa.hint_task
+        if task is None:
+            task = sa.hint_task = InvalidSpiTask([spi])
+            sa.add_task(task, now)
+        elif spi in task.spis or len(task.spis) >= MAX_SPIS_PER_MESSAGE:
+            st["invalid_spi_coalesced"] += 1        # one notification waiting per IKE SA, bounded
+            return None
+        else:
+            task.spis.append(spi)
+        st["invalid_spi_sent_protected"] += 1
+        return "protected"
+    if local is None:
+        local = (eng.settings.local_addr or "0.0.0.0", eng.settings.natt_port)
+    msg = Message(os.urandom(8), ZERO_SPI, _INFO, Flag.INITIATOR, 0,
+                  [NotifyPayload(Notify.INVALID_SPI, spi.to_bytes(4, "big"))])
+    eng._send(msg.encode(), (src[0], src[1]), local)
+    st["invalid_spi_sent_unprotected"] += 1
+    return "unprotected"
+
+
+def unprotected_received(eng, hdr, data: bytes, addr, now: float):
+    """An INFORMATIONAL that belongs to no IKE SA of ours. Only an unprotected N(INVALID_SPI)
+    request means anything (a hint); it is never answered (§1.5)."""
+    st = eng.stats
+    if hdr.flags & Flag.RESPONSE:
+        st["unknown_spi"] += 1
+        return
+    payloads, sk = parse_plain(hdr, data)
+    if sk is not None:
+        st["unknown_spi"] += 1          # protected by an IKE SA we do not have
+        return
+    hints = [p for p in payloads
+             if getattr(p, "notify_type", None) == Notify.INVALID_SPI and len(p.data) == 4]
+    if not hints:
+        st["unprotected_informational_ignored"] += 1
+        return
+    st["invalid_spi_hints_received"] += 1
+    for n in hints[:MAX_HINTS_PER_MESSAGE]:
+        spi = int.from_bytes(n.data, "big")
+        sa = next((c.ike for c in eng._spi_out.get(spi, ()) if c.state == "installed"
+                   and c.ike.remote[0] == addr[0] and c.ike.state == ESTABLISHED), None)
+        if sa is None:
+            st["invalid_spi_hints_unmatched"] += 1
+            continue
+        if liveness.check_running(sa):
+            st["invalid_spi_hints_check_running"] += 1
+            continue
+        if not eng._hints.take(addr[0], now):
+            st["invalid_spi_hints_rate_limited"] += 1
+            continue
+        if liveness.request_check(sa, now, eng.settings.hint_retransmit):
+            st["liveness_checks_from_hints"] += 1
+        else:
+            st["invalid_spi_hints_check_running"] += 1
+
+
+def protected_received(sa, notify, now: float):
+    """N(INVALID_SPI) inside our IKE SA: the peer lost the Child SA that receives on that SPI."""
+    eng = sa.engine
+    if len(notify.data) != 4:
+        return
+    spi = int.from_bytes(notify.data, "big")
+    child = next((c for c in sa.children.values() if c.spi_out == spi and c.state == "installed"), None)
+    if child is None:
+        eng.stats["invalid_spi_protected_unmatched"] += 1
+        return
+    eng.stats["invalid_spi_protected_honoured"] += 1
+    eng._recreate_child(sa, child, now, "peer reports INVALID_SPI for it")

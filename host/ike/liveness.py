@@ -1,0 +1,126 @@
+"""Liveness (RFC 7296 §2.4) and what follows when a peer stops answering.
+
+* Proof of liveness: any authentic IKE message (``IkeSa.last_heard``, stamped by the engine) and
+  inbound ESP on any Child SA of the IKE SA (the driver reports board counters through
+  ``IkeEngine.esp_received``): "receipt of a fresh cryptographically protected message on an SA or
+  any of its Child SAs" (§2.4).
+* The check: with ``dpd_delay`` set, an empty INFORMATIONAL request once nothing was heard for that
+  long. Any request of ours that is in flight already is a check (§2.4), so none is added then.
+  An unprotected INVALID_SPI starts one at once (invalid_spi.py, rate-limited there).
+* No answer: the request is retransmitted on the exponential schedule (§2.1, §2.4); after the last
+  retransmission the IKE SA and all its Child SAs are deleted locally, and the connection's
+  ``dpd_action`` applies: ``clear`` (or ``none``) ends there, ``restart`` initiates it anew — the
+  engine does that itself and says so in ``IkeSaDown.restart_ike_id``.
+* Initiations made by ``start()``, by a restart, or with ``initiate(..., retry=True)`` are tried
+  again when they fail before the IKE SA is established, up to ``keyingtries`` attempts (0 = no
+  limit), each after an exponentially growing pause (capped by ``restart_delay_max``).
+"""
+from __future__ import annotations
+
+from .ike_sa import CONNECTING, ESTABLISHED
+from .informational import DeleteIkeTask, LivenessTask
+
+DPD = ("dpd",)
+START = ("start",)
+
+
+def arm(sa, now: float):
+    """Start the ``dpd_delay`` timer of a freshly established IKE SA."""
+    d = sa.conn.dpd_delay if sa.conn is not None else 0.0
+    if d > 0:
+        sa.set_timer(DPD, max(sa.last_heard, now) + d)
+
+
+def on_dpd(sa, key, now: float):
+    """``dpd_delay`` elapsed: check unless something was heard meanwhile or a request is running."""
+    d = sa.conn.dpd_delay
+    if d <= 0 or sa.state != ESTABLISHED or sa.successor is not None:
+        return
+    due = sa.last_heard + d
+    if now < due:
+        sa.set_timer(DPD, due)
+        return
+    if sa.active is None and not sa.queue:
+        sa.engine.stats["dpd_checks"] += 1
+        sa.add_task(LivenessTask(), now)
+    sa.set_timer(DPD, now + d)
+
+
+def check_running(sa) -> bool:
+    """A request of ours is in flight (it proves or disproves liveness), or a check is queued."""
+    return sa.outstanding is not None or isinstance(sa.active, LivenessTask) or \
+        any(isinstance(t, LivenessTask) for t in sa.queue)
+
+
+def request_check(sa, now: float, retransmit=None) -> bool:
+    """Start a liveness check at once unless one is already running or queued (at most one in
+    flight per IKE SA). Returns whether a new check was queued."""
+    if sa.state != ESTABLISHED or sa.successor is not None or check_running(sa):
+        return False
+    sa.add_task(LivenessTask(retransmit=retransmit), now, first=True)
+    return True
+
+
+def proof(sa, now: float):
+    """Inbound ESP on one of ``sa``'s Child SAs (§2.4)."""
+    sa.last_heard = max(sa.last_heard, now)
+
+
+def request_timed_out(sa, task, reason: str, now: float):
+    """The last retransmission of ``task`` went unanswered: the peer is taken for dead (§2.4). A
+    Delete we sent ourselves ends quietly (its own ``down_cause`` applies)."""
+    cause = task.down_cause if isinstance(task, DeleteIkeTask) else "timeout"
+    sa.engine.stats["liveness_failures" if sa.state == ESTABLISHED else "initiations_timed_out"] += 1
+    sa.engine._destroy(sa, reason, send_delete=False, cause=cause, now=now)
+
+
+def child_names(sa) -> list[str]:
+    """The Child SA configurations ``sa`` carried (what a restart brings back)."""
+    out = []
+    for c in sa.children.values():
+        if c.cfg is not None and c.cfg.name not in out and c.state != "dead":
+            out.append(c.cfg.name)
+    return out
+
+
+def default_children(conn) -> list[str] | bool:
+    marked = [n for n, cfg in conn.children.items() if cfg.start_action == "start"]
+    if marked:
+        return marked
+    return [next(iter(conn.children))] if conn.children else False
+
+
+def after_down(eng, sa, cause, children, now: float) -> int | None:
+    """Policy after an IKE SA went away for ``cause`` ("timeout": a request went unanswered;
+    "failed": the peer refused the initiation; "expired": hard lifetime). Returns the id of the IKE
+    SA the engine initiates in its place, if any."""
+    conn = eng.connections.get(sa.conn.name) if sa.conn is not None else None
+    if conn is None or sa.successor is not None or cause is None:
+        return None
+    if sa.established_at is not None:
+        if cause == "timeout" and conn.dpd_action == "restart":
+            attempt = 1                 # §2.4: the peer stopped answering
+        elif cause == "expired" and (conn.dpd_action == "restart" or conn.start_action == "start"):
+            attempt = 1                 # the IKE SA ran out its hard lifetime: bring it back
+        else:
+            return None
+        names = children or default_children(conn)
+    else:
+        if not sa.initiator or sa.keying is None or cause not in ("timeout", "failed"):
+            return None
+        attempt, names = sa.keying[0] + 1, sa.keying[1]
+        if conn.keyingtries and attempt > conn.keyingtries:
+            eng._warn(sa, f"connection {conn.name}: giving up after {conn.keyingtries} attempts")
+            return None
+    if conn.remote_host is None:
+        eng._warn(sa, f"connection {conn.name}: cannot restart, no specific remote address")
+        return None
+    delay = 0.0 if attempt == 1 else min(eng.retransmit.delay(attempt - 2), eng.settings.restart_delay_max)
+    eng.stats["restarts"] += 1
+    return eng.initiate(conn.name, now, names, retry=True, start_at=now + delay, attempt=attempt)
+
+
+def on_start(sa, key, now: float):
+    """A delayed (re-)initiation is due: send its IKE_SA_INIT."""
+    if sa.state == CONNECTING:
+        sa.kick(now)

@@ -1,0 +1,552 @@
+"""Rekeying (RFC 7296 §1.3.2, §1.3.3, §2.8, §2.18, §2.25): Child SAs and IKE SAs in both roles,
+lifetimes with jitter, expiry, and simultaneous rekeys (§2.8.1, §2.8.2).
+
+Child SA (§1.3.3, §2.8): CREATE_CHILD_SA {N(REKEY_SA, SPI we receive on), SA, Ni, [KEi], TSi, TSr}
+with the old SA's selectors. The new SA is installed next to the old one (``ChildSaInstall.rekey_of``)
+and the initiator of the rekey deletes the old one only after that, so nothing is lost in
+between. The responder of a rekey keeps sending on the old SA until the peer deletes it
+(``defer_outbound``, then ``ChildSaOutbound``).
+
+IKE SA (§1.3.2, §2.18): CREATE_CHILD_SA {SA (new SPI in the proposal), Ni, KEi}; SKEYSEED =
+prf_old(SK_d old, g^ir new | Ni | Nr), keys per §2.14 with the new SPIs and PRF. The one who
+initiated the rekey is the new IKE SA's original initiator; Message IDs start at 0; every Child SA
+moves to the new IKE SA (``IkeSaRekeyed``); the rekey initiator deletes the old IKE SA with its
+last request on it.
+
+Collisions: a rekey request for an SA we are rekeying ourselves is answered as usual and noted;
+when both exchanges are done, "the SA created with the lowest of the four nonces ... SHOULD be
+closed by the endpoint that created it" and the other new SA inherits (§2.8.1, §2.8.2). A request
+to rekey an SA we are closing or already replaced gets TEMPORARY_FAILURE; one for an SA we do not
+have gets CHILD_SA_NOT_FOUND (§2.25). TEMPORARY_FAILURE is retried later, never at once.
+
+Lifetimes (swanctl.conf names): rekey at ``rekey_time`` minus a random part of ``rand_time``;
+a Child SA ends at ``life_time``, an IKE SA at ``rekey_time + over_time`` (delete, then re-create).
+The board's own soft/hard expiry (SA_EXPIRE) arrives through ``IkeEngine.child_sa_expired``.
+"""
+from __future__ import annotations
+
+from . import liveness
+from .child_create import NONCE_LEN, CreateChildTask, ike_busy, initiator_install, respond_child
+from .constants import ExchangeType, Notify, PayloadType, ProtocolId
+from .crypto import CryptoError, dh_group, random_bytes
+from .events import IkeSaRekeyed
+from .ike_init import ZERO_SPI, derive, select_ike
+from .ike_sa import DEAD, DELETING, ESTABLISHED, IkeSa
+from .informational import DeleteChildTask, DeleteIkeTask, DeleteSpisTask
+from .keys import skeyseed_rekey
+from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
+from .proposals import accept_response
+
+CHILD_REKEY = "child_rekey"
+CHILD_EXPIRE = "child_expire"
+IKE_REKEY = ("ike_rekey",)
+IKE_EXPIRE = ("ike_expire",)
+REAP = ("reap",)
+REDUNDANT = "redundant (simultaneous rekey, RFC 7296 §2.8.1)"
+
+
+def _lowest_is_ours(ours: tuple, theirs: tuple) -> bool:
+    """§2.8.1: is the lowest of the four nonces in our exchange (then our new SA is redundant)?"""
+    return min(ours + theirs) in ours
+
+
+# ---------------------------------------------------------------- lifetimes
+
+def _soft(sa, now, rekey, rand):
+    return now + rekey - (sa.engine.jitter.uniform(0.0, rand) if rand else 0.0)
+
+
+def arm_child(sa: IkeSa, child, now: float):
+    """Timers of a freshly installed Child SA: rekey (jittered) and hard end."""
+    cfg = child.cfg
+    if cfg is None:
+        return
+    if cfg.rekey_time > 0:
+        sa.set_timer((CHILD_REKEY, child.handle), _soft(sa, now, cfg.rekey_time, cfg.rand_time))
+    if cfg.life_time > 0:
+        sa.set_timer((CHILD_EXPIRE, child.handle), now + cfg.life_time)
+
+
+def arm_ike(sa: IkeSa, now: float):
+    c = sa.conn
+    if c is not None and c.rekey_time > 0:
+        sa.set_timer(IKE_REKEY, _soft(sa, now, c.rekey_time, c.rand_time))
+        if c.over_time > 0:
+            sa.set_timer(IKE_EXPIRE, now + c.rekey_time + c.over_time)
+
+
+def clear_child_timers(sa: IkeSa, handle: int):
+    sa.timers.pop((CHILD_REKEY, handle), None)
+    sa.timers.pop((CHILD_EXPIRE, handle), None)
+
+
+def retry_child_rekey(sa: IkeSa, child, now: float):
+    if child.state == "installed" and child.rekey_state is None and sa.state == ESTABLISHED:
+        sa.set_timer((CHILD_REKEY, child.handle), now + sa.engine._retry_delay())
+
+
+def on_child_rekey(sa, key, now):
+    child = sa.children.get(key[1])
+    if child is not None:
+        start_child_rekey(sa, child, now)
+
+
+def on_child_expire(sa, key, now):
+    child = sa.children.get(key[1])
+    if child is not None and child.state == "installed":
+        sa.engine.stats["child_hard_expiries"] += 1
+        sa.engine._recreate_child(sa, child, now, "hard lifetime expired")
+
+
+def on_ike_rekey(sa, key, now):
+    start_ike_rekey(sa, now)
+
+
+def on_ike_expire(sa, key, now):
+    """§2.8: an IKE SA past its hard lifetime is deleted (and re-created if the connection is
+    kept up: ``dpd_action = restart`` or ``start_action = start``)."""
+    if sa.state == ESTABLISHED and sa.successor is None:
+        sa.engine.stats["ike_hard_expiries"] += 1
+        sa.queue.clear()
+        sa.add_task(DeleteIkeTask("IKE SA lifetime expired", down_cause="expired"), now, first=True)
+
+
+def on_reap(sa, key, now):
+    """A replaced or redundant IKE SA the peer should have deleted by now."""
+    if sa.state != DEAD:
+        sa.engine._destroy(sa, "rekeyed" if sa.successor is not None else REDUNDANT, send_delete=True)
+
+
+# ---------------------------------------------------------------- Child SA, initiator
+
+def start_child_rekey(sa: IkeSa, child, now: float) -> bool:
+    """Queue a rekey of ``child`` unless one runs, it was replaced, or it is not installed."""
+    if child.state != "installed" or child.rekey_state is not None or sa.state != ESTABLISHED or \
+            sa.successor is not None:
+        return False
+    if any(isinstance(t, RekeyChildTask) and t.old is child for t in sa.queue) or \
+            (isinstance(sa.active, RekeyChildTask) and sa.active.old is child):
+        return False
+    sa.clear_timer((CHILD_REKEY, child.handle))
+    sa.add_task(RekeyChildTask(child), now)
+    return True
+
+
+class RekeyChildTask(CreateChildTask):
+    """Initiator of a Child SA rekey (§1.3.3): same configuration and selectors, new SPIs and keys
+    (PFS if the proposal has a DH group)."""
+
+    def __init__(self, child):
+        super().__init__(child.cfg, child.name)
+        self.old = child
+        self.nr = b""
+
+    def selectors(self, sa):
+        return list(self.old.local_ts), list(self.old.remote_ts)
+
+    def head(self, sa):
+        out = [NotifyPayload(Notify.REKEY_SA, b"", ProtocolId.ESP, self.old.spi_in.to_bytes(4, "big"))]
+        if self.old.mode == "transport":
+            out.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
+        return out
+
+    def build(self, sa, now):
+        old = self.old
+        if old.ike is not sa or old.state != "installed" or old.rekey_state is not None:
+            return None
+        payloads = super().build(sa, now)
+        if payloads is None:                    # the board can run none of the proposals now
+            retry_child_rekey(sa, old, now)
+            return None
+        old.rekey_state = "rekeying"
+        old.collisions = []
+        sa.engine.stats["child_rekeys_started"] += 1
+        return payloads
+
+    def _live_collision(self):
+        """The peer's rekey of the same SA that we answered while ours ran (one whose install
+        failed here was taken off the list: the peer got an error, so ours stands)."""
+        return self.old.collisions[0] if self.old.collisions else None
+
+    def _failed(self, sa, now, why):
+        """Our rekey did not produce a new SA."""
+        old = self.old
+        eng = sa.engine
+        if self._live_collision() is not None:
+            old.rekey_state = "rekeyed"         # the peer's rekey of it went through: that one stands
+            return
+        if old.rekey_state == "recreate":       # dropped meanwhile for a reason that wants it back
+            old.rekey_state = None
+            if old.cfg is not None and old.cfg.name in sa.conn.children and sa.state == ESTABLISHED:
+                sa.add_task(CreateChildTask(old.cfg), now)
+            return
+        old.rekey_state = None
+        if why == "not found":
+            # §2.25: the peer has no such Child SA: drop ours silently and create it anew
+            if old.state == "installed":
+                eng._recreate_child(sa, old, now, "peer does not have it (CHILD_SA_NOT_FOUND)",
+                                    tell_peer=False)
+            return
+        eng.stats["child_rekeys_failed"] += 1
+        eng._warn(sa, f"rekey of Child SA {old.handle} failed ({why}); retrying")
+        retry_child_rekey(sa, old, now)
+
+    def refused(self, sa, err, now):
+        sa.engine._child_spis.pop(self.spi_in, None)
+        self._failed(sa, now, "not found" if err.notify_type == Notify.CHILD_SA_NOT_FOUND
+                     else notify_error_name(err.notify_type))
+        sa.finish_task(now)
+
+    def unacceptable(self, sa, chosen, now):
+        super().unacceptable(sa, chosen, now)
+        self._failed(sa, now, "unacceptable response")
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        err = msg.error_notify()
+        if err is not None:
+            self.refused(sa, err, now)
+            return False
+        res = self.accept(sa, msg)
+        if res[0] is None:
+            self.unacceptable(sa, res[1], now)
+            return False
+        self.nr = res[1].data
+        child = self.make_child(sa, msg, res)
+        child.rekey_of = self.old.handle
+        child.defer_outbound = self._live_collision() is not None    # undecided until both are done
+        initiator_install(sa, child, now, then=lambda ok, now2: self._installed(sa, child, ok, now2))
+        return False
+
+    def _installed(self, sa, new, ok, now):
+        old = self.old
+        eng = sa.engine
+        if not ok:
+            self._failed(sa, now, "board refused the new SA")
+            return
+        eng.stats["child_rekeys_done"] += 1
+        col = self._live_collision()
+        if col is not None:
+            if _lowest_is_ours((self.ni, self.nr), (col[0], col[1])):
+                # ours is redundant: close it; the peer, whose SA survives, deletes the old one
+                eng.stats["child_rekey_collisions_lost"] += 1
+                new.rekey_state = "redundant"
+                old.rekey_state = "rekeyed"
+                sa.add_task(DeleteChildTask([new.handle], REDUNDANT), now, first=True)
+                return
+            eng.stats["child_rekey_collisions_won"] += 1
+            col[2].rekey_state = "redundant"       # the peer closes it
+            if new.defer_outbound:
+                eng._switch_outbound(sa, new)
+        if old.state == "installed":
+            old.rekey_state = "rekeyed"
+            sa.add_task(DeleteChildTask([old.handle], "rekeyed"), now, first=True)
+
+
+# ---------------------------------------------------------------- Child SA, responder
+
+def respond_child_rekey(sa: IkeSa, msg, reply, now):
+    """Answer the peer's REKEY_SA (§1.3.3, §2.25.1)."""
+    eng = sa.engine
+    n = msg.notify(Notify.REKEY_SA)
+    busy = ike_busy(sa)
+    if busy is not None:
+        return reply([NotifyPayload(busy)], now)
+    spi = int.from_bytes(n.spi, "big") if len(n.spi) == 4 else None
+    old = None
+    if spi is not None and n.protocol == ProtocolId.ESP:
+        old = next((c for c in sa.children.values() if c.spi_out == spi and c.state != "dead"), None) or \
+            next((c for c in sa.children.values() if c.spi_in == spi and c.state != "dead"), None)
+    if old is None:
+        if isinstance(sa.active, CreateChildTask) and sa.outstanding is not None:
+            # the SPI may belong to the Child SA our own exchange in flight creates (its response,
+            # with the peer's SPI, has not reached us): not "not found" yet (§2.25)
+            eng.stats["rekey_child_unknown_while_creating"] += 1
+            return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
+        eng.stats["rekey_child_not_found"] += 1
+        return reply([NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", n.protocol, n.spi)], now)
+    if old.state != "installed" or old.rekey_state in ("rekeyed", "redundant", "recreate"):
+        return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)       # closing or replaced
+    collide = old.rekey_state == "rekeying"
+
+    def created(child, ni, nr):
+        if collide:
+            old.collisions.append((ni, nr, child))
+            eng.stats["child_rekey_collisions"] += 1
+        else:
+            old.rekey_state = "rekeyed"
+            sa.clear_timer((CHILD_REKEY, old.handle))
+
+    return respond_child(sa, msg, reply, now, rekey_of=old, on_created=created)
+
+
+def responder_install_failed(sa: IkeSa, child, now: float):
+    """The board refused the SA that was to replace ``child.rekey_of``: the old one stays."""
+    old = sa.children.get(child.rekey_of) if child.rekey_of is not None else None
+    if old is None or child.exchange_initiator:
+        return
+    old.collisions = [c for c in old.collisions if c[2] is not child]
+    if old.rekey_state == "rekeyed":
+        old.rekey_state = None
+        retry_child_rekey(sa, old, now)
+
+
+# ---------------------------------------------------------------- IKE SA, both roles
+
+def start_ike_rekey(sa: IkeSa, now: float) -> bool:
+    if sa.state != ESTABLISHED or sa.successor is not None:
+        return False
+    if any(isinstance(t, RekeyIkeTask) for t in sa.queue) or isinstance(sa.active, RekeyIkeTask):
+        return False
+    sa.clear_timer(IKE_REKEY)
+    sa.add_task(RekeyIkeTask(), now)
+    return True
+
+
+def _child_exchange_running(sa: IkeSa) -> bool:
+    """§2.25.1: a Child SA of this IKE SA is being created, rekeyed or closed."""
+    if isinstance(sa.active, (CreateChildTask, DeleteChildTask, DeleteSpisTask)):
+        return True
+    return any(c.state in ("installing", "deleting") or c.rekey_state == "rekeying"
+               for c in sa.children.values())
+
+
+class RekeyIkeTask:
+    """Initiator of an IKE SA rekey (§1.3.2, §2.18)."""
+    exchange = ExchangeType.CREATE_CHILD_SA
+    rekeys_ike = True
+
+    def __init__(self, group: int = 0, ke_retried: bool = False):
+        self.group = group
+        self.ke_retried = ke_retried
+        self.new = None
+        self.spi = b""
+        self.ni = self.nr = b""
+        self.dh_priv = None
+        self.offered = []
+
+    def build(self, sa, now):
+        eng = sa.engine
+        if sa.state != ESTABLISHED or sa.successor is not None or sa.rekey_collision is not None:
+            return None
+        if _child_exchange_running(sa):
+            sa.set_timer(IKE_REKEY, now + 1.0)      # not in the middle of a Child SA exchange
+            return None
+        conn = sa.conn
+        groups = [g for s in conn.proposals for g in s.dh if g]
+        if not groups:
+            return None
+        if not self.group:
+            self.group = sa.dh_group if sa.dh_group in groups else groups[0]
+        # the new IKE SA exists from here on, but dead: messages for its SPI are dropped until
+        # the exchange completes
+        self.new = IkeSa(eng, next(eng._ike_ids), True, sa.local, sa.remote, now)
+        self.new.state = DEAD
+        self.spi = eng._alloc_ike_spi(self.new)
+        self.ni = random_bytes(NONCE_LEN)
+        self.dh_priv, pub = dh_group(self.group).generate()
+        specs = sorted(conn.proposals, key=lambda s: self.group not in s.dh)    # KE group first
+        self.offered = [s.to_proposal(i + 1, self.spi) for i, s in enumerate(specs)]
+        eng.stats["ike_rekeys_started"] += 1
+        return [SaPayload(self.offered), NoncePayload(self.ni), KePayload(self.group, pub)]
+
+    def _close_redundant(self, sa, msg, now) -> bool:
+        """Our exchange completed but lost: bring its IKE SA up only to delete it (§2.8.2)."""
+        sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+        chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
+            if sap is not None and len(sap.proposals) == 1 else None
+        if chosen is None or nonce is None or ke is None or ke.group != self.group or len(chosen.spi) != 8:
+            return False
+        try:
+            shared = dh_group(self.group).shared(self.dh_priv, ke.data)
+        except CryptoError:
+            return False
+        new = self.new
+        new.spi_i, new.spi_r = self.spi, chosen.spi
+        setup(sa, new, chosen, skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data),
+              self.ni, nonce.data, now)
+        self.dh_priv = None
+        sa.engine.stats["ike_rekey_collisions_lost"] += 1
+        new.add_task(DeleteIkeTask(REDUNDANT), now)
+        return True
+
+    def abort(self, sa):
+        """Release the new SPI (the exchange failed, or the old IKE SA went away)."""
+        if self.new is not None and sa.engine._sas.get(self.spi) is self.new:
+            del sa.engine._sas[self.spi]
+        self.dh_priv = None
+
+    def on_response(self, sa, msg, raw, now) -> bool:
+        eng = sa.engine
+        err = msg.error_notify()
+        if sa.successor is not None:
+            # the peer already used its new IKE SA from our collision: it won (peer_resolved)
+            if err is None and self.new is not None and self._close_redundant(sa, msg, now):
+                return True
+            self.abort(sa)
+            return True
+        if err is not None:
+            self.abort(sa)
+            col, sa.rekey_collision = sa.rekey_collision, None
+            if col is not None and col[2].state == ESTABLISHED:
+                adopt(sa, col[2], now, delete_old=False)     # the peer's rekey went through: it stands
+                return True
+            if err.notify_type == Notify.INVALID_KE_PAYLOAD and not self.ke_retried and len(err.data) >= 2:
+                group = int.from_bytes(err.data[:2], "big")
+                if group != self.group and any(group in s.dh for s in sa.conn.proposals):
+                    sa.add_task(RekeyIkeTask(group, ke_retried=True), now, first=True)
+                    return True
+            eng.stats["ike_rekeys_failed"] += 1
+            eng._warn(sa, f"IKE SA rekey refused: {notify_error_name(err.notify_type)}; retrying")
+            sa.set_timer(IKE_REKEY, now + eng._retry_delay())
+            return True
+        sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+        chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
+            if sap is not None and len(sap.proposals) == 1 else None
+        shared = None
+        if chosen is not None and nonce is not None and ke is not None and chosen.dh == self.group and \
+                ke.group == self.group and len(chosen.spi) == 8 and chosen.spi != ZERO_SPI:
+            try:
+                shared = dh_group(self.group).shared(self.dh_priv, ke.data)
+            except CryptoError:
+                shared = None
+        if shared is None:
+            self.abort(sa)
+            eng.stats["ike_rekeys_failed"] += 1
+            eng._warn(sa, "unacceptable IKE SA rekey response; retrying")
+            sa.set_timer(IKE_REKEY, now + eng._retry_delay())
+            return True
+        new = self.new
+        self.nr = nonce.data
+        new.spi_i, new.spi_r = self.spi, chosen.spi
+        seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data)
+        setup(sa, new, chosen, seed, self.ni, nonce.data, now)
+        self.dh_priv = None
+        eng.stats["ike_rekeys_done"] += 1
+        col, sa.rekey_collision = sa.rekey_collision, None
+        if col is not None and col[2].state == ESTABLISHED:
+            peer_new = col[2]
+            if _lowest_is_ours((self.ni, nonce.data), (col[0], col[1])):
+                eng.stats["ike_rekey_collisions_lost"] += 1
+                new.announced = False
+                new.add_task(DeleteIkeTask(REDUNDANT), now)
+                adopt(sa, peer_new, now, delete_old=False)
+                return True
+            eng.stats["ike_rekey_collisions_won"] += 1
+            peer_new.set_timer(REAP, now + eng.settings.rekey_reap_time)    # the peer closes it
+        adopt(sa, new, now, delete_old=True)
+        return True
+
+
+def respond_ike_rekey(sa: IkeSa, msg, reply, now):
+    """Answer the peer's IKE SA rekey (§1.3.2, §2.18, §2.25.2)."""
+    eng = sa.engine
+    if sa.state == DELETING or sa.successor is not None or sa.rekey_collision is not None or \
+            _child_exchange_running(sa):
+        return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
+    sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+    if sap is None or nonce is None or ke is None:
+        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+    chosen = select_ike(sap, tuple(sa.conn.proposals), ke.group)
+    if chosen is None or not chosen.dh:
+        return reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)   # §2.18: a DH exchange is a must
+    if len(chosen.spi) != 8 or chosen.spi == ZERO_SPI:
+        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+    if chosen.dh != ke.group:
+        return reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
+    try:
+        grp = dh_group(chosen.dh)
+        priv, pub = grp.generate()
+        shared = grp.shared(priv, ke.data)
+    except CryptoError:
+        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+    new = IkeSa(eng, next(eng._ike_ids), False, sa.local, sa.remote, now)
+    new.spi_i = chosen.spi
+    new.spi_r = eng._alloc_ike_spi(new)
+    nr = random_bytes(NONCE_LEN)
+    seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, nonce.data, nr)
+    setup(sa, new, chosen, seed, nonce.data, nr, now)
+    reply([SaPayload([chosen.to_proposal(new.spi_r)]), NoncePayload(nr), KePayload(chosen.dh, pub)], now)
+    eng.stats["ike_rekeys_answered"] += 1
+    if getattr(sa.active, "rekeys_ike", False) and sa.outstanding is not None:
+        sa.rekey_collision = (nonce.data, nr, new)      # decided when our own exchange is done
+        new.collision_of = sa
+        new.announced = False
+        eng.stats["ike_rekey_collisions"] += 1
+    else:
+        adopt(sa, new, now, delete_old=False)
+    return None
+
+
+def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now: float):
+    """Fill in the new IKE SA from the old one and the rekey exchange (§2.18)."""
+    eng = old.engine
+    new.conn = old.conn
+    new.chosen = chosen
+    new.ni, new.nr = ni, nr
+    new.dh_group = chosen.dh
+    derive(new, None, seed)
+    new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
+    new.peer_hashes = old.peer_hashes
+    new.local_id, new.remote_id = old.local_id, old.remote_id
+    new.placement = old.placement
+    new.state = ESTABLISHED
+    new.established_at = now
+    new.last_heard = now
+    new.announced = False
+    eng._register_sa(new)
+
+
+def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
+    """Move everything the old IKE SA carried to ``new`` (§2.8: "the new IKE SA ... inherits all
+    the Child SAs") and let the old one go."""
+    eng = old.engine
+    for h, c in list(old.children.items()):
+        c.ike = new
+        new.children[h] = c
+        for kind in (CHILD_REKEY, CHILD_EXPIRE):
+            t = old.timers.pop((kind, h), None)
+            if t is not None:
+                new.timers[(kind, h)] = t
+    old.children.clear()
+    for k in [k for k in old.timers if k[0] == "task"]:
+        new.timers[k] = old.timers.pop(k)
+        new.delayed[k[1]] = old.delayed.pop(k[1])
+    new.queue.extend(old.queue)
+    old.queue.clear()
+    new.hint_task, old.hint_task = old.hint_task, None
+    old.timers.clear()
+    old.successor = new
+    new.last_heard = max(new.last_heard, old.last_heard)
+    new.announced = True
+    eng._event(IkeSaRekeyed(old.ike_id, new.ike_id, new.conn.name, new.initiator, new.chosen.describe()))
+    arm_ike(new, now)
+    liveness.arm(new, now)
+    if delete_old:
+        old.add_task(DeleteIkeTask("rekeyed"), now)     # the last request on the old IKE SA (§2.8)
+    else:
+        old.set_timer(REAP, now + eng.settings.rekey_reap_time)
+    new.reschedule()
+    new.kick(now)
+
+
+def peer_resolved(new: IkeSa, payloads, now: float):
+    """An authentic request arrived on the peer's new IKE SA from a simultaneous rekey we have not
+    decided yet: the peer decided, and it only uses its new IKE SA if that one survived (a
+    redundant one it only deletes). So it won; take the Child SAs over to it now, before the
+    request needs them (§2.8.2)."""
+    old = new.collision_of
+    new.collision_of = None
+    if old is None or old.state == DEAD or old.rekey_collision is None or old.rekey_collision[2] is not new:
+        return
+    if any(getattr(p, "protocol", None) == ProtocolId.IKE for p in payloads if p.ptype == PayloadType.DELETE):
+        return                                  # it deletes this one: ours survives
+    old.rekey_collision = None
+    old.engine.stats["ike_rekey_collisions_peer_won"] += 1
+    adopt(old, new, now, delete_old=False)
+
+
+def respond(sa: IkeSa, msg, reply, now):
+    """``engine.rekey_responder``: CREATE_CHILD_SA with REKEY_SA or an IKE proposal."""
+    if msg.notify(Notify.REKEY_SA) is not None:
+        return respond_child_rekey(sa, msg, reply, now)
+    return respond_ike_rekey(sa, msg, reply, now)
