@@ -1,8 +1,9 @@
-"""invoke tasks: setup, sim, test, hil, bench (more land with their issues).
+"""invoke tasks: setup, sim, vboard, flash, flash-micropython, test, hil, bench (more land with their issues).
 
 Run `inv --list`. Tasks that need root (network namespaces, strongSwan) say so.
 """
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,24 +35,69 @@ def sim(c, socket=None, baud=None, profile="sim"):
 
 @task(help={"k": "pytest -k expression", "x": "stop at first failure"})
 def test(c, k=None, x=False):
-    """Run everything the README's test command runs: tests/, hil_tests/, firmware tests (CPython and MicroPython)."""
-    args = [PY, "-m", "pytest", "tests", "hil_tests", "firmware/tests"]
-    if k:
-        args += ["-k", k]
-    if x:
-        args.append("-x")
+    """Run everything CI runs (tests, HIL on the sim and on the virtual MicroPython board).
+
+    tests/, hil_tests/ (simulated board) and firmware tests (CPython and MicroPython), then
+    hil_tests/ again on the virtual MicroPython board, flashed with the real mpremote."""
+    extra = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
+    for suite in (["tests", "hil_tests", "firmware/tests"], ["hil_tests", "--board", "mpy-virtual"]):
+        c.run(" ".join([PY, "-m", "pytest"] + suite + extra), env=_env(), pty=False)
+
+
+@task(help={"board": "sim (default) | mpy-virtual | a profile in boards/",
+            "port": "the board's link: device, URL, ftdi:// URL (mpy-virtual: a running one's REPL pty)",
+            "reset": "device (RTS/DTR) or ftdi:// URL (GPIO) that resets the board (default: --port)",
+            "throttle": "sim only: pace the link like a UART at this baud, or a profile's (esp32-devkitc)",
+            "k": "pytest -k expression"})
+def hil(c, board="sim", port=None, reset=None, throttle=None, k=None):
+    """Run the HIL suite (hil_tests/) on the sim, the virtual MicroPython board or a real board.
+
+    mpy-virtual is started and flashed with mpremote unless --port names a running one."""
+    args = [PY, "-m", "pytest", "hil_tests", "--board", shlex.quote(board)]
+    for opt, val in (("--port", port), ("--reset", reset), ("--throttle", throttle), ("-k", k)):
+        if val:
+            args += [opt, shlex.quote(str(val))]
+    c.run(" ".join(args), env=_env())
+
+
+@task(help={"board": "profile (boards/NAME.toml)",
+            "port": "the board's REPL device (mpremote connects there)",
+            "link_port": "the board's link device when it is not the REPL (mpy-virtual: looked up)",
+            "source": "copy .py sources instead of mpy-cross output", "no_wait": "do not wait for HELLO"})
+def flash(c, board, port, link_port=None, source=False, no_wait=False):
+    """Flash the firmware with mpremote, verify it on the board, reset, wait for HELLO.
+
+    Compiles with mpy-cross for the board's .mpy version, generates board.json from the profile,
+    copies with mpremote, verifies by SHA-256 on the board, soft-resets, waits for HELLO."""
+    args = [PY, "-m", "tools.flash", "--board", shlex.quote(board), "--port", shlex.quote(port)]
+    if link_port:
+        args += ["--link-port", shlex.quote(link_port)]
+    if source:
+        args.append("--source")
+    if no_wait:
+        args.append("--no-wait")
     c.run(" ".join(args), env=_env(), pty=False)
 
 
-@task(help={"board": "sim (default) | mpy-virtual | a profile in boards/", "port": "device or URL of a real board"})
-def hil(c, board="sim", port=None, k=None):
-    """Run the HIL suite (hil_tests/) against the simulated board or a real one."""
-    args = [PY, "-m", "pytest", "hil_tests", "--board", board]
-    if port:
-        args += ["--port", port]
-    if k:
-        args += ["-k", k]
-    c.run(" ".join(args), env=_env())
+@task(name="flash-micropython",
+      help={"board": "an ESP32 profile", "port": "the board's serial device", "image": "MicroPython .bin",
+            "baud": "esptool's baud rate", "dry_run": "print the esptool commands instead of running them"})
+def flash_micropython(c, board, port, image, baud=460800, dry_run=False):
+    """Write a MicroPython image to an ESP32 with esptool (erase flash, then write at 0x1000)."""
+    args = [PY, "-m", "tools.flash_micropython", "--board", shlex.quote(board), "--port", shlex.quote(port),
+            "--image", shlex.quote(image), "--baud", str(baud)]
+    if dry_run:
+        args.append("--dry-run")
+    c.run(" ".join(args), env=_env(), pty=False)
+
+
+@task(help={"flash": "the board's flash directory (default: a new temporary one)"})
+def vboard(c, flash=None):
+    """Run the virtual MicroPython board; prints `repl: <pty>` and `link: <pty>` (then control, flash)."""
+    args = [PY, "-m", "tools.vboard"]
+    if flash:
+        args += ["--flash", flash]
+    os.execvpe(PY, args, _env())
 
 
 @task(help={"only": "comma-separated benchmark names (bench/<name>.py), default all"})

@@ -1,4 +1,4 @@
-"""HIL fixtures: --board sim (default) | <profile> with --port DEV."""
+"""HIL fixtures: --board sim (default) | mpy-virtual | <profile> with --port DEV [--reset DEV]."""
 import asyncio
 
 import pytest
@@ -9,15 +9,28 @@ from host.offload.client import BoardClient
 
 
 def pytest_addoption(parser):
-    parser.addoption("--board", default="sim", help="sim (default) or a profile in boards/")
-    parser.addoption("--port", default=None, help="serial device or URL of a real board")
+    parser.addoption("--board", default="sim", help="sim (default), mpy-virtual, or a profile in boards/")
+    parser.addoption("--port", default=None, help="the board's link: serial device, URL, ftdi:// URL "
+                     "(mpy-virtual: a running virtual board's REPL or link pty)")
+    parser.addoption("--reset", default=None, help="device whose RTS/DTR (or ftdi:// URL whose GPIO) resets "
+                     "the board, as its profile's [reset] says (default: --port)")
+    parser.addoption("--throttle", default=None, help="sim only: pace the link like a UART at this baud "
+                     "rate, or at a profile's link.baud (e.g. esp32-devkitc)")
 
 
 @pytest.fixture(scope="session")
 def bench(request):
-    b = open_bench(request.config.getoption("--board"), request.config.getoption("--port"))
+    o = request.config.getoption
+    b = open_bench(o("--board"), o("--port"), o("--reset"), o("--throttle"))
     yield b
     b.close()
+
+
+@pytest.fixture
+def reset(bench):
+    """Reset the board as its bench can: the sim's or virtual board's control socket, the
+    adapter's RTS/DTR line, or an FTDI GPIO on RUN/EN. reset(quiet=True) loses the boot HELLO."""
+    return bench.reset
 
 
 @pytest.fixture
@@ -41,19 +54,18 @@ def make_client(bench, loop):
     async def make(fault=0.0, seed=1, wait=True, **kw):
         kw.setdefault("period", bench.period)
         kw.setdefault("misses", bench.misses)
-        factory = None
-        if fault:
-            def factory():
-                return FaultyTransport(bench.url, baudrate=bench.baudrate, rtscts=bench.rtscts,
-                                       on_data=c._on_data, on_error=c._on_transport_error,
-                                       fault=fault, seed=seed)
         kw.setdefault("link_options", bench.link_options)
+
+        def factory():
+            t = bench.make_transport(c)          # serial, pty, socket:// or SPI, as the bench says
+            return FaultyTransport(t, fault=fault, seed=seed) if fault else t
+
         c = BoardClient("hil", bench.url, baudrate=bench.baudrate, rtscts=bench.rtscts,
                         transport_factory=factory, **kw)
         made.append(c)
         await c.start()
         if wait:
-            await c.wait_ready(10)
+            await c.wait_ready(10 + bench.boot_s)
             ev = await c.events.get()
             assert type(ev).__name__ == "BoardReady", ev
         return c

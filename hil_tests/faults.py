@@ -1,19 +1,18 @@
 """Byte faults on the host side of a real transport: drop or flip each byte with probability
-p, in both directions. Works the same against the simulator and against a real board."""
+p, in both directions. Wraps whatever transport the bench uses (serial, pty, socket://, SPI), so
+the same test runs against the simulator, the virtual board and a real board."""
 import random
 
-from host.offload.transport import SerialTransport
 
-
-class FaultyTransport(SerialTransport):
-    def __init__(self, *a, fault=0.01, seed=1, **kw):
-        super().__init__(*a, **kw)
+class FaultyTransport:
+    def __init__(self, inner, fault=0.01, seed=1):
+        self.inner = inner
         self.fault = fault
         self.rng = random.Random(seed)
         self.dropped = 0
         self.flipped = 0
-        inner = self.on_data
-        self.on_data = lambda data: inner(self.corrupt(data))
+        deliver = inner.on_data
+        inner.on_data = lambda data: deliver(self.corrupt(data))
 
     def corrupt(self, data):
         out = bytearray()
@@ -29,5 +28,15 @@ class FaultyTransport(SerialTransport):
             out.append(b)
         return bytes(out)
 
+    def open(self):
+        self.inner.open()
+
+    @property
+    def is_open(self):
+        return self.inner.is_open
+
     def write(self, data):
-        super().write(self.corrupt(data))
+        self.inner.write(self.corrupt(data))
+
+    def close(self):
+        self.inner.close()

@@ -3,6 +3,7 @@ import asyncio
 
 import pytest
 
+from firmware import profiles
 from firmware.link import messages as m
 from host.offload.client import LinkError
 
@@ -20,8 +21,12 @@ def test_hello_reports_the_profile(bench, make_client, run):
         assert (h.max_sas, h.max_frame, h.max_batch) == (b["max_sas"], b["max_frame"], b["max_batch"])
         assert h.host_silence_ms == b["host_silence_ms"]
         assert len(h.boot_id) == 8 and h.fw_version and h.reply_cache >= 2
-        # every transform the board advertises names its backend
+        # every transform the board advertises names its backend, and what it calls fast is what
+        # its profile says its crypto backend makes fast (the host proposes from this list)
         assert all(t.backend for t in h.transforms)
+        fast = {t.key() for t in h.transforms if t.speed >= m.SPEED_FAST}
+        if h.transforms:
+            assert fast == profiles.fast_transforms(bench.profile), (fast, bench.profile["crypto"])
     run(main())
 
 

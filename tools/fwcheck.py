@@ -38,6 +38,7 @@ PORTABLE_MODULES = {
 BOARD_ONLY_MODULES = {
     "machine", "cryptolib", "rp2", "esp", "esp32", "network", "socket", "ssl", "tls", "bluetooth",
     "_thread", "neopixel", "onewire", "espnow", "btree", "dht", "ds18x20",
+    "vboard",  # the virtual MicroPython board's hardware module (tools/vboard), as `machine` is a board's
 }
 # Frozen into the wasm "pyscript" variant from micropython-lib (ports/webassembly/variants/pyscript/
 # manifest.py) but NOT in stock ESP32/RP2 firmware: the wasm tests pass, the board raises ImportError.

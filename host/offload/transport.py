@@ -117,3 +117,16 @@ class SerialTransport:
             pass
         self.ser = None
         self.fd = None
+
+
+def for_profile(profile, url, *, on_data=None, on_error=None):
+    """The transport a board profile's link needs: SPI (pyftdi; `url` an ftdi:// URL, else the
+    profile's spi.host.ftdi_url) for link.kind "spi-pio", else a pyserial port at the profile's
+    baud rate and flow control (a device, a pty, socket://)."""
+    link = profile["link"]
+    if link["kind"] == "spi-pio":
+        from host.offload.spi import SpiTransport, pyftdi_bus
+
+        return SpiTransport(pyftdi_bus(profile, url), profile["spi"], on_data=on_data, on_error=on_error)
+    return SerialTransport(url, baudrate=link.get("baud") or 115200, rtscts=bool(link.get("rtscts")),
+                           on_data=on_data, on_error=on_error)

@@ -1,0 +1,54 @@
+"""The board's main loop: a port, the sans-I/O board core, the watchdog, and a clock.
+
+A tight loop, not asyncio: on the wasm MicroPython it moves a request through the board core in
+less time than asyncio does (bench/mpy_loop.py measures both), the firmware has one job, and a
+tight loop keeps the watchdog honest (a stuck step stops the feeding). The loop sleeps in the
+port's wait() only while the board has nothing due (board.next_deadline()).
+"""
+import time
+
+IDLE_MS = 50       # longest sleep in port.wait(): bounds the WDT feed interval and timer lag
+BUF = 1024         # bytes read from the port per step
+
+
+class Clock:
+    """Milliseconds since start, monotonic and without wrap (time.ticks_ms wraps after 2^30 ms
+    on MicroPython; the board core subtracts times, so it needs an unwrapped clock)."""
+
+    def __init__(self, ticks_ms=None, ticks_diff=None):
+        self.ticks_ms = ticks_ms or time.ticks_ms
+        self.ticks_diff = ticks_diff or time.ticks_diff
+        self.last = self.ticks_ms()
+        self.ms = 0
+
+    def __call__(self):
+        t = self.ticks_ms()
+        self.ms += self.ticks_diff(t, self.last)
+        self.last = t
+        return self.ms
+
+
+def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
+    """Serve the link until the host asks for a reset (returns "reset") or `steps` loop turns
+    ran (tests; returns None). The reply to RESET is flushed out of the port first."""
+    buf = bytearray(BUF)
+    mv = memoryview(buf)
+    while steps is None or steps > 0:
+        if steps is not None:
+            steps -= 1
+        feed()
+        n = port.read_into(buf)
+        now = clock()
+        out = board.feed(mv[:n], now) if n else board.tick(now)
+        if out:
+            port.write(out)
+        if board.reset_requested:
+            port.flush()
+            return "reset"
+        if n:
+            continue                   # more may be waiting: read again before sleeping
+        d = board.next_deadline()
+        wait = idle_ms if d is None else min(idle_ms, max(0, d - now))
+        if wait:
+            port.wait(wait)
+    return None

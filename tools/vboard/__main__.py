@@ -1,0 +1,5 @@
+import sys
+
+from tools.vboard.launcher import main
+
+sys.exit(main())
