@@ -301,7 +301,9 @@ def test_seed_we_lose_state_charon_keeps_it(bed):
             assert seen == st["invalid_spi_sent_unprotected"] >= 1
             assert st["invalid_spi_sent_unprotected"] <= 3 + recovered + 1         # burst 3, 1/s per source
             assert st["unknown_spi"] >= 1                 # charon's liveness check found no IKE SA here
-            assert 1.0 + 3.0 <= recovered <= 1.0 + 3.02 + 2.0
+            # at least charon's 3.02 s of retransmissions (its dpd_delay clock may start before our
+            # first unknown-SPI packet, so the 1 s delay is not a lower bound), at most both + slack
+            assert 3.0 <= recovered <= 1.0 + 3.02 + 2.0
             up = ours.of(IkeSaUp)[0]
             assert not up.initiator                        # charon re-initiated (its dpd_action)
             pinger.kill()
