@@ -10,7 +10,7 @@ hanging, how slow the board is — lives here, so the tests in this folder run u
     inv hil --board esp32-devkitc --port /dev/ttyUSB1 --reset /dev/ttyUSB0
     inv hil --board rp2040-pico-spi --port ftdi://ftdi:232h/1
 
-A bench has: `url` (the link), `profile`, `period`/`misses` (heartbeat), `baudrate`/`rtscts`,
+A bench has: `url` (the link), `profile`, `period`/`misses` (heartbeat),
 `link_options` (LinkClient tuning), `scale` (heavy loops run `scaled(n)` times: slow boards do
 fewer, the tests stay the same), `fast_period` (the shortest heartbeat period the board keeps up
 with), `reset_loss_reasons` (how a reset may show: a board that boots slower than the
@@ -57,14 +57,6 @@ class Bench:
         return (self.timing or self.profile)["heartbeat"]["misses"]
 
     @property
-    def baudrate(self):
-        return self.profile["link"].get("baud") or None
-
-    @property
-    def rtscts(self):
-        return bool(self.profile["link"].get("rtscts"))
-
-    @property
     def fast_period(self):
         """The shortest heartbeat period this board answers reliably (fault tests use it)."""
         floor = 0.05 if self.link_options.get("byte_time") else 0.01     # a paced UART: frames take time
@@ -85,13 +77,14 @@ class Bench:
     def scaled(self, n, minimum=1):
         return max(minimum, int(n * self.scale))
 
-    def make_transport(self, client):
-        """A transport for BoardClient `client` to this board's link (a serial port, pty or
-        socket:// here; SPI benches override it)."""
+    def make_transport(self, on_data, on_error):
+        """A transport to this board's link (a serial port, pty or socket:// here; SPI benches
+        override it)."""
         from host.offload.transport import SerialTransport
 
-        return SerialTransport(self.url, baudrate=self.baudrate, rtscts=self.rtscts,
-                               on_data=client._on_data, on_error=client._on_transport_error)
+        link = self.profile["link"]
+        return SerialTransport(self.url, baudrate=link.get("baud") or 115200, rtscts=bool(link.get("rtscts")),
+                               on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         raise NotImplementedError
@@ -295,10 +288,10 @@ class SerialBench(Bench):
         super().__init__(profile_name, port)
         self.resetter = make_resetter(self.profile, port, reset_spec)
 
-    def make_transport(self, client):
+    def make_transport(self, on_data, on_error):
         from host.offload.transport import for_profile
 
-        return for_profile(self.profile, self.url, on_data=client._on_data, on_error=client._on_transport_error)
+        return for_profile(self.profile, self.url, on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         if quiet:

@@ -56,12 +56,11 @@ def make_client(bench, loop):
         kw.setdefault("misses", bench.misses)
         kw.setdefault("link_options", bench.link_options)
 
-        def factory():
-            t = bench.make_transport(c)          # serial, pty, socket:// or SPI, as the bench says
+        def factory(on_data, on_error):
+            t = bench.make_transport(on_data, on_error)   # serial, pty, socket:// or SPI, as the bench says
             return FaultyTransport(t, fault=fault, seed=seed) if fault else t
 
-        c = BoardClient("hil", bench.url, baudrate=bench.baudrate, rtscts=bench.rtscts,
-                        transport_factory=factory, **kw)
+        c = BoardClient("hil", bench.url, profile=bench.profile, transport_factory=factory, **kw)
         made.append(c)
         await c.start()
         if wait:

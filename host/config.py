@@ -64,14 +64,6 @@ class BoardConfig:
     period: float
     misses: int
 
-    @property
-    def baudrate(self):
-        return self.profile["link"].get("baud") or None
-
-    @property
-    def rtscts(self):
-        return bool(self.profile["link"].get("rtscts"))
-
 
 @dataclass
 class DaemonConfig:

@@ -91,8 +91,8 @@ class Daemon:
     async def start(self):
         c = self.cfg
         for b in c.boards:
-            client = BoardClient(b.name, b.port, period=b.period, misses=b.misses, baudrate=b.baudrate,
-                                 rtscts=b.rtscts, flush_on_open=True, on_event=self._board_event)
+            client = BoardClient(b.name, b.port, profile=b.profile, period=b.period, misses=b.misses,
+                                 flush_on_open=True, on_event=self._board_event)
             self.clients[b.name] = client
             self.pool.add(b.name, client)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)

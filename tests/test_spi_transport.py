@@ -41,9 +41,8 @@ def rig(loop):
         cfg = dict(spi or SPI, block_size=block_size)
         holder = {}
 
-        def factory():
-            c = holder["client"]
-            t = SpiTransport(bus, cfg, on_data=c._on_data, on_error=c._on_transport_error)
+        def factory(on_data, on_error):
+            t = SpiTransport(bus, cfg, on_data=on_data, on_error=on_error)
             holder["transport"] = t
             return t
 

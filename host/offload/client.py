@@ -14,7 +14,7 @@ from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
-from host.offload.transport import SerialTransport, TransportError
+from host.offload.transport import SerialTransport, TransportError, for_profile
 
 
 class LinkError(RuntimeError):
@@ -26,26 +26,27 @@ class LinkError(RuntimeError):
 
 
 class BoardClient:
-    def __init__(self, name, url, *, period=0.1, misses=3, baudrate=None, rtscts=False,
-                 flush_on_open=True, reopen_interval=1.0, link_options=None, on_event=None,
-                 transport_factory=None):
+    def __init__(self, name, url, *, profile=None, period=0.1, misses=3, flush_on_open=True,
+                 reopen_interval=1.0, link_options=None, on_event=None, transport_factory=None):
+        """profile: the board profile (firmware/profiles.py) — it picks the transport (serial at
+        its baud rate and flow control, or SPI) and the wire time per byte of a real UART.
+        transport_factory(on_data, on_error) -> transport overrides that (tests, fault injection)."""
         self.name = name
         self.url = url
+        self.profile = profile
         self.period = period
         self.misses = misses
-        self.baudrate = baudrate
-        self.rtscts = rtscts
         self.flush_on_open = flush_on_open
         self.reopen_interval = reopen_interval
         self.link_options = dict(link_options or {})
-        if baudrate and "byte_time" not in self.link_options and not url.startswith("socket://") \
-                and not url.startswith("/dev/pts/"):
-            self.link_options["byte_time"] = 10.0 / baudrate
+        baud = profile["link"].get("baud") if profile else None
+        if baud and "byte_time" not in self.link_options and profile["link"]["kind"] == "uart":
+            self.link_options["byte_time"] = 10.0 / baud
         self.on_event = on_event
         self.events = asyncio.Queue()
         self.session = None
         self.transport = None
-        self._transport_factory = transport_factory or self._serial
+        self._transport_factory = transport_factory
         self._futures = {}
         self._timer = None
         self._loop = None
@@ -55,14 +56,17 @@ class BoardClient:
         self.ready_at = None
         self.lost = []  # BoardLost history (most recent last)
 
-    def _serial(self):
-        return SerialTransport(self.url, baudrate=self.baudrate, rtscts=self.rtscts,
-                               on_data=self._on_data, on_error=self._on_transport_error)
+    def _make_transport(self):
+        if self._transport_factory is not None:
+            return self._transport_factory(self._on_data, self._on_transport_error)
+        if self.profile is not None:
+            return for_profile(self.profile, self.url, on_data=self._on_data, on_error=self._on_transport_error)
+        return SerialTransport(self.url, on_data=self._on_data, on_error=self._on_transport_error)
 
     # ---- life -------------------------------------------------------------------------------
     async def start(self):
         self._loop = asyncio.get_running_loop()
-        self.transport = self._transport_factory()
+        self.transport = self._make_transport()
         self.transport.open()
         self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
                                     flush_on_open=self.flush_on_open,
@@ -197,7 +201,7 @@ class BoardClient:
         while not self._closed:
             await asyncio.sleep(self.reopen_interval)
             try:
-                self.transport = self._transport_factory()
+                self.transport = self._make_transport()
                 self.transport.open()
             except TransportError:
                 continue
