@@ -173,6 +173,21 @@ def test_flush_board_and_terminate_from_the_cli(bed, pinger):
     bed.wait_tunnels()
 
 
+def test_clean_shutdown_sends_deletes_and_flushes_the_board(bed):
+    bed.wait_tunnels()
+    assert len(sim_spis(bed)) == 2 and len(bed.charon.list_sas()) == 1
+    t0 = time.monotonic()
+    bed.stop_daemon(signal.SIGTERM)
+    took = time.monotonic() - t0
+    assert bed.daemon.returncode == 0, bed.log_tail()
+    assert sim_spis(bed) == set()                   # the board was flushed
+    assert bed.charon.list_sas() == []              # the peer got our Delete
+    assert "stopped: 1 IKE SA(s) deleted, boards flushed" in bed.log_tail(10)
+    assert took < 5
+    bed.start_daemon()                              # leave the bed as the other tests expect it
+    bed.wait_tunnels()
+
+
 def test_flush_off_leaves_dead_sas_unused():
     b = DemoBed(flush=False, quiet=True)
     try:
