@@ -84,6 +84,7 @@ class Daemon:
         self._tasks = set()
         self._stopped = asyncio.Event()
         self.started_at = time.time()
+        self._connections_started = False
         self.stats = {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0, "child_installs": 0,
                       "child_install_failures": 0, "unknown_spi_reports": 0, "sa_expired": 0}
 
@@ -107,13 +108,13 @@ class Daemon:
         self.control = ControlServer(c.control_socket, self._control)
         await self.control.start()
         for name, client in self.clients.items():
-            try:
-                await client.start()        # HELLO, then SA_FLUSH: a starting daemon flushes its boards
-            except OSError as e:
-                log.error("board %s: cannot open %s: %s (retrying)", name, client.url, e)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(cl.wait_ready(30) for cl in self.clients.values()),
-                                                  return_exceptions=True), 30)
+            await client.start(retry=True)  # HELLO, then SA_FLUSH: a starting daemon flushes its boards
+            if client.transport is None:
+                log.error("board %s: cannot open %s yet; retrying every %.0f s", name, client.url,
+                          client.reopen_interval)
+        try:      # give every board a moment; a late one starts the connections when it comes
+            await asyncio.wait_for(asyncio.gather(*(cl.wait_ready(5) for cl in self.clients.values()),
+                                                  return_exceptions=True), 5)
         except asyncio.TimeoutError:
             pass
         ready = [n for n, cl in self.clients.items() if cl.ready]
@@ -124,6 +125,14 @@ class Daemon:
             log.warning("flush_on_board_loss = false: IKE SAs will outlive a lost board (RFC 7296 §2.4 "
                         "says they must not); their tunnels stay dead until the peer's DPD gives up")
         if ready:
+            self._start_connections()
+        else:
+            log.warning("no board ready yet: connections start when one is")
+
+    def _start_connections(self):
+        """start_action = start: once, when the first board is ready (Child SAs need a board)."""
+        if not self._connections_started:
+            self._connections_started = True
             self.udp.call(self.engine.start)
 
     async def run(self):
@@ -196,6 +205,7 @@ class Daemon:
                 inc.ready_at = ev.at
             # Routes that survived a loss (flush_on_board_loss = false) stay unusable: their SAs
             # are gone from the board. New Child SAs bring new routes.
+            self._start_connections()      # the UDP side is up before any board is opened
             self._restart(now)
         elif isinstance(ev, UnknownSpiReport):
             for spi, src, n in ev.entries:

@@ -64,13 +64,23 @@ class BoardClient:
         return SerialTransport(self.url, on_data=self._on_data, on_error=self._on_transport_error)
 
     # ---- life -------------------------------------------------------------------------------
-    async def start(self):
+    async def start(self, retry=False):
+        """Open the port and say HELLO. retry=True: a port that cannot be opened yet (a board not
+        plugged in) is retried every reopen_interval instead of raising TransportError."""
         self._loop = asyncio.get_running_loop()
-        self.transport = self._make_transport()
-        self.transport.open()
+        transport = self._make_transport()
+        try:
+            transport.open()
+        except TransportError:
+            if not retry:
+                raise
+            transport = None
+        self.transport = transport
         self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
                                     flush_on_open=self.flush_on_open,
                                     link=LinkClient(**self.link_options))
+        if transport is None:
+            self._reopen_task = self._loop.create_task(self._reopen())
         self._after()
 
     async def wait_ready(self, timeout=5.0):
