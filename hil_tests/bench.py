@@ -59,7 +59,9 @@ class Bench:
     @property
     def fast_period(self):
         """The shortest heartbeat period this board answers reliably (fault tests use it)."""
-        floor = 0.05 if self.link_options.get("byte_time") else 0.01     # a paced UART: frames take time
+        # A paced UART: frames take time. Otherwise 20 ms: with 3 misses a 60 ms scheduling stall
+        # of a loaded 2-core machine is not taken for a lost board (10 ms proved too tight).
+        floor = 0.05 if self.link_options.get("byte_time") else 0.02
         bench = (self.timing or self.profile).get("bench", {})
         return max(floor, bench.get("fast_period_ms", 0) / 1000, self.period / 10)
 
