@@ -1,8 +1,8 @@
 """Pure-Python crypto backend: AES (FIPS 197), CTR/GCM (NIST SP 800-38D), CBC, HMAC-SHA-256.
 
 For runtimes without cryptolib (the wasm MicroPython) and as a reference the other backends
-are checked against. Slow by nature (MicroPython: ~10k AES blocks/s), so every transform it
-runs is advertised SPEED_SLOW. Tables are built at first use, not at import.
+are checked against. Slow by nature (wasm MicroPython: ~9k AES-128 blocks/s), so every
+transform it runs is advertised SPEED_SLOW. Tables are built at first use, not at import.
 
 Written for a microcontroller's heap (issue 7: 64 SAs in 64 KB):
 - AES works on 16-bit halves of the four column words, so every value is a small int on
@@ -134,15 +134,6 @@ def _dec_tables():
             d.append((x9 << 8) | x13)
         _TD = (a, b, c, d)
     return _TD
-
-
-def table_bytes():
-    """Bytes of the shared AES tables built so far (the heap benchmark reports it)."""
-    n = 512 if _SB is not None else 0
-    for t in (_TE, _TD):
-        if t is not None:
-            n += 4 * 2 * 256
-    return n
 
 
 # ---- AES on 16-bit halves ----------------------------------------------------------------------
