@@ -77,6 +77,7 @@ MAX_OVERHEAD = 8 + 16 + 15 + 2 + 16  # SPI+seq, IV, padding, trailer, ICV: worst
 _pack = struct.pack
 _unpack_from = struct.unpack_from
 _NEVER = 1 << 64
+_ST_ACTIVE = m.SaStats.STATE_ACTIVE
 _ST_SOFT = m.SaStats.STATE_SOFT_EXPIRED
 _ST_HARD = m.SaStats.STATE_HARD_EXPIRED
 
@@ -96,6 +97,14 @@ def _trailer(padlen, nh):
     t = _PADS[padlen] + bytes((padlen, nh))
     _TRAILERS[(nh << 8) | padlen] = t
     return t
+
+
+# The trailer of a tunnelled IPv4 packet by len(packet) & 3 (default padding to 4 bytes, GCM)
+_TR4 = tuple(_trailer((2 - k) & 3, NH_IPV4) for k in range(4))
+_SEQ32 = 0xFFFFFFFF                   # the last sequence number (RFC 4303 §3.3.3), ESN: _SEQ64
+_SEQ64 = 0xFFFFFFFFFFFFFFFF
+_SOFT32 = _SEQ32 - (_SEQ32 >> 4)      # the soft EXP_SEQ: 1/16 of the space before the end
+_SOFT64 = _SEQ64 - (_SEQ64 >> 4)
 
 
 _Z4 = bytes(4)
@@ -181,52 +190,61 @@ def ts_match(sels, addr, proto, port):
 # ---- SA records --------------------------------------------------------------------------------
 class EspSa(SaRecord):
     """What every ESP SA shares: mode, sequence numbers, replay window, lifetimes, selectors.
-    Subclasses implement encrypt()/decrypt() for one transform, with the hot path inline."""
+    Subclasses implement encrypt()/decrypt() for one transform, with the hot path inline.
+
+    Memory (issue 7: 64 SAs in 64 KB on MicroPython, where __slots__ is ignored and every
+    instance attribute is a slot of a hash table that grows 23 -> 29 -> 37 entries of 8 bytes):
+    an SA keeps what its hot path reads and derives the rest (inbound, udp, seq_max, the
+    selectors by direction) from its spec; per-SA objects are avoided where a shared one does
+    (the trailers, the sequence limits, the replay mask, an empty event list)."""
     __slots__ = ("_check_seq", "_events", "_fast_in", "_fast_out", "_in_packets", "_local", "_next_o",
-                 "_next_p", "_next_seq", "_peer", "_seq_soft", "_soft_done", "_tr4", "_ts", "_ts_dst",
-                 "_ts_src", "backend", "esn", "inbound", "policy", "seq_max", "spi_b", "tunnel", "udp",
-                 "window")
+                 "_next_p", "_next_seq", "_peer", "_ts", "backend", "esn", "policy",
+                 "spi_b", "tunnel", "window")
 
     def __init__(self, spec, backend):
         SaRecord.__init__(self, spec)
         if spec.flags & ~(m.SAF_ESN | m.SAF_UDP_ENCAP):
             raise UnsupportedSa("unknown SA flags 0x%x" % spec.flags)
         self.backend = backend
-        self.esn = bool(spec.flags & m.SAF_ESN)
-        self.udp = bool(spec.flags & m.SAF_UDP_ENCAP)
+        self.esn = esn = bool(spec.flags & m.SAF_ESN)
         self.tunnel = spec.mode == m.MODE_TUNNEL
-        self.inbound = spec.direction == m.DIR_IN
+        inbound = spec.direction == m.DIR_IN
         self.spi_b = _pack(">I", spec.spi)
-        self.seq_max = 0xFFFFFFFFFFFFFFFF if self.esn else 0xFFFFFFFF
-        if spec.initial_seq > self.seq_max:
+        if spec.initial_seq > (_SEQ64 if esn else _SEQ32):
             raise m.MessageError("initial sequence number beyond the sequence space")
         self.policy = 0
-        self._events = []
-        self._soft_done = False
-        if self.inbound:
-            if self.esn and not spec.replay_window:
+        self._events = ()        # shared until the first event
+        if inbound:
+            if esn and not spec.replay_window:
                 raise UnsupportedSa("ESN needs an anti-replay window (RFC 4303 Appendix A)")
-            self.window = ReplayWindow(spec.replay_window, self.esn)
+            self.window = ReplayWindow(spec.replay_window, esn)
             self.window.top = spec.initial_seq
-            ts_src, ts_dst = spec.ts_remote, spec.ts_local
         else:
             self.window = None
-            ts_src, ts_dst = spec.ts_local, spec.ts_remote
-        self._ts_src = ts_src
-        self._ts_dst = ts_dst
-        self._ts = bool(ts_src or ts_dst)
+        self._ts = bool(spec.ts_local or spec.ts_remote)
         if not self.tunnel:
             if spec.src is None or spec.dst is None or len(spec.src[0]) != len(spec.dst[0]):
                 raise m.MessageError("transport mode needs A_SRC and A_DST of one family")
             self._local = bytes(spec.src[0])
             self._peer = bytes(spec.dst[0])
-        self._fast_out = self.tunnel and not self._ts and not self.inbound and not self.esn
-        self._fast_in = (self.tunnel and not self._ts and self.inbound and not self.esn
+        self._fast_out = self.tunnel and not self._ts and not inbound and not esn
+        self._fast_in = (self.tunnel and not self._ts and inbound and not esn
                          and spec.replay_window > 0)
-        self._tr4 = [_trailer((2 - k) & 3, NH_IPV4) for k in range(4)]  # by len(pkt) & 3
-        self._seq_soft = self.seq_max - (self.seq_max >> 4)
-        self._next_seq = self._seq_soft if not self.inbound else _NEVER
+        self._next_seq = (_SOFT64 if esn else _SOFT32) if not inbound else _NEVER
         self._next_limits()
+
+    # Derived from the spec rather than stored (see the class docstring).
+    @property
+    def inbound(self):
+        return self.spec.direction == m.DIR_IN
+
+    @property
+    def udp(self):
+        return bool(self.spec.flags & m.SAF_UDP_ENCAP)
+
+    @property
+    def seq_max(self):
+        return _SEQ64 if self.esn else _SEQ32
 
     # Outbound, every packet sent consumes one sequence number and nothing else does, so the
     # packet count is derived from it (one counter less on the hot path).
@@ -248,7 +266,7 @@ class EspSa(SaRecord):
             p = s.hard_packets
         if s.hard_bytes:
             o = s.hard_bytes
-        if not self._soft_done:
+        if self.state == _ST_ACTIVE:   # no soft limit reached yet
             if s.soft_packets and s.soft_packets < p:
                 p = s.soft_packets
             if s.soft_bytes and s.soft_bytes < o:
@@ -256,7 +274,8 @@ class EspSa(SaRecord):
         self._next_p = p
         self._next_o = o
         # outbound: the first sequence number at which a packet or sequence limit needs a look
-        c = self.spec.initial_seq + p
+        # (no new int when there is no packet limit and no initial sequence number)
+        c = self.spec.initial_seq + p if self.spec.initial_seq else p
         self._check_seq = c if c < self._next_seq else self._next_seq
 
     def _expire(self, hard, reason):
@@ -264,14 +283,15 @@ class EspSa(SaRecord):
             if self.state == _ST_HARD:
                 return
             self.state = _ST_HARD
-            self._soft_done = True
             self._fast_out = self._fast_in = False
         else:
-            if self._soft_done:
+            if self.state != _ST_ACTIVE:   # soft- or hard-expired already
                 return
             self.state = _ST_SOFT
-            self._soft_done = True
-        self._events.append((hard, reason))
+        if self._events:
+            self._events.append((hard, reason))
+        else:
+            self._events = [(hard, reason)]
         self._next_limits()
 
     def _limits(self, seq=0):
@@ -286,12 +306,13 @@ class EspSa(SaRecord):
         elif s.soft_bytes and self.octets >= s.soft_bytes:
             self._expire(False, m.EXP_BYTES)
         if seq >= self._next_seq:
-            if seq >= self.seq_max:
+            seq_max = self.seq_max
+            if seq >= seq_max:
                 self._expire(True, m.EXP_SEQ)
                 self._next_seq = _NEVER
             else:
                 self._expire(False, m.EXP_SEQ)
-                self._next_seq = self.seq_max
+                self._next_seq = seq_max
         self._next_limits()
 
     def _exhausted(self):
@@ -303,7 +324,7 @@ class EspSa(SaRecord):
         ev = self._events
         if not ev:
             return []
-        self._events = []
+        self._events = ()
         return ev
 
     def stats(self):
@@ -353,9 +374,14 @@ class EspSa(SaRecord):
         if f is None:
             return False
         src, dst, proto, sport, dport = f
-        if self._ts_src and not ts_match(self._ts_src, src, proto, sport):
+        s = self.spec
+        if s.direction == m.DIR_IN:
+            ts_src, ts_dst = s.ts_remote, s.ts_local
+        else:
+            ts_src, ts_dst = s.ts_local, s.ts_remote
+        if ts_src and not ts_match(ts_src, src, proto, sport):
             return False
-        if self._ts_dst and not ts_match(self._ts_dst, dst, proto, dport):
+        if ts_dst and not ts_match(ts_dst, dst, proto, dport):
             return False
         return True
 
@@ -403,7 +429,7 @@ class EspSa(SaRecord):
         """Transport mode: an IP header in front of the payload (see the module docstring)."""
         src, dst = self._peer, self._local
         n = len(payload)
-        if self.udp and nh in (6, 17):
+        if self.spec.flags & m.SAF_UDP_ENCAP and nh in (6, 17):
             payload = self._fix_l4(payload, nh, src, dst)
         if len(src) == 4:
             h = _pack(">BBHHHBBH", 0x45, 0, 20 + n, 0, 0, 64, nh, 0) + src + dst
@@ -434,7 +460,7 @@ class GcmSa(EspSa):
     """ENCR_AES_GCM_16 (RFC 4106): key || 4-byte salt; nonce = salt || IV; IV = the 64-bit
     sequence number; AAD = SPI || seq (8 bytes) or SPI || seq-hi || seq-lo with ESN (§5);
     16-byte ICV; payload padded to 4 bytes."""
-    __slots__ = ("_open", "_salt0", "_seal", "aead", "auth_error", "salt")
+    __slots__ = ("_open", "_salt0", "_seal", "aead", "salt")
 
     def __init__(self, spec, backend):
         if spec.integ != m.AUTH_NONE:
@@ -445,12 +471,16 @@ class GcmSa(EspSa):
         EspSa.__init__(self, spec, backend)
         self.aead = backend.aes_gcm(key[:-4])
         self.salt = bytes(key[-4:])
-        self.auth_error = backend.AuthError
-        # hot-path constants: bound methods, and the nonce prefix salt || IV[:4], where the IV
-        # is the 64-bit sequence number and IV[:4] is 0 without ESN (seq < 2^32)
-        self._seal = self.aead.encrypt
-        self._open = self.aead.decrypt
-        self._salt0 = self.salt + _Z4
+        # hot-path constants, for the SA's own direction only: a bound method, and outbound the
+        # nonce prefix salt || IV[:4], where the IV is the 64-bit sequence number and IV[:4] is
+        # 0 without ESN (seq < 2^32)
+        if spec.direction == m.DIR_OUT:
+            self._seal = self.aead.encrypt
+            self._salt0 = self.salt + _Z4
+            self._open = None
+        else:
+            self._open = self.aead.decrypt
+            self._seal = self._salt0 = None
 
     def encrypt(self, pkt):
         # Fast path (the common case, kept short for CPython): tunnel mode, no selectors, no
@@ -467,7 +497,7 @@ class GcmSa(EspSa):
                 if o >= self._next_o:
                     self._limits(seq)
                 seal = self._seal  # a local: CPython 3.11 specializes no method call on a slot
-                return 0, _join((hdr, _Z4, s, seal(self._salt0 + s, pkt + self._tr4[n & 3], hdr)))
+                return 0, _join((hdr, _Z4, s, seal(self._salt0 + s, pkt + _TR4[n & 3], hdr)))
         return self._encrypt(pkt)
 
     def _encrypt(self, pkt):
@@ -481,7 +511,7 @@ class GcmSa(EspSa):
             self.policy += 1
             return _R_POLICY
         seq = self.seq + 1
-        if seq > self.seq_max:
+        if seq > (_SEQ64 if self.esn else _SEQ32):
             return self._exhausted()
         self.seq = seq
         padlen = (2 - len(payload)) & 3
@@ -510,7 +540,7 @@ class GcmSa(EspSa):
                 open_ = self._open  # a local, as in encrypt()
                 try:
                     pt = open_(self.salt + iv, pkt[16:], pkt[:8])
-                except self.auth_error:
+                except self.backend.AuthError:
                     self.auth_fail += 1
                     return _R_AUTH
                 d = seq - top
@@ -520,7 +550,7 @@ class GcmSa(EspSa):
                 # it (default padding to 4 bytes, pad length, next header 4) in one comparison:
                 # it holds only if the padding is right and there is no TFC padding.
                 tl = pt[2] * 256 + pt[3]
-                if tl > 19 and pt[tl:] == self._tr4[tl & 3] and pt[0] & 0xF0 == 0x40:
+                if tl > 19 and pt[tl:] == _TR4[tl & 3] and pt[0] & 0xF0 == 0x40:
                     p = self._in_packets + 1
                     self._in_packets = p
                     o = self.octets + tl
@@ -545,7 +575,7 @@ class GcmSa(EspSa):
         aad = self.spi_b + _pack(">II", seq >> 32, seql) if self.esn else pkt[:8]
         try:
             pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], aad)
-        except self.auth_error:
+        except self.backend.AuthError:
             self.auth_fail += 1
             return _R_AUTH
         w.update(seq)
@@ -561,7 +591,7 @@ class GcmSa(EspSa):
     def encrypt_batch(self, pkts):
         out = []
         append = out.append
-        seal, spi_b, salt0, tr4, z4, join = self._seal, self.spi_b, self._salt0, self._tr4, _Z4, _join
+        seal, spi_b, salt0, tr4, z4, join = self._seal, self.spi_b, self._salt0, _TR4, _Z4, _join
         seq, o = self.seq, self.octets
         lim = self._check_seq if self._fast_out else 0   # fast while seq < lim
         next_o = self._next_o
@@ -589,7 +619,7 @@ class GcmSa(EspSa):
     def decrypt_batch(self, pkts):
         out = []
         append = out.append
-        open_, salt, tr4, w, auth_error = self._open, self.salt, self._tr4, self.window, self.auth_error
+        open_, salt, tr4, w, auth_error = self._open, self.salt, _TR4, self.window, self.backend.AuthError
         mask, size = w.mask, w.size
         fast, next_p, next_o = self._fast_in, self._next_p, self._next_o
         top, bits, p, o = w.top, w.bits, self._in_packets, self.octets
@@ -633,7 +663,7 @@ class CbcHmacSa(EspSa):
     """ENCR_AES_CBC (RFC 3602: random 16-byte IV, padding to 16) with AUTH_HMAC_SHA2_256_128
     (RFC 4868: 32-byte key, ICV = first 16 bytes of HMAC-SHA-256 over SPI..ciphertext, with
     seq-hi appended for the computation only under ESN, RFC 4303 §2.2.1)."""
-    __slots__ = ("cbc", "ct_equal", "mac", "random")
+    __slots__ = ("cbc", "mac", "random")
 
     def __init__(self, spec, backend):
         if spec.integ != m.AUTH_HMAC_SHA2_256_128:
@@ -645,7 +675,6 @@ class CbcHmacSa(EspSa):
         EspSa.__init__(self, spec, backend)
         self.cbc = backend.aes_cbc(spec.encr_key)
         self.mac = backend.hmac_sha256(spec.integ_key)
-        self.ct_equal = backend.ct_equal
         self.random = backend.random  # tests may set a fixed IV source here
 
     def encrypt(self, pkt):
@@ -659,7 +688,7 @@ class CbcHmacSa(EspSa):
             self.policy += 1
             return _R_POLICY
         seq = self.seq + 1
-        if seq > self.seq_max:
+        if seq > (_SEQ64 if self.esn else _SEQ32):
             return self._exhausted()
         self.seq = seq
         padlen = (14 - len(payload)) & 15
@@ -693,7 +722,7 @@ class CbcHmacSa(EspSa):
             return _R_REPLAY
         body = pkt[:-16]
         icv = self.mac.digest(body, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"")
-        if not self.ct_equal(icv[:16], pkt[-16:]):
+        if not self.backend.ct_equal(icv[:16], pkt[-16:]):
             self.auth_fail += 1
             return _R_AUTH
         w.update(seq)

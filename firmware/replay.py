@@ -12,6 +12,7 @@ with window 0 is refused at SA_ADD.
 """
 
 MAX_WINDOW = 1024
+_MASKS = {}
 
 
 class ReplayWindow:
@@ -24,7 +25,10 @@ class ReplayWindow:
         self.esn = esn
         self.top = 0
         self.bits = 1
-        self.mask = (1 << size) - 1 if size else 1
+        mask = _MASKS.get(size)
+        if mask is None:   # one int per window size, shared (64 bits and up are heap ints)
+            mask = _MASKS[size] = (1 << size) - 1 if size else 1
+        self.mask = mask
 
     def infer(self, seql):
         """The full 64-bit sequence number of a packet carrying low bits `seql` (RFC 4303

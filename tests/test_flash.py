@@ -124,17 +124,23 @@ def test_flash_errors_name_what_is_wrong(capsys):
 
 
 def test_heap_with_64_sas_on_micropython(vb):
-    """gc.mem_alloc() on the virtual board with 64 SAs installed (bench/mpy_heap.py has the table).
-    The link's SA bookkeeping fits the 64 KB goal; the ESP engine's crypto state per SA depends on
-    the backend (pure Python here, cryptolib on boards) and is reported, not asserted."""
+    """gc.mem_alloc() on the virtual board with 64 SAs installed and one packet through each
+    (bench/mpy_heap.py has the table): 16 each of AES-GCM-128, AES-GCM-256, AES-CBC-128 and
+    AES-CBC-256 + HMAC-SHA-256-128, in and out. Issue 7's goal, 64 SAs in 64 KB over the empty
+    SAD (the shared crypto tables apart), holds for the ESP engine on the pure backend, which is
+    what this MicroPython runs. The cryptolib backend's figure runs on a stand-in cryptolib
+    (bench/_mpy_cryptolib.py) and is printed."""
     flash.flash("mpy-virtual", vb.repl, wait=False)
     res = mpy_heap.measure(vb.repl)
-    for engine in ("esp", "link-only"):
+    for engine in ("esp", "esp-cryptolib", "link-only"):
         assert res[engine]["installed"] == 64, res
-    assert res["link-only"]["sas"] <= 64 * 1024, res
-    assert res["esp"]["sas"] > res["link-only"]["sas"]
-    print("\nheap with 64 SAs: " + json.dumps({e: {k: r[k] for k in ("imported", "board", "sas", "total")}
-                                              for e, r in res.items()}))
+    assert res["esp"]["backend"] == "pure" and res["esp-cryptolib"]["backend"] == "cryptolib", res
+    assert res["esp"]["sas"] <= mpy_heap.GOAL_BYTES, res
+    assert res["esp"]["tables"] <= 16 * 1024, res
+    assert res["link-only"]["sas"] < res["esp-cryptolib"]["sas"] < res["esp"]["sas"], res
+    print("\nheap with 64 SAs: " + json.dumps({e: {k: r[k] for k in ("imported", "board", "tables", "sas", "total")}
+                                              for e, r in res.items()})
+          + "\n(esp-cryptolib: on a stand-in cryptolib)")
 
 
 def test_flash_micropython_builds_the_esptool_commands(tmp_path, capsys):

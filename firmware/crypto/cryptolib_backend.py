@@ -6,7 +6,9 @@ or GCM, so AES-GCM builds its counter blocks in Python, encrypts them in one ECB
 GHASH in Python (firmware/crypto/pure.py): advertised SPEED_SLOW.
 
 A cryptolib object is either an encryptor or a decryptor, and a CBC object carries its IV
-forward, so CBC objects are made per packet; the GCM key's ECB encryptor is kept per SA.
+forward, so cryptolib objects are made per packet (a key setup in C, cheap next to the packet)
+and an SA keeps only its key — the caller's bytes object, not a copy — and, for GCM, H: no
+mbedTLS context (~300 bytes) per SA on the heap (issue 7: 64 SAs in 64 KB).
 """
 import os
 import struct
@@ -37,10 +39,7 @@ def hmac_sha256(key):
     return HmacSha256(key)
 
 
-def _check_key(key):
-    if len(key) not in (16, 24, 32):
-        raise ValueError("AES key must be 16, 24 or 32 bytes")
-    return bytes(key)
+_check_key = pure.check_key
 
 
 class AesCbc:
@@ -69,32 +68,15 @@ class AesGcm(pure.AesGcm):
     """GCM with the block cipher in cryptolib ECB (one call per packet) and GHASH in Python."""
 
     def __init__(self, key):
-        key = _check_key(key)
-        self._ecb = cryptolib.aes(key, MODE_ECB)
-        h = self._ecb.encrypt(bytes(16))
-        self.ghash = pure.Ghash(int.from_bytes(h, "big"))
+        self._key = _check_key(key)
+        self._h = int.from_bytes(cryptolib.aes(self._key, MODE_ECB).encrypt(bytes(16)), "big")
 
-    def _ctr(self, n0, n1, n2, counter, data):
-        n = len(data)
-        if not n:
-            return b""
-        prefix = struct.pack(">III", n0, n1, n2)
+    def keystream(self, nonce, first, n):
         blocks = bytearray()
-        for i in range((n + 15) // 16):
-            blocks += prefix
-            blocks += struct.pack(">I", (counter + i) & 0xFFFFFFFF)
-        ks = self._ecb.encrypt(blocks)
-        if len(ks) != n:
-            ks = ks[:n]
-        return pure._xor(data, ks)
-
-    def _tag(self, n0, n1, n2, aad, ct):
-        g = self.ghash
-        y = g.update(0, aad)
-        y = g.update(y, ct)
-        y = g.mult(y ^ ((len(aad) * 8) << 64 | (len(ct) * 8)))
-        e = self._ecb.encrypt(struct.pack(">IIII", n0, n1, n2, 1))
-        return (y ^ int.from_bytes(e, "big")).to_bytes(16, "big")
+        for c in range(first, first + n):
+            blocks += nonce
+            blocks += struct.pack(">I", c)
+        return cryptolib.aes(self._key, MODE_ECB).encrypt(blocks)
 
 
 def aes_gcm(key):

@@ -1,15 +1,24 @@
 """Pure-Python crypto backend: AES (FIPS 197), CTR/GCM (NIST SP 800-38D), CBC, HMAC-SHA-256.
 
 For runtimes without cryptolib (the wasm MicroPython) and as a reference the other backends
-are checked against. Slow by nature (MicroPython: ~10k AES blocks/s), so every transform it
-runs is advertised SPEED_SLOW. Tables are built at first use, not at import.
+are checked against. Slow by nature (wasm MicroPython: ~9k AES-128 blocks/s), so every
+transform it runs is advertised SPEED_SLOW. Tables are built at first use, not at import.
 
-AES works on four 32-bit column words with the usual combined SubBytes/ShiftRows/MixColumns
-tables; GHASH uses 4-bit tables (Shoup) with 16 multiples of H per key, which keeps the
-per-SA memory small on a microcontroller.
+Written for a microcontroller's heap (issue 7: 64 SAs in 64 KB):
+- AES works on 16-bit halves of the four column words, so every value is a small int on
+  MicroPython (31-bit there: 32-bit words would be heap ints, built and dropped at every XOR).
+  The combined SubBytes/ShiftRows/MixColumns tables then come down to four 256-entry tables of
+  16-bit halves per direction (the eight halves of T0..T3 are four distinct tables), as
+  array('H'): 2 KB each way, shared by every SA (the decryption ones only once a CBC SA decrypts).
+- Round keys are one array('H') of halves per key (176 bytes for AES-128, 240 for AES-256),
+  made when first needed: a GCM key and an outbound CBC key keep the encryption schedule, an
+  inbound CBC key only the decryption one.
+- GHASH keeps only H (one int) per key; its 4-bit table (Shoup, 16 multiples of H) is built per
+  message, ~20 big-int operations against the 200 a block costs.
 """
 import os
 import struct
+from array import array
 
 from firmware.crypto.hmac256 import HmacSha256, ct_equal
 from firmware.link import messages as m
@@ -34,8 +43,17 @@ def hmac_sha256(key):
     return HmacSha256(key)
 
 
+def check_key(key):
+    """The AES key as bytes (the same object when it is bytes already: no copy)."""
+    if len(key) not in (16, 24, 32):
+        raise ValueError("AES key must be 16, 24 or 32 bytes")
+    return key if type(key) is bytes else bytes(key)
+
+
 # ---- AES tables ------------------------------------------------------------------------------
-_T = None  # (S, IS, TE0..TE3, TD0..TD3, RCON)
+_SB = None   # (S-box, inverse S-box) as bytes
+_TE = None   # encryption tables: four array('H') of 16-bit halves
+_TD = None   # decryption tables, likewise
 
 
 def _xt(a):
@@ -53,10 +71,10 @@ def _mul(a, b):
     return r
 
 
-def _tables():
-    global _T
-    if _T is not None:
-        return _T
+def _sboxes():
+    global _SB
+    if _SB is not None:
+        return _SB
     # S-box: multiplicative inverse in GF(2^8) followed by the affine map (FIPS 197 §5.1.1),
     # walking the field with generator 3 and its inverse.
     s = bytearray(256)
@@ -78,123 +96,168 @@ def _tables():
     inv = bytearray(256)
     for i in range(256):
         inv[s[i]] = i
-    te0, te1, te2, te3 = [0] * 256, [0] * 256, [0] * 256, [0] * 256
-    td0, td1, td2, td3 = [0] * 256, [0] * 256, [0] * 256, [0] * 256
-    for i in range(256):
-        a = s[i]
-        w = (_mul(a, 2) << 24) | (a << 16) | (a << 8) | _mul(a, 3)
-        te0[i] = w
-        te1[i] = ((w >> 8) | (w << 24)) & 0xFFFFFFFF
-        te2[i] = ((w >> 16) | (w << 16)) & 0xFFFFFFFF
-        te3[i] = ((w >> 24) | (w << 8)) & 0xFFFFFFFF
-        b = inv[i]
-        w = (_mul(b, 14) << 24) | (_mul(b, 9) << 16) | (_mul(b, 13) << 8) | _mul(b, 11)
-        td0[i] = w
-        td1[i] = ((w >> 8) | (w << 24)) & 0xFFFFFFFF
-        td2[i] = ((w >> 16) | (w << 16)) & 0xFFFFFFFF
-        td3[i] = ((w >> 24) | (w << 8)) & 0xFFFFFFFF
-    rcon = []
+    _SB = (bytes(s), bytes(inv))
+    return _SB
+
+
+# The round tables: T0[x] = (2s, s, s, 3s) as bytes of a word, s = S[x], and T1..T3 its byte
+# rotations. As 16-bit halves: T0 = A|C, T1 = B|D, T2 = C|A, T3 = D|B with A = (2s, s),
+# B = (3s, 2s), C = (s, 3s), D = (s, s). Decryption likewise with (14s, 9s, 13s, 11s), s = IS[x].
+def _enc_tables():
+    global _TE
+    if _TE is None:
+        s = _sboxes()[0]
+        a, b, c, d = array("H"), array("H"), array("H"), array("H")
+        for i in range(256):
+            x = s[i]
+            x2 = _xt(x)
+            x3 = x2 ^ x
+            a.append((x2 << 8) | x)
+            b.append((x3 << 8) | x2)
+            c.append((x << 8) | x3)
+            d.append((x << 8) | x)
+        _TE = (a, b, c, d)
+    return _TE
+
+
+def _dec_tables():
+    global _TD
+    if _TD is None:
+        s = _sboxes()[1]
+        a, b, c, d = array("H"), array("H"), array("H"), array("H")
+        for i in range(256):
+            x = s[i]
+            x9, x11, x13, x14 = _mul(x, 9), _mul(x, 11), _mul(x, 13), _mul(x, 14)
+            a.append((x14 << 8) | x9)
+            b.append((x11 << 8) | x14)
+            c.append((x13 << 8) | x11)
+            d.append((x9 << 8) | x13)
+        _TD = (a, b, c, d)
+    return _TD
+
+
+# ---- AES on 16-bit halves ----------------------------------------------------------------------
+def expand_key(key):
+    """The encryption key schedule (FIPS 197 §5.2): 4 * (Nr + 1) words as 8 * (Nr + 1) halves."""
+    S = _sboxes()[0]
+    nk = len(key) // 4
+    w = list(struct.unpack(">%dH" % (2 * nk), key))
     r = 1
-    for _ in range(10):
-        rcon.append(r << 24)
-        r = _xt(r)
-    _T = (bytes(s), bytes(inv), te0, te1, te2, te3, td0, td1, td2, td3, rcon)
-    return _T
+    for i in range(nk, 4 * (nk + 7)):
+        th, tl = w[2 * i - 2], w[2 * i - 1]
+        if i % nk == 0:      # SubWord(RotWord(t)) ^ Rcon
+            th, tl = (((S[th & 255] << 8) | S[tl >> 8]) ^ (r << 8), (S[tl & 255] << 8) | S[th >> 8])
+            r = _xt(r)
+        elif nk > 6 and i % nk == 4:
+            th, tl = (S[th >> 8] << 8) | S[th & 255], (S[tl >> 8] << 8) | S[tl & 255]
+        w.append(w[2 * (i - nk)] ^ th)
+        w.append(w[2 * (i - nk) + 1] ^ tl)
+    return array("H", w)
+
+
+def invert_key(ek):
+    """The equivalent inverse cipher's schedule (FIPS 197 §5.3.5): round keys reversed,
+    InvMixColumns applied to all but the first and last."""
+    S = _sboxes()[0]
+    a, b, c, d = _dec_tables()
+    nr = len(ek) // 8 - 1
+    dk = array("H")
+    for r in range(nr, -1, -1):
+        for i in range(8 * r, 8 * r + 8, 2):
+            h, lo = ek[i], ek[i + 1]
+            if 0 < r < nr:
+                x0, x1, x2, x3 = S[h >> 8], S[h & 255], S[lo >> 8], S[lo & 255]
+                h, lo = a[x0] ^ b[x1] ^ c[x2] ^ d[x3], c[x0] ^ d[x1] ^ a[x2] ^ b[x3]
+            dk.append(h)
+            dk.append(lo)
+    return dk
+
+
+def encrypt_halves(rk, h0, l0, h1, l1, h2, l2, h3, l3):
+    """One block, as the eight big-endian 16-bit halves of its words, under schedule rk."""
+    A, B, C, D = _TE
+    h0 ^= rk[0]
+    l0 ^= rk[1]
+    h1 ^= rk[2]
+    l1 ^= rk[3]
+    h2 ^= rk[4]
+    l2 ^= rk[5]
+    h3 ^= rk[6]
+    l3 ^= rk[7]
+    k = 8
+    for _ in range(len(rk) // 8 - 2):
+        a0, a1, a2, a3 = h0 >> 8, h0 & 255, l0 >> 8, l0 & 255
+        b0, b1, b2, b3 = h1 >> 8, h1 & 255, l1 >> 8, l1 & 255
+        c0, c1, c2, c3 = h2 >> 8, h2 & 255, l2 >> 8, l2 & 255
+        d0, d1, d2, d3 = h3 >> 8, h3 & 255, l3 >> 8, l3 & 255
+        h0 = A[a0] ^ B[b1] ^ C[c2] ^ D[d3] ^ rk[k]
+        l0 = C[a0] ^ D[b1] ^ A[c2] ^ B[d3] ^ rk[k + 1]
+        h1 = A[b0] ^ B[c1] ^ C[d2] ^ D[a3] ^ rk[k + 2]
+        l1 = C[b0] ^ D[c1] ^ A[d2] ^ B[a3] ^ rk[k + 3]
+        h2 = A[c0] ^ B[d1] ^ C[a2] ^ D[b3] ^ rk[k + 4]
+        l2 = C[c0] ^ D[d1] ^ A[a2] ^ B[b3] ^ rk[k + 5]
+        h3 = A[d0] ^ B[a1] ^ C[b2] ^ D[c3] ^ rk[k + 6]
+        l3 = C[d0] ^ D[a1] ^ A[b2] ^ B[c3] ^ rk[k + 7]
+        k += 8
+    S = _SB[0]
+    return ((S[h0 >> 8] << 8 | S[h1 & 255]) ^ rk[k], (S[l2 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 1],
+            (S[h1 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 2], (S[l3 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 3],
+            (S[h2 >> 8] << 8 | S[h3 & 255]) ^ rk[k + 4], (S[l0 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 5],
+            (S[h3 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 6], (S[l1 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 7])
+
+
+def decrypt_halves(rk, h0, l0, h1, l1, h2, l2, h3, l3):
+    """The inverse of encrypt_halves under rk = invert_key(ek)."""
+    A, B, C, D = _TD
+    h0 ^= rk[0]
+    l0 ^= rk[1]
+    h1 ^= rk[2]
+    l1 ^= rk[3]
+    h2 ^= rk[4]
+    l2 ^= rk[5]
+    h3 ^= rk[6]
+    l3 ^= rk[7]
+    k = 8
+    for _ in range(len(rk) // 8 - 2):
+        a0, a1, a2, a3 = h0 >> 8, h0 & 255, l0 >> 8, l0 & 255
+        b0, b1, b2, b3 = h1 >> 8, h1 & 255, l1 >> 8, l1 & 255
+        c0, c1, c2, c3 = h2 >> 8, h2 & 255, l2 >> 8, l2 & 255
+        d0, d1, d2, d3 = h3 >> 8, h3 & 255, l3 >> 8, l3 & 255
+        h0 = A[a0] ^ B[d1] ^ C[c2] ^ D[b3] ^ rk[k]
+        l0 = C[a0] ^ D[d1] ^ A[c2] ^ B[b3] ^ rk[k + 1]
+        h1 = A[b0] ^ B[a1] ^ C[d2] ^ D[c3] ^ rk[k + 2]
+        l1 = C[b0] ^ D[a1] ^ A[d2] ^ B[c3] ^ rk[k + 3]
+        h2 = A[c0] ^ B[b1] ^ C[a2] ^ D[d3] ^ rk[k + 4]
+        l2 = C[c0] ^ D[b1] ^ A[a2] ^ B[d3] ^ rk[k + 5]
+        h3 = A[d0] ^ B[c1] ^ C[b2] ^ D[a3] ^ rk[k + 6]
+        l3 = C[d0] ^ D[c1] ^ A[b2] ^ B[a3] ^ rk[k + 7]
+        k += 8
+    S = _SB[1]
+    return ((S[h0 >> 8] << 8 | S[h3 & 255]) ^ rk[k], (S[l2 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 1],
+            (S[h1 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 2], (S[l3 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 3],
+            (S[h2 >> 8] << 8 | S[h1 & 255]) ^ rk[k + 4], (S[l0 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 5],
+            (S[h3 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 6], (S[l1 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 7])
+
+
+def _enc_schedule(key):
+    _enc_tables()
+    return expand_key(key)
 
 
 class Aes:
-    """The AES block cipher on 32-bit words (FIPS 197)."""
+    """The AES block cipher (FIPS 197), one block at a time (known-answer tests)."""
 
     def __init__(self, key):
-        key = bytes(key)
-        nk = len(key) // 4
-        if len(key) not in (16, 24, 32):
-            raise ValueError("AES key must be 16, 24 or 32 bytes")
-        S, _, _, _, _, _, td0, td1, td2, td3, rcon = _tables()
-        self.nr = nr = nk + 6
-        w = list(struct.unpack(">%dI" % nk, key))
-        for i in range(nk, 4 * (nr + 1)):
-            t = w[i - 1]
-            if i % nk == 0:
-                t = ((t << 8) & 0xFFFFFFFF) | (t >> 24)
-                t = ((S[t >> 24] << 24) | (S[(t >> 16) & 255] << 16) | (S[(t >> 8) & 255] << 8)
-                     | S[t & 255]) ^ rcon[i // nk - 1]
-            elif nk > 6 and i % nk == 4:
-                t = (S[t >> 24] << 24) | (S[(t >> 16) & 255] << 16) | (S[(t >> 8) & 255] << 8) | S[t & 255]
-            w.append(w[i - nk] ^ t)
-        self.ek = w
-        self._dk = None
-
-    def _dkeys(self):
-        # Equivalent inverse cipher (FIPS 197 §5.3.5): round keys reversed, InvMixColumns
-        # applied to all but the first and last.
-        if self._dk is None:
-            S, _, _, _, _, _, td0, td1, td2, td3, _ = _tables()
-            w, nr = self.ek, self.nr
-            dk = []
-            for r in range(nr, -1, -1):
-                for c in range(4):
-                    x = w[4 * r + c]
-                    if 0 < r < nr:
-                        x = (td0[S[x >> 24]] ^ td1[S[(x >> 16) & 255]] ^ td2[S[(x >> 8) & 255]]
-                             ^ td3[S[x & 255]])
-                    dk.append(x)
-            self._dk = dk
-        return self._dk
-
-    def encrypt_words(self, s0, s1, s2, s3):
-        S, _, t0, t1, t2, t3, _, _, _, _, _ = _T
-        rk = self.ek
-        s0 ^= rk[0]
-        s1 ^= rk[1]
-        s2 ^= rk[2]
-        s3 ^= rk[3]
-        k = 4
-        for _ in range(self.nr - 1):
-            a = t0[s0 >> 24] ^ t1[(s1 >> 16) & 255] ^ t2[(s2 >> 8) & 255] ^ t3[s3 & 255] ^ rk[k]
-            b = t0[s1 >> 24] ^ t1[(s2 >> 16) & 255] ^ t2[(s3 >> 8) & 255] ^ t3[s0 & 255] ^ rk[k + 1]
-            c = t0[s2 >> 24] ^ t1[(s3 >> 16) & 255] ^ t2[(s0 >> 8) & 255] ^ t3[s1 & 255] ^ rk[k + 2]
-            s3 = t0[s3 >> 24] ^ t1[(s0 >> 16) & 255] ^ t2[(s1 >> 8) & 255] ^ t3[s2 & 255] ^ rk[k + 3]
-            s0, s1, s2 = a, b, c
-            k += 4
-        return (((S[s0 >> 24] << 24) | (S[(s1 >> 16) & 255] << 16) | (S[(s2 >> 8) & 255] << 8)
-                 | S[s3 & 255]) ^ rk[k],
-                ((S[s1 >> 24] << 24) | (S[(s2 >> 16) & 255] << 16) | (S[(s3 >> 8) & 255] << 8)
-                 | S[s0 & 255]) ^ rk[k + 1],
-                ((S[s2 >> 24] << 24) | (S[(s3 >> 16) & 255] << 16) | (S[(s0 >> 8) & 255] << 8)
-                 | S[s1 & 255]) ^ rk[k + 2],
-                ((S[s3 >> 24] << 24) | (S[(s0 >> 16) & 255] << 16) | (S[(s1 >> 8) & 255] << 8)
-                 | S[s2 & 255]) ^ rk[k + 3])
-
-    def decrypt_words(self, s0, s1, s2, s3):
-        _, IS, _, _, _, _, t0, t1, t2, t3, _ = _T
-        rk = self._dkeys()
-        s0 ^= rk[0]
-        s1 ^= rk[1]
-        s2 ^= rk[2]
-        s3 ^= rk[3]
-        k = 4
-        for _ in range(self.nr - 1):
-            a = t0[s0 >> 24] ^ t1[(s3 >> 16) & 255] ^ t2[(s2 >> 8) & 255] ^ t3[s1 & 255] ^ rk[k]
-            b = t0[s1 >> 24] ^ t1[(s0 >> 16) & 255] ^ t2[(s3 >> 8) & 255] ^ t3[s2 & 255] ^ rk[k + 1]
-            c = t0[s2 >> 24] ^ t1[(s1 >> 16) & 255] ^ t2[(s0 >> 8) & 255] ^ t3[s3 & 255] ^ rk[k + 2]
-            s3 = t0[s3 >> 24] ^ t1[(s2 >> 16) & 255] ^ t2[(s1 >> 8) & 255] ^ t3[s0 & 255] ^ rk[k + 3]
-            s0, s1, s2 = a, b, c
-            k += 4
-        return (((IS[s0 >> 24] << 24) | (IS[(s3 >> 16) & 255] << 16) | (IS[(s2 >> 8) & 255] << 8)
-                 | IS[s1 & 255]) ^ rk[k],
-                ((IS[s1 >> 24] << 24) | (IS[(s0 >> 16) & 255] << 16) | (IS[(s3 >> 8) & 255] << 8)
-                 | IS[s2 & 255]) ^ rk[k + 1],
-                ((IS[s2 >> 24] << 24) | (IS[(s1 >> 16) & 255] << 16) | (IS[(s0 >> 8) & 255] << 8)
-                 | IS[s3 & 255]) ^ rk[k + 2],
-                ((IS[s3 >> 24] << 24) | (IS[(s2 >> 16) & 255] << 16) | (IS[(s1 >> 8) & 255] << 8)
-                 | IS[s0 & 255]) ^ rk[k + 3])
+        self.ek = _enc_schedule(check_key(key))
+        self.dk = None
 
     def encrypt_block(self, block):
-        return struct.pack(">IIII", *self.encrypt_words(*struct.unpack(">IIII", bytes(block))))
+        return struct.pack(">8H", *encrypt_halves(self.ek, *struct.unpack(">8H", bytes(block))))
 
     def decrypt_block(self, block):
-        return struct.pack(">IIII", *self.decrypt_words(*struct.unpack(">IIII", bytes(block))))
+        if self.dk is None:
+            self.dk = invert_key(self.ek)
+        return struct.pack(">8H", *decrypt_halves(self.dk, *struct.unpack(">8H", bytes(block))))
 
     def __repr__(self):
         return "Aes(<key hidden>)"
@@ -210,39 +273,51 @@ def _xor(a, b):
 
 # ---- CBC -------------------------------------------------------------------------------------
 class AesCbc:
-    """AES-CBC without padding (the ESP trailer pads, RFC 3602 §2.4)."""
+    """AES-CBC without padding (the ESP trailer pads, RFC 3602 §2.4). Keeps the key (the
+    caller's bytes object, not a copy) and the schedules it has needed so far: an SA only
+    encrypts or only decrypts, so it holds one."""
 
     def __init__(self, key):
-        self.aes = Aes(key)
+        self._key = check_key(key)
+        self._ek = self._dk = None
 
     def encrypt(self, iv, data):
-        data = bytes(data)
         if len(data) % 16 or len(iv) != 16:
             raise ValueError("CBC data must be whole blocks, IV 16 bytes")
-        enc = self.aes.encrypt_words
+        rk = self._ek
+        if rk is None:
+            rk = self._ek = _enc_schedule(self._key)
+        data = bytes(data)
+        enc = encrypt_halves
         unpack, pack = struct.unpack_from, struct.pack
-        c0, c1, c2, c3 = struct.unpack(">IIII", bytes(iv))
+        c0, c1, c2, c3, c4, c5, c6, c7 = struct.unpack(">8H", bytes(iv))
         out = []
         for i in range(0, len(data), 16):
-            p0, p1, p2, p3 = unpack(">IIII", data, i)
-            c0, c1, c2, c3 = enc(p0 ^ c0, p1 ^ c1, p2 ^ c2, p3 ^ c3)
-            out.append(pack(">IIII", c0, c1, c2, c3))
+            p0, p1, p2, p3, p4, p5, p6, p7 = unpack(">8H", data, i)
+            c0, c1, c2, c3, c4, c5, c6, c7 = enc(rk, p0 ^ c0, p1 ^ c1, p2 ^ c2, p3 ^ c3, p4 ^ c4,
+                                                 p5 ^ c5, p6 ^ c6, p7 ^ c7)
+            out.append(pack(">8H", c0, c1, c2, c3, c4, c5, c6, c7))
         return b"".join(out)
 
     def decrypt(self, iv, data):
-        data = bytes(data)
         if len(data) % 16 or len(iv) != 16:
             raise ValueError("CBC data must be whole blocks, IV 16 bytes")
-        dec = self.aes.decrypt_words
+        rk = self._dk
+        if rk is None:
+            ek = self._ek
+            _enc_tables()
+            rk = self._dk = invert_key(ek if ek is not None else expand_key(self._key))
+        data = bytes(data)
+        n = len(data)
+        if not n:
+            return b""
+        dec = decrypt_halves
         unpack, pack = struct.unpack_from, struct.pack
-        v0, v1, v2, v3 = struct.unpack(">IIII", bytes(iv))
         out = []
-        for i in range(0, len(data), 16):
-            c0, c1, c2, c3 = unpack(">IIII", data, i)
-            p0, p1, p2, p3 = dec(c0, c1, c2, c3)
-            out.append(pack(">IIII", p0 ^ v0, p1 ^ v1, p2 ^ v2, p3 ^ v3))
-            v0, v1, v2, v3 = c0, c1, c2, c3
-        return b"".join(out)
+        for i in range(0, n, 16):
+            out.append(pack(">8H", *dec(rk, *unpack(">8H", data, i))))
+        # P_i = D(C_i) ^ C_(i-1), C_0 = IV: one XOR over the whole packet
+        return _xor(b"".join(out), bytes(iv) + data[:-16])
 
     def __repr__(self):
         return "AesCbc(<key hidden>)"
@@ -273,98 +348,88 @@ def _r4():
     return _R4
 
 
-class Ghash:
-    """GHASH_H (SP 800-38D §6.4) with Shoup's 4-bit tables."""
+def _times_x(v):
+    return (v >> 1) ^ (0xE1 << 120) if v & 1 else v >> 1
 
-    def __init__(self, h):
-        # M[n] = n(x) * H where the 4-bit n has its top bit as the x^0 coefficient.
-        m8 = h
-        m4 = self._times_x(m8)
-        m2 = self._times_x(m4)
-        m1 = self._times_x(m2)
-        t = [0] * 16
-        for n in range(16):
-            v = 0
-            if n & 8:
-                v ^= m8
-            if n & 4:
-                v ^= m4
-            if n & 2:
-                v ^= m2
-            if n & 1:
-                v ^= m1
-            t[n] = v
-        self.m = t
-        self.r = _r4()
 
-    @staticmethod
-    def _times_x(v):
-        return (v >> 1) ^ (0xE1 << 120) if v & 1 else v >> 1
-
-    def mult(self, x):
-        """x * H."""
-        m, r = self.m, self.r
-        z = m[x & 15]
+def _mult(m, r, x):
+    """x * H, with m = the 4-bit table of H."""
+    z = m[x & 15]
+    x >>= 4
+    for _ in range(31):
+        z = (z >> 4) ^ (r[z & 15] << 112) ^ m[x & 15]
         x >>= 4
-        for _ in range(31):
-            z = (z >> 4) ^ (r[z & 15] << 112) ^ m[x & 15]
-            x >>= 4
-        return z
+    return z
 
-    def update(self, y, data):
-        """Fold `data` (zero-padded to whole blocks) into the running value y."""
-        n = len(data)
-        if not n:
-            return y
-        rem = n % 16
-        if rem:
-            data = bytes(data) + bytes(16 - rem)
-        mult = self.mult
-        fb = int.from_bytes
-        data = bytes(data)
-        for i in range(0, len(data), 16):
-            y = mult(y ^ fb(data[i:i + 16], "big"))
+
+def _ghash_update(m, r, y, data):
+    """Fold `data` (zero-padded to whole blocks) into the running value y."""
+    n = len(data)
+    if not n:
         return y
+    rem = n % 16
+    data = bytes(data)
+    if rem:
+        data += bytes(16 - rem)
+    fb = int.from_bytes
+    for i in range(0, len(data), 16):
+        y = _mult(m, r, y ^ fb(data[i:i + 16], "big"))
+    return y
+
+
+def ghash(h, aad, ct):
+    """GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) (SP 800-38D §6.4, §7.1) with
+    Shoup's 4-bit table: M[n] = n(x) * H where the 4-bit n has its top bit as the x^0
+    coefficient, built here from H."""
+    m8 = h
+    m4 = _times_x(m8)
+    m2 = _times_x(m4)
+    m1 = _times_x(m2)
+    m = [0] * 16
+    for n in range(1, 16):
+        v = 0
+        if n & 8:
+            v ^= m8
+        if n & 4:
+            v ^= m4
+        if n & 2:
+            v ^= m2
+        if n & 1:
+            v ^= m1
+        m[n] = v
+    r = _r4()
+    y = _ghash_update(m, r, 0, aad)
+    y = _ghash_update(m, r, y, ct)
+    return _mult(m, r, y ^ ((len(aad) * 8) << 64 | (len(ct) * 8)))
 
 
 class AesGcm:
-    """AES-GCM with 96-bit nonces and 128-bit tags, the call shape of cryptography's AESGCM."""
+    """AES-GCM with 96-bit nonces and 128-bit tags, the call shape of cryptography's AESGCM.
+    Per key: the encryption schedule and H. The block cipher is keystream(); the cryptolib
+    backend replaces it."""
 
     def __init__(self, key):
-        self.aes = Aes(key)
-        h0, h1, h2, h3 = self.aes.encrypt_words(0, 0, 0, 0)
-        self.ghash = Ghash((h0 << 96) | (h1 << 64) | (h2 << 32) | h3)
+        self._rk = _enc_schedule(check_key(key))
+        self._h = int.from_bytes(struct.pack(">8H", *encrypt_halves(self._rk, 0, 0, 0, 0, 0, 0, 0, 0)),
+                                 "big")
 
-    def _ctr(self, n0, n1, n2, counter, data):
-        """CTR keystream XOR (SP 800-38D §6.5) from inc32 counter value `counter`."""
-        n = len(data)
-        if not n:
-            return b""
-        enc = self.aes.encrypt_words
-        pack = struct.pack
-        ks = []
-        for i in range((n + 15) // 16):
-            ks.append(pack(">IIII", *enc(n0, n1, n2, (counter + i) & 0xFFFFFFFF)))
-        ks = b"".join(ks)
-        if len(ks) != n:
-            ks = ks[:n]
-        return _xor(data, ks)
-
-    def _tag(self, n0, n1, n2, aad, ct):
-        g = self.ghash
-        y = g.update(0, aad)
-        y = g.update(y, ct)
-        y = g.mult(y ^ ((len(aad) * 8) << 64 | (len(ct) * 8)))
-        e0, e1, e2, e3 = self.aes.encrypt_words(n0, n1, n2, 1)
-        return (y ^ ((e0 << 96) | (e1 << 64) | (e2 << 32) | e3)).to_bytes(16, "big")
+    def keystream(self, nonce, first, n):
+        """E_K(nonce || [ctr]32) for the n counters from `first` (1 is J0, 2.. the CTR blocks)."""
+        rk = self._rk
+        enc, pack = encrypt_halves, struct.pack
+        n0, n1, n2, n3, n4, n5 = struct.unpack(">6H", nonce)
+        return b"".join([pack(">8H", *enc(rk, n0, n1, n2, n3, n4, n5, c >> 16, c & 0xFFFF))
+                         for c in range(first, first + n)])
 
     def encrypt(self, nonce, data, aad):
         if len(nonce) != 12:
             raise ValueError("GCM nonce must be 12 bytes")
-        aad = bytes(aad) if aad else b""
-        n0, n1, n2 = struct.unpack(">III", bytes(nonce))
-        ct = self._ctr(n0, n1, n2, 2, bytes(data))
-        return ct + self._tag(n0, n1, n2, aad, ct)
+        nonce, data = bytes(nonce), bytes(data)
+        n = len(data)
+        ks = self.keystream(nonce, 1, 1 + (n + 15) // 16)    # J0 and the CTR blocks in one go
+        ct = _xor(data, ks[16:16 + n])
+        s = ghash(self._h, bytes(aad) if aad else b"", ct) ^ int.from_bytes(ks[:16], "big")
+        return ct + s.to_bytes(16, "big")
 
     def decrypt(self, nonce, data, aad):
         if len(nonce) != 12:
@@ -372,12 +437,15 @@ class AesGcm:
         data = bytes(data)
         if len(data) < 16:
             raise AuthError("GCM input shorter than its tag")
-        aad = bytes(aad) if aad else b""
-        n0, n1, n2 = struct.unpack(">III", bytes(nonce))
-        ct, tag = data[:-16], data[-16:]
-        if not ct_equal(self._tag(n0, n1, n2, aad, ct), tag):
+        nonce = bytes(nonce)
+        ct = data[:-16]
+        s = ghash(self._h, bytes(aad) if aad else b"", ct) ^ int.from_bytes(self.keystream(nonce, 1, 1), "big")
+        if not ct_equal(s.to_bytes(16, "big"), data[-16:]):   # the tag first: a forgery costs no CTR
             raise AuthError("GCM tag mismatch")
-        return self._ctr(n0, n1, n2, 2, ct)
+        n = len(ct)
+        if not n:
+            return b""
+        return _xor(ct, self.keystream(nonce, 2, (n + 15) // 16)[:n])
 
     def __repr__(self):
         return "AesGcm(<key hidden>)"

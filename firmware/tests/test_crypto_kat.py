@@ -145,3 +145,14 @@ def test_bad_key_sizes_refused():
                     raise AssertionError("%s took a %d-byte key" % (be.NAME, n))
                 except ValueError:
                     pass
+
+
+def test_pure_cbc_builds_only_the_schedule_it_uses():
+    """Heap (issue 7): an outbound CBC SA only encrypts and an inbound one only decrypts, so a
+    key keeps one schedule, made at first use; the key itself is the caller's object."""
+    key, iv, pt, ct = (h(x) for x in CBC_CASES[1])
+    enc, dec = pure.aes_cbc(key), pure.aes_cbc(key)
+    assert enc._key is key and enc._ek is None and enc._dk is None
+    assert enc.encrypt(iv, pt) == ct and enc._dk is None and len(enc._ek) == 88
+    assert dec.decrypt(iv, ct) == pt and dec._ek is None and len(dec._dk) == 88
+    assert pure.aes_cbc(bytes(32)).encrypt(iv, pt) and len(pure.aes_gcm(bytes(32))._rk) == 120
