@@ -173,6 +173,22 @@ class Simulator:
         return {"ok": False, "error": "unknown command %r" % cmd}
 
 
+def control(path, cmd, timeout=10):
+    """One command to a control socket (this simulator's, or the virtual MicroPython board's,
+    which speaks the same one-JSON-line protocol); returns the decoded answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(cmd.encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
+
+
 def open_pty():
     """A pseudo-terminal in raw mode; returns (master fd, slave fd, slave path).
 

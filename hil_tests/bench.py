@@ -19,12 +19,12 @@ heartbeat bound is first seen missing heartbeats), `reset(quiet)`, and, where it
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from firmware import profiles
+from firmware.sim import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,17 +96,7 @@ class Bench:
 
 
 def _control(path, cmd, timeout=10):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(cmd.encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    reply = json.loads(buf)
+    reply = control(path, cmd, timeout)
     if not reply.get("ok"):
         raise RuntimeError("%s refused %r: %s" % (path, cmd, reply))
     return reply

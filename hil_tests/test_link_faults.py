@@ -9,7 +9,6 @@ import time
 
 from firmware.link import frame as fr
 from firmware.link import messages as m
-from host.offload.events import BoardLost
 
 
 def spec(spi, d=m.DIR_IN):

@@ -6,7 +6,6 @@ import asyncio
 import statistics
 import time
 
-import pytest
 
 from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady
@@ -82,6 +81,7 @@ def test_hung_board_detected_by_missed_heartbeats(bench, make_client, run):
         await c.sa_add(spec(0x3000))
         await asyncio.sleep(bench.period * 1.5)
         t0 = time.monotonic()
+        lost_boot = c.session.boot_id
         bench.hang()
         lost = await next_of(c, BoardLost, bound + 1)
         assert lost.reason == "missed-heartbeats" and lost.sas == ((0x3000, 0),)
@@ -90,6 +90,7 @@ def test_hung_board_detected_by_missed_heartbeats(bench, make_client, run):
         bench.resume()
         ready = await next_of(c, BoardReady, 5 + bench.boot_s)
         # the board came back with its old boot id: it was hung, not reset — and flushed anyway
+        assert ready.boot_id == lost_boot
         assert await c.stats() == []
         print("\nhung board -> missed-heartbeats after %.0f ms" % (took * 1000))
     run(main())

@@ -10,7 +10,6 @@ through the tunnel and timestamps every reply, so "recovered" means a reply came
 new Child SA. `DemoBed` is also what the daemon's integration tests use.
 """
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ import tempfile
 import threading
 import time
 
+from firmware.sim import control
 from host.testbed import charon as charon_mod
 from host.testbed.netns import VethPair, cleanup_stale, entered
 
@@ -228,13 +228,7 @@ class DemoBed:
         return reply["result"]
 
     def sim(self, i, cmd):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(self.sims[i][2])
-            s.sendall(cmd.encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                buf += s.recv(65536)
-        return json.loads(buf)
+        return control(self.sims[i][2], cmd)
 
     def wait_tunnels(self, n=None, timeout=20):
         n = self.nconns if n is None else n

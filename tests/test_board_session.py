@@ -6,7 +6,7 @@ deterministically; hil_tests/ checks the same over a real pseudo-terminal with p
 import pytest
 
 from firmware.link import messages as m
-from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
+from host.offload.events import BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, NotReady
 from tests.board_wire import Wire

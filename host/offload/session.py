@@ -22,8 +22,7 @@ import collections
 import os
 
 from firmware.link import messages as m
-from host.offload.events import (BoardFrame, BoardLost, BoardReady, Reply, RequestFailed,
-                                 SaExpired, UnknownSpiReport)
+from host.offload.events import (BoardFrame, BoardLost, BoardReady, Reply, SaExpired, UnknownSpiReport)
 from host.offload.link import LinkClient
 
 OPENING = "opening"

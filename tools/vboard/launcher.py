@@ -30,6 +30,8 @@ import threading
 import time
 import tty
 
+from firmware.sim import control  # noqa: F401  (the same control protocol as the simulator)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISOR = os.path.join(HERE, "supervisor.mjs")
 CH_REPL, CH_LINK, CH_EVENT = 0, 1, 2
@@ -58,21 +60,6 @@ def lookup(repl):
     except OSError:
         return None
     return entry if entry.get("repl") == repl else None
-
-
-def control(path, cmd, timeout=10):
-    """Send one control command to a running virtual board; returns its JSON answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(cmd.encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf)
 
 
 def open_pty():
