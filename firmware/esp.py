@@ -172,18 +172,27 @@ def flow_of(pkt):
 
 
 def ts_match(sels, addr, proto, port):
-    """True if (addr, proto, port) falls in one of the selectors (start, end, proto, pstart,
-    pend). A packet without visible ports matches only a full port range."""
-    for start, end, p, ps, pe in sels:
-        if len(start) != len(addr) or addr < start or addr > end:
-            continue
-        if p and p != proto:
-            continue
-        if port is None:
-            if ps == 0 and pe == 0xFFFF:
-                return True
-        elif ps <= port <= pe:
-            return True
+    """True if (addr, proto, port) falls in one of the selectors `sels`, given in their wire
+    form (the value of A_TS_LOCAL or A_TS_REMOTE: per selector the address length n, the start
+    and end address of n bytes each, the protocol, the start and end port of 2 bytes each).
+    Addresses compare as bytes: big-endian bytes of one length order as the numbers do. A
+    packet without visible ports matches only a full port range."""
+    n = len(addr)
+    i, stop = 0, len(sels)
+    while i < stop:
+        k = sels[i]
+        j = i + 1 + 2 * k                # the protocol
+        if k == n and sels[i + 1:i + 1 + k] <= addr <= sels[i + 1 + k:j]:
+            p = sels[j]
+            if not p or p == proto:
+                ps = (sels[j + 1] << 8) | sels[j + 2]
+                pe = (sels[j + 3] << 8) | sels[j + 4]
+                if port is None:
+                    if ps == 0 and pe == 0xFFFF:
+                        return True
+                elif ps <= port <= pe:
+                    return True
+        i = j + 5
     return False
 
 
@@ -221,12 +230,13 @@ class EspSa(SaRecord):
             self.window.top = spec.initial_seq
         else:
             self.window = None
-        self._ts = bool(spec.ts_local or spec.ts_remote)
+        self._ts = spec.wire(m.A_TS_LOCAL) is not None or spec.wire(m.A_TS_REMOTE) is not None
         if not self.tunnel:
-            if spec.src is None or spec.dst is None or len(spec.src[0]) != len(spec.dst[0]):
+            src, dst = spec.src, spec.dst
+            if src is None or dst is None or len(src[0]) != len(dst[0]):
                 raise m.MessageError("transport mode needs A_SRC and A_DST of one family")
-            self._local = bytes(spec.src[0])
-            self._peer = bytes(spec.dst[0])
+            self._local = src[0]
+            self._peer = dst[0]
         self._fast_out = self.tunnel and not self._ts and not inbound and not esn
         self._fast_in = (self.tunnel and not self._ts and inbound and not esn
                          and spec.replay_window > 0)
@@ -375,13 +385,12 @@ class EspSa(SaRecord):
             return False
         src, dst, proto, sport, dport = f
         s = self.spec
+        ts_src, ts_dst = s.wire(m.A_TS_LOCAL), s.wire(m.A_TS_REMOTE)   # outbound: from us
         if s.direction == m.DIR_IN:
-            ts_src, ts_dst = s.ts_remote, s.ts_local
-        else:
-            ts_src, ts_dst = s.ts_local, s.ts_remote
-        if ts_src and not ts_match(ts_src, src, proto, sport):
+            ts_src, ts_dst = ts_dst, ts_src
+        if ts_src is not None and not ts_match(ts_src, src, proto, sport):
             return False
-        if ts_dst and not ts_match(ts_dst, dst, proto, dport):
+        if ts_dst is not None and not ts_match(ts_dst, dst, proto, dport):
             return False
         return True
 

@@ -267,8 +267,30 @@ def test_ipv6_extension_headers_and_fragments_in_selectors():
     assert esp.flow_of(frag)[2:] == (17, None, None)
     first = ipv6(nh=44, payload=struct.pack(">BBHI", 17, 0, 1, 1) + d.udp(7, 9))
     assert esp.flow_of(first)[2:] == (17, 7, 9)
-    assert esp.ts_match([(A1, A2, 17, 0, 0xFFFF)], A1, 17, None)
-    assert not esp.ts_match([(A1, A2, 17, 7, 7)], A1, 17, None)
+    assert esp.ts_match(m.w_ts([(A1, A2, 17, 0, 0xFFFF)]), A1, 17, None)
+    assert not esp.ts_match(m.w_ts([(A1, A2, 17, 7, 7)]), A1, 17, None)
+
+
+def test_selector_ranges_compare_as_numbers():
+    """ts_match compares big-endian address bytes: the same answers as comparing the numbers,
+    across byte boundaries, for IPv4 and IPv6, with protocol and port ranges."""
+    def num(b):
+        return int.from_bytes(b, "big")
+
+    v4 = [bytes((10, 1, a, b)) for a in (0, 1, 2, 255) for b in (0, 1, 127, 128, 255)]
+    v6 = [bytes(14) + bytes((a, b)) for a in (0, 1, 255) for b in (0, 255)] + [b"\xff" * 16]
+    for addrs in (v4, v6):
+        for lo in addrs[0::3]:          # mpy-ok: a list
+            for hi in addrs[1::4]:      # mpy-ok: a list
+                sels = m.w_ts([(lo, hi, 17, 1000, 2000), (lo, lo, 0, 0, 0xFFFF)])
+                for a in addrs:
+                    for proto, port in ((17, 1500), (17, 999), (6, 1500), (17, None), (6, None)):
+                        want = ((num(lo) <= num(a) <= num(hi) and proto == 17 and port is not None
+                                 and 1000 <= port <= 2000) or a == lo)
+                        assert esp.ts_match(sels, a, proto, port) == want, (lo, hi, a, proto, port)
+    # an address of the other family never matches
+    assert not esp.ts_match(m.w_ts([(bytes(16), b"\xff" * 16, 0, 0, 0xFFFF)]), v4[0], 17, 1)
+    assert esp.ts_match(b"", v4[0], 17, 1) is False
 
 
 def test_malformed_input_is_refused_and_changes_nothing():
