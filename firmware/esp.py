@@ -109,6 +109,9 @@ _SOFT64 = _SEQ64 - (_SEQ64 >> 4)
 
 _Z4 = bytes(4)
 _join = b"".join
+_TS_LOCAL = m.A_TS_LOCAL
+_TS_REMOTE = m.A_TS_REMOTE
+_DIR_IN = m.DIR_IN
 
 
 def ones_sum(data):
@@ -171,29 +174,41 @@ def flow_of(pkt):
     return bytes(src), bytes(dst), proto, sport, dport
 
 
-def ts_match(sels, addr, proto, port):
-    """True if (addr, proto, port) falls in one of the selectors `sels`, given in their wire
-    form (the value of A_TS_LOCAL or A_TS_REMOTE: per selector the address length n, the start
-    and end address of n bytes each, the protocol, the start and end port of 2 bytes each).
-    Addresses compare as bytes: big-endian bytes of one length order as the numbers do. A
-    packet without visible ports matches only a full port range."""
-    n = len(addr)
-    i, stop = 0, len(sels)
+def ts_ok(tlvs, inbound, flow):
+    """True if a packet's flow (flow_of) is inside an SA's traffic selectors, as SaSpec keeps
+    them: TLVs as on the wire, A_TS_LOCAL and A_TS_REMOTE first (SaSpec.wire_tlvs). A
+    selector list's value is, per selector, the address length n, the start and end address of
+    n bytes each, the protocol, the start and end port of 2 bytes each. The local selectors
+    hold the packet's source outbound and its destination inbound; a side without selectors
+    takes anything. Addresses compare as bytes (big-endian bytes of one length order as the
+    numbers do), a packet without visible ports matches only a full port range. One pass over
+    the bytes, nothing decoded."""
+    src, dst, proto, sport, dport = flow
+    n = len(src)
+    fmt = ">4s4sBHH" if n == 4 else ">16s16sBHH"
+    i, stop = 0, len(tlvs)
     while i < stop:
-        k = sels[i]
-        j = i + 1 + 2 * k                # the protocol
-        if k == n and sels[i + 1:i + 1 + k] <= addr <= sels[i + 1 + k:j]:
-            p = sels[j]
-            if not p or p == proto:
-                ps = (sels[j + 1] << 8) | sels[j + 2]
-                pe = (sels[j + 3] << 8) | sels[j + 4]
-                if port is None:
-                    if ps == 0 and pe == 0xFFFF:
-                        return True
-                elif ps <= port <= pe:
-                    return True
-        i = j + 5
-    return False
+        t = tlvs[i]
+        if t != _TS_LOCAL and t != _TS_REMOTE:
+            break                                    # the addresses: no selectors after them
+        j = i + 3 + ((tlvs[i + 1] << 8) | tlvs[i + 2])
+        if (t == _TS_LOCAL) != inbound:
+            addr, port = src, sport
+        else:
+            addr, port = dst, dport
+        i += 3
+        while i < j:                                 # the selectors of this side: one must match
+            k = tlvs[i]
+            if k == n:
+                start, end, p, ps, pe = _unpack_from(fmt, tlvs, i + 1)
+                if (start <= addr <= end and (not p or p == proto)
+                        and (ps <= port <= pe if port is not None else ps == 0 and pe == 0xFFFF)):
+                    break
+            i += 2 * k + 6
+        else:
+            return False
+        i = j
+    return True
 
 
 # ---- SA records --------------------------------------------------------------------------------
@@ -381,18 +396,7 @@ class EspSa(SaRecord):
 
     def _ts_ok(self, pkt):
         f = flow_of(pkt)
-        if f is None:
-            return False
-        src, dst, proto, sport, dport = f
-        s = self.spec
-        ts_src, ts_dst = s.wire(m.A_TS_LOCAL), s.wire(m.A_TS_REMOTE)   # outbound: from us
-        if s.direction == m.DIR_IN:
-            ts_src, ts_dst = ts_dst, ts_src
-        if ts_src is not None and not ts_match(ts_src, src, proto, sport):
-            return False
-        if ts_dst is not None and not ts_match(ts_dst, dst, proto, dport):
-            return False
-        return True
+        return f is not None and ts_ok(self.spec.wire_tlvs, self.spec.direction == _DIR_IN, f)
 
     def _deliver(self, pt):
         """Authenticated plaintext -> (status, IP packet): trailer, mode, selectors (§3.4.4,

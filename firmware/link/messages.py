@@ -416,13 +416,14 @@ class SaSpec:
     holds 4-7 attributes instead of 19, and no empty selector lists (issue 7: 64 SAs in 64 KB).
     Reading an attribute gives the same value either way.
 
-    Addresses and traffic selectors are kept in their wire form: the TLVs A_SRC, A_DST,
-    A_TS_LOCAL and A_TS_REMOTE, as encode() writes them, one after the other in one bytes
-    object (`_x`, absent when there are none). On a board that is one object of ~60 bytes
-    where the tuples of bytes and ints took ~350 (two addresses, one selector each way).
+    Addresses and traffic selectors are kept in their wire form: the TLVs A_TS_LOCAL,
+    A_TS_REMOTE, A_SRC and A_DST (those present, in this order: the data path reads the
+    selectors) as they are on the wire, one after the other in one bytes object (`wire_tlvs`,
+    empty when there are none). On a board that is one object of ~60 bytes where the tuples
+    of bytes and ints took ~350 (two addresses, one selector each way).
     `src`, `dst`, `ts_local` and `ts_remote` read the same as before ((ip, port) or None, a
     list of (start, end, proto, start port, end port)) and are decoded at each read; the
-    board's ESP engine matches packets against the wire form itself (wire())."""
+    board's ESP engine matches packets against the wire form itself (esp.ts_ok)."""
     integ = AUTH_NONE
     integ_key = b""
     mode = MODE_TUNNEL
@@ -434,7 +435,7 @@ class SaSpec:
     hard_packets = 0
     reqid = 0
     initial_seq = 0
-    _x = b""
+    wire_tlvs = b""
     FIELDS = ("spi", "direction", "encr", "encr_key", "integ", "integ_key", "mode", "flags",
               "replay_window", "soft_bytes", "hard_bytes", "soft_packets", "hard_packets", "src", "dst",
               "reqid", "ts_local", "ts_remote", "initial_seq")
@@ -471,21 +472,21 @@ class SaSpec:
         if initial_seq:
             self.initial_seq = initial_seq
         x = b""
-        if src is not None:
-            x += _tlv(A_SRC, w_addr(src))
-        if dst is not None:
-            x += _tlv(A_DST, w_addr(dst))
         if ts_local:
             x += _tlv(A_TS_LOCAL, w_ts(ts_local))
         if ts_remote:
             x += _tlv(A_TS_REMOTE, w_ts(ts_remote))
+        if src is not None:
+            x += _tlv(A_SRC, w_addr(src))
+        if dst is not None:
+            x += _tlv(A_DST, w_addr(dst))
         if x:
-            self._x = x
+            self.wire_tlvs = x
 
     def wire(self, t):
         """The value of attribute `t` (A_SRC, A_DST, A_TS_LOCAL or A_TS_REMOTE) as it is on the
         wire, or None if the spec has none."""
-        x = self._x
+        x = self.wire_tlvs
         i, n = 0, len(x)
         while i < n:
             j = i + 3 + ((x[i + 1] << 8) | x[i + 2])
@@ -548,15 +549,16 @@ class SaSpec:
                      (A_INITIAL_SEQ, self.initial_seq)):
             if v:
                 tlv(t, w_u64(v))
-        # A_SRC, A_DST, A_REQID, A_TS_LOCAL, A_TS_REMOTE: the wire form kept, A_REQID in its place
-        x = self._x
+        # A_SRC, A_DST, A_REQID, A_TS_LOCAL, A_TS_REMOTE, in type order as always: the addresses
+        # and the selectors from their wire form (which holds the selectors first)
+        x = self.wire_tlvs
         i = 0
-        while i < len(x) and x[i] < A_REQID:
+        while i < len(x) and x[i] > A_REQID:
             i += 3 + ((x[i + 1] << 8) | x[i + 2])
-        out.extend(x[:i])
+        out.extend(x[i:])
         if self.reqid:
             tlv(A_REQID, struct.pack(">I", self.reqid))
-        out.extend(x[i:])
+        out.extend(x[:i])
         return bytes(out)
 
     @classmethod
@@ -599,7 +601,7 @@ class SaSpec:
                    reqid=fixed(A_REQID, ">I", 4, 0), initial_seq=u64(A_INITIAL_SEQ))
         # addresses and selectors: checked, and kept as they came (no tuples made)
         x = b""
-        for t in (A_SRC, A_DST, A_TS_LOCAL, A_TS_REMOTE):
+        for t in (A_TS_LOCAL, A_TS_REMOTE, A_SRC, A_DST):
             v = seen.get(t)
             if v is None:
                 continue
@@ -612,7 +614,7 @@ class SaSpec:
                     continue                # no selectors
             x += _tlv(t, v)
         if x:
-            spec._x = x
+            spec.wire_tlvs = x
         if spec.direction not in (DIR_IN, DIR_OUT):
             raise MessageError("bad direction")
         if spec.mode not in (MODE_TUNNEL, MODE_TRANSPORT):

@@ -267,12 +267,20 @@ def test_ipv6_extension_headers_and_fragments_in_selectors():
     assert esp.flow_of(frag)[2:] == (17, None, None)
     first = ipv6(nh=44, payload=struct.pack(">BBHI", 17, 0, 1, 1) + d.udp(7, 9))
     assert esp.flow_of(first)[2:] == (17, 7, 9)
-    assert esp.ts_match(m.w_ts([(A1, A2, 17, 0, 0xFFFF)]), A1, 17, None)
-    assert not esp.ts_match(m.w_ts([(A1, A2, 17, 7, 7)]), A1, 17, None)
+    assert _ts_ok([(A1, A2, 17, 0, 0xFFFF)], A1, 17, None)
+    assert not _ts_ok([(A1, A2, 17, 7, 7)], A1, 17, None)
+
+
+def _ts_ok(sels, addr, proto, port):
+    """esp.ts_ok for a packet from `addr` (its source port `port`) leaving an outbound SA whose
+    local selectors are `sels` (the remote side takes anything)."""
+    other = bytes(len(addr))
+    spec = d.spec(0x1000, m.DIR_OUT, ts_local=sels, src=(other, 4500), dst=(other, 4500))
+    return esp.ts_ok(spec.wire_tlvs, False, (addr, other, proto, port, port))
 
 
 def test_selector_ranges_compare_as_numbers():
-    """ts_match compares big-endian address bytes: the same answers as comparing the numbers,
+    """ts_ok compares big-endian address bytes: the same answers as comparing the numbers,
     across byte boundaries, for IPv4 and IPv6, with protocol and port ranges."""
     def num(b):
         return int.from_bytes(b, "big")
@@ -282,15 +290,20 @@ def test_selector_ranges_compare_as_numbers():
     for addrs in (v4, v6):
         for lo in addrs[0::3]:          # mpy-ok: a list
             for hi in addrs[1::4]:      # mpy-ok: a list
-                sels = m.w_ts([(lo, hi, 17, 1000, 2000), (lo, lo, 0, 0, 0xFFFF)])
+                sels = [(lo, hi, 17, 1000, 2000), (lo, lo, 0, 0, 0xFFFF)]
                 for a in addrs:
                     for proto, port in ((17, 1500), (17, 999), (6, 1500), (17, None), (6, None)):
                         want = ((num(lo) <= num(a) <= num(hi) and proto == 17 and port is not None
                                  and 1000 <= port <= 2000) or a == lo)
-                        assert esp.ts_match(sels, a, proto, port) == want, (lo, hi, a, proto, port)
-    # an address of the other family never matches
-    assert not esp.ts_match(m.w_ts([(bytes(16), b"\xff" * 16, 0, 0, 0xFFFF)]), v4[0], 17, 1)
-    assert esp.ts_match(b"", v4[0], 17, 1) is False
+                        assert _ts_ok(sels, a, proto, port) == want, (lo, hi, a, proto, port)
+    # an address of the other family never matches; no selectors take anything
+    assert not _ts_ok([(bytes(16), b"\xff" * 16, 0, 0, 0xFFFF)], v4[0], 17, 1)
+    assert _ts_ok([], v4[0], 17, 1)
+    # the sides by direction: local selectors hold the source outbound, the destination inbound
+    sels = d.spec(0x1000, m.DIR_OUT, ts_local=[(A1, A1, 0, 0, 0xFFFF)], ts_remote=[(A2, A2, 0, 0, 0xFFFF)])
+    for inbound, flow, want in ((False, (A1, A2), True), (False, (A2, A1), False),
+                                (True, (A2, A1), True), (True, (A1, A2), False)):
+        assert esp.ts_ok(sels.wire_tlvs, inbound, flow + (17, 1, 2)) == want, (inbound, flow)
 
 
 def test_malformed_input_is_refused_and_changes_nothing():
