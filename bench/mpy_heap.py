@@ -38,11 +38,14 @@ KINDS = [
     ("aes-cbc-256+hmac", "m.SaSpec(0xC0040000 + i, i % 2, m.ENCR_AES_CBC, bytes(range(32)), "
                          "m.AUTH_HMAC_SHA2_256_128, bytes(range(32)), reqid=i)"),
 ]
-# The spec as the daemon sends it (host/daemon.py _install): addresses and one traffic selector
-# each way besides. Measured for the report (the selectors are link bookkeeping, and an SA with
-# selectors leaves the ESP fast path); the goal is asserted on the plain specs above.
-DAEMON_EXTRA = ("src=(bytes((192, 0, 2, 1)), 4500), dst=(bytes((198, 51, 100, 7)), 4500), reqid=i + 1, "
-                "ts_local=[(bytes((10, 1, 0, 0)), bytes((10, 1, 0, 255)), 0, 0, 65535)], "
+# The spec as the daemon sends it (host/daemon.py _install): tunnel mode, UDP encapsulation
+# (a connection's default, encap = yes), the configured replay window (64), our and the peer's
+# address with port 4500, reqid = the Child SA handle (a small counter), and one traffic
+# selector each way: a host (/32) on our side, a /24 on the peer's. Issue 7's goal holds for
+# these too (tests/test_flash.py asserts both shapes).
+DAEMON_EXTRA = ("mode=m.MODE_TUNNEL, flags=m.SAF_UDP_ENCAP, replay_window=64, "
+                "src=(bytes((192, 0, 2, 1)), 4500), dst=(bytes((198, 51, 100, 7)), 4500), reqid=i + 1, "
+                "ts_local=[(bytes((10, 1, 0, 1)), bytes((10, 1, 0, 1)), 0, 0, 65535)], "
                 "ts_remote=[(bytes((10, 2, 0, 0)), bytes((10, 2, 0, 255)), 0, 0, 65535)])")
 SHAPES = {"plain": KINDS,
           "daemon": [(name, spec.replace("reqid=i)", DAEMON_EXTRA)) for name, spec in KINDS]}
@@ -54,7 +57,7 @@ ENGINES = {
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mpy_cryptolib.py")
 
 # One packet through every SA of a kind: a 64-byte IPv4/UDP packet, 10.1.0.1 -> 10.2.0.1 out
-# and back in (inside the daemon-shaped selectors).
+# and back in (inside the daemon-shaped selectors, which the SAs check).
 TRAFFIC = """def ip(a, b):
     return bytes((0x45, 0, 0, 64, 0, 0, 0, 0, 64, 17, 0, 0, 10, a, 0, 1, 10, b, 0, 1)) + bytes(44)
 p_out, p_in = ip(1, 2), ip(2, 1)
@@ -161,10 +164,13 @@ def main():
     print("daemon-shaped specs (addresses, one selector each way): esp %d bytes (%.0f per SA), "
           "link-only %d" % (daemon["esp"]["sas"], daemon["esp"]["sas"] / max(1, daemon["esp"]["installed"]),
                             daemon["link-only"]["sas"]))
-    for engine in ("esp", "esp-cryptolib"):
-        r = res[engine]
+    print("daemon-shaped esp per SA, installed / after one packet: %s" % ", ".join(
+        "%s %.0f / %.0f" % (k, v["installed"], v["after_traffic"])
+        for k, v in daemon["esp"]["per_kind"].items()))
+    for label, r in (("esp", res["esp"]), ("esp-cryptolib", res["esp-cryptolib"]),
+                     ("esp, daemon-shaped", daemon["esp"])):
         print("goal %s: %d SAs in %d bytes (goal <= %d): %s" % (
-            engine, r["installed"], r["sas"], GOAL_BYTES, "met" if r["sas"] <= GOAL_BYTES else "NOT met"))
+            label, r["installed"], r["sas"], GOAL_BYTES, "met" if r["sas"] <= GOAL_BYTES else "NOT met"))
     print("wrote", write("mpy_heap", {"results": res, "daemon_shaped": daemon, "goal_bytes_for_64_sas": GOAL_BYTES,
                                       "stand_in": {"esp-cryptolib": "bench/_mpy_cryptolib.py"}}))
 

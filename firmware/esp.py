@@ -109,6 +109,9 @@ _SOFT64 = _SEQ64 - (_SEQ64 >> 4)
 
 _Z4 = bytes(4)
 _join = b"".join
+_TS_LOCAL = m.A_TS_LOCAL
+_TS_REMOTE = m.A_TS_REMOTE
+_DIR_IN = m.DIR_IN
 
 
 def ones_sum(data):
@@ -171,20 +174,41 @@ def flow_of(pkt):
     return bytes(src), bytes(dst), proto, sport, dport
 
 
-def ts_match(sels, addr, proto, port):
-    """True if (addr, proto, port) falls in one of the selectors (start, end, proto, pstart,
-    pend). A packet without visible ports matches only a full port range."""
-    for start, end, p, ps, pe in sels:
-        if len(start) != len(addr) or addr < start or addr > end:
-            continue
-        if p and p != proto:
-            continue
-        if port is None:
-            if ps == 0 and pe == 0xFFFF:
-                return True
-        elif ps <= port <= pe:
-            return True
-    return False
+def ts_ok(tlvs, inbound, flow):
+    """True if a packet's flow (flow_of) is inside an SA's traffic selectors, as SaSpec keeps
+    them: TLVs as on the wire, A_TS_LOCAL and A_TS_REMOTE first (SaSpec.wire_tlvs). A
+    selector list's value is, per selector, the address length n, the start and end address of
+    n bytes each, the protocol, the start and end port of 2 bytes each. The local selectors
+    hold the packet's source outbound and its destination inbound; a side without selectors
+    takes anything. Addresses compare as bytes (big-endian bytes of one length order as the
+    numbers do), a packet without visible ports matches only a full port range. One pass over
+    the bytes, nothing decoded."""
+    src, dst, proto, sport, dport = flow
+    n = len(src)
+    fmt = ">4s4sBHH" if n == 4 else ">16s16sBHH"
+    i, stop = 0, len(tlvs)
+    while i < stop:
+        t = tlvs[i]
+        if t != _TS_LOCAL and t != _TS_REMOTE:
+            break                                    # the addresses: no selectors after them
+        j = i + 3 + ((tlvs[i + 1] << 8) | tlvs[i + 2])
+        if (t == _TS_LOCAL) != inbound:
+            addr, port = src, sport
+        else:
+            addr, port = dst, dport
+        i += 3
+        while i < j:                                 # the selectors of this side: one must match
+            k = tlvs[i]
+            if k == n:
+                start, end, p, ps, pe = _unpack_from(fmt, tlvs, i + 1)
+                if (start <= addr <= end and (not p or p == proto)
+                        and (ps <= port <= pe if port is not None else ps == 0 and pe == 0xFFFF)):
+                    break
+            i += 2 * k + 6
+        else:
+            return False
+        i = j
+    return True
 
 
 # ---- SA records --------------------------------------------------------------------------------
@@ -193,11 +217,13 @@ class EspSa(SaRecord):
     Subclasses implement encrypt()/decrypt() for one transform, with the hot path inline.
 
     Memory (issue 7: 64 SAs in 64 KB on MicroPython, where __slots__ is ignored and every
-    instance attribute is a slot of a hash table that grows 23 -> 29 -> 37 entries of 8 bytes):
-    an SA keeps what its hot path reads and derives the rest (inbound, udp, seq_max, the
-    selectors by direction) from its spec; per-SA objects are avoided where a shared one does
-    (the trailers, the sequence limits, the replay mask, an empty event list)."""
-    __slots__ = ("_check_seq", "_events", "_fast_in", "_fast_out", "_in_packets", "_local", "_next_o",
+    instance attribute is a slot of a hash table that grows 17 -> 23 -> 29 entries of 8 bytes
+    when it is full): an SA keeps what its hot path reads and derives the rest (inbound, udp,
+    seq_max, the selectors by direction) from its spec, keeps one fast-path switch for its own
+    direction, and its engine keeps only what that direction needs (23 attributes at most);
+    per-SA objects are avoided where a shared one does (the trailers, the sequence limits,
+    the replay mask, an empty event list)."""
+    __slots__ = ("_check_seq", "_events", "_fast", "_in_packets", "_local", "_next_o",
                  "_next_p", "_next_seq", "_peer", "_ts", "backend", "esn", "policy",
                  "spi_b", "tunnel", "window")
 
@@ -221,15 +247,17 @@ class EspSa(SaRecord):
             self.window.top = spec.initial_seq
         else:
             self.window = None
-        self._ts = bool(spec.ts_local or spec.ts_remote)
+        self._ts = spec.wire(m.A_TS_LOCAL) is not None or spec.wire(m.A_TS_REMOTE) is not None
         if not self.tunnel:
-            if spec.src is None or spec.dst is None or len(spec.src[0]) != len(spec.dst[0]):
+            src, dst = spec.src, spec.dst
+            if src is None or dst is None or len(src[0]) != len(dst[0]):
                 raise m.MessageError("transport mode needs A_SRC and A_DST of one family")
-            self._local = bytes(spec.src[0])
-            self._peer = bytes(spec.dst[0])
-        self._fast_out = self.tunnel and not self._ts and not inbound and not esn
-        self._fast_in = (self.tunnel and not self._ts and inbound and not esn
-                         and spec.replay_window > 0)
+            self._local = src[0]
+            self._peer = dst[0]
+        # the fast path of the SA's own direction (GcmSa): tunnel mode, no selectors, no ESN,
+        # inbound an anti-replay window
+        self._fast = (self.tunnel and not self._ts and not esn
+                      and (not inbound or spec.replay_window > 0))
         self._next_seq = (_SOFT64 if esn else _SOFT32) if not inbound else _NEVER
         self._next_limits()
 
@@ -283,7 +311,7 @@ class EspSa(SaRecord):
             if self.state == _ST_HARD:
                 return
             self.state = _ST_HARD
-            self._fast_out = self._fast_in = False
+            self._fast = False
         else:
             if self.state != _ST_ACTIVE:   # soft- or hard-expired already
                 return
@@ -371,19 +399,7 @@ class EspSa(SaRecord):
 
     def _ts_ok(self, pkt):
         f = flow_of(pkt)
-        if f is None:
-            return False
-        src, dst, proto, sport, dport = f
-        s = self.spec
-        if s.direction == m.DIR_IN:
-            ts_src, ts_dst = s.ts_remote, s.ts_local
-        else:
-            ts_src, ts_dst = s.ts_local, s.ts_remote
-        if ts_src and not ts_match(ts_src, src, proto, sport):
-            return False
-        if ts_dst and not ts_match(ts_dst, dst, proto, dport):
-            return False
-        return True
+        return f is not None and ts_ok(self.spec.wire_tlvs, self.spec.direction == _DIR_IN, f)
 
     def _deliver(self, pt):
         """Authenticated plaintext -> (status, IP packet): trailer, mode, selectors (§3.4.4,
@@ -460,7 +476,7 @@ class GcmSa(EspSa):
     """ENCR_AES_GCM_16 (RFC 4106): key || 4-byte salt; nonce = salt || IV; IV = the 64-bit
     sequence number; AAD = SPI || seq (8 bytes) or SPI || seq-hi || seq-lo with ESN (§5);
     16-byte ICV; payload padded to 4 bytes."""
-    __slots__ = ("_open", "_salt0", "_seal", "aead", "salt")
+    __slots__ = ("_open", "_salt0", "_seal", "salt")
 
     def __init__(self, spec, backend):
         if spec.integ != m.AUTH_NONE:
@@ -469,24 +485,23 @@ class GcmSa(EspSa):
         if (len(key) - 4) * 8 not in KEY_BITS:
             raise UnsupportedSa("AES-GCM key must be 16 or 32 bytes plus a 4-byte salt")
         EspSa.__init__(self, spec, backend)
-        self.aead = backend.aes_gcm(key[:-4])
-        self.salt = bytes(key[-4:])
-        # hot-path constants, for the SA's own direction only: a bound method, and outbound the
+        aead = backend.aes_gcm(key[:-4])
+        # what the SA's own direction needs, and nothing for the other (an SA only encrypts or
+        # only decrypts; each is an attribute less on a board): outbound a bound method and the
         # nonce prefix salt || IV[:4], where the IV is the 64-bit sequence number and IV[:4] is
-        # 0 without ESN (seq < 2^32)
+        # 0 without ESN (seq < 2^32); inbound a bound method and the salt
         if spec.direction == m.DIR_OUT:
-            self._seal = self.aead.encrypt
-            self._salt0 = self.salt + _Z4
-            self._open = None
+            self._seal = aead.encrypt
+            self._salt0 = bytes(key[-4:]) + _Z4
         else:
-            self._open = self.aead.decrypt
-            self._seal = self._salt0 = None
+            self._open = aead.decrypt
+            self.salt = bytes(key[-4:])
 
     def encrypt(self, pkt):
         # Fast path (the common case, kept short for CPython): tunnel mode, no selectors, no
         # ESN, an IPv4 packet whose length field matches, no limit near. Else _encrypt().
         n = len(pkt)
-        if self._fast_out and n > 19 and pkt[0] & 0xF0 == 0x40 and pkt[2] * 256 + pkt[3] == n:
+        if self._fast and n > 19 and pkt[0] & 0xF0 == 0x40 and pkt[2] * 256 + pkt[3] == n:
             seq = self.seq + 1
             if seq < self._check_seq:  # below the soft sequence limit: seq < 2^32, IV[:4] is 0
                 self.seq = seq
@@ -522,7 +537,7 @@ class GcmSa(EspSa):
             aad = self.spi_b + iv
         else:
             hdr = aad = self.spi_b + iv[4:]
-        out = hdr + iv + self.aead.encrypt(self.salt + iv, payload + trailer, aad)
+        out = hdr + iv + self._seal(self._salt0[:4] + iv, payload + trailer, aad)
         self.octets += len(pkt)
         if seq >= self._check_seq or self.octets >= self._next_o:
             self._limits(seq)
@@ -532,7 +547,7 @@ class GcmSa(EspSa):
         # Fast path: no ESN, window on, tunnel mode, no selectors, a packet right of the
         # window carrying an IPv4 packet with default padding and no TFC padding. Else the
         # general path (_decrypt / _deliver), which gives the same result.
-        if self._fast_in and len(pkt) > 53:
+        if self._fast and len(pkt) > 53:
             seq, iv = _unpack_from(">I8s", pkt, 4)
             w = self.window
             top = w.top
@@ -574,7 +589,7 @@ class GcmSa(EspSa):
             return _R_REPLAY
         aad = self.spi_b + _pack(">II", seq >> 32, seql) if self.esn else pkt[:8]
         try:
-            pt = self.aead.decrypt(self.salt + pkt[8:16], pkt[16:], aad)
+            pt = self._open(self.salt + pkt[8:16], pkt[16:], aad)
         except self.backend.AuthError:
             self.auth_fail += 1
             return _R_AUTH
@@ -593,7 +608,7 @@ class GcmSa(EspSa):
         append = out.append
         seal, spi_b, salt0, tr4, z4, join = self._seal, self.spi_b, self._salt0, _TR4, _Z4, _join
         seq, o = self.seq, self.octets
-        lim = self._check_seq if self._fast_out else 0   # fast while seq < lim
+        lim = self._check_seq if self._fast else 0   # fast while seq < lim
         next_o = self._next_o
         for pkt in pkts:
             n = len(pkt)
@@ -604,7 +619,7 @@ class GcmSa(EspSa):
                 self.octets = o
                 if o >= next_o:
                     self._limits(seq)
-                    lim = self._check_seq if self._fast_out else 0
+                    lim = self._check_seq if self._fast else 0
                     next_o = self._next_o
                 s = seq.to_bytes(4, "big")
                 hdr = spi_b + s
@@ -612,7 +627,7 @@ class GcmSa(EspSa):
             else:
                 append(self._encrypt(pkt))
                 seq, o = self.seq, self.octets
-                lim = self._check_seq if self._fast_out else 0
+                lim = self._check_seq if self._fast else 0
                 next_o = self._next_o
         return out
 
@@ -621,7 +636,7 @@ class GcmSa(EspSa):
         append = out.append
         open_, salt, tr4, w, auth_error = self._open, self.salt, _TR4, self.window, self.backend.AuthError
         mask, size = w.mask, w.size
-        fast, next_p, next_o = self._fast_in, self._next_p, self._next_o
+        fast, next_p, next_o = self._fast, self._next_p, self._next_o
         top, bits, p, o = w.top, w.bits, self._in_packets, self.octets
         for pkt in pkts:
             if fast and len(pkt) > 53:
@@ -646,7 +661,7 @@ class GcmSa(EspSa):
                         self.octets = o
                         if p >= next_p or o >= next_o:
                             self._limits()
-                            fast, next_p, next_o = self._fast_in, self._next_p, self._next_o
+                            fast, next_p, next_o = self._fast, self._next_p, self._next_o
                         append((0, pt[:tl]))
                         continue
                     append(self._deliver(pt))
@@ -654,7 +669,7 @@ class GcmSa(EspSa):
                     append(self._decrypt(pkt))
             else:
                 append(self._decrypt(pkt))
-            fast, next_p, next_o = self._fast_in, self._next_p, self._next_o
+            fast, next_p, next_o = self._fast, self._next_p, self._next_o
             top, bits, p, o = w.top, w.bits, self._in_packets, self.octets
         return out
 

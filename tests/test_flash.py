@@ -128,10 +128,15 @@ def test_heap_with_64_sas_on_micropython(vb):
     (bench/mpy_heap.py has the table): 16 each of AES-GCM-128, AES-GCM-256, AES-CBC-128 and
     AES-CBC-256 + HMAC-SHA-256-128, in and out. Issue 7's goal, 64 SAs in 64 KB over the empty
     SAD (the shared crypto tables apart), holds for the ESP engine on the pure backend, which is
-    what this MicroPython runs. The cryptolib backend's figure runs on a stand-in cryptolib
-    (bench/_mpy_cryptolib.py) and is printed."""
+    what this MicroPython runs, for bare specs and for specs shaped as the daemon installs them
+    (addresses, UDP encapsulation, one traffic selector each way, which the SAs check). The
+    cryptolib backend's figure runs on a stand-in cryptolib (bench/_mpy_cryptolib.py) and is
+    printed."""
     flash.flash("mpy-virtual", vb.repl, wait=False)
     res = mpy_heap.measure(vb.repl)
+    daemon = mpy_heap.measure(vb.repl, engines=("esp",), shape="daemon")["esp"]
+    assert daemon["installed"] == 64 and daemon["backend"] == "pure", daemon
+    assert daemon["sas"] <= mpy_heap.GOAL_BYTES, daemon
     for engine in ("esp", "esp-cryptolib", "link-only"):
         assert res[engine]["installed"] == 64, res
     assert res["esp"]["backend"] == "pure" and res["esp-cryptolib"]["backend"] == "cryptolib", res
@@ -140,7 +145,7 @@ def test_heap_with_64_sas_on_micropython(vb):
     assert res["link-only"]["sas"] < res["esp-cryptolib"]["sas"] < res["esp"]["sas"], res
     print("\nheap with 64 SAs: " + json.dumps({e: {k: r[k] for k in ("imported", "board", "tables", "sas", "total")}
                                               for e, r in res.items()})
-          + "\n(esp-cryptolib: on a stand-in cryptolib)")
+          + "\n(esp-cryptolib: on a stand-in cryptolib)\ndaemon-shaped, esp: %d bytes" % daemon["sas"])
 
 
 def test_flash_micropython_builds_the_esptool_commands(tmp_path, capsys):

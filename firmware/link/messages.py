@@ -349,7 +349,7 @@ MAX_TS = 8
 MAX_REPLAY_WINDOW = 1024
 
 
-def _w_ts(sels):
+def w_ts(sels):
     out = bytearray()
     for (start, end, proto, pstart, pend) in sels:
         if len(start) != len(end) or len(start) not in (4, 16):
@@ -357,6 +357,21 @@ def _w_ts(sels):
         out.append(len(start))
         out += bytes(start) + bytes(end) + struct.pack(">BHH", proto, pstart, pend)
     return bytes(out)
+
+
+def _check_ts(value):
+    """Checks the wire form of a selector list (what w_ts makes) without decoding it."""
+    i, n, k = 0, len(value), 0
+    while i < n:
+        if k >= MAX_TS:
+            raise MessageError("too many traffic selectors")
+        a = value[i]
+        if a not in (4, 16):
+            raise MessageError("bad traffic selector")
+        i += 2 * a + 6
+        if i > n:
+            raise MessageError("body truncated")
+        k += 1
 
 
 def _r_ts(value):
@@ -374,6 +389,24 @@ def _r_ts(value):
     return sels
 
 
+def _check_addr(value):
+    """Checks the wire form of an address (what w_addr makes); False for family 0 (none)."""
+    n = len(value)
+    if not n:
+        raise MessageError("body truncated")
+    fam = value[0]
+    want = 1 if fam == 0 else 7 if fam == 4 else 19 if fam == 6 else 0
+    if not want:
+        raise MessageError("bad address family")
+    if n != want:
+        raise MessageError("body truncated" if n < want else "trailing bytes")
+    return fam != 0
+
+
+def _tlv(t, v):
+    return struct.pack(">BH", t, len(v)) + v
+
+
 class SaSpec:
     """Everything the board needs to run one unidirectional ESP SA.
 
@@ -381,7 +414,16 @@ class SaSpec:
     keeps one SaSpec per SA, and on MicroPython every instance attribute is a slot in the
     instance's hash table (8 bytes, the table growing in steps), so a plain tunnel SA's spec
     holds 4-7 attributes instead of 19, and no empty selector lists (issue 7: 64 SAs in 64 KB).
-    Reading an attribute gives the same value either way."""
+    Reading an attribute gives the same value either way.
+
+    Addresses and traffic selectors are kept in their wire form: the TLVs A_TS_LOCAL,
+    A_TS_REMOTE, A_SRC and A_DST (those present, in this order: the data path reads the
+    selectors) as they are on the wire, one after the other in one bytes object (`wire_tlvs`,
+    empty when there are none). On a board that is one object of ~60 bytes where the tuples
+    of bytes and ints took ~350 (two addresses, one selector each way).
+    `src`, `dst`, `ts_local` and `ts_remote` read the same as before ((ip, port) or None, a
+    list of (start, end, proto, start port, end port)) and are decoded at each read; the
+    board's ESP engine matches packets against the wire form itself (esp.ts_ok)."""
     integ = AUTH_NONE
     integ_key = b""
     mode = MODE_TUNNEL
@@ -391,12 +433,9 @@ class SaSpec:
     hard_bytes = 0
     soft_packets = 0
     hard_packets = 0
-    src = None
-    dst = None
     reqid = 0
-    ts_local = ()
-    ts_remote = ()
     initial_seq = 0
+    wire_tlvs = b""
     FIELDS = ("spi", "direction", "encr", "encr_key", "integ", "integ_key", "mode", "flags",
               "replay_window", "soft_bytes", "hard_bytes", "soft_packets", "hard_packets", "src", "dst",
               "reqid", "ts_local", "ts_remote", "initial_seq")
@@ -405,6 +444,7 @@ class SaSpec:
                  mode=MODE_TUNNEL, flags=0, replay_window=64, soft_bytes=0, hard_bytes=0,
                  soft_packets=0, hard_packets=0, src=None, dst=None, reqid=0,
                  ts_local=None, ts_remote=None, initial_seq=0):
+        """Raises MessageError for an address or selector that has no wire form."""
         self.spi = spi
         self.direction = direction
         self.encr = encr
@@ -427,27 +467,59 @@ class SaSpec:
             self.soft_packets = soft_packets
         if hard_packets:
             self.hard_packets = hard_packets
-        if src is not None:
-            self.src = src
-        if dst is not None:
-            self.dst = dst
         if reqid:
             self.reqid = reqid
-        if ts_local:
-            self.ts_local = ts_local
-        if ts_remote:
-            self.ts_remote = ts_remote
         if initial_seq:
             self.initial_seq = initial_seq
+        x = b""
+        if ts_local:
+            x += _tlv(A_TS_LOCAL, w_ts(ts_local))
+        if ts_remote:
+            x += _tlv(A_TS_REMOTE, w_ts(ts_remote))
+        if src is not None:
+            x += _tlv(A_SRC, w_addr(src))
+        if dst is not None:
+            x += _tlv(A_DST, w_addr(dst))
+        if x:
+            self.wire_tlvs = x
+
+    def wire(self, t):
+        """The value of attribute `t` (A_SRC, A_DST, A_TS_LOCAL or A_TS_REMOTE) as it is on the
+        wire, or None if the spec has none."""
+        x = self.wire_tlvs
+        i, n = 0, len(x)
+        while i < n:
+            j = i + 3 + ((x[i + 1] << 8) | x[i + 2])
+            if x[i] == t:
+                return x[i + 3:j]
+            i = j
+        return None
+
+    @property
+    def src(self):
+        v = self.wire(A_SRC)
+        return None if v is None else Reader(v).addr()
+
+    @property
+    def dst(self):
+        v = self.wire(A_DST)
+        return None if v is None else Reader(v).addr()
+
+    @property
+    def ts_local(self):
+        v = self.wire(A_TS_LOCAL)
+        return [] if v is None else _r_ts(v)
+
+    @property
+    def ts_remote(self):
+        v = self.wire(A_TS_REMOTE)
+        return [] if v is None else _r_ts(v)
 
     def _values(self):
         return [getattr(self, f) for f in self.FIELDS]
 
     def __eq__(self, other):
-        # selectors compare as sequences: the empty default is (), a decoded or given list is a list
-        return isinstance(other, SaSpec) and all(
-            (list(a) == list(b)) if f in ("ts_local", "ts_remote") else a == b
-            for f, a, b in zip(self.FIELDS, self._values(), other._values()))
+        return isinstance(other, SaSpec) and self._values() == other._values()
 
     def __repr__(self):
         # never print key material
@@ -477,16 +549,16 @@ class SaSpec:
                      (A_INITIAL_SEQ, self.initial_seq)):
             if v:
                 tlv(t, w_u64(v))
-        if self.src is not None:
-            tlv(A_SRC, w_addr(self.src))
-        if self.dst is not None:
-            tlv(A_DST, w_addr(self.dst))
+        # A_SRC, A_DST, A_REQID, A_TS_LOCAL, A_TS_REMOTE, in type order as always: the addresses
+        # and the selectors from their wire form (which holds the selectors first)
+        x = self.wire_tlvs
+        i = 0
+        while i < len(x) and x[i] > A_REQID:
+            i += 3 + ((x[i + 1] << 8) | x[i + 2])
+        out.extend(x[i:])
         if self.reqid:
             tlv(A_REQID, struct.pack(">I", self.reqid))
-        if self.ts_local:
-            tlv(A_TS_LOCAL, _w_ts(self.ts_local))
-        if self.ts_remote:
-            tlv(A_TS_REMOTE, _w_ts(self.ts_remote))
+        out.extend(x[:i])
         return bytes(out)
 
     @classmethod
@@ -520,24 +592,29 @@ class SaSpec:
                 raise MessageError("attribute %d has length %d" % (t, len(v)))
             return Reader(v).u64()
 
-        def addr(t):
-            v = seen.get(t)
-            if v is None:
-                return None
-            rr = Reader(v)
-            a = rr.addr()
-            rr.end()
-            return a
-
         spec = cls(fixed(A_SPI, ">I", 4, 0), fixed(A_DIR, ">B", 1, 0),
                    fixed(A_ENCR, ">H", 2, 0), seen[A_ENCR_KEY],
                    fixed(A_INTEG, ">H", 2, AUTH_NONE), seen.get(A_INTEG_KEY, b""),
                    fixed(A_MODE, ">B", 1, MODE_TUNNEL), fixed(A_FLAGS, ">H", 2, 0),
                    fixed(A_REPLAY_WINDOW, ">H", 2, 64),
                    u64(A_SOFT_BYTES), u64(A_HARD_BYTES), u64(A_SOFT_PACKETS), u64(A_HARD_PACKETS),
-                   addr(A_SRC), addr(A_DST), fixed(A_REQID, ">I", 4, 0),
-                   _r_ts(seen.get(A_TS_LOCAL, b"")), _r_ts(seen.get(A_TS_REMOTE, b"")),
-                   u64(A_INITIAL_SEQ))
+                   reqid=fixed(A_REQID, ">I", 4, 0), initial_seq=u64(A_INITIAL_SEQ))
+        # addresses and selectors: checked, and kept as they came (no tuples made)
+        x = b""
+        for t in (A_TS_LOCAL, A_TS_REMOTE, A_SRC, A_DST):
+            v = seen.get(t)
+            if v is None:
+                continue
+            if t == A_SRC or t == A_DST:
+                if not _check_addr(v):
+                    continue                # family 0: no address
+            else:
+                _check_ts(v)
+                if not v:
+                    continue                # no selectors
+            x += _tlv(t, v)
+        if x:
+            spec.wire_tlvs = x
         if spec.direction not in (DIR_IN, DIR_OUT):
             raise MessageError("bad direction")
         if spec.mode not in (MODE_TUNNEL, MODE_TRANSPORT):

@@ -56,6 +56,61 @@ def test_sa_spec_round_trip_all_fields():
     assert got == minimal and got.replay_window == 64 and got.src is None
 
 
+def _tlvs(body):
+    out, i = [], 0
+    while i < len(body):
+        j = i + 3 + (body[i + 1] << 8 | body[i + 2])
+        out.append((body[i], body[i + 3:j]))
+        i = j
+    return out
+
+
+def test_sa_spec_keeps_addresses_and_selectors_in_wire_form():
+    s = sample_spec()
+    ts_l = [(b"\x0a\x00\x00\x00", b"\x0a\x00\x00\xff", 0, 0, 65535)]
+    ts_r = [(b"\x00" * 16, b"\xff" * 16, 17, 500, 500)]
+    # read back as given, and encoded as before: in type order, A_INITIAL_SEQ after the lifetimes
+    assert (s.src, s.dst, s.reqid, s.ts_local, s.ts_remote) == (V4, V6, 77, ts_l, ts_r)
+    tlvs = _tlvs(s.encode())
+    assert [t for t, _ in tlvs] == list(range(1, 14)) + [19, 14, 15, 16, 17, 18], tlvs
+    d = dict(tlvs)
+    assert d[m.A_SRC] == b"\x04\xc0\x00\x02\x01\x11\x94" == m.w_addr(V4) and d[m.A_DST] == m.w_addr(V6)
+    assert d[m.A_TS_LOCAL] == b"\x04\x0a\x00\x00\x00\x0a\x00\x00\xff\x00\x00\x00\xff\xff" == m.w_ts(ts_l)
+    assert d[m.A_TS_REMOTE] == m.w_ts(ts_r)
+    got = m.SaSpec.decode(s.encode())
+    for t in (m.A_SRC, m.A_DST, m.A_TS_LOCAL, m.A_TS_REMOTE):
+        assert got.wire(t) == s.wire(t) == d[t], t
+    assert got.encode() == s.encode()
+    # absent: None and no selectors; an address of family 0 is no address
+    bare = m.SaSpec(0x100, m.DIR_IN, m.ENCR_AES_GCM_16, b"k" * 20, reqid=5)
+    assert (bare.src, bare.dst, bare.ts_local, bare.ts_remote) == (None, None, [], [])
+    assert bare.wire(m.A_SRC) is None
+    body = bare.encode()
+    fam0 = m.SaSpec.decode(body + b"\x0e\x00\x01\x00")
+    assert fam0 == bare and fam0.wire(m.A_SRC) is None and fam0.encode() == body
+    plain = m.SaSpec(0x100, 0, 20, b"k" * 20)
+    assert m.SaSpec(0x100, 0, 20, b"k" * 20, ts_local=[], src=None).encode() == plain.encode()
+    # the constructor refuses what has no wire form
+    for kw in ({"src": (b"\x01\x02\x03", 1)}, {"ts_remote": [(bytes(4), bytes(16), 0, 0, 1)]}):
+        try:
+            m.SaSpec(0x100, 0, 20, b"k" * 20, **kw)
+        except m.MessageError:
+            continue
+        raise AssertionError(kw)
+
+
+def test_sa_spec_refuses_malformed_addresses_and_selectors():
+    base = m.SaSpec(0x100, m.DIR_IN, m.ENCR_AES_GCM_16, b"k" * 20).encode()
+    sel = m.w_ts([(bytes(4), bytes(4), 0, 0, 65535)])
+    for t, v in ((m.A_SRC, b""), (m.A_SRC, b"\x05" + bytes(6)), (m.A_DST, b"\x04" + bytes(5)),
+                 (m.A_DST, b"\x04" + bytes(7)), (m.A_SRC, b"\x06" + bytes(17)), (m.A_SRC, b"\x00\x00"),
+                 (m.A_TS_LOCAL, sel[:-1]), (m.A_TS_LOCAL, sel + b"\x04"),
+                 (m.A_TS_REMOTE, b"\x05" + bytes(15)), (m.A_TS_REMOTE, sel * (m.MAX_TS + 1))):
+        expect_error(m.SaSpec.decode, base + bytes((t, len(v) >> 8, len(v) & 255)) + v)
+    full = m.SaSpec.decode(base + bytes((m.A_TS_LOCAL, 0, 14 * m.MAX_TS)) + sel * m.MAX_TS)
+    assert len(full.ts_local) == m.MAX_TS
+
+
 def test_sa_spec_rejects_malformed():
     good = sample_spec().encode()
     # A TLV list cut at an attribute boundary is a shorter valid list; cut anywhere else
