@@ -69,7 +69,8 @@ def test_ten_thousand_sa_commands_at_one_percent_byte_faults(bench, make_client,
 
 
 def test_heartbeats_at_one_percent_byte_faults_raise_no_false_alarm(bench, make_client, run):
-    """Real time is short here: tests/test_board_session.py runs 10,000 on a virtual clock."""
+    """1,000 by default to keep local runs short; CI sets HIL_HEARTBEATS=10000 (.ci/run), and
+    tests/test_board_session.py runs 10,000 on a virtual clock."""
     n = bench.scaled(int(os.environ.get("HIL_HEARTBEATS", "1000")), minimum=50)
     period = bench.fast_period
 
