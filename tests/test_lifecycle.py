@@ -408,6 +408,88 @@ def test_unprotected_invalid_spi_starts_one_check_changes_nothing_and_is_never_a
     assert not kinds(net.events[A], ChildSaDelete) and a.ike_sas() == [sa_a]
 
 
+def _lost_state_b(**settings):
+    """B after a restart: same configuration, no SA."""
+    b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL,
+                  settings=EngineSettings(**settings))
+    b.strict = True
+    return b
+
+
+def test_a_request_for_an_ike_sa_we_lost_is_answered_with_invalid_ike_spi_at_a_bounded_rate():
+    """§2.21.4: same SPIs, exchange and Message ID, unprotected, N(INVALID_IKE_SPI); never an
+    answer to a response or to an unprotected message; no state kept."""
+    from host.ike import liveness
+    a, b, net = pair()
+    sa_a, _sa_b = up(a, b, net)
+    assert liveness.request_check(sa_a, 1.0)
+    req = a.datagrams_to_send(1.0)[0].data
+    rh = parse_header(req)
+    b2 = _lost_state_b()
+    b2.receive_datagram(req, (A, 4500), 1.0, (B, 4500))
+    out = b2.datagrams_to_send(1.0)
+    assert len(out) == 1 and out[0].remote == (A, 4500) and out[0].local == (B, 4500)
+    hdr, payloads, sk = _unprotected(out[0])
+    assert sk is None and (hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.mid) == (rh.spi_i, rh.spi_r, rh.exchange, rh.mid)
+    assert hdr.flags & Flag.RESPONSE and bool(hdr.flags & Flag.INITIATOR) != bool(rh.flags & Flag.INITIATOR)
+    assert [(p.notify_type, p.data) for p in payloads] == [(Notify.INVALID_IKE_SPI, b"")]
+    assert len(out[0].data) < len(req)                                   # nothing to amplify
+    for _ in range(1000):                                                # a flood from one source
+        b2.receive_datagram(req, (A, 4500), 1.0, (B, 4500))
+    assert len(b2.datagrams_to_send(1.0)) == 2                          # burst 3 in all
+    b2.receive_datagram(req, ("198.51.100.9", 4500), 1.0, (B, 4500))    # another source has its own
+    assert len(b2.datagrams_to_send(1.0)) == 1
+    b2.receive_datagram(req, (A, 4500), 3.0, (B, 4500))                 # 1/s refills
+    assert len(b2.datagrams_to_send(3.0)) == 1
+    b3 = _lost_state_b()
+    b3.receive_datagram(out[0].data, (A, 4500), 5.0, (B, 4500))         # a response: never answered
+    plain = Message(rh.spi_i, rh.spi_r, ExchangeType.CREATE_CHILD_SA, rh.flags, 1, []).encode()
+    b3.receive_datagram(plain, (A, 4500), 5.0, (B, 4500))               # unprotected: not answered
+    assert b3.datagrams_to_send(5.0) == []
+    off = _lost_state_b(invalid_ike_spi=False)
+    off.receive_datagram(req, (A, 4500), 5.0, (B, 4500))
+    assert off.datagrams_to_send(5.0) == [] and off.stats["unknown_spi"] == 1
+    for e in (b2, b3, off):
+        assert e.ike_sas() == [] and e.half_open_count() == 0
+
+
+def test_invalid_ike_spi_hastens_our_check_once_and_changes_nothing_while_the_peer_lives():
+    """§2.21.4: "MUST NOT respond and MUST NOT change the state of any existing SAs" — it only
+    moves the request in flight (the liveness check) to the hint schedule, once, and a live peer
+    answers it."""
+    from host.ike import liveness
+    a = IkeEngine(parse_connections({"gw": conn(A, B, "a.example", "b.example", A_NET, B_NET)}), ALL,
+                  settings=EngineSettings(hint_retransmit=FAST))
+    b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL)
+    net = Network()
+    net.add(A, a)
+    net.add(B, b)
+    sa_a, sa_b = up(a, b, net)
+    ca, cb = assert_pair(sa_a, sa_b)
+    assert liveness.request_check(sa_a, 1.0)
+    req = a.datagrams_to_send(1.0)[0].data
+    o = sa_a.outstanding
+    assert o.next_at == 5.0                                              # the default schedule: 4 s
+    b2 = _lost_state_b()                                                 # a forger builds the answer
+    b2.receive_datagram(req, (A, 4500), 1.0, (B, 4500))
+    answer = b2.datagrams_to_send(1.0)[0].data
+    a.receive_datagram(answer, ("203.0.113.99", 500), 1.1, (A, 4500))    # not from the peer
+    assert (o.next_at, o.hinted) == (5.0, False) and a.stats["invalid_ike_spi_unmatched"] == 1
+    for _ in range(100):
+        a.receive_datagram(answer, (B, 4500), 1.1, (A, 4500))
+    assert a.datagrams_to_send(1.1) == []                                # never answered
+    assert o.hinted and o.next_at == pytest.approx(1.6) and o.policy == FAST
+    assert a.stats["liveness_checks_from_ike_spi_hints"] == 1 and a.stats["invalid_ike_spi_check_running"] == 99
+    assert sa_a.outstanding is o and a.ike_sas() == [sa_a] and only_child(sa_a) is ca
+    advance(net, 1.1, 1.6)                                               # the retransmission reaches b
+    assert sa_a.outstanding is None and a.stats["retransmits"] == 1
+    assert a.ike_sas() == [sa_a] and assert_pair(sa_a, sa_b) == (ca, cb)
+    assert not kinds(net.events[A], IkeSaDown) and not kinds(net.events[A], ChildSaDelete)
+    # an INVALID_IKE_SPI that answers no request of ours is just an unexpected response
+    a.receive_datagram(answer, (B, 4500), 2.0, (A, 4500))
+    assert a.stats["unexpected_response"] == 1 and a.datagrams_to_send(2.0) == []
+
+
 # ---------------------------------------------------------------- cookies
 
 def _init_request(a):

@@ -149,22 +149,26 @@ class Sim:
         return False
 
 
-def gateway(ip, retransmit, unprotected, hint_retransmit=None):
+def gateway(ip, retransmit, unprotected, hint_retransmit=None, invalid_ike_spi=False):
     if ip == A:
         c = conn(A, B, "a.example", "b.example", A_NET, B_NET,
                  extra={"dpd_delay": 30, "dpd_action": "restart", "start_action": "start"})
     else:
         c = conn(B, A, "b.example", "a.example", B_NET, A_NET, extra={"dpd_delay": 30})
-    s = EngineSettings(unprotected_invalid_spi=unprotected, hint_retransmit=hint_retransmit)
+    s = EngineSettings(unprotected_invalid_spi=unprotected, hint_retransmit=hint_retransmit,
+                       invalid_ike_spi=invalid_ike_spi)
     e = IkeEngine(parse_connections({"gw": c}), ALL, settings=s, retransmit=retransmit)
     e.strict = True
     return e
 
 
-def seed_run(retransmit, unprotected, hint_retransmit=None, restart_at=60.0, limit=600.0):
+def seed_run(retransmit, unprotected, hint_retransmit=None, restart_at=60.0, limit=600.0,
+             invalid_ike_spi=False):
+    """INVALID_IKE_SPI is off unless asked for: the seed's comparison is with the ordinary
+    liveness timeout, which B's INVALID_IKE_SPI answer to A's check would shorten."""
     sim = Sim()
-    sim.add(A, gateway(A, retransmit, unprotected, hint_retransmit))
-    sim.add(B, gateway(B, retransmit, unprotected, hint_retransmit))
+    sim.add(A, gateway(A, retransmit, unprotected, hint_retransmit, invalid_ike_spi))
+    sim.add(B, gateway(B, retransmit, unprotected, hint_retransmit, invalid_ike_spi))
     sim.engines[A].start(0.0)
     sim.flush(A)
     sim.at(1.0, sim.esp_tick, A, B)
@@ -175,7 +179,7 @@ def seed_run(retransmit, unprotected, hint_retransmit=None, restart_at=60.0, lim
 
     def restart_b():
         # B's daemon and board restart: every SA forgotten, same configuration
-        sim.engines[B] = gateway(B, retransmit, unprotected, hint_retransmit)
+        sim.engines[B] = gateway(B, retransmit, unprotected, hint_retransmit, invalid_ike_spi)
         sim.boards[B] = Board()
     sim.at(restart_at, restart_b)
     recovered = sim.run(limit, stop=lambda: sim.new_child_at is not None)
@@ -225,6 +229,31 @@ def test_seed_scenario_recovery_with_and_without_unprotected_invalid_spi():
     for name, sched, hint, t_on, t_off, unprot in rows:
         print(f"  {name}: schedule {sched}; hint checks: {hint}\n"
               f"    unprotected INVALID_SPI on: {t_on:7.3f} s ({unprot} sent)   off: {t_off:7.3f} s")
+
+
+def test_invalid_ike_spi_answers_the_liveness_check_of_a_peer_and_it_gives_up_sooner():
+    """§2.21.4 on the seed scenario without unprotected INVALID_SPI: B lost its state and A's
+    ``dpd_delay`` check reaches B, which answers N(INVALID_IKE_SPI) unprotected. A keeps its SAs
+    (nothing unprotected changes state) but moves the check's remaining retransmissions to the
+    hint schedule: with charon's default schedule, 30 + 7.5 s instead of 30 + 165 s."""
+    on_sim, on_a, on_b = seed_run(STRONGSWAN, False, FAST, invalid_ike_spi=True)
+    off_sim, off_a, off_b = seed_run(STRONGSWAN, False, FAST, invalid_ike_spi=False)
+    t_on = on_sim.new_child_at - on_sim.first_unknown
+    t_off = off_sim.new_child_at - off_sim.first_unknown
+    dpd = 30.0
+    # the check goes out when dpd_delay passes; B's answer comes one RTT later and A gives up
+    # after the whole hint schedule from there; then IKE_SA_INIT + IKE_AUTH (2 RTT)
+    assert dpd + schedule_total(FAST) - 0.3 <= t_on <= dpd + schedule_total(FAST) + 0.3, t_on
+    assert dpd + schedule_total(STRONGSWAN) - 0.3 <= t_off <= dpd + schedule_total(STRONGSWAN) + 0.3, t_off
+    assert on_b.stats["invalid_ike_spi_sent"] >= 1 and off_b.stats["invalid_ike_spi_sent"] == 0
+    assert on_a.stats["invalid_ike_spi_received"] >= 1
+    assert on_a.stats["liveness_checks_from_ike_spi_hints"] == 1
+    assert on_a.stats["invalid_ike_spi_received"] == 1 + on_a.stats["invalid_ike_spi_check_running"]
+    downs = [e for _t, e in on_sim.events[A] if isinstance(e, IkeSaDown)]
+    assert len(downs) == 1 and downs[0].restart_ike_id is not None
+    assert "INVALID_IKE_SPI" in downs[0].reason
+    print(f"\nINVALID_IKE_SPI (dpd_delay 30 s, schedule {_fmt(STRONGSWAN)}, hint {_fmt(FAST)}): "
+          f"first unknown-SPI packet at B -> new Child SA at A: on {t_on:.3f} s, off {t_off:.3f} s")
 
 
 def test_seed_scenario_recovery_twice_in_a_row():
@@ -332,6 +361,48 @@ def test_flood_of_spoofed_esp_with_unknown_spis_is_answered_at_the_configured_ra
     unprotected = [d for d in out if parse_header(d.data).spi_r == bytes(8)]
     assert len(unprotected) == unprot
     assert all(parse_header(d.data).exchange == ExchangeType.INFORMATIONAL for d in out)
+
+
+def test_floods_around_invalid_ike_spi_are_bounded_and_tear_nothing_down():
+    """§2.21.4 both ways: 10,000 protected-looking requests for IKE SAs b does not have (random SPIs,
+    spoofed sources) get at most the configured rate of INVALID_IKE_SPI answers; 10,000 spoofed
+    INVALID_IKE_SPI answers to a's liveness check hasten it once, and b, alive, answers it."""
+    from host.ike import liveness
+    a, b, net = _established(settings_a=EngineSettings(hint_retransmit=FAST))
+    sa_a, sa_b = a.ike_sas()[0], b.ike_sas()[0]
+    rng = random.Random(12)
+    duration, n = 10.0, 10_000
+    per_src = {}
+    for i in range(n):
+        now = duration * i / n
+        src = (f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(256)}", 4500)
+        req = bytearray(Message(os.urandom(8), os.urandom(8), ExchangeType.INFORMATIONAL, Flag.INITIATOR,
+                                rng.randrange(1, 100), []).encode(sa_b.cipher))
+        b.receive_datagram(bytes(req), src, now, (B, 4500))
+        for d in b.datagrams_to_send(now):
+            per_src[d.remote[0]] = per_src.get(d.remote[0], 0) + 1
+            assert parse_header(d.data).flags & Flag.RESPONSE and len(d.data) <= len(req)
+    sent = b.stats["invalid_ike_spi_sent"]
+    bound = 40.0 + 20.0 * duration
+    assert 0 < sent == sum(per_src.values()) <= bound and max(per_src.values()) <= 3 + duration
+    assert b.ike_sas() == [sa_b] and b.half_open_count() == 0
+    # the other way: a's check is in flight; a forger answers it 10,000 times
+    t = duration
+    assert liveness.request_check(sa_a, t)
+    req = a.datagrams_to_send(t)[0]
+    forged = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.INFORMATIONAL, Flag.RESPONSE,
+                     parse_header(req.data).mid, [NotifyPayload(Notify.INVALID_IKE_SPI, b"")]).encode()
+    for i in range(n):
+        a.receive_datagram(forged, (B, 4500), t + i / n, (A, 4500))
+    assert a.datagrams_to_send(t + 1) == []
+    assert a.stats["liveness_checks_from_ike_spi_hints"] == 1
+    assert a.stats["invalid_ike_spi_check_running"] == n - 1
+    b.receive_datagram(req.data, (A, 4500), t + 1, (B, 4500))            # b is alive and answers
+    for d in b.datagrams_to_send(t + 1):
+        a.receive_datagram(d.data, (B, 4500), t + 1, (A, 4500))
+    assert sa_a.outstanding is None and a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    print(f"\nfloods: {n} requests for unknown IKE SAs in {duration:g} s -> {sent} INVALID_IKE_SPI "
+          f"(bound {bound:g}); {n} forged INVALID_IKE_SPI answers -> 1 hastened check, nothing torn down")
 
 
 def test_flood_of_spoofed_ike_sa_init_turns_cookies_on_and_a_real_initiator_gets_through():

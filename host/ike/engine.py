@@ -82,6 +82,9 @@ class EngineSettings:
     hint_global_rate: float = 10.0
     hint_global_burst: float = 20.0
     hint_retransmit: RetransmitPolicy | None = None     # schedule of those checks (None: the engine's)
+    # INVALID_IKE_SPI (§2.21.4): answer a protected request for an IKE SA we do not have (we lost
+    # it), unprotected, on the invalid_spi_* rates; an answer to one of ours is a hint (hint_*)
+    invalid_ike_spi: bool = True
     # lifecycle
     restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
     retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
@@ -130,6 +133,8 @@ class IkeEngine:
         self._invalid_spi_out = KeyedBuckets(st.invalid_spi_rate, st.invalid_spi_burst,
                                              st.invalid_spi_global_rate, st.invalid_spi_global_burst)
         self._hints = KeyedBuckets(st.hint_rate, st.hint_burst, st.hint_global_rate, st.hint_global_burst)
+        self._invalid_ike_spi_out = KeyedBuckets(st.invalid_spi_rate, st.invalid_spi_burst,
+                                                 st.invalid_spi_global_rate, st.invalid_spi_global_burst)
         self._cookies = cookies.CookieJar(st.cookie_secret_lifetime)
         self._rand = random.SystemRandom()
         self.jitter = random.Random()       # lifetime jitter (tests may seed it); not for keys or SPIs
@@ -402,10 +407,7 @@ class IkeEngine:
         ours = hdr.spi_r if hdr.flags & Flag.INITIATOR else hdr.spi_i
         sa = self._sas.get(ours)
         if sa is None or sa.state == DEAD:
-            if hdr.exchange == _INFO:
-                invalid_spi.unprotected_received(self, hdr, data, addr, now)    # §1.5
-            else:
-                self.stats["unknown_spi"] += 1
+            invalid_spi.unknown_ike_sa(self, hdr, data, addr, local, now)      # §1.5, §2.21.4
             return
         if bool(hdr.flags & Flag.INITIATOR) == sa.initiator or \
                 sa.peer_spi != (hdr.spi_r if sa.initiator else hdr.spi_i):
@@ -585,7 +587,8 @@ class IkeEngine:
             self._destroy(sa, "malformed response from peer", send_delete=False)
             return
         if inner is None:
-            self.stats["bad_icv"] += 1
+            if not invalid_spi.ike_spi_hint(sa, hdr, data, addr, now):        # §2.21.4
+                self.stats["bad_icv"] += 1
             return
         sa.outstanding = None
         sa.my_mid += 1

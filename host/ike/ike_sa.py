@@ -72,11 +72,12 @@ class ChildSa:
 class Outstanding:
     """Our request in flight (window size 1): its bytes are resent unchanged (§2.1) on
     ``policy``'s exponential schedule (§2.4)."""
-    __slots__ = ("data", "exchange", "mid", "next_at", "policy", "task", "tries")
+    __slots__ = ("data", "exchange", "hinted", "mid", "next_at", "policy", "task", "tries")
 
     def __init__(self, mid, exchange, data, task, next_at, policy):
         self.mid, self.exchange, self.data, self.task = mid, exchange, data, task
         self.tries, self.next_at, self.policy = 0, next_at, policy
+        self.hinted = False             # an INVALID_IKE_SPI answer moved it to the hint schedule
 
 
 class IkeSa:
@@ -247,6 +248,8 @@ class IkeSa:
                 if hook is not None:
                     hook(self, now)
                 reason = getattr(task, "timeout_reason", None) or "retransmit timeout (peer not responding)"
+                if o.hinted:
+                    reason += "; it answered INVALID_IKE_SPI"
                 self.engine._request_timed_out(self, task, reason, now)
                 return
             o.tries += 1

@@ -24,6 +24,19 @@ Receiving:
 * Protected: the peer no longer has the Child SA that SPI belongs to. It is removed here, the peer
   is told to delete any half it still holds, and the Child SA is created anew (as §2.25 says for
   CHILD_SA_NOT_FOUND).
+
+INVALID_IKE_SPI (§2.21.4), the same rule one level up:
+
+* Sent: a protected request for an IKE SA we do not have (typically: we restarted, the peer's
+  liveness check arrives) is answered, if ``invalid_ike_spi`` is on, with an unprotected response
+  carrying the same SPIs, exchange type and Message ID and N(INVALID_IKE_SPI) — rate-limited per
+  source and in total (the ``invalid_spi_*`` rates), never larger than the request. Responses and
+  unprotected messages are never answered (no loops, nothing for a spoofer to reflect).
+* Received, as the unprotected answer to one of our requests: "MUST NOT respond and MUST NOT
+  change the state of any existing SAs", but it is a hint that should start a liveness check. The
+  request in flight is that check, so its remaining retransmissions move to the hint schedule when
+  that ends sooner (rate-limited, once per request). A live peer answers it; a peer that lost its
+  state does not, and the ordinary teardown (and ``dpd_action``) follows sooner.
 """
 from __future__ import annotations
 
@@ -33,7 +46,7 @@ from . import liveness
 from .constants import ExchangeType, Flag, Notify
 from .ike_sa import ESTABLISHED
 from .message import Message, parse_plain
-from .payloads import NotifyPayload
+from .payloads import NotifyPayload, SyntaxError_, UnsupportedCritical
 
 _INFO = int(ExchangeType.INFORMATIONAL)
 ZERO_SPI = b"\0" * 8
@@ -99,17 +112,73 @@ def report(eng, spi: int, src, now: float, local=None) -> str | None:
     return "unprotected"
 
 
-def unprotected_received(eng, hdr, data: bytes, addr, now: float):
-    """An INFORMATIONAL that belongs to no IKE SA of ours. Only an unprotected N(INVALID_SPI)
-    request means anything (a hint); it is never answered (§1.5)."""
+def unknown_ike_sa(eng, hdr, data: bytes, addr, local, now: float):
+    """A message (not IKE_SA_INIT) for an IKE SA we do not have. A protected request gets
+    N(INVALID_IKE_SPI) (§2.21.4); an unprotected INFORMATIONAL may be an INVALID_SPI hint (§1.5);
+    nothing else is answered, and no response ever is."""
     st = eng.stats
     if hdr.flags & Flag.RESPONSE:
-        st["unknown_spi"] += 1
+        st["unknown_spi"] += 1          # §2.21.4: "MUST NOT respond"
         return
     payloads, sk = parse_plain(hdr, data)
-    if sk is not None:
-        st["unknown_spi"] += 1          # protected by an IKE SA we do not have
+    if sk is None:
+        if hdr.exchange == _INFO:
+            unprotected_received(eng, hdr, payloads, addr, now)
+        else:
+            st["unknown_spi"] += 1
         return
+    st["unknown_spi"] += 1
+    if not eng.settings.invalid_ike_spi or hdr.spi_r == ZERO_SPI:
+        return
+    if not eng._invalid_ike_spi_out.take(addr[0], now):
+        st["invalid_ike_spi_rate_limited"] += 1
+        return
+    flags = Flag.RESPONSE | (0 if hdr.flags & Flag.INITIATOR else Flag.INITIATOR)
+    msg = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, flags, hdr.mid,
+                  [NotifyPayload(Notify.INVALID_IKE_SPI, b"")])
+    eng._send(msg.encode(), (addr[0], addr[1]), local)
+    st["invalid_ike_spi_sent"] += 1
+
+
+def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
+    """An unprotected message that matches our request in flight (SPIs, exchange, Message ID).
+    If it is N(INVALID_IKE_SPI) (§2.21.4): a hint, acted on at most once per request and at the
+    hint rate, never a state change. Returns whether it was one (else the caller counts it)."""
+    eng, st = sa.engine, sa.engine.stats
+    try:
+        payloads, sk = parse_plain(hdr, data)
+    except (SyntaxError_, UnsupportedCritical):
+        return False
+    if sk is not None or not any(getattr(p, "notify_type", None) == Notify.INVALID_IKE_SPI
+                                 for p in payloads):
+        return False
+    st["invalid_ike_spi_received"] += 1
+    o = sa.outstanding
+    if addr[0] != sa.remote[0]:
+        st["invalid_ike_spi_unmatched"] += 1
+        return True
+    if o.hinted:
+        st["invalid_ike_spi_check_running"] += 1
+        return True
+    if not eng._hints.take(addr[0], now):
+        st["invalid_ike_spi_rate_limited_in"] += 1
+        return True
+    o.hinted = True
+    hint = eng.settings.hint_retransmit or eng.retransmit
+    left = (o.next_at - now) + sum(o.policy.delay(k) for k in range(o.tries + 1, o.policy.tries + 1))
+    if sum(hint.delay(k) for k in range(hint.tries + 1)) < left:
+        o.policy, o.tries, o.next_at = hint, 0, now + hint.delay(0)
+        sa.reschedule()
+        st["liveness_checks_from_ike_spi_hints"] += 1
+    else:
+        st["invalid_ike_spi_no_sooner"] += 1
+    return True
+
+
+def unprotected_received(eng, hdr, payloads, addr, now: float):
+    """An unprotected INFORMATIONAL request that belongs to no IKE SA of ours. Only N(INVALID_SPI)
+    means anything (a hint); it is never answered (§1.5)."""
+    st = eng.stats
     hints = [p for p in payloads
              if getattr(p, "notify_type", None) == Notify.INVALID_SPI and len(p.data) == 4]
     if not hints:
