@@ -154,6 +154,11 @@ def test_ikeoffloadctl_json_and_human_output(bed):
     bad = subprocess.run([sys.executable, "-m", "host.control", "--socket", bed.control, "initiate", "nope"],
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode == 1 and "no connection 'nope'" in bad.stderr
+    # no secret in what an operator sees: the PSK (or its hex) in no output and not in the log
+    from host.demo import PSK
+    seen = "".join([ctl("--json", "list-sas"), ctl("--json", "list-boards"), ctl("--json", "stats"),
+                    human, bed.log_tail(100_000)])
+    assert PSK not in seen and PSK.encode().hex() not in seen.lower()
 
 
 def test_flush_board_and_terminate_from_the_cli(bed, pinger):
