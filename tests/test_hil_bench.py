@@ -35,7 +35,7 @@ def test_bench_properties_come_from_the_profile():
     assert vb.scale == 0.1 and sim.scale == 1.0
     assert vb.scaled(10000) == 1000 and vb.scaled(10, minimum=50) == 50
     assert vb.link_options == {"rto_min": 0.02}
-    assert vb.fast_period == 0.05 and sim.fast_period == 0.02
+    assert vb.fast_period == 0.1 and sim.fast_period == 0.02
     # a board that boots slower than heartbeats are missed is first seen missing them
     assert "missed-heartbeats" in vb.reset_loss_reasons
     assert sim.reset_loss_reasons == ("unsolicited-hello", "boot-id-changed")
