@@ -408,6 +408,41 @@ def test_unprotected_invalid_spi_starts_one_check_changes_nothing_and_is_never_a
     assert not kinds(net.events[A], ChildSaDelete) and a.ike_sas() == [sa_a]
 
 
+@pytest.mark.parametrize("action", ["none", "start"])
+def test_close_action_when_the_peer_deletes_a_child_sa_then_the_ike_sa(action):
+    """swanctl's close_action: a Child SA the peer closed (§1.4.1, not a rekey) is negotiated again
+    in the same IKE SA; an IKE SA the peer deleted is initiated anew with those Child SAs."""
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 child_extra={"close_action": action}))
+    sa_a, sa_b = up(a, b, net)
+    old = only_child(sa_a)
+    b.delete_child(only_child(sa_b).handle, 1.0)
+    net.pump(1.0)
+    assert kinds(net.events[A], ChildSaDelete)[0].handle == old.handle
+    if action == "start":
+        ca, _cb = assert_pair(sa_a, sa_b)
+        assert ca.handle != old.handle and a.stats["child_sas_reopened"] == 1
+    else:
+        assert sa_a.children == {} and sa_b.children == {} and a.stats["child_sas_reopened"] == 0
+    if action == "start":                                   # a rekey by the peer is not a close
+        assert b.rekey_child(only_child(sa_b).handle, 2.0)
+        net.pump(2.0)
+        assert_pair(sa_a, sa_b)
+        assert a.stats["child_sas_reopened"] == 1
+    b.delete_ike(sa_b.ike_id, 3.0)
+    net.pump(3.0)
+    down = kinds(net.events[A], IkeSaDown)[-1]
+    assert down.reason == "deleted by peer"
+    advance(net, 3.0, 4.0)
+    if action == "start":
+        assert down.restart_ike_id is not None
+        (new_a,), (new_b,) = a.ike_sas(), b.ike_sas()
+        assert new_a is not sa_a and new_a.ike_id == down.restart_ike_id
+        assert_pair(new_a, new_b)
+    else:
+        assert down.restart_ike_id is None and a.ike_sas() == [] and b.ike_sas() == []
+
+
 def _lost_state_b(**settings):
     """B after a restart: same configuration, no SA."""
     b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL,

@@ -26,6 +26,7 @@ Example::
     remote_ts = ["203.0.113.0/24"]
     esp_proposals = ["aes128gcm16", "aes128-sha256"]
     mode = "tunnel"
+    close_action = "start"            # none | start: the peer closed it (or its IKE SA): set it up again
     rekey_time = 3600                 # Child SA rekey (§2.8), minus up to rand_time
     # life_time = 3960; rand_time = 360   (hard end; jitter)
 
@@ -87,6 +88,7 @@ class ChildConfig:
     esp_proposals: list[ProposalSpec]
     mode: str = "tunnel"
     start_action: str = "none"
+    close_action: str = "none"      # start: create it again when the peer closes it (or its IKE SA)
     rekey_time: float = 3600.0
     life_time: float = 3960.0
     rand_time: float = 360.0
@@ -364,6 +366,7 @@ def _child(sec: _Section, name: str) -> ChildConfig:
         esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, ["aes128gcm16", "aes128-sha256"]),
         mode=sec.choice("mode", ("tunnel", "transport"), "tunnel"),
         start_action=sec.choice("start_action", ("none", "start"), "none"),
+        close_action=sec.choice("close_action", ("none", "start"), "none"),
         rekey_time=rekey, life_time=life, rand_time=rand,
     )
     sec.done()

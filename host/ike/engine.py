@@ -782,6 +782,14 @@ class IkeEngine:
             self.stats["child_sas_recreated"] += 1
             sa.add_task(child_create.CreateChildTask(cfg), now)
 
+    def _child_closed_by_peer(self, sa, cfg, now):
+        """The peer deleted a Child SA (§1.4.1, not a rekey): with ``close_action = start`` it is
+        negotiated again in the same IKE SA."""
+        if cfg is not None and cfg.close_action == "start" and sa.state == ESTABLISHED and \
+                sa.successor is None and cfg.name in sa.conn.children:
+            self.stats["child_sas_reopened"] += 1
+            sa.add_task(child_create.CreateChildTask(cfg), now)
+
     def _retry_delay(self) -> float:
         """§2.25: after TEMPORARY_FAILURE "MUST NOT immediately retry": 0.5..1 x retry_delay."""
         d = self.settings.retry_delay
@@ -811,7 +819,7 @@ class IkeEngine:
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col[2].state == ESTABLISHED:
             rekey.adopt(sa, col[2], now, delete_old=False)
-        self._destroy(sa, "deleted by peer", send_delete=False, now=now)
+        self._destroy(sa, "deleted by peer", send_delete=False, cause="closed", now=now)
 
     def _remove_child(self, sa, child, reason):
         if child.state in ("installed", "deleting"):
@@ -826,7 +834,7 @@ class IkeEngine:
     def _destroy(self, sa, reason, send_delete=False, established=None, cause=None, now=None):
         """Remove an IKE SA and its Child SAs (ChildSaDelete for each installed one, then IkeSaDown).
         With ``send_delete`` a best-effort Delete goes out first (not retransmitted). ``cause``
-        ("timeout", "failed", "expired") lets liveness.after_down re-initiate the connection."""
+        ("timeout", "failed", "expired", "closed") lets liveness.after_down re-initiate the connection."""
         if sa.state == DEAD:
             return
         if now is None:

@@ -101,7 +101,7 @@ def respond(sa, msg, reply, now):
         return None
     if not msg.payloads:
         eng.stats["liveness_answered"] += 1
-    out = []
+    out, reopen = [], []
     for d in deletes:
         if d.protocol not in (ProtocolId.ESP, ProtocolId.AH) or d.spi_size != 4:
             continue
@@ -122,6 +122,8 @@ def respond(sa, msg, reply, now):
                 ours.append(_spi4(child.spi_in))
                 eng._remove_child(sa, child, "rekeyed by peer" if child.rekey_state == "rekeyed"
                                   else "deleted by peer")
+                if child.rekey_state is None:       # closed, not replaced by a rekey (§2.8)
+                    reopen.append(child.cfg)
         if ours:
             out.append(DeletePayload(d.protocol, ours))
     for n in msg.notifies():
@@ -131,4 +133,6 @@ def respond(sa, msg, reply, now):
         elif n.notify_type == Notify.INVALID_SPI:
             eng._warn(sa, "peer reports INVALID_SPI (no handler installed)")
     reply(out, now)
+    for cfg in reopen:
+        eng._child_closed_by_peer(sa, cfg, now)
     return None

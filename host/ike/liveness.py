@@ -92,19 +92,24 @@ def default_children(conn) -> list[str] | bool:
 
 def after_down(eng, sa, cause, children, now: float) -> int | None:
     """Policy after an IKE SA went away for ``cause`` ("timeout": a request went unanswered;
-    "failed": the peer refused the initiation; "expired": hard lifetime). Returns the id of the IKE
+    "failed": the peer refused the initiation; "expired": hard lifetime; "closed": the peer
+    deleted it, and Child SAs with ``close_action = start`` come back). Returns the id of the IKE
     SA the engine initiates in its place, if any."""
     conn = eng.connections.get(sa.conn.name) if sa.conn is not None else None
     if conn is None or sa.successor is not None or cause is None:
         return None
     if sa.established_at is not None:
-        if cause == "timeout" and conn.dpd_action == "restart":
-            attempt = 1                 # §2.4: the peer stopped answering
-        elif cause == "expired" and (conn.dpd_action == "restart" or conn.start_action == "start"):
-            attempt = 1                 # the IKE SA ran out its hard lifetime: bring it back
+        if cause == "closed":
+            # the peer deleted it (§1.4.1): only Child SAs configured with close_action = start
+            names = [n for n in children if n in conn.children and conn.children[n].close_action == "start"]
+            if not names:
+                return None
+        elif (cause == "timeout" and conn.dpd_action == "restart") or \
+                (cause == "expired" and (conn.dpd_action == "restart" or conn.start_action == "start")):
+            names = children or default_children(conn)      # §2.4: dead peer; or hard lifetime
         else:
             return None
-        names = children or default_children(conn)
+        attempt = 1
     else:
         if not sa.initiator or sa.keying is None or cause not in ("timeout", "failed"):
             return None

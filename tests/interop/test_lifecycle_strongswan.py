@@ -270,6 +270,42 @@ def test_charon_dpd_is_answered(bed):
     _run(bed, run())
 
 
+def test_close_action_start_brings_back_what_charon_closes(bed):
+    """charon's operator terminates our Child SA, then the IKE SA; with close_action = start we
+    negotiate the Child SA again in the same IKE SA, then the whole connection anew."""
+    async def run():
+        bed.charon.load_conn("gw", charon_conn())
+        ours = Ours(bed, our_conn({"close_action": "start"}))
+        await ours.ep.start()
+        try:
+            ours.ep.initiate("gw")
+            await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
+            (sa,) = ours.engine.ike_sas()
+            t0 = time.monotonic()
+            await asyncio.to_thread(bed.charon.terminate, None, "net")
+            await ours.until(lambda: len(ours.of(ChildSaUp)) >= 2, what="Child SA reopened")
+            t_child = time.monotonic() - t0
+            assert ours.engine.ike_sas() == [sa] and ours.engine.stats["child_sas_reopened"] == 1
+            (sent, got), text = await ping(bed, count=3)
+            assert got == sent, text
+            t0 = time.monotonic()
+            await asyncio.to_thread(bed.charon.terminate, "gw")
+            await ours.until(lambda: len(ours.of(IkeSaUp)) >= 2 and len(ours.of(ChildSaUp)) >= 3,
+                             what="connection initiated anew")
+            t_ike = time.monotonic() - t0
+            down = ours.of(IkeSaDown)[0]
+            assert down.reason == "deleted by peer" and down.restart_ike_id == ours.of(IkeSaUp)[1].ike_id
+            (sent, got), text = await ping(bed, count=3)
+            assert got == sent, text
+            print(f"\nclose_action = start: Child SA closed by charon -> new one {t_child * 1000:.0f} ms; "
+                  f"IKE SA deleted by charon -> new IKE + Child SA {t_ike * 1000:.0f} ms")
+        finally:
+            ours.close()
+            await asyncio.to_thread(bed.charon.terminate, "gw")
+            await asyncio.to_thread(bed.charon.unload_conn, "gw")
+    _run(bed, run())
+
+
 # ---------------------------------------------------------------- seed scenario, charon keeps state
 
 @pytest.mark.seed
