@@ -85,6 +85,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self._connections_started = False
+        self._boards_awaited = False     # start-up waited for the boards (then a late one starts them)
         self.stats = {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0, "child_installs": 0,
                       "child_install_failures": 0, "unknown_spi_reports": 0, "sa_expired": 0}
 
@@ -124,6 +125,7 @@ class Daemon:
         if not c.flush_on_board_loss:
             log.warning("flush_on_board_loss = false: IKE SAs will outlive a lost board (RFC 7296 §2.4 "
                         "says they must not); their tunnels stay dead until the peer's DPD gives up")
+        self._boards_awaited = True
         if ready:
             self._start_connections()
         else:
@@ -205,7 +207,8 @@ class Daemon:
                 inc.ready_at = ev.at
             # Routes that survived a loss (flush_on_board_loss = false) stay unusable: their SAs
             # are gone from the board. New Child SAs bring new routes.
-            self._start_connections()      # the UDP side is up before any board is opened
+            if self._boards_awaited:       # not during start-up: placement by load sees every board
+                self._start_connections()  # that comes up within the grace time
             self._restart(now)
         elif isinstance(ev, UnknownSpiReport):
             for spi, src, n in ev.entries:
