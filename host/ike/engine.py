@@ -24,9 +24,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from . import child_create, cookies, ike_auth, informational, invalid_spi, liveness, rekey
+from . import child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, rekey
 from .config import Connection, RetransmitPolicy
-from .constants import ExchangeType, Flag, Notify
+from .constants import ExchangeType, Flag, Notify, PayloadType
 from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaUp, Warning_
 from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
 from .ike_sa import CONNECTING, DEAD, DELETING, ESTABLISHED, IkeSa
@@ -37,6 +37,7 @@ from .ratelimit import KeyedBuckets
 
 _INIT = int(ExchangeType.IKE_SA_INIT)
 _AUTH = int(ExchangeType.IKE_AUTH)
+_SKF = int(PayloadType.SKF)
 _CHILD = int(ExchangeType.CREATE_CHILD_SA)
 _INFO = int(ExchangeType.INFORMATIONAL)
 _RESPONDERS = {_AUTH: ike_auth.respond, _CHILD: child_create.respond, _INFO: informational.respond}
@@ -85,6 +86,9 @@ class EngineSettings:
     # INVALID_IKE_SPI (§2.21.4): answer a protected request for an IKE SA we do not have (we lost
     # it), unprotected, on the invalid_spi_* rates; an answer to one of ours is a hint (hint_*)
     invalid_ike_spi: bool = True
+    # IKE fragmentation (RFC 7383): offered/accepted in IKE_SA_INIT; fragments fit this IP size
+    fragmentation: bool = True
+    fragment_size: int = 1280
     # lifecycle
     restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
     retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
@@ -413,10 +417,15 @@ class IkeEngine:
                 sa.peer_spi != (hdr.spi_r if sa.initiator else hdr.spi_i):
             self.stats["unknown_spi"] += 1
             return
+        opened = None
+        if hdr.next_payload == _SKF:                  # RFC 7383: one fragment of a message
+            opened = fragments.receive(sa, hdr, data, now)
+            if opened is None:
+                return
         if hdr.flags & Flag.RESPONSE:
-            self._response(sa, hdr, data, addr, local, now)
+            self._response(sa, hdr, data, addr, local, now, opened)
         else:
-            self._request(sa, hdr, data, addr, local, now)
+            self._request(sa, hdr, data, addr, local, now, opened)
 
     def _init_request(self, hdr, data, addr, local, now):
         key = (hdr.spi_i, addr[0])
@@ -520,20 +529,21 @@ class IkeEngine:
             return None         # §3.14: after IKE_SA_INIT everything is protected
         return open_sk(data, sk, sa.cipher)
 
-    def _request(self, sa, hdr, data, addr, local, now):
+    def _request(self, sa, hdr, data, addr, local, now, opened=None):
         mid = hdr.mid
         if mid != sa.peer_mid:
             if mid == sa.peer_mid - 1 and sa.pending_mid != mid and sa.last_request == data \
                     and sa.last_response is not None:
                 self.stats["retransmits_answered"] += 1      # §2.1: resend our answer unchanged
-                self._send(sa.last_response[0], addr, local)
+                for d in sa.last_response[0]:
+                    self._send(d, addr, local)
             else:
                 self.stats["bad_message_id"] += 1
             return
         exch = hdr.exchange
         err = None
         try:
-            inner = self._decrypt(sa, hdr, data)
+            inner = opened() if opened is not None else self._decrypt(sa, hdr, data)
         except UnsupportedCritical as e:
             inner, err = [], (Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((e.payload_type,)))
         except SyntaxError_:
@@ -573,13 +583,13 @@ class IkeEngine:
         sa.pending_mid = mid
         handler(sa, msg, reply, now)
 
-    def _response(self, sa, hdr, data, addr, local, now):
+    def _response(self, sa, hdr, data, addr, local, now, opened=None):
         o = sa.outstanding
         if o is None or hdr.mid != o.mid or hdr.exchange != o.exchange:
             self.stats["unexpected_response"] += 1
             return
         try:
-            inner = self._decrypt(sa, hdr, data)
+            inner = opened() if opened is not None else self._decrypt(sa, hdr, data)
         except (SyntaxError_, UnsupportedCritical):
             # authentic but malformed: this exchange cannot complete; give the IKE SA up
             sa.outstanding = None

@@ -121,6 +121,8 @@ class IkeInitTask:
         payloads += [sap, KePayload(self.group, sa.dh_pub), NoncePayload(sa.ni)]
         payloads += nat_payloads(sa.spi_i, ZERO_SPI, sa.local, sa.remote, conn.encap)
         payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
+        if sa.engine.settings.fragmentation:
+            payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))   # RFC 7383 §2.3
         return payloads
 
     def on_response(self, sa: IkeSa, msg, raw: bytes, now) -> bool:
@@ -179,6 +181,8 @@ class IkeInitTask:
         if sh is not None:
             sa.peer_hashes = parse_hash_algorithms(sh.data)
         sa.peer_certreq = msg.get(PayloadType.CERTREQ) is not None
+        sa.fragmentation = eng.settings.fragmentation and \
+            msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
         return True
 
 
@@ -232,6 +236,9 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
         payloads += nat_payloads(sa.spi_i, sa.spi_r, local, remote, fake)
     payloads += _certreq(sa.candidates)
     payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
+    if engine.settings.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None:
+        sa.fragmentation = True
+        payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))
     sa.peer_mid = 1
     sa.last_request = raw
     sa.send_response(0, ExchangeType.IKE_SA_INIT, payloads, remote, local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from . import fragments
 from .constants import ExchangeType, Flag
 from .message import Message
 
@@ -70,8 +71,8 @@ class ChildSa:
 
 
 class Outstanding:
-    """Our request in flight (window size 1): its bytes are resent unchanged (§2.1) on
-    ``policy``'s exponential schedule (§2.4)."""
+    """Our request in flight (window size 1): its datagrams (several if fragmented, RFC 7383) are
+    resent unchanged (§2.1) on ``policy``'s exponential schedule (§2.4)."""
     __slots__ = ("data", "exchange", "hinted", "mid", "next_at", "policy", "task", "tries")
 
     def __init__(self, mid, exchange, data, task, next_at, policy):
@@ -112,6 +113,8 @@ class IkeSa:
         self.cookie = b""
         self.retries = 0                    # COOKIE / INVALID_KE restarts of IKE_SA_INIT
         self.initial_contact = False
+        self.fragmentation = False          # RFC 7383 negotiated in IKE_SA_INIT
+        self.reassembly = None              # fragments.Reassembly of the message being received
         # messaging (§2.1-§2.3)
         self.my_mid = 0
         self.peer_mid = 0
@@ -182,9 +185,11 @@ class IkeSa:
         data = msg.encode(None if init else self.cipher)
         if init:
             self.init_req = data
+        datas = [data] if init else fragments.outgoing(self, msg, data)
         policy = getattr(task, "retransmit", None) or self.engine.retransmit
-        self.outstanding = Outstanding(self.my_mid, task.exchange, data, task, now + policy.delay(0), policy)
-        self.engine._send(data, self.remote, self.local)
+        self.outstanding = Outstanding(self.my_mid, task.exchange, datas, task, now + policy.delay(0), policy)
+        for d in datas:
+            self.engine._send(d, self.remote, self.local)
         self.reschedule()
 
     def restart_init(self, task, now: float):
@@ -205,8 +210,10 @@ class IkeSa:
         data = msg.encode(None if exchange == _INIT else self.cipher)
         if exchange == _INIT:
             self.init_resp = data
-        self.last_response = (data, dest, local)
-        self.engine._send(data, dest, local)
+        datas = [data] if exchange == _INIT else fragments.outgoing(self, msg, data)
+        self.last_response = (datas, dest, local)
+        for d in datas:
+            self.engine._send(d, dest, local)
         return data
 
     # -------------------------------------------------------------- timers
@@ -255,7 +262,8 @@ class IkeSa:
             o.tries += 1
             o.next_at = now + policy.delay(o.tries)
             self.engine.stats["retransmits"] += 1
-            self.engine._send(o.data, self.remote, self.local)
+            for d in o.data:
+                self.engine._send(d, self.remote, self.local)
         if self.timers:
             due = sorted((t, k) for k, t in self.timers.items() if t <= now)
             for t, k in due:

@@ -11,6 +11,8 @@ from .payloads import (
 _HDR = struct.Struct("!8s8sBBBBII")
 _GEN = struct.Struct("!BBH")
 _SK = int(PayloadType.SK)
+_SKF = int(PayloadType.SKF)
+_SKF_HDR = struct.Struct("!BBHHH")       # RFC 7383 §2.5: generic header, Fragment Number, Total
 
 
 class VersionError(Exception):
@@ -87,6 +89,28 @@ class Message:
         aad = _HDR.pack(self.spi_i, self.spi_r, _SK, IKE_VERSION, self.exchange, self.flags, self.mid,
                         IKE_HEADER_LEN + sk_len) + _GEN.pack(first, 0, sk_len)
         return aad + cipher.seal(aad, plain)
+
+
+    def encode_fragments(self, cipher, limit: int) -> list[bytes]:
+        """RFC 7383 §2.5: the inner chain in Encrypted Fragment payloads, each message at most
+        ``limit`` bytes, each fragment sealed on its own (AAD: IKE header .. Total Fragments)."""
+        first, chain = encode_chain(self.payloads)
+        room = limit - IKE_HEADER_LEN - _SKF_HDR.size - cipher.iv_len - cipher.icv_len
+        size = room - 1
+        while size > 0 and cipher.padded_len(size) > room:
+            size -= 1
+        if size < 1:
+            raise ValueError(f"fragment size {limit} leaves no room for data")
+        chunks = [chain[i:i + size] for i in range(0, len(chain), size)] or [b""]
+        out = []
+        for n, chunk in enumerate(chunks, 1):
+            plain = cipher.pad(chunk)
+            skf_len = _SKF_HDR.size + cipher.iv_len + len(plain) + cipher.icv_len
+            aad = _HDR.pack(self.spi_i, self.spi_r, _SKF, IKE_VERSION, self.exchange, self.flags, self.mid,
+                            IKE_HEADER_LEN + skf_len) + \
+                _SKF_HDR.pack(first if n == 1 else 0, 0, skf_len, n, len(chunks))
+            out.append(aad + cipher.seal(aad, plain))
+        return out
 
 
 class Header:

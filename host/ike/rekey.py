@@ -487,6 +487,7 @@ def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now
     derive(new, None, seed)
     new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
     new.peer_hashes = old.peer_hashes
+    new.fragmentation = old.fragmentation       # RFC 7383 §2.3: a rekeyed IKE SA keeps it
     new.local_id, new.remote_id = old.local_id, old.remote_id
     new.placement = old.placement
     new.state = ESTABLISHED

@@ -20,6 +20,8 @@ def new_key(kind: str = "ecdsa"):
         return ec.generate_private_key(ec.SECP384R1())
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "rsa4096":           # big certificates and signatures: IKE_AUTH past 1280 bytes
+        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
     raise ValueError(kind)
 
 

@@ -229,6 +229,58 @@ def test_establish_ping_delete(bed, ike, esp, auth, we_initiate):
         raise
 
 
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
+def test_large_ike_auth_is_fragmented_both_ways(bed, we_initiate):
+    """RFC 7383 with RSA-4096 certificates: each IKE_AUTH is ~2 KB, more than charon's and our
+    1280-byte fragment_size, so both sides send SKF fragments and reassemble the other's."""
+    if not hasattr(bed, "big"):
+        ours_big, theirs_big = bed.ca.issue(OUR_ID, "rsa4096"), bed.ca.issue(CHARON_ID, "rsa4096")
+        bed.big = ours_big.write(bed.state, "ours-rsa4096") + (theirs_big.cert_pem(),)
+        bed.charon.load_key(theirs_big.key_pem(), "rsa")
+    cert, key, charon_cert = bed.big
+    ike, esp = SUITES[0]
+
+    async def run():
+        name = f"t{next(_names)}"
+        c = charon_conn(bed, ike, esp, "rsa")
+        c["local"]["certs"] = [charon_cert]
+        bed.charon.load_conn(name, c)
+        conn = our_conn(bed, ike, esp, "rsa")
+        conn["local"].update(cert=str(cert), key=str(key))
+        ours = Ours(bed, conn)
+        await ours.ep.start()
+        log_before = len(bed.charon.log())
+        try:
+            if we_initiate:
+                ours.ep.initiate("gw")
+            else:
+                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            if not we_initiate:
+                await res
+            st = ours.engine.stats
+            (sa,) = ours.engine.ike_sas()
+            assert sa.fragmentation
+            assert st["fragmented_messages_sent"] == 1 and st["fragments_sent"] >= 2
+            assert st["fragmented_messages_received"] == 1 and st["fragments_received"] >= 2
+            log = bed.charon.log()[log_before:]
+            assert "reassembled fragmented IKE message" in log, log[-3000:]
+            rc, out = await ping(bed)
+            assert rc == 0 and " 0% packet loss" in out, out
+            print(f"\nIKE fragmentation ({'we' if we_initiate else 'charon'} initiate, RSA-4096): sent "
+                  f"{st['fragments_sent']} fragments, received {st['fragments_received']}")
+            await asyncio.to_thread(bed.charon.terminate, name)         # its Delete, answered by us
+            await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(60))
+        raise
+
+
 def test_child_delete_and_create_child_sa_both_ways(bed):
     """Charon deletes the Child SA (we keep the IKE SA); we CREATE_CHILD_SA a new one and traffic
     flows; charon creates one more on our IKE SA; we delete a Child SA and charon drops it."""
