@@ -90,9 +90,10 @@ class Harness:
         self.seeds = []
         self.refresh()
 
-    def _initiator(self, ike):
+    def _initiator(self, ike, fragment_size=1280):
         a = IkeEngine(parse_connections(_conn(A, B, "a.example", "b.example", "198.51.100.0/24",
-                                              "203.0.113.0/24", [ike])), CAPS)
+                                              "203.0.113.0/24", [ike])), CAPS,
+                      settings=EngineSettings(fragment_size=fragment_size))
         a.strict = True
         return a
 
@@ -107,8 +108,8 @@ class Harness:
         seeds = []
         b = self.b
         # IKE_SA_INIT requests (one per suite) and an IKE_AUTH request for a half-open SA
-        for ike in IKE:
-            a = self._initiator(ike)
+        for i, ike in enumerate(IKE):
+            a = self._initiator(ike, 150 if i == 0 else 1280)     # the first one's IKE_AUTH in fragments
             a.initiate("gw", self.now)
             init = a.datagrams_to_send()[0]
             seeds.append(init.data)
@@ -118,8 +119,8 @@ class Harness:
                 seeds.append(resp[0].data)
                 self._deliver(a, resp[0].data, (B, 500), (A, 500))
                 auth = a.datagrams_to_send()
-                if auth:
-                    seeds += [auth[0].data] * 4      # left unanswered: b keeps a half-open SA
+                if auth:                             # left unanswered: b keeps a half-open SA
+                    seeds += [d.data for d in auth] * (4 if len(auth) == 1 else 2)
         # an established SA and requests on it
         a = self._initiator(IKE[0])
         a.initiate("gw", self.now)
@@ -233,6 +234,8 @@ def test_responder_survives_100k_mutated_messages():
     assert all(sa.state == "established" or sa.initiator for sa in b.ike_sas())
     print(f"\nfuzz: {h.mutated} mutated + {h.random} random messages in {elapsed:.1f}s, allocated blocks {warm} -> {end}; stats {dict(b.stats)}")
     assert b.stats["malformed"] > N // 10 and b.stats["bad_icv"] > 1000 and b.stats["half_open_created"] > 100
+    # RFC 7383 fragments were among the seeds (b's half-open SAs accepted fragmentation)
+    assert b.stats["fragments_malformed"] > 1000
 
 
 # ---------------------------------------------------------------- authenticated garbage
