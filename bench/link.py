@@ -109,7 +109,7 @@ async def main():
         rows.append((name, "%.0f" % (median(rtts) * 1e6), "%.0f" % (pct(rtts, 0.99) * 1e6),
                      "%.0f" % seq_rate, "%.0f" % par_rate))
     pty = results["transports"]["pty"]["sa_cmds_per_s_window8"]
-    for name, r in results["transports"].items():
+    for r in results["transports"].values():
         r["window8_rate_vs_pty"] = r["sa_cmds_per_s_window8"] / pty
     table("Link round trip and SA command rate (simulated board)",
           ["transport", "RTT median µs", "RTT p99 µs", "SA cmds/s 1 in flight", "SA cmds/s 8 in flight"], rows)

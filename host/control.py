@@ -111,8 +111,10 @@ def format_sas(sas, now=None):
                 c["name"], c["handle"], c["state"], c["mode"].upper(), "-in-UDP" if c.get("encap") else "",
                 c.get("proposal", "")))
             out.append("    installed %s" % _ago(c.get("installed_at"), now))
-            out.append("    in  %08x, %9d bytes, %7d packets" % (c["spi_in"], c.get("bytes_in", 0), c.get("packets_in", 0)))
-            out.append("    out %08x, %9d bytes, %7d packets" % (c["spi_out"], c.get("bytes_out", 0), c.get("packets_out", 0)))
+            for way, spi in (("in ", "spi_in"), ("out", "spi_out")):
+                d = way.strip()
+                out.append("    %s %08x, %9d bytes, %7d packets"
+                           % (way, c[spi], c.get("bytes_" + d, 0), c.get("packets_" + d, 0)))
             out.append("    local  %s" % " ".join(c.get("local_ts", [])))
             out.append("    remote %s" % " ".join(c.get("remote_ts", [])))
     return "\n".join(out) if out else "no IKE SAs"

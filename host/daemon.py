@@ -486,7 +486,7 @@ class Daemon:
 
     async def _list_sas(self):
         counters = {}
-        for name, client in self.clients.items():
+        for client in self.clients.values():
             if client.ready:
                 try:
                     for st in await asyncio.wait_for(client.stats(), 2):
@@ -511,7 +511,8 @@ class Daemon:
                         "state": sa.state.upper() if isinstance(sa.state, str) else str(sa.state),
                         "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
                         "local": "%s[%d]" % sa.local, "remote": "%s[%d]" % sa.remote,
-                        "local_id": str(sa.local_id) if sa.local_id else "", "remote_id": str(sa.remote_id) if sa.remote_id else "",
+                        "local_id": str(sa.local_id) if sa.local_id else "",
+                        "remote_id": str(sa.remote_id) if sa.remote_id else "",
                         "proposal": self.ike_info.get(sa.ike_id, {}).get("proposal", ""),
                         "established_at": (time.time() - (time.monotonic() - est)) if est else None,
                         "board": b.name if b else None, "children": kids})

@@ -74,7 +74,8 @@ def test_pubkey_files_are_loaded_relative_to_the_config(tmp_path):
     ca.issue("a.example").write(tmp_path, "a")
     text = GOOD.replace('[connections.gw.local]\nauth = "psk"\nid = "a.example"',
                         '[connections.gw.local]\nauth = "pubkey"\ncert = "a.crt"\nkey = "a.key"') \
-        .replace('[connections.gw.remote]\nauth = "psk"', '[connections.gw.remote]\nauth = "pubkey"\ncacerts = ["ca.crt"]') \
+        .replace('[connections.gw.remote]\nauth = "psk"',
+                 '[connections.gw.remote]\nauth = "pubkey"\ncacerts = ["ca.crt"]') \
         .replace('psk = "a-long-enough-secret"\n', '')
     p = tmp_path / "ike.toml"
     p.write_text(text)
@@ -130,7 +131,8 @@ def test_bad_ike_proposals(text):
 
 def test_capability_filter_splits_proposals():
     caps = OffloadCapabilities(frozenset({(Encr.AES_CBC, 128, Integ.HMAC_SHA2_256_128)}))
-    specs = [parse_proposal("aes128-aes256-sha256-sha512", ProtocolId.ESP), parse_proposal("aes128gcm16", ProtocolId.ESP)]
+    specs = [parse_proposal("aes128-aes256-sha256-sha512", ProtocolId.ESP),
+             parse_proposal("aes128gcm16", ProtocolId.ESP)]
     out = filter_child_specs(specs, caps)
     assert [describe(s) for s in out] == ["aes128-sha256"]
     esn = [parse_proposal("aes128-sha256-esn-noesn", ProtocolId.ESP)]

@@ -62,7 +62,8 @@ def test_recovery_after_board_reset_within_a_second(bed, pinger):
             print_timeline(tl, "first reset")
         time.sleep(0.3)
     med = statistics.median(times)
-    print("\nboard reset -> first reply through a new tunnel, 10 resets: median %.0f ms, max %.0f ms" % (med, max(times)))
+    print("\nboard reset -> first reply through a new tunnel, 10 resets: median %.0f ms, max %.0f ms"
+          % (med, max(times)))
     assert med <= 1000 and max(times) <= 2000, times
     # the peer was told: charon holds exactly one IKE SA (the new one), not eleven
     sas = bed.charon.list_sas()

@@ -60,7 +60,8 @@ def test_errors_name_the_key_and_line(change, key, line):
 
 
 def test_duplicate_and_missing_boards():
-    two = GOOD.replace('[connections.gw]', '[[board]]\nname = "b0"\nprofile = "sim"\nport = "/dev/x"\n\n[connections.gw]')
+    two = GOOD.replace('[connections.gw]',
+                       '[[board]]\nname = "b0"\nprofile = "sim"\nport = "/dev/x"\n\n[connections.gw]')
     with pytest.raises(config.ConfigError, match="board\\[1\\].name: duplicate"):
         config.loads(two)
     with pytest.raises(config.ConfigError, match="at least one"):

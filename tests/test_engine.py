@@ -580,7 +580,8 @@ def test_invalid_syntax_answer_to_malformed_ike_sa_init():
     assert n.notify_type == Notify.INVALID_SYNTAX and b.ike_sas() == []
     # two SA payloads: also INVALID_SYNTAX
     twice = payloads[:1] + payloads
-    b.receive_datagram(Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0, twice).encode(), (A, 500), 0.0, (B, 500))
+    b.receive_datagram(Message(hdr.spi_i, hdr.spi_r, hdr.exchange, hdr.flags, 0, twice).encode(),
+                       (A, 500), 0.0, (B, 500))
     assert _first_notify(b.datagrams_to_send(0.0)[0].data).notify_type == Notify.INVALID_SYNTAX
 
 

@@ -18,7 +18,8 @@ def test_firmware_passes_the_static_checks():
     assert not findings, "constructs MicroPython 1.27 cannot run:\n" + "\n".join(map(repr, findings))
 
 
-@pytest.mark.parametrize("rule,source", fwcheck.PROOFS, ids=["%s-%d" % (r, i) for i, (r, _) in enumerate(fwcheck.PROOFS)])
+@pytest.mark.parametrize("rule,source", fwcheck.PROOFS,
+                         ids=["%s-%d" % (r, i) for i, (r, _) in enumerate(fwcheck.PROOFS)])
 def test_checker_flags_each_proven_incompatibility(rule, source):
     assert rule in rules(source), (rule, source, fwcheck.check_source(source))
 

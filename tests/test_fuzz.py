@@ -232,7 +232,8 @@ def test_responder_survives_100k_mutated_messages():
     drain(b, h.now)
     assert b.half_open_count() == 0
     assert all(sa.state == "established" or sa.initiator for sa in b.ike_sas())
-    print(f"\nfuzz: {h.mutated} mutated + {h.random} random messages in {elapsed:.1f}s, allocated blocks {warm} -> {end}; stats {dict(b.stats)}")
+    print(f"\nfuzz: {h.mutated} mutated + {h.random} random messages in {elapsed:.1f}s, "
+          f"allocated blocks {warm} -> {end}; stats {dict(b.stats)}")
     assert b.stats["malformed"] > N // 10 and b.stats["bad_icv"] > 1000 and b.stats["half_open_created"] > 100
     # RFC 7383 fragments were among the seeds (b's half-open SAs accepted fragmentation)
     assert b.stats["fragments_malformed"] > 1000

@@ -29,7 +29,7 @@ def stop(p):
         p.wait(5)
     except subprocess.TimeoutExpired:
         p.kill()
-        raise AssertionError("simulator ignored SIGTERM")
+        raise AssertionError("simulator ignored SIGTERM") from None
 
 
 def exchange(port, frames, want, timeout=2.0):

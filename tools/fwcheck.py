@@ -426,7 +426,8 @@ PROOFS = [
     ("metaclass", "class M(type):\n    pass\nclass A(metaclass=M):\n    pass"),
     ("init-subclass", "class A:\n    seen = []\n    def __init_subclass__(cls):\n        A.seen.append(cls)\n"
                       "class B(A):\n    pass\nassert A.seen == [B]"),
-    ("raise-from", "try:\n    try:\n        1 // 0\n    except ZeroDivisionError as e:\n        raise ValueError('v') from e\n"
+    ("raise-from", "try:\n    try:\n        1 // 0\n    except ZeroDivisionError as e:\n"
+                   "        raise ValueError('v') from e\n"
                    "except ValueError as v:\n    assert v.__cause__ is not None"),
     ("slice-step", "b'abc'[::-1]"),
     ("dataclass", "from dataclasses import dataclass\n@dataclass\nclass P:\n    x: int = 0"),

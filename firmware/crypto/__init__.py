@@ -34,7 +34,8 @@ def load(name=None):
     for n in names:
         try:
             if n == "cryptography":
-                from firmware.crypto import cryptography_backend as be  # mpy-ok: ImportError on a board picks the next backend
+                # on a board this raises ImportError and the next backend is tried
+                from firmware.crypto import cryptography_backend as be  # mpy-ok
             elif n == "cryptolib":
                 from firmware.crypto import cryptolib_backend as be
             elif n == "pure":
