@@ -283,6 +283,41 @@ SIG_SCHEMES = {
     "rsa-sha512": (_alg_id("1.2.840.113549.1.1.13", True), hashes.SHA512, "rsa", HashAlgorithm.SHA2_512),
 }
 _BY_ALGID = {v[0]: (k, v) for k, v in SIG_SCHEMES.items()}
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes((tag, len(body))) + body
+
+
+def _pss_alg_ids(hash_oid: str, salt: int) -> list[bytes]:
+    """RSASSA-PSS AlgorithmIdentifiers (RFC 4055 §3.1, as RFC 7427 A.4 shows them) for one hash
+    with MGF1 over the same hash and salt = hash length: with the hash's NULL parameters and
+    without (RFC 4055 §2.1: both encodings are legal)."""
+    out = []
+    for null in (True, False):
+        h = _alg_id(hash_oid, null)
+        params = _tlv(0x30, _tlv(0xA0, h) + _tlv(0xA1, _alg_id_with("1.2.840.113549.1.1.8", h)) +
+                      _tlv(0xA2, bytes((0x02, 1, salt))))
+        out.append(_tlv(0x30, _der_oid("1.2.840.113549.1.1.10") + params))
+    return out
+
+
+def _alg_id_with(oid: str, params: bytes) -> bytes:
+    return _tlv(0x30, _der_oid(oid) + params)
+
+
+def _add_pss():
+    """RSASSA-PSS (RFC 7427 A.4.1-A.4.3) is verified, not sent: peers such as strongSwan with
+    ``rsa_pss = yes`` sign with it."""
+    for name, oid, h, hid in (("rsa-pss-sha256", "2.16.840.1.101.3.4.2.1", hashes.SHA256, HashAlgorithm.SHA2_256),
+                              ("rsa-pss-sha384", "2.16.840.1.101.3.4.2.2", hashes.SHA384, HashAlgorithm.SHA2_384),
+                              ("rsa-pss-sha512", "2.16.840.1.101.3.4.2.3", hashes.SHA512, HashAlgorithm.SHA2_512)):
+        for blob in _pss_alg_ids(oid, h.digest_size):
+            _BY_ALGID[blob] = (name, (blob, h, "rsa-pss", hid))
+
+
+_add_pss()
 OUR_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
 _ECDSA_CLASSIC = {  # RFC 4754: method -> (curve name, hash, coordinate length)
     AuthMethod.ECDSA_256: ("secp256r1", hashes.SHA256, 32),
@@ -353,6 +388,9 @@ def verify(public_key, method: int, data: bytes, octets: bytes) -> None:
                 public_key.verify(sig, octets, ec.ECDSA(h()))
             elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
                 public_key.verify(sig, octets, padding.PKCS1v15(), h())
+            elif kind == "rsa-pss" and isinstance(public_key, rsa.RSAPublicKey):
+                pss = padding.PSS(mgf=padding.MGF1(h()), salt_length=h.digest_size)
+                public_key.verify(sig, octets, pss, h())
             else:
                 raise AuthError("signature algorithm does not fit the key")
         elif method in _ECDSA_CLASSIC:

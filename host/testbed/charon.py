@@ -48,6 +48,7 @@ class Charon:
         self.cookie_threshold = cookie_threshold
         self.ikesa_table = ikesa_table
         self.retransmit = (retransmit_timeout, retransmit_tries)
+        self.rsa_pss = False            # RFC 7427 signatures with RSASSA-PSS (charon.rsa_pss)
         self.proc = None
         self.vici_path = self.dir / "charon.vici"
         self.log_path = self.dir / "charon.log"
@@ -63,6 +64,7 @@ class Charon:
             f"  reuse_ikesa = {'yes' if self.reuse_ikesa else 'no'}",
             f"  retransmit_timeout = {self.retransmit[0]}",
             f"  retransmit_tries = {self.retransmit[1]}",
+            f"  rsa_pss = {'yes' if self.rsa_pss else 'no'}",
             "  install_routes = yes",
             "  routing_table = 220",
             "  routing_table_prio = 220",
@@ -115,6 +117,12 @@ class Charon:
                 self.stop()
                 raise RuntimeError(f"charon: no vici answer after {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
+
+    def set_rsa_pss(self, on: bool):
+        """Sign with RSASSA-PSS from now on (or not): rewrite strongswan.conf, reload-settings."""
+        self.rsa_pss = on
+        (self.dir / "strongswan.conf").write_text(self._config())
+        self.session().reload_settings()
 
     def session(self, timeout: float | None = 30.0) -> vici.Session:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -281,6 +281,44 @@ def test_large_ike_auth_is_fragmented_both_ways(bed, we_initiate):
         raise
 
 
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
+def test_charon_signing_with_rsassa_pss_is_verified(bed, we_initiate):
+    """charon with rsa_pss = yes signs its AUTH with RSASSA-PSS (RFC 7427 A.4); we verify it."""
+    ike, esp = SUITES[0]
+
+    async def run():
+        name = f"t{next(_names)}"
+        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "rsa"))
+        ours = Ours(bed, our_conn(bed, ike, esp, "rsa"))
+        await ours.ep.start()
+        log_before = len(bed.charon.log())
+        try:
+            if we_initiate:
+                ours.ep.initiate("gw")
+            else:
+                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            if not we_initiate:
+                await res
+            log = bed.charon.log()[log_before:]
+            assert "(myself) with RSA_EMSA_PSS" in log, log[-3000:]
+            rc, out = await ping(bed)
+            assert rc == 0 and " 0% packet loss" in out, out
+            await asyncio.to_thread(bed.charon.terminate, name)
+            await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    bed.charon.set_rsa_pss(True)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(60))
+        raise
+    finally:
+        bed.charon.set_rsa_pss(False)
+
+
 def test_child_delete_and_create_child_sa_both_ways(bed):
     """Charon deletes the Child SA (we keep the IKE SA); we CREATE_CHILD_SA a new one and traffic
     flows; charon creates one more on our IKE SA; we delete a Child SA and charon drops it."""
