@@ -70,3 +70,16 @@ def test_what_we_sign_verifies_under_rfc7427_and_without_it(rsa_key, kind):
         auth.verify(key.public_key(), method, data, OCTETS)
         with pytest.raises(auth.AuthError):
             auth.verify(key.public_key(), method, data, OCTETS[:-1])
+
+
+def test_with_rsa_pss_we_sign_rfc7427_a41_and_it_verifies(rsa_key):
+    method, data = auth.sign(rsa_key, OCTETS, {2, 3, 4}, rsa_pss=True)
+    assert method == AuthMethod.DIGITAL_SIGNATURE and data[1:1 + data[0]] == RFC7427_A41
+    auth.verify(rsa_key.public_key(), method, data, OCTETS)
+    sig = data[1 + data[0]:]
+    rsa_key.public_key().verify(sig, OCTETS, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                                hashes.SHA256())                     # independently: cryptography itself
+    # PSS is RSA only, and only with RFC 7427; an EC key signs as before
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    assert auth.sign(ec_key, OCTETS, {2}, rsa_pss=True)[1][1:1 + 12] == auth.SIG_SCHEMES["ecdsa-sha256"][0][:12]
+    assert auth.sign(rsa_key, OCTETS, None, rsa_pss=True)[0] == AuthMethod.RSA_SIG

@@ -307,13 +307,18 @@ def _alg_id_with(oid: str, params: bytes) -> bytes:
     return _tlv(0x30, _der_oid(oid) + params)
 
 
+_PSS_SEND = {}      # hash name -> the AlgorithmIdentifier we send (RFC 7427 A.4, NULL parameters)
+
+
 def _add_pss():
-    """RSASSA-PSS (RFC 7427 A.4.1-A.4.3) is verified, not sent: peers such as strongSwan with
-    ``rsa_pss = yes`` sign with it."""
+    """RSASSA-PSS (RFC 7427 A.4.1-A.4.3): verified always (peers such as strongSwan with
+    ``rsa_pss = yes`` sign with it), sent with EngineSettings.rsa_pss."""
     for name, oid, h, hid in (("rsa-pss-sha256", "2.16.840.1.101.3.4.2.1", hashes.SHA256, HashAlgorithm.SHA2_256),
                               ("rsa-pss-sha384", "2.16.840.1.101.3.4.2.2", hashes.SHA384, HashAlgorithm.SHA2_384),
                               ("rsa-pss-sha512", "2.16.840.1.101.3.4.2.3", hashes.SHA512, HashAlgorithm.SHA2_512)):
-        for blob in _pss_alg_ids(oid, h.digest_size):
+        blobs = _pss_alg_ids(oid, h.digest_size)
+        _PSS_SEND[h.name] = blobs[0]
+        for blob in blobs:
             _BY_ALGID[blob] = (name, (blob, h, "rsa-pss", hid))
 
 
@@ -339,10 +344,11 @@ def parse_hash_algorithms(data: bytes) -> frozenset:
     return frozenset(struct.unpack_from("!H", data, i)[0] for i in range(0, len(data) - 1, 2))
 
 
-def sign(key, octets: bytes, peer_hashes: set[int] | None) -> tuple[int, bytes]:
+def sign(key, octets: bytes, peer_hashes: set[int] | None, rsa_pss: bool = False) -> tuple[int, bytes]:
     """Sign the octets. With RFC 7427 (the peer sent SIGNATURE_HASH_ALGORITHMS) returns
-    (DIGITAL_SIGNATURE, ASN.1 length | AlgorithmIdentifier | signature); otherwise falls back to
-    RFC 4754 ECDSA or RSA PKCS#1 v1.5 (method 1, SHA-1 as §3.8 requires)."""
+    (DIGITAL_SIGNATURE, ASN.1 length | AlgorithmIdentifier | signature), RSA keys with RSASSA-PSS
+    if ``rsa_pss`` (RFC 7427 A.4 identifiers); otherwise falls back to RFC 4754 ECDSA or RSA
+    PKCS#1 v1.5 (method 1, SHA-1 as §3.8 requires)."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         size = key.curve.key_size
         pref = {256: "ecdsa-sha256", 384: "ecdsa-sha384", 521: "ecdsa-sha512"}.get(size, "ecdsa-sha256")
@@ -366,7 +372,11 @@ def sign(key, octets: bytes, peer_hashes: set[int] | None) -> tuple[int, bytes]:
             if scheme is None:
                 raise AuthError("no common signature hash with the peer")
             algid, h, _k, _hid = SIG_SCHEMES[scheme]
-            sig = key.sign(octets, padding.PKCS1v15(), h())
+            if rsa_pss:
+                algid = _PSS_SEND[h.name]
+                sig = key.sign(octets, padding.PSS(mgf=padding.MGF1(h()), salt_length=h.digest_size), h())
+            else:
+                sig = key.sign(octets, padding.PKCS1v15(), h())
             return AuthMethod.DIGITAL_SIGNATURE, bytes((len(algid),)) + algid + sig
         return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())
     raise AuthError("unsupported private key type")

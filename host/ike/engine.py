@@ -89,6 +89,7 @@ class EngineSettings:
     # IKE fragmentation (RFC 7383): offered/accepted in IKE_SA_INIT; fragments fit this IP size
     fragmentation: bool = True
     fragment_size: int = 1280
+    rsa_pss: bool = False               # sign RFC 7427 AUTH with RSASSA-PSS (RSA keys; verified always)
     # lifecycle
     restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
     retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this

@@ -36,7 +36,7 @@ def _our_auth(sa, conn, id_payload) -> list:
     else:
         der = conn.local.cert.public_bytes(serialization.Encoding.DER)
         out.append(CertPayload(CertEncoding.X509_SIGNATURE, der))
-        method, data = sign(conn.local.key, octets, sa.peer_hashes)
+        method, data = sign(conn.local.key, octets, sa.peer_hashes, sa.engine.settings.rsa_pss)
         out.append(AuthPayload(method, data))
     return out
 

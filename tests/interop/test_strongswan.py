@@ -32,7 +32,7 @@ if not charon_mod.available():
 
 from host.dataplane.udp import IkeUdpEndpoint  # noqa: E402
 from host.ike.config import RetransmitPolicy, parse_connections  # noqa: E402
-from host.ike.engine import IkeEngine  # noqa: E402
+from host.ike.engine import EngineSettings, IkeEngine  # noqa: E402
 from host.ike.events import ChildSaDelete, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaUp  # noqa: E402
 from host.ike.proposals import describe, parse_proposal  # noqa: E402
 from host.testbed.pki import TestCa  # noqa: E402
@@ -122,8 +122,8 @@ def our_conn(bed, ike, esp, auth, pfs=False):
 class Ours:
     """Our engine + UDP driver + scapy data path inside the bed's namespace a."""
 
-    def __init__(self, bed, conn):
-        self.engine = IkeEngine(parse_connections({"gw": conn}), CAPABILITIES,
+    def __init__(self, bed, conn, settings=None):
+        self.engine = IkeEngine(parse_connections({"gw": conn}), CAPABILITIES, settings=settings,
                                 retransmit=RetransmitPolicy(timeout=1.0, base=1.8, tries=3))
         self.events = []
         socks = {500: udp_socket(bed.net.ns_a, OUR_IP, 500), 4500: udp_socket(bed.net.ns_a, OUR_IP, 4500)}
@@ -282,14 +282,15 @@ def test_large_ike_auth_is_fragmented_both_ways(bed, we_initiate):
 
 
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
-def test_charon_signing_with_rsassa_pss_is_verified(bed, we_initiate):
-    """charon with rsa_pss = yes signs its AUTH with RSASSA-PSS (RFC 7427 A.4); we verify it."""
+def test_rsassa_pss_signatures_both_ways(bed, we_initiate):
+    """charon with rsa_pss = yes and we with EngineSettings.rsa_pss sign AUTH with RSASSA-PSS
+    (RFC 7427 A.4); each side verifies the other's."""
     ike, esp = SUITES[0]
 
     async def run():
         name = f"t{next(_names)}"
         bed.charon.load_conn(name, charon_conn(bed, ike, esp, "rsa"))
-        ours = Ours(bed, our_conn(bed, ike, esp, "rsa"))
+        ours = Ours(bed, our_conn(bed, ike, esp, "rsa"), EngineSettings(rsa_pss=True))
         await ours.ep.start()
         log_before = len(bed.charon.log())
         try:
@@ -302,6 +303,7 @@ def test_charon_signing_with_rsassa_pss_is_verified(bed, we_initiate):
                 await res
             log = bed.charon.log()[log_before:]
             assert "(myself) with RSA_EMSA_PSS" in log, log[-3000:]
+            assert f"authentication of '{OUR_ID}' with RSA_EMSA_PSS" in log, log[-3000:]
             rc, out = await ping(bed)
             assert rc == 0 and " 0% packet loss" in out, out
             await asyncio.to_thread(bed.charon.terminate, name)
