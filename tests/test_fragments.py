@@ -190,3 +190,32 @@ def test_fragment_codec_round_trips_in_any_order(sizes, limit, seed):
     assert all(r is None for r in results[:-1]) and results[-1] is not None
     assert encode_chain(results[-1]()) == encode_chain(payloads)
     assert sa_b.reassembly is None
+
+
+def test_reassembly_memory_is_bounded_and_given_back():
+    """§2.6.2 leaves limits to the receiver: a message over MAX_MESSAGE is given up, and every
+    byte held is returned when a message completes, is given up, or its SA goes."""
+    a, b = engines()
+    net = Network()
+    net.add(A, a)
+    net.add(B, b)
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
+    big = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa_b.peer_mid,
+                  [NotifyPayload(40000, bytes(40 * 1024))]).encode_fragments(sa_a.cipher, 1500)
+    assert len(big) <= fragments.MAX_FRAGMENTS
+    kept_before = b.stats["fragments_received"]
+    for d in big:
+        assert fragments.receive(sa_b, parse_header(d), d, 1.0) is None
+    assert b.stats["fragments_over_limit"] == 1 and sa_b.reassembly.given_up
+    kept = b.stats["fragments_received"] - kept_before
+    assert kept * 1400 < fragments.MAX_MESSAGE and b.stats["fragments_dropped"] == len(big) - kept - 1
+    assert b._fragment_bytes == 0                              # nothing of it is held
+    part = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.CREATE_CHILD_SA, Flag.INITIATOR, sa_b.peer_mid,
+                   [NotifyPayload(40000, bytes(3000))]).encode_fragments(sa_a.cipher, 1000)   # another one
+    fragments.receive(sa_b, parse_header(part[0]), part[0], 1.0)
+    assert b._fragment_bytes > 0
+    b.delete_ike(sa_b.ike_id, 2.0)
+    net.pump(2.0)
+    assert b.ike_sas() == [] and b._fragment_bytes == 0       # the SA went, its fragments with it

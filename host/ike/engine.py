@@ -141,6 +141,7 @@ class IkeEngine:
         self._invalid_ike_spi_out = KeyedBuckets(st.invalid_spi_rate, st.invalid_spi_burst,
                                                  st.invalid_spi_global_rate, st.invalid_spi_global_burst)
         self._cookies = cookies.CookieJar(st.cookie_secret_lifetime)
+        self._fragment_bytes = 0            # plaintext held by all partial reassemblies (RFC 7383)
         self._rand = random.SystemRandom()
         self.jitter = random.Random()       # lifetime jitter (tests may seed it); not for keys or SPIs
         self._delayed_ids = itertools.count(1)
@@ -867,6 +868,7 @@ class IkeEngine:
             self._remove_child(sa, child, reason)
         sa.state = DEAD
         sa.deleted_reason = reason
+        fragments.drop(sa)
         sa.outstanding = None
         sa.queue.clear()
         sa.timers.clear()

@@ -9,7 +9,8 @@ fragments, which NATs and firewalls drop.
   fragment has its own IV, padding and ICV, and its AAD runs from the IKE header to the end of
   the Total Fragments field (§2.5). A retransmission resends every fragment unchanged.
 * Receiving: each fragment's ICV is checked before it is kept (§2.6.2), so only the peer can use
-  the memory, and at most ``MAX_FRAGMENTS`` per message. A larger Total Fragments for the same
+  the memory; at most ``MAX_FRAGMENTS`` and ``MAX_MESSAGE`` bytes per message, ``MAX_HELD`` in all
+  (half-open SAs are cheap to make), else the message is given up. A larger Total Fragments for the same
   message starts over (the sender re-fragmented it smaller); a smaller one is dropped. When all
   have arrived, the joined plaintext is parsed as the message's payloads, first type from
   fragment 1. A fragment of a request already answered brings the answer again (§2.6.1).
@@ -22,15 +23,25 @@ from .constants import IKE_HEADER_LEN, Flag
 from .payloads import SyntaxError_, decode_chain
 
 MAX_FRAGMENTS = 32
+MAX_MESSAGE = 32 * 1024     # plaintext one reassembly may hold (certificate chains fit easily)
+MAX_HELD = 8 * 1024 * 1024  # all reassemblies of an engine together: half-open SAs are cheap to make
 SKF_HEADER_LEN = 8          # generic header + Fragment Number + Total Fragments
 _SKF = struct.Struct("!BBHHH")
 
 
 class Reassembly:
-    __slots__ = ("key", "total", "parts", "first")
+    __slots__ = ("key", "total", "parts", "first", "size", "given_up")
 
     def __init__(self, key, total):
-        self.key, self.total, self.parts, self.first = key, total, {}, 0
+        self.key, self.total, self.parts, self.first, self.size = key, total, {}, 0, 0
+        self.given_up = False           # over a limit: the rest of this message is dropped
+
+
+def drop(sa):
+    """Forget ``sa``'s partial message (replaced, completed, or the SA is gone)."""
+    r, sa.reassembly = sa.reassembly, None
+    if r is not None:
+        sa.engine._fragment_bytes -= r.size
 
 
 def limit(sa) -> int:
@@ -89,20 +100,29 @@ def receive(sa, hdr, data: bytes, now: float):
     key = (response, hdr.mid, hdr.exchange)
     r = sa.reassembly
     if r is None or r.key != key or total > r.total:
+        drop(sa)
         r = sa.reassembly = Reassembly(key, total)
-    elif total < r.total:
-        st["fragments_dropped"] += 1         # an older, larger-grained copy of the same message
+    elif total < r.total or r.given_up:
+        st["fragments_dropped"] += 1         # an older, larger-grained copy, or a message given up
         return None
     if num in r.parts:
         st["fragments_duplicate"] += 1
         return None
-    r.parts[num] = plain[:len(plain) - 1 - plain[-1]]
+    chunk = plain[:len(plain) - 1 - plain[-1]]
+    if r.size + len(chunk) > MAX_MESSAGE or eng._fragment_bytes + len(chunk) > MAX_HELD:
+        st["fragments_over_limit"] += 1      # §2.6.2 leaves the limits to us: the message is given up
+        eng._fragment_bytes -= r.size
+        r.parts, r.size, r.given_up = {}, 0, True
+        return None
+    r.parts[num] = chunk
+    r.size += len(chunk)
+    eng._fragment_bytes += len(chunk)
     if num == 1:
         r.first = nxt
     st["fragments_received"] += 1
     if len(r.parts) < r.total:
         return None
-    sa.reassembly = None
+    drop(sa)
     whole = b"".join(r.parts[i] for i in range(1, r.total + 1))
     st["fragmented_messages_received"] += 1
 
