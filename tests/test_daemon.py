@@ -290,6 +290,33 @@ def test_a_full_board_fails_only_the_new_child_sa(tmp_path):
         b.stop()
 
 
+def test_a_board_that_answers_only_after_the_start_up_grace_still_starts_the_connections(tmp_path):
+    """The daemon waits up to 5 s for every board before it starts connections (so placement sees
+    them all); a board that answers later starts them when it does."""
+    prof = tmp_path / "slow.toml"
+    prof.write_text(open(os.path.join(ROOT, "boards", "sim.toml")).read().replace("wdt_ms = 2000", "wdt_ms = 0"))
+    b = DemoBed(quiet=True, profile=str(prof))
+    start_daemon = b.start_daemon
+
+    def hung_board_then_daemon():
+        b.sim(0, "hang")                     # powered but silent: no HELLO answer yet
+        start_daemon()
+    b.start_daemon = hung_board_then_daemon
+    try:
+        b.start()
+        deadline = time.monotonic() + 10
+        while "no board ready yet" not in b.log_tail(50) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "no board ready yet" in b.log_tail(50), b.log_tail()
+        assert b.ctl("list-sas") == []
+        t0 = time.monotonic()
+        b.sim(0, "resume")
+        b.wait_tunnels(timeout=10)
+        print("\nlate board: tunnel up %.0f ms after the board answered" % ((time.monotonic() - t0) * 1000))
+    finally:
+        b.stop()
+
+
 @pytest.mark.parametrize("who", ["charon", "ours"])
 def test_child_rekeys_keep_traffic_flowing_through_the_board(who):
     """Make before break on the board (RFC 7296 §2.8): new SA installed, outbound moved, old deleted."""
