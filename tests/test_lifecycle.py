@@ -443,6 +443,42 @@ def test_close_action_when_the_peer_deletes_a_child_sa_then_the_ike_sa(action):
         assert down.restart_ike_id is None and a.ike_sas() == [] and b.ike_sas() == []
 
 
+def test_close_action_does_not_duplicate_what_a_reauthenticating_peer_already_moved():
+    """A peer that reauthenticates (RFC 7296 §2.8.3) sets up a new IKE SA with the same Child SA
+    first, then deletes the old one: close_action = start must not bring up a third."""
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 child_extra={"close_action": "start"}))
+    sa_a, sa_b = up(a, b, net)
+    b.initiate("gw", 1.0)                                   # the peer's make-before-break
+    net.pump(1.0)
+    assert len(a.ike_sas()) == 2
+    b.delete_ike(sa_b.ike_id, 2.0)
+    net.pump(2.0)
+    advance(net, 2.0, 3.0)
+    down = kinds(net.events[A], IkeSaDown)[-1]
+    assert down.reason == "deleted by peer" and down.restart_ike_id is None
+    (new_a,) = a.ike_sas()
+    assert new_a is not sa_a and len(b.ike_sas()) == 1 and a.stats["restarts"] == 0
+
+
+def test_close_action_waits_for_a_peer_that_reauthenticates_break_before_make():
+    """charon 5.9 reauthenticates break-before-make: Delete, then IKE_SA_INIT. close_action waits
+    CLOSE_DELAY and, finding the Child SA back, initiates nothing."""
+    from host.ike import liveness
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 child_extra={"close_action": "start"}))
+    sa_a, sa_b = up(a, b, net)
+    b.delete_ike(sa_b.ike_id, 1.0)
+    net.pump(1.0)
+    assert kinds(net.events[A], IkeSaDown)[-1].restart_ike_id is not None     # scheduled, not sent
+    assert a.datagrams_to_send(1.0) == []
+    b.initiate("gw", 1.1)
+    net.pump(1.1)
+    advance(net, 1.1, 1.0 + liveness.CLOSE_DELAY + 0.1)
+    assert a.stats["reopen_not_needed"] == 1
+    assert len(a.ike_sas()) == 1 and len(b.ike_sas()) == 1 and not a.ike_sas()[0].initiator
+
+
 def _lost_state_b(**settings):
     """B after a restart: same configuration, no SA."""
     b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL,

@@ -798,7 +798,9 @@ class IkeEngine:
         """The peer deleted a Child SA (§1.4.1, not a rekey): with ``close_action = start`` it is
         negotiated again in the same IKE SA."""
         if cfg is not None and cfg.close_action == "start" and sa.state == ESTABLISHED and \
-                sa.successor is None and cfg.name in sa.conn.children:
+                sa.successor is None and cfg.name in sa.conn.children and \
+                not any(c.cfg is cfg and c.state == "installed" for c in sa.children.values()) and \
+                not liveness.carried_elsewhere(self, sa, cfg.name):
             self.stats["child_sas_reopened"] += 1
             sa.add_task(child_create.CreateChildTask(cfg), now)
 

@@ -138,6 +138,7 @@ class IkeSa:
         self.rekey_collision = None         # (Ni, Nr, new IkeSa) of a peer rekey we answered (§2.8.2)
         self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
         self.keying = None                  # (attempt, child names) when failures re-initiate
+        self.reopening = None               # child names a close_action = start brings back
         self.announced = True               # IkeSaDown only for SAs the driver heard of
         self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires

@@ -22,6 +22,8 @@ from .informational import DeleteIkeTask, LivenessTask
 
 DPD = ("dpd",)
 START = ("start",)
+CLOSE_DELAY = 0.5       # close_action = start waits this long: a peer that reauthenticates
+                        # break-before-make (charon 5.9's default) deletes, then initiates itself
 
 
 def arm(sa, now: float):
@@ -83,6 +85,15 @@ def child_names(sa) -> list[str]:
     return out
 
 
+def carried_elsewhere(eng, sa, name: str) -> bool:
+    """Another live IKE SA of ``sa``'s connection has an installed Child SA ``name``."""
+    return any(other is not sa and other.conn is not None and other.conn.name == sa.conn.name and
+               other.state == ESTABLISHED and
+               any(c.cfg is not None and c.cfg.name == name and c.state == "installed"
+                   for c in other.children.values())
+               for other in eng.ike_sas())
+
+
 def default_children(conn) -> list[str] | bool:
     marked = [n for n, cfg in conn.children.items() if cfg.start_action == "start"]
     if marked:
@@ -100,8 +111,10 @@ def after_down(eng, sa, cause, children, now: float) -> int | None:
         return None
     if sa.established_at is not None:
         if cause == "closed":
-            # the peer deleted it (§1.4.1): only Child SAs configured with close_action = start
-            names = [n for n in children if n in conn.children and conn.children[n].close_action == "start"]
+            # the peer deleted it (§1.4.1): only Child SAs configured with close_action = start, and
+            # only those no other IKE SA carries (a peer that reauthenticates makes the new one first)
+            names = [n for n in children if n in conn.children and conn.children[n].close_action == "start"
+                     and not carried_elsewhere(eng, sa, n)]
             if not names:
                 return None
         elif (cause == "timeout" and conn.dpd_action == "restart") or \
@@ -110,6 +123,11 @@ def after_down(eng, sa, cause, children, now: float) -> int | None:
         else:
             return None
         attempt = 1
+        if cause == "closed":
+            eng.stats["restarts"] += 1
+            new_id = eng.initiate(conn.name, now, names, retry=True, start_at=now + CLOSE_DELAY)
+            eng.ike_sa(new_id).reopening = names
+            return new_id
     else:
         if not sa.initiator or sa.keying is None or cause not in ("timeout", "failed"):
             return None
@@ -126,6 +144,13 @@ def after_down(eng, sa, cause, children, now: float) -> int | None:
 
 
 def on_start(sa, key, now: float):
-    """A delayed (re-)initiation is due: send its IKE_SA_INIT."""
-    if sa.state == CONNECTING:
-        sa.kick(now)
+    """A delayed (re-)initiation is due: send its IKE_SA_INIT — unless it brings back what the
+    peer closed and the peer has set all of it up again meanwhile (close_action)."""
+    if sa.state != CONNECTING:
+        return
+    names = getattr(sa, "reopening", None)
+    if names and all(carried_elsewhere(sa.engine, sa, n) for n in names):
+        sa.engine.stats["reopen_not_needed"] += 1
+        sa.engine._destroy(sa, "the peer set it up again itself", send_delete=False)
+        return
+    sa.kick(now)

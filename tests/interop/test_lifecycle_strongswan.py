@@ -306,6 +306,37 @@ def test_close_action_start_brings_back_what_charon_closes(bed):
     _run(bed, run())
 
 
+def test_charon_reauthenticates_and_close_action_adds_no_duplicate(bed):
+    """charon 5.9 reauthenticates break-before-make (reauth_time): it deletes the IKE SA, then sets
+    up a new one. Our close_action = start waits and, finding the tunnel back, initiates nothing."""
+    async def run():
+        bed.charon.load_conn("gw", charon_conn(reauth_time="3s", rand_time="0", over_time="30s"))
+        ours = Ours(bed, our_conn({"close_action": "start"}))
+        await ours.ep.start()
+        try:
+            task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", "gw"))
+            await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
+            await task
+            pinger = await start_ping(bed, 50, 0.1)             # 5 s across the reauthentication
+            await ours.until(lambda: len(ours.of(IkeSaUp)) >= 2, timeout=8.0, what="charon's reauth")
+            out, _ = await pinger.communicate()
+            await asyncio.sleep(1.0)                            # past our CLOSE_DELAY
+            st = ours.engine.stats
+            sas = await asyncio.to_thread(charon_sas, bed)
+            print(f"\ncharon reauth: {len(ours.of(IkeSaUp))} IKE SAs seen, now {len(ours.engine.ike_sas())} "
+                  f"here / {len(sas)} at charon; reopen not needed {st['reopen_not_needed']}, "
+                  f"restarts {st['restarts']}; {out.decode().strip().splitlines()[-2]}")
+            assert len(ours.engine.ike_sas()) == 1 and len(sas) == 1
+            assert not [e for e in ours.of(IkeSaUp) if e.initiator]        # we initiated nothing
+            (sent, got), text = await ping(bed, count=3)
+            assert got == sent, text
+        finally:
+            ours.close()
+            await asyncio.to_thread(bed.charon.terminate, "gw")
+            await asyncio.to_thread(bed.charon.unload_conn, "gw")
+    _run(bed, run())
+
+
 # ---------------------------------------------------------------- seed scenario, charon keeps state
 
 @pytest.mark.seed
