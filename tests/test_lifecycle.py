@@ -479,6 +479,46 @@ def test_close_action_waits_for_a_peer_that_reauthenticates_break_before_make():
     assert len(a.ike_sas()) == 1 and len(b.ike_sas()) == 1 and not a.ike_sas()[0].initiator
 
 
+def test_reauthentication_make_before_break():
+    """§2.8.3: at reauth_time a new IKE SA with the same Child SA comes up (no INITIAL_CONTACT: the
+    old one still exists), then the old one is deleted; the peer ends with the new pair only."""
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 extra={"reauth_time": 10, "rekey_time": 0}))
+    sa_a, sa_b = up(a, b, net)
+    old_child = only_child(sa_a)
+    advance(net, 0.0, 9.9)
+    assert a.ike_sas() == [sa_a]
+    advance(net, 9.9, 10.5)
+    (new_a,), (new_b,) = a.ike_sas(), b.ike_sas()
+    assert new_a is not sa_a and new_b is not sa_b and new_a.initiator
+    assert not new_b.initial_contact                        # the old SA was still there
+    ca, _cb = assert_pair(new_a, new_b)
+    downs = kinds(net.events[A], IkeSaDown)
+    assert [(d.ike_id, d.reason, d.restart_ike_id) for d in downs] == [(sa_a.ike_id, "reauthenticated", None)]
+    # make before break: the new Child SA was up before the old one went
+    ups = [i for i, e in enumerate(net.events[A]) if type(e).__name__ == "ChildSaUp" and e.handle == ca.handle]
+    dels = [i for i, e in enumerate(net.events[A]) if isinstance(e, ChildSaDelete) and e.handle == old_child.handle]
+    assert ups and dels and ups[0] < dels[0]
+    assert a.stats["reauths_started"] == a.stats["reauths_done"] == 1
+    advance(net, 10.5, 20.6)                                # and again, from the new one
+    assert a.stats["reauths_done"] == 2 and len(a.ike_sas()) == 1 == len(b.ike_sas())
+
+
+def test_reauthentication_that_fails_keeps_the_old_ike_sa_and_tries_again():
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 extra={"reauth_time": 10, "rekey_time": 0}))
+    sa_a, sa_b = up(a, b, net)
+    net.accept[B] = False                                   # b's board refuses every new Child SA
+    advance(net, 0.0, 10.5)
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    assert_pair(sa_a, sa_b)
+    assert a.stats["reauths_failed"] == 1 and not kinds(net.events[A], ChildSaDelete)
+    assert ("ike_reauth",) in sa_a.timers
+    net.accept[B] = True
+    advance(net, 10.5, 25.0)                                # retried after retry_delay (5-10 s)
+    assert a.stats["reauths_done"] == 1 and a.ike_sas() != [sa_a]
+
+
 def _lost_state_b(**settings):
     """B after a restart: same configuration, no SA."""
     b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL,

@@ -13,6 +13,7 @@ Example::
     keyingtries = 0                   # initiation attempts for start/restart (0 = until it works)
     rekey_time = 14400                # IKE SA rekey (RFC 7296 §2.18), minus up to rand_time
     # over_time = 1440; rand_time = 1440   (hard end = rekey_time + over_time)
+    # reauth_time = 86400             # reauthenticate (§2.8.3): new IKE SA first, then the old one goes
     [connections.gw.local]
     auth = "psk"                      # psk | pubkey
     id = "a.example"
@@ -114,6 +115,7 @@ class Connection:
     rekey_time: float = 14400.0     # IKE SA rekey (§2.18); 0 = off
     over_time: float = 1440.0       # hard end of the IKE SA = rekey_time + over_time
     rand_time: float = 1440.0       # rekey up to this much earlier (jitter)
+    reauth_time: float = 0.0        # reauthenticate (§2.8.3, make-before-break) after this; 0 = off
     keyingtries: int = 0            # start/restart attempts; 0 = keep trying (with back-off)
     initial_contact: bool = True
 
@@ -442,11 +444,14 @@ def parse_connection(name: str, data: dict, base: Path | None = None, path: str 
         dpd_action=sec.choice("dpd_action", ("none", "clear", "restart"), "clear"),
         dpd_delay=_seconds(sec, "dpd_delay", 0.0),
         rekey_time=ike_rekey, over_time=ike_over, rand_time=ike_rand,
+        reauth_time=_seconds(sec, "reauth_time", 0.0),
         keyingtries=keyingtries,
         initial_contact=sec.get("initial_contact", bool, True),
     )
     if conn.start_action == "start" and conn.remote_host is None:
         raise ConfigError(sec.key("remote_addrs"), "start_action = start needs a specific remote address")
+    if conn.reauth_time and conn.remote_host is None:
+        raise ConfigError(sec.key("reauth_time"), "reauthentication needs a specific remote address")
     sec.done()
     return conn
 

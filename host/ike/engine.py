@@ -24,7 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from . import child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, rekey
+from . import child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, reauth, rekey
 from .config import Connection, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaUp, Warning_
@@ -155,6 +155,7 @@ class IkeEngine:
             "dpd": liveness.on_dpd, "start": liveness.on_start,
             rekey.CHILD_REKEY: rekey.on_child_rekey, rekey.CHILD_EXPIRE: rekey.on_child_expire,
             "ike_rekey": rekey.on_ike_rekey, "ike_expire": rekey.on_ike_expire, "reap": rekey.on_reap,
+            "ike_reauth": reauth.on_timer,
             "task": self._delayed_task_due,
         }
 
@@ -711,6 +712,7 @@ class IkeEngine:
             self._initial_contact(sa)
         liveness.arm(sa, now)
         rekey.arm_ike(sa, now)
+        reauth.arm(sa, now)
         sa.reschedule()
 
     def _initial_contact(self, sa):
@@ -768,6 +770,8 @@ class IkeEngine:
     def _child_up(self, sa, child, now):
         """A Child SA is installed and its exchange done (ChildSaUp was just emitted)."""
         rekey.arm_child(sa, child, now)
+        if sa.reauth_of is not None:
+            reauth.progress(sa, now)
         if child.rekey_of is not None and not child.exchange_initiator:
             old = sa.children.get(child.rekey_of)
             if old is None or old.state == "dead":
@@ -793,6 +797,9 @@ class IkeEngine:
                 sa.successor is None and cfg.name in sa.conn.children:
             self.stats["child_sas_recreated"] += 1
             sa.add_task(child_create.CreateChildTask(cfg), now)
+
+    def _reauth_progress(self, sa, now):
+        reauth.progress(sa, now)
 
     def _child_closed_by_peer(self, sa, cfg, now):
         """The peer deleted a Child SA (§1.4.1, not a rekey): with ``close_action = start`` it is
@@ -885,6 +892,8 @@ class IkeEngine:
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col[2].state != DEAD and not col[2].announced:
             self._destroy(col[2], "IKE SA it rekeyed is gone", send_delete=True)
+        if sa.reauth_of is not None:
+            reauth.failed(sa, now)
         restart = liveness.after_down(self, sa, cause, children, now)
         if not sa.announced:
             return

@@ -139,6 +139,9 @@ class IkeSa:
         self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
         self.keying = None                  # (attempt, child names) when failures re-initiate
         self.reopening = None               # child names a close_action = start brings back
+        self.reauth_of = None               # reauth.py: the IKE SA this one replaces (§2.8.3) ...
+        self.reauth_children = set()        # ... and the Child SAs it must carry
+        self.reauth_by = None               # the IKE SA replacing this one
         self.announced = True               # IkeSaDown only for SAs the driver heard of
         self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
@@ -202,6 +205,8 @@ class IkeSa:
         """The running exchange is complete: let the next one go."""
         self.active = None
         self.kick(now)
+        if self.reauth_of is not None:
+            self.engine._reauth_progress(self, now)
 
     # -------------------------------------------------------------- responses we send
 

@@ -306,6 +306,37 @@ def test_close_action_start_brings_back_what_charon_closes(bed):
     _run(bed, run())
 
 
+def test_we_reauthenticate_make_before_break_against_charon(bed):
+    """reauth_time on our side (RFC 7296 §2.8.3): a new IKE SA with the Child SA, then the old
+    one deleted; charon ends with only the new one and pings cross the switch."""
+    async def run():
+        bed.charon.load_conn("gw", charon_conn())
+        ours = Ours(bed, our_conn(reauth_time=2.0, rekey_time=0))
+        await ours.ep.start()
+        try:
+            ours.ep.initiate("gw")
+            await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
+            first = ours.engine.ike_sas()[0]
+            pinger = await start_ping(bed, 40, 0.1)             # 4 s across the reauthentication
+            await ours.until(lambda: ours.engine.stats["reauths_done"] >= 1, timeout=6.0, what="reauth")
+            out, _ = await pinger.communicate()
+            await ours.until(lambda: len(ours.engine.ike_sas()) == 1, what="the old IKE SA gone")
+            (sa,) = ours.engine.ike_sas()
+            sas = await asyncio.to_thread(charon_sas, bed)
+            text = out.decode()
+            print(f"\nwe reauthenticate: {text.strip().splitlines()[-2]}")
+            assert sa is not first and len(sas) == 1
+            assert sas[0]["initiator-spi"].decode() == sa.spi_i.hex()
+            assert " 0% packet loss" in text, text
+            down = [e for e in ours.of(IkeSaDown) if e.ike_id == first.ike_id]
+            assert down and down[0].reason == "reauthenticated"
+        finally:
+            ours.close()
+            await asyncio.to_thread(bed.charon.terminate, "gw")
+            await asyncio.to_thread(bed.charon.unload_conn, "gw")
+    _run(bed, run())
+
+
 def test_charon_reauthenticates_and_close_action_adds_no_duplicate(bed):
     """charon 5.9 reauthenticates break-before-make (reauth_time): it deletes the IKE SA, then sets
     up a new one. Our close_action = start waits and, finding the tunnel back, initiates nothing."""
