@@ -229,6 +229,38 @@ def test_establish_ping_delete(bed, ike, esp, auth, we_initiate):
         raise
 
 
+def _tunnel_case(bed, charon_c, our_c, we_initiate, check, settings=None):
+    """Load charon's side, bring the tunnel up from either side, run ``check(ours, charon_log)``
+    on what happened, ping through it, and let charon delete it (we answer its Delete)."""
+    async def run():
+        name = f"t{next(_names)}"
+        bed.charon.load_conn(name, charon_c)
+        ours = Ours(bed, our_c, settings)
+        await ours.ep.start()
+        log_before = len(bed.charon.log())
+        try:
+            if we_initiate:
+                ours.ep.initiate("gw")
+            else:
+                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            if not we_initiate:
+                await res
+            check(ours, bed.charon.log()[log_before:])
+            rc, out = await ping(bed)
+            assert rc == 0 and " 0% packet loss" in out, out
+            await asyncio.to_thread(bed.charon.terminate, name)
+            await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
+        finally:
+            ours.ep.close()
+            await asyncio.to_thread(bed.charon.unload_conn, name)
+    try:
+        asyncio.run(run())
+    except BaseException:
+        print(bed.charon.log_tail(60))
+        raise
+
+
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
 def test_large_ike_auth_is_fragmented_both_ways(bed, we_initiate):
     """RFC 7383 with RSA-4096 certificates: each IKE_AUTH is ~2 KB, more than charon's and our
@@ -239,46 +271,21 @@ def test_large_ike_auth_is_fragmented_both_ways(bed, we_initiate):
         bed.charon.load_key(theirs_big.key_pem(), "rsa")
     cert, key, charon_cert = bed.big
     ike, esp = SUITES[0]
+    c = charon_conn(bed, ike, esp, "rsa")
+    c["local"]["certs"] = [charon_cert]
+    conn = our_conn(bed, ike, esp, "rsa")
+    conn["local"].update(cert=str(cert), key=str(key))
 
-    async def run():
-        name = f"t{next(_names)}"
-        c = charon_conn(bed, ike, esp, "rsa")
-        c["local"]["certs"] = [charon_cert]
-        bed.charon.load_conn(name, c)
-        conn = our_conn(bed, ike, esp, "rsa")
-        conn["local"].update(cert=str(cert), key=str(key))
-        ours = Ours(bed, conn)
-        await ours.ep.start()
-        log_before = len(bed.charon.log())
-        try:
-            if we_initiate:
-                ours.ep.initiate("gw")
-            else:
-                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
-            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
-            if not we_initiate:
-                await res
-            st = ours.engine.stats
-            (sa,) = ours.engine.ike_sas()
-            assert sa.fragmentation
-            assert st["fragmented_messages_sent"] == 1 and st["fragments_sent"] >= 2
-            assert st["fragmented_messages_received"] == 1 and st["fragments_received"] >= 2
-            log = bed.charon.log()[log_before:]
-            assert "reassembled fragmented IKE message" in log, log[-3000:]
-            rc, out = await ping(bed)
-            assert rc == 0 and " 0% packet loss" in out, out
-            print(f"\nIKE fragmentation ({'we' if we_initiate else 'charon'} initiate, RSA-4096): sent "
-                  f"{st['fragments_sent']} fragments, received {st['fragments_received']}")
-            await asyncio.to_thread(bed.charon.terminate, name)         # its Delete, answered by us
-            await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
-    try:
-        asyncio.run(run())
-    except BaseException:
-        print(bed.charon.log_tail(60))
-        raise
+    def check(ours, log):
+        st = ours.engine.stats
+        (sa,) = ours.engine.ike_sas()
+        assert sa.fragmentation
+        assert st["fragmented_messages_sent"] == 1 and st["fragments_sent"] >= 2
+        assert st["fragmented_messages_received"] == 1 and st["fragments_received"] >= 2
+        assert "reassembled fragmented IKE message" in log, log[-3000:]
+        print(f"\nIKE fragmentation ({'we' if we_initiate else 'charon'} initiate, RSA-4096): sent "
+              f"{st['fragments_sent']} fragments, received {st['fragments_received']}")
+    _tunnel_case(bed, c, conn, we_initiate, check)
 
 
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
@@ -287,36 +294,13 @@ def test_rsassa_pss_signatures_both_ways(bed, we_initiate):
     (RFC 7427 A.4); each side verifies the other's."""
     ike, esp = SUITES[0]
 
-    async def run():
-        name = f"t{next(_names)}"
-        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "rsa"))
-        ours = Ours(bed, our_conn(bed, ike, esp, "rsa"), EngineSettings(rsa_pss=True))
-        await ours.ep.start()
-        log_before = len(bed.charon.log())
-        try:
-            if we_initiate:
-                ours.ep.initiate("gw")
-            else:
-                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
-            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
-            if not we_initiate:
-                await res
-            log = bed.charon.log()[log_before:]
-            assert "(myself) with RSA_EMSA_PSS" in log, log[-3000:]
-            assert f"authentication of '{OUR_ID}' with RSA_EMSA_PSS" in log, log[-3000:]
-            rc, out = await ping(bed)
-            assert rc == 0 and " 0% packet loss" in out, out
-            await asyncio.to_thread(bed.charon.terminate, name)
-            await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
+    def check(ours, log):
+        assert "(myself) with RSA_EMSA_PSS" in log, log[-3000:]
+        assert f"authentication of '{OUR_ID}' with RSA_EMSA_PSS" in log, log[-3000:]
     bed.charon.set_rsa_pss(True)
     try:
-        asyncio.run(run())
-    except BaseException:
-        print(bed.charon.log_tail(60))
-        raise
+        _tunnel_case(bed, charon_conn(bed, ike, esp, "rsa"), our_conn(bed, ike, esp, "rsa"), we_initiate, check,
+                     EngineSettings(rsa_pss=True))
     finally:
         bed.charon.set_rsa_pss(False)
 
