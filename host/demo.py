@@ -104,10 +104,11 @@ class Pinger(threading.Thread):
 
 class DemoBed:
     def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim",
-                 peer_child_rekey=0, child_rekey=0):
+                 peer_child_rekey=0, child_rekey=0, reauth=0):
         self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
         self.profile = profile
         self.peer_child_rekey, self.child_rekey = peer_child_rekey, child_rekey   # seconds, 0: never
+        self.reauth = reauth                    # our reauth_time, seconds, 0: never
         self.state = state or tempfile.mkdtemp(prefix="ikod", dir="/tmp")
         self.quiet = quiet
         self.net = self.charon = self.daemon = None
@@ -172,6 +173,7 @@ class DemoBed:
         for i in range(self.nconns):
             lines += ['[connections.gw%d]' % i, 'local_addrs = ["%s"]' % OUR_IP, 'remote_addrs = ["%s"]' % PEER_IP,
                       'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK, 'start_action = "start"',
+                      'reauth_time = %d' % self.reauth, 'rekey_time = %d' % (0 if self.reauth else 14400),
                       '[connections.gw%d.local]' % i, 'auth = "psk"', 'id = "%s"' % OUR_ID,
                       '[connections.gw%d.remote]' % i, 'auth = "psk"', 'id = "%s"' % PEER_ID,
                       '[connections.gw%d.children.net%d]' % (i, i), 'local_ts = ["%s/32"]' % self.inner_a[i],

@@ -317,6 +317,31 @@ def test_a_board_that_answers_only_after_the_start_up_grace_still_starts_the_con
         b.stop()
 
 
+def test_reauthentication_keeps_traffic_flowing_through_the_board():
+    """RFC 7296 §2.8.3 make-before-break through the daemon: a new IKE SA and Child SA on the board
+    next to the old ones, the data path moves to them, then the old ones go from the board."""
+    b = DemoBed(quiet=True, reauth=2)
+    try:
+        b.start()
+        first = b.wait_tunnels()[0]
+        p = Pinger(b.net.ns_a, OUR_INNER, PEER_INNER)
+        p.start()
+        time.sleep(5.0)
+        p.stop()
+        time.sleep(0.3)
+        now = b.ctl("list-sas")
+        assert len(now) == 1 and now[0]["ike_id"] != first["ike_id"], (first, now)
+        reauths = b.ctl("stats")["engine_reauths_done"]
+        assert reauths >= 2, b.log_tail(60)
+        lost = p.lost_between(0, time.monotonic() - 0.6)
+        assert lost <= 1, "%d of %d pings lost across %d reauthentications" % (lost, len(p.sent), reauths)
+        assert b.ctl("list-boards")[0]["sa_count"] == 2 and len(b.sim(0, "sad")["sas"]) == 2
+        assert len(b.charon.list_sas()) == 1
+        print("\nreauthenticated %d times in 5 s: %d of %d pings lost" % (reauths, lost, len(p.sent)))
+    finally:
+        b.stop()
+
+
 @pytest.mark.parametrize("who", ["charon", "ours"])
 def test_child_rekeys_keep_traffic_flowing_through_the_board(who):
     """Make before break on the board (RFC 7296 §2.8): new SA installed, outbound moved, old deleted."""
