@@ -8,6 +8,7 @@ charon): our engine at 192.0.2.1 with scapy's ESP answering 198.51.100.1, charon
 protecting 203.0.113.1. Traffic is ping from charon's namespace through its TUN device.
 """
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -145,6 +146,22 @@ class Ours:
         self.ep.close()
 
 
+@contextlib.asynccontextmanager
+async def connected(bed, charon_c, our_c, settings=None):
+    """charon's side loaded as "gw" and ours running; afterwards ours closed and charon's side
+    terminated and unloaded (if charon is still there: one test kills it)."""
+    bed.charon.load_conn("gw", charon_c)
+    ours = Ours(bed, our_c, settings)
+    await ours.ep.start()
+    try:
+        yield ours
+    finally:
+        ours.close()
+        if bed.charon is not None:
+            await asyncio.to_thread(bed.charon.terminate, "gw")
+            await asyncio.to_thread(bed.charon.unload_conn, "gw")
+
+
 async def start_ping(bed, count, interval):
     return await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", bed.net.ns_b, "ping", "-n", "-q", "-c", str(count), "-i", str(interval),
@@ -182,11 +199,9 @@ def _run(bed, coro):
 
 def test_charon_rekeys_child_and_ike_sa_against_us_traffic_keeps_flowing(bed):
     async def run():
-        bed.charon.load_conn("gw", charon_conn({"rekey_time": "2s", "life_time": "30s", "rand_time": "0"},
-                                               rekey_time="5s", over_time="30s", rand_time="0"))
-        ours = Ours(bed, our_conn())
-        await ours.ep.start()
-        try:
+        charon_c = charon_conn({"rekey_time": "2s", "life_time": "30s", "rand_time": "0"},
+                               rekey_time="5s", over_time="30s", rand_time="0")
+        async with connected(bed, charon_c, our_conn()) as ours:
             t0 = time.monotonic()
             task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", "gw"))
             await ours.until(lambda: ours.of(ChildSaUp), what="first Child SA")
@@ -209,20 +224,14 @@ def test_charon_rekeys_child_and_ike_sa_against_us_traffic_keeps_flowing(bed):
             assert theirs and theirs <= {c.spi_out for c in sa.children.values() if c.state == "installed"}
             # every SA charon rekeyed away is gone here too (make before break, then deleted)
             assert len(ours.of(ChildSaDelete)) >= len(rekeyed) - 1
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
 def test_we_rekey_child_and_ike_sa_against_charon_traffic_keeps_flowing(bed):
     async def run():
-        bed.charon.load_conn("gw", charon_conn())
-        ours = Ours(bed, our_conn({"rekey_time": 2, "life_time": 30, "rand_time": 0.2},
-                                  rekey_time=5, over_time=30, rand_time=0.2))
-        await ours.ep.start()
-        try:
+        our_c = our_conn({"rekey_time": 2, "life_time": 30, "rand_time": 0.2},
+                         rekey_time=5, over_time=30, rand_time=0.2)
+        async with connected(bed, charon_conn(), our_c) as ours:
             t0 = time.monotonic()
             ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="first Child SA")
@@ -243,19 +252,12 @@ def test_we_rekey_child_and_ike_sa_against_charon_traffic_keeps_flowing(bed):
             # charon lists the closed ones as DELETED for a while; the installed ones are ours
             theirs = installed_spis(sas[0])
             assert theirs == {c.spi_out for c in sa.children.values()}       # the old ones are gone at both
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
 def test_charon_dpd_is_answered(bed):
     async def run():
-        bed.charon.load_conn("gw", charon_conn(dpd_delay="1s"))
-        ours = Ours(bed, our_conn())
-        await ours.ep.start()
-        try:
+        async with connected(bed, charon_conn(dpd_delay="1s"), our_conn()) as ours:
             ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
             await ours.until(lambda: ours.engine.stats["liveness_answered"] >= 2, timeout=6.0,
@@ -263,10 +265,6 @@ def test_charon_dpd_is_answered(bed):
             sas = await asyncio.to_thread(charon_sas, bed)
             assert len(sas) == 1 and sas[0]["state"] == b"ESTABLISHED"
             assert not ours.of(IkeSaDown)
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
@@ -274,10 +272,7 @@ def test_close_action_start_brings_back_what_charon_closes(bed):
     """charon's operator terminates our Child SA, then the IKE SA; with close_action = start we
     negotiate the Child SA again in the same IKE SA, then the whole connection anew."""
     async def run():
-        bed.charon.load_conn("gw", charon_conn())
-        ours = Ours(bed, our_conn({"close_action": "start"}))
-        await ours.ep.start()
-        try:
+        async with connected(bed, charon_conn(), our_conn({"close_action": "start"})) as ours:
             ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
             (sa,) = ours.engine.ike_sas()
@@ -299,10 +294,6 @@ def test_close_action_start_brings_back_what_charon_closes(bed):
             assert got == sent, text
             print(f"\nclose_action = start: Child SA closed by charon -> new one {t_child * 1000:.0f} ms; "
                   f"IKE SA deleted by charon -> new IKE + Child SA {t_ike * 1000:.0f} ms")
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
@@ -310,10 +301,7 @@ def test_we_reauthenticate_make_before_break_against_charon(bed):
     """reauth_time on our side (RFC 7296 §2.8.3): a new IKE SA with the Child SA, then the old
     one deleted; charon ends with only the new one and pings cross the switch."""
     async def run():
-        bed.charon.load_conn("gw", charon_conn())
-        ours = Ours(bed, our_conn(reauth_time=2.0, rekey_time=0))
-        await ours.ep.start()
-        try:
+        async with connected(bed, charon_conn(), our_conn(reauth_time=2.0, rekey_time=0)) as ours:
             ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
             first = ours.engine.ike_sas()[0]
@@ -330,10 +318,6 @@ def test_we_reauthenticate_make_before_break_against_charon(bed):
             assert " 0% packet loss" in text, text
             down = [e for e in ours.of(IkeSaDown) if e.ike_id == first.ike_id]
             assert down and down[0].reason == "reauthenticated"
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
@@ -341,10 +325,8 @@ def test_charon_reauthenticates_and_close_action_adds_no_duplicate(bed):
     """charon 5.9 reauthenticates break-before-make (reauth_time): it deletes the IKE SA, then sets
     up a new one. Our close_action = start waits and, finding the tunnel back, initiates nothing."""
     async def run():
-        bed.charon.load_conn("gw", charon_conn(reauth_time="3s", rand_time="0", over_time="30s"))
-        ours = Ours(bed, our_conn({"close_action": "start"}))
-        await ours.ep.start()
-        try:
+        charon_c = charon_conn(reauth_time="3s", rand_time="0", over_time="30s")
+        async with connected(bed, charon_c, our_conn({"close_action": "start"})) as ours:
             task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", "gw"))
             await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
             await task
@@ -361,10 +343,6 @@ def test_charon_reauthenticates_and_close_action_adds_no_duplicate(bed):
             assert not [e for e in ours.of(IkeSaUp) if e.initiator]        # we initiated nothing
             (sent, got), text = await ping(bed, count=3)
             assert got == sent, text
-        finally:
-            ours.close()
-            await asyncio.to_thread(bed.charon.terminate, "gw")
-            await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
 
 
@@ -423,10 +401,7 @@ def test_seed_we_lose_state_charon_keeps_it(bed):
 
 def test_charon_killed_our_liveness_check_tears_down_and_restart_brings_it_back(bed):
     async def run():
-        bed.charon.load_conn("gw", charon_conn())
-        ours = Ours(bed, our_conn(dpd_delay=1.0, dpd_action="restart"))
-        await ours.ep.start()
-        try:
+        async with connected(bed, charon_conn(), our_conn(dpd_delay=1.0, dpd_action="restart")) as ours:
             ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="Child SA")
             pid = bed.charon.proc.pid
@@ -457,9 +432,4 @@ def test_charon_killed_our_liveness_check_tears_down_and_restart_brings_it_back(
             assert len(failed) >= 1 and all(e.restart_ike_id for e in failed)
             (sent, got), text = await ping(bed, count=3)
             assert got == sent, text
-        finally:
-            ours.close()
-            if bed.charon is not None:
-                await asyncio.to_thread(bed.charon.terminate, "gw")
-                await asyncio.to_thread(bed.charon.unload_conn, "gw")
     _run(bed, run())
