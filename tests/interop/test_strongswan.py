@@ -159,6 +159,18 @@ async def ping(bed, count=3):
     return proc.returncode, out.decode()
 
 
+async def bring_up(bed, ours, name, we_initiate):
+    """Initiate connection ``name`` from our side or charon's; return once our Child SA is up
+    (and charon's initiate call has returned)."""
+    if we_initiate:
+        ours.ep.initiate("gw")
+    else:
+        res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
+    await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+    if not we_initiate:
+        await res
+
+
 def charon_sas(bed, name):
     return [s for s in bed.charon.list_sas() if s["_name"] == name]
 
@@ -170,13 +182,7 @@ async def _case(bed, ike, esp, auth, we_initiate, we_delete):
     await ours.ep.start()
     try:
         t0 = time.monotonic()
-        if we_initiate:
-            ours.ep.initiate("gw")
-        else:
-            res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
-        await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
-        if not we_initiate:
-            await res
+        await bring_up(bed, ours, name, we_initiate)
         setup_ms = (time.monotonic() - t0) * 1000
         up = ours.of(IkeSaUp)[0]
         assert up.initiator == we_initiate
@@ -239,13 +245,7 @@ def _tunnel_case(bed, charon_c, our_c, we_initiate, check, settings=None):
         await ours.ep.start()
         log_before = len(bed.charon.log())
         try:
-            if we_initiate:
-                ours.ep.initiate("gw")
-            else:
-                res = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
-            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
-            if not we_initiate:
-                await res
+            await bring_up(bed, ours, name, we_initiate)
             check(ours, bed.charon.log()[log_before:])
             rc, out = await ping(bed)
             assert rc == 0 and " 0% packet loss" in out, out
@@ -363,13 +363,8 @@ def test_invalid_ke_both_ways(bed):
         ours = Ours(bed, our_conn(bed, both if we_initiate else only, "aes128gcm16", "psk"))
         await ours.ep.start()
         try:
-            if we_initiate:
-                ours.ep.initiate("gw")
-            else:
-                task = asyncio.ensure_future(asyncio.to_thread(bed.charon.initiate, "net", name))
-            await ours.until(lambda: ours.of(ChildSaUp), what="ChildSaUp")
+            await bring_up(bed, ours, name, we_initiate)
             if not we_initiate:
-                await task
                 assert ours.engine.stats["error_replies"] == 1          # our INVALID_KE_PAYLOAD
             else:
                 assert ours.engine.stats["invalid_ke_retries"] == 1
