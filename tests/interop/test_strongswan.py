@@ -20,6 +20,7 @@ import time
 import pytest
 
 from host.testbed import charon as charon_mod
+from host.testbed import ping as pinging
 from host.testbed.netns import VethPair, cleanup_stale, have_root, ns_exec, udp_socket
 
 pytestmark = pytest.mark.strongswan
@@ -151,12 +152,8 @@ class Ours:
             await asyncio.sleep(0.01)
 
 
-async def ping(bed, count=3):
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", bed.net.ns_b, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2",
-        "-I", CHARON_INNER, OUR_INNER, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode, out.decode()
+def ping(bed, count=3):
+    return pinging.ping(bed.net.ns_b, CHARON_INNER, OUR_INNER, count)
 
 
 async def bring_up(bed, ours, name, we_initiate):
@@ -195,8 +192,8 @@ async def _case(bed, ike, esp, auth, we_initiate, we_delete):
         assert child["state"] == b"INSTALLED" and child["encap"] == b"yes"
         assert int(child["spi-in"], 16) == inst.spi_out and int(child["spi-out"], 16) == inst.spi_in
         assert sas[0]["local-port"] == b"4500" and sas[0]["remote-port"] == b"4500"     # floated
-        rc, out = await ping(bed)
-        assert rc == 0 and " 0% packet loss" in out, out
+        pr = await ping(bed)
+        assert pr.ok, pr.summary()
         assert ours.dp.answered >= 3 and ours.dp.errors == 0
         if we_delete:
             ours.ep.call(ours.engine.delete_ike, up.ike_id)
@@ -247,8 +244,8 @@ def _tunnel_case(bed, charon_c, our_c, we_initiate, check, settings=None):
         try:
             await bring_up(bed, ours, name, we_initiate)
             check(ours, bed.charon.log()[log_before:])
-            rc, out = await ping(bed)
-            assert rc == 0 and " 0% packet loss" in out, out
+            pr = await ping(bed)
+            assert pr.ok, pr.summary()
             await asyncio.to_thread(bed.charon.terminate, name)
             await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
         finally:
@@ -322,8 +319,8 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
             assert not ours.of(IkeSaDown)
             ours.ep.call(ours.engine.create_child, ike_id, "net")           # CREATE_CHILD_SA, we initiate
             await ours.until(lambda: len(ours.of(ChildSaUp)) == 2, what="second ChildSaUp")
-            rc, out = await ping(bed)
-            assert rc == 0 and " 0% packet loss" in out, out
+            pr = await ping(bed)
+            assert pr.ok, pr.summary()
             await asyncio.to_thread(bed.charon.initiate, "udp", name)        # CREATE_CHILD_SA, charon initiates
             await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="third ChildSaUp")
             third_ts = ours.of(ChildSaInstall)[2]
@@ -369,8 +366,8 @@ def test_invalid_ke_both_ways(bed):
             else:
                 assert ours.engine.stats["invalid_ke_retries"] == 1
             assert ours.of(IkeSaUp)[0].proposal.endswith("ecp256")
-            rc, out = await ping(bed, 1)
-            assert rc == 0, out
+            pr = await ping(bed, 1)
+            assert pr.ok, pr.summary()
             ours.ep.call(ours.engine.delete_ike, ours.of(IkeSaUp)[0].ike_id)
             await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
         finally:
