@@ -291,16 +291,23 @@ class CreateChildTask:
         return child
 
     def on_response(self, sa: IkeSa, msg, raw, now) -> bool:
+        res = self.accepted(sa, msg, now)
+        if res is not None:
+            initiator_install(sa, self.make_child(sa, msg, res), now)
+        return False
+
+    def accepted(self, sa: IkeSa, msg, now):
+        """The response's accepted proposal, nonce and selectors, or None once an error notify
+        (refused) or an unacceptable answer (RFC 7296 §1.3, §2.9) has been dealt with."""
         err = msg.error_notify()
         if err is not None:
             self.refused(sa, err, now)
-            return False
+            return None
         res = self.accept(sa, msg)
         if res[0] is None:
             self.unacceptable(sa, res[1], now)
-            return False
-        initiator_install(sa, self.make_child(sa, msg, res), now)
-        return False
+            return None
+        return res
 
 
 def initiator_install(sa: IkeSa, child: ChildSa, now, then=None):

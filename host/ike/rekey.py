@@ -202,13 +202,8 @@ class RekeyChildTask(CreateChildTask):
         self._failed(sa, now, "unacceptable response")
 
     def on_response(self, sa, msg, raw, now) -> bool:
-        err = msg.error_notify()
-        if err is not None:
-            self.refused(sa, err, now)
-            return False
-        res = self.accept(sa, msg)
-        if res[0] is None:
-            self.unacceptable(sa, res[1], now)
+        res = self.accepted(sa, msg, now)
+        if res is None:
             return False
         self.nr = res[1].data
         child = self.make_child(sa, msg, res)
