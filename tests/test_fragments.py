@@ -28,6 +28,17 @@ def engines(frag_a=True, frag_b=True, size=SIZE):
     return a, b
 
 
+def established(frag_a=True, frag_b=True):
+    """Two engines on one simulated network with an IKE SA between them (a initiated)."""
+    a, b = engines(frag_a, frag_b)
+    net = Network()
+    net.add(A, a)
+    net.add(B, b)
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    return a, b, net
+
+
 def is_fragment(data):
     return parse_header(data).next_payload == PayloadType.SKF
 
@@ -72,12 +83,7 @@ def test_ike_auth_is_fragmented_both_ways_within_the_size_and_the_sas_agree():
 
 def test_without_the_peer_offering_it_messages_go_whole():
     for fa, fb in ((True, False), (False, True)):
-        a, b = engines(fa, fb)
-        net = Network()
-        net.add(A, a)
-        net.add(B, b)
-        a.initiate("gw", 0.0)
-        net.pump(0.0)
+        a, b, _net = established(fa, fb)
         (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
         assert not sa_a.fragmentation and not sa_b.fragmentation
         assert a.stats["fragments_sent"] == b.stats["fragments_sent"] == 0
@@ -159,12 +165,7 @@ _PAIR = []
 
 def _established():
     if not _PAIR:
-        a, b = engines()
-        net = Network()
-        net.add(A, a)
-        net.add(B, b)
-        a.initiate("gw", 0.0)
-        net.pump(0.0)
+        a, b, _net = established()
         _PAIR.append((a.ike_sas()[0], b.ike_sas()[0]))
     return _PAIR[0]
 
@@ -195,12 +196,7 @@ def test_fragment_codec_round_trips_in_any_order(sizes, limit, seed):
 def test_reassembly_memory_is_bounded_and_given_back():
     """§2.6.2 leaves limits to the receiver: a message over MAX_MESSAGE is given up, and every
     byte held is returned when a message completes, is given up, or its SA goes."""
-    a, b = engines()
-    net = Network()
-    net.add(A, a)
-    net.add(B, b)
-    a.initiate("gw", 0.0)
-    net.pump(0.0)
+    a, b, net = established()
     (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
     big = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa_b.peer_mid,
                   [NotifyPayload(40000, bytes(40 * 1024))]).encode_fragments(sa_a.cipher, 1500)

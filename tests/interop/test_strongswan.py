@@ -10,6 +10,7 @@ and the non-ESP marker. Keys are proven to agree by pinging 198.51.100.1 from ch
 through its TUN device: our scapy data path decrypts with our KEYMAT and answers.
 """
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -156,6 +157,30 @@ def ping(bed, count=3):
     return pinging.ping(bed.net.ns_b, CHARON_INNER, OUR_INNER, count)
 
 
+@contextlib.asynccontextmanager
+async def loaded(bed, charon_c, our_c, settings=None):
+    """charon's side loaded under a fresh connection name and ours started; yields (name, ours).
+    Afterwards ours is closed and charon's side unloaded."""
+    name = f"t{next(_names)}"
+    bed.charon.load_conn(name, charon_c)
+    ours = Ours(bed, our_c, settings)
+    await ours.ep.start()
+    try:
+        yield name, ours
+    finally:
+        ours.ep.close()
+        await asyncio.to_thread(bed.charon.unload_conn, name)
+
+
+def _run(bed, coro, tail=60):
+    """Run one test's coroutine; if it fails, charon's log tail goes into the report."""
+    try:
+        asyncio.run(coro)
+    except BaseException:
+        print(bed.charon.log_tail(tail))
+        raise
+
+
 async def bring_up(bed, ours, name, we_initiate):
     """Initiate connection ``name`` from our side or charon's; return once our Child SA is up
     (and charon's initiate call has returned)."""
@@ -173,14 +198,8 @@ def charon_sas(bed, name):
 
 
 async def _case(bed, ike, esp, auth, we_initiate, we_delete):
-    name = f"t{next(_names)}"
-    bed.charon.load_conn(name, charon_conn(bed, ike, esp, auth))
-    ours = Ours(bed, our_conn(bed, ike, esp, auth))
-    await ours.ep.start()
-    try:
-        t0 = time.monotonic()
+    async with loaded(bed, charon_conn(bed, ike, esp, auth), our_conn(bed, ike, esp, auth)) as (name, ours):
         await bring_up(bed, ours, name, we_initiate)
-        setup_ms = (time.monotonic() - t0) * 1000
         up = ours.of(IkeSaUp)[0]
         assert up.initiator == we_initiate
         assert up.remote_id == CHARON_ID
@@ -209,10 +228,6 @@ async def _case(bed, ike, esp, auth, we_initiate, we_delete):
             assert ours.of(IkeSaDown)[0].reason == "deleted by peer"
         assert [e.handle for e in ours.of(ChildSaDelete)] == [inst.handle]
         assert ours.engine.ike_sas() == []
-        return setup_ms
-    finally:
-        ours.ep.close()
-        await asyncio.to_thread(bed.charon.unload_conn, name)
 
 
 CASES = [(ike, esp, auth, we_init) for ike, esp in SUITES for auth in ("psk", "ecdsa") for we_init in (True, False)]
@@ -225,37 +240,22 @@ CASES += [(SUITES[0][0], SUITES[0][1], "rsa", True), (SUITES[1][0], SUITES[1][1]
 def test_establish_ping_delete(bed, ike, esp, auth, we_initiate):
     # alternate who deletes so both directions of Delete are covered for every suite
     we_delete = (CASES.index((ike, esp, auth, we_initiate)) % 2) == 0
-    try:
-        asyncio.run(_case(bed, ike, esp, auth, we_initiate, we_delete))
-    except BaseException:
-        print(bed.charon.log_tail(60))
-        raise
+    _run(bed, _case(bed, ike, esp, auth, we_initiate, we_delete))
 
 
 def _tunnel_case(bed, charon_c, our_c, we_initiate, check, settings=None):
     """Load charon's side, bring the tunnel up from either side, run ``check(ours, charon_log)``
     on what happened, ping through it, and let charon delete it (we answer its Delete)."""
     async def run():
-        name = f"t{next(_names)}"
-        bed.charon.load_conn(name, charon_c)
-        ours = Ours(bed, our_c, settings)
-        await ours.ep.start()
-        log_before = len(bed.charon.log())
-        try:
+        async with loaded(bed, charon_c, our_c, settings) as (name, ours):
+            log_before = len(bed.charon.log())
             await bring_up(bed, ours, name, we_initiate)
             check(ours, bed.charon.log()[log_before:])
             pr = await ping(bed)
             assert pr.ok, pr.summary()
             await asyncio.to_thread(bed.charon.terminate, name)
             await ours.until(lambda: not ours.engine.ike_sas(), what="the Delete")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
-    try:
-        asyncio.run(run())
-    except BaseException:
-        print(bed.charon.log_tail(60))
-        raise
+    _run(bed, run())
 
 
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["we-init", "charon-init"])
@@ -306,12 +306,9 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
     """Charon deletes the Child SA (we keep the IKE SA); we CREATE_CHILD_SA a new one and traffic
     flows; charon creates one more on our IKE SA; we delete a Child SA and charon drops it."""
     async def run():
-        name = f"t{next(_names)}"
         ike, esp = SUITES[0]
-        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk", more=True))
-        ours = Ours(bed, our_conn(bed, ike, esp, "psk", pfs=True))
-        await ours.ep.start()
-        try:
+        charon_c, our_c = charon_conn(bed, ike, esp, "psk", more=True), our_conn(bed, ike, esp, "psk", pfs=True)
+        async with loaded(bed, charon_c, our_c) as (name, ours):
             ike_id = ours.ep.initiate("gw")
             await ours.until(lambda: ours.of(ChildSaUp), what="first ChildSaUp")
             await asyncio.to_thread(bed.charon.terminate, None, "net")
@@ -341,25 +338,16 @@ def test_child_delete_and_create_child_sa_both_ways(bed):
             assert third.spi_out not in left and len(left) == 1
             ours.ep.call(ours.engine.delete_ike, ike_id)
             await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
-    try:
-        asyncio.run(run())
-    except BaseException:
-        print(bed.charon.log_tail(80))
-        raise
+    _run(bed, run(), tail=80)
 
 
 def test_invalid_ke_both_ways(bed):
     """Each side guesses a DH group the other does not take first: INVALID_KE_PAYLOAD, then retry."""
     async def run(we_initiate):
-        name = f"t{next(_names)}"
         both, only = "aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16-prfsha256-ecp256"
-        bed.charon.load_conn(name, charon_conn(bed, only if we_initiate else both, "aes128gcm16", "psk"))
-        ours = Ours(bed, our_conn(bed, both if we_initiate else only, "aes128gcm16", "psk"))
-        await ours.ep.start()
-        try:
+        charon_c = charon_conn(bed, only if we_initiate else both, "aes128gcm16", "psk")
+        async with loaded(bed, charon_c, our_conn(bed, both if we_initiate else only, "aes128gcm16", "psk")) \
+                as (name, ours):
             await bring_up(bed, ours, name, we_initiate)
             if not we_initiate:
                 assert ours.engine.stats["error_replies"] == 1          # our INVALID_KE_PAYLOAD
@@ -370,24 +358,17 @@ def test_invalid_ke_both_ways(bed):
             assert pr.ok, pr.summary()
             ours.ep.call(ours.engine.delete_ike, ours.of(IkeSaUp)[0].ike_id)
             await ours.until(lambda: ours.of(IkeSaDown), what="IkeSaDown")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
     for we_initiate in (True, False):
-        asyncio.run(run(we_initiate))
+        _run(bed, run(we_initiate))
 
 
 def test_cookie_from_charon(bed):
     """charon demands a COOKIE once we have another half-open IKE_SA with it; we return it."""
     async def run():
-        name = f"t{next(_names)}"
         ike, esp = SUITES[0]
-        bed.charon.load_conn(name, charon_conn(bed, ike, esp, "psk"))
         conn = our_conn(bed, ike, esp, "psk")
         conn["initial_contact"] = False
-        ours = Ours(bed, conn)
-        await ours.ep.start()
-        try:
+        async with loaded(bed, charon_conn(bed, ike, esp, "psk"), conn) as (name, ours):
             for _ in range(3):
                 ours.ep.initiate("gw")
             await ours.until(lambda: len(ours.of(ChildSaUp)) == 3, what="three Child SAs")
@@ -397,11 +378,4 @@ def test_cookie_from_charon(bed):
             for up in ours.of(IkeSaUp):
                 ours.ep.call(ours.engine.delete_ike, up.ike_id)
             await ours.until(lambda: len(ours.of(IkeSaDown)) == 3, what="IkeSaDown x3")
-        finally:
-            ours.ep.close()
-            await asyncio.to_thread(bed.charon.unload_conn, name)
-    try:
-        asyncio.run(run())
-    except BaseException:
-        print(bed.charon.log_tail(60))
-        raise
+    _run(bed, run())
