@@ -36,14 +36,25 @@ def conn(local, remote, lid, rid, lts, rts, ike="aes256gcm16-prfsha256-x25519", 
     return c
 
 
-def pair(a_conn=None, b_conn=None, caps_a=ALL, caps_b=ALL, retransmit=None, settings_b=None, **kw):
+def pair(a_conn=None, b_conn=None, caps_a=ALL, caps_b=ALL, retransmit=None, settings_b=None, settings_a=None,
+         **kw):
     a_conn = a_conn or conn(A, B, "a.example", "b.example", A_NET, B_NET, **kw)
     b_conn = b_conn or conn(B, A, "b.example", "a.example", B_NET, A_NET, **kw)
-    a = IkeEngine(parse_connections({"gw": a_conn}), caps_a, retransmit=retransmit)
+    a = IkeEngine(parse_connections({"gw": a_conn}), caps_a, settings=settings_a, retransmit=retransmit)
     b = IkeEngine(parse_connections({"gw": b_conn}), caps_b, settings=settings_b, retransmit=retransmit)
     net = Network()
     net.add(A, a)
     net.add(B, b)
+    return a, b, net
+
+
+def established(settings_a=None, settings_b=None):
+    """pair() of strict engines (a message they cannot handle raises) with an IKE SA up between
+    them, a the initiator."""
+    a, b, net = pair(settings_a=settings_a, settings_b=settings_b)
+    a.strict = b.strict = True
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
     return a, b, net
 
 

@@ -14,7 +14,7 @@ from host.ike.ike_sa import ESTABLISHED
 from host.ike.loopback import Network, drain
 from host.ike.message import Message, parse_header
 from host.ike.payloads import NotifyPayload, encode_chain
-from tests.test_engine import A, A_NET, ALL, B, B_NET, conn, kinds
+from tests.test_engine import A, A_NET, ALL, B, B_NET, conn, established, kinds
 
 SIZE = 200                  # fragment_size (IP datagram) small enough to cut even a PSK IKE_AUTH
 
@@ -28,15 +28,10 @@ def engines(frag_a=True, frag_b=True, size=SIZE):
     return a, b
 
 
-def established(frag_a=True, frag_b=True):
-    """Two engines on one simulated network with an IKE SA between them (a initiated)."""
-    a, b = engines(frag_a, frag_b)
-    net = Network()
-    net.add(A, a)
-    net.add(B, b)
-    a.initiate("gw", 0.0)
-    net.pump(0.0)
-    return a, b, net
+def fragmenting(frag_a=True, frag_b=True):
+    """An IKE SA between two engines that offer fragmentation (or not) at SIZE."""
+    return established(EngineSettings(fragmentation=frag_a, fragment_size=SIZE),
+                       EngineSettings(fragmentation=frag_b, fragment_size=SIZE))
 
 
 def is_fragment(data):
@@ -83,7 +78,7 @@ def test_ike_auth_is_fragmented_both_ways_within_the_size_and_the_sas_agree():
 
 def test_without_the_peer_offering_it_messages_go_whole():
     for fa, fb in ((True, False), (False, True)):
-        a, b, _net = established(fa, fb)
+        a, b, _net = fragmenting(fa, fb)
         (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
         assert not sa_a.fragmentation and not sa_b.fragmentation
         assert a.stats["fragments_sent"] == b.stats["fragments_sent"] == 0
@@ -165,7 +160,7 @@ _PAIR = []
 
 def _established():
     if not _PAIR:
-        a, b, _net = established()
+        a, b, _net = fragmenting()
         _PAIR.append((a.ike_sas()[0], b.ike_sas()[0]))
     return _PAIR[0]
 
@@ -196,7 +191,7 @@ def test_fragment_codec_round_trips_in_any_order(sizes, limit, seed):
 def test_reassembly_memory_is_bounded_and_given_back():
     """§2.6.2 leaves limits to the receiver: a message over MAX_MESSAGE is given up, and every
     byte held is returned when a message completes, is given up, or its SA goes."""
-    a, b, net = established()
+    a, b, net = fragmenting()
     (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
     big = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa_b.peer_mid,
                   [NotifyPayload(40000, bytes(40 * 1024))]).encode_fragments(sa_a.cipher, 1500)

@@ -25,10 +25,9 @@ from host.ike.config import RetransmitPolicy, parse_connections
 from host.ike.constants import ExchangeType, Flag, Notify
 from host.ike.engine import EngineSettings, IkeEngine
 from host.ike.events import ChildSaDelete, ChildSaInstall, ChildSaOutbound, ChildSaUp, IkeSaDown, IkeSaUp
-from host.ike.loopback import Network
 from host.ike.message import Message, parse_header
 from host.ike.payloads import NotifyPayload
-from tests.test_engine import A, A_NET, ALL, B, B_NET, conn
+from tests.test_engine import A, A_NET, ALL, B, B_NET, conn, established
 
 pytestmark = pytest.mark.seed
 
@@ -274,23 +273,9 @@ def test_seed_scenario_recovery_twice_in_a_row():
 
 # ---------------------------------------------------------------- floods
 
-def _established(settings_a=None, settings_b=None):
-    a = IkeEngine(parse_connections({"gw": conn(A, B, "a.example", "b.example", A_NET, B_NET)}), ALL,
-                  settings=settings_a)
-    b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL,
-                  settings=settings_b)
-    a.strict = b.strict = True
-    net = Network()
-    net.add(A, a)
-    net.add(B, b)
-    a.initiate("gw", 0.0)
-    net.pump(0.0)
-    return a, b, net
-
-
 def test_flood_of_spoofed_unprotected_invalid_spi_tears_nothing_down():
     s = EngineSettings(hint_rate=1.0, hint_burst=2.0, hint_global_rate=10.0, hint_global_burst=20.0)
-    a, b, net = _established(settings_a=s)
+    a, b, net = established(settings_a=s)
     sa_a = a.ike_sas()[0]
     child = next(iter(sa_a.children.values()))
     rng = random.Random(7)
@@ -334,7 +319,7 @@ def test_flood_of_spoofed_unprotected_invalid_spi_tears_nothing_down():
 def test_flood_of_spoofed_esp_with_unknown_spis_is_answered_at_the_configured_rate():
     s = EngineSettings(unprotected_invalid_spi=True, invalid_spi_rate=1.0, invalid_spi_burst=3.0,
                        invalid_spi_global_rate=20.0, invalid_spi_global_burst=40.0)
-    a, b, net = _established(settings_b=s)
+    a, b, net = established(settings_b=s)
     rng = random.Random(11)
     duration, n = 10.0, 10_000
     per_src = {}
@@ -368,7 +353,7 @@ def test_floods_around_invalid_ike_spi_are_bounded_and_tear_nothing_down():
     spoofed sources) get at most the configured rate of INVALID_IKE_SPI answers; 10,000 spoofed
     INVALID_IKE_SPI answers to a's liveness check hasten it once, and b, alive, answers it."""
     from host.ike import liveness
-    a, b, net = _established(settings_a=EngineSettings(hint_retransmit=FAST))
+    a, b, net = established(settings_a=EngineSettings(hint_retransmit=FAST))
     sa_a, sa_b = a.ike_sas()[0], b.ike_sas()[0]
     rng = random.Random(12)
     duration, n = 10.0, 10_000
