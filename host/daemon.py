@@ -33,6 +33,13 @@ from host.offload.pool import BoardPool, NoBoard
 
 log = logging.getLogger("ikeoffloadd")
 
+# How long a replaced Child SA's inbound half stays on the board once the rekey or
+# reauthentication that replaced it is complete (RFC 7296 §2.8): what the peer sent on it just
+# before it switched, and what is queued here for the board behind the Delete, still decrypts.
+# Its outbound half goes at once. strongSwan keeps one 5 s; a board's SA slots are scarcer, and
+# in-flight packets need milliseconds.
+REPLACED_INBOUND_LINGER = 1.0
+
 RESET_CAUSES = {m.RESET_UNKNOWN: "unknown", m.RESET_POWER_ON: "power-on", m.RESET_HARD: "hard",
                 m.RESET_WDT: "watchdog", m.RESET_DEEPSLEEP: "deep-sleep", m.RESET_SOFT: "soft",
                 m.RESET_COMMAND: "command", m.RESET_SIM: "simulator"}
@@ -101,7 +108,8 @@ class Daemon:
         self.udp = IkeUdpEndpoint(self.engine, c.listen, c.ike_port, c.natt_port,
                                   on_event=self._ike_event, on_esp=self._esp_in)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
-                                 on_unknown_spi=self._unknown_spi, on_inbound=self._inbound)
+                                 on_unknown_spi=self._unknown_spi, on_inbound=self._inbound,
+                                 pending=self.engine.spi_pending)
         if self.use_tun:
             self.tun = Tun(c.tun, c.mtu, c.routing_table, c.routing_table)
             self.tun.open(self.datapath.tun_packets)
@@ -397,7 +405,8 @@ class Daemon:
 
     def _remove_child(self, ev):
         log.debug("Child SA #%d removed: %s", ev.handle, ev.reason)
-        route = self.datapath.remove(ev.handle)
+        linger = ev.replaced and REPLACED_INBOUND_LINGER > 0
+        route = self.datapath.retire(ev.handle) if linger else self.datapath.remove(ev.handle)
         self.children.pop(ev.handle, None)
         if route is None:
             return
@@ -408,14 +417,25 @@ class Daemon:
                     self.tun.del_route(str(net))
         client = self.clients.get(route.board)
         if client is not None and client.ready and (route.spi_in, m.DIR_IN) in client.session.books.sas:
-            self._spawn(self._board_del(client, route))
+            self._spawn(self._board_del(client, route, REPLACED_INBOUND_LINGER if linger else 0.0))
+        else:
+            self.datapath.forget_inbound(route)
 
-    async def _board_del(self, client, route):
-        for spi, d in ((route.spi_in, m.DIR_IN), (route.spi_out, m.DIR_OUT)):
+    async def _board_del(self, client, route, linger):
+        """SA_DEL both halves; a replaced SA's inbound half after ``linger`` seconds, so packets the
+        peer sent on it before it switched (and those still queued here for the board) decrypt."""
+        halves = [(route.spi_out, m.DIR_OUT), (route.spi_in, m.DIR_IN)]
+        for spi, d in halves:
+            if d == m.DIR_IN and linger:
+                await asyncio.sleep(linger)
+                self.datapath.forget_inbound(route)
+                if not client.ready or (spi, d) not in client.session.books.sas:
+                    return              # the board was lost or flushed meanwhile
             try:
                 await client.sa_del(spi, d)
             except LinkError as e:
                 log.debug("board %s: SA_DEL %08x: %s", client.name, spi, e)
+        self.datapath.forget_inbound(route)
 
     # ---- data path hooks ----------------------------------------------------------------------
     def _esp_in(self, data, addr):

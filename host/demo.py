@@ -85,6 +85,7 @@ class Pinger(threading.Thread):
                 self.replies.setdefault(seq, time.monotonic())
 
     def stop(self):
+        self.stopped_at = time.monotonic()
         self._halt.set()
         self.join(2)
         self.sock.close()
@@ -100,6 +101,11 @@ class Pinger(threading.Thread):
 
     def lost_between(self, t0, t1):
         return sum(1 for seq, st in self.sent.items() if t0 < st < t1 and seq not in self.replies)
+
+    def lost_before_stop(self, settle=0.5):
+        """Echoes never answered, among those sent at least ``settle`` seconds before stop() (the
+        later ones may have been on their way back when the pinger stopped listening)."""
+        return self.lost_between(0, self.stopped_at - settle)
 
 
 class DemoBed:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from host.daemon import REPLACED_INBOUND_LINGER
 from host.demo import OUR_INNER, PEER_INNER, DemoBed, Pinger, print_timeline
 
 pytestmark = [pytest.mark.strongswan,
@@ -244,7 +245,7 @@ def test_two_boards_one_lost_only_its_ike_sas_go():
         after = {s["conn"]: s for s in b.ctl("list-sas")}
         assert after[other_conn]["ike_id"] == survivor                 # untouched
         assert after[victim_conn]["ike_id"] != next(s["ike_id"] for s in sas if s["conn"] == victim_conn)
-        lost_other = p_other.lost_between(t0 - 0.2, time.monotonic() - 0.3)
+        lost_other = p_other.lost_between(t0 - 0.2, p_other.stopped_at - 0.5)
         assert lost_other == 0, "the healthy board's tunnel lost %d pings" % lost_other
     finally:
         b.stop()
@@ -317,6 +318,16 @@ def test_a_board_that_answers_only_after_the_start_up_grace_still_starts_the_con
         b.stop()
 
 
+def board_settles_to_one_pair(b):
+    """A replaced SA's inbound half stays on the board REPLACED_INBOUND_LINGER seconds after
+    the exchange that replaced it; then the board holds the current pair only."""
+    deadline = time.monotonic() + REPLACED_INBOUND_LINGER + 2.0
+    while len(sim_spis(b)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sad = sim_spis(b)
+    assert sorted(d for _spi, d in sad) == ["in", "out"] and b.ctl("list-boards")[0]["sa_count"] == 2, sad
+
+
 def test_reauthentication_keeps_traffic_flowing_through_the_board():
     """RFC 7296 §2.8.3 make-before-break through the daemon: a new IKE SA and Child SA on the board
     next to the old ones, the data path moves to them, then the old ones go from the board."""
@@ -333,9 +344,9 @@ def test_reauthentication_keeps_traffic_flowing_through_the_board():
         assert len(now) == 1 and now[0]["ike_id"] != first["ike_id"], (first, now)
         reauths = b.ctl("stats")["engine_reauths_done"]
         assert reauths >= 2, b.log_tail(60)
-        lost = p.lost_between(0, time.monotonic() - 0.6)
-        assert lost <= 1, "%d of %d pings lost across %d reauthentications" % (lost, len(p.sent), reauths)
-        assert b.ctl("list-boards")[0]["sa_count"] == 2 and len(b.sim(0, "sad")["sas"]) == 2
+        lost = p.lost_before_stop()
+        assert lost == 0, "%d of %d pings lost across %d reauthentications" % (lost, len(p.sent), reauths)
+        board_settles_to_one_pair(b)
         assert len(b.charon.list_sas()) == 1
         print("\nreauthenticated %d times in 5 s: %d of %d pings lost" % (reauths, lost, len(p.sent)))
     finally:
@@ -357,10 +368,9 @@ def test_child_rekeys_keep_traffic_flowing_through_the_board(who):
         assert len(now) == 1 and now[0]["spi_in"] != first["spi_in"], (first, now)     # rekeyed
         rekeys = b.log_tail(200).count("up: SPIs in") - 1
         assert rekeys >= 2, b.log_tail(60)
-        lost = p.lost_between(0, time.monotonic() - 0.3)
-        assert lost <= 1, "%d of %d pings lost across %d rekeys" % (lost, len(p.sent), rekeys)
-        assert b.ctl("list-boards")[0]["sa_count"] == 2          # old SAs removed from the board
-        assert len(b.sim(0, "sad")["sas"]) == 2
+        lost = p.lost_before_stop()
+        assert lost == 0, "%d of %d pings lost across %d rekeys" % (lost, len(p.sent), rekeys)
+        board_settles_to_one_pair(b)
         print("\n%s rekeyed the Child SA %d times in 7 s: %d of %d pings lost" % (who, rekeys, lost, len(p.sent)))
     finally:
         b.stop()

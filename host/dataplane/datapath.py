@@ -61,10 +61,18 @@ def _addresses(pkt):
     return None, None
 
 
+HOLD_SECONDS = 1.0          # how long ESP for a Child SA still being installed waits for it
+HOLD_PER_SPI = 32           # packets held per such SPI; more are dropped
+HOLD_SPIS = 16              # SPIs held at once
+
+
 class DataPath:
-    def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None):
+    def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None):
         """boards: name -> BoardClient; send_esp(esp, (ip, port)); write_tun(packet);
-        on_unknown_spi(spi, (ip, port)); on_inbound(route) for liveness proof."""
+        on_unknown_spi(spi, (ip, port)); on_inbound(route) for liveness proof; pending(spi) says
+        whether an inbound SPI belongs to a Child SA being set up (its ESP waits for the install)."""
+        self.pending = pending
+        self._held = {}                  # spi -> [(data, addr)] waiting for that SA's install
         self.boards = boards
         self.send_esp = send_esp
         self.write_tun = write_tun
@@ -84,6 +92,9 @@ class DataPath:
         self.routes.insert(0, route)
         self.by_spi_in[route.spi_in] = route
         self.by_handle[route.handle] = route
+        for data, addr in self._held.pop(route.spi_in, ()):
+            self.stats["in_held_delivered"] += 1
+            self.esp_in(data, addr)
 
     def remove(self, handle):
         r = self.by_handle.pop(handle, None)
@@ -92,6 +103,19 @@ class DataPath:
         self.by_spi_in.pop(r.spi_in, None)
         self.routes = [x for x in self.routes if x.handle != handle]
         return r
+
+    def retire(self, handle):
+        """Take a replaced SA out of the outbound lookup but keep decrypting on it (its late
+        inbound packets still reach the TUN device) until :meth:`forget_inbound`."""
+        r = self.remove(handle)
+        if r is not None:
+            r.sending = False
+            self.by_spi_in[r.spi_in] = r
+        return r
+
+    def forget_inbound(self, route):
+        if self.by_spi_in.get(route.spi_in) is route:
+            del self.by_spi_in[route.spi_in]
 
     def send_on(self, handle, replaces=None):
         """Outbound traffic moves to `handle` (a rekey's new SA), away from `replaces`."""
@@ -135,6 +159,8 @@ class DataPath:
         spi = int.from_bytes(data[:4], "big")
         r = self.by_spi_in.get(spi)
         if r is None:
+            if self.pending is not None and self._hold(spi, data, addr):
+                return
             self.stats["in_unknown_spi"] += 1
             if self.on_unknown_spi:
                 self.on_unknown_spi(spi, addr)
@@ -144,6 +170,32 @@ class DataPath:
             return
         self._in[r.board].append((r, addr, data))
         self._schedule()
+
+    def _hold(self, spi, data, addr) -> bool:
+        """The peer installs a Child SA when it answers and may send on it before the board has
+        it here (RFC 7296 §2.8 make-before-break, §1.2 IKE_AUTH): keep such ESP, bounded, until
+        the install, instead of dropping it and telling the peer the SPI is invalid."""
+        held = self._held.get(spi)
+        if held is None:
+            if len(self._held) >= HOLD_SPIS or not self.pending(spi):
+                return False
+            held = self._held[spi] = []
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_later(HOLD_SECONDS, self._held_expired, spi)
+        if len(held) < HOLD_PER_SPI:
+            held.append((data, addr))
+            self.stats["in_held"] += 1
+        else:
+            self.stats["in_held_overflow"] += 1
+        return True
+
+    def _held_expired(self, spi):
+        held = self._held.pop(spi, None)
+        if held:
+            self.stats["in_held_expired"] += len(held)
+            if self.on_unknown_spi:
+                self.on_unknown_spi(spi, held[0][1])
 
     def _schedule(self):
         if not self._flush_scheduled:

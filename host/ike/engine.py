@@ -278,6 +278,14 @@ class IkeEngine:
         self._now = now
         return invalid_spi.report(self, spi, src, now, local)
 
+    def spi_pending(self, spi_in: int) -> bool:
+        """``spi_in`` is an inbound SPI we offered in a request still in flight, or one of a Child
+        SA being installed: the peer, which installs when it answers, may already send on it."""
+        if spi_in not in self._child_spis:
+            return False
+        c = self._child_spis[spi_in]
+        return c is None or c.state == "installing"
+
     def esp_received(self, handle: int, now: float):
         """Inbound ESP decrypted on Child SA ``handle`` (board counters moved): proof of liveness
         for its IKE SA (§2.4). Cheap; call it per poll, not per packet."""
@@ -844,7 +852,8 @@ class IkeEngine:
 
     def _remove_child(self, sa, child, reason):
         if child.state in ("installed", "deleting"):
-            self._event(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason))
+            replaced = child.rekey_state == "rekeyed" or reason == reauth.REAUTHENTICATED
+            self._event(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason, replaced))
         child.state = "dead"
         sa.children.pop(child.handle, None)
         self._forget_child(child)

@@ -134,12 +134,18 @@ class ChildSaOutbound(Event):
 
 @dataclass(slots=True)
 class ChildSaDelete(Event):
-    """Remove Child SA ``handle`` from the ESP processor (it was installed before)."""
+    """Remove Child SA ``handle`` from the ESP processor (it was installed before).
+
+    ``replaced``: a rekey or a reauthentication put a successor in its place and outbound traffic
+    already moved there. The peer may still have packets on the old SA in flight, so the ESP
+    processor may keep its inbound half a few seconds longer (RFC 7296 §2.8 leaves the timing
+    of the switch to each end)."""
     handle: int
     ike_id: int
     spi_in: int
     spi_out: int
     reason: str
+    replaced: bool = False
 
 
 @dataclass(slots=True)

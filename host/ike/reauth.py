@@ -16,6 +16,9 @@ from .rekey import IKE_EXPIRE
 
 REAUTH = ("ike_reauth",)
 
+REAUTHENTICATED = "reauthenticated"     # why the old IKE SA and its Child SAs go
+DRAIN = 0.25                            # seconds between moving to the new SAs and deleting the old
+
 
 def arm(sa, now: float):
     c = sa.conn
@@ -60,7 +63,9 @@ def progress(sa, now: float):
         eng.stats["reauths_done"] += 1
         old.queue.clear()
         old.clear_timer(REAUTH)
-        old.add_task(DeleteIkeTask("reauthenticated"), now, first=True)
+        # the new Child SAs carry our traffic from now on; what is already on its way under the
+        # old ones (at the ESP processor, on the wire) arrives before the peer deletes them
+        eng._delay_task(old, DeleteIkeTask(REAUTHENTICATED), now + DRAIN)
     else:
         eng.stats["reauths_failed"] += 1
         eng._warn(sa, "reauthentication brought up only %s of %s; keeping the old IKE SA"
