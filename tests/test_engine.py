@@ -393,6 +393,7 @@ def test_delete_child_from_either_side():
     net.pump(3.0)
     assert len(kinds(net.events[A], ChildSaDelete)) == 2 and len(kinds(net.events[B], ChildSaDelete)) == 2
     assert not kinds(net.events[A], IkeSaDown)
+    assert not any(e.replaced for e in kinds(net.events[A] + net.events[B], ChildSaDelete))   # closed, not replaced
 
 
 @pytest.mark.parametrize("side", [A, B])

@@ -180,9 +180,7 @@ class DataPath:
             if len(self._held) >= HOLD_SPIS or not self.pending(spi):
                 return False
             held = self._held[spi] = []
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._loop.call_later(HOLD_SECONDS, self._held_expired, spi)
+            self._running_loop().call_later(HOLD_SECONDS, self._held_expired, spi)
         if len(held) < HOLD_PER_SPI:
             held.append((data, addr))
             self.stats["in_held"] += 1
@@ -197,12 +195,15 @@ class DataPath:
             if self.on_unknown_spi:
                 self.on_unknown_spi(spi, held[0][1])
 
+    def _running_loop(self):
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
     def _schedule(self):
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self._flush)
+            self._running_loop().call_soon(self._flush)
 
     def _flush(self):
         """Once per loop iteration: everything gathered so far goes out as batches."""

@@ -852,8 +852,8 @@ class IkeEngine:
 
     def _remove_child(self, sa, child, reason):
         if child.state in ("installed", "deleting"):
-            replaced = child.rekey_state == "rekeyed" or reason == reauth.REAUTHENTICATED
-            self._event(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason, replaced))
+            self._event(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason,
+                                      replaced=child.rekey_state == "rekeyed"))
         child.state = "dead"
         sa.children.pop(child.handle, None)
         self._forget_child(child)

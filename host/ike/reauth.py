@@ -16,7 +16,6 @@ from .rekey import IKE_EXPIRE
 
 REAUTH = ("ike_reauth",)
 
-REAUTHENTICATED = "reauthenticated"     # why the old IKE SA and its Child SAs go
 DRAIN = 0.25                            # seconds between moving to the new SAs and deleting the old
 
 
@@ -63,9 +62,11 @@ def progress(sa, now: float):
         eng.stats["reauths_done"] += 1
         old.queue.clear()
         old.clear_timer(REAUTH)
+        for c in old.children.values():
+            c.rekey_state = "rekeyed"           # replaced by the new IKE SA's: not rekeyed, not reopened
         # the new Child SAs carry our traffic from now on; what is already on its way under the
         # old ones (at the ESP processor, on the wire) arrives before the peer deletes them
-        eng._delay_task(old, DeleteIkeTask(REAUTHENTICATED), now + DRAIN)
+        eng._delay_task(old, DeleteIkeTask("reauthenticated"), now + DRAIN)
     else:
         eng.stats["reauths_failed"] += 1
         eng._warn(sa, "reauthentication brought up only %s of %s; keeping the old IKE SA"
