@@ -13,99 +13,22 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from firmware.sim import control
 from host.testbed import charon as charon_mod
-from host.testbed.netns import VethPair, cleanup_stale, entered
+from host.testbed.netns import VethPair, cleanup_stale
+from host.testbed.ping import Pinger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUR_IP, PEER_IP = "192.0.2.1", "192.0.2.2"
 OUR_INNER, PEER_INNER = "198.51.100.1", "203.0.113.1"
 OUR_ID, PEER_ID = "gw-a.ikeoffload.test", "gw-b.ikeoffload.test"
 PSK = "demo-psk-7f3a9c2e5b8d1f4a6c0e9b2d"
-
-
-class Pinger(threading.Thread):
-    """ICMP echo every `interval` seconds from `src` in namespace `ns`; records reply times."""
-
-    def __init__(self, ns, src, dst, interval=0.02):
-        super().__init__(daemon=True)
-        self.dst, self.interval = dst, interval
-        with entered(ns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.sock.bind((src, 0))
-        self.sock.settimeout(0.005)
-        self.icmp_id = os.getpid() & 0xFFFF
-        self.sent = {}      # seq -> monotonic send time
-        self.replies = {}   # seq -> monotonic reply time
-        self._halt = threading.Event()
-        self.seq = 0
-
-    @staticmethod
-    def _csum(b):
-        if len(b) % 2:
-            b += b"\0"
-        s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-        s = (s >> 16) + (s & 0xFFFF)
-        s += s >> 16
-        return ~s & 0xFFFF
-
-    def run(self):
-        next_at = time.monotonic()
-        while not self._halt.is_set():
-            now = time.monotonic()
-            if now >= next_at:
-                self.seq = (self.seq + 1) & 0xFFFF
-                body = struct.pack("!d", now) + b"ikeoffload-demo"
-                hdr = struct.pack("!BBHHH", 8, 0, 0, self.icmp_id, self.seq)
-                pkt = struct.pack("!BBHHH", 8, 0, self._csum(hdr + body), self.icmp_id, self.seq) + body
-                try:
-                    self.sock.sendto(pkt, (self.dst, 0))
-                except OSError:
-                    pass
-                self.sent[self.seq] = now
-                next_at += self.interval
-            try:
-                data = self.sock.recv(2048)
-            except (socket.timeout, BlockingIOError):
-                continue
-            except OSError:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and ident == self.icmp_id and seq in self.sent:
-                self.replies.setdefault(seq, time.monotonic())
-
-    def stop(self):
-        self.stopped_at = time.monotonic()
-        self._halt.set()
-        self.join(2)
-        self.sock.close()
-
-    def first_reply_sent_after(self, t):
-        """(send time, reply time) of the first echo sent after t that was answered."""
-        best = None
-        for seq, at in self.replies.items():
-            st = self.sent.get(seq)
-            if st is not None and st > t and (best is None or st < best[0]):
-                best = (st, at)
-        return best
-
-    def lost_between(self, t0, t1):
-        return sum(1 for seq, st in self.sent.items() if t0 < st < t1 and seq not in self.replies)
-
-    def lost_before_stop(self, settle=0.5):
-        """Echoes never answered, among those sent at least ``settle`` seconds before stop() (the
-        later ones may have been on their way back when the pinger stopped listening)."""
-        return self.lost_between(0, self.stopped_at - settle)
 
 
 class DemoBed:

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from host.daemon import REPLACED_INBOUND_LINGER
-from host.demo import OUR_INNER, PEER_INNER, DemoBed, Pinger, print_timeline
+from host.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
+from host.testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
