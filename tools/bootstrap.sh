@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Install what the project needs on a Debian 12 machine: apt packages (strongSwan peer, iproute2,
-# ping, node), the Python package with its test extra (pip), and the npm packages (the wasm
-# MicroPython). Idempotent: skips work whose inputs have not changed. `--force` redoes all.
+# Install what the project needs on Debian 12 or 13: apt packages (Python's venv, the strongSwan
+# peer, iproute2, ping, iperf3, node), a project virtual environment in .venv built from Debian's
+# own python3 (PEP 668 forbids pip in the system Python; Debian's python3-cryptography and
+# python3-invoke are too old), the package with its test extra in that venv, and the npm packages
+# (the wasm MicroPython). Idempotent: skips work whose inputs have not changed. `--force` redoes all.
+#
+# PYTHON=/path/to/python3 picks another interpreter (>= 3.11) for the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 force=0; [ "${1:-}" = "--force" ] && force=1
 
-APT_PKGS="strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins
-libcharon-extra-plugins iproute2 iputils-ping"
+APT_PKGS="python3 python3-venv strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
+libstrongswan-extra-plugins libcharon-extra-plugins iproute2 iputils-ping iperf3"
 command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
 command -v npm >/dev/null 2>&1 || APT_PKGS="$APT_PKGS npm"
 missing=""
-for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+for p in $APT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" != 0 ]; then echo "bootstrap: need root to apt-get install:$missing" >&2; exit 1; fi
     echo "bootstrap: apt-get install$missing"
@@ -19,16 +25,34 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PKGS >/dev/null
 fi
 
-PY="${PYTHON:-python3}"
+# Debian's interpreter, whatever PATH says (sudo resets it; a developer's may put another first).
+BASE="${PYTHON:-/usr/bin/python3}"
+if ! "$BASE" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "bootstrap: $BASE is missing or older than Python 3.11" >&2; exit 1
+fi
+VENV=.venv
+PY="$VENV/bin/python"
+if [ $force = 1 ] || ! "$PY" -c 'import sys' 2>/dev/null \
+        || [ "$(cat "$VENV/.base" 2>/dev/null)" != "$("$BASE" -c 'import sys; print(sys.executable, sys.version)')" ]; then
+    echo "bootstrap: python venv $VENV (from $BASE)"
+    rm -rf "$VENV"
+    "$BASE" -m venv "$VENV"
+    "$BASE" -c 'import sys; print(sys.executable, sys.version)' > "$VENV/.base"
+fi
+
 mkdir -p .cache
-stamp=.cache/bootstrap.stamp
+stamp="$VENV/.bootstrap.stamp"
 want=$(cat pyproject.toml tools/micropython/package.json tools/micropython/package-lock.json 2>/dev/null \
        | sha256sum | cut -c1-16)
 if [ $force = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
         || ! "$PY" -c "import host, firmware, invoke, serial, cryptography, hypothesis, scapy, vici" 2>/dev/null; then
-    echo "bootstrap: pip install -e .[test]"
-    "$PY" -m pip install -q -e '.[test]'
+    echo "bootstrap: pip install -e .[test] into $VENV"
+    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
     if [ -f tools/micropython/package-lock.json ]; then
+        # node trusts only its bundled CAs; a site's own (a TLS-inspecting proxy) lives in the system store
+        [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ] \
+            && export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
         echo "bootstrap: npm ci --prefix tools/micropython"
         npm ci --prefix tools/micropython --no-audit --no-fund --loglevel=error
     fi
