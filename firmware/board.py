@@ -13,6 +13,16 @@ Rules it keeps:
   outlive the processor that keeps its peer's state in step).
 - UNKNOWN_SPI events are aggregated and rate limited by a token bucket, so an ESP flood
   with random SPIs cannot saturate the link.
+- Control before data: ENCRYPT/DECRYPT requests are queued (at most `data_queue` frames; more
+  are refused at once with BUSY) and worked on by work(now, limit) a few packets at a time, so a
+  port that calls work() between looks at the link answers a heartbeat or an SA command within
+  one packet's crypto, however much data waits. Control replies and events leave before data
+  replies. A small data frame (the host's frames of pings, ACKs and the like) goes ahead of the
+  bulk frames not yet started, and has room beyond `data_queue`; its reply goes ahead of bulk
+  replies not yet sent. feed() itself works off `work_budget` packets (None: everything queued).
+  A port that can tell when its line is free sets `hold_data` and sends data replies one at a
+  time with next_data(), so a control reply or a small data reply never waits behind more than
+  the one frame on the line.
 """
 from firmware.link import frame as fr
 from firmware.link import messages as m
@@ -29,6 +39,7 @@ DEFAULT_PROFILE = {
     "reply_cache": 32,
     "unknown_spi_rate": 10,     # events per second
     "unknown_spi_burst": 5,
+    "data_queue": 4,            # ENCRYPT/DECRYPT frames queued on the board; more get BUSY
 }
 
 
@@ -89,6 +100,24 @@ class ReplyCache:
         self.order = []
 
 
+SMALL_FRAME = 600      # bytes of request body: a data frame of small packets, worked on first
+SMALL_QUEUE = 4        # such frames queued beyond `data_queue`
+
+
+class _DataJob:
+    """An ENCRYPT or DECRYPT request being worked on: the packets, how far, the results."""
+
+    def __init__(self, f, items, room):
+        self.type = f.type
+        self.seq = f.seq
+        self.flags = f.flags
+        self.items = items
+        self.k = 0
+        self.out = []
+        self.room = room
+        self.small = len(f.body) <= SMALL_FRAME
+
+
 class Board:
     def __init__(self, profile=None, now=0, random_bytes=None, reset_cause=m.RESET_POWER_ON,
                  sa_factory=None, transforms=None, features=0):
@@ -113,12 +142,19 @@ class Board:
         self.features = features
         self.event_seq = 0
         self.flushes = 0
-        self.out = bytearray()
+        self.out = bytearray()         # control replies and events: they leave first
+        self.data_out = []             # [(small, wire)]: data replies, small ones first
+        self.hold_data = False         # True: tick() leaves data replies for next_data()
+        self.data_queue = []           # _DataJob, oldest first
+        self.max_data_queue = profile_value(p, "data_queue")
+        self.work_budget = None        # packets feed() works off (None: all); ports set it
+        self.on_packet = None          # on_packet(sa, nbytes) after each packet (the sim's CPU model)
         self.reset_requested = False
         self.counters = {"requests": 0, "replies_from_cache": 0, "bad_requests": 0,
                          "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
                          "unknown_spi_suppressed": 0, "host_silence_flushes": 0,
-                         "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0}
+                         "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0, "data_busy": 0,
+                         "data_frames": 0, "data_packets": 0}
         self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
         self._unknown_suppressed = 0
         # entries that fit one event frame (spi 4, IPv6 address 19, count 4)
@@ -130,10 +166,26 @@ class Board:
 
     # ---- public verbs ---------------------------------------------------------------------
     def feed(self, data, now):
-        """Bytes from the host; returns bytes to send back."""
+        """Bytes from the host; returns bytes to send back: control replies and events first,
+        then the data replies that `work_budget` packets of work completed."""
         for f in self.decoder.feed(data):
             self.last_host_ms = now
-            self._request(f, now)
+            if f.type in m.DATA_TYPES and not f.flags & (fr.FLAG_REPLY | fr.FLAG_EVENT):
+                self._queue_data(f, now)
+            else:
+                self._request(f, now)
+        if self.data_queue:
+            self._work(self.work_budget)
+        return self.tick(now)
+
+    def busy(self):
+        """True while data requests wait for work()."""
+        return bool(self.data_queue)
+
+    def work(self, now, limit=1):
+        """Work off up to `limit` packets of queued data requests (None: all); returns bytes to
+        send (any control output first, then the data replies completed)."""
+        self._work(limit)
         return self.tick(now)
 
     def tick(self, now):
@@ -146,6 +198,10 @@ class Board:
         if self._unknown and self._unknown_bucket.take(now):
             self._emit_unknown_spi()
         out = self.out
+        if self.data_out and not self.hold_data:
+            for _, wire in self.data_out:
+                out += wire
+            self.data_out = []
         if out:
             self.out = bytearray()
             return bytes(out)
@@ -229,11 +285,87 @@ class Board:
             except m.MessageError:
                 self.counters["bad_requests"] += 1
                 body = bytes((m.BAD_REQUEST,))
+        self._reply(f, body, self.out)
+
+    def _reply(self, f, body, out):
+        nocache = f.flags & fr.FLAG_NOCACHE
         if len(body) + fr.MIN_FRAME > self.max_frame:
             body = bytes((m.TOO_BIG,))
-        wire = self._send(f.type, f.seq, fr.FLAG_REPLY | nocache, body)
+        wire = fr.encode(f.type, f.seq, fr.FLAG_REPLY | nocache, body)
+        out += wire
         if not nocache:
             self.cache.put(f.seq, f.type, wire)
+
+    # ---- the data path: queued, worked on a packet at a time -------------------------------
+    def _queue_data(self, f, now):
+        self.counters["requests"] += 1
+        if not f.flags & fr.FLAG_NOCACHE:
+            wire = self.cache.get(f.seq, f.type)
+            if wire is not None:
+                self.counters["replies_from_cache"] += 1
+                self.out += wire
+                return
+        q = self.data_queue
+        small = len(f.body) <= SMALL_FRAME
+        if len(q) >= self.max_data_queue + (SMALL_QUEUE if small else 0):
+            self.counters["data_busy"] += 1
+            self._reply(f, bytes((m.BUSY,)), self.out)
+            return
+        try:
+            if f.type == m.ENCRYPT:
+                items = m.decode_encrypt_request(f.body, self.max_batch)
+            else:
+                items = m.decode_decrypt_request(f.body, self.max_batch)
+        except m.MessageError:
+            self.counters["bad_requests"] += 1
+            self._reply(f, bytes((m.BAD_REQUEST,)), self.out)
+            return
+        self.counters["data_frames"] += 1
+        job = _DataJob(f, items, self._reply_room())
+        if small:
+            i = 0       # behind the started job and the small ones, ahead of waiting bulk
+            while i < len(q) and (q[i].small or q[i].k):
+                i += 1
+            q.insert(i, job)
+        else:
+            q.append(job)
+
+    def _work(self, limit):
+        q = self.data_queue
+        while q and (limit is None or limit > 0):
+            job = q[0]
+            step = self._encrypt_step if job.type == m.ENCRYPT else self._decrypt_step
+            n = step(job, limit)
+            if limit is not None:
+                limit -= n
+            if job.k >= len(job.items):
+                q.pop(0)
+                if job.type == m.ENCRYPT:
+                    body = m.encode_encrypt_reply(job.out)
+                else:
+                    body = m.encode_decrypt_reply(job.out)
+                wire = bytearray()
+                self._reply(job, body, wire)
+                self.queue_data_reply(job.small, bytes(wire))
+
+    def queue_data_reply(self, small, wire):
+        """A data reply to send: small ones go ahead of bulk ones not yet sent."""
+        q = self.data_out
+        i = len(q)
+        if small:
+            i = 0
+            while i < len(q) and q[i][0]:
+                i += 1
+        q.insert(i, (small, wire))
+
+    def next_data(self):
+        """The next data reply to put on the line (hold_data ports), or None."""
+        return self.data_out.pop(0)[1] if self.data_out else None
+
+    def _packet(self, rec, n):
+        self.counters["data_packets"] += 1
+        if self.on_packet is not None:
+            self.on_packet(rec, n)
 
     def _hello(self, body, now):
         session = m.decode_hello_request(body)
@@ -290,13 +422,13 @@ class Board:
     def _reply_room(self):
         return self.max_frame - fr.MIN_FRAME - 3
 
-    def _encrypt(self, body, now):
-        items = m.decode_encrypt_request(body, self.max_batch)
-        out = []
-        room = self._reply_room()
+    def _encrypt_step(self, job, limit):
+        """Encrypt up to `limit` packets of `job` (None: the rest); returns how many."""
+        items, out = job.items, job.out
         n = len(items)
-        k = 0
-        while k < n:
+        k = k0 = job.k
+        end = n if limit is None else min(n, k + max(1, limit))
+        while k < end:
             spi, pkt = items[k]
             rec = self.sad.get(spi, m.DIR_OUT)
             # A run of items for one SA goes through rec.encrypt_batch: those that fit the
@@ -305,40 +437,45 @@ class Board:
             # check below would take.
             j = k
             if rec is not None:
-                worst = room
-                while j < n:
+                worst = job.room
+                while j < end:
                     s, p = items[j]
                     if s != spi or len(p) + self.ESP_OVERHEAD + 3 > worst:
                         break
                     worst -= len(p) + self.ESP_OVERHEAD + 3
                     j += 1
             if j > k + 1:
-                res = rec.encrypt_batch([p for _, p in items[k:j]])
+                batch = [p for _, p in items[k:j]]
+                res = rec.encrypt_batch(batch)
                 self._expiry(rec)
                 for r in res:
-                    room -= 3 + len(r[1])
+                    job.room -= 3 + len(r[1])
+                for p in batch:
+                    self._packet(rec, len(p))
                 out.extend(res)
                 k = j
                 continue
             if rec is None:
                 res = (m.P_UNKNOWN_SPI, b"")
-            elif len(pkt) + self.ESP_OVERHEAD + 3 > room:
+            elif len(pkt) + self.ESP_OVERHEAD + 3 > job.room:
                 res = (m.P_TOO_BIG, b"")
             else:
                 res = rec.encrypt(pkt)
                 self._expiry(rec)
-            room -= 3 + len(res[1])
+                self._packet(rec, len(pkt))
+            job.room -= 3 + len(res[1])
             out.append(res)
             k += 1
-        return m.encode_encrypt_reply(out)
+        job.k = k
+        return k - k0
 
-    def _decrypt(self, body, now):
-        items = m.decode_decrypt_request(body, self.max_batch)
-        out = []
-        room = self._reply_room()
+    def _decrypt_step(self, job, limit):
+        """Decrypt up to `limit` packets of `job` (None: the rest); returns how many."""
+        items, out = job.items, job.out
         n = len(items)
-        k = 0
-        while k < n:
+        k = k0 = job.k
+        end = n if limit is None else min(n, k + max(1, limit))
+        while k < end:
             src, pkt = items[k]
             st, spi, inner = self._decrypt_one(src, pkt, True)
             if st is None:
@@ -349,23 +486,27 @@ class Board:
                 udp = src is not None and src[1] != 0
                 head = pkt[:4]
                 j = k + 1
-                while j < n:
+                while j < end:
                     s, p = items[j]
                     if (len(p) < 8 or p[:4] != head or (s is not None and s[1] != 0) != udp):
                         break
                     j += 1
-                res = rec.decrypt_batch([p for _, p in items[k:j]]) if j > k + 1 else (rec.decrypt(pkt),)
+                batch = [p for _, p in items[k:j]]
+                res = rec.decrypt_batch(batch) if j > k + 1 else (rec.decrypt(pkt),)
                 self._expiry(rec)
+                for p in batch:
+                    self._packet(rec, len(p))
                 k = j
             else:
                 res = ((st, inner),)
                 k += 1
             for st, inner in res:
-                if len(inner) + 7 > room:
+                if len(inner) + 7 > job.room:
                     st, inner = m.P_TOO_BIG, b""
-                room -= 7 + len(inner)
+                job.room -= 7 + len(inner)
                 out.append((st, spi, inner))
-        return m.encode_decrypt_reply(out)
+        job.k = k
+        return k - k0
 
     def _decrypt_one(self, src, pkt, classify_only=False):
         """RFC 3948 classification, SPI lookup, then the SA's RFC 4303 §3.4 processing.
@@ -428,8 +569,6 @@ HANDLERS = {
     m.SA_DEL: Board._sa_del,
     m.SA_FLUSH: Board._sa_flush,
     m.SA_STATS: Board._sa_stats,
-    m.ENCRYPT: Board._encrypt,
-    m.DECRYPT: Board._decrypt,
     m.RESET: Board._reset,
     m.COUNTERS: Board._counters,
 }

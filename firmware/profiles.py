@@ -77,6 +77,24 @@ class _Str:
         return None
 
 
+class _Cost:
+    """[µs per packet, µs per 1000 bytes of packet]: a transform's time on the board's CPU."""
+    required = False
+
+    def check(self, v):
+        if (not isinstance(v, list) or len(v) != 2
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 10_000_000 for x in v)):
+            return "must be [microseconds per packet, microseconds per 1000 bytes], not %r" % (v,)
+        return None
+
+
+class _AnyOf:
+    """A table whose keys are any of `choices`, each checked by `checker`."""
+
+    def __init__(self, choices, checker):
+        self.choices, self.checker = choices, checker
+
+
 class _List:
     required = False
 
@@ -106,6 +124,7 @@ SCHEMA = {
         "kind": _Str(True, LINK_KINDS), "baud": _Int(0, 12_000_000), "rtscts": _Bool(),
         "uart": _Int(0, 2), "tx_pin": _PIN, "rx_pin": _PIN, "rts_pin": _PIN, "cts_pin": _PIN,
         "rxbuf": _Int(64, 65536), "txbuf": _Int(64, 65536), "same_port_as_repl": _Bool(),
+        "data_budget_ms": _Int(1, 10_000),
     },
     "spi": {
         "sck_pin": _PIN, "mosi_pin": _PIN, "miso_pin": _PIN, "cs_pin": _PIN, "data_ready_pin": _PIN,
@@ -119,7 +138,8 @@ SCHEMA = {
     },
     "reset": {"method": _Str(True, RESET_METHODS), "pulse_ms": _Int(1, 10_000), "boot_ms": _Int(0, 60_000)},
     "heartbeat": {"period_ms": _Int(1, 600_000, True), "misses": _Int(1, 100, True)},
-    "crypto": {"backend": _Str(False, CRYPTO_BACKENDS), "fast": _List(TRANSFORMS)},
+    "crypto": {"backend": _Str(False, CRYPTO_BACKENDS), "fast": _List(TRANSFORMS), "cost_us": None},
+    "crypto.cost_us": _AnyOf(TRANSFORMS, _Cost()),
     "bench": {"scale": _Float(0.001, 1.0), "rto_min_ms": _Int(1, 10_000), "fast_period_ms": _Int(1, 10_000)},
 }
 REQUIRED_TABLES = ("board", "link", "heartbeat", "reset")
@@ -204,6 +224,14 @@ def _check_schema(c, data):
             continue
         if not isinstance(t, dict):
             c.fail(table, "must be a table")
+        if isinstance(keys, _AnyOf):
+            for key, v in t.items():
+                if key not in keys.choices:
+                    c.fail("%s.%s" % (table, key), "unknown transform (known: %s)" % ", ".join(sorted(keys.choices)))
+                err = keys.checker.check(v)
+                if err:
+                    c.fail("%s.%s" % (table, key), err)
+            continue
         for key, v in t.items():
             if key not in keys:
                 c.fail("%s.%s" % (table, key), "unknown key (known: %s)" % ", ".join(sorted(keys)))
@@ -337,3 +365,68 @@ def board_config(profile):
     if backend:
         cfg["crypto"] = backend      # firmware/esp.py make_board: the backend to load
     return cfg
+
+
+# ---- what the board can carry: the host's admission and liveness, the sim's speed ----------------
+
+DEFAULT_DATA_BUDGET = 0.25       # of a heartbeat period, when the profile states no data_budget_ms
+
+
+def link_rate(profile):
+    """Payload bytes per second the link carries each way (None: no limit, a pty or socket).
+
+    UART: baud / 10 (8N1). SPI (full duplex): one block each way per transaction of
+    block_size x 8 / clock_hz seconds plus the host's gap, minus the block's header and CRC."""
+    link = profile["link"]
+    if link["kind"] == "spi-pio":
+        spi = profile["spi"]
+        size = spi["block_size"]
+        t = size * 8 / spi["clock_hz"] + spi.get("gap_us", 0) / 1e6
+        return (size - 14) / t
+    baud = link.get("baud") or 0
+    return baud / 10 if baud else None
+
+
+def cpu_costs(profile):
+    """(encr, key bits, integ) -> (seconds per packet, seconds per byte) on the board's CPU, from
+    [crypto.cost_us]; transforms not listed cost nothing (the sim, whose CPU is the host's)."""
+    out = {}
+    for name, (per_packet, per_kb) in profile.get("crypto", {}).get("cost_us", {}).items():
+        out[TRANSFORMS[name]] = (per_packet / 1e6, per_kb / 1e9)
+    return out
+
+
+def packet_time(costs, transform, nbytes):
+    """Seconds the board's CPU spends on one packet of `nbytes` with `transform`."""
+    c = costs.get(transform)
+    return c[0] + c[1] * nbytes if c else 0.0
+
+
+def data_budget(profile):
+    """Seconds of link-and-board time the host keeps in flight as data (docs/link-protocol.md):
+    what a heartbeat may have to wait behind, in either direction."""
+    ms = profile["link"].get("data_budget_ms")
+    if ms:
+        return ms / 1000
+    return DEFAULT_DATA_BUDGET * profile["heartbeat"]["period_ms"] / 1000
+
+
+def loss_bound(profile, period=None, misses=None):
+    """Seconds from a board hanging to the host declaring it lost, at the worst: `misses`
+    heartbeats unanswered each within period + slack, the slack being the data in flight ahead
+    of a heartbeat and of its ack (data_budget), one data reply frame already on the wire, and
+    the longest single packet the board may be working on when it arrives."""
+    hb = profile["heartbeat"]
+    period = hb["period_ms"] / 1000 if period is None else period
+    misses = hb["misses"] if misses is None else misses
+    return (misses + 1) * period + heartbeat_slack(profile)
+
+
+def heartbeat_slack(profile, budget=None):
+    """The most a healthy board's heartbeat ack can be late: data in flight, one frame, one step."""
+    rate = link_rate(profile)
+    frame = profile["board"]["max_frame"] / rate if rate else 0.0
+    costs = cpu_costs(profile)
+    mtu = 1500
+    step = max((packet_time(costs, t, mtu) for t in costs), default=0.0)
+    return (data_budget(profile) if budget is None else budget) + frame + step

@@ -4,6 +4,13 @@ A tight loop, not asyncio: on the wasm MicroPython it moves a request through th
 less time than asyncio does (bench/mpy_loop.py measures both), the firmware has one job, and a
 tight loop keeps the watchdog honest (a stuck step stops the feeding). The loop sleeps in the
 port's wait() only while the board has nothing due (board.next_deadline()).
+
+Control before data: everything waiting on the port is read and fed first — heartbeats and SA
+commands are answered at once, ENCRYPT/DECRYPT requests only queued — and the board then works
+on one data packet per turn, looking at the port again after each. A heartbeat therefore waits
+for at most one packet's crypto, however much data the host has in flight. A port that can tell
+when its transmitter is idle (tx_ready()) gets data replies one frame at a time, so a control
+reply, or a small data reply, never queues behind more than the frame on the line.
 """
 import time
 
@@ -33,22 +40,34 @@ def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
     ran (tests; returns None). The reply to RESET is flushed out of the port first."""
     buf = bytearray(BUF)
     mv = memoryview(buf)
+    board.work_budget = 0              # feed() answers control; data waits for work()
+    tx_ready = getattr(port, "tx_ready", None)
+    board.hold_data = tx_ready is not None
     while steps is None or steps > 0:
         if steps is not None:
             steps -= 1
         feed()
         n = port.read_into(buf)
         now = clock()
-        out = board.feed(mv[:n], now) if n else board.tick(now)
+        if n:
+            out = board.feed(mv[:n], now)
+        elif board.busy():
+            out = board.work(now, 1)   # one packet, then look at the port again
+        else:
+            out = board.tick(now)
         if out:
             port.write(out)
+        if board.data_out and tx_ready():
+            port.write(board.next_data())
         if board.reset_requested:
             port.flush()
             return "reset"
-        if n:
+        if n or board.busy():
             continue                   # more may be waiting: read again before sleeping
         d = board.next_deadline()
         wait = idle_ms if d is None else min(idle_ms, max(0, d - now))
+        if board.data_out:
+            wait = min(wait, 1)        # a reply waits for the transmitter: look again soon
         if wait:
             port.wait(wait)
     return None

@@ -3,6 +3,14 @@
 
     python -m firmware.sim [--profile sim] [--socket HOST:PORT] [--baud N] [--reset-every S]
 
+It stands in for the board its profile names: the same transforms in HELLO (a cryptolib board's
+backend runs on a cryptolib made of the `cryptography` library, firmware/sim_cryptolib.py), the
+link's rate (a UART's baud, an SPI link's clock: `--baud` overrides, 0 is unthrottled) and the
+CPU's speed ([crypto.cost_us]: the board is busy for that long per packet and reads nothing
+meanwhile, as a MicroPython main loop in the middle of a packet would). Like the firmware's main
+loop it answers control frames before it takes the next data packet, and sends control replies
+before data replies (a data reply once started is finished: a frame cannot be cut).
+
 Prints `board: <device path or socket:// URL>` on its first line and `control: <path>` on its
 second, then serves until killed. Any serial tool (pyserial, miniterm, mpremote-style tools)
 can open the device. Like hardware, the board can be reset without the device path changing:
@@ -29,7 +37,6 @@ import tempfile
 import time
 import tty
 
-from firmware import board as board_mod
 from firmware import profiles
 from firmware.link import messages as m
 
@@ -67,37 +74,74 @@ class Pacer:
 class Simulator:
     MAX_OUT = 1 << 20  # like a UART without flow control, beyond this the board drops output
 
-    def __init__(self, profile, baud=None, reset_every=None, make_board=None):
+    def __init__(self, profile, baud=None, reset_every=None, make_board=None, rate=None, costs=None):
+        """profile: the board config (profiles.board_config); rate: link bytes per second each
+        way (None: unthrottled; `baud` sets it to baud/10); costs: the CPU model
+        (profiles.cpu_costs): with one, data is worked on a packet at a time at that speed."""
         self.profile = profile
+        self.costs = costs or {}
         self.make_board = make_board or self._default_board
-        self.board = self.make_board(profile, now_ms(), m.RESET_POWER_ON)
-        self.out = bytearray(self.board.tick(now_ms()))
         self.hung_since = None
         self.reset_every = reset_every
         self.next_reset = time.monotonic() + reset_every if reset_every else None
         self.resets = 0
-        self.tx_pacer = Pacer(baud // 10 if baud else None)
-        self.rx_pacer = Pacer(baud // 10 if baud else None)
+        if rate is None and baud:
+            rate = baud / 10
+        self.tx_pacer = Pacer(rate)
+        self.rx_pacer = Pacer(rate)
         self.dropped_out = 0
+        self.ctl_out = bytearray()     # control replies and events: sent first
+        self.sending = bytearray()     # what the line is sending now: a frame is never cut
+        self.busy_until = None         # the CPU model: working on a packet until then
+        self._busy_out = []            # ... and the data replies that work completes, released then
+        self._busy_s = 0.0
+        self.cpu_busy_s = 0.0
+        self._new_board(m.RESET_POWER_ON)
 
     @staticmethod
     def _default_board(profile, now, cause):
-        try:
-            from firmware import esp  # the ESP engine, when present
-            return esp.make_board(profile, now, cause)
-        except ImportError:
-            return board_mod.Board(profile, now, reset_cause=cause)
+        from firmware import esp
+        if profile.get("crypto") == "cryptolib":
+            from firmware import sim_cryptolib
+            sim_cryptolib.install()
+        return esp.make_board(profile, now, cause)
+
+    def _new_board(self, cause):
+        self.board = self.make_board(self.profile, now_ms(), cause)
+        self.board.hold_data = True             # the line takes data replies a frame at a time
+        if self.costs:
+            self.board.work_budget = 0          # feed() answers control; data waits for work()
+            self.board.on_packet = self._cost
+        return self.board.tick(now_ms())
+
+    def _cost(self, rec, nbytes):
+        spec = rec.spec
+        key = len(spec.encr_key) - (4 if spec.encr == m.ENCR_AES_GCM_16 else 0)
+        c = self.costs.get((spec.encr, key * 8, spec.integ))
+        if c:
+            self._busy_s += c[0] + c[1] * nbytes
+
+    @property
+    def out(self):
+        """Everything not yet on the line (tests and status)."""
+        return self.sending + self.ctl_out + b"".join(w for _, w in self.board.data_out)
 
     # ---- board life -------------------------------------------------------------------------
     def reset(self, cause=m.RESET_SIM, quiet=False, keep_output=False):
         self.resets += 1
-        self.board = self.make_board(self.profile, now_ms(), cause)
-        hello = self.board.tick(now_ms())
+        hello = self._new_board(cause)
+        self.busy_until = None
+        self._busy_out = []
         if not keep_output:
-            self.out = bytearray()  # bytes in flight die with the chip
+            # bytes in flight die with the chip
+            self.ctl_out, self.sending = bytearray(), bytearray()
         if not quiet:
-            self.out += hello
+            self.ctl_out += hello
         self.hung_since = None
+
+    def readable(self):
+        """Whether the board reads its link now (not while hung or in the middle of a packet)."""
+        return self.busy_until is None
 
     def on_input(self, data):
         if self.hung_since is not None:
@@ -117,27 +161,63 @@ class Simulator:
             if wdt and (t - self.hung_since) * 1000 >= wdt:
                 self.reset(m.RESET_WDT)
             return
+        if self.busy_until is not None:
+            if t < self.busy_until:
+                return
+            self.busy_until = None
+            for small, wire in self._busy_out:
+                self.board.queue_data_reply(small, wire)
+            self._busy_out = []
         self._queue(self.board.tick(now_ms()))
+        if self.costs and self.board.busy():
+            # one packet of the next data request; a reply it completes leaves when the CPU is done
+            self._busy_s = 0.0
+            self._queue(self.board.work(now_ms(), 1))
+            self.cpu_busy_s += self._busy_s
+            if self._busy_s > 0:
+                self.busy_until = t + self._busy_s
+                self._busy_out, self.board.data_out = self.board.data_out, []
 
     def timeout(self):
         """Seconds until on_tick() has work."""
         waits = [0.05]
+        t = time.monotonic()
         d = self.board.next_deadline()
         if d is not None:
             waits.append(max(0.0, (d - now_ms()) / 1000))
         if self.next_reset is not None:
-            waits.append(max(0.0, self.next_reset - time.monotonic()))
-        if self.out and self.tx_pacer.rate:
+            waits.append(max(0.0, self.next_reset - t))
+        if self.busy_until is not None:
+            waits.append(max(0.0, self.busy_until - t))
+        elif self.costs and self.board.busy():
+            waits.append(0.0)
+        if self.pending_output() and self.tx_pacer.rate:
             waits.append(self.tx_pacer.wait())
         return min(waits)
 
     def _queue(self, data):
         if data:
-            room = self.MAX_OUT - len(self.out)
+            room = self.MAX_OUT - len(self.ctl_out)
             if len(data) > room:
                 self.dropped_out += len(data) - room
-                data = data[:room]
-            self.out += data
+                data = data[:max(0, room)]
+            self.ctl_out += data
+
+    def pending_output(self):
+        return bool(self.sending or self.ctl_out or self.board.data_out)
+
+    def next_output(self, n):
+        """Up to n bytes for the line: the frame being sent, then control, then the next data
+        reply (small ones first: firmware/board.py)."""
+        if not self.sending:
+            if self.ctl_out:
+                self.sending, self.ctl_out = self.ctl_out, bytearray()
+            elif self.board.data_out:
+                self.sending = bytearray(self.board.next_data())
+        return bytes(self.sending[:n])
+
+    def sent(self, n):
+        del self.sending[:n]
 
     # ---- control ----------------------------------------------------------------------------
     def command(self, line):
@@ -204,8 +284,6 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
     """Main loop: move bytes between the link and the board core, run timers and control."""
     sel = selectors.DefaultSelector()
     conn = None
-    if master_fd is not None:
-        sel.register(master_fd, selectors.EVENT_READ, "link")
     if listen_sock is not None:
         sel.register(listen_sock, selectors.EVENT_READ, "accept")
     ctl = None
@@ -233,14 +311,17 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
             return conn.send(data)
         return len(data)  # no host connected: the bytes go nowhere, as on an unplugged UART
 
-    writing = False
+    events = None
     while True:
-        want_write = bool(sim.out) and (master_fd is not None or conn is not None)
-        if want_write != writing:
-            target = master_fd if master_fd is not None else conn
-            sel.modify(target, selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0),
-                       "link")
-            writing = want_write
+        want = ((selectors.EVENT_READ if sim.readable() else 0)
+                | (selectors.EVENT_WRITE if sim.pending_output() else 0))
+        target = master_fd if master_fd is not None else conn
+        if target is not None and want != events:
+            if events:
+                sel.unregister(target)
+            if want:
+                sel.register(target, want, "link")
+            events = want
         for key, ev in sel.select(sim.timeout()):
             what = key.data
             if what == "link":
@@ -259,27 +340,30 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
                             sel.unregister(conn)
                             conn.close()
                             conn = None
-                            writing = False
-                if ev & selectors.EVENT_WRITE and sim.out:
-                    n = sim.tx_pacer.allow(len(sim.out))
+                            events = None
+                            continue
+                if ev & selectors.EVENT_WRITE and sim.pending_output():
+                    chunk = sim.next_output(1 << 16)
+                    n = sim.tx_pacer.allow(len(chunk))
                     if n:
                         try:
-                            sent = link_write(bytes(sim.out[:n]))
-                            del sim.out[:sent]
+                            sent = link_write(chunk[:n])
                         except (BlockingIOError, InterruptedError):
-                            pass
+                            sent = 0
                         except OSError:
-                            sim.out = bytearray()
+                            sent = n          # nobody reads the line: the bytes go nowhere
+                        sim.tx_pacer.tokens += n - sent
+                        sim.sent(sent)
             elif what == "accept":
                 new, _ = listen_sock.accept()
                 new.setblocking(False)
                 new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if conn is not None:
-                    sel.unregister(conn)
+                    if events:
+                        sel.unregister(conn)
                     conn.close()
                 conn = new
-                writing = False
-                sel.register(conn, selectors.EVENT_READ, "link")
+                events = None
             elif what == "ctl-accept":
                 c, _ = ctl.accept()
                 c.setblocking(False)
@@ -323,16 +407,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="sim", help="board profile name (boards/NAME.toml) or a path")
     ap.add_argument("--socket", metavar="HOST:PORT", help="serve socket://HOST:PORT instead of a pty")
-    ap.add_argument("--baud", type=int, help="throttle both directions to baud/10 bytes per second")
+    ap.add_argument("--baud", type=int, help="throttle both directions to baud/10 bytes per second "
+                    "(default: the profile's link rate; 0: unthrottled)")
     ap.add_argument("--reset-every", type=float, metavar="S", help="reset the board every S seconds")
     ap.add_argument("--control", metavar="PATH", help="control socket path (default: a temp path)")
     ap.add_argument("--host-silence-ms", type=int, help="override the profile's host-silence limit")
     args = ap.parse_args(argv)
 
-    profile = profiles.board_config(profiles.load(args.profile))
+    full = profiles.load(args.profile)
+    profile = profiles.board_config(full)
     if args.host_silence_ms is not None:
         profile["host_silence_ms"] = args.host_silence_ms
-    sim = Simulator(profile, baud=args.baud, reset_every=args.reset_every)
+    rate = profiles.link_rate(full) if args.baud is None else (args.baud / 10 or None)
+    sim = Simulator(profile, reset_every=args.reset_every, rate=rate, costs=profiles.cpu_costs(full))
     control = args.control or os.path.join(tempfile.mkdtemp(prefix="ikeoffload-sim-"), "control")
     signal.signal(signal.SIGTERM, lambda *a: None)
     signal.signal(signal.SIGINT, lambda *a: None)

@@ -385,7 +385,8 @@ class Daemon:
         # make before break (RFC 7296 §2.8): a rekeyed SA may have to wait for ChildSaOutbound
         route = ChildRoute(ev.handle, ev.ike_id, b.name, ev.spi_in, ev.spi_out,
                            (ev.remote_addr, ev.remote_port), ts_networks(ev.local_ts), ts_networks(ev.remote_ts),
-                           sending=not (ev.rekey_of is not None and ev.defer_outbound))
+                           sending=not (ev.rekey_of is not None and ev.defer_outbound),
+                           transform=(ev.encr, ev.encr_key_bits, ev.integ))
         self.datapath.add(route)
         if self.tun:
             for net in route.remote_nets:
@@ -497,6 +498,8 @@ class Daemon:
             s.update({"ike_sas": len(self.engine.ike_sas()), "child_sas": len(self.children),
                       "half_open": self.engine.half_open_count(), "uptime_s": round(time.time() - self.started_at, 1)})
             s.update({"datapath_" + k: v for k, v in self.datapath.stats.items()})
+            s["host_drops"] = dict(self.datapath.drops())
+            s["board_queues"] = self.datapath.queue_state()
             s.update({"udp_" + k: v for k, v in self.udp.stats.items()})
             s.update({"engine_" + k: v for k, v in self.engine.stats.items()})
             s["incidents"] = [i.as_dict() for i in self.incidents]

@@ -31,11 +31,30 @@ OUR_ID, PEER_ID = "gw-a.ikeoffload.test", "gw-b.ikeoffload.test"
 PSK = "demo-psk-7f3a9c2e5b8d1f4a6c0e9b2d"
 
 
+# a profile's transform names (boards/*.toml [crypto] fast) as strongSwan ESP proposal keywords
+SWAN_ESP = {"aes-gcm-16-128": "aes128gcm16", "aes-gcm-16-256": "aes256gcm16",
+            "aes-cbc-128+hmac-sha2-256-128": "aes128-sha256", "aes-cbc-256+hmac-sha2-256-128": "aes256-sha256"}
+
+
+def esp_proposals_for(profile):
+    """The ESP proposals a router owner would configure for a board: its fastest transform first."""
+    from firmware import profiles
+    fast = profiles.load(profile).get("crypto", {}).get("fast", [])
+    names = [SWAN_ESP[n] for n in fast if n in SWAN_ESP]
+    best = [n for n in names if n == "aes256gcm16"] + [n for n in names if n == "aes256-sha256"]
+    return (best or names or ["aes256gcm16"])[:1]
+
+
 class DemoBed:
     def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim",
-                 peer_child_rekey=0, child_rekey=0, reauth=0):
+                 peer_child_rekey=0, child_rekey=0, reauth=0, baud=None, esp_proposals=None):
+        """profile: the board profile the sims stand in for and the daemon's config names;
+        baud: the sims' link rate (None: the profile's own); esp_proposals: both sides' ESP
+        proposals (default: the profile's fast transforms, as a router owner would configure)."""
         self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
         self.profile = profile
+        self.baud = baud
+        self.esp_proposals = esp_proposals or esp_proposals_for(profile)
         self.peer_child_rekey, self.child_rekey = peer_child_rekey, child_rekey   # seconds, 0: never
         self.reauth = reauth                    # our reauth_time, seconds, 0: never
         self.state = state or tempfile.mkdtemp(prefix="ikod", dir="/tmp")
@@ -68,8 +87,9 @@ class DemoBed:
 
     def start_sim(self, i):
         ctl = os.path.join(self.state, "sim%d.ctl" % i)
-        p = subprocess.Popen([sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        extra = ["--baud", str(self.baud)] if self.baud is not None else []
+        cmd = [sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl] + extra
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=ROOT))
         dev = p.stdout.readline().split()[1]
         p.stdout.readline()
@@ -82,7 +102,7 @@ class DemoBed:
         """One charon connection with a child per tunnel (charon picks a connection by address and
         identity, so several with the same ones would shadow each other)."""
         children = {"net%d" % i: {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
-                                  "esp_proposals": ["aes256gcm16"], "mode": "tunnel", "start_action": "none",
+                                  "esp_proposals": list(self.esp_proposals), "mode": "tunnel", "start_action": "none",
                                   "rekey_time": "%ds" % self.peer_child_rekey,
                                   "life_time": "%ds" % (3 * self.peer_child_rekey), "rand_time": "0"}
                     for i in range(self.nconns)}
@@ -106,7 +126,8 @@ class DemoBed:
                       '[connections.gw%d.local]' % i, 'auth = "psk"', 'id = "%s"' % OUR_ID,
                       '[connections.gw%d.remote]' % i, 'auth = "psk"', 'id = "%s"' % PEER_ID,
                       '[connections.gw%d.children.net%d]' % (i, i), 'local_ts = ["%s/32"]' % self.inner_a[i],
-                      'remote_ts = ["%s/32"]' % self.inner_b[i], 'esp_proposals = ["aes256gcm16"]',
+                      'remote_ts = ["%s/32"]' % self.inner_b[i],
+                      'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals),
                       'rekey_time = %d' % self.child_rekey, '']
         self.config = os.path.join(self.state, "ikeoffloadd.toml")
         with open(self.config, "w") as f:

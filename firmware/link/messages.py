@@ -42,10 +42,15 @@ EXISTS = 4        # SA_ADD of an (spi, dir) already installed
 NOT_FOUND = 5
 TOO_BIG = 6       # reply would not fit a frame / batch larger than max_batch
 INTERNAL = 7
+BUSY = 8          # data request refused at once: the board's data queue is full
 
 STATUS_NAMES = {OK: "OK", BAD_REQUEST: "BAD_REQUEST", UNSUPPORTED: "UNSUPPORTED",
                 SAD_FULL: "SAD_FULL", EXISTS: "EXISTS", NOT_FOUND: "NOT_FOUND",
-                TOO_BIG: "TOO_BIG", INTERNAL: "INTERNAL"}
+                TOO_BIG: "TOO_BIG", INTERNAL: "INTERNAL", BUSY: "BUSY"}
+
+# Data-path requests: the board queues them and works on them between looks at the link, so
+# control requests (heartbeats, SA commands) are answered first (docs/link-protocol.md).
+DATA_TYPES = (ENCRYPT, DECRYPT)
 
 # ---- per-packet status inside ENCRYPT/DECRYPT replies ----------------------------------------
 P_OK = 0

@@ -1,21 +1,32 @@
 """The lookaside ESP data path: TUN -> board ENCRYPT -> ESP-in-UDP, and back.
 
 Outbound: packets read from the TUN device are matched to a Child SA by their addresses against
-its traffic selectors (RFC 4301 §4.4.1 SPD lookup, simplified to the SAs we installed), grouped
-per board and sent as ENCRYPT batches; each ESP packet goes to the peer from our NAT-T port
-(RFC 3948). Inbound: ESP-in-UDP received on the NAT-T port is grouped per board by its SPI and
-sent as DECRYPT batches; inner packets are written to the TUN device.
+its traffic selectors (RFC 4301 §4.4.1 SPD lookup, simplified to the SAs we installed) and
+queued for that SA's board; each ESP packet the board returns goes to the peer from our NAT-T
+port (RFC 3948). Inbound: ESP-in-UDP received on the NAT-T port is queued for the board of the
+SA its SPI names; inner packets are written to the TUN device.
+
+Admission at the board's capacity: each board has a `BoardQueue` (host/dataplane/aqm.py, CoDel)
+and batches leave it only while the board's link has data budget left (host/offload/link.py) —
+so the link never holds more than a small fraction of a heartbeat period of data, heartbeats and
+SA commands go first, and what the board cannot take is dropped here, early, counted by reason.
+Each packet's cost is its time on the wire at the link's rate plus the board's CPU time for its
+transform (the profile's [crypto.cost_us]).
 
 Only SAs marked usable carry traffic: while a board is lost nothing is sent on its SAs (RFC 7296
-§2.4). An inbound SPI the host never installed is not sent to any board (a flood of junk must not
-fill the link): it goes straight to `on_unknown_spi`, like a board's UNKNOWN_SPI report.
+§2.4). Inbound ESP must come from the address and port of its SA's peer (RFC 3948: the SA's
+encapsulation ports), or it costs no link time. An inbound SPI the host never installed is not
+sent to any board (a flood of junk must not fill the link): it goes straight to
+`on_unknown_spi`, like a board's UNKNOWN_SPI report.
 """
 import asyncio
 import collections
 import ipaddress
 import logging
+import time
 
 from firmware.link import messages as m
+from host.dataplane.aqm import IN, OUT, BoardQueue, Item, QueueLimits
 from host.offload.client import LinkError
 
 log = logging.getLogger("ikeoffloadd.datapath")
@@ -26,11 +37,15 @@ class ChildRoute:
 
     __slots__ = ("handle", "ike_id", "board", "spi_in", "spi_out", "peer", "local_nets", "remote_nets",
                  "usable", "sending", "packets_out", "packets_in", "bytes_out", "bytes_in", "last_in",
-                 "last_reported")
+                 "last_reported", "transform")
 
-    def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True):
+    def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True,
+                 transform=None):
+        """peer: (ip, port) the SA's ESP comes from and goes to; transform: (encr, key bits,
+        integ) as the board's profile prices it."""
         self.handle, self.ike_id, self.board = handle, ike_id, board
         self.spi_in, self.spi_out, self.peer = spi_in, spi_out, peer
+        self.transform = transform
         self.local_nets, self.remote_nets = local_nets, remote_nets
         self.usable = True        # False once its board was lost: nothing goes through it
         self.sending = sending    # False for a rekeyed SA that must not send yet (make before break)
@@ -66,8 +81,15 @@ HOLD_PER_SPI = 32           # packets held per such SPI; more are dropped
 HOLD_SPIS = 16              # SPIs held at once
 
 
+# Bytes a packet adds on the link beyond itself, request or reply (the larger): item headers,
+# ESP's header, IV, padding and ICV, a share of the frame's header, CRC and COBS.
+LINK_OVERHEAD = 80
+SPARSE_FRAME = 512      # bytes of small packets in one urgent frame (the board works small frames first)
+
+
 class DataPath:
-    def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None):
+    def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None,
+                 clock=time.monotonic):
         """boards: name -> BoardClient; send_esp(esp, (ip, port)); write_tun(packet);
         on_unknown_spi(spi, (ip, port)); on_inbound(route) for liveness proof; pending(spi) says
         whether an inbound SPI belongs to a Child SA being set up (its ESP waits for the install)."""
@@ -78,12 +100,12 @@ class DataPath:
         self.write_tun = write_tun
         self.on_unknown_spi = on_unknown_spi
         self.on_inbound = on_inbound
+        self.clock = clock
         self.routes = []                 # outbound lookup, newest first (rekeyed SAs win)
         self.by_spi_in = {}
         self.by_handle = {}
-        self._out = collections.defaultdict(list)   # board -> [(route, packet)]
-        self._in = collections.defaultdict(list)    # board -> [(route, (ip, port), data)]
-        self._flush_scheduled = False
+        self.queues = {}                 # board -> BoardQueue
+        self._pump_scheduled = set()
         self.stats = collections.Counter()
         self._loop = None
 
@@ -130,6 +152,10 @@ class DataPath:
         for r in self.routes:
             if r.board == board:
                 r.usable = usable
+        if not usable:
+            q = self.queues.get(board)
+            if q is not None:
+                q.clear("board_lost")
 
     # ---- packets ----------------------------------------------------------------------------
     def tun_packets(self, pkts):
@@ -143,14 +169,13 @@ class DataPath:
                     if not r.usable:
                         self.stats["out_dropped_board_lost"] += 1
                     else:
-                        self._out[r.board].append((r, pkt))
+                        self._queue(r, OUT, pkt, None)
                     break
             else:
                 self.stats["out_no_sa"] += 1
                 log.debug("no SA for %s -> %s; routes: %s", src, dst,
                           ["#%d%s%s" % (r.handle, "" if r.sending else " (not sending)", "" if r.usable else " (lost)")
                            for r in self.routes])
-        self._schedule()
 
     def esp_in(self, data, addr):
         if len(data) < 8:
@@ -165,11 +190,15 @@ class DataPath:
             if self.on_unknown_spi:
                 self.on_unknown_spi(spi, addr)
             return
+        if tuple(addr) != r.peer:
+            # not from the SA's peer (RFC 4301 §5.2 / RFC 3948): it may not cost link time, and
+            # a spoofed flood with a valid SPI must not crowd out the peer's own packets
+            self.stats["in_wrong_peer"] += 1
+            return
         if not r.usable:
             self.stats["in_dropped_board_lost"] += 1
             return
-        self._in[r.board].append((r, addr, data))
-        self._schedule()
+        self._queue(r, IN, data, addr)
 
     def _hold(self, spi, data, addr) -> bool:
         """The peer installs a Child SA when it answers and may send on it before the board has
@@ -200,63 +229,95 @@ class DataPath:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _schedule(self):
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._running_loop().call_soon(self._flush)
-
-    def _flush(self):
-        """Once per loop iteration: everything gathered so far goes out as batches."""
-        self._flush_scheduled = False
-        out, self._out = self._out, collections.defaultdict(list)
-        inn, self._in = self._in, collections.defaultdict(list)
-        for board, items in out.items():
-            self._batches(board, items, self._encrypt)
-        for board, items in inn.items():
-            self._batches(board, items, self._decrypt)
-
-    def _batches(self, board, items, fn):
-        client = self.boards.get(board)
+    # ---- admission: per-board queues, batches within the link's data budget ------------------
+    def _queue(self, route, kind, data, addr):
+        client = self.boards.get(route.board)
         if client is None or not client.ready:
-            self.stats["dropped_board_not_ready"] += len(items)
+            self.stats["dropped_board_not_ready"] += 1
+            return
+        q = self.queues.get(route.board)
+        if q is None:
+            q = self.queues[route.board] = BoardQueue(self._limits(client))
+        work = client.packet_work(route.transform, len(data))
+        cost = (len(data) + LINK_OVERHEAD) * client.byte_time + work
+        if q.push(Item(kind, route, data, addr, work, cost, self.clock())):
+            self._schedule(route.board)
+
+    def _limits(self, client):
+        """CoDel and tail drop for a board, from one MTU packet's time on its link and CPU (its
+        fastest transform: the queue's limits are in seconds of work, so a slow transform's
+        packets fill them sooner, and its target must not grow with it)."""
+        mtu = 1500
+        work = min((client.packet_work(t, mtu) for t in client.costs), default=0.0)
+        return QueueLimits.for_board((mtu + LINK_OVERHEAD) * client.byte_time + work)
+
+    def _schedule(self, board):
+        if board not in self._pump_scheduled:
+            self._pump_scheduled.add(board)
+            self._running_loop().call_soon(self._pump, board)
+
+    def _pump(self, board):
+        """Hand the link batches while it has data budget (once per loop iteration and after
+        every completed batch): packets gathered meanwhile go together."""
+        self._pump_scheduled.discard(board)
+        q = self.queues.get(board)
+        client = self.boards.get(board)
+        if q is None or not len(q):
+            return
+        if client is None or not client.ready:
+            q.clear("board_not_ready")
             return
         hello = client.session.hello
         limit = max(1, hello.max_batch)
-        room = hello.max_frame - 64
-        batch, size = [], 0
-        for it in items:
-            n = len(it[-1]) + 80
-            if batch and (len(batch) >= limit or size + n > room):
-                self._loop.create_task(fn(client, batch))
-                batch, size = [], 0
-            batch.append(it)
-            size += n
-        if batch:
-            self._loop.create_task(fn(client, batch))
+        room_bytes = hello.max_frame - 64 - LINK_OVERHEAD * limit
+        now = self.clock()
+        # small packets first, in frames of their own that the link does not hold back
+        while q.has_sparse() and client.urgent_room():
+            kind, batch = q.take_sparse(limit, min(room_bytes, SPARSE_FRAME))
+            self._submit(board, client, kind, batch, urgent=True)
+        while q.has_bulk():
+            room = client.data_room()
+            if room <= 0:
+                return                                     # the next reply pumps again
+            kind, batch = q.take(now, room, limit, room_bytes)
+            if not batch:
+                return
+            self._submit(board, client, kind, batch)
 
-    async def _encrypt(self, client, batch):
+    def _submit(self, board, client, kind, batch, urgent=False):
+        work = sum(it.work for it in batch)
+        step = max(it.work for it in batch)
+        if kind == OUT:
+            fut = client.submit_encrypt([(it.route.spi_out, it.data) for it in batch], work, step, urgent=urgent)
+        else:
+            fut = client.submit_decrypt([((ipaddress.ip_address(it.addr[0]).packed, it.addr[1]), it.data)
+                                         for it in batch], work, step, urgent=urgent)
+        fut.add_done_callback(lambda f: self._done(board, kind, batch, f))
+
+    def _done(self, board, kind, batch, fut):
         try:
-            res = await client.encrypt([(r.spi_out, pkt) for r, pkt in batch])
+            res = fut.result()
         except LinkError as e:
-            self.stats["encrypt_failed"] += len(batch)
-            log.debug("ENCRYPT batch of %d failed: %s", len(batch), e)
-            return
-        for (r, pkt), (st, esp) in zip(batch, res):
+            self.stats["encrypt_failed" if kind == OUT else "decrypt_failed"] += len(batch)
+            log.debug("%s batch of %d failed: %s", "ENCRYPT" if kind == OUT else "DECRYPT", len(batch), e)
+            res = None
+        if res is not None:
+            (self._encrypted if kind == OUT else self._decrypted)(batch, res)
+        self._schedule(board)
+
+    def _encrypted(self, batch, res):
+        for it, (st, esp) in zip(batch, res):
+            r = it.route
             if st == m.P_OK:
                 r.packets_out += 1
-                r.bytes_out += len(pkt)
+                r.bytes_out += len(it.data)
                 self.send_esp(esp, r.peer)
             else:
                 self.stats["encrypt_status_%d" % st] += 1
 
-    async def _decrypt(self, client, batch):
-        try:
-            res = await client.decrypt([((ipaddress.ip_address(a[0]).packed, a[1]), d) for _, a, d in batch])
-        except LinkError as e:
-            self.stats["decrypt_failed"] += len(batch)
-            log.debug("DECRYPT batch of %d failed: %s", len(batch), e)
-            return
-        for (r, addr, _), (st, spi, inner) in zip(batch, res):
+    def _decrypted(self, batch, res):
+        for it, (st, spi, inner) in zip(batch, res):
+            r = it.route
             if st == m.P_OK:
                 r.packets_in += 1
                 r.bytes_in += len(inner)
@@ -269,6 +330,28 @@ class DataPath:
             elif st == m.P_UNKNOWN_SPI:
                 self.stats["in_unknown_spi_board"] += 1
                 if self.on_unknown_spi:
-                    self.on_unknown_spi(spi, addr)
+                    self.on_unknown_spi(spi, it.addr)
             else:
                 self.stats["decrypt_status_%d" % st] += 1
+
+    def queue_state(self):
+        """Per board: packets and seconds of work queued each way, data in flight on the link."""
+        out = {}
+        for name, q in self.queues.items():
+            client = self.boards.get(name)
+            n, cost, _ = client.session.link.data_in_flight() if client and client.session else (0, 0.0, 0.0)
+            out[name] = {"out": len(q.fifos[OUT]), "in": len(q.fifos[IN]), "sparse_out": len(q.sparse[OUT]),
+                         "sparse_in": len(q.sparse[IN]), "out_s": round(q.work[OUT], 4),
+                         "in_s": round(q.work[IN], 4), "in_flight": n, "in_flight_s": round(cost, 4)}
+        return out
+
+    def drops(self):
+        """Packets dropped on the host before the link, by reason."""
+        out = collections.Counter()
+        for q in self.queues.values():
+            out.update(q.drops)
+        for k in ("dropped_board_not_ready", "out_dropped_board_lost", "in_dropped_board_lost", "in_wrong_peer",
+                  "out_no_sa", "in_unknown_spi"):
+            if self.stats[k]:
+                out[k] = self.stats[k]
+        return out

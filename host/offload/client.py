@@ -10,6 +10,7 @@ Every coroutine's request has a deadline; nothing waits forever.
 import asyncio
 import time
 
+from firmware import profiles
 from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
@@ -39,9 +40,15 @@ class BoardClient:
         self.flush_on_open = flush_on_open
         self.reopen_interval = reopen_interval
         self.link_options = dict(link_options or {})
-        baud = profile["link"].get("baud") if profile else None
-        if baud and "byte_time" not in self.link_options and profile["link"]["kind"] == "uart":
-            self.link_options["byte_time"] = 10.0 / baud
+        # The board's capacity, from its profile: the link's rate (a UART's baud, an SPI link's
+        # clock) and its CPU's time per packet. The link client bounds data in flight with them;
+        # the data path admits traffic at this rate; heartbeats allow for what is in flight.
+        self.costs = profiles.cpu_costs(profile) if profile else {}
+        rate = profiles.link_rate(profile) if profile else None
+        if rate and "byte_time" not in self.link_options:
+            self.link_options["byte_time"] = 1.0 / rate
+        if profile and "data_budget" not in self.link_options:
+            self.link_options["data_budget"] = profiles.data_budget(profile)
         self.on_event = on_event
         self.events = asyncio.Queue()
         self.session = None
@@ -161,25 +168,77 @@ class BoardClient:
             raise LinkError("%s COUNTERS: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
         return d
 
-    async def encrypt(self, items, timeout=1.0):
-        """[(spi, packet)] -> [(packet status, ESP bytes)]; sent once, never retried."""
-        body = await self.request(m.ENCRYPT, m.encode_encrypt_request(items), retry=False,
-                                  deadline=self._now() + timeout,
-                                  reply_len=sum(len(p) for _, p in items) + 40 * len(items))
-        status, out = m.decode_encrypt_reply(body)
-        if status != m.OK:
-            raise LinkError("%s ENCRYPT: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
+    # ---- the data path ------------------------------------------------------------------------
+    def packet_work(self, transform, nbytes):
+        """Seconds of the board's CPU for one packet (profile [crypto.cost_us]; 0 if unstated)."""
+        return profiles.packet_time(self.costs, transform, nbytes)
+
+    @property
+    def byte_time(self):
+        return self.session.link.byte_time if self.session else self.link_options.get("byte_time", 0.0)
+
+    def data_room(self):
+        """Seconds of data budget left on the link (<= 0: hold data back)."""
+        if not self.ready:
+            return 0.0
+        return self.session.link.data_room()
+
+    def urgent_room(self):
+        """Whether a frame of small packets may go now (outside the data budget)."""
+        return self.ready and self.session.link.urgent_room()
+
+    def submit_encrypt(self, items, work=0.0, step=None, timeout=2.0, urgent=False):
+        """Queue an ENCRYPT now (the link counts it in flight at once); returns a future whose
+        result is [(packet status, ESP bytes)] or a LinkError. items: [(spi, packet)]."""
+        return self._submit(m.ENCRYPT, m.encode_encrypt_request(items), m.decode_encrypt_reply,
+                            sum(len(p) for _, p in items) + 70 * len(items), work, step, timeout, urgent)
+
+    def submit_decrypt(self, items, work=0.0, step=None, timeout=2.0, urgent=False):
+        """Like submit_encrypt for DECRYPT: items [(source (ip, port) or None, UDP payload)] ->
+        [(packet status, spi, inner packet)]."""
+        return self._submit(m.DECRYPT, m.encode_decrypt_request(items), m.decode_decrypt_reply,
+                            sum(len(p) for _, p in items) + 8 * len(items), work, step, timeout, urgent)
+
+    def _submit(self, type, body, decode, reply_len, work, step, timeout, urgent=False):
+        out = self._loop.create_future()
+        try:
+            seq = self.session.request(type, body, self._now(), retry=False, deadline=self._now() + timeout,
+                                       reply_len=reply_len, work=work, step=step, urgent=urgent)
+        except NotReady as e:
+            out.set_exception(LinkError(str(e)))
+            return out
+        fut = self._loop.create_future()
+        self._futures[seq] = fut
+
+        def done(f):
+            if out.cancelled():
+                return
+            ev = f.result()
+            if isinstance(ev, RequestFailed):
+                out.set_exception(LinkError("%s %s: %s" % (self.name, m.NAMES.get(type), ev.reason)))
+                return
+            try:
+                status, items = decode(ev.body)
+            except m.MessageError as e:
+                out.set_exception(LinkError("%s %s: bad reply: %s" % (self.name, m.NAMES.get(type), e)))
+                return
+            if status != m.OK:
+                out.set_exception(LinkError("%s %s: %s" % (self.name, m.NAMES.get(type),
+                                                           m.STATUS_NAMES.get(status, status)), status))
+            else:
+                out.set_result(items)
+
+        fut.add_done_callback(done)
+        self._after()
         return out
 
-    async def decrypt(self, items, timeout=1.0):
+    async def encrypt(self, items, timeout=2.0):
+        """[(spi, packet)] -> [(packet status, ESP bytes)]; sent once, never retried."""
+        return await self.submit_encrypt(items, timeout=timeout)
+
+    async def decrypt(self, items, timeout=2.0):
         """[(source (ip, port) or None, UDP payload)] -> [(packet status, spi, inner packet)]."""
-        body = await self.request(m.DECRYPT, m.encode_decrypt_request(items), retry=False,
-                                  deadline=self._now() + timeout,
-                                  reply_len=sum(len(p) for _, p in items) + 8 * len(items))
-        status, out = m.decode_decrypt_reply(body)
-        if status != m.OK:
-            raise LinkError("%s DECRYPT: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
-        return out
+        return await self.submit_decrypt(items, timeout=timeout)
 
     async def reset(self):
         """Ask the board to reset (it answers, then reboots: expect BoardLost + BoardReady)."""

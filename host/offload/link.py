@@ -1,14 +1,32 @@
-"""Sans-I/O link client: requests with sequence numbers, retries, RTT-based timeouts.
+"""Sans-I/O link client: requests with sequence numbers, retries, RTT-based timeouts, and the
+rule that control goes before data.
 
 Verbs in the aioquic style: request(), receive(data, now), data_to_send(), get_timer(),
 handle_timer(now), next_event(). Times are seconds (time.monotonic()).
 
-Retries reuse the request's seq and bytes, so the board's reply cache answers a retried
-SA_ADD without applying it twice. The retry timeout follows RFC 6298 (SRTT + 4·RTTVAR, Karn's
-rule: no samples from retransmitted requests) plus the wire time of the bytes ahead on a slow
-UART, and backs off exponentially. A cached request is only sent while the oldest unanswered
-cached request is fewer than `cache_size` cached requests back, so its reply cannot have
-been evicted from the board's cache when it is retried.
+Two kinds of request share the link:
+
+- **control** (HELLO, HEARTBEAT, SA_*, COUNTERS, RESET): sent at once, never behind data. A
+  cached request (SA commands) is retried with the same seq and bytes, so the board's reply cache
+  answers a retried SA_ADD without applying it twice; it is only sent while the oldest unanswered
+  cached request is fewer than `cache_size` cached requests back, so its reply cannot have been
+  evicted from the board's cache when it is retried. Idempotent requests (heartbeats) retry at the
+  RTO within their deadline.
+- **data** (ENCRYPT/DECRYPT, retry=False): sent once. What is in flight is bounded by `data_budget`
+  seconds of link-and-board time — the wire time of each request or reply (the longer) at the
+  link's `byte_time`, plus the board's crypto time the caller states (`work`) — and by
+  `data_frames` / `data_bytes` where the link has no rate (a pty). At least one data request may
+  always be in flight. A heartbeat therefore waits behind at most `data_budget` of data on the wire
+  in either direction, and the caller (the data path) keeps everything else in its own queue,
+  where it can be dropped early (docs/link-protocol.md, "Control before data").
+- **urgent data** (a frame of small packets: pings, TCP ACKs, DNS): sent once like data, but not
+  held back by the data budget — at most `urgent_frames` in flight — so an interactive packet
+  does not wait for bulk data to drain (the board works on small frames first, too).
+
+The retry timeout follows RFC 6298 (SRTT + 4·RTTVAR, Karn's rule: no samples from retransmitted
+requests) plus the wire time of the bytes ahead on a slow UART, and backs off exponentially.
+Everything the pump needs is kept as running totals: sending costs O(1) per request whatever
+the queue length.
 """
 import collections
 import os
@@ -19,9 +37,9 @@ from host.offload.events import BoardFrame, Reply, RequestFailed
 
 class _Pending:
     __slots__ = ("seq", "type", "wire", "retry", "cached", "index", "first_sent", "sent_at",
-                 "tries", "expires", "deadline", "reply_len")
+                 "tries", "expires", "deadline", "reply_len", "cost", "step", "urgent")
 
-    def __init__(self, seq, type, wire, retry, cached, index, deadline, reply_len):
+    def __init__(self, seq, type, wire, retry, cached, index, deadline, reply_len, cost=0.0, step=0.0):
         self.seq = seq
         self.type = type
         self.wire = wire
@@ -30,6 +48,9 @@ class _Pending:
         self.index = index
         self.deadline = deadline
         self.reply_len = reply_len
+        self.cost = cost          # data: seconds of link-and-board time it holds while in flight
+        self.step = step          # data: the board's longest single step (one packet's crypto)
+        self.urgent = False       # data: a frame of small packets, outside the data budget
         self.first_sent = None
         self.sent_at = None
         self.tries = 0
@@ -37,35 +58,52 @@ class _Pending:
 
 
 class LinkClient:
-    def __init__(self, *, window=8, data_window=16, cache_size=1, rto_initial=0.2, rto_min=0.005,
-                 rto_max=0.2, give_up=3.0, byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME):
-        """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty)."""
+    def __init__(self, *, window=8, cache_size=1, rto_initial=0.2, rto_min=0.005, rto_max=0.2, give_up=3.0,
+                 byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME, data_budget=0.05, data_frames=16,
+                 data_bytes=1 << 18, urgent_frames=4):
+        """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty);
+        data_budget: seconds of link-and-board time the data requests in flight may hold."""
         self.window = window
-        self.data_window = data_window
         self.cache_size = cache_size
         self.rto_min = rto_min
         self.rto_max = rto_max
         self.give_up = give_up
         self.byte_time = byte_time
+        self.data_budget = data_budget
+        self.data_frames = data_frames
+        self.data_bytes = data_bytes
+        self.urgent_frames = urgent_frames
         self.decoder = fr.FrameDecoder(max_frame)
         self.srtt = None
         self.rttvar = None
         self.rto = rto_initial
         self._seq = int.from_bytes(os.urandom(2), "big")
         self._cached_index = 0
-        self._pending = collections.OrderedDict()  # seq -> _Pending, in send order
-        self._waiting = collections.deque()        # not yet sent (window full)
+        self._pending = {}                           # seq -> _Pending, in flight
+        self._cached_out = collections.OrderedDict() # index -> _Pending: cached requests in flight, oldest first
+        self._waiting_cached = collections.deque()   # cached control not yet sent (window full)
+        self._waiting_idem = collections.deque()     # idempotent control: leaves at the next pump
+        self._waiting_data = collections.deque()     # data not yet sent (budget full)
+        self._waiting_urgent = collections.deque()   # urgent data not yet sent
+        self._urgent_n = 0
+        self._bytes_out = 0                          # wire + reply bytes of everything in flight
+        self._data_n = 0                             # data requests in flight, their cost and bytes
+        self._data_cost = 0.0
+        self._data_bytes = 0
         self._out = bytearray()
         self._events = collections.deque()
         self.counters = collections.Counter()
 
     # ---- requests ---------------------------------------------------------------------------
-    def request(self, type, body, now, *, retry=True, idempotent=False, deadline=None, reply_len=16):
+    def request(self, type, body, now, *, retry=True, idempotent=False, deadline=None, reply_len=16,
+                work=0.0, step=None, urgent=False):
         """Queue a request; returns its seq. Its outcome arrives as Reply or RequestFailed.
 
-        retry=False: sent once (data path). idempotent=True: may be retried but the board need
-        not cache the reply (re-executing it is harmless and gives fresher state).
-        deadline: absolute time after which it fails (default now + give_up).
+        retry=False: a data request, sent once (work: the board's crypto seconds for it, step: its
+        longest single packet; urgent: a frame of small packets, outside the data budget).
+        idempotent=True: may be retried but the board need not cache the reply (re-executing it
+        is harmless and gives fresher state). deadline: absolute time after which it fails
+        (default: `give_up` seconds after it is first sent).
         """
         self._seq = (self._seq + 1) & 0xFFFF
         seq = self._seq
@@ -76,12 +114,39 @@ class LinkClient:
         if cached:
             self._cached_index += 1
             index = self._cached_index
-        # Without an explicit deadline a request may wait for the window, then has `give_up`
-        # seconds from its first transmission (an unresponsive board, not a busy queue).
         p = _Pending(seq, type, wire, retry, cached, index, deadline, reply_len)
-        self._waiting.append(p)
+        if cached:
+            self._waiting_cached.append(p)
+        elif retry:
+            self._waiting_idem.append(p)
+        else:
+            p.cost = max(len(wire), reply_len) * self.byte_time + work
+            p.step = work if step is None else step
+            p.urgent = urgent
+            (self._waiting_urgent if urgent else self._waiting_data).append(p)
         self._pump(now)
         return seq
+
+    def data_room(self):
+        """Seconds of data budget left (<= 0: a data request now would wait in this client)."""
+        if self._waiting_data:
+            return 0.0
+        if not self._data_n:
+            return self.data_budget if self.data_budget > 0 else 1.0
+        if self._data_n >= self.data_frames or self._data_bytes >= self.data_bytes:
+            return 0.0
+        return self.data_budget - self._data_cost
+
+    def urgent_room(self):
+        """Whether an urgent data request now would be sent at once."""
+        return not self._waiting_urgent and self._urgent_n < self.urgent_frames
+
+    def data_in_flight(self):
+        """(requests, seconds of cost, longest board step) of the data requests in flight."""
+        if not self._data_n:
+            return 0, 0.0, 0.0
+        step = max((p.step for p in self._pending.values() if not p.retry and not p.urgent), default=0.0)
+        return self._data_n, self._data_cost, step
 
     def set_max_frame(self, max_frame):
         """The board's frame limit from its HELLO: longer replies are legitimate."""
@@ -89,52 +154,89 @@ class LinkClient:
 
     def cancel(self, seq):
         """Forget a request (its reply, if any, will be counted as stale)."""
-        p = self._pending.pop(seq, None)
-        if p is None:
-            for w in self._waiting:
+        p = self._pending.get(seq)
+        if p is not None:
+            self._retire(p)
+            return
+        for q in self._queues():
+            for w in q:
                 if w.seq == seq:
-                    self._waiting.remove(w)
-                    break
+                    q.remove(w)
+                    return
+
+    def _queues(self):
+        return (self._waiting_idem, self._waiting_cached, self._waiting_urgent, self._waiting_data)
 
     def fail_all(self, reason, now):
         """Fail every request in flight or waiting (the board was lost: nothing is acknowledged)."""
-        for p in list(self._pending.values()) + list(self._waiting):
+        for p in list(self._pending.values()) + [w for q in self._queues() for w in q]:
             self._events.append(RequestFailed(p.seq, p.type, reason))
         self._pending.clear()
-        self._waiting.clear()
+        self._cached_out.clear()
+        for q in self._queues():
+            q.clear()
+        self._bytes_out = self._data_n = self._data_bytes = self._urgent_n = 0
+        self._data_cost = 0.0
 
     def in_flight(self):
-        return len(self._pending) + len(self._waiting)
+        return len(self._pending) + sum(len(q) for q in self._queues())
 
     def _pump(self, now):
-        """Send what the windows allow. Cached requests leave in order; idempotent and data
-        requests never wait behind them (a heartbeat must not queue behind SA commands)."""
-        cached_blocked = False
-        cached_n = sum(1 for q in self._pending.values() if q.cached)
-        data_n = sum(1 for q in self._pending.values() if not q.retry)
-        oldest = next((q.index for q in self._pending.values() if q.cached), None)
-        for p in list(self._waiting):
-            if p.cached:
-                if cached_blocked or cached_n >= self.window or (
-                        oldest is not None and p.index - oldest >= self.cache_size):
-                    cached_blocked = True
-                    continue
-                cached_n += 1
-                if oldest is None:
-                    oldest = p.index
-            elif not p.retry:
-                if data_n >= self.data_window:
-                    continue
-                data_n += 1
-            self._waiting.remove(p)
-            self._pending[p.seq] = p
-            self._transmit(p, now)
+        """Send what the rules allow: control first (idempotent requests at once; cached ones in
+        order, within the window and the board's reply cache), then data within its budget."""
+        wi = self._waiting_idem
+        while wi:
+            self._send(wi.popleft(), now)
+        wc = self._waiting_cached
+        while wc:
+            oldest = next(iter(self._cached_out), None)
+            if len(self._cached_out) >= self.window or (oldest is not None and wc[0].index - oldest >= self.cache_size):
+                break
+            self._send(wc.popleft(), now)
+        wu = self._waiting_urgent
+        while wu and self._urgent_n < self.urgent_frames:
+            self._send(wu.popleft(), now)
+        wd = self._waiting_data
+        while wd and self._data_fits(wd[0]):
+            self._send(wd.popleft(), now)
+
+    def _data_fits(self, p):
+        if not self._data_n:
+            return True
+        return (self._data_cost + p.cost <= self.data_budget and self._data_n < self.data_frames
+                and self._data_bytes + len(p.wire) <= self.data_bytes)
+
+    def _send(self, p, now):
+        self._pending[p.seq] = p
+        self._bytes_out += len(p.wire) + p.reply_len
+        if not p.retry:
+            if p.urgent:
+                self._urgent_n += 1
+            else:
+                self._data_n += 1
+                self._data_cost += p.cost
+                self._data_bytes += len(p.wire)
+        elif p.cached:
+            self._cached_out[p.index] = p
+        self._transmit(p, now)
+
+    def _retire(self, p):
+        """Take an answered, failed or cancelled request out of flight and its totals."""
+        del self._pending[p.seq]
+        self._bytes_out -= len(p.wire) + p.reply_len
+        if not p.retry:
+            if p.urgent:
+                self._urgent_n -= 1
+            else:
+                self._data_n -= 1
+                self._data_cost = max(0.0, self._data_cost - p.cost) if self._data_n else 0.0
+                self._data_bytes -= len(p.wire)
+        elif p.cached:
+            self._cached_out.pop(p.index, None)
 
     def _wire_time(self, p):
-        if not self.byte_time:
-            return 0.0
-        ahead = sum(len(q.wire) + q.reply_len for q in self._pending.values())
-        return (ahead + len(p.wire) + p.reply_len) * self.byte_time
+        """Wire time of the bytes ahead of (and including) `p` and its reply on a slow link."""
+        return self._bytes_out * self.byte_time if self.byte_time else 0.0
 
     def _transmit(self, p, now):
         if p.first_sent is None:
@@ -144,7 +246,9 @@ class LinkClient:
         else:
             self.counters["retries"] += 1
         p.sent_at = now
-        if p.cached:
+        if not p.retry:
+            p.expires = p.deadline  # sent once: it waits for its reply until the deadline
+        elif p.cached:
             # Back off, but only to 4 x RTO: on a point-to-point link loss is noise, not
             # congestion, and the board answers retries from its cache at no cost.
             p.expires = now + min(self.rto * (1 << min(p.tries, 2)), self.rto_max) + self._wire_time(p)
@@ -152,11 +256,11 @@ class LinkClient:
             # idempotent requests (heartbeats) live within a deadline of one period: retry at
             # the RTO without backoff so that a lossy line does not turn into missed periods
             p.expires = now + self.rto + self._wire_time(p)
-        else:
-            p.expires = p.deadline  # sent once: it waits for its reply until the deadline
         p.tries += 1
         self._out += p.wire
         self.counters["sent"] += 1
+        if not p.retry:
+            self.counters["data_sent"] += 1
 
     # ---- input ------------------------------------------------------------------------------
     def receive(self, data, now):
@@ -172,12 +276,13 @@ class LinkClient:
             if p is None or p.type != f.type:
                 self.counters["stale_replies"] += 1
                 continue
-            del self._pending[f.seq]
+            wire_time = self._wire_time(p)
+            self._retire(p)
             rtt = None
             if p.tries == 1:
                 rtt = now - p.sent_at
-                if p.cached or p.retry:
-                    self._sample(rtt - self._wire_time(p))
+                if p.retry:
+                    self._sample(rtt - wire_time)
             self.counters["replies"] += 1
             self._events.append(Reply(f.seq, f.type, f.body, rtt))
         self._pump(now)
@@ -200,9 +305,10 @@ class LinkClient:
 
     def get_timer(self):
         t = None
-        for p in self._waiting:
-            if p.deadline is not None and (t is None or p.deadline < t):
-                t = p.deadline
+        for q in self._queues():
+            for p in q:
+                if p.deadline is not None and (t is None or p.deadline < t):
+                    t = p.deadline
         for p in self._pending.values():
             e = min(p.expires, p.deadline)
             if t is None or e < t:
@@ -210,13 +316,15 @@ class LinkClient:
         return t
 
     def handle_timer(self, now):
-        for p in [w for w in self._waiting if w.deadline is not None and now >= w.deadline]:
-            self._waiting.remove(p)
-            self.counters["failed"] += 1
-            self._events.append(RequestFailed(p.seq, p.type, "timeout (never sent: window full)"))
+        for q in self._queues():
+            expired = [w for w in q if w.deadline is not None and now >= w.deadline]
+            for p in expired:
+                q.remove(p)
+                self.counters["failed"] += 1
+                self._events.append(RequestFailed(p.seq, p.type, "timeout (never sent: window full)"))
         for p in list(self._pending.values()):
             if now >= p.deadline:
-                del self._pending[p.seq]
+                self._retire(p)
                 self.counters["failed"] += 1
                 self._events.append(RequestFailed(p.seq, p.type, "timeout"))
             elif now >= p.expires:

@@ -67,6 +67,7 @@ class BoardSession:
         self.losses = 0
         self.last_loss = None
         self.counters = collections.Counter()
+        self.slack_base = 0.0      # one data reply frame on the wire (the board's max frame)
         self._ops = {}   # seq -> (kind, arg) for requests the session must interpret
         self._events = collections.deque()
         self._open(now)
@@ -156,10 +157,17 @@ class BoardSession:
         seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now, reply_len=120)
         self._ops[seq] = ("hello", None)
 
+    def heartbeat_slack(self):
+        """How late a healthy board's ack may be beyond the period: the data in flight ahead of the
+        heartbeat and of its ack (the board answers control between packets, so at most one
+        packet's crypto, and sends control replies between frames, so at most one frame)."""
+        _, cost, step = self.link.data_in_flight()
+        return self.slack_base + cost + step
+
     def _heartbeat(self, now):
         self.next_heartbeat = max(self.next_heartbeat + self.period, now + self.period / 2)
-        seq = self.link.request(m.HEARTBEAT, b"", now, idempotent=True, deadline=now + self.period,
-                                reply_len=40)
+        seq = self.link.request(m.HEARTBEAT, b"", now, idempotent=True,
+                                deadline=now + self.period + self.heartbeat_slack(), reply_len=40)
         self._ops[seq] = ("heartbeat", now)
         self.counters["heartbeats"] += 1
 
@@ -226,6 +234,7 @@ class BoardSession:
         self.boot_id = hello.boot_id
         # Batched data-path replies are as large as the board's frames: decode them.
         self.link.set_max_frame(max(hello.max_frame, 64))
+        self.slack_base = hello.max_frame * self.link.byte_time
         # Retryable requests in flight stay within the board's reply cache (exactly-once).
         self.link.cache_size = max(1, hello.reply_cache // 2)
         if self.flush_on_open:

@@ -1,0 +1,186 @@
+"""Load benchmark (`inv bench --only load`): iperf3 through ikeoffloadd + a simulated board +
+strongSwan charon, at the link rates users have.
+
+    python -m bench.load [--seconds S] [--cases esp32-devkitc,rp2040-pico-spi,pty] [--check]
+
+Cases: the sim standing in for esp32-devkitc (its UART at 921600 baud, its AES-CBC + HMAC-SHA-256
+suite, its CPU), for rp2040-pico-spi (its SPI link's rate, its CPU: crypto-bound), and the `sim`
+profile on an unthrottled pty. A case `PROFILE@BAUD` runs a profile at another link rate. Each
+runs, with 50 pings/s through the tunnel throughout: TCP down (iperf3 -R), TCP up, then UDP up at
+3x the computed capacity. Reported per phase: goodput and its fraction of the payload capacity,
+board losses, ping RTT p50/p99 under load, host drops by reason.
+
+Payload capacity (shown per case): a 1400-byte inner packet (the TUN MTU) costs, on the busier
+direction of the link, itself plus the ESP header, IV, padding and ICV and the link's framing
+(LINK_OVERHEAD); capacity = min(link rate / (1400 + overhead), 1 / CPU time per packet) x 1400
+bytes/s of IP packets; TCP goodput is that x (1400 - 52) / 1400 (IP and TCP headers with
+timestamps). The goals (issue: "real link speeds"): 0 board losses, TCP goodput >= 80% of
+capacity, ping p99 under TCP load <= 100 ms, and under the UDP flood 0 losses with drops counted
+on the host. Writes bench/results/load.json.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench._util import median, pct, table, write
+from firmware import profiles
+from host.dataplane.datapath import LINK_OVERHEAD
+
+MTU = 1400
+TCP_HEADERS = 52
+
+
+def capacity(profile_name, baud=None):
+    """Payload capacity of a board in inner-IP bytes per second, and how it was computed."""
+    prof = profiles.load(profile_name)
+    rate = profiles.link_rate(prof) if baud is None else (baud / 10 or None)
+    from host.demo import SWAN_ESP, esp_proposals_for
+    esp = esp_proposals_for(profile_name)[0]
+    name = next(n for n, s in SWAN_ESP.items() if s == esp)
+    costs = profiles.cpu_costs(prof)
+    cpu = profiles.packet_time(costs, profiles.TRANSFORMS[name], MTU)
+    link_pps = rate / (MTU + LINK_OVERHEAD) if rate else None
+    cpu_pps = 1 / cpu if cpu else None
+    pps = min(x for x in (link_pps, cpu_pps) if x) if (link_pps or cpu_pps) else None
+    return {"profile": profile_name, "transform": name, "link_Bps": rate, "cpu_s_per_packet": cpu,
+            "link_pps": link_pps, "cpu_pps": cpu_pps, "pps": pps,
+            "ip_Bps": pps * MTU if pps else None,
+            "tcp_goodput_bps": pps * (MTU - TCP_HEADERS) * 8 if pps else None}
+
+
+def iperf(bed, args, seconds):
+    from host.demo import PEER_INNER
+    cmd = ["ip", "netns", "exec", bed.net.ns_a, "iperf3", "-c", PEER_INNER, "-B", bed.inner_a[0], "-J",
+           "-t", str(seconds), "--connect-timeout", "5000"] + args
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    try:
+        return json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return {"error": (p.stdout + p.stderr)[-500:]}
+
+
+def run_case(case, seconds):
+    from host.demo import DemoBed
+    from host.testbed.ping import Pinger
+    profile, _, baud = case.partition("@")
+    if profile == "pty":
+        profile = "sim"
+    baud = int(baud) if baud else None
+    cap = capacity(profile, baud)
+    bed = DemoBed(profile=profile, baud=baud, quiet=True)
+    out = {"case": case, "capacity": cap, "phases": {}}
+    server = None
+    try:
+        bed.start()
+        bed.wait_tunnels(timeout=30)
+        server = subprocess.Popen(["ip", "netns", "exec", bed.net.ns_b, "iperf3", "-s", "-B", bed.inner_b[0]],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        pinger = Pinger(bed.net.ns_a, bed.inner_a[0], bed.inner_b[0], interval=0.02)
+        pinger.start()
+        time.sleep(1.0)
+        udp_rate = int(3 * cap["ip_Bps"] * 8) if cap["ip_Bps"] else 3_000_000_000
+        phases = [("tcp_down", ["-R"]), ("tcp_up", []),
+                  ("udp_up_3x", ["-u", "-b", str(udp_rate), "-l", str(MTU - 28)])]
+        for name, args in phases:
+            before = bed.ctl("stats")
+            t0 = time.monotonic()
+            res = iperf(bed, args, seconds)
+            t1 = time.monotonic()
+            after = bed.ctl("stats")
+            rtts = [pinger.replies[s] - pinger.sent[s] for s in pinger.sent
+                    if s in pinger.replies and t0 + 1 <= pinger.sent[s] <= t1 - 1]
+            sent_in = [s for s in pinger.sent if t0 + 1 <= pinger.sent[s] <= t1 - 1]
+            end = res.get("end", {})
+            if "-u" in args:
+                bps = end.get("sum", {}).get("bits_per_second")
+                lost = end.get("sum", {}).get("lost_percent")
+            else:
+                bps = end.get("sum_received", {}).get("bits_per_second")
+                lost = None
+            drops = {k: after.get("host_drops", {}).get(k, 0) - before.get("host_drops", {}).get(k, 0)
+                     for k in after.get("host_drops", {})}
+            out["phases"][name] = {
+                "goodput_bps": bps, "udp_lost_percent": lost,
+                "of_capacity": bps / cap["tcp_goodput_bps"] if bps and cap["tcp_goodput_bps"] and "-u" not in args
+                else (bps / (cap["ip_Bps"] * 8) if bps and cap["ip_Bps"] else None),
+                "board_losses": after["board_losses"] - before["board_losses"],
+                "ping_sent": len(sent_in), "ping_answered": len(rtts),
+                "rtt_p50_ms": median(rtts) * 1000 if rtts else None,
+                "rtt_p99_ms": pct(rtts, 0.99) * 1000 if rtts else None,
+                "host_drops": {k: v for k, v in drops.items() if v},
+                "iperf_error": res.get("error"),
+                "tunnel_up": bool(bed.wait_tunnels(timeout=5)),
+            }
+        pinger.stop()
+    finally:
+        if server:
+            server.terminate()
+            server.wait()
+        bed.stop()
+    return out
+
+
+GOALS = {"board_losses": 0, "tcp_of_capacity": 0.8, "rtt_p99_ms": 100.0}
+
+
+def goals_met(case):
+    ok = True
+    for name, ph in case["phases"].items():
+        if ph["board_losses"] != 0 or not ph["tunnel_up"]:
+            ok = False
+        if name.startswith("tcp") and case["capacity"]["tcp_goodput_bps"]:
+            if (ph["of_capacity"] or 0) < GOALS["tcp_of_capacity"]:
+                ok = False
+            if ph["rtt_p99_ms"] is None or ph["rtt_p99_ms"] > GOALS["rtt_p99_ms"]:
+                ok = False
+        if name.startswith("udp") and case["capacity"]["ip_Bps"] and not ph["host_drops"]:
+            ok = False
+    return ok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.load")
+    ap.add_argument("--seconds", type=int, default=int(os.environ.get("LOAD_SECONDS", 30)))
+    ap.add_argument("--cases", default="esp32-devkitc,rp2040-pico-spi,pty")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless every goal is met")
+    ap.add_argument("--name", default="load", help="result file name (bench/results/NAME.json)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.load needs root (network namespaces, TUN, port 500)", file=sys.stderr)
+        return 2
+    cases = [run_case(c, args.seconds) for c in args.cases.split(",")]
+    rows = []
+    for c in cases:
+        cap = c["capacity"]
+        for name, ph in c["phases"].items():
+            rows.append((c["case"], name,
+                         "%.3f" % (ph["goodput_bps"] / 1e6) if ph["goodput_bps"] else "-",
+                         "%.0f%%" % (100 * ph["of_capacity"]) if ph["of_capacity"] else "-",
+                         ph["board_losses"], "%d/%d" % (ph["ping_answered"], ph["ping_sent"]),
+                         "%.1f" % ph["rtt_p50_ms"] if ph["rtt_p50_ms"] is not None else "-",
+                         "%.1f" % ph["rtt_p99_ms"] if ph["rtt_p99_ms"] is not None else "-",
+                         ", ".join("%s %d" % kv for kv in sorted(ph["host_drops"].items())) or "-"))
+    for c in cases:
+        cap = c["capacity"]
+        print("%s: %s; link %s B/s -> %s pkt/s; CPU %.2f ms/packet -> %s pkt/s; capacity %s Mbit/s of IP, "
+              "%s Mbit/s TCP goodput" % (
+                  c["case"], cap["transform"], "%.0f" % cap["link_Bps"] if cap["link_Bps"] else "unlimited",
+                  "%.1f" % cap["link_pps"] if cap["link_pps"] else "-", (cap["cpu_s_per_packet"] or 0) * 1000,
+                  "%.1f" % cap["cpu_pps"] if cap["cpu_pps"] else "-",
+                  "%.3f" % (cap["ip_Bps"] * 8 / 1e6) if cap["ip_Bps"] else "-",
+                  "%.3f" % (cap["tcp_goodput_bps"] / 1e6) if cap["tcp_goodput_bps"] else "-"))
+    table("load: iperf3 through ikeoffloadd + sim board + charon (%d s per phase)" % args.seconds,
+          ("case", "phase", "Mbit/s", "of cap.", "losses", "pings", "p50 ms", "p99 ms", "host drops"), rows)
+    ok = all(goals_met(c) for c in cases)
+    print("\ngoals (0 board losses; TCP >= 80%% of capacity, ping p99 <= 100 ms; UDP 3x: drops on the host): %s"
+          % ("met" if ok else "NOT met"))
+    write(args.name, {"seconds": args.seconds, "goals": GOALS, "goals_met": ok, "cases": cases})
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Control before data in the host's link client (host/offload/link.py): data in flight bounded
+by its budget of link-and-board time, heartbeats and SA commands never behind it, and the pump
+independent of the queue's length."""
+from firmware.link import frame as fr
+from firmware.link import messages as m
+from host.offload.link import LinkClient
+
+BYTE = 10 / 921600          # a UART at 921600 baud
+
+
+def frames(data):
+    return fr.FrameDecoder(65535).feed(data)
+
+
+def data_request(link, now, n=1, size=1400, work=0.004):
+    body = m.encode_encrypt_request([(0x1000, bytes(size))] * n)
+    return link.request(m.ENCRYPT, body, now, retry=False, deadline=now + 2, reply_len=n * (size + 70),
+                        work=n * work, step=work)
+
+
+def test_data_in_flight_stays_within_the_budget_and_control_passes_it():
+    link = LinkClient(byte_time=BYTE, data_budget=0.05)
+    seqs = [data_request(link, 0.0) for _ in range(10)]
+    sent = frames(link.data_to_send())
+    # one 1400-byte packet costs ~15.9 ms of wire plus 4 ms of crypto: two fit 50 ms, three do not
+    assert [f.seq for f in sent] == seqs[:2]
+    assert link.data_room() == 0.0
+    n, cost, step = link.data_in_flight()
+    assert n == 2 and 0.035 < cost <= 0.05 and step == 0.004
+    hb = link.request(m.HEARTBEAT, b"", 0.0, idempotent=True, deadline=0.2)
+    add = link.request(m.SA_ADD, b"x", 0.0)
+    assert [f.seq for f in frames(link.data_to_send())] == [hb, add]     # not behind the 8 waiting
+    # a reply frees budget: the next data request leaves
+    link.receive(fr.encode(m.ENCRYPT, seqs[0], fr.FLAG_REPLY | fr.FLAG_NOCACHE, b"\x00\x00\x00"), 0.03)
+    assert [f.seq for f in frames(link.data_to_send())] == [seqs[2]]
+
+
+def test_one_data_request_is_always_allowed_even_over_budget():
+    link = LinkClient(byte_time=BYTE, data_budget=0.001)
+    a, b = data_request(link, 0.0, n=8), data_request(link, 0.0)
+    assert [f.seq for f in frames(link.data_to_send())] == [a]
+    assert link.data_in_flight()[0] == 1 and link.data_room() == 0.0
+    link.receive(fr.encode(m.ENCRYPT, a, fr.FLAG_REPLY | fr.FLAG_NOCACHE, b"\x00\x00\x00"), 0.1)
+    assert [f.seq for f in frames(link.data_to_send())] == [b]
+
+
+def test_a_rateless_link_is_bounded_by_frames_and_bytes():
+    link = LinkClient(byte_time=0.0, data_budget=0.05, data_frames=4, data_bytes=1 << 20)
+    for _ in range(6):
+        data_request(link, 0.0, work=0.0)
+    assert len(frames(link.data_to_send())) == 4
+    link = LinkClient(byte_time=0.0, data_budget=0.05, data_frames=64, data_bytes=5000)
+    for _ in range(6):
+        data_request(link, 0.0, work=0.0)
+    assert len(frames(link.data_to_send())) == 3       # 3 x ~1.43 KB on the wire; a 4th passes 5000 bytes
+
+
+def test_failures_and_cancels_give_the_budget_back():
+    link = LinkClient(byte_time=BYTE, data_budget=0.05)
+    a, b, c = data_request(link, 0.0), data_request(link, 0.0), data_request(link, 0.0)
+    assert [f.seq for f in frames(link.data_to_send())] == [a, b]
+    link.cancel(a)
+    link.handle_timer(0.01)                                         # nothing due; the pump runs
+    assert [f.seq for f in frames(link.data_to_send())] == [c]
+    assert link.data_in_flight()[0] == 2
+    link.handle_timer(2.5)                                          # b's and c's deadlines passed
+    failed = set()
+    while (e := link.next_event()) is not None:
+        failed.add(e.seq)
+    assert failed == {b, c}
+    assert link.data_in_flight() == (0, 0.0, 0.0) and link.data_room() == 0.05
+    d = data_request(link, 3.0)
+    link.fail_all("lost", 3.0)
+    assert link.data_in_flight() == (0, 0.0, 0.0) and link.next_event().seq == d
+
+
+def test_cached_requests_keep_order_and_the_window_while_heartbeats_pass():
+    link = LinkClient(window=2, cache_size=8)
+    adds = [link.request(m.SA_ADD, b"%d" % i, 0.0) for i in range(5)]
+    assert [f.seq for f in frames(link.data_to_send())] == adds[:2]
+    hb = link.request(m.HEARTBEAT, b"", 0.0, idempotent=True, deadline=0.2)
+    assert [f.seq for f in frames(link.data_to_send())] == [hb]
+    link.receive(fr.encode(m.SA_ADD, adds[0], fr.FLAG_REPLY, b"\x00" * 7), 0.01)
+    assert [f.seq for f in frames(link.data_to_send())] == [adds[2]]
+
+
+def test_the_pump_does_not_walk_the_queue():
+    """10,000 waiting data requests: sending the next one after a reply touches only it."""
+    import time
+    link = LinkClient(byte_time=BYTE, data_budget=0.02)
+    seqs = [data_request(link, 0.0) for _ in range(10000)]
+    link.data_to_send()
+    t0 = time.perf_counter()
+    for i in range(200):
+        link.receive(fr.encode(m.ENCRYPT, seqs[i], fr.FLAG_REPLY | fr.FLAG_NOCACHE, b"\x00\x00\x00"), 0.01 * i)
+    per_reply = (time.perf_counter() - t0) / 200
+    assert link.counters["data_sent"] == 201
+    # a walk of the 10,000 waiting requests per call costs milliseconds; a deque pop microseconds
+    assert per_reply < 0.002, per_reply
