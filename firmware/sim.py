@@ -6,10 +6,11 @@
 It stands in for the board its profile names: the same transforms in HELLO (a cryptolib board's
 backend runs on a cryptolib made of the `cryptography` library, firmware/sim_cryptolib.py), the
 link's rate (a UART's baud, an SPI link's clock: `--baud` overrides, 0 is unthrottled) and the
-CPU's speed ([crypto.cost_us]: the board is busy for that long per packet and reads nothing
-meanwhile, as a MicroPython main loop in the middle of a packet would). Like the firmware's main
-loop it answers control frames before it takes the next data packet, and sends control replies
-before data replies (a data reply once started is finished: a frame cannot be cut).
+CPU's speed ([crypto.cost_us]: the board is busy for that long per packet; the line keeps
+filling the UART's receive buffer meanwhile — `rxbuf` bytes, then flow control holds the host —
+and the main loop reads it all between packets). Like the firmware's main loop it answers control
+frames before it takes the next data packet, and sends control replies before data replies (a
+data reply once started is finished: a frame cannot be cut).
 
 Prints `board: <device path or socket:// URL>` on its first line and `control: <path>` on its
 second, then serves until killed. Any serial tool (pyserial, miniterm, mpremote-style tools)
@@ -92,6 +93,8 @@ class Simulator:
         self.dropped_out = 0
         self.ctl_out = bytearray()     # control replies and events: sent first
         self.sending = bytearray()     # what the line is sending now: a frame is never cut
+        self.rx = bytearray()          # the UART's receive buffer: the line fills it, the CPU empties it
+        self.rxbuf = (profile.get("link") or {}).get("rxbuf", 4096)
         self.busy_until = None         # the CPU model: working on a packet until then
         self._busy_out = []            # ... and the data replies that work completes, released then
         self._busy_s = 0.0
@@ -132,6 +135,7 @@ class Simulator:
         hello = self._new_board(cause)
         self.busy_until = None
         self._busy_out = []
+        self.rx = bytearray()                   # unread input dies with the chip
         if not keep_output:
             # bytes in flight die with the chip
             self.ctl_out, self.sending = bytearray(), bytearray()
@@ -140,12 +144,20 @@ class Simulator:
         self.hung_since = None
 
     def readable(self):
-        """Whether the board reads its link now (not while hung or in the middle of a packet)."""
-        return self.busy_until is None
+        """Whether the line may deliver bytes now: the receive buffer has room (else flow
+        control holds the host, as RTS/CTS would)."""
+        return len(self.rx) < self.rxbuf
 
     def on_input(self, data):
+        """Bytes off the line: into the receive buffer; the CPU reads them when it is free."""
         if self.hung_since is not None:
             return  # a hung MCU does not read its UART: the bytes are lost
+        self.rx += data
+        if self.busy_until is None:
+            self._read()
+
+    def _read(self):
+        data, self.rx = self.rx, bytearray()
         self._queue(self.board.feed(data, now_ms()))
         if self.board.reset_requested:
             # like firmware/main.py: the reply is flushed out of the UART before the reset
@@ -168,6 +180,8 @@ class Simulator:
             for small, wire in self._busy_out:
                 self.board.queue_data_reply(small, wire)
             self._busy_out = []
+        if self.rx:
+            self._read()                        # what arrived while the CPU was busy
         self._queue(self.board.tick(now_ms()))
         if self.costs and self.board.busy():
             # one packet of the next data request; a reply it completes leaves when the CPU is done
@@ -241,7 +255,8 @@ class Simulator:
             return {"ok": True, "boot_id": binascii.hexlify(b.boot_id).decode(),
                     "uptime_ms": b.uptime(now_ms()), "sa_count": len(b.sad), "sad_gen": b.sad.gen,
                     "resets": self.resets, "hung": self.hung_since is not None,
-                    "counters": counters, "dropped_out": self.dropped_out}
+                    "counters": counters, "dropped_out": self.dropped_out,
+                    "cpu_busy_s": round(self.cpu_busy_s, 4), "data_queue": len(b.data_queue)}
         if cmd == "sad":
             sas = []
             for rec in self.board.sad.records():
@@ -326,7 +341,7 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
             what = key.data
             if what == "link":
                 if ev & selectors.EVENT_READ:
-                    n = sim.rx_pacer.allow(65536)
+                    n = sim.rx_pacer.allow(max(1, sim.rxbuf - len(sim.rx)))
                     if n:
                         try:
                             data = os.read(master_fd, n) if master_fd is not None else conn.recv(n)

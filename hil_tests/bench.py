@@ -307,6 +307,11 @@ def throttle_of(spec):
 
 
 def open_bench(board, port=None, reset=None, throttle=None):
+    if board.startswith("sim:"):
+        # the simulator standing in for a board: its transforms, link rate and CPU (firmware/sim.py)
+        if throttle or port:
+            raise RuntimeError("--board sim:PROFILE takes its link rate from the profile (no --throttle, --port)")
+        return SimBench(board[4:])
     if board == "sim":
         if port:
             return SerialBench("sim", port, reset)

@@ -9,7 +9,8 @@ from host.offload.client import BoardClient
 
 
 def pytest_addoption(parser):
-    parser.addoption("--board", default="sim", help="sim (default), mpy-virtual, or a profile in boards/")
+    parser.addoption("--board", default="sim", help="sim (default), sim:PROFILE (the sim standing in for that "
+                     "board: its transforms, link rate and CPU), mpy-virtual, or a profile in boards/")
     parser.addoption("--port", default=None, help="the board's link: serial device, URL, ftdi:// URL "
                      "(mpy-virtual: a running virtual board's REPL or link pty)")
     parser.addoption("--reset", default=None, help="device whose RTS/DTR (or ftdi:// URL whose GPIO) resets "

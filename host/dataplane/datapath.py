@@ -275,11 +275,14 @@ class DataPath:
         while q.has_sparse() and client.urgent_room():
             kind, batch = q.take_sparse(limit, min(room_bytes, SPARSE_FRAME))
             self._submit(board, client, kind, batch, urgent=True)
+        # a bulk batch holds at most half the data budget, so that the next one is in flight (and
+        # on the board) when the board finishes it: a CPU-bound board never waits for the link
+        half = client.session.link.data_budget / 2
         while q.has_bulk():
             room = client.data_room()
             if room <= 0:
                 return                                     # the next reply pumps again
-            kind, batch = q.take(now, room, limit, room_bytes)
+            kind, batch = q.take(now, min(room, half), limit, room_bytes)
             if not batch:
                 return
             self._submit(board, client, kind, batch)

@@ -120,11 +120,15 @@ class SerialTransport:
 
 
 def for_profile(profile, url, *, on_data=None, on_error=None):
-    """The transport a board profile's link needs: SPI (pyftdi; `url` an ftdi:// URL, else the
-    profile's spi.host.ftdi_url) for link.kind "spi-pio", else a pyserial port at the profile's
-    baud rate and flow control (a device, a pty, socket://)."""
+    """The transport a board profile's link needs: SPI (pyftdi; `url` an ftdi:// URL, or none for
+    the profile's spi.host.ftdi_url) for link.kind "spi-pio", else a pyserial port at the
+    profile's baud rate and flow control (a device, a pty, socket://).
+
+    An spi-pio board named with a pty or socket:// URL is the simulator standing in for it
+    (python -m firmware.sim --profile ...): the link's byte stream at the SPI link's payload rate,
+    without the transaction layer (tested on its own: tests/test_spi_transport.py)."""
     link = profile["link"]
-    if link["kind"] == "spi-pio":
+    if link["kind"] == "spi-pio" and (not url or url.startswith("ftdi://")):
         from host.offload.spi import SpiTransport, pyftdi_bus
 
         return SpiTransport(pyftdi_bus(profile, url), profile["spi"], on_data=on_data, on_error=on_error)
