@@ -21,11 +21,10 @@ import itertools
 import os
 import random
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from . import child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, reauth, rekey
-from .config import Connection, RetransmitPolicy
+from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaUp, Warning_
 from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
@@ -49,54 +48,6 @@ class Datagram(NamedTuple):
     data: bytes
     remote: tuple
     local: tuple
-
-
-@dataclass
-class EngineSettings:
-    port: int = 500                     # our IKE port
-    natt_port: int = 4500               # our NAT-T port (ESP-in-UDP too)
-    local_addr: str | None = None       # default source address when a connection names none
-    half_open_timeout: float = 30.0     # responder: IKE_AUTH must follow within this time
-    max_half_open: int = 4096           # responder: half-open IKE SAs in total ...
-    max_half_open_per_ip: int = 512     # ... and per initiator address
-    reply_rate: float = 20.0            # unprotected error answers per source per second
-    reply_burst: float = 40.0
-    reply_global_rate: float = 500.0
-    reply_global_burst: float = 1000.0
-    # cookies (§2.6): demanded from this many half-open SAs on (0 = never)
-    cookie_threshold: int = 30          # in total (strongSwan's default)
-    cookie_threshold_ip: int = 3        # from one address
-    cookie_secret_lifetime: float = 60.0
-    cookie_rate: float = 20.0           # COOKIE answers per source per second ...
-    cookie_burst: float = 40.0
-    cookie_global_rate: float = 10000.0     # ... and in total (small, never amplifying)
-    cookie_global_burst: float = 10000.0
-    # INVALID_SPI (§1.5): outgoing, for ESP with an unknown SPI reported by the board
-    unprotected_invalid_spi: bool = False   # answer outside any IKE SA when none exists (DoS magnet)
-    invalid_spi_rate: float = 1.0       # per source address per second
-    invalid_spi_burst: float = 3.0
-    invalid_spi_global_rate: float = 20.0
-    invalid_spi_global_burst: float = 40.0
-    # liveness checks started by unprotected INVALID_SPI hints (plus: one in flight per IKE SA)
-    hint_rate: float = 1.0              # per source address per second
-    hint_burst: float = 2.0
-    hint_global_rate: float = 10.0
-    hint_global_burst: float = 20.0
-    hint_retransmit: RetransmitPolicy | None = None     # schedule of those checks (None: the engine's)
-    # INVALID_IKE_SPI (§2.21.4): answer a protected request for an IKE SA we do not have (we lost
-    # it), unprotected, on the invalid_spi_* rates; an answer to one of ours is a hint (hint_*)
-    invalid_ike_spi: bool = True
-    # IKE fragmentation (RFC 7383): offered/accepted in IKE_SA_INIT; fragments fit this IP size
-    fragmentation: bool = True
-    fragment_size: int = 1280
-    rsa_pss: bool = False               # sign RFC 7427 AUTH with RSASSA-PSS (RSA keys; verified always)
-    # lifecycle
-    restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
-    retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
-    rekey_reap_time: float = 30.0       # a replaced IKE SA the peer did not delete goes after this
-
-
-_FAIL_CLOSED = object()
 
 
 class IkeEngine:
