@@ -328,7 +328,7 @@ class Daemon:
                     "; re-initiating as #%d" % ev.restart_ike_id if ev.restart_ike_id else "")
         elif isinstance(ev, ike_ev.ChildSaFailed):
             log.warning("Child SA %s of IKE SA #%d failed: %s", ev.name, ev.ike_id, ev.reason)
-        elif isinstance(ev, ike_ev.Warning_):
+        elif isinstance(ev, ike_ev.IkeWarning):
             log.warning("IKE SA #%s: %s", ev.ike_id, ev.text)
 
     def _addr(self, ip, port):
