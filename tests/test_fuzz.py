@@ -1,4 +1,5 @@
-"""Fuzz the responder with >= 100,000 mutated IKE messages (issue 4 acceptance).
+"""Fuzz the responder with >= 100,000 mutated IKE messages: none may crash it, leak memory or
+set up an SA.
 
 Seeds are real messages from our initiator: IKE_SA_INIT requests, IKE_AUTH requests for a live
 half-open SA, INFORMATIONAL/CREATE_CHILD_SA requests on an established SA, and the answers to the

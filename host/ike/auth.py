@@ -231,12 +231,7 @@ def _parse_rdn_sequence(der: bytes) -> x509.Name:
     return x509.Name(rdns)
 
 
-# ---------------------------------------------------------------- signed octets, PSK (§2.15)
-
-def signed_octets(real_message: bytes, peer_nonce: bytes, prf, sk_p: bytes, id_body: bytes) -> bytes:
-    """<SignedOctets> = RealMessage | NonceData(peer) | prf(SK_p, RestOfIDPayload) (§2.15)."""
-    return real_message + peer_nonce + prf(sk_p, id_body)
-
+# ---------------------------------------------------------------- PSK (§2.15)
 
 _PADDED: dict = {}
 

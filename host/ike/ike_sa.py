@@ -154,14 +154,10 @@ class IkeSa:
         self.reauth_children = set()        # ... and the Child SAs it must carry
         self.reauth_by = None               # the IKE SA replacing this one
         self.announced = True               # IkeSaDown only for SAs the driver heard of
-        self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs
+        self.invalid_spi_task = None        # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
 
     # -------------------------------------------------------------- identity helpers
-
-    @property
-    def our_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
 
     @property
     def peer_spi(self) -> bytes:

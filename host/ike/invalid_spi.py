@@ -65,8 +65,8 @@ class InvalidSpiTask(InformationalTask):
 
     def build(self, sa, now):
         self.sent = True
-        if sa.hint_task is self:
-            sa.hint_task = None
+        if sa.invalid_spi_task is self:
+            sa.invalid_spi_task = None
         return [NotifyPayload(Notify.INVALID_SPI, s.to_bytes(4, "big")) for s in self.spis]
 
     def on_response(self, sa, msg, raw, now) -> Outcome:
@@ -93,9 +93,9 @@ def report(ctx, spi: int, src, now: float, local=None) -> str | None:
     if sas:
         # several peers behind one NAT share the address: the one at that port first, then the newest
         sa = max(sas, key=lambda s: (tuple(s.remote) == tuple(src), s.established_at, s.ike_id))
-        task = sa.hint_task
+        task = sa.invalid_spi_task
         if task is None:
-            task = sa.hint_task = InvalidSpiTask([spi])
+            task = sa.invalid_spi_task = InvalidSpiTask([spi])
             sa.add_task(task, now)
         elif spi in task.spis or len(task.spis) >= MAX_SPIS_PER_MESSAGE:
             st["invalid_spi_coalesced"] += 1        # one notification waiting per IKE SA, bounded

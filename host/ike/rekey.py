@@ -512,7 +512,7 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
     ctx.move_delayed_tasks(old, new)
     new.queue.extend(old.queue)
     old.queue.clear()
-    new.hint_task, old.hint_task = old.hint_task, None
+    new.invalid_spi_task, old.invalid_spi_task = old.invalid_spi_task, None
     old.timers.clear()
     old.successor = new
     new.last_heard = max(new.last_heard, old.last_heard)
