@@ -40,7 +40,7 @@ from pathlib import Path
 
 from firmware import profiles
 from host.ike.config import ConfigError as IkeConfigError
-from host.ike.config import RetransmitPolicy, parse_connections, parse_settings
+from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
 from host.tomlpos import key_lines, line_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -78,8 +78,8 @@ class DaemonConfig:
     replay_window: int = 64
     boards: list = field(default_factory=list)
     connections: dict = field(default_factory=dict)
-    engine: object = None        # host.ike.engine.EngineSettings from [ike]
-    retransmit: object = None    # RetransmitPolicy from [ike.retransmit]
+    engine: EngineSettings | None = None        # from [ike]
+    retransmit: RetransmitPolicy | None = None  # from [ike.retransmit]
 
     @property
     def ike_port(self):
