@@ -34,7 +34,8 @@ class Attempt(NamedTuple):
 
 
 class ChildSa:
-    """One Child SA (a pair of ESP SAs). ``state``: installing -> installed -> deleting -> dead.
+    """One Child SA (a pair of ESP SAs). ``state`` (ChildSaState): installing -> installed ->
+    deleting -> dead.
     ``exchange_initiator`` tells which half of KEYMAT is ours (§2.17)."""
     __slots__ = (
         "cfg",
@@ -46,10 +47,10 @@ class ChildSa:
         "handle",
         "ike",
         "installed_at",
+        "installer",
         "keys",
         "local_ts",
         "mode",
-        "installer",
         "name",
         "rekey_of",
         "rekey_state",
@@ -148,7 +149,7 @@ class IkeSa:
         self.successor = None               # IKE rekey: the IKE SA our Child SAs moved to (§2.18)
         self.rekey_collision = None         # RekeyCollision of a peer rekey we answered (§2.8.2)
         self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
-        self.attempt = None                 # Attempt, when a failure before IKE_AUTH re-initiates
+        self.attempt = None                 # Attempt, when a failure before it is up re-initiates
         self.reopening = None               # child names a close_action = start brings back
         self.reauth_of = None               # reauth.py: the IKE SA this one replaces (§2.8.3) ...
         self.reauth_children = set()        # ... and the Child SAs it must carry
