@@ -15,6 +15,8 @@ import socket
 import sys
 import time
 
+from host import __version__
+
 DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
 COMMANDS = ("list-sas", "list-boards", "initiate", "terminate", "flush-board", "stats")
 
@@ -153,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--socket", default=os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET),
                     help="control socket (default %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the raw JSON result")
+    ap.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-sas", help="IKE and Child SAs with their board and counters")
     sub.add_parser("list-boards", help="boards: boot id, uptime, SAs, heartbeat RTT, last loss")

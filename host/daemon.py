@@ -19,6 +19,7 @@ import sys
 import time
 
 from firmware.link import messages as m
+from host import __version__
 from host import config as cfgmod
 from host.control import ControlServer
 from host.dataplane.datapath import ChildRoute, DataPath, ts_networks
@@ -607,6 +608,7 @@ def main(argv=None):
     ap.add_argument("--check-config", metavar="FILE", help="validate FILE and exit (0: valid)")
     ap.add_argument("--log-level", choices=cfgmod.LOG_LEVELS, help="override daemon.log_level")
     ap.add_argument("--no-tun", action="store_true", help="run without a TUN device (control plane only)")
+    ap.add_argument("--version", action="version", version="%(prog)s " + __version__)
     args = ap.parse_args(argv)
     if args.check_config:
         try:
