@@ -21,6 +21,7 @@ import time
 from firmware.link import messages as m
 from host import __version__
 from host import config as cfgmod
+from host import sdnotify
 from host.control import ControlServer
 from host.dataplane.datapath import ChildRoute, DataPath, ts_networks
 from host.dataplane.tun import Tun, TunError
@@ -147,12 +148,18 @@ class Daemon:
             self.udp.call(self.engine.start)
 
     async def run(self):
-        await self.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP: reloading the configuration is not "
+                                "supported yet; still running with %s as it was loaded", self.cfg.path)
+        await self.start()
+        notify = sdnotify.Notifier()       # systemd Type=notify: READY, STOPPING, watchdog pings
+        notify.ready(loop, "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections)))
         await self._stopped.wait()
+        notify.stopping()
         await self.shutdown()
+        notify.close()
 
     def stop(self):
         self._stopped.set()
