@@ -15,7 +15,6 @@ Runs with Debian's own python3 (standard library only; python3-venv from apt):
    ETC; USB devices are allowed where an SPI adapter is configured. systemd-analyze checks it.
 4. `systemctl daemon-reload` when systemd runs; enabling the service is left to the owner.
 """
-import argparse
 import json
 import os
 import shutil
@@ -24,6 +23,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)             # run as a script by Debian's python3: firmware.cli from the checkout
+from firmware import cli  # noqa: E402  (standard library only)
 UNIT = "ikeoffloadd.service"
 CONFIG = "ikeoffloadd.toml"
 PKI_DIRS = {"x509": 0o755, "x509ca": 0o755, "x509crl": 0o755, "private": 0o700, "boards": 0o755}
@@ -177,7 +179,7 @@ def install(prefix, etc, unit_dir, wheel=None, spi=False, python="/usr/bin/pytho
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="tools/install.py", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="tools/install.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--prefix", default=SHIPPED_PREFIX, help="the venv (default %(default)s)")
     ap.add_argument("--etc", default=SHIPPED_ETC, help="configuration directory (default %(default)s)")
     ap.add_argument("--unit-dir", default="/etc/systemd/system", help="where the unit goes (default %(default)s)")

@@ -36,6 +36,7 @@ The daemon's config loader embeds :func:`parse_connections`; :func:`load` reads 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -227,6 +228,8 @@ class _Section:
             v = [v]
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             raise ConfigError(self.key(k), f"must be {kind.__name__}")
+        if kind is float and not math.isfinite(v):
+            raise ConfigError(self.key(k), f"must be a finite number, not {v}")
         return v
 
     def choice(self, k, choices, default):
