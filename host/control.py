@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 import sys
 import time
 
@@ -49,7 +50,9 @@ class ControlServer:
         """Listen on the path; a stale socket file is replaced, a live one (a daemon answers) never."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            if os.path.exists(self.path):
+            if os.path.lexists(self.path):
+                if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    raise ControlSocketError("%s exists and is not a socket" % self.path)
                 if answers(self.path):
                     raise ControlSocketError("%s: a daemon answers there already" % self.path)
                 os.unlink(self.path)

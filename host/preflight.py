@@ -82,8 +82,17 @@ def _instance_lock(cfg):
 
 def _control_socket_free(cfg):
     """A daemon may hold the socket without the lock (started by another build): ask it."""
-    if not os.path.exists(cfg.control_socket) or not answers(cfg.control_socket):
-        return                           # none, or stale: the control server replaces it
+    try:
+        mode = os.stat(cfg.control_socket).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise cfg.error("daemon.control_socket", "%s: %s" % (cfg.control_socket, e.strerror)) from None
+    if not stat.S_ISSOCK(mode):
+        raise cfg.error("daemon.control_socket", "%s exists and is not a socket: the daemon will not replace it"
+                        % cfg.control_socket)
+    if not answers(cfg.control_socket):
+        return                           # stale: the control server replaces it
     raise cfg.error("daemon.control_socket", "a daemon answers on %s already; this one stops without "
                     "touching it" % cfg.control_socket)
 

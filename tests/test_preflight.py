@@ -68,6 +68,12 @@ def test_a_live_control_socket_is_not_taken_over(tmp_path, pty):
         with pytest.raises(config.ConfigError, match="daemon.control_socket: a daemon answers on"):
             preflight.check(cfg, tun=False)
     preflight.check(cfg, tun=False).release()          # now a stale file: fine
+    os.unlink(cfg.control_socket)
+    with open(cfg.control_socket, "w") as f:
+        f.write("a file the owner wants to keep")
+    with pytest.raises(config.ConfigError, match="exists and is not a socket"):
+        preflight.check(cfg, tun=False)
+    assert open(cfg.control_socket).read() == "a file the owner wants to keep"
 
 
 def test_ports_in_use_and_foreign_addresses(tmp_path, pty):
