@@ -1,11 +1,12 @@
 """A second ikeoffloadd must not disturb the first. The first runs for real (its namespace, a
 simulated board on a pty, strongSwan charon as the peer, pings through the tunnel); then second
-daemons are started beside it — with the same configuration, with another control socket (same IKE
-ports), and with other socket, ports and TUN but the same board — and each must stop at once with
-one line naming file, line and key, while the first keeps its control socket, ports, board SAs and
-tunnel (no ping lost, the same SAs at charon and on the board). Then the first daemon's run-time
-errors: a bad listen address and a control socket path that cannot be created name their setting.
-Needs root; CI runs it."""
+daemons are started beside it — with the same configuration; with another control socket (same IKE
+ports); with other socket and ports (same TUN device); with other socket, ports and TUN (same
+board) — and each must stop at once with one line naming file, line and key, while the first keeps
+its control socket, ports, board SAs and tunnel (no ping lost, the same SAs at charon and on the
+board). Then start-up errors of a daemon: a listen address not on the host, a control socket path
+that cannot be created, a TUN name another interface has: each names its setting, does not ask
+root for root, and leaves no TUN device or rule behind. Needs root; CI runs it."""
 import os
 import re
 import subprocess
@@ -97,6 +98,15 @@ def test_second_daemons_are_refused_and_the_first_keeps_everything(bed):
         assert re.search(r"%s: ike\.port: UDP 192\.0\.2\.1 port 500 is in use" % re.escape(other), out[0]), out
         assert not os.path.exists(bed.control + "2")
 
+        # other socket and ports, the same TUN device: it is the first daemon's
+        other, text4 = variant(bed, "other-ports.toml", **{
+            'control_socket__"%s"' % bed.control: 'control_socket = "%s"' % (bed.control + "4"),
+            "[ike.retransmit]": "[ike]\nport = 1500\nnatt_port = 1501\n[ike.retransmit]"})
+        code, out = run_daemon(bed, other)
+        assert code == 1 and len(out) == 1, out
+        assert "%s:%d: dataplane.tun: TUN device ikeo0 is in use" % (other, line_of(text4, 'tun = "ikeo0"')) \
+            in out[0], out
+
         # other socket, ports and TUN, the same board: the board's port is locked
         other, text3 = variant(bed, "other-all.toml", **{
             'control_socket__"%s"' % bed.control: 'control_socket = "%s"' % (bed.control + "3"),
@@ -132,6 +142,7 @@ def test_runtime_errors_name_the_setting_and_change_nothing(bed):
              "daemon.listen", 'listen = "192.0.2.77"', "192.0.2.77 is not an address of this host"),
             ({'control_socket__"%s"' % bed.control: 'control_socket = "%s"' % sock}, "daemon.control_socket",
              "control_socket =", "cannot create"),
+            ({'tun__"ikeo0"': 'tun = "lo"'}, "dataplane.tun", 'tun = "lo"', "exists and is not a TUN device"),
         ]
         for i, (edits, key, marker, says) in enumerate(cases):
             path, text = variant(bed, "bad%d.toml" % i, **edits)
