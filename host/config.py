@@ -1,4 +1,5 @@
-"""ikeoffloadd configuration (TOML). Every error names the key and the line it is on.
+"""ikeoffloadd configuration (TOML). Every error names the key and the line it is on; settings that
+cannot work are errors, doubtful ones that can (two Child SAs for the same traffic) warnings.
 
     [daemon]
     control_socket = "/run/ikeoffload/control.sock"
