@@ -36,11 +36,15 @@ The daemon's config loader embeds :func:`parse_connections`; :func:`load` reads 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from . import pki
 from .auth import Identity, load_cert, load_private_key
 from .constants import ProtocolId
 from .payloads import TrafficSelector
@@ -274,6 +278,8 @@ class _Section:
             v = [v]
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             raise ConfigError(self.key(k), f"must be {kind.__name__}")
+        if kind is float and not math.isfinite(v):
+            raise ConfigError(self.key(k), f"must be a finite number, not {v}")
         return v
 
     def choice(self, k, choices, default):
@@ -300,9 +306,7 @@ def _read_file(sec: _Section, k: str, base: Path | None):
     path = sec.get(k, str)
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_absolute() and base is not None:
-        p = base / p
+    p = pki.locate(base, k, path)
     try:
         return p.read_bytes()
     except OSError as e:
@@ -351,6 +355,7 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
     if local:
         cert_data = _read_file(sec, "cert", base)
         key_data = _read_file(sec, "key", base)
+        passphrase = _read_file(sec, "key_passphrase_file", base)
         if method == "pubkey":
             if cert_data is None:
                 raise ConfigError(sec.key("cert"), "is required for pubkey authentication")
@@ -360,22 +365,10 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
                 cert = load_cert(cert_data)
             except ValueError as e:
                 raise ConfigError(sec.key("cert"), f"not a certificate: {e}") from None
-            try:
-                key = load_private_key(key_data)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
+            key = _private_key(sec, key_data, passphrase)
     else:
-        paths = sec.get("cacerts", list, [])
-        for i, pth in enumerate(paths):
-            p = Path(pth)
-            if not p.is_absolute() and base is not None:
-                p = base / p
-            try:
-                cacerts.append(load_cert(p.read_bytes()))
-            except OSError as e:
-                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"cannot read {p}: {e.strerror}") from None
-            except ValueError as e:
-                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"not a certificate: {e}") from None
+        cacerts = pki.TrustStore(_read_list(sec, "cacerts", base, load_cert, "a certificate"),
+                                 _read_list(sec, "crls", base, pki.load_crl, "a CRL"))
         if method == "pubkey" and not cacerts:
             raise ConfigError(sec.key("cacerts"), "is required for pubkey authentication of the peer")
     id_text = sec.get("id", str)
@@ -396,6 +389,39 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
         raise ConfigError(sec.key("id"), "our own identity cannot be %any")
     sec.done()
     return AuthConfig(method, ident, cert, key, cacerts)
+
+
+def _read_list(sec: _Section, k: str, base, parse, what: str) -> list:
+    """Files named by the list ``k`` (swanctl layout: host/ike/pki.py), each parsed by ``parse``."""
+    out = []
+    for i, name in enumerate(sec.get(k, list, [])):
+        if not isinstance(name, str):
+            raise ConfigError(f"{sec.key(k)}[{i}]", "must be a file name")
+        p = pki.locate(base, k, name)
+        try:
+            out.append(parse(p.read_bytes()))
+        except OSError as e:
+            raise ConfigError(f"{sec.key(k)}[{i}]", f"cannot read {p}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(f"{sec.key(k)}[{i}]", f"{p} is not {what}: {e}") from None
+    return out
+
+
+def _private_key(sec: _Section, data: bytes, passphrase: bytes | None):
+    """Our key; an encrypted one with the passphrase from ``key_passphrase_file``."""
+    try:
+        return load_private_key(data, pki.read_passphrase(passphrase) if passphrase is not None else None)
+    except TypeError:
+        if passphrase is None:
+            raise ConfigError(sec.key("key"), "is encrypted: name the file with its passphrase in "
+                              "key_passphrase_file") from None
+        raise ConfigError(sec.key("key_passphrase_file"), "given, but the key is not encrypted") from None
+    except ValueError as e:
+        if passphrase is not None:
+            raise ConfigError(sec.key("key_passphrase_file"), "does not decrypt the key (wrong passphrase?)") from None
+        raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
+    except UnsupportedAlgorithm as e:
+        raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
 
 
 def _child(sec: _Section, name: str) -> ChildConfig:
