@@ -1,4 +1,4 @@
-"""invoke tasks: setup, demo, daemon, sim, vboard, flash, flash-micropython, test, hil, bench, lint.
+"""invoke tasks: setup, demo, daemon, sim, vboard, flash, flash-micropython, test, hil, bench, lint, install.
 
 Run `inv --list`. Tasks that need root (network namespaces, strongSwan) say so.
 """
@@ -140,3 +140,19 @@ def lint(c):
     MicroPython checks (tools/fwcheck.py: constructs MicroPython lacks, every file through mpy-cross)."""
     c.run(f"{PY} -m ruff check .", env=_env(), pty=False)
     c.run(f"{PY} -m tools.fwcheck", env=_env(), pty=False)
+
+
+@task(help={"prefix": "the venv the daemon runs from (default /opt/ikeoffload)",
+            "etc": "configuration directory (default /etc/ikeoffload)",
+            "unit_dir": "where ikeoffloadd.service goes (default /etc/systemd/system)",
+            "wheel": "install this wheel instead of building one", "spi": "SPI boards: pyftdi and USB access"})
+def install(c, prefix="/opt/ikeoffload", etc="/etc/ikeoffload", unit_dir="/etc/systemd/system", wheel=None,
+            spi=False):
+    """Install ikeoffloadd for systemd (root): venv, unit, /etc/ikeoffload (tools/install.py)."""
+    args = [PY, str(ROOT / "tools" / "install.py"), "--prefix", shlex.quote(prefix), "--etc", shlex.quote(etc),
+            "--unit-dir", shlex.quote(unit_dir)]
+    if wheel:
+        args += ["--wheel", shlex.quote(wheel)]
+    if spi:
+        args.append("--spi")
+    c.run(" ".join(args), pty=False)

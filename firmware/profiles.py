@@ -15,7 +15,12 @@ import tomllib
 
 from firmware.link import messages as m
 
-BOARDS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "boards")
+# A profile name is looked up in the shipped profiles (firmware/boards: a link to boards/ in a
+# checkout, package data in an installed wheel), then in the router's own directory; a name with a
+# path separator or ending in .toml is a path.
+BOARDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boards")
+LOCAL_BOARDS_DIR = "/etc/ikeoffload/boards"
+BOARDS_DIRS = [BOARDS_DIR, LOCAL_BOARDS_DIR]
 
 MCUS = ("esp32", "rp2040", "virtual", "sim")
 LINK_KINDS = ("uart", "spi-pio", "vboard", "sim")
@@ -148,11 +153,19 @@ REQUIRED_TABLES = ("board", "link", "heartbeat", "reset")
 def path_of(name):
     if os.sep in name or name.endswith(".toml"):
         return name
+    for d in BOARDS_DIRS:
+        path = os.path.join(d, name + ".toml")
+        if os.path.exists(path):
+            return path
     return os.path.join(BOARDS_DIR, name + ".toml")
 
 
 def names():
-    return sorted(f[:-5] for f in os.listdir(BOARDS_DIR) if f.endswith(".toml"))
+    found = set()
+    for d in BOARDS_DIRS:
+        if os.path.isdir(d):
+            found.update(f[:-5] for f in os.listdir(d) if f.endswith(".toml"))
+    return sorted(found)
 
 
 _TABLE_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")

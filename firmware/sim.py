@@ -26,7 +26,6 @@ control socket (a unix socket speaking one command per line):
 
 `--baud` throttles both directions to baud/10 bytes per second so UART limits show.
 """
-import argparse
 import binascii
 import json
 import os
@@ -38,6 +37,7 @@ import tempfile
 import time
 import tty
 
+from firmware import cli
 from firmware import profiles
 from firmware.link import messages as m
 
@@ -419,7 +419,7 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m firmware.sim", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="sim", help="board profile name (boards/NAME.toml) or a path")
     ap.add_argument("--socket", metavar="HOST:PORT", help="serve socket://HOST:PORT instead of a pty")
     ap.add_argument("--baud", type=int, help="throttle both directions to baud/10 bytes per second "
@@ -428,9 +428,19 @@ def main(argv=None):
     ap.add_argument("--control", metavar="PATH", help="control socket path (default: a temp path)")
     ap.add_argument("--host-silence-ms", type=int, help="override the profile's host-silence limit")
     args = ap.parse_args(argv)
-
-    full = profiles.load(args.profile)
-    profile = profiles.board_config(full)
+    try:
+        full = profiles.load(args.profile)
+        profile = profiles.board_config(full)
+    except (profiles.ProfileError, OSError) as e:
+        ap.error("--profile: %s" % e)
+    if args.baud is not None and args.baud < 0:
+        ap.error("--baud must be positive (or 0: unthrottled), not %s" % args.baud)
+    if args.reset_every is not None and not args.reset_every > 0:
+        ap.error("--reset-every must be positive, not %s" % args.reset_every)
+    if args.host_silence_ms is not None and args.host_silence_ms < 0:
+        ap.error("--host-silence-ms must not be negative")
+    if args.control and (os.path.exists(args.control) or not os.path.isdir(os.path.dirname(args.control) or ".")):
+        ap.error("--control %s: the path must be new, in an existing directory" % args.control)
     if args.host_silence_ms is not None:
         profile["host_silence_ms"] = args.host_silence_ms
     rate = profiles.link_rate(full) if args.baud is None else (args.baud / 10 or None)
@@ -441,7 +451,10 @@ def main(argv=None):
     master = listen = None
     if args.socket:
         host, _, port = args.socket.rpartition(":")
-        listen = socket.create_server((host or "127.0.0.1", int(port)))
+        try:
+            listen = socket.create_server((host or "127.0.0.1", int(port)))
+        except (OSError, ValueError, OverflowError) as e:
+            ap.error("--socket %s: %s" % (args.socket, getattr(e, "strerror", None) or e))
         listen.setblocking(False)
         host, port = listen.getsockname()[:2]
         where = "socket://%s:%d" % (host, port)

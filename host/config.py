@@ -1,4 +1,5 @@
-"""ikeoffloadd configuration (TOML). Every error names the key and the line it is on.
+"""ikeoffloadd configuration (TOML). Every error names the key and the line it is on; settings that
+cannot work are errors, doubtful ones that can (two Child SAs for the same traffic) warnings.
 
     [daemon]
     control_socket = "/run/ikeoffload/control.sock"
@@ -40,7 +41,9 @@ from pathlib import Path
 
 from firmware import profiles
 from host.ike.config import ConfigError as IkeConfigError
-from host.ike.config import RetransmitPolicy, parse_connections, parse_settings
+from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
+from host.ike.constants import TsType
+from host.ike.proposals import OffloadCapabilities, filter_child_specs
 from host.tomlpos import key_lines, line_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -78,8 +81,14 @@ class DaemonConfig:
     replay_window: int = 64
     boards: list = field(default_factory=list)
     connections: dict = field(default_factory=dict)
-    engine: object = None        # host.ike.engine.EngineSettings from [ike]
-    retransmit: object = None    # RetransmitPolicy from [ike.retransmit]
+    engine: EngineSettings | None = None        # from [ike]
+    retransmit: RetransmitPolicy | None = None  # from [ike.retransmit]
+    warnings: list = field(default_factory=list)            # "file:line: key: message": legal, but doubtful
+    lines: dict = field(default_factory=dict, repr=False)   # key -> line, for errors met at run time
+
+    def error(self, key, message):
+        """A ConfigError naming this file, the line of ``key`` and ``key`` (for run-time failures)."""
+        return ConfigError(self.path, key, message, line_of(self.lines, key))
 
     @property
     def ike_port(self):
@@ -99,6 +108,19 @@ _DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "flush_o
 _DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "replay_window": int}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int}
 _TOP = {"daemon", "dataplane", "board", "ike", "connections"}
+_TABLES = ("daemon", "dataplane", "ike", "connections")
+# sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
+UNIX_PATH_MAX = 107
+# pyserial URL handlers a board port may name; ftdi:// is an SPI adapter (pyftdi), for spi-pio boards
+SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
+# Every board firmware runs these (firmware/esp.py transforms(); its HELLO confirms them at run time):
+# a Child SA whose ESP proposals hold none of them can never be installed.
+BOARD_CAPABILITIES = OffloadCapabilities(frozenset(profiles.TRANSFORMS.values()), esn=True)
+
+
+def _kind(v):
+    return "an array" if isinstance(v, list) else "a table" if isinstance(v, dict) else "%s %r" % (
+        type(v).__name__, v)
 
 
 def _typed(err, table, key_path, kinds, out):
@@ -126,7 +148,14 @@ def loads(text, path="<config>", base=None):
     for k in data:
         if k not in _TOP:
             err(k, "unknown table (known: %s)" % ", ".join(sorted(_TOP)))
-    cfg = DaemonConfig(path=str(path))
+    for k in _TABLES:
+        if k in data and not isinstance(data[k], dict):
+            err(k, "must be a table [%s], not %s" % (k, _kind(data[k])))
+    cfg = DaemonConfig(path=str(path), lines=lines)
+
+    def warn(key, message):
+        where = "%s:%d" % (path, line_of(lines, key)) if line_of(lines, key) else str(path)
+        cfg.warnings.append("%s: %s: %s" % (where, key, message))
     d = {}
     _typed(err, data.get("daemon", {}), "daemon", _DAEMON_KEYS, d)
     _typed(err, data.get("dataplane", {}), "dataplane", _DATAPLANE_KEYS, d)
@@ -134,6 +163,11 @@ def loads(text, path="<config>", base=None):
         setattr(cfg, k, v)
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
+    if not os.path.isabs(cfg.control_socket):
+        err("daemon.control_socket", "must be an absolute path, not %r" % cfg.control_socket)
+    if len(os.fsencode(cfg.control_socket)) > UNIX_PATH_MAX:
+        err("daemon.control_socket", "%d bytes long: a unix socket path holds at most %d"
+            % (len(os.fsencode(cfg.control_socket)), UNIX_PATH_MAX))
     try:
         ipaddress.ip_address(cfg.listen)
     except ValueError:
@@ -153,24 +187,36 @@ def loads(text, path="<config>", base=None):
     if not boards:
         err("board", "at least one [[board]] is needed: the ESP processor")
     names = set()
+    ports = {}
     for i, b in enumerate(boards):
         kp = "board[%d]" % i
+        if not isinstance(b, dict):
+            err(kp, "must be a table [[board]] with name, profile and port, not %s" % _kind(b))
         bd = {}
         _typed(err, b, kp, _BOARD_KEYS, bd)
         for need in ("name", "profile", "port"):
             if need not in bd:
                 err("%s.%s" % (kp, need), "is required")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", bd["name"]):
+            err(kp + ".name", "must be 1-32 letters, digits, _ . : -, not %r" % bd["name"])
         if bd["name"] in names:
             err(kp + ".name", "duplicate board name %r" % bd["name"])
         names.add(bd["name"])
         try:
             prof = profiles.load(bd["profile"])
-        except profiles.ProfileError as e:
+        except (profiles.ProfileError, OSError, ValueError) as e:
             err(kp + ".profile", str(e))
+        _check_port(err, kp + ".port", bd["port"], prof)
+        same = ports.get(_port_identity(bd["port"]))
+        if same is not None:
+            err(kp + ".port", "%s is board[%d]'s port already: one board, one port" % (bd["port"], same))
+        ports[_port_identity(bd["port"])] = i
         period = bd.get("heartbeat_ms", prof["heartbeat"]["period_ms"]) / 1000
         misses = bd.get("misses", prof["heartbeat"]["misses"])
-        if period <= 0 or misses <= 0:
-            err(kp + (".heartbeat_ms" if period <= 0 else ".misses"), "must be positive")
+        if not 0.001 <= period <= 600:
+            err(kp + ".heartbeat_ms", "must be within 1..600000")
+        if not 1 <= misses <= 100:
+            err(kp + ".misses", "must be within 1..100")
         silence = prof["board"]["host_silence_ms"] / 1000
         if silence and period * (misses + 1) >= silence:
             err(kp + ".heartbeat_ms", "heartbeat period x (misses + 1) = %.0f ms must stay below the board's "
@@ -192,13 +238,101 @@ def loads(text, path="<config>", base=None):
         cfg.engine.hint_retransmit = HINT_RETRANSMIT
     if cfg.engine.local_addr is None and cfg.listen not in ("0.0.0.0", "::"):
         cfg.engine.local_addr = cfg.listen
+    _check_connections(cfg, err, warn)
     return cfg
+
+
+def _check_port(err, key, port, profile):
+    """A board port that can name a link of the profile's kind (whether it exists is the daemon's
+    business at run time: a board may be plugged in later)."""
+    if not port.strip():
+        err(key, "must not be empty: a device (best a /dev/serial/by-id/ name), a pty, socket://HOST:PORT")
+    scheme = port.split("://", 1)[0] if "://" in port else None
+    if profile["link"]["kind"] == "spi-pio":
+        if scheme != "ftdi":
+            err(key, "an SPI board (profile %s) needs an ftdi:// URL, not %r" % (profile["_name"], port))
+        return
+    if scheme == "ftdi":
+        err(key, "ftdi:// is an SPI adapter; profile %s's link is %s" % (profile["_name"], profile["link"]["kind"]))
+    if scheme is None:
+        if not os.path.isabs(port):
+            err(key, "must be an absolute device path or a URL (socket://HOST:PORT), not %r" % port)
+    elif scheme not in SERIAL_SCHEMES:
+        err(key, "unknown URL scheme %s:// (known: %s)" % (scheme, ", ".join(SERIAL_SCHEMES)))
+    elif scheme == "socket":
+        m = re.fullmatch(r"socket://([^:/?#]+|\[[0-9A-Fa-f:.]+\]):(\d+)([/?].*)?", port)
+        if not m or not 1 <= int(m.group(2)) <= 65535:
+            err(key, "must be socket://HOST:PORT with a port 1..65535, not %r" % port)
+
+
+def _port_identity(port):
+    return os.path.realpath(port) if os.path.isabs(port) else port
+
+
+def _family(addr):
+    try:
+        return ipaddress.ip_network(addr, strict=False).version
+    except ValueError:
+        return None
+
+
+def _ts_families(items):
+    """IP versions of a list of traffic selectors; "dynamic" (the IKE address) counts as None."""
+    return {(4 if t.ts_type == TsType.IPV4_ADDR_RANGE else 6) if not isinstance(t, str) else None for t in items}
+
+
+def _check_connections(cfg, err, warn):
+    """What no peer can fix: IKE addresses the socket cannot use, ESP nothing runs on a board,
+    selectors that carry nothing; and, as warnings, two Child SAs for the same traffic."""
+    listen_family = ipaddress.ip_address(cfg.listen).version
+    wildcard = cfg.listen in ("0.0.0.0", "::")
+    seen = {}
+    for name, conn in cfg.connections.items():
+        kp = "connections.%s" % name
+        for k in ("local_addrs", "remote_addrs"):
+            for i, a in enumerate(getattr(conn, k)):
+                if a != "%any" and _family(a) != listen_family:
+                    err("%s.%s[%d]" % (kp, k, i), "IPv%d, but IKE is bound to daemon.listen = %s (IPv%d)"
+                        % (_family(a), cfg.listen, listen_family))
+        if not wildcard and "%any" not in conn.local_addrs and not any(
+                ipaddress.ip_address(cfg.listen) in ipaddress.ip_network(a, strict=False) for a in conn.local_addrs):
+            err(kp + ".local_addrs", "none of them is daemon.listen = %s, the one address IKE is bound to"
+                % cfg.listen)
+        for cname, child in conn.children.items():
+            ck = "%s.children.%s" % (kp, cname)
+            if not filter_child_specs(child.esp_proposals, BOARD_CAPABILITIES):
+                err(ck + ".esp_proposals", "no board runs any of these; boards run aes128gcm16, aes256gcm16, "
+                    "aes128-sha256, aes256-sha256 (ESP is negotiated only from what the board runs)")
+            fl, fr = _ts_families(child.local_ts), _ts_families(child.remote_ts)
+            fl.discard(None)
+            fr.discard(None)
+            if fl and fr and not fl & fr:
+                err(ck + ".remote_ts", "IPv%s only, local_ts IPv%s only: no packet matches both"
+                    % ("/".join(map(str, sorted(fr))), "/".join(map(str, sorted(fl)))))
+            if fl and fr and fl != fr:
+                warn(ck + ".remote_ts", "local_ts and remote_ts mix address families (IPv%s and IPv%s): only "
+                     "the common one carries traffic" % ("/".join(map(str, sorted(fl))),
+                                                         "/".join(map(str, sorted(fr)))))
+            if any(isinstance(t, str) for t in child.local_ts + child.remote_ts):
+                continue
+            key = (frozenset(child.local_ts), frozenset(child.remote_ts))
+            if key in seen:
+                warn(ck + ".local_ts", "the same traffic selectors as %s: packets go to one of the two Child SAs, "
+                     "whichever was installed last" % seen[key])
+            else:
+                seen[key] = ck
 
 
 def load(path):
     path = os.fspath(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(path, "<file>", e.strerror or str(e)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(path, "<file>", "not UTF-8 text (byte 0x%02x at offset %d); TOML files are UTF-8"
+                          % (raw[e.start], e.start), line) from None
     return loads(text, path)

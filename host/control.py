@@ -7,16 +7,34 @@ Commands: list-sas, list-boards, initiate, terminate, flush-board, stats.
 `ikeoffloadctl --json CMD` prints the result object; without --json a readable form in the
 style of `swanctl --list-sas`.
 """
-import argparse
 import asyncio
 import json
 import os
 import socket
+import stat
 import sys
 import time
 
+from firmware import cli
+from host import __version__
+
 DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
 COMMANDS = ("list-sas", "list-boards", "initiate", "terminate", "flush-board", "stats")
+
+
+class ControlSocketError(OSError):
+    """The control socket cannot be served (daemon.control_socket)."""
+
+
+def answers(path, timeout=1.0):
+    """Does a server accept connections on the unix socket ``path``?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 class ControlServer:
@@ -26,19 +44,29 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self.server = None
+        self._inode = None
 
     async def start(self):
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        """Listen on the path; a stale socket file is replaced, a live one (a daemon answers) never."""
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        old = os.umask(0o177)        # the socket is born 0600: no window with wider access
-        try:
-            self.server = await asyncio.start_unix_server(self._client, path=self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            if os.path.lexists(self.path):
+                if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    raise ControlSocketError("%s exists and is not a socket" % self.path)
+                if answers(self.path):
+                    raise ControlSocketError("%s: a daemon answers there already" % self.path)
+                os.unlink(self.path)
+            old = os.umask(0o177)        # the socket is born 0600: no window with wider access
+            try:
+                self.server = await asyncio.start_unix_server(self._client, path=self.path)
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            self._inode = os.stat(self.path).st_ino
+        except ControlSocketError:
+            raise
+        except OSError as e:
+            raise ControlSocketError("cannot serve %s: %s" % (e.filename or self.path, e.strerror or e)) from None
 
     async def _client(self, reader, writer):
         try:
@@ -66,7 +94,8 @@ class ControlServer:
             self.server.close()
             await self.server.wait_closed()
             try:
-                os.unlink(self.path)
+                if os.stat(self.path).st_ino == self._inode:     # ours, not a successor's
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass
 
@@ -149,10 +178,11 @@ def format_generic(result):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="ikeoffloadctl", description="Control a running ikeoffloadd.")
+    ap = cli.ArgumentParser(prog="ikeoffloadctl", description="Control a running ikeoffloadd.")
     ap.add_argument("--socket", default=os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET),
                     help="control socket (default %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the raw JSON result")
+    ap.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-sas", help="IKE and Child SAs with their board and counters")
     sub.add_parser("list-boards", help="boards: boot id, uptime, SAs, heartbeat RTT, last loss")
@@ -170,7 +200,7 @@ def main(argv=None):
     for k in ("conn", "board", "ike_id"):
         if getattr(args, k, None) is not None:
             req[k] = getattr(args, k)
-    if args.cmd == "terminate" and not (args.conn or args.ike_id):
+    if args.cmd == "terminate" and not args.conn and args.ike_id is None:
         ap.error("terminate needs a connection name or --ike-id")
     try:
         reply = call(args.socket, req)

@@ -8,7 +8,6 @@ back in about a second instead of after the peer's dead-peer detection gives up.
     ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml [--log-level info]
     ikeoffloadd --check-config FILE
 """
-import argparse
 import asyncio
 import gc
 import ipaddress
@@ -18,8 +17,11 @@ import signal
 import sys
 import time
 
+from firmware import cli
 from firmware.link import messages as m
+from host import __version__
 from host import config as cfgmod
+from host import preflight, sdnotify
 from host.control import ControlServer
 from host.dataplane.datapath import ChildRoute, DataPath, ts_networks
 from host.dataplane.tun import Tun, TunError
@@ -146,12 +148,18 @@ class Daemon:
             self.udp.call(self.engine.start)
 
     async def run(self):
-        await self.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP: reloading the configuration is not "
+                                "supported yet; still running with %s as it was loaded", self.cfg.path)
+        await self.start()
+        notify = sdnotify.Notifier()       # systemd Type=notify: READY, STOPPING, watchdog pings
+        notify.ready(loop, "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections)))
         await self._stopped.wait()
+        notify.stopping()
         await self.shutdown()
+        notify.close()
 
     def stop(self):
         self._stopped.set()
@@ -328,7 +336,7 @@ class Daemon:
                     "; re-initiating as #%d" % ev.restart_ike_id if ev.restart_ike_id else "")
         elif isinstance(ev, ike_ev.ChildSaFailed):
             log.warning("Child SA %s of IKE SA #%d failed: %s", ev.name, ev.ike_id, ev.reason)
-        elif isinstance(ev, ike_ev.Warning_):
+        elif isinstance(ev, ike_ev.IkeWarning):
             log.warning("IKE SA #%s: %s", ev.ike_id, ev.text)
 
     def _addr(self, ip, port):
@@ -472,7 +480,9 @@ class Daemon:
                 raise KeyError("no connection %r (known: %s)" % (conn, ", ".join(self.engine.connections)))
             return {"ike_id": self.udp.call(self.engine.initiate, conn)}
         if cmd == "terminate":
-            ids = [req["ike_id"]] if req.get("ike_id") else [
+            if req.get("ike_id") is not None and self.engine.ike_sa(req["ike_id"]) is None:
+                raise LookupError("no IKE SA #%s (ikeoffloadctl list-sas shows them)" % req["ike_id"])
+            ids = [req["ike_id"]] if req.get("ike_id") is not None else [
                 sa.ike_id for sa in self.engine.ike_sas() if sa.conn and sa.conn.name == req.get("conn")]
             if not ids:
                 raise KeyError("no IKE SA for %s" % (req.get("conn") or req.get("ike_id")))
@@ -605,11 +615,12 @@ def setup_logging(level):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="ikeoffloadd", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="ikeoffloadd", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", "-c", default="/etc/ikeoffload/ikeoffloadd.toml")
     ap.add_argument("--check-config", metavar="FILE", help="validate FILE and exit (0: valid)")
     ap.add_argument("--log-level", choices=cfgmod.LOG_LEVELS, help="override daemon.log_level")
     ap.add_argument("--no-tun", action="store_true", help="run without a TUN device (control plane only)")
+    ap.add_argument("--version", action="version", version="%(prog)s " + __version__)
     args = ap.parse_args(argv)
     if args.check_config:
         try:
@@ -617,6 +628,8 @@ def main(argv=None):
         except cfgmod.ConfigError as e:
             print("ikeoffloadd: %s" % e, file=sys.stderr)
             return 1
+        for w in c.warnings:
+            print("ikeoffloadd: warning: %s" % w, file=sys.stderr)
         print("%s: valid (%d board(s), %d connection(s))" % (args.check_config, len(c.boards), len(c.connections)))
         return 0
     try:
@@ -625,12 +638,21 @@ def main(argv=None):
         print("ikeoffloadd: %s" % e, file=sys.stderr)
         return 1
     setup_logging(args.log_level or c.log_level)
+    for w in c.warnings:
+        log.warning("%s", w)
+    try:      # a second daemon, ports in use, bad board ports: refused before anything changes
+        guard = preflight.check(c, tun=not args.no_tun)
+    except cfgmod.ConfigError as e:
+        log.error("%s", e)
+        return 1
     gc.set_threshold(20000, 20, 20)   # thousands of live SAs make full collections expensive
     try:
         asyncio.run(Daemon(c, tun=not args.no_tun).run())
-    except (TunError, OSError) as e:
-        log.error("%s", e)
+    except OSError as e:
+        log.error("%s", preflight.runtime_error(c, e))
         return 1
+    finally:
+        guard.release()
     return 0
 
 

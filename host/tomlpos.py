@@ -88,7 +88,8 @@ def line_of(lines, key):
     parts = key.split(".")
     while parts:
         k = ".".join(parts)
-        if k in lines:
-            return lines[k]
+        for candidate in (k, re.sub(r"\[\d+\]$", "", k)):    # board[0] written as `board = [...]`
+            if candidate in lines:
+                return lines[candidate]
         parts.pop()
     return None

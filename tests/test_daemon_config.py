@@ -79,7 +79,7 @@ def test_systemd_unit_runs_the_console_script_with_the_config():
     unit.optionxform = str
     unit.read(os.path.join(ROOT, "packaging", "ikeoffloadd.service"))
     svc = unit["Service"]
-    assert svc["ExecStart"] == "/usr/bin/ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml"
+    assert svc["ExecStart"] == "/opt/ikeoffload/bin/ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml"
     assert "--check-config" in svc["ExecStartPre"] and svc["KillSignal"] == "SIGTERM"
     assert "CAP_NET_ADMIN" in svc["AmbientCapabilities"] and unit["Install"]["WantedBy"] == "multi-user.target"
 

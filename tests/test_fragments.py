@@ -10,7 +10,7 @@ from host.ike.config import parse_connections
 from host.ike.constants import ExchangeType, Flag, Notify, PayloadType
 from host.ike.engine import EngineSettings, IkeEngine
 from host.ike.events import ChildSaInstall
-from host.ike.ike_sa import ESTABLISHED
+from host.ike.states import IkeSaState
 from host.ike.loopback import Network, drain
 from host.ike.message import Message, parse_header
 from host.ike.payloads import NotifyPayload, encode_chain
@@ -108,7 +108,7 @@ def test_fragments_in_any_order_with_forgeries_and_duplicates_reassemble_once():
     random.Random(3).shuffle(resp)
     deliver(resp, a, B)
     (sa_a,), (sa_b,) = a.ike_sas(), b.ike_sas()
-    assert sa_a.state == sa_b.state == ESTABLISHED and sa_a.outstanding is None
+    assert sa_a.state == sa_b.state == IkeSaState.ESTABLISHED and sa_a.outstanding is None
     assert sa_a.reassembly is None and sa_b.reassembly is None
 
 
@@ -139,7 +139,7 @@ def test_a_lost_fragment_is_made_good_by_retransmission_and_a_lost_answer_is_res
 
 def test_a_resend_cut_finer_starts_over_and_a_coarser_one_is_dropped():
     sa_a, sa_b = _established()
-    b = sa_b.engine
+    b = sa_b.ctx
     msg = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa_b.peer_mid,
                   [NotifyPayload(40000, bytes(900))])
     coarse = msg.encode_fragments(sa_a.cipher, 500)
@@ -202,11 +202,11 @@ def test_reassembly_memory_is_bounded_and_given_back():
     assert b.stats["fragments_over_limit"] == 1 and sa_b.reassembly.given_up
     kept = b.stats["fragments_received"] - kept_before
     assert kept * 1400 < fragments.MAX_MESSAGE and b.stats["fragments_dropped"] == len(big) - kept - 1
-    assert b._fragment_bytes == 0                              # nothing of it is held
+    assert b.ctx.fragment_bytes == 0                              # nothing of it is held
     part = Message(sa_a.spi_i, sa_a.spi_r, ExchangeType.CREATE_CHILD_SA, Flag.INITIATOR, sa_b.peer_mid,
                    [NotifyPayload(40000, bytes(3000))]).encode_fragments(sa_a.cipher, 1000)   # another one
     fragments.receive(sa_b, parse_header(part[0]), part[0], 1.0)
-    assert b._fragment_bytes > 0
+    assert b.ctx.fragment_bytes > 0
     b.delete_ike(sa_b.ike_id, 2.0)
     net.pump(2.0)
-    assert b.ike_sas() == [] and b._fragment_bytes == 0       # the SA went, its fragments with it
+    assert b.ike_sas() == [] and b.ctx.fragment_bytes == 0       # the SA went, its fragments with it

@@ -1,4 +1,5 @@
-"""Fuzz the responder with >= 100,000 mutated IKE messages (issue 4 acceptance).
+"""Fuzz the responder with >= 100,000 mutated IKE messages: none may crash it, leak memory or
+set up an SA.
 
 Seeds are real messages from our initiator: IKE_SA_INIT requests, IKE_AUTH requests for a live
 half-open SA, INFORMATIONAL/CREATE_CHILD_SA requests on an established SA, and the answers to the
@@ -204,7 +205,7 @@ def test_responder_survives_100k_mutated_messages():
             if t is not None and t <= h.now:
                 b.handle_timer(h.now)
             peak_sas = max(peak_sas, len(b.ike_sas()))
-            peak_heap = max(peak_heap, len(b._heap))
+            peak_heap = max(peak_heap, len(b.ctx.timer_heap))
             assert b.half_open_count() <= h.settings.max_half_open
         if i % 4000 == 3999:
             h.downs += [e for e in drain(b, h.now) if isinstance(e, IkeSaDown)]
@@ -225,7 +226,7 @@ def test_responder_survives_100k_mutated_messages():
     # bounded tables
     assert peak_sas <= h.settings.max_half_open + h.legit_ups + 10
     assert peak_heap < 5 * h.settings.max_half_open + 100
-    assert len(b._replies.keys) <= b._replies.max_keys
+    assert len(b.ctx.limits.replies.keys) <= b.ctx.limits.replies.max_keys
     # half-open state expires: only the legitimately established SAs (and b's own attempts) remain
     h.now += 60
     b.handle_timer(h.now)
@@ -274,7 +275,7 @@ def test_responder_survives_authenticated_garbage():
         for _ in range(4):
             for d in a.datagrams_to_send():
                 if auth_plain is None and parse_header(d.data).exchange == ExchangeType.IKE_AUTH:
-                    sa_b = b._sas.get(parse_header(d.data).spi_r)
+                    sa_b = b.ctx.by_spi.get(parse_header(d.data).spi_r)
                     _, sk = parse_plain(parse_header(d.data), d.data)
                     auth_plain = encode_chain(open_sk(d.data, sk, sa_b.cipher))
                 b.receive_datagram(d.data, (A, d.local[1]), h.now, (B, d.remote[1]))
@@ -294,7 +295,7 @@ def test_responder_survives_authenticated_garbage():
         d = a.datagrams_to_send()[0]
         hdr = parse_header(d.data)
         _, sk = parse_plain(hdr, d.data)
-        inner = open_sk(d.data, sk, b._sas[sa_a.spi_r].cipher)
+        inner = open_sk(d.data, sk, b.ctx.by_spi[sa_a.spi_r].cipher)
         seeds.append((hdr.exchange, encode_chain(inner)))
         b.receive_datagram(d.data, (A, 4500), h.now, (B, 4500))
         drain(b, h.now)
@@ -307,7 +308,7 @@ def test_responder_survives_authenticated_garbage():
     kinds = {}
     t0 = time.monotonic()
     while count < 20_000:
-        b_sa = b._sas.get(sa_a.spi_r)
+        b_sa = b.ctx.by_spi.get(sa_a.spi_r)
         if b_sa is None or b_sa.state != "established":
             a, sa_a, _ = establish()          # garbage may legitimately delete it (a Delete payload)
             continue
@@ -327,7 +328,7 @@ def test_responder_survives_authenticated_garbage():
             # this SA's own IKE_AUTH plaintext, so that mutations after AUTH still authenticate
             hdr = parse_header(sent[0].data)
             _, sk = parse_plain(hdr, sent[0].data)
-            own = encode_chain(open_sk(sent[0].data, sk, b._sas[hdr.spi_r].cipher))
+            own = encode_chain(open_sk(sent[0].data, sk, b.ctx.by_spi[hdr.spi_r].cipher))
             first, chain = own[0], mutate(rng, own[1], own[1])
             b.receive_datagram(_seal(sa2, ExchangeType.IKE_AUTH, 1, first, chain), (A, 4500), h.now, (B, 4500))
         else:

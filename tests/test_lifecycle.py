@@ -13,11 +13,12 @@ from host.ike.events import (
     IkeSaDown,
     IkeSaRekeyed,
     IkeSaUp,
-    Warning_,
+    IkeWarning,
 )
 from host.ike.loopback import Network, drain
 from host.ike.message import Message, parse_header, parse_plain
 from host.ike.payloads import NotifyPayload
+from host.ike.task import Outcome, Task
 from tests.test_engine import A_NET, ALL, B_NET, A, B, conn, kinds, pair
 
 FAST = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)        # gives up 0.5+1+2+4 = 7.5 s after sending
@@ -148,7 +149,7 @@ def test_rekey_of_a_child_the_peer_lost_gets_child_sa_not_found_and_is_created_a
     a, b, net = pair()
     sa_a, sa_b = up(a, b, net)
     old = only_child(sa_a)
-    b._remove_child(sa_b, only_child(sa_b), "lost")        # b forgets it without telling a
+    b.ctx.remove_child(sa_b, only_child(sa_b), "lost")        # b forgets it without telling a
     a.rekey_child(old.handle, 1.0)
     net.pump(1.0)
     ca, cb = assert_pair(sa_a, sa_b)
@@ -261,7 +262,7 @@ def test_child_rekey_during_ike_rekey_gets_temporary_failure_then_succeeds():
     a.rekey_child(only_child(sa_a).handle, 1.0)
     net.pump(1.0)
     assert a.stats["child_rekeys_failed"] == 1 and b.stats["ike_rekeys_failed"] == 1
-    assert [w.text for w in kinds(net.events[A], Warning_)][0].endswith("(TEMPORARY_FAILURE); retrying")
+    assert [w.text for w in kinds(net.events[A], IkeWarning)][0].endswith("(TEMPORARY_FAILURE); retrying")
     advance(net, 1.0, 10.0)                  # both retried after 2..4 s, without colliding this time
     (na,), (nb,) = a.ike_sas(), b.ike_sas()
     assert na is not sa_a and na.spi_i == nb.spi_i
@@ -328,7 +329,7 @@ def test_keyingtries_limits_restarts():
     advance(net, 0.0, 300.0)
     failed = [d for d in kinds(net.events[A], IkeSaDown) if not d.established]
     assert len(failed) == 2 and failed[-1].restart_ike_id is None and a.ike_sas() == []
-    assert any("giving up after 2 attempts" in w.text for w in kinds(net.events[A], Warning_))
+    assert any("giving up after 2 attempts" in w.text for w in kinds(net.events[A], IkeWarning))
 
 
 # ---------------------------------------------------------------- INVALID_SPI
@@ -634,7 +635,7 @@ def test_cookie_demanded_past_threshold_and_checked():
     b.receive_datagram(again, (A, 500), 0.0, (B, 500))
     assert b.stats["cookies_accepted"] == 1 and b.half_open_count() == 3
     # a cookie made under the previous secret is still good, two secrets ago it is not
-    jar = b._cookies
+    jar = b.ctx.cookies
     ni, spi = b"N" * 32, b"S" * 8
     c0 = jar.make(ni, A, spi, 1.0)
     assert jar.check(c0, ni, A, spi, 12.0) and not jar.check(c0, ni, A, spi, 23.0)
@@ -756,13 +757,19 @@ def test_engine_settings_from_the_daemon_config():
         assert e.value.key == key
 
 
+class RefuseRekeys(Task):
+    def on_request(self, sa, msg, reply, now):
+        reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)
+        return Outcome.DONE
+
+
 def test_ike_hard_expiry_deletes_and_restarts_when_the_peer_refuses_every_rekey():
     a_conn = conn(A, B, "a.example", "b.example", A_NET, B_NET,
                   extra={"rekey_time": 50, "over_time": 10, "rand_time": 0, "dpd_action": "restart"})
     b_conn = conn(B, A, "b.example", "a.example", B_NET, A_NET, extra={"rekey_time": 0})
     a, b, net = pair(a_conn=a_conn, b_conn=b_conn)
     a.settings.retry_delay = 4.0
-    b.rekey_responder = lambda sa, msg, reply, now: reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)
+    b.responders[ExchangeType.CREATE_CHILD_SA] = lambda msg: RefuseRekeys()    # here: a's IKE rekeys
     sa_a, _ = up(a, b, net)
     advance(net, 0.0, 59.9)
     assert a.ike_sas() == [sa_a] and a.stats["ike_rekeys_failed"] >= 2      # retried, never at once

@@ -1,4 +1,4 @@
-"""Proof that the firmware is MicroPython-compatible (issue 2, item 7).
+"""Proof that the firmware is MicroPython-compatible.
 
 - every firmware file compiles with the real mpy-cross (the way a board build does it);
 - the firmware's own tests (firmware/tests/test_*.py) pass under the real MicroPython 1.27 (npm

@@ -1,4 +1,4 @@
-"""The seed scenario and the flood tests (issue 5), in virtual time with two real engines.
+"""The seed scenario and the flood tests, in virtual time with two real engines.
 
 Seed scenario (RFC 7296 §1.5, §2.4): gateway A (branch, initiator, dpd_action = restart) and
 gateway B (hub, responder) carry ESP both ways, a packet every 100 ms each, over a network with

@@ -14,7 +14,6 @@
 
 Every step prints what it does and how long it took; a failure says which step and why.
 """
-import argparse
 import binascii
 import hashlib
 import json
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from firmware import profiles
+from firmware import cli, profiles
 from firmware.link import frame as fr
 from firmware.link import messages as m
 from tools import fwcheck
@@ -313,7 +312,7 @@ def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.flash", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m tools.flash", description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", required=True, help="profile name (boards/NAME.toml) or path")
     ap.add_argument("--port", required=True, help="the board's REPL device (mpremote connects there)")
     ap.add_argument("--link-port", help="the board's link device, when not the REPL port")
@@ -321,6 +320,16 @@ def main(argv=None):
     ap.add_argument("--no-wait", action="store_true", help="do not wait for HELLO after the reset")
     ap.add_argument("--timeout", type=float, default=30, help="seconds to wait for HELLO")
     args = ap.parse_args(argv)
+    try:
+        profiles.load(args.board)
+    except (profiles.ProfileError, OSError) as e:
+        ap.error("--board: %s" % e)
+    for opt in ("port", "link_port"):
+        dev = getattr(args, opt)
+        if dev and dev.startswith("/") and not os.path.exists(dev):
+            ap.error("--%s %s: no such device" % (opt.replace("_", "-"), dev))
+    if not args.timeout > 0:
+        ap.error("--timeout must be positive")
     try:
         flash(args.board, args.port, args.link_port, args.source, not args.no_wait, args.timeout)
     except FlashError as e:

@@ -7,14 +7,13 @@ micropython.org's instructions do. RP2040 boards take a .uf2 through their BOOTS
 mode instead; that needs no tool. esptool is on PyPI (`pip install esptool`); it is not a
 dependency of this project, since no board is attached in CI.
 """
-import argparse
 import importlib.util
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from firmware import profiles
+from firmware import cli, profiles
 
 # mcu -> (esptool --chip, image offset)
 CHIPS = {"esp32": ("esp32", 0x1000)}
@@ -48,7 +47,7 @@ def commands(board, port, image, baud=460800):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.flash_micropython",
+    ap = cli.ArgumentParser(prog="python -m tools.flash_micropython",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", required=True)
     ap.add_argument("--port", required=True)
@@ -58,6 +57,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         cmds = commands(args.board, args.port, args.image, args.baud)
+    except FlashError as e:
+        ap.error(str(e))
+    try:
         if args.dry_run:
             for c in cmds:
                 print(" ".join(shlex.quote(a) for a in c))

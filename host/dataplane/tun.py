@@ -6,6 +6,7 @@ Routes to remote traffic selectors go through the device in a routing table of i
 an `ip rule` — the way strongSwan's libipsec does it — so the router's main table is untouched.
 """
 import asyncio
+import errno
 import fcntl
 import os
 import struct
@@ -17,15 +18,30 @@ IFF_NO_PI = 0x1000
 
 
 class TunError(OSError):
-    pass
+    """A TUN device, route or rule that could not be set up; ``key`` names the setting it concerns."""
+
+    def __init__(self, message, key="dataplane.tun"):
+        super().__init__(message)
+        self.key = key
 
 
-def ip(*args, check=True):
+def ip(*args, check=True, key="dataplane.tun"):
     """Run `ip ARGS`; raise TunError with ip's message on failure."""
     r = subprocess.run(("ip",) + args, capture_output=True, text=True)
     if check and r.returncode:
-        raise TunError("ip %s: %s" % (" ".join(args), r.stderr.strip()))
+        raise TunError("ip %s: %s" % (" ".join(args), r.stderr.strip()), key)
     return r
+
+
+def _why(e):
+    """strerror, and what to do about a permission error (which root does not get)."""
+    if e.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+        return "%s (needs root or CAP_NET_ADMIN)" % e.strerror
+    if e.errno == errno.EBUSY:
+        return "%s (another program holds a TUN device of that name)" % e.strerror
+    if e.errno == errno.ENOENT:
+        return "%s (no TUN support: modprobe tun)" % e.strerror
+    return e.strerror or str(e)
 
 
 class Tun:
@@ -47,16 +63,16 @@ class Tun:
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            raise TunError("cannot open /dev/net/tun: %s" % e) from None
+            raise TunError("cannot open /dev/net/tun: %s" % _why(e)) from None
         try:
             fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", self.name.encode(), IFF_TUN | IFF_NO_PI))
         except OSError as e:
             os.close(fd)
-            raise TunError("cannot create TUN %s: %s (root needed)" % (self.name, e)) from None
+            raise TunError("cannot create TUN device %s: %s" % (self.name, _why(e))) from None
         self.fd = fd
-        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "up")
+        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "up", key="dataplane.mtu")
         ip("rule", "del", "priority", str(self.priority), check=False)
-        ip("rule", "add", "priority", str(self.priority), "table", str(self.table))
+        ip("rule", "add", "priority", str(self.priority), "table", str(self.table), key="dataplane.routing_table")
         self._loop = asyncio.get_running_loop()
         self._on_packets = on_packets
         self._loop.add_reader(fd, self._readable)

@@ -54,7 +54,6 @@ class IkeUdpEndpoint:
             if sock is None:
                 fam = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.local_ip, port))
             sock.setblocking(False)
             self._sockets[port] = sock

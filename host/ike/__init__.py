@@ -9,6 +9,6 @@ from .config import parse_settings  # noqa: F401
 from .engine import Datagram, EngineSettings, IkeEngine  # noqa: F401
 from .events import (  # noqa: F401
     ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaOutbound, ChildSaUp, Event, IkeSaDown, IkeSaRekeyed,
-    IkeSaUp, Warning_,
+    IkeSaUp, IkeWarning,
 )
 from .proposals import OffloadCapabilities  # noqa: F401

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from . import pki
 from .constants import AuthMethod, HashAlgorithm, IdType
 
 KEY_PAD = b"Key Pad for IKEv2"      # §2.15
@@ -231,12 +232,7 @@ def _parse_rdn_sequence(der: bytes) -> x509.Name:
     return x509.Name(rdns)
 
 
-# ---------------------------------------------------------------- signed octets, PSK (§2.15)
-
-def signed_octets(real_message: bytes, peer_nonce: bytes, prf, sk_p: bytes, id_body: bytes) -> bytes:
-    """<SignedOctets> = RealMessage | NonceData(peer) | prf(SK_p, RestOfIDPayload) (§2.15)."""
-    return real_message + peer_nonce + prf(sk_p, id_body)
-
+# ---------------------------------------------------------------- PSK (§2.15)
 
 _PADDED: dict = {}
 
@@ -422,18 +418,14 @@ def verify(public_key, method: int, data: bytes, octets: bytes) -> None:
         raise AuthError(f"bad signature: {e}") from None
 
 
-# ---------------------------------------------------------------- certificates
+# ---------------------------------------------------------------- certificates (host/ike/pki.py)
 
 def load_cert(data: bytes) -> x509.Certificate:
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
+    return pki.load_cert(data)
 
 
-def load_private_key(data: bytes):
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return serialization.load_pem_private_key(data, None)
-    return serialization.load_der_private_key(data, None)
+def load_private_key(data: bytes, passphrase: bytes | None = None):
+    return pki.load_private_key(data, passphrase)
 
 
 @functools.lru_cache(maxsize=256)
@@ -465,47 +457,10 @@ def cert_matches_identity(cert: x509.Certificate, ident: Identity) -> bool:
     return False
 
 
-MAX_CHAIN = 4
-
-
 def verify_chain(end_entity: x509.Certificate, intermediates: list[x509.Certificate],
-                 anchors: list[x509.Certificate], now: datetime.datetime | None = None) -> None:
-    """Check that ``end_entity`` chains to one of ``anchors`` (via at most MAX_CHAIN intermediates
-    from the peer's CERT payloads): signatures, validity periods, CA basic constraints."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    cert = end_entity
-    pool = list(intermediates)
-    for _depth in range(MAX_CHAIN + 1):
-        _check_validity(cert, now)
-        for ca in anchors:
-            if _issued_by(cert, ca):
-                _check_validity(ca, now)
-                return
-        nxt = next((c for c in pool if _issued_by(cert, c) and _is_ca(c)), None)
-        if nxt is None:
-            raise AuthError("certificate does not chain to a trusted CA")
-        pool.remove(nxt)
-        cert = nxt
-    raise AuthError("certificate chain too long")
-
-
-def _issued_by(cert, ca) -> bool:
-    if cert.issuer != ca.subject or not _is_ca(ca):
-        return False
+                 anchors, now: datetime.datetime | None = None) -> None:
+    """The peer's certificate path, checked by pki.verify_chain (extension policies, CRLs)."""
     try:
-        cert.verify_directly_issued_by(ca)
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-
-
-def _is_ca(cert) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _check_validity(cert, now):
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise AuthError("certificate outside its validity period")
+        pki.verify_chain(end_entity, intermediates, anchors, now)
+    except pki.PathError as e:
+        raise AuthError(str(e)) from None

@@ -36,11 +36,15 @@ The daemon's config loader embeds :func:`parse_connections`; :func:`load` reads 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from . import pki
 from .auth import Identity, load_cert, load_private_key
 from .constants import ProtocolId
 from .payloads import TrafficSelector
@@ -67,6 +71,53 @@ class RetransmitPolicy:
     def delay(self, n: int) -> float:
         d = self.timeout * self.base ** n
         return min(d, self.limit) if self.limit else d
+
+
+@dataclass
+class EngineSettings:
+    """The engine's own settings (the daemon's ``[ike]`` table, :func:`parse_settings`; every key is
+    described in host/ike/README.md)."""
+    port: int = 500                     # our IKE port
+    natt_port: int = 4500               # our NAT-T port (ESP-in-UDP too)
+    local_addr: str | None = None       # default source address when a connection names none
+    half_open_timeout: float = 30.0     # responder: IKE_AUTH must follow within this time
+    max_half_open: int = 4096           # responder: half-open IKE SAs in total ...
+    max_half_open_per_ip: int = 512     # ... and per initiator address
+    reply_rate: float = 20.0            # unprotected error answers per source per second
+    reply_burst: float = 40.0
+    reply_global_rate: float = 500.0
+    reply_global_burst: float = 1000.0
+    # cookies (§2.6): demanded from this many half-open SAs on (0 = never)
+    cookie_threshold: int = 30          # in total (strongSwan's default)
+    cookie_threshold_ip: int = 3        # from one address
+    cookie_secret_lifetime: float = 60.0
+    cookie_rate: float = 20.0           # COOKIE answers per source per second ...
+    cookie_burst: float = 40.0
+    cookie_global_rate: float = 10000.0     # ... and in total (small, never amplifying)
+    cookie_global_burst: float = 10000.0
+    # INVALID_SPI (§1.5): outgoing, for ESP with an unknown SPI reported by the board
+    unprotected_invalid_spi: bool = False   # answer outside any IKE SA when none exists (DoS magnet)
+    invalid_spi_rate: float = 1.0       # per source address per second
+    invalid_spi_burst: float = 3.0
+    invalid_spi_global_rate: float = 20.0
+    invalid_spi_global_burst: float = 40.0
+    # liveness checks started by unprotected INVALID_SPI hints (plus: one in flight per IKE SA)
+    hint_rate: float = 1.0              # per source address per second
+    hint_burst: float = 2.0
+    hint_global_rate: float = 10.0
+    hint_global_burst: float = 20.0
+    hint_retransmit: RetransmitPolicy | None = None     # schedule of those checks (None: the engine's)
+    # INVALID_IKE_SPI (§2.21.4): answer a protected request for an IKE SA we do not have (we lost
+    # it), unprotected, on the invalid_spi_* rates; an answer to one of ours is a hint (hint_*)
+    invalid_ike_spi: bool = True
+    # IKE fragmentation (RFC 7383): offered/accepted in IKE_SA_INIT; fragments fit this IP size
+    fragmentation: bool = True
+    fragment_size: int = 1280
+    rsa_pss: bool = False               # sign RFC 7427 AUTH with RSASSA-PSS (RSA keys; verified always)
+    # lifecycle
+    restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
+    retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
+    rekey_reap_time: float = 30.0       # a replaced IKE SA the peer did not delete goes after this
 
 
 @dataclass
@@ -227,6 +278,8 @@ class _Section:
             v = [v]
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             raise ConfigError(self.key(k), f"must be {kind.__name__}")
+        if kind is float and not math.isfinite(v):
+            raise ConfigError(self.key(k), f"must be a finite number, not {v}")
         return v
 
     def choice(self, k, choices, default):
@@ -253,9 +306,7 @@ def _read_file(sec: _Section, k: str, base: Path | None):
     path = sec.get(k, str)
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_absolute() and base is not None:
-        p = base / p
+    p = pki.locate(base, k, path)
     try:
         return p.read_bytes()
     except OSError as e:
@@ -304,6 +355,7 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
     if local:
         cert_data = _read_file(sec, "cert", base)
         key_data = _read_file(sec, "key", base)
+        passphrase = _read_file(sec, "key_passphrase_file", base)
         if method == "pubkey":
             if cert_data is None:
                 raise ConfigError(sec.key("cert"), "is required for pubkey authentication")
@@ -313,22 +365,10 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
                 cert = load_cert(cert_data)
             except ValueError as e:
                 raise ConfigError(sec.key("cert"), f"not a certificate: {e}") from None
-            try:
-                key = load_private_key(key_data)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
+            key = _private_key(sec, key_data, passphrase)
     else:
-        paths = sec.get("cacerts", list, [])
-        for i, pth in enumerate(paths):
-            p = Path(pth)
-            if not p.is_absolute() and base is not None:
-                p = base / p
-            try:
-                cacerts.append(load_cert(p.read_bytes()))
-            except OSError as e:
-                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"cannot read {p}: {e.strerror}") from None
-            except ValueError as e:
-                raise ConfigError(f"{sec.key('cacerts')}[{i}]", f"not a certificate: {e}") from None
+        cacerts = pki.TrustStore(_read_list(sec, "cacerts", base, load_cert, "a certificate"),
+                                 _read_list(sec, "crls", base, pki.load_crl, "a CRL"))
         if method == "pubkey" and not cacerts:
             raise ConfigError(sec.key("cacerts"), "is required for pubkey authentication of the peer")
     id_text = sec.get("id", str)
@@ -349,6 +389,39 @@ def _auth(sec: _Section, base, local: bool, local_addr: str | None) -> AuthConfi
         raise ConfigError(sec.key("id"), "our own identity cannot be %any")
     sec.done()
     return AuthConfig(method, ident, cert, key, cacerts)
+
+
+def _read_list(sec: _Section, k: str, base, parse, what: str) -> list:
+    """Files named by the list ``k`` (swanctl layout: host/ike/pki.py), each parsed by ``parse``."""
+    out = []
+    for i, name in enumerate(sec.get(k, list, [])):
+        if not isinstance(name, str):
+            raise ConfigError(f"{sec.key(k)}[{i}]", "must be a file name")
+        p = pki.locate(base, k, name)
+        try:
+            out.append(parse(p.read_bytes()))
+        except OSError as e:
+            raise ConfigError(f"{sec.key(k)}[{i}]", f"cannot read {p}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(f"{sec.key(k)}[{i}]", f"{p} is not {what}: {e}") from None
+    return out
+
+
+def _private_key(sec: _Section, data: bytes, passphrase: bytes | None):
+    """Our key; an encrypted one with the passphrase from ``key_passphrase_file``."""
+    try:
+        return load_private_key(data, pki.read_passphrase(passphrase) if passphrase is not None else None)
+    except TypeError:
+        if passphrase is None:
+            raise ConfigError(sec.key("key"), "is encrypted: name the file with its passphrase in "
+                              "key_passphrase_file") from None
+        raise ConfigError(sec.key("key_passphrase_file"), "given, but the key is not encrypted") from None
+    except ValueError as e:
+        if passphrase is not None:
+            raise ConfigError(sec.key("key_passphrase_file"), "does not decrypt the key (wrong passphrase?)") from None
+        raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
+    except UnsupportedAlgorithm as e:
+        raise ConfigError(sec.key("key"), f"not a usable private key: {e}") from None
 
 
 def _child(sec: _Section, name: str) -> ChildConfig:
@@ -484,8 +557,6 @@ def parse_settings(data: dict | None, path: str = "ike"):
     """The daemon's ``[ike]`` table -> (EngineSettings, RetransmitPolicy). Keys are the field names
     of ``EngineSettings`` (documented in host/ike/README.md) plus ``[ike.retransmit]`` and
     ``[ike.hint_retransmit]`` tables (timeout, base, tries, limit)."""
-    from dataclasses import fields
-    from .engine import EngineSettings
     settings = EngineSettings()
     if data is None:
         return settings, RetransmitPolicy()

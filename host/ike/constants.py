@@ -188,13 +188,3 @@ class Notify(IntEnum):
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
 
-
-ERROR_NOTIFY_MAX = 16383
-
-
-def name_of(enum_cls, value) -> str:
-    """Readable name of ``value`` in ``enum_cls``, or the number for unknown values."""
-    try:
-        return enum_cls(value).name
-    except ValueError:
-        return str(value)

@@ -69,34 +69,35 @@ class CookieJar:
         return hmac.compare_digest(cookie[_VER.size:], self._mac(secret, ni, ip, spi_i))
 
 
-def demanded(eng, ip: str) -> bool:
+def demanded(ctx, ip: str) -> bool:
     """Are half-open SAs past a threshold (in total, or from ``ip``)?"""
-    s = eng.settings
-    return bool((s.cookie_threshold and len(eng._half_open) >= s.cookie_threshold) or
-                (s.cookie_threshold_ip and eng._half_open_ip.get(ip, 0) >= s.cookie_threshold_ip))
+    s = ctx.settings
+    return bool((s.cookie_threshold and ctx.half_open_count() >= s.cookie_threshold) or
+                (s.cookie_threshold_ip and ctx.half_open_from(ip) >= s.cookie_threshold_ip))
 
 
-def admit(eng, hdr, msg, addr, local, now: float) -> bool:
-    """Engine hook for a well-formed IKE_SA_INIT request: True to go on, False after answering
-    with a COOKIE (or dropping the request when COOKIE answers are rate-limited)."""
+def admit(ctx, hdr, msg, addr, local, now: float) -> bool:
+    """A well-formed IKE_SA_INIT request: True to go on, False after answering with a COOKIE (or
+    dropping the request when COOKIE answers are rate-limited). The half-open limits apply in
+    any case."""
     ip = addr[0]
-    if not demanded(eng, ip):
+    if not demanded(ctx, ip):
         return True
     nonce = msg.get(PayloadType.NONCE)
     if nonce is None:
         return True                         # answered with INVALID_SYNTAX, statelessly
     got = msg.notify(Notify.COOKIE)
     if got is not None:
-        if eng._cookies.check(got.data, nonce.data, ip, hdr.spi_i, now):
-            eng.stats["cookies_accepted"] += 1
+        if ctx.cookies.check(got.data, nonce.data, ip, hdr.spi_i, now):
+            ctx.stats["cookies_accepted"] += 1
             return True
-        eng.stats["cookies_invalid"] += 1
-    if not eng._cookie_replies.take(ip, now):
-        eng.stats["cookie_replies_rate_limited"] += 1
+        ctx.stats["cookies_invalid"] += 1
+    if not ctx.limits.cookie_replies.take(ip, now):
+        ctx.stats["cookie_replies_rate_limited"] += 1
         return False
-    cookie = eng._cookies.make(nonce.data, ip, hdr.spi_i, now)
+    cookie = ctx.cookies.make(nonce.data, ip, hdr.spi_i, now)
     out = Message(hdr.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0,
                   [NotifyPayload(Notify.COOKIE, cookie)])
-    eng.stats["cookies_sent"] += 1
-    eng._send(out.encode(), addr, local)
+    ctx.stats["cookies_sent"] += 1
+    ctx.send(out.encode(), addr, local)
     return False

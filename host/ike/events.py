@@ -158,7 +158,7 @@ class ChildSaFailed(Event):
 
 
 @dataclass(slots=True)
-class Warning_(Event):
+class IkeWarning(Event):
     """Something the operator should see (authentication failure, malformed peer answers)."""
     ike_id: int | None
     text: str

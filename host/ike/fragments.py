@@ -41,12 +41,12 @@ def drop(sa):
     """Forget ``sa``'s partial message (replaced, completed, or the SA is gone)."""
     r, sa.reassembly = sa.reassembly, None
     if r is not None:
-        sa.engine._fragment_bytes -= r.size
+        sa.ctx.fragment_bytes -= r.size
 
 
 def limit(sa) -> int:
     """The largest IKE message that fits ``fragment_size`` from ``sa``'s addresses."""
-    size = sa.engine.settings.fragment_size
+    size = sa.ctx.settings.fragment_size
     ip = 40 if ":" in sa.remote[0] else 20
     marker = 4 if sa.local[1] != 500 else 0     # the non-ESP marker on port 4500 (RFC 3948)
     return size - ip - 8 - marker
@@ -57,8 +57,8 @@ def outgoing(sa, msg, data: bytes) -> list[bytes]:
     if not sa.fragmentation or len(data) <= limit(sa):
         return [data]
     frags = msg.encode_fragments(sa.cipher, limit(sa))
-    sa.engine.stats["fragmented_messages_sent"] += 1
-    sa.engine.stats["fragments_sent"] += len(frags)
+    sa.ctx.stats["fragmented_messages_sent"] += 1
+    sa.ctx.stats["fragments_sent"] += len(frags)
     return frags
 
 
@@ -66,7 +66,7 @@ def receive(sa, hdr, data: bytes, now: float):
     """A datagram whose payload is an SKF. Returns a callable that yields the whole message's
     payloads once the last fragment arrived (raising SyntaxError_ if they are malformed), else
     None: kept, dropped, or an old request's answer resent."""
-    eng, st = sa.engine, sa.engine.stats
+    ctx, st = sa.ctx, sa.ctx.stats
     if not sa.fragmentation or sa.cipher is None:
         st["fragments_unexpected"] += 1
         return None
@@ -95,7 +95,7 @@ def receive(sa, hdr, data: bytes, now: float):
         if num == 1 and sa.last_response is not None and sa.pending_mid != hdr.mid:
             st["retransmits_answered"] += 1
             for d in sa.last_response[0]:
-                eng._send(d, sa.last_response[1], sa.last_response[2])
+                ctx.send(d, sa.last_response[1], sa.last_response[2])
         return None
     key = (response, hdr.mid, hdr.exchange)
     r = sa.reassembly
@@ -109,14 +109,14 @@ def receive(sa, hdr, data: bytes, now: float):
         st["fragments_duplicate"] += 1
         return None
     chunk = plain[:len(plain) - 1 - plain[-1]]
-    if r.size + len(chunk) > MAX_MESSAGE or eng._fragment_bytes + len(chunk) > MAX_HELD:
+    if r.size + len(chunk) > MAX_MESSAGE or ctx.fragment_bytes + len(chunk) > MAX_HELD:
         st["fragments_over_limit"] += 1      # §2.6.2 leaves the limits to us: the message is given up
-        eng._fragment_bytes -= r.size
+        ctx.fragment_bytes -= r.size
         r.parts, r.size, r.given_up = {}, 0, True
         return None
     r.parts[num] = chunk
     r.size += len(chunk)
-    eng._fragment_bytes += len(chunk)
+    ctx.fragment_bytes += len(chunk)
     if num == 1:
         r.first = nxt
     st["fragments_received"] += 1

@@ -1,5 +1,7 @@
 """IKE_AUTH (RFC 7296 §1.2, §2.15): identities, PSK or certificate authentication (RFC 7427), and
-the first Child SA, which may fail on its own while the IKE SA comes up (§1.2, §2.21.2)."""
+the first Child SA, which may fail on its own while the IKE SA comes up (§1.2, §2.21.2); then what
+an established IKE SA starts with: its timers (liveness, rekey, reauthentication) and, as
+responder, INITIAL_CONTACT (§2.4)."""
 from __future__ import annotations
 
 from secrets import compare_digest
@@ -7,16 +9,19 @@ from secrets import compare_digest
 from cryptography.hazmat.primitives import serialization
 
 from . import child_create as cc
+from . import lifetimes, liveness, reauth
 from .auth import (
     AuthError, Identity, cert_matches_identity, load_cert, psk_auth, sign, verify, verify_chain,
 )
 from .constants import AuthMethod, CertEncoding, ExchangeType, Notify, PayloadType, ProtocolId
-from .events import ChildSaFailed
+from .events import ChildSaFailed, IkeSaUp
 from .ike_init import initiator_certreq
 from .informational import DeleteSpisTask
 from .payloads import AuthPayload, CertPayload, IdPayload, NotifyPayload, SaPayload, TsPayload
 from .payloads import notify_error_name
 from .proposals import accept_response
+from .states import IkeSaState
+from .task import Outcome
 
 
 def _octets(sa, of_initiator: bool, id_body: bytes) -> bytes:
@@ -36,7 +41,7 @@ def _our_auth(sa, conn, id_payload) -> list:
     else:
         der = conn.local.cert.public_bytes(serialization.Encoding.DER)
         out.append(CertPayload(CertEncoding.X509_SIGNATURE, der))
-        method, data = sign(conn.local.key, octets, sa.peer_hashes, sa.engine.settings.rsa_pss)
+        method, data = sign(conn.local.key, octets, sa.peer_hashes, sa.ctx.settings.rsa_pss)
         out.append(AuthPayload(method, data))
     return out
 
@@ -70,10 +75,60 @@ def _verify_peer(sa, conn, msg, id_payload, auth) -> Identity:
     return peer_id
 
 
-# ---------------------------------------------------------------- initiator
+# ---------------------------------------------------------------- the IKE SA is up
 
-class IkeAuthTask:
-    """Initiator: authenticate and (optionally) create the first Child SA."""
+def wants_initial_contact(sa) -> bool:
+    """Send INITIAL_CONTACT only when no other IKE SA exists between the same authenticated
+    identities (§2.4: it asserts this is the only one; the peer deletes the others — so two
+    connections with the same identities must not send it for each other)."""
+    if not sa.conn.initial_contact:
+        return False
+    ids = (sa.conn.local.id, sa.conn.remote.id)
+    return not any(o is not sa and o.conn is not None and o.state != IkeSaState.DEAD
+                   and (o.conn.local.id, o.conn.remote.id) == ids for o in sa.ctx.by_id.values())
+
+
+def honour_initial_contact(sa, now: float):
+    """§2.4: INITIAL_CONTACT asserts the peer has no other IKE SA with us: every IKE SA between
+    the same two authenticated identities that was up before this one began goes, without a
+    Delete (the peer has no keys for it) and without a restart. SAs that came up while this
+    one was being set up (both sides starting at once) stay: deleting them on one side only
+    would leave the other side with a dead IKE SA."""
+    for other in list(sa.ctx.by_id.values()):
+        if other is sa or other.state not in (IkeSaState.ESTABLISHED, IkeSaState.DELETING) or \
+                other.established_at is None or other.established_at >= sa.created:
+            continue
+        if other.remote_id == sa.remote_id and other.local_id == sa.local_id:
+            sa.ctx.stats["initial_contact_replaced"] += 1
+            sa.ctx.destroy(other, "replaced (INITIAL_CONTACT)", now)
+
+
+def established(sa, now: float):
+    """Both ends are authenticated (§1.2): IkeSaUp, and the IKE SA's timers start."""
+    sa.state = IkeSaState.ESTABLISHED
+    sa.established_at = now
+    sa.last_heard = now
+    sa.expire_at = None
+    sa.attempt = None
+    sa.ctx.leave_half_open(sa)
+    sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
+    sa.local_id = sa.conn.local.id
+    sa.ctx.emit(IkeSaUp(sa.ike_id, sa.conn.name, sa.initiator, sa.local, sa.remote, str(sa.local_id),
+                        str(sa.remote_id), sa.chosen.describe()))
+    if not sa.initiator and sa.initial_contact:
+        honour_initial_contact(sa, now)
+    liveness.arm(sa, now)
+    lifetimes.arm_ike(sa, now)
+    reauth.arm(sa, now)
+    sa.reschedule()
+
+
+# ---------------------------------------------------------------- both roles
+
+class IkeAuthTask(cc.ChildSaExchange):
+    """IKE_AUTH. Initiator: authenticate and (optionally) create the first Child SA with
+    ``child_cfg``. Responder: check the peer's AUTH against the candidate connections; a Child SA
+    failure only drops the Child SA, an authentication failure the IKE SA (§2.21.2)."""
     exchange = ExchangeType.IKE_AUTH
 
     def __init__(self, child_cfg=None):
@@ -82,13 +137,15 @@ class IkeAuthTask:
         self.spi_in = 0
         self.local_ts = self.remote_ts = ()
 
+    # -------------------------------------------------------------- initiator
+
     def build(self, sa, now):
         conn = sa.conn
         idi = IdPayload(conn.local.id.id_type, conn.local.id.data, PayloadType.IDi)
         payloads = [idi]
         auth = _our_auth(sa, conn, idi)
         payloads += [p for p in auth if p.ptype == PayloadType.CERT]
-        if sa.engine._wants_initial_contact(sa):
+        if wants_initial_contact(sa):
             payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
             sa.initial_contact = True
         payloads += initiator_certreq(conn)
@@ -99,7 +156,7 @@ class IkeAuthTask:
         if cfg is not None:
             self.offered, self.spi_in = cc.offer(sa, cfg, with_dh=False)     # §1.2: no KE here
             if self.offered is None:
-                sa.engine._event(ChildSaFailed(sa.ike_id, cfg.name, cc.NO_BOARD_PROPOSAL))
+                sa.ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, cc.NO_BOARD_PROPOSAL))
             else:
                 self.local_ts, self.remote_ts = cc.our_selectors(sa, cfg)
                 if cfg.mode == "transport":
@@ -108,39 +165,39 @@ class IkeAuthTask:
                              TsPayload(self.remote_ts, PayloadType.TSr)]
         return payloads
 
-    def on_response(self, sa, msg, raw, now) -> bool:
-        eng = sa.engine
+    def on_response(self, sa, msg, raw, now) -> Outcome:
+        ctx = sa.ctx
         idr, auth = msg.get(PayloadType.IDr), msg.get(PayloadType.AUTH)
         if idr is None or auth is None:
             err = msg.error_notify()
             why = notify_error_name(err.notify_type) if err else "no AUTH"
-            eng._fail(sa, f"peer refused IKE_AUTH: {why}")
-            return True
+            ctx.fail(sa, f"peer refused IKE_AUTH: {why}", now)
+            return Outcome.FAILED
         try:
             peer_id = _verify_peer(sa, sa.conn, msg, idr, auth)
         except AuthError as e:
-            eng._fail(sa, f"authentication of the peer failed: {e}")
-            return True
+            ctx.fail(sa, f"authentication of the peer failed: {e}", now)
+            return Outcome.FAILED
         sa.remote_id = peer_id
-        eng._established(sa, now)
+        established(sa, now)
         if self.offered is None:
-            return True
+            return Outcome.DONE
         cfg = self.child_cfg
         sap, tsi, tsr = msg.get(PayloadType.SA), msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
         if sap is None:
-            eng._child_spis.pop(self.spi_in, None)
+            ctx.release_child_spi(self.spi_in)
             err = msg.error_notify()
-            eng._event(ChildSaFailed(sa.ike_id, cfg.name, "peer did not create the Child SA: " +
-                                     (notify_error_name(err.notify_type) if err else "no SA payload")))
-            return True
+            ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, "peer did not create the Child SA: " +
+                                   (notify_error_name(err.notify_type) if err else "no SA payload")))
+            return Outcome.DONE
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.ESP) \
             if len(sap.proposals) == 1 else None
         if chosen is None or tsi is None or tsr is None or not cc.covered(tsi.selectors, self.local_ts) \
                 or not cc.covered(tsr.selectors, self.remote_ts):
-            eng._child_spis.pop(self.spi_in, None)
-            eng._event(ChildSaFailed(sa.ike_id, cfg.name, "unacceptable Child SA in IKE_AUTH response"))
+            ctx.release_child_spi(self.spi_in)
+            ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, "unacceptable Child SA in IKE_AUTH response"))
             sa.add_task(DeleteSpisTask([self.spi_in]), now)
-            return True
+            return Outcome.DONE
         child = cc.new_child(sa, cfg, cfg.name)
         child.chosen = chosen
         child.spi_in, child.spi_out = self.spi_in, int.from_bytes(chosen.spi, "big")
@@ -149,66 +206,55 @@ class IkeAuthTask:
         child.local_ts, child.remote_ts = tsi.selectors, tsr.selectors
         child.exchange_initiator = True
         cc.set_keys(sa, child, sa.ni, sa.nr)
-        cc.initiator_install(sa, child, now)
-        return False            # finished by the install continuation
+        return self.install(sa, child)
 
+    # -------------------------------------------------------------- responder
 
-# ---------------------------------------------------------------- responder
+    def on_request(self, sa, msg, reply, now) -> Outcome:
+        ctx = sa.ctx
+        self.reply = reply
+        idi, auth = msg.get(PayloadType.IDi), msg.get(PayloadType.AUTH)
+        if idi is None or auth is None:
+            reply([NotifyPayload(Notify.AUTHENTICATION_FAILED)], now)
+            ctx.destroy(sa, "IKE_AUTH without IDi/AUTH", now, established=False)
+            return Outcome.DONE
+        idr_req = msg.get(PayloadType.IDr)
+        conn, peer_id, why = None, None, "no matching connection"
+        for c in sa.candidates:
+            if idr_req is not None and not c.local.id.matches(Identity(idr_req.id_type, idr_req.data)):
+                why = "IDr names an identity we do not have"
+                continue
+            try:
+                peer_id = _verify_peer(sa, c, msg, idi, auth)
+            except AuthError as e:
+                why = str(e)
+                continue
+            conn = c
+            break
+        if conn is None:
+            reply([NotifyPayload(Notify.AUTHENTICATION_FAILED)], now)
+            ctx.warn(sa, f"IKE_AUTH from {sa.remote[0]} failed: {why}")
+            ctx.destroy(sa, f"authentication failed: {why}", now, established=False)
+            return Outcome.DONE
+        sa.conn = conn
+        sa.remote_id = peer_id
+        idr = IdPayload(conn.local.id.id_type, conn.local.id.data, PayloadType.IDr)
+        self.head = [idr] + _our_auth(sa, conn, idr)
+        if msg.notify(Notify.INITIAL_CONTACT) is not None:
+            sa.initial_contact = True
+        if msg.get(PayloadType.SA) is None or not conn.children:
+            # childless (RFC 6023) or nothing configured for the peer's request
+            self.answer(sa, [] if msg.get(PayloadType.SA) is None else [NotifyPayload(Notify.TS_UNACCEPTABLE)],
+                        now)
+            return Outcome.DONE
+        neg = cc.negotiate(sa, msg, ignore_dh=True)
+        if neg.error is not None:
+            self.answer(sa, [NotifyPayload(neg.error)], now)
+            ctx.emit(ChildSaFailed(sa.ike_id, "", f"no Child SA for the peer: {notify_error_name(neg.error)}"))
+            return Outcome.DONE
+        return self.accept_child(sa, msg, neg, sa.ni, sa.nr, None)
 
-def respond(sa, msg, reply, now):
-    """Answer IKE_AUTH. On authentication failure answer AUTHENTICATION_FAILED and drop the SA
-    (§2.21.2); a Child SA failure only drops the Child SA."""
-    eng = sa.engine
-    idi, auth = msg.get(PayloadType.IDi), msg.get(PayloadType.AUTH)
-    if idi is None or auth is None:
-        reply([NotifyPayload(Notify.AUTHENTICATION_FAILED)], now)
-        eng._destroy(sa, "IKE_AUTH without IDi/AUTH", send_delete=False, established=False)
-        return None
-    idr_req = msg.get(PayloadType.IDr)
-    conn, peer_id, why = None, None, "no matching connection"
-    for c in sa.candidates:
-        if idr_req is not None and not c.local.id.matches(Identity(idr_req.id_type, idr_req.data)):
-            why = "IDr names an identity we do not have"
-            continue
-        try:
-            peer_id = _verify_peer(sa, c, msg, idi, auth)
-        except AuthError as e:
-            why = str(e)
-            continue
-        conn = c
-        break
-    if conn is None:
-        reply([NotifyPayload(Notify.AUTHENTICATION_FAILED)], now)
-        eng._warn(sa, f"IKE_AUTH from {sa.remote[0]} failed: {why}")
-        eng._destroy(sa, f"authentication failed: {why}", send_delete=False, established=False)
-        return None
-    sa.conn = conn
-    sa.remote_id = peer_id
-    idr = IdPayload(conn.local.id.id_type, conn.local.id.data, PayloadType.IDr)
-    head = [idr] + _our_auth(sa, conn, idr)
-    if msg.notify(Notify.INITIAL_CONTACT) is not None:
-        sa.initial_contact = True
-
-    def send(payloads, now2):
-        reply(payloads, now2)
-        eng._established(sa, now2)
-
-    if msg.get(PayloadType.SA) is None or not conn.children:
-        # childless (RFC 6023) or nothing configured for the peer's request
-        tail = [] if msg.get(PayloadType.SA) is None else [NotifyPayload(Notify.TS_UNACCEPTABLE)]
-        send(head + tail, now)
-        return None
-    res = cc.negotiate(sa, msg, ignore_dh=True)
-    if isinstance(res, int):
-        send(head + [NotifyPayload(res)], now)
-        eng._event(ChildSaFailed(sa.ike_id, "", f"no Child SA for the peer: {notify_error_name(res)}"))
-        return None
-
-    def finish(payloads, child, tsi, tsr, now2):
-        if child is None:
-            send(head + payloads, now2)
-            return
-        send(head + payloads + [TsPayload(tsi, PayloadType.TSi), TsPayload(tsr, PayloadType.TSr)], now2)
-        cc.installed_ok(sa, child, now2)
-
-    return cc.responder_child(sa, msg, res, sa.ni, sa.nr, None, finish)
+    def answer(self, sa, payloads, now):
+        """The response goes out, then the IKE SA is up (with or without the Child SA)."""
+        self.reply(self.head + payloads, now)
+        established(sa, now)

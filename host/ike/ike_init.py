@@ -1,6 +1,9 @@
 """IKE_SA_INIT (RFC 7296 §1.2): proposals, Diffie-Hellman, nonces, NAT detection (§2.23), the
 initiator's handling of COOKIE (§2.6) and INVALID_KE_PAYLOAD (§1.2, §2.7), and key derivation
-(§2.14) once both halves are known."""
+(§2.14) once both halves are known.
+
+The initiator's half is :class:`IkeInitTask`; the responder's is :func:`respond`, which has no
+IKE SA to run on yet: it makes one (half-open) from a request that passed the engine's checks."""
 from __future__ import annotations
 
 import functools
@@ -10,15 +13,16 @@ import struct
 from .auth import hash_algorithms_notify_data, parse_hash_algorithms, spki_sha1
 from .constants import CertEncoding, ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, make_sk_cipher, nat_hash, prf_alg, random_bytes
-from .ike_sa import CONNECTING, IkeSa
+from .ike_sa import IkeSa
 from .keys import derive_ike_keys, skeyseed
 from .payloads import CertPayload, KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
 from .proposals import ProposalSpec, accept_response, select
+from .states import IkeSaState
+from .task import Outcome, Task
 
 NONCE_LEN = 32          # §2.10: >= 128 bits and >= half the PRF key size (SHA-512: 32 bytes)
 MAX_INIT_RETRIES = 3    # COOKIE / INVALID_KE restarts before giving up (bounds unprotected actions)
 ZERO_SPI = b"\0" * 8
-IGNORED = object()      # on_response: not a usable answer (unprotected, so it changes nothing)
 
 
 def pack_ip(ip: str) -> bytes:
@@ -41,11 +45,10 @@ _SRC, _DST = int(Notify.NAT_DETECTION_SOURCE_IP), int(Notify.NAT_DETECTION_DESTI
 def check_nat(msg, spi_i, spi_r, local, remote):
     """Returns (local behind NAT, remote behind NAT) or None if the peer sent no NAT-D (§2.23)."""
     srcs, dsts = [], []
-    for p in msg.payloads:
-        nt = getattr(p, "notify_type", None)
-        if nt == _SRC:
+    for p in msg.notifies():
+        if p.notify_type == _SRC:
             srcs.append(p.data)
-        elif nt == _DST:
+        elif p.notify_type == _DST:
             dsts.append(p.data)
     if not srcs or not dsts:
         return None
@@ -98,7 +101,14 @@ def _offer(conn) -> SaPayload:
     return sap
 
 
-class IkeInitTask:
+def move_to_natt_ports(sa: IkeSa, natt_port: int):
+    """§2.23: once a NAT is detected the initiator continues on the NAT-T ports (4500)."""
+    if sa.local[1] != natt_port:
+        sa.local = (sa.local[0], natt_port)
+        sa.remote = (sa.remote[0], sa.conn.remote_port_nat_t)
+
+
+class IkeInitTask(Task):
     """Initiator: send IKE_SA_INIT, process the answer."""
     exchange = ExchangeType.IKE_SA_INIT
 
@@ -121,50 +131,50 @@ class IkeInitTask:
         payloads += [sap, KePayload(self.group, sa.dh_pub), NoncePayload(sa.ni)]
         payloads += nat_payloads(sa.spi_i, ZERO_SPI, sa.local, sa.remote, conn.encap)
         payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
-        if sa.engine.settings.fragmentation:
+        if sa.ctx.settings.fragmentation:
             payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))   # RFC 7383 §2.3
         return payloads
 
-    def on_response(self, sa: IkeSa, msg, raw: bytes, now) -> bool:
-        eng = sa.engine
+    def on_response(self, sa: IkeSa, msg, raw: bytes, now) -> Outcome:
+        ctx = sa.ctx
         cookie = msg.notify(Notify.COOKIE)
         if cookie is not None:
             if sa.retries >= MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
-                eng._fail(sa, "too many COOKIE requests")
-                return True
+                ctx.fail(sa, "too many COOKIE requests", now)
+                return Outcome.FAILED
             sa.retries += 1
             sa.cookie = cookie.data
-            eng.stats["cookies_returned"] += 1
+            ctx.stats["cookies_returned"] += 1
             sa.restart_init(self, now)
-            return False
+            return Outcome.RESENT
         ike = msg.notify(Notify.INVALID_KE_PAYLOAD)
         if ike is not None:
             group = struct.unpack("!H", ike.data[:2])[0] if len(ike.data) >= 2 else 0
             allowed = {g for s in sa.conn.proposals for g in s.dh}
             if sa.retries >= MAX_INIT_RETRIES or group not in allowed or group == self.group:
-                eng._fail(sa, f"peer wants DH group {group}, which we cannot use")
-                return True
+                ctx.fail(sa, f"peer wants DH group {group}, which we cannot use", now)
+                return Outcome.FAILED
             sa.retries += 1
             self.group = group
-            eng.stats["invalid_ke_retries"] += 1
+            ctx.stats["invalid_ke_retries"] += 1
             sa.restart_init(self, now)
-            return False
+            return Outcome.RESENT
         err = msg.error_notify()
         if err is not None:
-            eng._fail(sa, f"IKE_SA_INIT refused: {notify_error_name(err.notify_type)}")
-            return True
+            ctx.fail(sa, f"IKE_SA_INIT refused: {notify_error_name(err.notify_type)}", now)
+            return Outcome.FAILED
         # Anything below that does not fit is ignored rather than acted on: the message is not
         # authenticated, and a forged or damaged answer must not end our attempt (§2.21.1).
         sap, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
         if sap is None or ke is None or nonce is None or len(sap.proposals) != 1 or msg.spi_r == ZERO_SPI:
-            return IGNORED
+            return Outcome.IGNORED
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE)
         if chosen is None or chosen.dh != self.group or ke.group != self.group:
-            return IGNORED
+            return Outcome.IGNORED
         try:
             shared = dh_group(self.group).shared(sa.dh_priv, ke.data)
         except CryptoError:
-            return IGNORED
+            return Outcome.IGNORED
         sa.chosen = chosen
         sa.spi_r = msg.spi_r
         sa.nr = nonce.data
@@ -176,47 +186,47 @@ class IkeInitTask:
             sa.nat_local = nat[0] or sa.conn.encap
             sa.nat_remote = nat[1]
             if sa.nat:
-                eng._float(sa)         # §2.23: continue on port 4500
+                move_to_natt_ports(sa, ctx.settings.natt_port)
         sh = msg.notify(Notify.SIGNATURE_HASH_ALGORITHMS)
         if sh is not None:
             sa.peer_hashes = parse_hash_algorithms(sh.data)
         sa.peer_certreq = msg.get(PayloadType.CERTREQ) is not None
-        sa.fragmentation = eng.settings.fragmentation and \
+        sa.fragmentation = ctx.settings.fragmentation and \
             msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-        return True
+        return Outcome.DONE
 
 
 # ---------------------------------------------------------------- responder
 
-def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, now: float):
+def respond(ctx, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, now: float):
     """Responder: answer a well-formed IKE_SA_INIT request. Returns the new half-open IkeSa, or
-    None if we answered with an error (no state is kept then)."""
+    None if we answered with an error (rate-limited; no state is kept then)."""
     saps = msg.all(PayloadType.SA)
     kes = msg.all(PayloadType.KE)
     nonces = msg.all(PayloadType.NONCE)
     if len(saps) != 1 or len(kes) != 1 or len(nonces) != 1:
-        engine._reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
+        ctx.reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
         return None
     ke = kes[0]
     chosen = select_ike(saps[0], tuple(p for c in conns for p in c.proposals), ke.group)
     if chosen is None:
-        engine._reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", remote, local, now)
+        ctx.reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", remote, local, now)
         return None
     if chosen.dh != ke.group:
-        engine._reply_error(hdr, Notify.INVALID_KE_PAYLOAD, struct.pack("!H", chosen.dh), remote, local, now)
+        ctx.reply_error(hdr, Notify.INVALID_KE_PAYLOAD, struct.pack("!H", chosen.dh), remote, local, now)
         return None
     grp = dh_group(chosen.dh)
     try:
         priv, pub = grp.generate()
         shared = grp.shared(priv, ke.data)
     except CryptoError:
-        engine._reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
+        ctx.reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
         return None
-    sa = engine._new_sa(initiator=False, local=local, remote=remote, now=now)
+    sa = ctx.new_ike_sa(False, local, remote, now)
     sa.candidates = [c for c in conns if chosen_fits(c, chosen)]
     sa.conn = sa.candidates[0]
     sa.spi_i = hdr.spi_i
-    sa.spi_r = engine._alloc_ike_spi(sa)
+    sa.spi_r = ctx.alloc_ike_spi(sa)
     sa.chosen = chosen
     sa.dh_group = chosen.dh
     sa.ni = nonces[0].data
@@ -236,14 +246,14 @@ def respond(engine, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, no
         payloads += nat_payloads(sa.spi_i, sa.spi_r, local, remote, fake)
     payloads += _certreq(sa.candidates)
     payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
-    if engine.settings.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None:
+    if ctx.settings.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None:
         sa.fragmentation = True
         payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))
     sa.peer_mid = 1
     sa.last_request = raw
     sa.send_response(0, ExchangeType.IKE_SA_INIT, payloads, remote, local)
-    sa.state = CONNECTING
-    sa.expire_at = now + engine.settings.half_open_timeout
+    sa.state = IkeSaState.CONNECTING
+    sa.expire_at = now + ctx.settings.half_open_timeout
     sa.reschedule()
     return sa
 

@@ -2,28 +2,40 @@
 window of one, retransmission of requests on an exponential schedule, and the responder's cache of
 its last response (RFC 7296 §2.1-§2.3).
 
-The exchanges themselves live in ike_init, ike_auth, child_create and informational; each gives the
-IKE SA a *task* (initiator side) with ``build(sa, now) -> payloads`` and
-``on_response(sa, msg, raw, now) -> finished?``, or handles a request (responder side).
+The exchanges themselves are tasks (task.py), one module each: ike_init, ike_auth, child_create,
+rekey, informational. The IKE SA queues them and runs one at a time; ``ctx`` is the engine's
+context (context.py), the only part of the engine an IKE SA and its tasks see.
 """
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
-from . import fragments
+from . import fragments, liveness, reauth
 from .constants import ExchangeType, Flag
 from .message import Message
-
-CONNECTING = "connecting"       # IKE_SA_INIT / IKE_AUTH in progress ("half-open" for a responder)
-ESTABLISHED = "established"
-DELETING = "deleting"           # our Delete of the IKE SA is in flight
-DEAD = "dead"
+from .states import ChildSaState, IkeSaState
 
 _INIT = int(ExchangeType.IKE_SA_INIT)
 
 
+class RekeyCollision(NamedTuple):
+    """A rekey by the peer that we answered while our own rekey of the same SA ran (§2.8.1,
+    §2.8.2): its nonces decide which of the two new SAs stays once both exchanges are done."""
+    ni: bytes
+    nr: bytes
+    new: object                     # the ChildSa or IkeSa the peer's rekey created
+
+
+class Attempt(NamedTuple):
+    """An initiation that is tried again when it fails (``keyingtries``, liveness.py)."""
+    number: int
+    children: list | bool           # the Child SA names to bring up; False: none
+
+
 class ChildSa:
-    """One Child SA (a pair of ESP SAs). ``state``: installing -> installed -> deleting -> dead.
+    """One Child SA (a pair of ESP SAs). ``state`` (ChildSaState): installing -> installed ->
+    deleting -> dead.
     ``exchange_initiator`` tells which half of KEYMAT is ours (§2.17)."""
     __slots__ = (
         "cfg",
@@ -35,11 +47,11 @@ class ChildSa:
         "handle",
         "ike",
         "installed_at",
+        "installer",
         "keys",
         "local_ts",
         "mode",
         "name",
-        "on_installed",
         "rekey_of",
         "rekey_state",
         "remote_ts",
@@ -50,18 +62,18 @@ class ChildSa:
 
     def __init__(self, handle, ike, name, cfg):
         self.handle, self.ike, self.name, self.cfg = handle, ike, name, cfg
-        self.state = "installing"
+        self.state = ChildSaState.INSTALLING
         self.spi_in = self.spi_out = 0
         self.chosen = None
         self.mode = "tunnel"
         self.local_ts = self.remote_ts = ()
         self.keys = None
         self.exchange_initiator = False
-        self.on_installed = None        # continuation run by IkeEngine.child_sa_installed
+        self.installer = None           # the task waiting for the board's verdict on it
         self.doomed = None              # reason, if the SA must go as soon as its install returns
         self.rekey_of = None            # handle of the Child SA this one replaces (rekey, §2.8)
-        self.rekey_state = None         # None | "rekeying" (our rekey runs) | "rekeyed" (replaced)
-        self.collisions = []            # peer rekeys of this SA answered while ours ran (§2.8.1)
+        self.rekey_state = None         # RekeyState, or None: no rekey involves it
+        self.collisions = []            # RekeyCollision: peer rekeys of this SA answered while ours ran
         self.installed_at = None
         self.defer_outbound = False     # responder of a rekey: keep sending on rekey_of until it goes
 
@@ -84,13 +96,13 @@ class Outstanding:
 class IkeSa:
     """State of one IKE SA, from the first IKE_SA_INIT to its deletion."""
 
-    def __init__(self, engine, ike_id: int, initiator: bool, local: tuple, remote: tuple, now: float):
-        self.engine = engine
+    def __init__(self, ctx, ike_id: int, initiator: bool, local: tuple, remote: tuple, now: float):
+        self.ctx = ctx
         self.ike_id = ike_id
         self.initiator = initiator          # we are the original initiator
         self.local = local                  # (ip, port) we send from
         self.remote = remote                # (ip, port) we send requests to
-        self.state = CONNECTING
+        self.state = IkeSaState.CONNECTING
         self.created = now
         self.established_at = None
         self.spi_i = self.spi_r = b"\0" * 8
@@ -130,27 +142,23 @@ class IkeSa:
         self.last_heard = now
         self.children: dict[int, ChildSa] = {}
         self.deleted_reason = None
-        self.ho_key = None                  # responder: key in the engine's half-open table
+        self.half_open_key = None           # responder: (SPIi, peer IP) in the half-open table
         self.placement = None               # opaque to the engine: the daemon's board for this SA
-        # lifecycle (issue 5): named timers, rekey successor, restart bookkeeping
-        self.timers: dict = {}              # key (kind, arg) -> time; see IkeEngine._sa_timer
+        # lifecycle: named timers, rekey successor, restart bookkeeping
+        self.timers: dict = {}              # key (kind, arg) -> time; handlers: Context.timer_handlers
         self.successor = None               # IKE rekey: the IKE SA our Child SAs moved to (§2.18)
-        self.rekey_collision = None         # (Ni, Nr, new IkeSa) of a peer rekey we answered (§2.8.2)
+        self.rekey_collision = None         # RekeyCollision of a peer rekey we answered (§2.8.2)
         self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
-        self.keying = None                  # (attempt, child names) when failures re-initiate
+        self.attempt = None                 # Attempt, when a failure before it is up re-initiates
         self.reopening = None               # child names a close_action = start brings back
         self.reauth_of = None               # reauth.py: the IKE SA this one replaces (§2.8.3) ...
         self.reauth_children = set()        # ... and the Child SAs it must carry
         self.reauth_by = None               # the IKE SA replacing this one
         self.announced = True               # IkeSaDown only for SAs the driver heard of
-        self.hint_task = None               # a queued INVALID_SPI notification still open for SPIs
+        self.invalid_spi_task = None        # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
 
     # -------------------------------------------------------------- identity helpers
-
-    @property
-    def our_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
 
     @property
     def peer_spi(self) -> bytes:
@@ -174,7 +182,7 @@ class IkeSa:
 
     def kick(self, now: float):
         """Start the next queued exchange if none is running (window size 1, §2.3)."""
-        while self.active is None and self.queue and self.state != DEAD:
+        while self.active is None and self.queue and self.state != IkeSaState.DEAD:
             task = self.queue.popleft()
             payloads = task.build(self, now)
             if payloads is None:            # nothing to do after all
@@ -190,10 +198,10 @@ class IkeSa:
         if init:
             self.init_req = data
         datas = [data] if init else fragments.outgoing(self, msg, data)
-        policy = getattr(task, "retransmit", None) or self.engine.retransmit
+        policy = task.retransmit or self.ctx.retransmit
         self.outstanding = Outstanding(self.my_mid, task.exchange, datas, task, now + policy.delay(0), policy)
         for d in datas:
-            self.engine._send(d, self.remote, self.local)
+            self.ctx.send(d, self.remote, self.local)
         self.reschedule()
 
     def restart_init(self, task, now: float):
@@ -206,7 +214,7 @@ class IkeSa:
         self.active = None
         self.kick(now)
         if self.reauth_of is not None:
-            self.engine._reauth_progress(self, now)
+            reauth.progress(self, now)
 
     # -------------------------------------------------------------- responses we send
 
@@ -219,8 +227,7 @@ class IkeSa:
         datas = [data] if exchange == _INIT else fragments.outgoing(self, msg, data)
         self.last_response = (datas, dest, local)
         for d in datas:
-            self.engine._send(d, dest, local)
-        return data
+            self.ctx.send(d, dest, local)
 
     # -------------------------------------------------------------- timers
 
@@ -245,38 +252,34 @@ class IkeSa:
         if t != self.deadline:
             self.deadline = t
             if t is not None:
-                self.engine._schedule(self, t)
+                self.ctx.schedule(self, t)
 
     def on_timer(self, now: float):
         if self.expire_at is not None and now >= self.expire_at:
-            self.engine._destroy(self, "half-open timeout", send_delete=False)
+            self.ctx.destroy(self, "half-open timeout", now)
             return
         o = self.outstanding
         if o is not None and now >= o.next_at:
             policy = o.policy
             if o.tries >= policy.tries:
-                task = o.task
                 self.outstanding = None
-                hook = getattr(task, "on_timeout", None)
-                if hook is not None:
-                    hook(self, now)
-                reason = getattr(task, "timeout_reason", None) or "retransmit timeout (peer not responding)"
+                reason = o.task.timeout_reason()
                 if o.hinted:
                     reason += "; it answered INVALID_IKE_SPI"
-                self.engine._request_timed_out(self, task, reason, now)
+                liveness.request_timed_out(self, o.task, reason, now)
                 return
             o.tries += 1
             o.next_at = now + policy.delay(o.tries)
-            self.engine.stats["retransmits"] += 1
+            self.ctx.stats["retransmits"] += 1
             for d in o.data:
-                self.engine._send(d, self.remote, self.local)
+                self.ctx.send(d, self.remote, self.local)
         if self.timers:
             due = sorted((t, k) for k, t in self.timers.items() if t <= now)
             for t, k in due:
-                if self.state == DEAD:
+                if self.state == IkeSaState.DEAD:
                     return
                 if self.timers.get(k) == t:         # an earlier handler may have moved or cleared it
                     del self.timers[k]
-                    self.engine._sa_timer(self, k, now)
-        if self.state != DEAD:
+                    self.ctx.timer_due(self, k, now)
+        if self.state != IkeSaState.DEAD:
             self.reschedule()

@@ -44,9 +44,11 @@ import os
 
 from . import liveness
 from .constants import ExchangeType, Flag, Notify
-from .ike_sa import ESTABLISHED
+from .informational import InformationalTask
 from .message import Message, parse_plain
 from .payloads import NotifyPayload, SyntaxError_, UnsupportedCritical
+from .states import ChildSaState, IkeSaState
+from .task import Outcome
 
 _INFO = int(ExchangeType.INFORMATIONAL)
 ZERO_SPI = b"\0" * 8
@@ -54,9 +56,8 @@ MAX_SPIS_PER_MESSAGE = 8
 MAX_HINTS_PER_MESSAGE = 4
 
 
-class InvalidSpiTask:
+class InvalidSpiTask(InformationalTask):
     """Protected INFORMATIONAL carrying N(INVALID_SPI) for each SPI (§1.5, §3.10.1)."""
-    exchange = ExchangeType.INFORMATIONAL
 
     def __init__(self, spis):
         self.spis = list(spis)
@@ -64,37 +65,37 @@ class InvalidSpiTask:
 
     def build(self, sa, now):
         self.sent = True
-        if sa.hint_task is self:
-            sa.hint_task = None
+        if sa.invalid_spi_task is self:
+            sa.invalid_spi_task = None
         return [NotifyPayload(Notify.INVALID_SPI, s.to_bytes(4, "big")) for s in self.spis]
 
-    def on_response(self, sa, msg, raw, now) -> bool:
-        return True
+    def on_response(self, sa, msg, raw, now) -> Outcome:
+        return Outcome.DONE
 
 
-def report(eng, spi: int, src, now: float, local=None) -> str | None:
+def report(ctx, spi: int, src, now: float, local=None) -> str | None:
     """The board saw ESP for ``spi`` from ``src`` = (ip, port). Returns "protected",
     "unprotected" or None (nothing sent: rate limit, feature off, bad input)."""
-    st = eng.stats
+    st = ctx.stats
     st["esp_unknown_spi"] += 1
     if src is None or not 256 <= spi <= 0xFFFFFFFF:
         st["esp_unknown_spi_ignored"] += 1
         return None
     ip = src[0]
-    sas = [sa for sa in eng.ike_sas_with_peer(ip)
-           if sa.state == ESTABLISHED and sa.successor is None and sa.announced]
-    if not sas and not eng.settings.unprotected_invalid_spi:
+    sas = [sa for sa in ctx.ike_sas_with_peer(ip)
+           if sa.state == IkeSaState.ESTABLISHED and sa.successor is None and sa.announced]
+    if not sas and not ctx.settings.unprotected_invalid_spi:
         st["esp_unknown_spi_no_ike_sa"] += 1
         return None
-    if not eng._invalid_spi_out.take(ip, now):
+    if not ctx.limits.invalid_spi_out.take(ip, now):
         st["invalid_spi_rate_limited"] += 1
         return None
     if sas:
         # several peers behind one NAT share the address: the one at that port first, then the newest
         sa = max(sas, key=lambda s: (tuple(s.remote) == tuple(src), s.established_at, s.ike_id))
-        task = sa.hint_task
+        task = sa.invalid_spi_task
         if task is None:
-            task = sa.hint_task = InvalidSpiTask([spi])
+            task = sa.invalid_spi_task = InvalidSpiTask([spi])
             sa.add_task(task, now)
         elif spi in task.spis or len(task.spis) >= MAX_SPIS_PER_MESSAGE:
             st["invalid_spi_coalesced"] += 1        # one notification waiting per IKE SA, bounded
@@ -104,39 +105,39 @@ def report(eng, spi: int, src, now: float, local=None) -> str | None:
         st["invalid_spi_sent_protected"] += 1
         return "protected"
     if local is None:
-        local = (eng.settings.local_addr or "0.0.0.0", eng.settings.natt_port)
+        local = (ctx.settings.local_addr or "0.0.0.0", ctx.settings.natt_port)
     msg = Message(os.urandom(8), ZERO_SPI, _INFO, Flag.INITIATOR, 0,
                   [NotifyPayload(Notify.INVALID_SPI, spi.to_bytes(4, "big"))])
-    eng._send(msg.encode(), (src[0], src[1]), local)
+    ctx.send(msg.encode(), (src[0], src[1]), local)
     st["invalid_spi_sent_unprotected"] += 1
     return "unprotected"
 
 
-def unknown_ike_sa(eng, hdr, data: bytes, addr, local, now: float):
+def unknown_ike_sa(ctx, hdr, data: bytes, addr, local, now: float):
     """A message (not IKE_SA_INIT) for an IKE SA we do not have. A protected request gets
     N(INVALID_IKE_SPI) (§2.21.4); an unprotected INFORMATIONAL may be an INVALID_SPI hint (§1.5);
     nothing else is answered, and no response ever is."""
-    st = eng.stats
+    st = ctx.stats
     if hdr.flags & Flag.RESPONSE:
         st["unknown_spi"] += 1          # §2.21.4: "MUST NOT respond"
         return
     payloads, sk = parse_plain(hdr, data)
     if sk is None:
         if hdr.exchange == _INFO:
-            unprotected_received(eng, hdr, payloads, addr, now)
+            unprotected_received(ctx, hdr, payloads, addr, now)
         else:
             st["unknown_spi"] += 1
         return
     st["unknown_spi"] += 1
-    if not eng.settings.invalid_ike_spi or hdr.spi_r == ZERO_SPI:
+    if not ctx.settings.invalid_ike_spi or hdr.spi_r == ZERO_SPI:
         return
-    if not eng._invalid_ike_spi_out.take(addr[0], now):
+    if not ctx.limits.invalid_ike_spi_out.take(addr[0], now):
         st["invalid_ike_spi_rate_limited"] += 1
         return
     flags = Flag.RESPONSE | (0 if hdr.flags & Flag.INITIATOR else Flag.INITIATOR)
     msg = Message(hdr.spi_i, hdr.spi_r, hdr.exchange, flags, hdr.mid,
                   [NotifyPayload(Notify.INVALID_IKE_SPI, b"")])
-    eng._send(msg.encode(), (addr[0], addr[1]), local)
+    ctx.send(msg.encode(), (addr[0], addr[1]), local)
     st["invalid_ike_spi_sent"] += 1
 
 
@@ -144,12 +145,12 @@ def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
     """An unprotected message that matches our request in flight (SPIs, exchange, Message ID).
     If it is N(INVALID_IKE_SPI) (§2.21.4): a hint, acted on at most once per request and at the
     hint rate, never a state change. Returns whether it was one (else the caller counts it)."""
-    eng, st = sa.engine, sa.engine.stats
+    ctx, st = sa.ctx, sa.ctx.stats
     try:
         payloads, sk = parse_plain(hdr, data)
     except (SyntaxError_, UnsupportedCritical):
         return False
-    if sk is not None or not any(getattr(p, "notify_type", None) == Notify.INVALID_IKE_SPI
+    if sk is not None or not any(isinstance(p, NotifyPayload) and p.notify_type == Notify.INVALID_IKE_SPI
                                  for p in payloads):
         return False
     st["invalid_ike_spi_received"] += 1
@@ -160,11 +161,11 @@ def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
     if o.hinted:
         st["invalid_ike_spi_check_running"] += 1
         return True
-    if not eng._hints.take(addr[0], now):
+    if not ctx.limits.hints.take(addr[0], now):
         st["invalid_ike_spi_rate_limited_in"] += 1
         return True
     o.hinted = True
-    hint = eng.settings.hint_retransmit or eng.retransmit
+    hint = ctx.settings.hint_retransmit or ctx.retransmit
     left = (o.next_at - now) + sum(o.policy.delay(k) for k in range(o.tries + 1, o.policy.tries + 1))
     if sum(hint.delay(k) for k in range(hint.tries + 1)) < left:
         o.policy, o.tries, o.next_at = hint, 0, now + hint.delay(0)
@@ -175,30 +176,30 @@ def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
     return True
 
 
-def unprotected_received(eng, hdr, payloads, addr, now: float):
+def unprotected_received(ctx, hdr, payloads, addr, now: float):
     """An unprotected INFORMATIONAL request that belongs to no IKE SA of ours. Only N(INVALID_SPI)
     means anything (a hint); it is never answered (§1.5)."""
-    st = eng.stats
+    st = ctx.stats
     hints = [p for p in payloads
-             if getattr(p, "notify_type", None) == Notify.INVALID_SPI and len(p.data) == 4]
+             if isinstance(p, NotifyPayload) and p.notify_type == Notify.INVALID_SPI and len(p.data) == 4]
     if not hints:
         st["unprotected_informational_ignored"] += 1
         return
     st["invalid_spi_hints_received"] += 1
     for n in hints[:MAX_HINTS_PER_MESSAGE]:
         spi = int.from_bytes(n.data, "big")
-        sa = next((c.ike for c in eng._spi_out.get(spi, ()) if c.state == "installed"
-                   and c.ike.remote[0] == addr[0] and c.ike.state == ESTABLISHED), None)
+        sa = next((c.ike for c in ctx.children_sending_with(spi) if c.state == ChildSaState.INSTALLED
+                   and c.ike.remote[0] == addr[0] and c.ike.state == IkeSaState.ESTABLISHED), None)
         if sa is None:
             st["invalid_spi_hints_unmatched"] += 1
             continue
         if liveness.check_running(sa):
             st["invalid_spi_hints_check_running"] += 1
             continue
-        if not eng._hints.take(addr[0], now):
+        if not ctx.limits.hints.take(addr[0], now):
             st["invalid_spi_hints_rate_limited"] += 1
             continue
-        if liveness.request_check(sa, now, eng.settings.hint_retransmit):
+        if liveness.request_check(sa, now, ctx.settings.hint_retransmit):
             st["liveness_checks_from_hints"] += 1
         else:
             st["invalid_spi_hints_check_running"] += 1
@@ -206,13 +207,14 @@ def unprotected_received(eng, hdr, payloads, addr, now: float):
 
 def protected_received(sa, notify, now: float):
     """N(INVALID_SPI) inside our IKE SA: the peer lost the Child SA that receives on that SPI."""
-    eng = sa.engine
+    ctx = sa.ctx
     if len(notify.data) != 4:
         return
     spi = int.from_bytes(notify.data, "big")
-    child = next((c for c in sa.children.values() if c.spi_out == spi and c.state == "installed"), None)
+    child = next((c for c in sa.children.values() if c.spi_out == spi and c.state == ChildSaState.INSTALLED),
+                 None)
     if child is None:
-        eng.stats["invalid_spi_protected_unmatched"] += 1
+        ctx.stats["invalid_spi_protected_unmatched"] += 1
         return
-    eng.stats["invalid_spi_protected_honoured"] += 1
-    eng._recreate_child(sa, child, now, "peer reports INVALID_SPI for it")
+    ctx.stats["invalid_spi_protected_honoured"] += 1
+    ctx.recreate_child(sa, child, now, "peer reports INVALID_SPI for it")

@@ -17,8 +17,8 @@
 """
 from __future__ import annotations
 
-from .ike_sa import CONNECTING, ESTABLISHED
-from .informational import DeleteIkeTask, LivenessTask
+from .informational import LivenessTask
+from .states import ChildSaState, IkeSaState
 
 DPD = ("dpd",)
 START = ("start",)
@@ -36,14 +36,14 @@ def arm(sa, now: float):
 def on_dpd(sa, key, now: float):
     """``dpd_delay`` elapsed: check unless something was heard meanwhile or a request is running."""
     d = sa.conn.dpd_delay
-    if d <= 0 or sa.state != ESTABLISHED or sa.successor is not None:
+    if d <= 0 or sa.state != IkeSaState.ESTABLISHED or sa.successor is not None:
         return
     due = sa.last_heard + d
     if now < due:
         sa.set_timer(DPD, due)
         return
     if sa.active is None and not sa.queue:
-        sa.engine.stats["dpd_checks"] += 1
+        sa.ctx.stats["dpd_checks"] += 1
         sa.add_task(LivenessTask(), now)
     sa.set_timer(DPD, now + d)
 
@@ -57,7 +57,7 @@ def check_running(sa) -> bool:
 def request_check(sa, now: float, retransmit=None) -> bool:
     """Start a liveness check at once unless one is already running or queued (at most one in
     flight per IKE SA). Returns whether a new check was queued."""
-    if sa.state != ESTABLISHED or sa.successor is not None or check_running(sa):
+    if sa.state != IkeSaState.ESTABLISHED or sa.successor is not None or check_running(sa):
         return False
     sa.add_task(LivenessTask(retransmit=retransmit), now, first=True)
     return True
@@ -70,28 +70,27 @@ def proof(sa, now: float):
 
 def request_timed_out(sa, task, reason: str, now: float):
     """The last retransmission of ``task`` went unanswered: the peer is taken for dead (§2.4). A
-    Delete we sent ourselves ends quietly (its own ``down_cause`` applies)."""
-    cause = task.down_cause if isinstance(task, DeleteIkeTask) else "timeout"
-    sa.engine.stats["liveness_failures" if sa.state == ESTABLISHED else "initiations_timed_out"] += 1
-    sa.engine._destroy(sa, reason, send_delete=False, cause=cause, now=now)
+    Delete we sent ourselves ends quietly (the task's ``down_cause`` says what follows)."""
+    sa.ctx.stats["liveness_failures" if sa.state == IkeSaState.ESTABLISHED else "initiations_timed_out"] += 1
+    sa.ctx.destroy(sa, reason, now, cause=task.down_cause)
 
 
 def child_names(sa) -> list[str]:
     """The Child SA configurations ``sa`` carried (what a restart brings back)."""
     out = []
     for c in sa.children.values():
-        if c.cfg is not None and c.cfg.name not in out and c.state != "dead":
+        if c.cfg is not None and c.cfg.name not in out and c.state != ChildSaState.DEAD:
             out.append(c.cfg.name)
     return out
 
 
-def carried_elsewhere(eng, sa, name: str) -> bool:
+def carried_elsewhere(sa, name: str) -> bool:
     """Another live IKE SA of ``sa``'s connection has an installed Child SA ``name``."""
     return any(other is not sa and other.conn is not None and other.conn.name == sa.conn.name and
-               other.state == ESTABLISHED and
-               any(c.cfg is not None and c.cfg.name == name and c.state == "installed"
+               other.state == IkeSaState.ESTABLISHED and
+               any(c.cfg is not None and c.cfg.name == name and c.state == ChildSaState.INSTALLED
                    for c in other.children.values())
-               for other in eng.ike_sas())
+               for other in sa.ctx.ike_sas())
 
 
 def default_children(conn) -> list[str] | bool:
@@ -101,12 +100,13 @@ def default_children(conn) -> list[str] | bool:
     return [next(iter(conn.children))] if conn.children else False
 
 
-def after_down(eng, sa, cause, children, now: float) -> int | None:
+def after_down(sa, cause, children, now: float) -> int | None:
     """Policy after an IKE SA went away for ``cause`` ("timeout": a request went unanswered;
     "failed": the peer refused the initiation; "expired": hard lifetime; "closed": the peer
     deleted it, and Child SAs with ``close_action = start`` come back). Returns the id of the IKE
     SA the engine initiates in its place, if any."""
-    conn = eng.connections.get(sa.conn.name) if sa.conn is not None else None
+    ctx = sa.ctx
+    conn = ctx.connections.get(sa.conn.name) if sa.conn is not None else None
     if conn is None or sa.successor is not None or cause is None:
         return None
     if sa.established_at is not None:
@@ -114,7 +114,7 @@ def after_down(eng, sa, cause, children, now: float) -> int | None:
             # the peer deleted it (§1.4.1): only Child SAs configured with close_action = start, and
             # only those no other IKE SA carries (a peer that reauthenticates makes the new one first)
             names = [n for n in children if n in conn.children and conn.children[n].close_action == "start"
-                     and not carried_elsewhere(eng, sa, n)]
+                     and not carried_elsewhere(sa, n)]
             if not names:
                 return None
         elif (cause == "timeout" and conn.dpd_action == "restart") or \
@@ -124,33 +124,33 @@ def after_down(eng, sa, cause, children, now: float) -> int | None:
             return None
         attempt = 1
         if cause == "closed":
-            eng.stats["restarts"] += 1
-            new_id = eng.initiate(conn.name, now, names, retry=True, start_at=now + CLOSE_DELAY)
-            eng.ike_sa(new_id).reopening = names
-            return new_id
+            ctx.stats["restarts"] += 1
+            new = ctx.initiate(conn.name, now, names, retry=True, start_at=now + CLOSE_DELAY)
+            new.reopening = names
+            return new.ike_id
     else:
-        if not sa.initiator or sa.keying is None or cause not in ("timeout", "failed"):
+        if not sa.initiator or sa.attempt is None or cause not in ("timeout", "failed"):
             return None
-        attempt, names = sa.keying[0] + 1, sa.keying[1]
+        attempt, names = sa.attempt.number + 1, sa.attempt.children
         if conn.keyingtries and attempt > conn.keyingtries:
-            eng._warn(sa, f"connection {conn.name}: giving up after {conn.keyingtries} attempts")
+            ctx.warn(sa, f"connection {conn.name}: giving up after {conn.keyingtries} attempts")
             return None
     if conn.remote_host is None:
-        eng._warn(sa, f"connection {conn.name}: cannot restart, no specific remote address")
+        ctx.warn(sa, f"connection {conn.name}: cannot restart, no specific remote address")
         return None
-    delay = 0.0 if attempt == 1 else min(eng.retransmit.delay(attempt - 2), eng.settings.restart_delay_max)
-    eng.stats["restarts"] += 1
-    return eng.initiate(conn.name, now, names, retry=True, start_at=now + delay, attempt=attempt)
+    delay = 0.0 if attempt == 1 else min(ctx.retransmit.delay(attempt - 2), ctx.settings.restart_delay_max)
+    ctx.stats["restarts"] += 1
+    return ctx.initiate(conn.name, now, names, retry=True, start_at=now + delay, attempt=attempt).ike_id
 
 
 def on_start(sa, key, now: float):
     """A delayed (re-)initiation is due: send its IKE_SA_INIT — unless it brings back what the
     peer closed and the peer has set all of it up again meanwhile (close_action)."""
-    if sa.state != CONNECTING:
+    if sa.state != IkeSaState.CONNECTING:
         return
-    names = getattr(sa, "reopening", None)
-    if names and all(carried_elsewhere(sa.engine, sa, n) for n in names):
-        sa.engine.stats["reopen_not_needed"] += 1
-        sa.engine._destroy(sa, "the peer set it up again itself", send_delete=False)
+    names = sa.reopening
+    if names and all(carried_elsewhere(sa, n) for n in names):
+        sa.ctx.stats["reopen_not_needed"] += 1
+        sa.ctx.destroy(sa, "the peer set it up again itself", now)
         return
     sa.kick(now)

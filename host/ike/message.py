@@ -58,7 +58,7 @@ class Message:
 
     def error_notify(self) -> NotifyPayload | None:
         for p in self.payloads:
-            if p.ptype == PayloadType.NOTIFY and p.notify_type < 16384:
+            if p.ptype == PayloadType.NOTIFY and p.is_error:
                 return p
         return None
 

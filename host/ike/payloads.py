@@ -10,7 +10,7 @@ import ipaddress
 import struct
 
 from .constants import (
-    ATTR_KEY_LENGTH, ATTR_TV_FLAG, GENERIC_HEADER_LEN, Notify, PayloadType, TransformType, TsType,
+    ATTR_KEY_LENGTH, ATTR_TV_FLAG, GENERIC_HEADER_LEN, Notify, PayloadType, TsType,
 )
 
 MAX_PROPOSALS = 32
@@ -104,9 +104,6 @@ class Proposal:
 
     def __repr__(self):
         return f"Proposal(#{self.num} proto={self.protocol} spi={self.spi.hex()} {self.transforms})"
-
-    def of_type(self, ttype: int) -> list[Transform]:
-        return [t for t in self.transforms if t.ttype == ttype]
 
     def encode(self, last: bool) -> bytes:
         n = len(self.transforms)
@@ -322,7 +319,8 @@ class NotifyPayload(Payload):
         return cls(ntype, bytes(body[4 + spi_size:]), proto, bytes(body[4:4 + spi_size]))
 
     @property
-    def is_error(self):
+    def is_error(self) -> bool:
+        """§3.10.1: types below 16384 are errors, the rest status."""
         return self.notify_type < 16384
 
 
@@ -558,5 +556,3 @@ def notify_error_name(n: int) -> str:
     except ValueError:
         return f"NOTIFY_{n}"
 
-
-TRANSFORM_TYPES = {int(t) for t in TransformType}

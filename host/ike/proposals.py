@@ -28,8 +28,8 @@ _DH = {"modp2048": DhGroup.MODP_2048, "ecp256": DhGroup.ECP_256, "x25519": DhGro
 _ESN = {"esn": Esn.YES, "noesn": Esn.NO}
 _AES = re.compile(r"^aes(128|192|256)?(gcm(16|128)?)?$")
 
-# what the IKE SA itself can use (crypto.py implements these)
-IKE_ENCR_OK = {Encr.AES_CBC, Encr.AES_GCM_16}
+# what the IKE SA itself can use besides AES-CBC and AES-GCM-16, the only ciphers parse_proposal
+# knows (crypto.py implements these)
 IKE_INTEG_OK = {Integ.HMAC_SHA2_256_128, Integ.HMAC_SHA2_384_192, Integ.HMAC_SHA2_512_256}
 IKE_PRF_OK = {Prf.HMAC_SHA2_256, Prf.HMAC_SHA2_384, Prf.HMAC_SHA2_512}
 

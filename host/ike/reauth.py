@@ -10,9 +10,9 @@ connection does not rekey) still applies.
 from __future__ import annotations
 
 from . import liveness
-from .ike_sa import DEAD, ESTABLISHED
 from .informational import DeleteIkeTask
-from .rekey import IKE_EXPIRE
+from .lifetimes import IKE_EXPIRE, soft
+from .states import ChildSaState, IkeSaState, RekeyState
 
 REAUTH = ("ike_reauth",)
 
@@ -23,64 +23,66 @@ def arm(sa, now: float):
     c = sa.conn
     if c is not None and c.reauth_time > 0:
         rand = c.rand_time if c.rand_time < c.reauth_time else 0.0
-        sa.set_timer(REAUTH, now + c.reauth_time - (sa.engine.jitter.uniform(0.0, rand) if rand else 0.0))
+        sa.set_timer(REAUTH, soft(sa, now, c.reauth_time, rand))
         if c.rekey_time <= 0 and c.over_time > 0:
             sa.set_timer(IKE_EXPIRE, now + c.reauth_time + c.over_time)
 
 
 def on_timer(sa, key, now: float):
     """``reauth_time`` is due: start the new IKE SA next to this one."""
-    eng = sa.engine
-    if sa.state != ESTABLISHED or sa.successor is not None or sa.reauth_by is not None:
+    ctx = sa.ctx
+    if sa.state != IkeSaState.ESTABLISHED or sa.successor is not None or sa.reauth_by is not None:
         return
     if sa.conn.remote_host is None:
-        eng._warn(sa, f"connection {sa.conn.name}: cannot reauthenticate, no specific remote address")
+        ctx.warn(sa, f"connection {sa.conn.name}: cannot reauthenticate, no specific remote address")
         return
     names = liveness.child_names(sa)
-    new = eng.ike_sa(eng.initiate(sa.conn.name, now, names or False))
+    new = ctx.initiate(sa.conn.name, now, names or False)
     new.reauth_of, new.reauth_children = sa.ike_id, set(names)
     sa.reauth_by = new.ike_id
-    eng.stats["reauths_started"] += 1
+    ctx.stats["reauths_started"] += 1
 
 
 def progress(sa, now: float):
     """Called after each exchange of ``sa`` completes: if it is a reauthentication that has done
     all its work, delete the old IKE SA (everything arrived) or give this one up (something is
     missing)."""
-    if sa.reauth_of is None or sa.state != ESTABLISHED or sa.active is not None or sa.queue:
+    if sa.reauth_of is None or sa.state != IkeSaState.ESTABLISHED or sa.active is not None or sa.queue:
         return
-    if any(c.state == "installing" for c in sa.children.values()):
+    if any(c.state == ChildSaState.INSTALLING for c in sa.children.values()):
         return
-    eng = sa.engine
-    old = eng.ike_sa(sa.reauth_of)
+    ctx = sa.ctx
+    old = ctx.ike_sa(sa.reauth_of)
     sa.reauth_of = None
-    up = {c.cfg.name for c in sa.children.values() if c.state == "installed" and c.cfg is not None}
-    if old is None or old.state != ESTABLISHED:
+    up = {c.cfg.name for c in sa.children.values() if c.state == ChildSaState.INSTALLED and c.cfg is not None}
+    if old is None or old.state != IkeSaState.ESTABLISHED:
         return                                  # nothing left to replace: this one simply stays
     old.reauth_by = None
     if sa.reauth_children <= up:
-        eng.stats["reauths_done"] += 1
+        ctx.stats["reauths_done"] += 1
         old.queue.clear()
         old.clear_timer(REAUTH)
         for c in old.children.values():
-            c.rekey_state = "rekeyed"           # replaced by the new IKE SA's: not rekeyed, not reopened
+            c.rekey_state = RekeyState.REKEYED  # replaced by the new IKE SA's: not reopened, and not
+                                                # rekeyed again meanwhile
         # the new Child SAs carry our traffic from now on; what is already on its way under the
         # old ones (at the ESP processor, on the wire) arrives before the peer deletes them
-        eng._delay_task(old, DeleteIkeTask("reauthenticated"), now + DRAIN)
+        ctx.delay_task(old, DeleteIkeTask("reauthenticated"), now + DRAIN)
     else:
-        eng.stats["reauths_failed"] += 1
-        eng._warn(sa, "reauthentication brought up only %s of %s; keeping the old IKE SA"
-                  % (sorted(up), sorted(sa.reauth_children)))
+        ctx.stats["reauths_failed"] += 1
+        ctx.warn(sa, "reauthentication brought up only %s of %s; keeping the old IKE SA"
+                 % (sorted(up), sorted(sa.reauth_children)))
         sa.add_task(DeleteIkeTask("reauthentication incomplete"), now, first=True)
-        old.set_timer(REAUTH, now + eng._retry_delay())
+        old.set_timer(REAUTH, now + ctx.retry_delay())
 
 
 def failed(sa, now: float):
     """``sa`` went away before finishing a reauthentication: the old IKE SA tries again later."""
-    old = sa.engine.ike_sa(sa.reauth_of) if sa.reauth_of is not None else None
+    ctx = sa.ctx
+    old = ctx.ike_sa(sa.reauth_of) if sa.reauth_of is not None else None
     sa.reauth_of = None
-    if old is not None and old.state not in (DEAD,) and old.reauth_by == sa.ike_id:
+    if old is not None and old.state != IkeSaState.DEAD and old.reauth_by == sa.ike_id:
         old.reauth_by = None
-        sa.engine.stats["reauths_failed"] += 1
-        if old.state == ESTABLISHED:
-            old.set_timer(REAUTH, now + sa.engine._retry_delay())
+        ctx.stats["reauths_failed"] += 1
+        if old.state == IkeSaState.ESTABLISHED:
+            old.set_timer(REAUTH, now + ctx.retry_delay())

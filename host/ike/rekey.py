@@ -19,29 +19,26 @@ closed by the endpoint that created it" and the other new SA inherits (§2.8.1, 
 to rekey an SA we are closing or already replaced gets TEMPORARY_FAILURE; one for an SA we do not
 have gets CHILD_SA_NOT_FOUND (§2.25). TEMPORARY_FAILURE is retried later, never at once.
 
-Lifetimes (swanctl.conf names): rekey at ``rekey_time`` minus a random part of ``rand_time``;
-a Child SA ends at ``life_time``, an IKE SA at ``rekey_time + over_time`` (delete, then re-create).
-The board's own soft/hard expiry (SA_EXPIRE) arrives through ``IkeEngine.child_sa_expired``.
+Lifetimes (lifetimes.py arms the timers): the handlers here rekey a Child SA or IKE SA when its
+rekey time comes, and delete it at its hard end (re-created if the connection is kept up).
 """
 from __future__ import annotations
 
 from . import liveness
-from .child_create import NONCE_LEN, CreateChildTask, ike_busy, initiator_install, respond_child
+from .child_create import NONCE_LEN, CreateChildTask, ike_busy, proposes_ike
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
 from .events import IkeSaRekeyed
 from .ike_init import ZERO_SPI, derive, select_ike
-from .ike_sa import DEAD, DELETING, ESTABLISHED, IkeSa
+from .ike_sa import IkeSa, RekeyCollision
 from .informational import DeleteChildTask, DeleteIkeTask, DeleteSpisTask
 from .keys import skeyseed_rekey
+from .lifetimes import CHILD_EXPIRE, CHILD_REKEY, IKE_REKEY, REAP, arm_ike
 from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
 from .proposals import accept_response
+from .states import ChildSaState, IkeSaState, RekeyState
+from .task import Outcome, Task
 
-CHILD_REKEY = "child_rekey"
-CHILD_EXPIRE = "child_expire"
-IKE_REKEY = ("ike_rekey",)
-IKE_EXPIRE = ("ike_expire",)
-REAP = ("reap",)
 REDUNDANT = "redundant (simultaneous rekey, RFC 7296 §2.8.1)"
 
 
@@ -50,39 +47,21 @@ def _lowest_is_ours(ours: tuple, theirs: tuple) -> bool:
     return min(ours + theirs) in ours
 
 
-# ---------------------------------------------------------------- lifetimes
-
-def _soft(sa, now, rekey, rand):
-    return now + rekey - (sa.engine.jitter.uniform(0.0, rand) if rand else 0.0)
-
-
-def arm_child(sa: IkeSa, child, now: float):
-    """Timers of a freshly installed Child SA: rekey (jittered) and hard end."""
-    cfg = child.cfg
-    if cfg is None:
-        return
-    if cfg.rekey_time > 0:
-        sa.set_timer((CHILD_REKEY, child.handle), _soft(sa, now, cfg.rekey_time, cfg.rand_time))
-    if cfg.life_time > 0:
-        sa.set_timer((CHILD_EXPIRE, child.handle), now + cfg.life_time)
+def responder_for(msg) -> Task:
+    """The task that answers a CREATE_CHILD_SA request: a Child SA rekey (REKEY_SA), an IKE SA
+    rekey (an IKE proposal, §1.3.2) or a new Child SA (§1.3.1)."""
+    if msg.notify(Notify.REKEY_SA) is not None:
+        return RekeyChildTask()
+    if proposes_ike(msg):
+        return RekeyIkeTask()
+    return CreateChildTask()
 
 
-def arm_ike(sa: IkeSa, now: float):
-    c = sa.conn
-    if c is not None and c.rekey_time > 0:
-        sa.set_timer(IKE_REKEY, _soft(sa, now, c.rekey_time, c.rand_time))
-        if c.over_time > 0:
-            sa.set_timer(IKE_EXPIRE, now + c.rekey_time + c.over_time)
-
-
-def clear_child_timers(sa: IkeSa, handle: int):
-    sa.timers.pop((CHILD_REKEY, handle), None)
-    sa.timers.pop((CHILD_EXPIRE, handle), None)
-
+# ---------------------------------------------------------------- timers
 
 def retry_child_rekey(sa: IkeSa, child, now: float):
-    if child.state == "installed" and child.rekey_state is None and sa.state == ESTABLISHED:
-        sa.set_timer((CHILD_REKEY, child.handle), now + sa.engine._retry_delay())
+    if child.state == ChildSaState.INSTALLED and child.rekey_state is None and sa.state == IkeSaState.ESTABLISHED:
+        sa.set_timer((CHILD_REKEY, child.handle), now + sa.ctx.retry_delay())
 
 
 def on_child_rekey(sa, key, now):
@@ -93,9 +72,9 @@ def on_child_rekey(sa, key, now):
 
 def on_child_expire(sa, key, now):
     child = sa.children.get(key[1])
-    if child is not None and child.state == "installed":
-        sa.engine.stats["child_hard_expiries"] += 1
-        sa.engine._recreate_child(sa, child, now, "hard lifetime expired")
+    if child is not None and child.state == ChildSaState.INSTALLED:
+        sa.ctx.stats["child_hard_expiries"] += 1
+        sa.ctx.recreate_child(sa, child, now, "hard lifetime expired")
 
 
 def on_ike_rekey(sa, key, now):
@@ -105,24 +84,24 @@ def on_ike_rekey(sa, key, now):
 def on_ike_expire(sa, key, now):
     """§2.8: an IKE SA past its hard lifetime is deleted (and re-created if the connection is
     kept up: ``dpd_action = restart`` or ``start_action = start``)."""
-    if sa.state == ESTABLISHED and sa.successor is None:
-        sa.engine.stats["ike_hard_expiries"] += 1
+    if sa.state == IkeSaState.ESTABLISHED and sa.successor is None:
+        sa.ctx.stats["ike_hard_expiries"] += 1
         sa.queue.clear()
         sa.add_task(DeleteIkeTask("IKE SA lifetime expired", down_cause="expired"), now, first=True)
 
 
 def on_reap(sa, key, now):
     """A replaced or redundant IKE SA the peer should have deleted by now."""
-    if sa.state != DEAD:
-        sa.engine._destroy(sa, "rekeyed" if sa.successor is not None else REDUNDANT, send_delete=True)
+    if sa.state != IkeSaState.DEAD:
+        sa.ctx.destroy(sa, "rekeyed" if sa.successor is not None else REDUNDANT, now, send_delete=True)
 
 
-# ---------------------------------------------------------------- Child SA, initiator
+# ---------------------------------------------------------------- Child SA, both roles
 
 def start_child_rekey(sa: IkeSa, child, now: float) -> bool:
     """Queue a rekey of ``child`` unless one runs, it was replaced, or it is not installed."""
-    if child.state != "installed" or child.rekey_state is not None or sa.state != ESTABLISHED or \
-            sa.successor is not None:
+    if child.state != ChildSaState.INSTALLED or child.rekey_state is not None or \
+            sa.state != IkeSaState.ESTABLISHED or sa.successor is not None:
         return False
     if any(isinstance(t, RekeyChildTask) and t.old is child for t in sa.queue) or \
             (isinstance(sa.active, RekeyChildTask) and sa.active.old is child):
@@ -133,18 +112,21 @@ def start_child_rekey(sa: IkeSa, child, now: float) -> bool:
 
 
 class RekeyChildTask(CreateChildTask):
-    """Initiator of a Child SA rekey (§1.3.3): same configuration and selectors, new SPIs and keys
-    (PFS if the proposal has a DH group)."""
+    """Rekey of a Child SA (§1.3.3, §2.25.1). Initiator (``child`` given): same configuration and
+    selectors, new SPIs and keys (PFS if the proposal has a DH group). Responder: the peer's
+    REKEY_SA names the SA it replaces."""
 
-    def __init__(self, child):
-        super().__init__(child.cfg, child.name)
+    def __init__(self, child=None):
+        super().__init__(child.cfg if child is not None else None, child.name if child is not None else None)
         self.old = child
         self.nr = b""
+
+    # -------------------------------------------------------------- initiator
 
     def selectors(self, sa):
         return list(self.old.local_ts), list(self.old.remote_ts)
 
-    def head(self, sa):
+    def request_head(self, sa):
         out = [NotifyPayload(Notify.REKEY_SA, b"", ProtocolId.ESP, self.old.spi_in.to_bytes(4, "big"))]
         if self.old.mode == "transport":
             out.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
@@ -152,18 +134,18 @@ class RekeyChildTask(CreateChildTask):
 
     def build(self, sa, now):
         old = self.old
-        if old.ike is not sa or old.state != "installed" or old.rekey_state is not None:
+        if old.ike is not sa or old.state != ChildSaState.INSTALLED or old.rekey_state is not None:
             return None
         payloads = super().build(sa, now)
         if payloads is None:                    # the board can run none of the proposals now
             retry_child_rekey(sa, old, now)
             return None
-        old.rekey_state = "rekeying"
+        old.rekey_state = RekeyState.REKEYING
         old.collisions = []
-        sa.engine.stats["child_rekeys_started"] += 1
+        sa.ctx.stats["child_rekeys_started"] += 1
         return payloads
 
-    def _live_collision(self):
+    def _live_collision(self) -> RekeyCollision | None:
         """The peer's rekey of the same SA that we answered while ours ran (one whose install
         failed here was taken off the list: the peer got an error, so ours stands)."""
         return self.old.collisions[0] if self.old.collisions else None
@@ -171,124 +153,139 @@ class RekeyChildTask(CreateChildTask):
     def _failed(self, sa, now, why):
         """Our rekey did not produce a new SA."""
         old = self.old
-        eng = sa.engine
+        ctx = sa.ctx
         if self._live_collision() is not None:
-            old.rekey_state = "rekeyed"         # the peer's rekey of it went through: that one stands
+            old.rekey_state = RekeyState.REKEYED    # the peer's rekey of it went through: that one stands
             return
-        if old.rekey_state == "recreate":       # dropped meanwhile for a reason that wants it back
+        if old.rekey_state == RekeyState.RECREATE:  # dropped meanwhile for a reason that wants it back
             old.rekey_state = None
-            if old.cfg is not None and old.cfg.name in sa.conn.children and sa.state == ESTABLISHED:
+            if old.cfg is not None and old.cfg.name in sa.conn.children and sa.state == IkeSaState.ESTABLISHED:
                 sa.add_task(CreateChildTask(old.cfg), now)
             return
         old.rekey_state = None
         if why == "not found":
             # §2.25: the peer has no such Child SA: drop ours silently and create it anew
-            if old.state == "installed":
-                eng._recreate_child(sa, old, now, "peer does not have it (CHILD_SA_NOT_FOUND)",
-                                    tell_peer=False)
+            if old.state == ChildSaState.INSTALLED:
+                ctx.recreate_child(sa, old, now, "peer does not have it (CHILD_SA_NOT_FOUND)", tell_peer=False)
             return
-        eng.stats["child_rekeys_failed"] += 1
-        eng._warn(sa, f"rekey of Child SA {old.handle} failed ({why}); retrying")
+        ctx.stats["child_rekeys_failed"] += 1
+        ctx.warn(sa, f"rekey of Child SA {old.handle} failed ({why}); retrying")
         retry_child_rekey(sa, old, now)
 
     def refused(self, sa, err, now):
-        sa.engine._child_spis.pop(self.spi_in, None)
+        sa.ctx.release_child_spi(self.spi_in)
         self._failed(sa, now, "not found" if err.notify_type == Notify.CHILD_SA_NOT_FOUND
                      else notify_error_name(err.notify_type))
-        sa.finish_task(now)
 
     def unacceptable(self, sa, chosen, now):
         super().unacceptable(sa, chosen, now)
         self._failed(sa, now, "unacceptable response")
 
-    def on_response(self, sa, msg, raw, now) -> bool:
-        res = self.accepted(sa, msg, now)
-        if res is None:
-            return False
-        self.nr = res[1].data
-        child = self.make_child(sa, msg, res)
+    def on_response(self, sa, msg, raw, now) -> Outcome:
+        ans = self.accepted(sa, msg, now)
+        if ans is None:
+            return Outcome.DONE
+        self.nr = ans.nonce.data
+        child = self.make_child(sa, msg, ans)
         child.rekey_of = self.old.handle
         child.defer_outbound = self._live_collision() is not None    # undecided until both are done
-        initiator_install(sa, child, now, then=lambda ok, now2: self._installed(sa, child, ok, now2))
-        return False
+        return self.install(sa, child)
 
-    def _installed(self, sa, new, ok, now):
+    def after_install(self, sa, new, ok, now):
+        if new.exchange_initiator:
+            self._decide(sa, new, ok, now)
+        elif ok:
+            old = sa.children.get(new.rekey_of)
+            if old is None or old.state == ChildSaState.DEAD:
+                sa.ctx.switch_outbound(sa, new)         # the peer deleted the old one already
+        else:
+            self._answered_install_failed(sa, new, now)
+
+    def _decide(self, sa, new, ok, now):
+        """Our rekey's new SA is installed (or refused): keep it and delete the old one, or, after a
+        simultaneous rekey, close whichever of the two new SAs has the lowest nonce (§2.8.1)."""
         old = self.old
-        eng = sa.engine
+        ctx = sa.ctx
         if not ok:
             self._failed(sa, now, "board refused the new SA")
             return
-        eng.stats["child_rekeys_done"] += 1
+        ctx.stats["child_rekeys_done"] += 1
         col = self._live_collision()
         if col is not None:
-            if _lowest_is_ours((self.ni, self.nr), (col[0], col[1])):
+            if _lowest_is_ours((self.ni, self.nr), (col.ni, col.nr)):
                 # ours is redundant: close it; the peer, whose SA survives, deletes the old one
-                eng.stats["child_rekey_collisions_lost"] += 1
-                new.rekey_state = "redundant"
-                old.rekey_state = "rekeyed"
+                ctx.stats["child_rekey_collisions_lost"] += 1
+                new.rekey_state = RekeyState.REDUNDANT
+                old.rekey_state = RekeyState.REKEYED
                 sa.add_task(DeleteChildTask([new.handle], REDUNDANT), now, first=True)
                 return
-            eng.stats["child_rekey_collisions_won"] += 1
-            col[2].rekey_state = "redundant"       # the peer closes it
+            ctx.stats["child_rekey_collisions_won"] += 1
+            col.new.rekey_state = RekeyState.REDUNDANT      # the peer closes it
             if new.defer_outbound:
-                eng._switch_outbound(sa, new)
-        if old.state == "installed":
-            old.rekey_state = "rekeyed"
+                ctx.switch_outbound(sa, new)
+        if old.state == ChildSaState.INSTALLED:
+            old.rekey_state = RekeyState.REKEYED
             sa.add_task(DeleteChildTask([old.handle], "rekeyed"), now, first=True)
 
+    # -------------------------------------------------------------- responder
 
-# ---------------------------------------------------------------- Child SA, responder
+    def on_request(self, sa, msg, reply, now) -> Outcome:
+        """Answer the peer's REKEY_SA (§1.3.3, §2.25.1)."""
+        ctx = sa.ctx
+        self.reply = reply
+        n = msg.notify(Notify.REKEY_SA)
+        busy = ike_busy(sa)
+        if busy is not None:
+            reply([NotifyPayload(busy)], now)
+            return Outcome.DONE
+        spi = int.from_bytes(n.spi, "big") if len(n.spi) == 4 else None
+        old = None
+        if spi is not None and n.protocol == ProtocolId.ESP:
+            old = next((c for c in sa.children.values() if c.spi_out == spi and c.state != ChildSaState.DEAD),
+                       None) or \
+                next((c for c in sa.children.values() if c.spi_in == spi and c.state != ChildSaState.DEAD), None)
+        if old is None:
+            if isinstance(sa.active, CreateChildTask) and sa.outstanding is not None:
+                # the SPI may belong to the Child SA our own exchange in flight creates (its response,
+                # with the peer's SPI, has not reached us): not "not found" yet (§2.25)
+                ctx.stats["rekey_child_unknown_while_creating"] += 1
+                reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
+                return Outcome.DONE
+            ctx.stats["rekey_child_not_found"] += 1
+            reply([NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", n.protocol, n.spi)], now)
+            return Outcome.DONE
+        if old.state != ChildSaState.INSTALLED or \
+                old.rekey_state in (RekeyState.REKEYED, RekeyState.REDUNDANT, RekeyState.RECREATE):
+            reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)         # closing or replaced
+            return Outcome.DONE
+        self.old = old
+        self.collides = old.rekey_state == RekeyState.REKEYING
+        return self.respond_child(sa, msg, now, rekey_of=old)
 
-def respond_child_rekey(sa: IkeSa, msg, reply, now):
-    """Answer the peer's REKEY_SA (§1.3.3, §2.25.1)."""
-    eng = sa.engine
-    n = msg.notify(Notify.REKEY_SA)
-    busy = ike_busy(sa)
-    if busy is not None:
-        return reply([NotifyPayload(busy)], now)
-    spi = int.from_bytes(n.spi, "big") if len(n.spi) == 4 else None
-    old = None
-    if spi is not None and n.protocol == ProtocolId.ESP:
-        old = next((c for c in sa.children.values() if c.spi_out == spi and c.state != "dead"), None) or \
-            next((c for c in sa.children.values() if c.spi_in == spi and c.state != "dead"), None)
-    if old is None:
-        if isinstance(sa.active, CreateChildTask) and sa.outstanding is not None:
-            # the SPI may belong to the Child SA our own exchange in flight creates (its response,
-            # with the peer's SPI, has not reached us): not "not found" yet (§2.25)
-            eng.stats["rekey_child_unknown_while_creating"] += 1
-            return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
-        eng.stats["rekey_child_not_found"] += 1
-        return reply([NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", n.protocol, n.spi)], now)
-    if old.state != "installed" or old.rekey_state in ("rekeyed", "redundant", "recreate"):
-        return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)       # closing or replaced
-    collide = old.rekey_state == "rekeying"
-
-    def created(child, ni, nr):
-        if collide:
-            old.collisions.append((ni, nr, child))
-            eng.stats["child_rekey_collisions"] += 1
+    def created(self, sa, child, ni, nr):
+        old = self.old
+        if self.collides:
+            old.collisions.append(RekeyCollision(ni, nr, child))
+            sa.ctx.stats["child_rekey_collisions"] += 1
         else:
-            old.rekey_state = "rekeyed"
+            old.rekey_state = RekeyState.REKEYED
             sa.clear_timer((CHILD_REKEY, old.handle))
 
-    return respond_child(sa, msg, reply, now, rekey_of=old, on_created=created)
-
-
-def responder_install_failed(sa: IkeSa, child, now: float):
-    """The board refused the SA that was to replace ``child.rekey_of``: the old one stays."""
-    old = sa.children.get(child.rekey_of) if child.rekey_of is not None else None
-    if old is None or child.exchange_initiator:
-        return
-    old.collisions = [c for c in old.collisions if c[2] is not child]
-    if old.rekey_state == "rekeyed":
-        old.rekey_state = None
-        retry_child_rekey(sa, old, now)
+    def _answered_install_failed(self, sa, child, now):
+        """The board refused the SA that was to replace ``child.rekey_of``: the old one stays."""
+        old = sa.children.get(child.rekey_of)
+        if old is None:
+            return
+        old.collisions = [c for c in old.collisions if c.new is not child]
+        if old.rekey_state == RekeyState.REKEYED:
+            old.rekey_state = None
+            retry_child_rekey(sa, old, now)
 
 
 # ---------------------------------------------------------------- IKE SA, both roles
 
 def start_ike_rekey(sa: IkeSa, now: float) -> bool:
-    if sa.state != ESTABLISHED or sa.successor is not None:
+    if sa.state != IkeSaState.ESTABLISHED or sa.successor is not None:
         return False
     if any(isinstance(t, RekeyIkeTask) for t in sa.queue) or isinstance(sa.active, RekeyIkeTask):
         return False
@@ -301,12 +298,12 @@ def _child_exchange_running(sa: IkeSa) -> bool:
     """§2.25.1: a Child SA of this IKE SA is being created, rekeyed or closed."""
     if isinstance(sa.active, (CreateChildTask, DeleteChildTask, DeleteSpisTask)):
         return True
-    return any(c.state in ("installing", "deleting") or c.rekey_state == "rekeying"
+    return any(c.state in (ChildSaState.INSTALLING, ChildSaState.DELETING) or c.rekey_state == RekeyState.REKEYING
                for c in sa.children.values())
 
 
-class RekeyIkeTask:
-    """Initiator of an IKE SA rekey (§1.3.2, §2.18)."""
+class RekeyIkeTask(Task):
+    """Rekey of the IKE SA (§1.3.2, §2.18), both roles."""
     exchange = ExchangeType.CREATE_CHILD_SA
     rekeys_ike = True
 
@@ -319,9 +316,11 @@ class RekeyIkeTask:
         self.dh_priv = None
         self.offered = []
 
+    # -------------------------------------------------------------- initiator
+
     def build(self, sa, now):
-        eng = sa.engine
-        if sa.state != ESTABLISHED or sa.successor is not None or sa.rekey_collision is not None:
+        ctx = sa.ctx
+        if sa.state != IkeSaState.ESTABLISHED or sa.successor is not None or sa.rekey_collision is not None:
             return None
         if _child_exchange_running(sa):
             sa.set_timer(IKE_REKEY, now + 1.0)      # not in the middle of a Child SA exchange
@@ -334,14 +333,14 @@ class RekeyIkeTask:
             self.group = sa.dh_group if sa.dh_group in groups else groups[0]
         # the new IKE SA exists from here on, but dead: messages for its SPI are dropped until
         # the exchange completes
-        self.new = IkeSa(eng, next(eng._ike_ids), True, sa.local, sa.remote, now)
-        self.new.state = DEAD
-        self.spi = eng._alloc_ike_spi(self.new)
+        self.new = ctx.new_ike_sa(True, sa.local, sa.remote, now, register=False)
+        self.new.state = IkeSaState.DEAD
+        self.spi = ctx.alloc_ike_spi(self.new)
         self.ni = random_bytes(NONCE_LEN)
         self.dh_priv, pub = dh_group(self.group).generate()
         specs = sorted(conn.proposals, key=lambda s: self.group not in s.dh)    # KE group first
         self.offered = [s.to_proposal(i + 1, self.spi) for i, s in enumerate(specs)]
-        eng.stats["ike_rekeys_started"] += 1
+        ctx.stats["ike_rekeys_started"] += 1
         return [SaPayload(self.offered), NoncePayload(self.ni), KePayload(self.group, pub)]
 
     def _close_redundant(self, sa, msg, now) -> bool:
@@ -360,40 +359,40 @@ class RekeyIkeTask:
         setup(sa, new, chosen, skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data),
               self.ni, nonce.data, now)
         self.dh_priv = None
-        sa.engine.stats["ike_rekey_collisions_lost"] += 1
+        sa.ctx.stats["ike_rekey_collisions_lost"] += 1
         new.add_task(DeleteIkeTask(REDUNDANT), now)
         return True
 
     def abort(self, sa):
         """Release the new SPI (the exchange failed, or the old IKE SA went away)."""
-        if self.new is not None and sa.engine._sas.get(self.spi) is self.new:
-            del sa.engine._sas[self.spi]
+        if self.new is not None:
+            sa.ctx.release_ike_spi(self.spi, self.new)
         self.dh_priv = None
 
-    def on_response(self, sa, msg, raw, now) -> bool:
-        eng = sa.engine
+    def on_response(self, sa, msg, raw, now) -> Outcome:
+        ctx = sa.ctx
         err = msg.error_notify()
         if sa.successor is not None:
             # the peer already used its new IKE SA from our collision: it won (peer_resolved)
             if err is None and self.new is not None and self._close_redundant(sa, msg, now):
-                return True
+                return Outcome.DONE
             self.abort(sa)
-            return True
+            return Outcome.DONE
         if err is not None:
             self.abort(sa)
             col, sa.rekey_collision = sa.rekey_collision, None
-            if col is not None and col[2].state == ESTABLISHED:
-                adopt(sa, col[2], now, delete_old=False)     # the peer's rekey went through: it stands
-                return True
+            if col is not None and col.new.state == IkeSaState.ESTABLISHED:
+                adopt(sa, col.new, now, delete_old=False)     # the peer's rekey went through: it stands
+                return Outcome.DONE
             if err.notify_type == Notify.INVALID_KE_PAYLOAD and not self.ke_retried and len(err.data) >= 2:
                 group = int.from_bytes(err.data[:2], "big")
                 if group != self.group and any(group in s.dh for s in sa.conn.proposals):
                     sa.add_task(RekeyIkeTask(group, ke_retried=True), now, first=True)
-                    return True
-            eng.stats["ike_rekeys_failed"] += 1
-            eng._warn(sa, f"IKE SA rekey refused: {notify_error_name(err.notify_type)}; retrying")
-            sa.set_timer(IKE_REKEY, now + eng._retry_delay())
-            return True
+                    return Outcome.DONE
+            ctx.stats["ike_rekeys_failed"] += 1
+            ctx.warn(sa, f"IKE SA rekey refused: {notify_error_name(err.notify_type)}; retrying")
+            sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
+            return Outcome.DONE
         sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
             if sap is not None and len(sap.proposals) == 1 else None
@@ -406,75 +405,81 @@ class RekeyIkeTask:
                 shared = None
         if shared is None:
             self.abort(sa)
-            eng.stats["ike_rekeys_failed"] += 1
-            eng._warn(sa, "unacceptable IKE SA rekey response; retrying")
-            sa.set_timer(IKE_REKEY, now + eng._retry_delay())
-            return True
+            ctx.stats["ike_rekeys_failed"] += 1
+            ctx.warn(sa, "unacceptable IKE SA rekey response; retrying")
+            sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
+            return Outcome.DONE
         new = self.new
         self.nr = nonce.data
         new.spi_i, new.spi_r = self.spi, chosen.spi
         seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data)
         setup(sa, new, chosen, seed, self.ni, nonce.data, now)
         self.dh_priv = None
-        eng.stats["ike_rekeys_done"] += 1
+        ctx.stats["ike_rekeys_done"] += 1
         col, sa.rekey_collision = sa.rekey_collision, None
-        if col is not None and col[2].state == ESTABLISHED:
-            peer_new = col[2]
-            if _lowest_is_ours((self.ni, nonce.data), (col[0], col[1])):
-                eng.stats["ike_rekey_collisions_lost"] += 1
+        if col is not None and col.new.state == IkeSaState.ESTABLISHED:
+            peer_new = col.new
+            if _lowest_is_ours((self.ni, nonce.data), (col.ni, col.nr)):
+                ctx.stats["ike_rekey_collisions_lost"] += 1
                 new.announced = False
                 new.add_task(DeleteIkeTask(REDUNDANT), now)
                 adopt(sa, peer_new, now, delete_old=False)
-                return True
-            eng.stats["ike_rekey_collisions_won"] += 1
-            peer_new.set_timer(REAP, now + eng.settings.rekey_reap_time)    # the peer closes it
+                return Outcome.DONE
+            ctx.stats["ike_rekey_collisions_won"] += 1
+            peer_new.set_timer(REAP, now + ctx.settings.rekey_reap_time)    # the peer closes it
         adopt(sa, new, now, delete_old=True)
-        return True
+        return Outcome.DONE
 
+    # -------------------------------------------------------------- responder
 
-def respond_ike_rekey(sa: IkeSa, msg, reply, now):
-    """Answer the peer's IKE SA rekey (§1.3.2, §2.18, §2.25.2)."""
-    eng = sa.engine
-    if sa.state == DELETING or sa.successor is not None or sa.rekey_collision is not None or \
-            _child_exchange_running(sa):
-        return reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
-    sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
-    if sap is None or nonce is None or ke is None:
-        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
-    chosen = select_ike(sap, tuple(sa.conn.proposals), ke.group)
-    if chosen is None or not chosen.dh:
-        return reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)   # §2.18: a DH exchange is a must
-    if len(chosen.spi) != 8 or chosen.spi == ZERO_SPI:
-        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
-    if chosen.dh != ke.group:
-        return reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
-    try:
-        grp = dh_group(chosen.dh)
-        priv, pub = grp.generate()
-        shared = grp.shared(priv, ke.data)
-    except CryptoError:
-        return reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
-    new = IkeSa(eng, next(eng._ike_ids), False, sa.local, sa.remote, now)
-    new.spi_i = chosen.spi
-    new.spi_r = eng._alloc_ike_spi(new)
-    nr = random_bytes(NONCE_LEN)
-    seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, nonce.data, nr)
-    setup(sa, new, chosen, seed, nonce.data, nr, now)
-    reply([SaPayload([chosen.to_proposal(new.spi_r)]), NoncePayload(nr), KePayload(chosen.dh, pub)], now)
-    eng.stats["ike_rekeys_answered"] += 1
-    if getattr(sa.active, "rekeys_ike", False) and sa.outstanding is not None:
-        sa.rekey_collision = (nonce.data, nr, new)      # decided when our own exchange is done
-        new.collision_of = sa
-        new.announced = False
-        eng.stats["ike_rekey_collisions"] += 1
-    else:
-        adopt(sa, new, now, delete_old=False)
-    return None
+    def on_request(self, sa, msg, reply, now) -> Outcome:
+        """Answer the peer's IKE SA rekey (§1.3.2, §2.18, §2.25.2)."""
+        ctx = sa.ctx
+        if sa.state == IkeSaState.DELETING or sa.successor is not None or sa.rekey_collision is not None or \
+                _child_exchange_running(sa):
+            reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
+            return Outcome.DONE
+        sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+        if sap is None or nonce is None or ke is None:
+            reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+            return Outcome.DONE
+        chosen = select_ike(sap, tuple(sa.conn.proposals), ke.group)
+        if chosen is None or not chosen.dh:
+            reply([NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)], now)     # §2.18: a DH exchange is a must
+            return Outcome.DONE
+        if len(chosen.spi) != 8 or chosen.spi == ZERO_SPI:
+            reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+            return Outcome.DONE
+        if chosen.dh != ke.group:
+            reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
+            return Outcome.DONE
+        try:
+            grp = dh_group(chosen.dh)
+            priv, pub = grp.generate()
+            shared = grp.shared(priv, ke.data)
+        except CryptoError:
+            reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
+            return Outcome.DONE
+        new = ctx.new_ike_sa(False, sa.local, sa.remote, now, register=False)
+        new.spi_i = chosen.spi
+        new.spi_r = ctx.alloc_ike_spi(new)
+        nr = random_bytes(NONCE_LEN)
+        seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, nonce.data, nr)
+        setup(sa, new, chosen, seed, nonce.data, nr, now)
+        reply([SaPayload([chosen.to_proposal(new.spi_r)]), NoncePayload(nr), KePayload(chosen.dh, pub)], now)
+        ctx.stats["ike_rekeys_answered"] += 1
+        if sa.active is not None and sa.active.rekeys_ike and sa.outstanding is not None:
+            sa.rekey_collision = RekeyCollision(nonce.data, nr, new)   # decided when our own exchange is done
+            new.collision_of = sa
+            new.announced = False
+            ctx.stats["ike_rekey_collisions"] += 1
+        else:
+            adopt(sa, new, now, delete_old=False)
+        return Outcome.DONE
 
 
 def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now: float):
     """Fill in the new IKE SA from the old one and the rekey exchange (§2.18)."""
-    eng = old.engine
     new.conn = old.conn
     new.chosen = chosen
     new.ni, new.nr = ni, nr
@@ -485,17 +490,17 @@ def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now
     new.fragmentation = old.fragmentation       # RFC 7383 §2.3: a rekeyed IKE SA keeps it
     new.local_id, new.remote_id = old.local_id, old.remote_id
     new.placement = old.placement
-    new.state = ESTABLISHED
+    new.state = IkeSaState.ESTABLISHED
     new.established_at = now
     new.last_heard = now
     new.announced = False
-    eng._register_sa(new)
+    old.ctx.register_sa(new)
 
 
 def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
     """Move everything the old IKE SA carried to ``new`` (§2.8: "the new IKE SA ... inherits all
     the Child SAs") and let the old one go."""
-    eng = old.engine
+    ctx = old.ctx
     for h, c in list(old.children.items()):
         c.ike = new
         new.children[h] = c
@@ -504,23 +509,21 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
             if t is not None:
                 new.timers[(kind, h)] = t
     old.children.clear()
-    for k in [k for k in old.timers if k[0] == "task"]:
-        new.timers[k] = old.timers.pop(k)
-        new.delayed[k[1]] = old.delayed.pop(k[1])
+    ctx.move_delayed_tasks(old, new)
     new.queue.extend(old.queue)
     old.queue.clear()
-    new.hint_task, old.hint_task = old.hint_task, None
+    new.invalid_spi_task, old.invalid_spi_task = old.invalid_spi_task, None
     old.timers.clear()
     old.successor = new
     new.last_heard = max(new.last_heard, old.last_heard)
     new.announced = True
-    eng._event(IkeSaRekeyed(old.ike_id, new.ike_id, new.conn.name, new.initiator, new.chosen.describe()))
+    ctx.emit(IkeSaRekeyed(old.ike_id, new.ike_id, new.conn.name, new.initiator, new.chosen.describe()))
     arm_ike(new, now)
     liveness.arm(new, now)
     if delete_old:
         old.add_task(DeleteIkeTask("rekeyed"), now)     # the last request on the old IKE SA (§2.8)
     else:
-        old.set_timer(REAP, now + eng.settings.rekey_reap_time)
+        old.set_timer(REAP, now + ctx.settings.rekey_reap_time)
     new.reschedule()
     new.kick(now)
 
@@ -532,17 +535,11 @@ def peer_resolved(new: IkeSa, payloads, now: float):
     request needs them (§2.8.2)."""
     old = new.collision_of
     new.collision_of = None
-    if old is None or old.state == DEAD or old.rekey_collision is None or old.rekey_collision[2] is not new:
+    if old is None or old.state == IkeSaState.DEAD or old.rekey_collision is None or \
+            old.rekey_collision.new is not new:
         return
-    if any(getattr(p, "protocol", None) == ProtocolId.IKE for p in payloads if p.ptype == PayloadType.DELETE):
+    if any(p.protocol == ProtocolId.IKE for p in payloads if p.ptype == PayloadType.DELETE):
         return                                  # it deletes this one: ours survives
     old.rekey_collision = None
-    old.engine.stats["ike_rekey_collisions_peer_won"] += 1
+    old.ctx.stats["ike_rekey_collisions_peer_won"] += 1
     adopt(old, new, now, delete_old=False)
-
-
-def respond(sa: IkeSa, msg, reply, now):
-    """``engine.rekey_responder``: CREATE_CHILD_SA with REKEY_SA or an IKE proposal."""
-    if msg.notify(Notify.REKEY_SA) is not None:
-        return respond_child_rekey(sa, msg, reply, now)
-    return respond_ike_rekey(sa, msg, reply, now)

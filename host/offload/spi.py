@@ -31,7 +31,7 @@ import threading
 import time
 
 from firmware.link import spi as spilink
-from host.offload.transport import TransportError
+from host.offload.errors import TransportError
 
 
 class PyftdiBus:

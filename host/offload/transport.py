@@ -10,9 +10,7 @@ import os
 
 import serial
 
-
-class TransportError(OSError):
-    pass
+from host.offload.errors import TransportError
 
 
 class SerialTransport:

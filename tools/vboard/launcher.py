@@ -16,7 +16,6 @@ stdout in frames (tools/vboard/shared.mjs). Control commands:
     hang / resume      freeze the MCU (its watchdog, if started, then resets it) / let it go on
     status             boots, reset cause, REPL mode, watchdog, dropped input
 """
-import argparse
 import json
 import os
 import selectors
@@ -30,6 +29,7 @@ import threading
 import time
 import tty
 
+from firmware import cli
 from firmware.sim import control  # noqa: F401  (the same control protocol as the simulator)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -319,11 +319,17 @@ class Launcher:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.vboard", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m tools.vboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--flash", help="the board's flash directory (default: a new temporary one)")
     ap.add_argument("--heapsize", type=int, default=4 * 1048576, help="MicroPython GC heap (bytes)")
     ap.add_argument("--control", help="control socket path (default: in a temporary directory)")
     args = ap.parse_args(argv)
+    if args.flash and os.path.exists(args.flash) and not os.path.isdir(args.flash):
+        ap.error("--flash %s: not a directory" % args.flash)
+    if not 65536 <= args.heapsize <= 1 << 30:
+        ap.error("--heapsize must be within 65536..%d bytes" % (1 << 30))
+    if args.control and (os.path.exists(args.control) or not os.path.isdir(os.path.dirname(args.control) or ".")):
+        ap.error("--control %s: the path must be new, in an existing directory" % args.control)
     tmp = tempfile.mkdtemp(prefix="ikeoffload-vboard-")
     flash = os.path.abspath(args.flash or os.path.join(tmp, "flash"))
     os.makedirs(flash, exist_ok=True)

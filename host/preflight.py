@@ -1,0 +1,225 @@
+"""Checks before the daemon changes anything, and run-time errors named by their setting.
+
+A second ikeoffloadd with the same configuration must not start beside the first: it would unlink
+the live control socket, take over or share the IKE ports, and on exit flush the first one's
+boards. So before the daemon touches a board, a socket or the TUN device, :func:`check` takes
+`<control_socket>.lock` (flock: released by the kernel however the daemon ends), makes sure no
+daemon answers on the control socket, binds the IKE ports once (no SO_REUSEADDR: a port in use is
+refused), and looks at every board port: a missing device is reported with its cause and the
+daemon retries it; a path that is no tty, or a tty another daemon holds (flock), is refused. Each
+refusal is one ConfigError naming file, line and key.
+"""
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+import struct
+
+from host.control import ControlSocketError, answers
+from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
+
+log = logging.getLogger("ikeoffloadd")
+
+BY_ID = "/dev/serial/by-id"
+
+
+class Guard:
+    """What the checks hold for the daemon's lifetime: the instance lock and the board locks."""
+
+    def __init__(self):
+        self.fds = []
+
+    def release(self):
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _root():
+    return os.geteuid() == 0
+
+
+def check(cfg, tun=True):
+    """Run every check; returns a Guard to keep until exit, or raises ConfigError."""
+    guard = Guard()
+    try:
+        guard.fds.append(_instance_lock(cfg))
+        _control_socket_free(cfg)
+        _ports_free(cfg)
+        if tun:
+            _tun_free(cfg)
+        for i, board in enumerate(cfg.boards):
+            fd = _board_port(cfg, i, board)
+            if fd is not None:
+                guard.fds.append(fd)
+    except BaseException:
+        guard.release()
+        raise
+    return guard
+
+
+def _instance_lock(cfg):
+    key = "daemon.control_socket"
+    path = cfg.control_socket + ".lock"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise cfg.error(key, "cannot create %s: %s" % (e.filename or path, e.strerror)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise cfg.error(key, "ikeoffloadd (pid %s) already runs with control socket %s; this one stops "
+                        "without touching it" % (pid, cfg.control_socket)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
+def _control_socket_free(cfg):
+    """A daemon may hold the socket without the lock (started by another build): ask it."""
+    try:
+        mode = os.stat(cfg.control_socket).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise cfg.error("daemon.control_socket", "%s: %s" % (cfg.control_socket, e.strerror)) from None
+    if not stat.S_ISSOCK(mode):
+        raise cfg.error("daemon.control_socket", "%s exists and is not a socket: the daemon will not replace it"
+                        % cfg.control_socket)
+    if not answers(cfg.control_socket):
+        return                           # stale: the control server replaces it
+    raise cfg.error("daemon.control_socket", "a daemon answers on %s already; this one stops without "
+                    "touching it" % cfg.control_socket)
+
+
+def _ports_free(cfg):
+    family = socket.AF_INET6 if ":" in cfg.listen else socket.AF_INET
+    for key, port in (("ike.port", cfg.ike_port), ("ike.natt_port", cfg.natt_port)):
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((cfg.listen, port))
+            except OSError as e:
+                raise bind_error(cfg, key, port, e) from None
+
+
+def bind_error(cfg, key, port, e):
+    """The ConfigError for a failed bind of the IKE port ``key``."""
+    where = "UDP %s port %d" % (cfg.listen, port)
+    if e.errno == errno.EADDRNOTAVAIL:
+        return cfg.error("daemon.listen", "%s is not an address of this host (%s)" % (cfg.listen, e.strerror))
+    if e.errno == errno.EADDRINUSE:
+        return cfg.error(key, "%s is in use by another program (charon? another ikeoffloadd? "
+                         "`ss -ulpn sport = :%d` names it)" % (where, port))
+    if e.errno == errno.EACCES and not _root():
+        return cfg.error(key, "%s: ports below 1024 need root or CAP_NET_BIND_SERVICE" % where)
+    return cfg.error(key, "%s: %s" % (where, e.strerror or e))
+
+
+def _tun_free(cfg):
+    """An interface of that name that is no TUN device, or one a process holds, cannot be ours."""
+    if not os.path.exists("/sys/class/net/%s" % cfg.tun):
+        return
+    if not os.path.exists("/sys/class/net/%s/tun_flags" % cfg.tun):
+        raise cfg.error("dataplane.tun", "an interface %s exists and is not a TUN device: choose another name"
+                        % cfg.tun)
+    if _tun_busy(cfg.tun):
+        raise cfg.error("dataplane.tun", "TUN device %s is in use (another ikeoffloadd? another program?): "
+                        "choose another name" % cfg.tun)
+
+
+def _tun_busy(name):
+    """Attaching to a single-queue TUN device a process holds fails with EBUSY."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        return False
+    except OSError as e:
+        return e.errno == errno.EBUSY
+    finally:
+        os.close(fd)
+
+
+def runtime_error(cfg, e):
+    """A failure of the daemon's start as file:line: key: message, where a setting explains it."""
+    if isinstance(e, TunError):
+        return cfg.error(e.key, str(e))
+    if isinstance(e, ControlSocketError):
+        return cfg.error("daemon.control_socket", str(e))
+    if isinstance(e, OSError) and e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return bind_error(cfg, "ike.port", cfg.ike_port, e)
+    return "%s: %s" % (cfg.path, e)
+
+
+def by_id_name(port):
+    """The /dev/serial/by-id/ name of the device at ``port`` (a name that survives renumbering and
+    replugging, unlike /dev/ttyUSB0), or None."""
+    try:
+        target = os.path.realpath(port)
+        for name in sorted(os.listdir(BY_ID)):
+            if os.path.realpath(os.path.join(BY_ID, name)) == target:
+                return os.path.join(BY_ID, name)
+    except OSError:
+        pass
+    return None
+
+
+def port_problem(port, err):
+    """Why a board port cannot be opened, in words, from the OSError ``err``."""
+    if err.errno == errno.ENOENT:
+        names = []
+        try:
+            names = sorted(os.listdir(BY_ID))
+        except OSError:
+            pass
+        return "no such device (not plugged in, or renumbered: name it by /dev/serial/by-id/%s)" % (
+            "..., present now: " + ", ".join(names) if names else "...; none is present now")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (%s; the systemd unit's DeviceAllow= must allow it too)" % (
+            "run as root or in group dialout" if not _root() else "refused although root: a device policy")
+    if err.errno == errno.ENOTTY:
+        return "not a tty: no serial device"
+    if err.errno == errno.EBUSY:
+        return "busy: another program holds it exclusively"
+    return err.strerror or str(err)
+
+
+def _board_port(cfg, i, board):
+    """Look at a board's port before the daemon opens it; returns the fd that holds its lock."""
+    port = board.port
+    if not os.path.isabs(port):
+        return None                       # a URL (socket://, ftdi://): nothing to look at here
+    key = "board[%d].port" % i
+    try:
+        st = os.stat(port)
+    except OSError as e:
+        log.warning("board %s: %s: %s; the daemon retries it every second", board.name, port, port_problem(port, e))
+        return None
+    if not stat.S_ISCHR(st.st_mode):
+        raise cfg.error(key, "%s is not a serial device but a %s" % (
+            port, "directory" if stat.S_ISDIR(st.st_mode) else "regular file" if stat.S_ISREG(st.st_mode)
+            else "special file"))
+    try:
+        fd = os.open(port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        log.error("board %s: %s: %s; the daemon retries it every second", board.name, port, port_problem(port, e))
+        return None
+    if not os.isatty(fd):
+        os.close(fd)
+        raise cfg.error(key, "%s is a character device but not a tty: no serial port" % port)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise cfg.error(key, "%s is held by another ikeoffloadd (or a program that locks it)" % port) from None
+    alias = by_id_name(port)
+    if alias and not port.startswith("/dev/serial/"):
+        log.info("board %s: %s is %s: that name survives renumbering and replugging", board.name, port, alias)
+    return fd

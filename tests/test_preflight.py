@@ -1,0 +1,147 @@
+"""The daemon's checks before it changes anything (host/preflight.py), on real files, ptys, unix and
+UDP sockets: each refusal names file, line and key; a missing or forbidden board port is reported
+with its cause and the daemon goes on (it retries the port)."""
+import errno
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from host import config, preflight
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_udp_ports(n):
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def make_config(tmp_path, port, ike=None):
+    ike, natt = ike or free_udp_ports(2)
+    text = ('[daemon]\ncontrol_socket = "%s"\nlisten = "127.0.0.1"\n\n[ike]\nport = %d\nnatt_port = %d\n\n'
+            '[[board]]\nname = "b0"\nprofile = "sim"\nport = "%s"\n' % (tmp_path / "run" / "ctl.sock", ike, natt, port))
+    path = tmp_path / "ikeoffloadd.toml"
+    path.write_text(text)
+    return config.load(str(path)), text
+
+
+def line(text, marker):
+    return text[:text.index(marker)].count("\n") + 1
+
+
+@pytest.fixture
+def pty():
+    master, slave = os.openpty()
+    yield os.ttyname(slave)
+    os.close(master)
+    os.close(slave)
+
+
+def test_one_instance_per_control_socket(tmp_path, pty):
+    cfg, text = make_config(tmp_path, pty)
+    guard = preflight.check(cfg, tun=False)
+    try:
+        with pytest.raises(config.ConfigError) as e:
+            preflight.check(cfg, tun=False)
+        assert str(e.value).startswith("%s:%d: daemon.control_socket: ikeoffloadd (pid %d) already runs"
+                                       % (cfg.path, line(text, "control_socket"), os.getpid())), str(e.value)
+    finally:
+        guard.release()
+    preflight.check(cfg, tun=False).release()          # the lock goes with its holder
+
+
+def test_a_live_control_socket_is_not_taken_over(tmp_path, pty):
+    cfg, _ = make_config(tmp_path, pty)
+    os.makedirs(os.path.dirname(cfg.control_socket))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(cfg.control_socket)
+        srv.listen()
+        with pytest.raises(config.ConfigError, match="daemon.control_socket: a daemon answers on"):
+            preflight.check(cfg, tun=False)
+    preflight.check(cfg, tun=False).release()          # now a stale file: fine
+    os.unlink(cfg.control_socket)
+    with open(cfg.control_socket, "w") as f:
+        f.write("a file the owner wants to keep")
+    with pytest.raises(config.ConfigError, match="exists and is not a socket"):
+        preflight.check(cfg, tun=False)
+    assert open(cfg.control_socket).read() == "a file the owner wants to keep"
+
+
+def test_ports_in_use_and_foreign_addresses(tmp_path, pty):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        cfg, text = make_config(tmp_path, pty, ike=(free_udp_ports(1)[0], busy))
+        with pytest.raises(config.ConfigError) as e:
+            preflight.check(cfg, tun=False)
+        assert "%s:%d: ike.natt_port: UDP 127.0.0.1 port %d is in use" % (cfg.path, line(text, "natt_port"), busy) \
+            in str(e.value)
+    cfg.listen = "192.0.2.123"
+    with pytest.raises(config.ConfigError, match=r"daemon\.listen: 192\.0\.2\.123 is not an address of this host"):
+        preflight.check(cfg, tun=False)
+
+
+def test_board_ports_that_cannot_be_serial_are_refused(tmp_path):
+    regular = tmp_path / "not-a-tty"
+    regular.write_text("")
+    for port, says in ((str(regular), "is not a serial device but a regular file"),
+                       (str(tmp_path), "is not a serial device but a directory"),
+                       ("/dev/null", "is a character device but not a tty")):
+        cfg, text = make_config(tmp_path, port)
+        with pytest.raises(config.ConfigError) as e:
+            preflight.check(cfg, tun=False)
+        assert str(e.value).startswith("%s:%d: board[0].port: " % (cfg.path, line(text, 'port = "/'))), str(e.value)
+        assert says in str(e.value)
+
+
+def test_a_board_port_held_by_another_daemon_is_refused(tmp_path, pty):
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    a, _ = make_config(tmp_path / "a", pty)
+    b, _ = make_config(tmp_path / "b", pty)
+    guard = preflight.check(a, tun=False)
+    try:
+        with pytest.raises(config.ConfigError, match=r"board\[0\]\.port: %s is held by another" % pty):
+            preflight.check(b, tun=False)
+    finally:
+        guard.release()
+
+
+def test_missing_and_forbidden_ports_are_logged_with_their_cause(tmp_path, caplog):
+    cfg, _ = make_config(tmp_path, "/dev/ttyUSB97")
+    with caplog.at_level(logging.INFO, logger="ikeoffloadd"):
+        preflight.check(cfg, tun=False).release()
+    msg = caplog.records[-1].getMessage()
+    assert msg.startswith("board b0: /dev/ttyUSB97: no such device (not plugged in, or renumbered: name it by "
+                          "/dev/serial/by-id/"), msg
+    assert "retries it every second" in msg
+    assert "permission denied" in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
+    assert "not a tty" in preflight.port_problem("/dev/x", OSError(errno.ENOTTY, "Inappropriate ioctl"))
+
+
+def test_permission_denied_names_the_group_unless_root(monkeypatch):
+    monkeypatch.setattr(preflight, "_root", lambda: False)
+    assert "group dialout" in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
+    monkeypatch.setattr(preflight, "_root", lambda: True)
+    assert "dialout" not in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
+
+
+def test_the_daemon_refuses_a_bad_board_port_in_one_line(tmp_path):
+    regular = tmp_path / "board"
+    regular.write_text("")
+    cfg, text = make_config(tmp_path, str(regular))
+    r = subprocess.run([sys.executable, "-m", "host", "--config", cfg.path, "--no-tun"], capture_output=True,
+                       text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=30)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, lines
+    assert "%s:%d: board[0].port: %s is not a serial device" % (cfg.path, line(text, 'port = "/'), regular) in lines[0]
+    assert not os.path.exists(cfg.control_socket)
