@@ -22,7 +22,8 @@ def _env():
 
 
 @task(help={"socket": "serve on socket://HOST:PORT instead of a pseudo-terminal",
-            "baud": "throttle to a real UART rate (bytes/s = baud/10)"})
+            "baud": "throttle to a UART rate (bytes/s = baud/10); default the profile's link rate, 0 none",
+            "profile": "the board it stands in for: transforms, link rate, CPU (default sim)"})
 def sim(c, socket=None, baud=None, profile="sim"):
     """Run the simulated board; prints `board: <device or URL>` first."""
     args = [PY, "-m", "firmware.sim", "--profile", profile]
@@ -40,11 +41,13 @@ def test(c, k=None, x=False):
     tests/, hil_tests/ (simulated board) and firmware tests (CPython and MicroPython), then
     hil_tests/ again on the virtual MicroPython board, flashed with the real mpremote."""
     extra = (["-k", shlex.quote(k)] if k else []) + (["-x"] if x else [])
-    for suite in (["tests", "hil_tests", "firmware/tests"], ["hil_tests", "--board", "mpy-virtual"]):
+    # the busy-board tests also against the sim standing in for a UART board (921600 baud, its CPU)
+    for suite in (["tests", "hil_tests", "firmware/tests"], ["hil_tests", "--board", "mpy-virtual"],
+                  ["hil_tests/test_busy_board.py", "--board", "sim:esp32-devkitc"]):
         c.run(" ".join([PY, "-m", "pytest"] + suite + extra), env=_env(), pty=False)
 
 
-@task(help={"board": "sim (default) | mpy-virtual | a profile in boards/",
+@task(help={"board": "sim (default) | sim:PROFILE (the sim standing in for that board) | mpy-virtual | a profile",
             "port": "the board's link: device, URL, ftdi:// URL (mpy-virtual: a running one's REPL pty)",
             "reset": "device (RTS/DTR) or ftdi:// URL (GPIO) that resets the board (default: --port)",
             "throttle": "sim only: pace the link like a UART at this baud, or a profile's (esp32-devkitc)",
@@ -109,10 +112,11 @@ def bench(c, only=None):
         c.run(f"{PY} -m bench.{name}", env=_env())
 
 
-@task(help={"resets": "board resets to time (default 3)", "no_contrast": "skip the flush_on_board_loss=false run"})
-def demo(c, resets=3, no_contrast=False):
+@task(help={"resets": "board resets to time (default 3)", "no_contrast": "skip the flush_on_board_loss=false run",
+            "board": "the profile the simulated board stands in for (default sim; e.g. esp32-devkitc)"})
+def demo(c, resets=3, no_contrast=False, board="sim"):
     """Daemon + simulated board + strongSwan peer: tunnel, traffic, board reset, flush, recovery timeline (root)."""
-    args = [PY, "-m", "host.demo", "--resets", str(resets)]
+    args = [PY, "-m", "host.demo", "--resets", str(resets), "--board", shlex.quote(board)]
     if no_contrast:
         args.append("--no-contrast")
     c.run(" ".join(args), env=_env(), pty=False)

@@ -53,7 +53,8 @@ class Pacer:
         self.rate = rate
         self.tokens = 0.0
         self.at = time.monotonic()
-        self.burst = max(64, rate // 50) if rate else 0  # ~20 ms of line time
+        # ~2 ms of line time: a UART has no burst; this only spares the loop a wake-up per byte
+        self.burst = max(64, int(rate // 500)) if rate else 0
 
     def allow(self, want):
         if not self.rate:

@@ -117,7 +117,10 @@ def test_a_board_that_hangs_under_full_load_is_found_within_its_bound(bench, mak
     c, t_hang = run(scenario())
     assert c.lost and c.lost[-1].reason == "missed-heartbeats", c.lost
     took = c.lost[-1].at - t_hang
-    bound = profiles.loss_bound(prof, bench.period, bench.misses)
+    bound = c.loss_bound()
+    if bench.profile_name == prof["_name"] and not bench.link_options.get("byte_time"):
+        # the bench runs the profile's own link and heartbeat: the bound it states holds
+        assert abs(bound - profiles.loss_bound(prof, bench.period, bench.misses)) < 0.002
     print("\nhung under full load: lost after %.0f ms (bound %.0f ms)" % (took * 1000, bound * 1000))
     assert took <= bound, (took, bound)
     assert isinstance(c.lost[-1], BoardLost)

@@ -249,12 +249,15 @@ def main(argv=None):
     ap.add_argument("--resets", type=int, default=3)
     ap.add_argument("--contrast-seconds", type=float, default=8.0)
     ap.add_argument("--no-contrast", action="store_true")
+    ap.add_argument("--board", default="sim", help="the profile the simulated board stands in for: its "
+                    "transforms, link rate and CPU (e.g. esp32-devkitc: a UART at 921600 baud)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("inv demo needs root (network namespaces, TUN, UDP port 500)", file=sys.stderr)
         return 2
-    print("== ikeoffload demo: ikeoffloadd + simulated board + strongSwan charon in network namespaces")
-    bed = DemoBed(flush=True)
+    print("== ikeoffload demo: ikeoffloadd + simulated board (%s) + strongSwan charon in network namespaces"
+          % args.board)
+    bed = DemoBed(flush=True, profile=args.board)
     results = []
     try:
         bed.start()
@@ -283,7 +286,7 @@ def main(argv=None):
     finally:
         bed.stop()
     if not args.no_contrast and results and results[-1]["recovered"]:
-        bed2 = DemoBed(flush=False)
+        bed2 = DemoBed(flush=False, profile=args.board)
         try:
             bed2.start()
             bed2.wait_tunnels()

@@ -23,10 +23,10 @@ def test_a_standing_queue_is_dropped_at_the_head_after_one_interval_then_faster(
     drops = []
     t = 0.0
     # arrivals at twice the service rate: the queue and its sojourn time grow
-    for step in range(400):
+    for _ in range(400):
         q.push(item(at=t))
         q.push(item(at=t))
-        q.pop(t, lambda x: drops.append(t))
+        q.pop(t, lambda x, now=t: drops.append(now))
         t += 0.01
     assert drops, "a queue standing above target for more than an interval must drop"
     first = drops[0]

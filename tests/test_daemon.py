@@ -1,8 +1,11 @@
 """ikeoffloadd end to end: the daemon in a network namespace, simulated boards on ptys, a real
 strongSwan charon (kernel-libipsec) as the peer, real pings through the tunnel.
 
-Needs root; CI runs it. The figures are printed (pytest -s) and asserted against the issue's
-bounds: recovery after a board reset within 1 s (median of 10 resets).
+Each test that a link's speed could change runs twice: on the `sim` profile (an unthrottled pty)
+and with the sim standing in for esp32-devkitc (its UART at 921600 baud, its AES-CBC + HMAC
+suite, its CPU's time per packet; its 200 ms heartbeat, 3 s host-silence limit, 5 s watchdog).
+Needs root; CI runs it. The figures are printed (pytest -s) and asserted against the bounds:
+recovery after a board reset within 1 s (median of 10 resets).
 """
 import json
 import os
@@ -14,6 +17,7 @@ import time
 
 import pytest
 
+from firmware import profiles
 from host.daemon import REPLACED_INBOUND_LINGER
 from host.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
 from host.testbed.ping import Pinger
@@ -22,11 +26,18 @@ pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROFILES = ["sim", "esp32-devkitc"]      # a pty, and a UART at 921600 baud with a MicroPython CPU
 
 
-@pytest.fixture(scope="module")
-def bed():
-    b = DemoBed(quiet=True)
+def timing(profile):
+    """(heartbeat period s, host-silence limit s, the hung-board detection bound s) of a profile."""
+    p = profiles.load(profile)
+    return (p["heartbeat"]["period_ms"] / 1000, p["board"]["host_silence_ms"] / 1000, profiles.loss_bound(p))
+
+
+@pytest.fixture(scope="module", params=PROFILES)
+def bed(request):
+    b = DemoBed(quiet=True, profile=request.param)
     try:
         b.start()
         b.wait_tunnels()
@@ -73,19 +84,20 @@ def test_recovery_after_board_reset_within_a_second(bed, pinger):
 
 
 def test_quiet_reset_and_hung_board(bed, pinger):
+    period, _, bound = timing(bed.profile)
     tl = bed.reset_and_recover(pinger, quiet=True, wait=5.0)
     assert tl["recovered"] and tl["reason"] == "boot-id-changed", tl
-    assert tl["detected"] <= 100 + 50          # the next heartbeat (100 ms period)
-    # a hung board (no reset): missed heartbeats, then its watchdog resets it (sim: wdt_ms 2000)
+    assert tl["detected"] <= (period + 0.05) * 1000      # the next heartbeat
+    # a hung board (no reset): missed heartbeats, then its watchdog resets it (wdt_ms: 2 s, 5 s)
     t0 = time.monotonic()
     before = len(bed.ctl("stats")["incidents"])
     bed.sim(0, "hang")
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not pinger.first_reply_sent_after(t0 + 0.5):
         time.sleep(0.05)
     inc = bed.ctl("stats")["incidents"][before]
     assert inc["reason"] == "missed-heartbeats", inc
-    assert (inc["detected_at"] - t0) <= 0.4 + 0.05       # period x misses + one period
+    assert (inc["detected_at"] - t0) <= bound + 0.05     # the profile's stated bound
     assert pinger.first_reply_sent_after(t0 + 0.5), "no recovery after the watchdog reset:\n" + bed.log_tail()
 
 
@@ -107,7 +119,7 @@ def test_board_flushes_itself_when_the_host_falls_silent(bed, pinger):
     assert len(sim_spis(bed)) == 2
     os.kill(bed.daemon.pid, signal.SIGSTOP)     # the daemon hangs: no heartbeats reach the board
     try:
-        time.sleep(2.0 + 0.6)                   # the sim profile's host_silence_ms is 2000
+        time.sleep(timing(bed.profile)[1] + 0.6)  # the profile's host_silence_ms
         assert sim_spis(bed) == set(), "the board kept SAs of a silent host"
         status = bed.sim(0, "status")
         assert status["counters"]["host_silence_flushes"] >= 1
@@ -329,10 +341,11 @@ def board_settles_to_one_pair(b):
     assert sorted(d for _spi, d in sad) == ["in", "out"] and b.ctl("list-boards")[0]["sa_count"] == 2, sad
 
 
-def test_reauthentication_keeps_traffic_flowing_through_the_board():
+@pytest.mark.parametrize("profile", PROFILES)
+def test_reauthentication_keeps_traffic_flowing_through_the_board(profile):
     """RFC 7296 §2.8.3 make-before-break through the daemon: a new IKE SA and Child SA on the board
     next to the old ones, the data path moves to them, then the old ones go from the board."""
-    b = DemoBed(quiet=True, reauth=2)
+    b = DemoBed(quiet=True, reauth=2, profile=profile)
     try:
         b.start()
         first = b.wait_tunnels()[0]
@@ -354,10 +367,12 @@ def test_reauthentication_keeps_traffic_flowing_through_the_board():
         b.stop()
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("who", ["charon", "ours"])
-def test_child_rekeys_keep_traffic_flowing_through_the_board(who):
+def test_child_rekeys_keep_traffic_flowing_through_the_board(who, profile):
     """Make before break on the board (RFC 7296 §2.8): new SA installed, outbound moved, old deleted."""
-    b = DemoBed(quiet=True, peer_child_rekey=2 if who == "charon" else 0, child_rekey=2 if who == "ours" else 0)
+    b = DemoBed(quiet=True, peer_child_rekey=2 if who == "charon" else 0, child_rekey=2 if who == "ours" else 0,
+                profile=profile)
     try:
         b.start()
         first = b.wait_tunnels()[0]["children"][0]

@@ -97,3 +97,36 @@ def test_the_pump_does_not_walk_the_queue():
     assert link.counters["data_sent"] == 201
     # a walk of the 10,000 waiting requests per call costs milliseconds; a deque pop microseconds
     assert per_reply < 0.002, per_reply
+
+
+def _hung_with_data(in_flight):
+    """A ready session on a 921600-baud wire whose board then hangs, with `in_flight` data
+    requests of one 1400-byte packet outstanding; returns (wire, time of the next heartbeat)."""
+    from tests.board_wire import Wire
+    from host.offload.session import READY
+
+    w = Wire(period=0.2, misses=3, byte_time=BYTE, link=LinkClient(byte_time=BYTE, data_budget=0.05))
+    w.run_until(lambda: w.session.state == READY)
+    w.run(0.05)
+    w.board_hung = True
+    body = m.encode_encrypt_request([(0x1000, bytes(1400))])
+    for _ in range(in_flight):
+        w.session.request(m.ENCRYPT, body, w.now, retry=False, deadline=w.now + 5, reply_len=1470, work=0.004)
+    w.pump()
+    return w, w.session.next_heartbeat
+
+
+def test_a_heartbeat_allows_for_the_data_in_flight_ahead_of_it():
+    idle, t_idle = _hung_with_data(0)
+    busy, t_busy = _hung_with_data(2)
+    slack_idle = idle.session.heartbeat_slack()
+    slack_busy = busy.session.heartbeat_slack()
+    _, cost, step = busy.session.link.data_in_flight()
+    assert slack_idle == idle.session.slack_base > 0                # one reply frame on the line
+    assert abs(slack_busy - (slack_idle + cost + step)) < 1e-9 and cost > 0.03
+    # the first heartbeat after the hang is a miss only once its slack has passed, not at `period`
+    for w, t, slack in ((idle, t_idle, slack_idle), (busy, t_busy, slack_busy)):
+        w.run(t + 0.2 + slack - 0.002 - w.now)
+        assert w.session.missed == 0
+        w.run(0.004)
+        assert w.session.missed == 1

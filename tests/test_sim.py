@@ -147,3 +147,40 @@ def test_baud_throttle_shows_uart_limits(baud):
             assert 0.6 * baud / 10 <= rate <= 1.1 * baud / 10, (rate, baud / 10)
     finally:
         stop(p)
+
+
+@pytest.mark.parametrize("profile", ["esp32-devkitc", "rp2040-pico-spi"])
+def test_the_sim_stands_in_for_a_boards_transforms_link_and_cpu(profile):
+    """`--profile` makes the sim what that board would be: its backend's transforms in HELLO, its
+    link's rate by default, its CPU's time per packet (firmware/profiles.py cpu_costs)."""
+    from firmware import profiles
+    from firmware.tests import espdata as d
+    from firmware.tests.espdata import A1, A2, det, ipv4
+
+    prof = profiles.load(profile)
+    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--profile", profile])
+    try:
+        with serial.Serial(first.split()[1], timeout=0.05) as port:
+            h = hello(port)
+            assert {t.backend for t in h.transforms} == {"cryptolib"}
+            fast = {t.key() for t in h.transforms if t.speed == m.SPEED_FAST}
+            assert fast == profiles.fast_transforms(prof)                  # AES-CBC + HMAC; GCM is slow
+            t = (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_256_128)
+            spec = d.spec(0x6000, m.DIR_OUT, m.ENCR_AES_CBC, 256, flags=m.SAF_UDP_ENCAP, src=(A1, 4500),
+                          dst=(A2, 4500))
+            got = exchange(port, [fr.encode(m.SA_ADD, 2, 0, spec.encode())], 1)
+            assert m.SadReply.decode([f for f in got if f.flags & fr.FLAG_REPLY][0].body).status == m.OK
+            pkt = ipv4(A1, A2, 17, d.udp(1, 2, det(1372)))
+            req = fr.encode(m.ENCRYPT, 3, fr.FLAG_NOCACHE, m.encode_encrypt_request([(0x6000, pkt)] * 2))
+            t0 = time.monotonic()
+            got = exchange(port, [req], 1, timeout=5)
+            took = time.monotonic() - t0
+            st, items = m.decode_encrypt_reply([f for f in got if f.flags & fr.FLAG_REPLY][0].body)
+            assert st == m.OK and [s for s, _ in items] == [m.P_OK] * 2
+            # never faster than the board: 2 packets of CPU time, and the frame's bytes on the line
+            cpu = 2 * profiles.packet_time(profiles.cpu_costs(prof), t, len(pkt))
+            wire = (len(req) + sum(len(e) for _, e in items)) / profiles.link_rate(prof)
+            assert took >= cpu + (wire if profile.startswith("esp32") else 0) * 0.9, (took, cpu, wire)
+            assert took <= 3 * (cpu + wire) + 0.3, (took, cpu, wire)
+    finally:
+        stop(p)

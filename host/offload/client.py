@@ -168,6 +168,14 @@ class BoardClient:
             raise LinkError("%s COUNTERS: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
         return d
 
+    def loss_bound(self):
+        """Seconds from the board hanging to BoardLost, at the worst: `misses` heartbeats late
+        beyond period + slack (docs/link-protocol.md, "Control before data"; for a profile's own
+        link and CPU this is firmware/profiles.py loss_bound)."""
+        s = self.session
+        step = max((self.packet_work(t, 1500) for t in self.costs), default=0.0)
+        return (self.misses + 1) * self.period + s.slack_base + s.link.data_budget + step
+
     # ---- the data path ------------------------------------------------------------------------
     def packet_work(self, transform, nbytes):
         """Seconds of the board's CPU for one packet (profile [crypto.cost_us]; 0 if unstated)."""
