@@ -41,6 +41,8 @@ log = logging.getLogger("ikeoffloadd")
 # Its outbound half goes at once. strongSwan keeps one 5 s; a board's SA slots are scarcer, and
 # in-flight packets need milliseconds.
 REPLACED_INBOUND_LINGER = 1.0
+# How long an outbound SA's deletion waits for the packets already on their way to the board on it.
+OUTBOUND_DRAIN = 1.0
 
 RESET_CAUSES = {m.RESET_UNKNOWN: "unknown", m.RESET_POWER_ON: "power-on", m.RESET_HARD: "hard",
                 m.RESET_WDT: "watchdog", m.RESET_DEEPSLEEP: "deep-sleep", m.RESET_SOFT: "soft",
@@ -432,9 +434,15 @@ class Daemon:
 
     async def _board_del(self, client, route, linger):
         """SA_DEL both halves; a replaced SA's inbound half after ``linger`` seconds, so packets the
-        peer sent on it before it switched (and those still queued here for the board) decrypt."""
+        peer sent on it before it switched (and those still queued here for the board) decrypt.
+        The outbound half goes once the packets already handed to the link on it are encrypted:
+        the board answers control before data, so an SA_DEL would overtake them."""
         halves = [(route.spi_out, m.DIR_OUT), (route.spi_in, m.DIR_IN)]
         for spi, d in halves:
+            if d == m.DIR_OUT:
+                deadline = time.monotonic() + OUTBOUND_DRAIN
+                while route.out_in_flight and time.monotonic() < deadline and client.ready:
+                    await asyncio.sleep(0.005)
             if d == m.DIR_IN and linger:
                 await asyncio.sleep(linger)
                 self.datapath.forget_inbound(route)

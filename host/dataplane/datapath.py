@@ -37,7 +37,7 @@ class ChildRoute:
 
     __slots__ = ("handle", "ike_id", "board", "spi_in", "spi_out", "peer", "local_nets", "remote_nets",
                  "usable", "sending", "packets_out", "packets_in", "bytes_out", "bytes_in", "last_in",
-                 "last_reported", "transform")
+                 "last_reported", "transform", "out_in_flight")
 
     def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True,
                  transform=None):
@@ -46,6 +46,7 @@ class ChildRoute:
         self.handle, self.ike_id, self.board = handle, ike_id, board
         self.spi_in, self.spi_out, self.peer = spi_in, spi_out, peer
         self.transform = transform
+        self.out_in_flight = 0    # packets handed to the board's link on this SA, not yet back
         self.local_nets, self.remote_nets = local_nets, remote_nets
         self.usable = True        # False once its board was lost: nothing goes through it
         self.sending = sending    # False for a rekeyed SA that must not send yet (make before break)
@@ -122,6 +123,7 @@ class DataPath:
         r = self.by_handle.pop(handle, None)
         if r is None:
             return None
+        r.sending = False
         self.by_spi_in.pop(r.spi_in, None)
         self.routes = [x for x in self.routes if x.handle != handle]
         return r
@@ -164,18 +166,37 @@ class DataPath:
             if src is None:
                 self.stats["tun_malformed"] += 1
                 continue
-            for r in self.routes:
-                if r.sending and r.matches(src, dst):
-                    if not r.usable:
-                        self.stats["out_dropped_board_lost"] += 1
-                    else:
-                        self._queue(r, OUT, pkt, None)
-                    break
+            r = self._route_out(src, dst)
+            if r is not None:
+                if not r.usable:
+                    self.stats["out_dropped_board_lost"] += 1
+                else:
+                    self._queue(r, OUT, pkt, None)
             else:
                 self.stats["out_no_sa"] += 1
                 log.debug("no SA for %s -> %s; routes: %s", src, dst,
                           ["#%d%s%s" % (r.handle, "" if r.sending else " (not sending)", "" if r.usable else " (lost)")
                            for r in self.routes])
+
+    def _route_out(self, src, dst):
+        for r in self.routes:
+            if r.sending and r.matches(src, dst):
+                return r
+        return None
+
+    def _current(self, it):
+        """An outbound packet queued on an SA that has stopped sending (a rekey moved traffic to
+        its successor, RFC 7296 §2.8) leaves on the SA that carries its flow now, on that board."""
+        r = it.route
+        if r.sending:
+            return True
+        src, dst = _addresses(it.data)
+        n = self._route_out(src, dst)
+        if n is None or n.board != r.board or not n.usable:
+            self.stats["out_no_sa"] += 1
+            return False
+        it.route = n
+        return True
 
     def esp_in(self, data, addr):
         if len(data) < 8:
@@ -288,6 +309,12 @@ class DataPath:
             self._submit(board, client, kind, batch)
 
     def _submit(self, board, client, kind, batch, urgent=False):
+        if kind == OUT:
+            batch = [it for it in batch if self._current(it)]
+            if not batch:
+                return
+            for it in batch:
+                it.route.out_in_flight += 1
         work = sum(it.work for it in batch)
         step = max(it.work for it in batch)
         if kind == OUT:
@@ -298,6 +325,9 @@ class DataPath:
         fut.add_done_callback(lambda f: self._done(board, kind, batch, f))
 
     def _done(self, board, kind, batch, fut):
+        if kind == OUT:
+            for it in batch:
+                it.route.out_in_flight -= 1
         try:
             res = fut.result()
         except LinkError as e:
