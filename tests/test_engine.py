@@ -14,13 +14,25 @@ from host.ike.message import Message, parse_header, parse_plain
 from host.ike.payloads import NotifyPayload
 from host.ike.proposals import OffloadCapabilities
 from host.ike.crypto import make_sk_cipher
-from host.ike.keys import child_keymat
+from cryptography.hazmat.primitives import hashes, hmac
 from host.testbed.pki import TestCa
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_NET, B_NET = "198.51.100.0/24", "203.0.113.0/24"
 ALL = OffloadCapabilities.from_proposals(["aes128gcm16", "aes256gcm16", "aes128-sha256", "aes256-sha256"])
 PSK = "test-psk-0123456789abcdef"
+
+
+def prf_plus(alg, key: bytes, seed: bytes, n: int) -> bytes:
+    """RFC 7296 §2.13 prf+ over HMAC, written out from the RFC (T1 = prf(K, S | 0x01), ...)."""
+    out, t, i = b"", b"", 1
+    while len(out) < n:
+        h = hmac.HMAC(key, alg())
+        h.update(t + seed + bytes((i,)))
+        t = h.finalize()
+        out += t
+        i += 1
+    return out[:n]
 
 
 def conn(local, remote, lid, rid, lts, rts, ike="aes256gcm16-prfsha256-x25519", esp="aes256gcm16",
@@ -96,10 +108,18 @@ def test_psk_establishes_and_keys_agree(ike, esp):
     assert len(kinds(net.events[A], IkeSaUp)) == len(kinds(net.events[B], IkeSaUp)) == 1
     assert len(kinds(net.events[A], ChildSaUp)) == len(kinds(net.events[B], ChildSaUp)) == 1
     assert "redacted" in repr(x) and x.key_in.hex() not in repr(x)
-    # direction check against an independent derivation (§2.17: initiator->responder keys first)
+    # KEYMAT and its split derived here with the cryptography library's HMAC, not the engine's
+    # prf+ (§2.13, §2.17: initiator->responder keys first, each encryption key (+ AEAD salt,
+    # RFC 4106 §8.1) before its integrity key)
     sa = a.ike_sa(x.ike_id)
-    k = child_keymat(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, x.encr, x.encr_key_bits, x.integ)
-    assert (x.key_out, x.salt_out, x.integ_key_out) == (k.encr_i, k.salt_i, k.integ_i)
+    prf = {"prfsha256": hashes.SHA256, "prfsha384": hashes.SHA384}[ike.split("-")[-2]] \
+        if "prf" in ike else hashes.SHA256
+    enc_len = x.encr_key_bits // 8 + (4 if "gcm" in esp else 0)
+    integ_len = 0 if "gcm" in esp else 32
+    km = prf_plus(prf, sa.keys.sk_d, sa.ni + sa.nr, 2 * (enc_len + integ_len))
+    i_to_r, r_to_i = km[:enc_len + integ_len], km[enc_len + integ_len:]
+    assert x.key_out + x.salt_out + x.integ_key_out == i_to_r         # a initiated: it sends i->r
+    assert x.key_in + x.salt_in + x.integ_key_in == r_to_i
 
 
 def test_sk_direction_uses_sk_ei_for_the_initiator():
