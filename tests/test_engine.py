@@ -7,7 +7,7 @@ from host.ike.config import RetransmitPolicy, parse_connections
 from host.ike.constants import ExchangeType, Flag, Notify, PayloadType
 from host.ike.engine import EngineSettings, IkeEngine
 from host.ike.events import (
-    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaUp,
+    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp,
 )
 from host.ike.loopback import Network, drain
 from host.ike.message import Message, parse_header, parse_plain
@@ -714,3 +714,47 @@ def test_a_crash_inside_a_handler_fails_the_test(strict):
         b.receive_datagram(msg.encode(sa.cipher), (A, 4500), 1.0, (B, 4500))
         assert b.stats["internal_errors"] == 1
     assert pair()[0].strict and engine(conn(A, B, "a", "b", A_NET, B_NET)).strict
+
+
+def test_nat_keepalives_only_from_the_side_behind_a_nat():
+    """RFC 3948 §2.3/§4: the side that is (or, with encap forced, acts as if it were) behind a
+    NAT sends a 0xFF byte from its NAT-T port every nat_keepalive seconds; the other side none."""
+    a, b, net = pair(b_conn=conn(B, A, "b.example", "a.example", B_NET, A_NET, extra={"encap": False}),
+                     settings_a=EngineSettings(nat_keepalive=20.0))
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa_a, sa_b = a.ike_sas()[0], b.ike_sas()[0]
+    assert sa_a.nat_local and not sa_b.nat_local and sa_b.nat_remote
+    for t in range(1, 62):
+        net.run_timers(float(t))
+        net.pump(float(t))
+    assert [(t, ip) for t, ip, _ in net.keepalives] == [(20.0, A), (40.0, A), (60.0, A)]
+    d = net.keepalives[0][2]
+    assert (d.data, d.keepalive, d.local, d.remote) == (b"\xff", True, (A, 4500), (B, 4500))
+    assert a.stats["nat_keepalives"] == 3 and b.stats["nat_keepalives"] == 0
+    a.delete_ike(sa_a.ike_id, 62.0)
+    net.pump(62.0)
+    net.run_timers(100.0)
+    assert len(net.keepalives) == 3                     # none once the IKE SA is gone
+
+
+def test_nat_mapping_change_moves_the_ike_sa_and_its_esp():
+    """§2.23: an authentic request from a new address/port of a peer behind a NAT moves the IKE
+    SA there (answer included) and tells the driver (IkeSaMoved) to move the Child SAs' ESP."""
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa_b = b.ike_sas()[0]
+    assert sa_b.remote == (A, 4500)
+    a.check_liveness(a.ike_sas()[0].ike_id, 1.0)
+    req = a.datagrams_to_send(1.0)[0]
+    b.receive_datagram(req.data, ("198.51.100.77", 31337), 1.0, (B, 4500))     # the NAT remapped a
+    ev = kinds(drain(b, 1.0), IkeSaMoved)
+    assert ev == [IkeSaMoved(sa_b.ike_id, (B, 4500), ("198.51.100.77", 31337))]
+    assert b.datagrams_to_send(1.0)[0].remote == ("198.51.100.77", 31337)
+    assert sa_b.remote == ("198.51.100.77", 31337) and b.ike_sas_with_peer("198.51.100.77") == [sa_b]
+    # a forged copy from elsewhere is not authentic and moves nothing
+    bad = bytearray(req.data)
+    bad[-1] ^= 1
+    b.receive_datagram(bytes(bad), ("192.0.2.99", 4500), 2.0, (B, 4500))
+    assert not kinds(drain(b, 2.0), IkeSaMoved) and sa_b.remote == ("198.51.100.77", 31337)

@@ -24,10 +24,11 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from . import child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, reauth, rekey
+from . import (child_create, cookies, fragments, ike_auth, informational, invalid_spi, liveness, natt, reauth,
+               rekey)
 from .config import Connection, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
-from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaUp, Warning_
+from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeSaMoved, IkeSaUp, Warning_
 from .ike_init import IGNORED, IkeInitTask, ZERO_SPI, respond as init_respond
 from .ike_sa import CONNECTING, DEAD, DELETING, ESTABLISHED, IkeSa
 from .message import Message, VersionError, open_sk, parse_header, parse_plain
@@ -45,10 +46,12 @@ _RESPONDERS = {_AUTH: ike_auth.respond, _CHILD: child_create.respond, _INFO: inf
 
 class Datagram(NamedTuple):
     """An IKE message to send. ``local`` = (ip, port) to send from; the driver adds the non-ESP
-    marker when that port is the NAT-T port (RFC 3948 §2.2)."""
+    marker when that port is the NAT-T port (RFC 3948 §2.2) — except to a ``keepalive``, the
+    one-byte NAT-keepalive, which goes as it is (RFC 3948 §2.3, natt.py)."""
     data: bytes
     remote: tuple
     local: tuple
+    keepalive: bool = False
 
 
 @dataclass
@@ -94,6 +97,7 @@ class EngineSettings:
     restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
     retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
     rekey_reap_time: float = 30.0       # a replaced IKE SA the peer did not delete goes after this
+    nat_keepalive: float = 20.0         # behind a NAT: a NAT-keepalive this often (RFC 3948 §4; 0 = off)
 
 
 _FAIL_CLOSED = object()
@@ -155,7 +159,7 @@ class IkeEngine:
             "dpd": liveness.on_dpd, "start": liveness.on_start,
             rekey.CHILD_REKEY: rekey.on_child_rekey, rekey.CHILD_EXPIRE: rekey.on_child_expire,
             "ike_rekey": rekey.on_ike_rekey, "ike_expire": rekey.on_ike_expire, "reap": rekey.on_reap,
-            "ike_reauth": reauth.on_timer,
+            "ike_reauth": reauth.on_timer, natt.TIMER[0]: natt.on_timer,
             "task": self._delayed_task_due,
         }
 
@@ -624,8 +628,8 @@ class IkeEngine:
 
     # ================================================================ helpers used by exchanges
 
-    def _send(self, data, remote, local):
-        self._out.append(Datagram(data, remote, local))
+    def _send(self, data, remote, local, keepalive=False):
+        self._out.append(Datagram(data, remote, local, keepalive))
 
     def _event(self, ev):
         self._events.append(ev)
@@ -687,13 +691,17 @@ class IkeEngine:
             sa.remote = (sa.remote[0], sa.conn.remote_port_nat_t)
 
     def _nat_update(self, sa, addr, local):
-        """§2.23: with a NAT in the path, follow the address of the latest authentic message."""
+        """§2.23: with a NAT in the path, follow the address of the latest authentic message; once
+        the IKE SA is up its Child SAs' ESP-in-UDP must follow too (IkeSaMoved)."""
         if sa.nat and (addr != sa.remote or local != sa.local):
             if addr[0] != sa.remote[0]:
                 self._unregister_peer(sa)
                 self._peers.setdefault(addr[0], set()).add(sa)
             sa.remote = addr
             sa.local = local
+            if sa.state != CONNECTING:
+                self.stats["nat_moves"] += 1
+                self._event(IkeSaMoved(sa.ike_id, sa.local, sa.remote))
 
     def _wants_initial_contact(self, sa) -> bool:
         """Send INITIAL_CONTACT only when no other IKE SA exists between the same authenticated
@@ -719,6 +727,7 @@ class IkeEngine:
         if not sa.initiator and sa.initial_contact:
             self._initial_contact(sa)
         liveness.arm(sa, now)
+        natt.arm(sa, now)
         rekey.arm_ike(sa, now)
         reauth.arm(sa, now)
         sa.reschedule()

@@ -25,7 +25,7 @@ The board's own soft/hard expiry (SA_EXPIRE) arrives through ``IkeEngine.child_s
 """
 from __future__ import annotations
 
-from . import liveness
+from . import liveness, natt
 from .child_create import NONCE_LEN, CreateChildTask, ike_busy, initiator_install, respond_child
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
@@ -517,6 +517,7 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
     eng._event(IkeSaRekeyed(old.ike_id, new.ike_id, new.conn.name, new.initiator, new.chosen.describe()))
     arm_ike(new, now)
     liveness.arm(new, now)
+    natt.arm(new, now)
     if delete_old:
         old.add_task(DeleteIkeTask("rekeyed"), now)     # the last request on the old IKE SA (§2.8)
     else:
