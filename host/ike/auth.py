@@ -471,19 +471,22 @@ MAX_CHAIN = 4
 def verify_chain(end_entity: x509.Certificate, intermediates: list[x509.Certificate],
                  anchors: list[x509.Certificate], now: datetime.datetime | None = None) -> None:
     """Check that ``end_entity`` chains to one of ``anchors`` (via at most MAX_CHAIN intermediates
-    from the peer's CERT payloads): signatures, validity periods, CA basic constraints."""
+    from the peer's CERT payloads): signatures, validity periods, and the CA rules of RFC 5280:
+    every issuer a CA with keyCertSign (§4.2.1.3, §4.2.1.9), no pathLenConstraint exceeded."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cert = end_entity
     pool = list(intermediates)
-    for _depth in range(MAX_CHAIN + 1):
+    for below in range(MAX_CHAIN + 1):           # intermediate CAs between ``cert``'s issuer and the EE
         _check_validity(cert, now)
         for ca in anchors:
             if _issued_by(cert, ca):
                 _check_validity(ca, now)
+                _check_path_length(ca, below)
                 return
-        nxt = next((c for c in pool if _issued_by(cert, c) and _is_ca(c)), None)
+        nxt = next((c for c in pool if _issued_by(cert, c)), None)
         if nxt is None:
             raise AuthError("certificate does not chain to a trusted CA")
+        _check_path_length(nxt, below)
         pool.remove(nxt)
         cert = nxt
     raise AuthError("certificate chain too long")
@@ -500,10 +503,23 @@ def _issued_by(cert, ca) -> bool:
 
 
 def _is_ca(cert) -> bool:
+    """RFC 5280 §4.2.1.9 cA, and §4.2.1.3: a CA whose KeyUsage lacks keyCertSign signs no certificate."""
     try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
     except x509.ExtensionNotFound:
         return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
+def _check_path_length(ca, below: int):
+    """RFC 5280 §4.2.1.9: at most pathLenConstraint intermediate CAs may follow ``ca``."""
+    limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    if limit is not None and below > limit:
+        raise AuthError(f"path length constraint of {format_dn(ca.subject)} exceeded ({below} > {limit})")
 
 
 def _check_validity(cert, now):
