@@ -50,8 +50,9 @@ def test(c, k=None, x=False):
 FAST_TESTS = ["tests", "firmware/tests", "hil_tests"]
 NOT_FAST = ["tests/interop", "tests/test_daemon.py", "tests/test_testbed_ping.py", "tests/test_micropython.py",
             "tests/test_vboard.py", "tests/test_flash.py", "tests/test_noskip.py", "tests/test_lint.py"]
-# Branch coverage floors (percent) of the fast tests: the figure reached, less a small margin.
-COVERAGE_FLOOR = {"host": 0, "firmware": 0}
+# Branch coverage floors (percent) of the fast tests: the figure reached (host 74.3, firmware
+# 81.1 on 2026-12-03), less about one point for branches that depend on timing.
+COVERAGE_FLOOR = {"host": 73.0, "firmware": 80.0}
 
 
 @task(help={"k": "pytest -k expression", "html": "also write an HTML report to build/coverage"})
@@ -134,13 +135,19 @@ def vboard(c, flash=None):
     os.execvpe(PY, args, _env())
 
 
-@task(help={"only": "comma-separated benchmark names (bench/<name>.py), default all"})
-def bench(c, only=None):
-    """Run benchmarks; each prints a table and writes bench/results/<name>.json."""
+@task(help={"only": "comma-separated benchmark names (bench/<name>.py), default all",
+            "check": "exit non-zero if a goal of a benchmark run (its GOALS) is not met"})
+def bench(c, only=None, check=False):
+    """Run benchmarks; each prints a table and writes bench/results/<name>.json (with its goals)."""
     names = only.split(",") if only else sorted(
         p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
+    failed = []
     for name in names:
         c.run(f"{PY} -m bench.{name}", env=_env())
+        if check and c.run(f"{PY} -m bench._util check {name}", env=_env(), warn=True).exited != 0:
+            failed.append(name)
+    if failed:
+        raise SystemExit("benchmark goals not met: " + ", ".join(failed))
 
 
 @task(help={"resets": "board resets to time (default 3)", "no_contrast": "skip the flush_on_board_loss=false run"})

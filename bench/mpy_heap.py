@@ -171,7 +171,8 @@ def main():
         "%s %.0f / %.0f" % (k, v["installed"], v["after_traffic"])
         for k, v in daemon["esp"]["per_kind"].items()))
     goals = {"64_sas_in_64kb_" + key: goal(r["installed"] == 64 and r["sas"] <= GOAL_BYTES,
-                                           "%d SAs in %d bytes" % (r["installed"], r["sas"]), "64 in <= %d" % GOAL_BYTES)
+                                           "%d SAs in %d bytes" % (r["installed"], r["sas"]),
+                                           "64 in <= %d" % GOAL_BYTES)
              for key, r in (("esp", res["esp"]), ("esp_cryptolib", res["esp-cryptolib"]),
                             ("esp_daemon_shaped", daemon["esp"]))}
     report_goals(goals)
