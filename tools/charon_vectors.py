@@ -76,7 +76,7 @@ def logged_keys(log: str) -> list[bytes]:
 
 def opens(data: bytes, key: bytes) -> bool:
     """Does ``key`` (AES-GCM key + 4-byte salt, RFC 5282) open this message's Encrypted payload?"""
-    hdr_len, iv_len, icv = 28, 8, 16
+    hdr_len, iv_len = 28, 8                 # IKE header; the Encrypted payload's 8-byte IV (RFC 5282)
     aad = data[:hdr_len + 4]
     iv = data[hdr_len + 4:hdr_len + 4 + iv_len]
     try:
@@ -84,8 +84,6 @@ def opens(data: bytes, key: bytes) -> bool:
         return True
     except InvalidTag:
         return False
-    finally:
-        del icv
 
 
 def capture(state: str) -> dict:
