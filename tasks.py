@@ -60,6 +60,7 @@ def coverage(c, k=None, html=False):
     """Branch coverage of host/ and firmware/ by the fast tests (no root, charon or node); prints the
     report and fails below the floors (COVERAGE_FLOOR)."""
     env = _env()
+    env.pop("HIL_HEARTBEATS", None)     # CI's long heartbeat run is inv test's; coverage needs the short one
     env["COVERAGE_FILE"] = str(ROOT / "build" / ".coverage")
     (ROOT / "build").mkdir(exist_ok=True)
     args = [PY, "-m", "coverage", "run", "-m", "pytest", "-q", "-p", "no:cacheprovider"] + FAST_TESTS
