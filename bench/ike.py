@@ -36,6 +36,8 @@ IKE, ESP = "aes256gcm16-prfsha256-x25519", "aes256gcm16"
 PSK = "bench-psk-0123456789abcdef-0123456789"
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "198.51.100.1", "203.0.113.1"
+GOALS = {"ours_at_least_charons_rate": "IKE SA + Child SA setups per second, ours / charon's on the same "
+                                       "machine in the same run (medians) >= 1"}
 
 
 # ---------------------------------------------------------------- our side (worker processes)
@@ -442,8 +444,13 @@ def main(argv=None):
             f"ratio ours/charon: {ratio:.2f}x (median), {ratio_best:.2f}x (best); "
             f"CPU per SA: charon uses {cpu_ratio:.2f}x ours"
         )
+    from bench._util import goal, report_goals
+    goals = {"ours_at_least_charons_rate": goal(ratio is not None and ratio >= 1.0,
+                                                None if ratio is None else round(ratio, 2), ">= 1.0")}
+    report_goals(goals)
     result = {
         "benchmark": "ike",
+        "goals": goals,
         "suite": f"IKE {IKE}, ESP {ESP}, PSK, one Child SA, NAT-T",
         "n": args.n,
         "windows": windows,

@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 
-from bench._util import median, pct, table, write
+from bench._util import goal, median, pct, report_goals, table, write
 from firmware import profiles
 from firmware.link import messages as m
 from hil_tests.bench import SimBench
@@ -19,6 +19,8 @@ from host.offload.client import BoardClient
 from host.offload.events import BoardLost, BoardReady
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+GOALS = {"loss_detected_within_bound": "every board loss (reset, reset with its HELLO lost, hang) detected "
+                                       "within period x (misses + 1) of the default profile"}
 
 
 def spec(spi):
@@ -124,6 +126,12 @@ async def main():
     rows = [(k, v["n"], "%.1f" % v["median"], "%.1f" % (v["max"] or 0)) for k, v in results["detection_ms"].items()]
     table("Board loss detection, default profile: period %.0f ms x %d misses (bound %.0f ms)"
           % (period * 1000, misses, results["bound_ms"]), ["event -> detection", "n", "median ms", "max ms"], rows)
+    worst = max(v["max"] or 0 for k, v in results["detection_ms"].items() if k != "recovered")
+    results["goals"] = {"loss_detected_within_bound": goal(
+        worst <= results["bound_ms"] and all(results["detection_ms"][k]["n"] for k in ("unsolicited-hello",
+                                                                                      "missed-heartbeats")),
+        "worst %.1f ms" % worst, "<= %.0f ms" % results["bound_ms"])}
+    report_goals(results["goals"])
     print("\nwrote", write("link", results))
 
 

@@ -10,12 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench._util import table, write
+from bench._util import goal, report_goals, table, write
 from firmware import profiles
 from tools import flash
 
 ROOT = Path(__file__).resolve().parents[1]
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 600
+GOALS = {"tight_loop_faster_than_asyncio": "the firmware's main loop (tight) costs less per request than "
+                                           "asyncio on MicroPython"}
 
 
 def measure(n=N):
@@ -35,7 +37,9 @@ def main():
           ["variant", "requests", "ms", "µs/request"], rows)
     ratio = res["asyncio"]["us_per_request"] / res["tight"]["us_per_request"]
     print("tight loop is %.1fx faster" % ratio)
-    print("wrote", write("mpy_loop", {"results": res, "asyncio_over_tight": ratio}))
+    goals = {"tight_loop_faster_than_asyncio": goal(ratio > 1.0, "asyncio / tight = %.1f" % ratio, "> 1")}
+    report_goals(goals)
+    print("wrote", write("mpy_loop", {"results": res, "asyncio_over_tight": ratio, "goals": goals}))
 
 
 if __name__ == "__main__":

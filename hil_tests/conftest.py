@@ -76,6 +76,18 @@ def make_client(bench, loop):
             loop.run_until_complete(c.close())
 
 
+async def heartbeats_acked(c, n=2, timeout=10.0):
+    """Wait (instead of sleeping a fixed time) until the board acked ``n`` heartbeats sent from
+    now on: each ack was compared with the host's books."""
+    loop = asyncio.get_running_loop()
+    start, since = c.session.counters["heartbeats"], loop.time()
+    deadline = since + timeout
+    while not (c.session.counters["heartbeats"] - start >= n and (c.session.last_ack_at or 0) > since):
+        if loop.time() > deadline:
+            raise AssertionError("no heartbeat acks within %.1f s" % timeout)
+        await asyncio.sleep(0.01)
+
+
 def needs(bench, what):
     if not getattr(bench, what):
         pytest.skip("this bench cannot %s" % what.replace("can_", "").replace("_", " "))

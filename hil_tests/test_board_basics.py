@@ -1,10 +1,10 @@
 """HELLO, capabilities and SA bookkeeping over the real link."""
-import asyncio
 
 import pytest
 
 from firmware import profiles
 from firmware.link import messages as m
+from hil_tests.conftest import heartbeats_acked
 from host.offload.client import LinkError
 
 
@@ -23,10 +23,10 @@ def test_hello_reports_the_profile(bench, make_client, run):
         assert len(h.boot_id) == 8 and h.fw_version and h.reply_cache >= 2
         # every transform the board advertises names its backend, and what it calls fast is what
         # its profile says its crypto backend makes fast (the host proposes from this list)
+        assert h.transforms, "the board advertises no transform: no Child SA could ever be placed on it"
         assert all(t.backend for t in h.transforms)
         fast = {t.key() for t in h.transforms if t.speed >= m.SPEED_FAST}
-        if h.transforms:
-            assert fast == profiles.fast_transforms(bench.profile), (fast, bench.profile["crypto"])
+        assert fast == profiles.fast_transforms(bench.profile), (fast, bench.profile["crypto"])
     run(main())
 
 
@@ -47,7 +47,7 @@ def test_sa_add_del_flush_bookkeeping(bench, make_client, run):
         stats = await c.stats()
         assert sorted((s.spi, s.direction) for s in stats) == sorted(c.session.books.sas)
         assert {s.reqid for s in stats if s.spi == 0x1005} == {0x1005}
-        await asyncio.sleep(bench.period * 3)       # heartbeats compare the books: all agree
+        await heartbeats_acked(c, 2)                # heartbeats compare the books: all agree
         assert c.ready and not c.lost
         r = await c.sa_flush()
         assert (r.sa_count, r.removed) == (0, 19) and not c.session.books.sas
@@ -66,8 +66,8 @@ def test_sad_full_is_refused_cleanly(bench, make_client, run):
         assert e.value.status == m.SAD_FULL
         counters = await c.counters()
         assert counters["sa_count"] == n
-        await asyncio.sleep(bench.period * 2)
-        assert c.ready
+        await heartbeats_acked(c, 2)
+        assert c.ready and not c.lost
     run(main())
 
 

@@ -69,21 +69,26 @@ def test_ten_thousand_sa_commands_at_one_percent_byte_faults(bench, make_client,
 
 
 def test_heartbeats_at_one_percent_byte_faults_raise_no_false_alarm(bench, make_client, run):
-    """1,000 by default to keep local runs short; CI sets HIL_HEARTBEATS=10000 (.ci/run), and
+    """At the profile's heartbeat period and misses (sim: 100 ms x 3), which a loaded 2-core
+    machine holds, not one false BoardLost. 200 heartbeats by default (~20 s); CI sets
+    HIL_HEARTBEATS (.ci/run). The strict run, 10,000 at the board's fastest period, is a
+    benchmark with a goal (`inv bench --only heartbeats --check`), and
     tests/test_board_session.py runs 10,000 on a virtual clock."""
-    n = bench.scaled(int(os.environ.get("HIL_HEARTBEATS", "1000")), minimum=50)
-    period = bench.fast_period
+    n = bench.scaled(int(os.environ.get("HIL_HEARTBEATS", "200")), minimum=50)
+    period = bench.period
 
     async def main():
-        c = await make_client(fault=0.01, seed=3, period=period, misses=3)
+        c = await make_client(fault=0.01, seed=3, period=period, misses=bench.misses)
         await c.sa_add(spec(0x5000))
         start = c.session.counters["heartbeats"]
         while c.session.counters["heartbeats"] - start < n:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(period * 5)
             assert not c.lost, c.lost[0]
-        assert c.session.link.counters["retries"] > 0
-        print("\n%d heartbeats (period %d ms) at 1%% byte faults: %d missed periods, 0 false BoardLost"
-              % (n, period * 1000, c.session.counters["missed_heartbeats"]))
+        assert not c.lost, c.lost[0]            # a loss in the last stretch counts too
+        assert c.ready
+        assert c.session.link.counters["retries"] > 0       # the faults did hit the line
+        print("\n%d heartbeats (period %d ms x %d misses) at 1%% byte faults: %d missed periods, "
+              "0 false BoardLost" % (n, period * 1000, bench.misses, c.session.counters["missed_heartbeats"]))
     run(main())
 
 

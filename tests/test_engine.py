@@ -7,20 +7,32 @@ from host.ike.config import RetransmitPolicy, parse_connections
 from host.ike.constants import ExchangeType, Flag, Notify, PayloadType
 from host.ike.engine import EngineSettings, IkeEngine
 from host.ike.events import (
-    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaUp,
+    ChildSaDelete, ChildSaFailed, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp,
 )
 from host.ike.loopback import Network, drain
 from host.ike.message import Message, parse_header, parse_plain
 from host.ike.payloads import NotifyPayload
 from host.ike.proposals import OffloadCapabilities
 from host.ike.crypto import make_sk_cipher
-from host.ike.keys import child_keymat
+from cryptography.hazmat.primitives import hashes, hmac
 from host.testbed.pki import TestCa
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_NET, B_NET = "198.51.100.0/24", "203.0.113.0/24"
 ALL = OffloadCapabilities.from_proposals(["aes128gcm16", "aes256gcm16", "aes128-sha256", "aes256-sha256"])
 PSK = "test-psk-0123456789abcdef"
+
+
+def prf_plus(alg, key: bytes, seed: bytes, n: int) -> bytes:
+    """RFC 7296 §2.13 prf+ over HMAC, written out from the RFC (T1 = prf(K, S | 0x01), ...)."""
+    out, t, i = b"", b"", 1
+    while len(out) < n:
+        h = hmac.HMAC(key, alg())
+        h.update(t + seed + bytes((i,)))
+        t = h.finalize()
+        out += t
+        i += 1
+    return out[:n]
 
 
 def conn(local, remote, lid, rid, lts, rts, ike="aes256gcm16-prfsha256-x25519", esp="aes256gcm16",
@@ -36,12 +48,22 @@ def conn(local, remote, lid, rid, lts, rts, ike="aes256gcm16-prfsha256-x25519", 
     return c
 
 
+def engine(conn_dict, caps=ALL, strict=True, **kw):
+    """One engine with connection "gw"; strict as in :func:`pair`."""
+    e = IkeEngine(parse_connections({"gw": conn_dict}), caps, **kw)
+    e.strict = strict
+    return e
+
+
 def pair(a_conn=None, b_conn=None, caps_a=ALL, caps_b=ALL, retransmit=None, settings_b=None, settings_a=None,
-         **kw):
+         strict=True, **kw):
+    """Two engines a (A) and b (B) on a loopback Network. ``strict``: an internal error inside
+    either engine raises instead of being counted in stats["internal_errors"] (the daemon's
+    mode), so a test that expects a message to be ignored cannot pass over a crash."""
     a_conn = a_conn or conn(A, B, "a.example", "b.example", A_NET, B_NET, **kw)
     b_conn = b_conn or conn(B, A, "b.example", "a.example", B_NET, A_NET, **kw)
-    a = IkeEngine(parse_connections({"gw": a_conn}), caps_a, settings=settings_a, retransmit=retransmit)
-    b = IkeEngine(parse_connections({"gw": b_conn}), caps_b, settings=settings_b, retransmit=retransmit)
+    a = engine(a_conn, caps_a, strict, settings=settings_a, retransmit=retransmit)
+    b = engine(b_conn, caps_b, strict, settings=settings_b, retransmit=retransmit)
     net = Network()
     net.add(A, a)
     net.add(B, b)
@@ -49,10 +71,8 @@ def pair(a_conn=None, b_conn=None, caps_a=ALL, caps_b=ALL, retransmit=None, sett
 
 
 def established(settings_a=None, settings_b=None):
-    """pair() of strict engines (a message they cannot handle raises) with an IKE SA up between
-    them, a the initiator."""
+    """pair() with an IKE SA up between them, a the initiator."""
     a, b, net = pair(settings_a=settings_a, settings_b=settings_b)
-    a.strict = b.strict = True
     a.initiate("gw", 0.0)
     net.pump(0.0)
     return a, b, net
@@ -88,10 +108,18 @@ def test_psk_establishes_and_keys_agree(ike, esp):
     assert len(kinds(net.events[A], IkeSaUp)) == len(kinds(net.events[B], IkeSaUp)) == 1
     assert len(kinds(net.events[A], ChildSaUp)) == len(kinds(net.events[B], ChildSaUp)) == 1
     assert "redacted" in repr(x) and x.key_in.hex() not in repr(x)
-    # direction check against an independent derivation (§2.17: initiator->responder keys first)
+    # KEYMAT and its split derived here with the cryptography library's HMAC, not the engine's
+    # prf+ (§2.13, §2.17: initiator->responder keys first, each encryption key (+ AEAD salt,
+    # RFC 4106 §8.1) before its integrity key)
     sa = a.ike_sa(x.ike_id)
-    k = child_keymat(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, x.encr, x.encr_key_bits, x.integ)
-    assert (x.key_out, x.salt_out, x.integ_key_out) == (k.encr_i, k.salt_i, k.integ_i)
+    prf = {"prfsha256": hashes.SHA256, "prfsha384": hashes.SHA384}[ike.split("-")[-2]] \
+        if "prf" in ike else hashes.SHA256
+    enc_len = x.encr_key_bits // 8 + (4 if "gcm" in esp else 0)
+    integ_len = 0 if "gcm" in esp else 32
+    km = prf_plus(prf, sa.keys.sk_d, sa.ni + sa.nr, 2 * (enc_len + integ_len))
+    i_to_r, r_to_i = km[:enc_len + integ_len], km[enc_len + integ_len:]
+    assert x.key_out + x.salt_out + x.integ_key_out == i_to_r         # a initiated: it sends i->r
+    assert x.key_in + x.salt_in + x.integ_key_in == r_to_i
 
 
 def test_sk_direction_uses_sk_ei_for_the_initiator():
@@ -446,7 +474,7 @@ def test_initial_contact_replaces_old_sa():
     net.pump(0.0)
     old_b = kinds(net.events[B], IkeSaUp)[0].ike_id
     # the initiator "restarts": a fresh engine with the same config
-    a2 = IkeEngine(parse_connections({"gw": conn(A, B, "a.example", "b.example", A_NET, B_NET)}), ALL)
+    a2 = engine(conn(A, B, "a.example", "b.example", A_NET, B_NET))
     net.add(A, a2)
     a2.initiate("gw", 1.0)
     net.pump(1.0)
@@ -469,10 +497,8 @@ def test_half_open_limits_and_expiry():
 
 def test_error_replies_are_rate_limited():
     s = EngineSettings(reply_rate=1.0, reply_burst=3.0)
-    b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET,
-                                                ike="aes128gcm16-prfsha256-ecp256")}), ALL, settings=s)
-    a = IkeEngine(parse_connections({"gw": conn(A, B, "a.example", "b.example", A_NET, B_NET,
-                                                ike="aes128gcm16-prfsha256-x25519")}), ALL)
+    b = engine(conn(B, A, "b.example", "a.example", B_NET, A_NET, ike="aes128gcm16-prfsha256-ecp256"), settings=s)
+    a = engine(conn(A, B, "a.example", "b.example", A_NET, B_NET, ike="aes128gcm16-prfsha256-x25519"))
     for _ in range(20):
         a.initiate("gw", 0.0)
     for d in a.datagrams_to_send(0.0):
@@ -653,10 +679,8 @@ def test_drop_ike_sends_one_delete_and_reports_at_once():
 
 def test_ipv6_peers_and_selectors():
     a6, b6 = "2001:db8::1", "2001:db8::2"
-    a = IkeEngine(parse_connections({"gw": conn(a6, b6, "a.example", "b.example", "2001:db8:a::/48",
-                                                "2001:db8:b::/48")}), ALL)
-    b = IkeEngine(parse_connections({"gw": conn(b6, a6, "b.example", "a.example", "2001:db8:b::/48",
-                                                "2001:db8:a::/48")}), ALL)
+    a = engine(conn(a6, b6, "a.example", "b.example", "2001:db8:a::/48", "2001:db8:b::/48"))
+    b = engine(conn(b6, a6, "b.example", "a.example", "2001:db8:b::/48", "2001:db8:a::/48"))
     net = Network()
     net.add(a6, a)
     net.add(b6, b)
@@ -665,3 +689,72 @@ def test_ipv6_peers_and_selectors():
     x = kinds(net.events[a6], ChildSaInstall)[0]
     assert x.remote_addr == b6 and x.local_ts[0].ts_type == 8 and len(x.local_ts[0].start) == 16
     assert kinds(net.events[b6], ChildSaUp)
+
+
+def _crash(*_args):
+    raise ZeroDivisionError("a bug inside a handler")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_crash_inside_a_handler_fails_the_test(strict):
+    """In the engine tests (strict, the default of pair()) a bug in a handler raises out of
+    receive_datagram, so no test that expects "ignored" can pass over it; the daemon's engine
+    (not strict) counts it and carries on."""
+    a, b, net = pair(strict=strict)
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa = a.ike_sa(kinds(net.events[A], IkeSaUp)[0].ike_id)
+    b.notify_hooks[Notify.INVALID_SPI] = _crash
+    msg = Message(sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa.my_mid,
+                  [NotifyPayload(Notify.INVALID_SPI, (0x1234).to_bytes(4, "big"), protocol=3)])
+    if strict:
+        with pytest.raises(ZeroDivisionError, match="inside a handler"):
+            b.receive_datagram(msg.encode(sa.cipher), (A, 4500), 1.0, (B, 4500))
+    else:
+        b.receive_datagram(msg.encode(sa.cipher), (A, 4500), 1.0, (B, 4500))
+        assert b.stats["internal_errors"] == 1
+    assert pair()[0].strict and engine(conn(A, B, "a", "b", A_NET, B_NET)).strict
+
+
+def test_nat_keepalives_only_from_the_side_behind_a_nat():
+    """RFC 3948 §2.3/§4: the side that is (or, with encap forced, acts as if it were) behind a
+    NAT sends a 0xFF byte from its NAT-T port every nat_keepalive seconds; the other side none."""
+    a, b, net = pair(b_conn=conn(B, A, "b.example", "a.example", B_NET, A_NET, extra={"encap": False}),
+                     settings_a=EngineSettings(nat_keepalive=20.0))
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa_a, sa_b = a.ike_sas()[0], b.ike_sas()[0]
+    assert sa_a.nat_local and not sa_b.nat_local and sa_b.nat_remote
+    for t in range(1, 62):
+        net.run_timers(float(t))
+        net.pump(float(t))
+    assert [(t, ip) for t, ip, _ in net.keepalives] == [(20.0, A), (40.0, A), (60.0, A)]
+    d = net.keepalives[0][2]
+    assert (d.data, d.keepalive, d.local, d.remote) == (b"\xff", True, (A, 4500), (B, 4500))
+    assert a.stats["nat_keepalives"] == 3 and b.stats["nat_keepalives"] == 0
+    a.delete_ike(sa_a.ike_id, 62.0)
+    net.pump(62.0)
+    net.run_timers(100.0)
+    assert len(net.keepalives) == 3                     # none once the IKE SA is gone
+
+
+def test_nat_mapping_change_moves_the_ike_sa_and_its_esp():
+    """§2.23: an authentic request from a new address/port of a peer behind a NAT moves the IKE
+    SA there (answer included) and tells the driver (IkeSaMoved) to move the Child SAs' ESP."""
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    sa_b = b.ike_sas()[0]
+    assert sa_b.remote == (A, 4500)
+    a.check_liveness(a.ike_sas()[0].ike_id, 1.0)
+    req = a.datagrams_to_send(1.0)[0]
+    b.receive_datagram(req.data, ("198.51.100.77", 31337), 1.0, (B, 4500))     # the NAT remapped a
+    ev = kinds(drain(b, 1.0), IkeSaMoved)
+    assert ev == [IkeSaMoved(sa_b.ike_id, (B, 4500), ("198.51.100.77", 31337))]
+    assert b.datagrams_to_send(1.0)[0].remote == ("198.51.100.77", 31337)
+    assert sa_b.remote == ("198.51.100.77", 31337) and b.ike_sas_with_peer("198.51.100.77") == [sa_b]
+    # a forged copy from elsewhere is not authentic and moves nothing
+    bad = bytearray(req.data)
+    bad[-1] ^= 1
+    b.receive_datagram(bytes(bad), ("192.0.2.99", 4500), 2.0, (B, 4500))
+    assert not kinds(drain(b, 2.0), IkeSaMoved) and sa_b.remote == ("198.51.100.77", 31337)

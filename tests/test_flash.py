@@ -80,16 +80,23 @@ def test_inv_flash_with_real_mpremote_then_the_firmware_answers_on_the_link(vb):
     print("\ninv flash (fresh board): %.1f s" % took)
 
 
-def test_reflash_skips_unchanged_files_and_removes_stale_ones(vb, tmp_path):
+def test_reflash_skips_unchanged_files_and_removes_stale_ones(vb, tmp_path, capsys):
+    if "/firmware/board.mpy" not in board_files(vb.flash):
+        flash.flash("mpy-virtual", vb.repl)          # a re-flash needs a board flashed before
     stale = tmp_path / "stale.py"
     stale.write_text("X = 1\n")
     # a .py left by an earlier --source flash would shadow the new .mpy: it must go
     subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.repl, "fs", "cp", str(stale),
                     ":firmware/stale.py", "+", "fs", "cp", str(stale), ":firmware/board.py"],
                    check=True, capture_output=True, timeout=60)
+    capsys.readouterr()
     t0 = time.monotonic()
     r = flash.flash("mpy-virtual", vb.repl)
     took = time.monotonic() - t0
+    out = capsys.readouterr().out
+    # mpremote compares each file's SHA-256 on the board and writes none of them again
+    up_to_date = re.findall(r"Up to date: (\S+)", out)
+    assert len(up_to_date) == r["files"] and "./firmware/board.mpy" in up_to_date, out
     files = board_files(vb.flash)
     assert "/firmware/stale.py" not in files and "/firmware/board.py" not in files
     assert r["mpy"] and r["hello"].board_id == "mpy-virtual"
@@ -97,7 +104,7 @@ def test_reflash_skips_unchanged_files_and_removes_stale_ones(vb, tmp_path):
                           "import firmware.board; print(firmware.board.__file__)"],
                          capture_output=True, text=True, timeout=60).stdout
     assert out.strip().endswith("board.mpy"), out
-    print("\ninv flash (re-flash, unchanged files skipped by mpremote): %.1f s" % took)
+    print("\ninv flash (re-flash, %d unchanged files skipped by mpremote): %.1f s" % (len(up_to_date), took))
 
 
 def test_verification_catches_a_file_that_differs_on_the_board(vb, tmp_path):

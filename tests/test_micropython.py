@@ -27,6 +27,8 @@ TOOLS = ROOT / "tools" / "micropython"
 RUN_MJS = TOOLS / "run.mjs"
 PKG_JSON = TOOLS / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "package.json"
 MICROPYTHON_VERSION = "1.27.0"
+# the link protocol's golden vectors live in the document (firmware/tests/test_link_vectors.py)
+LINK_DOC = "%s:/docs/link-protocol.md" % (ROOT / "docs" / "link-protocol.md")
 FIRMWARE_RUN_TIMEOUT = 300  # s; pure-Python crypto tests are ~7x slower on MicroPython than on CPython
 ENTRY_SCRIPTS = {"boot.py", "main.py", "__main__.py"}  # run by the board, never imported
 RESULT_RE = re.compile(r"^RESULT: (\d+) passed, (\d+) failed, (\d+) errors, (\d+) tests in ([\d.]+) s on "
@@ -142,7 +144,7 @@ def test_mpy_cross_rejection_is_reported(tmp_path):
 # --- the firmware tests under MicroPython -----------------------------------------------------------
 @pytest.mark.micropython
 def test_firmware_tests_pass_under_micropython(micropython):
-    run = micropython("-m", "firmware.tests.runner", copy=[FIRMWARE], timeout=FIRMWARE_RUN_TIMEOUT)
+    run = micropython("-m", "firmware.tests.runner", copy=[FIRMWARE, LINK_DOC], timeout=FIRMWARE_RUN_TIMEOUT)
     assert_all_passed(run, "micropython")
 
 
@@ -181,7 +183,7 @@ def test_compiled_firmware_imports_and_passes_under_micropython(micropython, com
     # boot.py/main.py/__main__.py are the board's entry scripts: importing them would run the board
     modules = [fwcheck.module_name(f) for f in files if f.name not in ENTRY_SCRIPTS]
     code = IMPORT_ALL % (sorted(fwcheck.BOARD_ONLY_MODULES), modules)
-    run = micropython("-c", code, copy=[tree], timeout=FIRMWARE_RUN_TIMEOUT)
+    run = micropython("-c", code, copy=[tree, LINK_DOC], timeout=FIRMWARE_RUN_TIMEOUT)
     imported = dict(re.findall(r"^IMPORTED (\S+) (\S+)$", run.out, re.M))
     board_only = re.findall(r"^BOARD-ONLY (\S+)", run.out, re.M)
     assert "IMPORT-FAILED" not in run.out, run

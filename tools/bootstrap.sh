@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Install what the project needs on Debian 12 or 13: apt packages (Python's venv and headers with
-# gcc for the one C extension, PyPI cobs; the strongSwan
-# peer, iproute2, ping, iperf3, node), a project virtual environment in .venv built from Debian's
-# own python3 (PEP 668 forbids pip in the system Python; Debian's python3-cryptography and
-# python3-invoke are too old), the package with its test extra in that venv, and the npm packages
-# (the wasm MicroPython). Idempotent: skips work whose inputs have not changed. `--force` redoes all.
+# Install what the project needs on Debian 12 or 13: apt packages (Python's venv, and its headers
+# with gcc for the one C extension, PyPI cobs; the strongSwan peer, iproute2, ping, iperf3,
+# nftables and conntrack for the NAT-T tests' router, node), a project virtual environment in
+# .venv built from Debian's own python3 (PEP 668 forbids pip in the system Python; Debian's
+# python3-cryptography and python3-invoke are too old), the package with its test extra in that
+# venv, and the npm packages (the wasm MicroPython). Idempotent: skips work whose inputs have not
+# changed. `--force` redoes all.
 #
 # PYTHON=/path/to/python3 picks another interpreter (>= 3.11) for the venv.
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 force=0; [ "${1:-}" = "--force" ] && force=1
 
 APT_PKGS="python3 python3-venv python3-dev gcc strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
-libstrongswan-extra-plugins libcharon-extra-plugins iproute2 iputils-ping iperf3"
+libstrongswan-extra-plugins libcharon-extra-plugins iproute2 iputils-ping iperf3 nftables conntrack"
 command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
 command -v npm >/dev/null 2>&1 || APT_PKGS="$APT_PKGS npm"
 missing=""

@@ -3,7 +3,8 @@
 * On the NAT-T port (4500) a datagram starting with the 4-byte non-ESP marker is IKE; a single
   0xFF byte is a NAT-keepalive (RFC 3948 §2.3, ignored); anything else is ESP-in-UDP and goes to
   the ``on_esp(data, addr)`` callback (the data path — later the offload board).
-* IKE sent from the NAT-T port gets the marker prepended. A marker on the IKE port is tolerated
+* IKE sent from the NAT-T port gets the marker prepended (not the engine's NAT-keepalives, which
+  are the 0xFF byte alone). A marker on the IKE port is tolerated
   (strongSwan puts one on every packet when it runs on non-standard ports).
 * The engine's clock is the event loop's monotonic ``loop.time()``.
 * Sockets are non-blocking and read with ``loop.add_reader``; one wake-up drains every queued
@@ -147,7 +148,8 @@ class IkeUdpEndpoint:
         for _ in range(1000):
             for d in eng.datagrams_to_send():
                 port = d.local[1]
-                self._sendto(port, NON_ESP_MARKER + d.data if port == self.natt_port else d.data, d.remote)
+                marker = port == self.natt_port and not d.keepalive      # RFC 3948 §2.2, §2.3
+                self._sendto(port, NON_ESP_MARKER + d.data if marker else d.data, d.remote)
             ev = eng.next_event()
             if ev is None:
                 break

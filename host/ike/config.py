@@ -118,6 +118,7 @@ class EngineSettings:
     restart_delay_max: float = 60.0     # cap on the pause between re-initiation attempts
     retry_delay: float = 10.0           # a refused rekey / TEMPORARY_FAILURE is retried after 0.5..1 x this
     rekey_reap_time: float = 30.0       # a replaced IKE SA the peer did not delete goes after this
+    nat_keepalive: float = 20.0         # behind a NAT: a NAT-keepalive this often (RFC 3948 §4; 0 = off)
 
 
 @dataclass

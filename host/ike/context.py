@@ -26,7 +26,7 @@ import random
 from collections import Counter, deque
 from typing import Callable, NamedTuple
 
-from . import cookies, fragments, invalid_spi, lifetimes, liveness, reauth, rekey
+from . import cookies, fragments, invalid_spi, lifetimes, liveness, natt, reauth, rekey
 from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify
@@ -48,10 +48,12 @@ DELAYED_TASK = "task"           # timer (DELAYED_TASK, n): queue the task parked
 
 class Datagram(NamedTuple):
     """An IKE message to send. ``local`` = (ip, port) to send from; the driver adds the non-ESP
-    marker when that port is the NAT-T port (RFC 3948 §2.2)."""
+    marker when that port is the NAT-T port (RFC 3948 §2.2) — except to a ``keepalive``, the
+    one-byte NAT-keepalive, which goes as it is (RFC 3948 §2.3, natt.py)."""
     data: bytes
     remote: tuple
     local: tuple
+    keepalive: bool = False
 
 
 class RateLimits:
@@ -88,7 +90,7 @@ class Context:
             liveness.DPD[0]: liveness.on_dpd, liveness.START[0]: liveness.on_start,
             lifetimes.CHILD_REKEY: rekey.on_child_rekey, lifetimes.CHILD_EXPIRE: rekey.on_child_expire,
             lifetimes.IKE_REKEY[0]: rekey.on_ike_rekey, lifetimes.IKE_EXPIRE[0]: rekey.on_ike_expire,
-            lifetimes.REAP[0]: rekey.on_reap, reauth.REAUTH[0]: reauth.on_timer,
+            lifetimes.REAP[0]: rekey.on_reap, reauth.REAUTH[0]: reauth.on_timer, natt.TIMER[0]: natt.on_timer,
             DELAYED_TASK: self._delayed_task_due,
         }
         # tables
@@ -113,8 +115,8 @@ class Context:
 
     # ================================================================ out
 
-    def send(self, data: bytes, remote: tuple, local: tuple):
-        self.datagrams.append(Datagram(data, remote, local))
+    def send(self, data: bytes, remote: tuple, local: tuple, keepalive: bool = False):
+        self.datagrams.append(Datagram(data, remote, local, keepalive))
 
     def emit(self, event):
         self.events.append(event)

@@ -27,6 +27,7 @@ from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .context import Context, Datagram
+from .events import IkeSaMoved
 from .ike_auth import IkeAuthTask
 from .ike_init import ZERO_SPI, respond as init_respond
 from .ike_sa import IkeSa
@@ -422,11 +423,15 @@ class IkeEngine:
         return open_sk(data, sk, sa.cipher)
 
     def _nat_update(self, sa, addr, local):
-        """§2.23: with a NAT in the path, follow the address of the latest authentic message."""
+        """§2.23: with a NAT in the path, follow the address of the latest authentic message; once
+        the IKE SA is up its Child SAs' ESP-in-UDP must follow too (IkeSaMoved)."""
         if sa.nat and (addr != sa.remote or local != sa.local):
             self.ctx.peer_moved(sa, addr)
             sa.remote = addr
             sa.local = local
+            if sa.state != IkeSaState.CONNECTING:
+                self.stats["nat_moves"] += 1
+                self.ctx.emit(IkeSaMoved(sa.ike_id, sa.local, sa.remote))
 
     def _request(self, sa, hdr, data, addr, local, now, opened=None):
         mid = hdr.mid

@@ -133,6 +133,16 @@ class ChildSaOutbound(Event):
 
 
 @dataclass(slots=True)
+class IkeSaMoved(Event):
+    """The peer of IKE SA ``ike_id`` now sends from another address or port: a NAT in the path
+    gave it a new mapping (RFC 7296 §2.23). IKE goes to ``remote`` = (ip, port) from ``local``
+    from now on, and so must the ESP-in-UDP of every Child SA of this IKE SA."""
+    ike_id: int
+    local: tuple
+    remote: tuple
+
+
+@dataclass(slots=True)
 class ChildSaDelete(Event):
     """Remove Child SA ``handle`` from the ESP processor (it was installed before).
 

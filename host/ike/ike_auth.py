@@ -9,7 +9,7 @@ from secrets import compare_digest
 from cryptography.hazmat.primitives import serialization
 
 from . import child_create as cc
-from . import lifetimes, liveness, reauth
+from . import lifetimes, liveness, natt, reauth
 from .auth import (
     AuthError, Identity, cert_matches_identity, load_cert, psk_auth, sign, verify, verify_chain,
 )
@@ -118,6 +118,7 @@ def established(sa, now: float):
     if not sa.initiator and sa.initial_contact:
         honour_initial_contact(sa, now)
     liveness.arm(sa, now)
+    natt.arm(sa, now)
     lifetimes.arm_ike(sa, now)
     reauth.arm(sa, now)
     sa.reschedule()

@@ -32,6 +32,7 @@ class Network:
         self.accept = {}
         self.loss = None
         self.delivered = 0
+        self.keepalives = []        # (time, sender ip, Datagram) of every NAT-keepalive sent
 
     def add(self, ip: str, engine, accept=True):
         self.engines[ip] = engine
@@ -46,6 +47,9 @@ class Network:
             for ip, eng in self.engines.items():
                 self.events[ip] += drain(eng, now, self.accept[ip])
                 for d in eng.datagrams_to_send(now):
+                    if d.keepalive:             # a NAT-keepalive: no IKE message, nothing to deliver
+                        self.keepalives.append((now, ip, d))
+                        continue
                     if self.loss is not None and self.loss(d):
                         continue
                     dst = self.engines.get(d.remote[0])

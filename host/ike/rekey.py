@@ -24,7 +24,7 @@ rekey time comes, and delete it at its hard end (re-created if the connection is
 """
 from __future__ import annotations
 
-from . import liveness
+from . import liveness, natt
 from .child_create import NONCE_LEN, CreateChildTask, ike_busy, proposes_ike
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
@@ -520,6 +520,7 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
     ctx.emit(IkeSaRekeyed(old.ike_id, new.ike_id, new.conn.name, new.initiator, new.chosen.describe()))
     arm_ike(new, now)
     liveness.arm(new, now)
+    natt.arm(new, now)
     if delete_old:
         old.add_task(DeleteIkeTask("rekeyed"), now)     # the last request on the old IKE SA (§2.8)
     else:

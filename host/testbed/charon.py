@@ -38,7 +38,8 @@ class Charon:
     def __init__(self, netns: str, statedir, port: int = 500, natt_port: int = 4500, threads: int = 16,
                  loglevel: int = 1, reuse_ikesa: bool = True, half_open: int | None = None,
                  ikesa_table: tuple | None = None, retransmit_timeout: float = 1.0,
-                 retransmit_tries: int = 3, cookie_threshold: int | None = None):
+                 retransmit_tries: int = 3, cookie_threshold: int | None = None,
+                 keep_alive: int | None = None, log_groups: dict | None = None):
         self.netns = netns
         self.dir = Path(statedir)
         self.port, self.natt_port = port, natt_port
@@ -46,6 +47,8 @@ class Charon:
         self.reuse_ikesa = reuse_ikesa
         self.half_open = half_open
         self.cookie_threshold = cookie_threshold
+        self.keep_alive = keep_alive        # NAT-keepalive interval, whole seconds (charon: 20)
+        self.log_groups = log_groups or {}  # per-group log levels, e.g. {"ike": 4}: its derived keys
         self.ikesa_table = ikesa_table
         self.retransmit = (retransmit_timeout, retransmit_tries)
         self.rsa_pss = False            # RFC 7427 signatures with RSASSA-PSS (charon.rsa_pss)
@@ -74,6 +77,8 @@ class Charon:
                       f"  init_limit_half_open = {self.half_open}"]
         if self.cookie_threshold is not None:
             lines += [f"  cookie_threshold = {self.cookie_threshold}"]
+        if self.keep_alive is not None:
+            lines += [f"  keep_alive = {self.keep_alive}s"]
         if self.ikesa_table is not None:
             lines += [f"  ikesa_table_size = {self.ikesa_table[0]}",
                       f"  ikesa_table_segments = {self.ikesa_table[1]}"]
@@ -81,7 +86,8 @@ class Charon:
             "  syslog {", "    daemon {", "      default = -1", "    }", "  }",
             "  filelog {", "    main {", f"      path = {self.log_path}", "      time_format = %H:%M:%S",
             "      ike_name = yes", "      append = no", "      flush_line = yes",
-            f"      default = {self.loglevel}", "    }", "  }",
+            f"      default = {self.loglevel}"] + [f"      {g} = {v}" for g, v in self.log_groups.items()] + [
+            "    }", "  }",
             "  plugins {", "    vici {", f"      socket = unix://{self.vici_path}", "    }", "  }",
             "}",
         ]

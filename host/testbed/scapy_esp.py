@@ -14,6 +14,7 @@ from scapy.layers.inet import ICMP, IP, UDP  # noqa: E402
 from scapy.layers.ipsec import ESP, SecurityAssociation  # noqa: E402
 
 from host.ike.constants import Encr, Integ  # noqa: E402
+from host.ike.events import IkeSaMoved, IkeSaRekeyed  # noqa: E402
 from host.ike.proposals import OffloadCapabilities  # noqa: E402
 
 # what scapy's ESP can do, reported like a board would
@@ -37,7 +38,9 @@ def _sa(spi, ev, key, salt, integ_key, src, dst, sport, dport):
 class ScapyEchoDataPath:
     """Holds the installed Child SAs; ``esp_in`` decrypts, answers echo requests via ``send``.
     Like the board it stands in for, it reports ESP for an unknown SPI (``on_unknown(spi, addr)``)
-    and inbound packets that decrypted (``on_inbound(handle)``, liveness proof)."""
+    and inbound packets that decrypted (``on_inbound(handle)``, liveness proof). Like the board,
+    it sends each Child SA's ESP to the peer address and port the SA was installed with (not
+    wherever a packet came from), until the engine moves the IKE SA (``move``, IkeSaMoved)."""
 
     def __init__(self, send, on_unknown=None, on_inbound=None):
         self.send = send                # send(esp_bytes, (ip, port))
@@ -51,6 +54,8 @@ class ScapyEchoDataPath:
         self.errors = 0
         self.unknown_spi = 0
         self.decrypted = {}             # spi_in -> packets that decrypted
+        self.dest = {}                  # handle -> (peer ip, port) its ESP goes to
+        self.ike_of = {}                # handle -> the IKE SA it belongs to
 
     def install(self, ev) -> bool:
         try:
@@ -63,12 +68,35 @@ class ScapyEchoDataPath:
         self.inbound[ev.spi_in] = (sa_in, ev)
         self.outbound[ev.handle] = (sa_out, ev)
         self.by_handle[ev.handle] = ev.spi_in
+        self.dest[ev.handle] = (ev.remote_addr, ev.remote_port)
+        self.ike_of[ev.handle] = ev.ike_id
         return True
+
+    def move(self, ike_id, remote):
+        """The peer of IKE SA ``ike_id`` moved (a NAT remapped it, RFC 7296 §2.23)."""
+        for handle, owner in self.ike_of.items():
+            if owner == ike_id:
+                self.dest[handle] = tuple(remote)
+
+    def follow(self, ev):
+        """Apply an engine event that moves installed Child SAs: IkeSaMoved, IkeSaRekeyed."""
+        if isinstance(ev, IkeSaMoved):
+            self.move(ev.ike_id, ev.remote)
+        elif isinstance(ev, IkeSaRekeyed):
+            self.rekeyed(ev.old_ike_id, ev.new_ike_id)
+
+    def rekeyed(self, old_ike_id, new_ike_id):
+        """IkeSaRekeyed: the Child SAs of ``old_ike_id`` belong to ``new_ike_id`` now."""
+        for handle, owner in self.ike_of.items():
+            if owner == old_ike_id:
+                self.ike_of[handle] = new_ike_id
 
     def remove(self, handle):
         spi = self.by_handle.pop(handle, None)
         self.inbound.pop(spi, None)
         self.outbound.pop(handle, None)
+        self.dest.pop(handle, None)
+        self.ike_of.pop(handle, None)
 
     def esp_in(self, data: bytes, addr):
         if len(data) < 8:
@@ -98,5 +126,5 @@ class ScapyEchoDataPath:
                 bytes(echo.payload)
             sa_out, oev = self.outbound[ev.handle]
             pkt = sa_out.encrypt(reply)
-            self.send(bytes(pkt[UDP].payload), (addr[0], addr[1]))
+            self.send(bytes(pkt[UDP].payload), self.dest[ev.handle])
             self.answered += 1

@@ -117,6 +117,8 @@ class Ours:
             self.ep.child_sa_installed(ev.handle, self.dp.install(ev), None)
         elif isinstance(ev, ChildSaDelete):
             self.dp.remove(ev.handle)
+        else:
+            self.dp.follow(ev)
 
     def on_esp(self, data, addr):
         self.dp.esp_in(data, addr)

@@ -1,0 +1,94 @@
+"""The README's figures that come from `inv bench`, written from bench/results/*.json.
+
+    python -m bench._readme [--check]
+
+Each row of the README's "Figures" table whose command is `inv bench --only NAME` gets its figure
+cell from NAME's results file (committed with the README, so the two are checked against each
+other by tests/test_bench_figures.py). Run it after a benchmark whose figure the README quotes.
+"""
+import argparse
+import json
+import os
+import sys
+
+from bench._util import RESULTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+
+
+def _load(name):
+    with open(os.path.join(RESULTS, name + ".json")) as f:
+        return json.load(f)
+
+
+def _detection(r):
+    d = r["detection_ms"]
+    return "%.1f / %.0f / %.0f ms median (bound %.0f)" % (d["unsolicited-hello"]["median"],
+                                                          d["boot-id-changed"]["median"],
+                                                          d["missed-heartbeats"]["median"], r["bound_ms"])
+
+
+def _ike(r):
+    return "%.1f× charon (%.0f vs %.0f/s)" % (r["ratio"], r["ours_rate"], r["charon_rate"])
+
+
+def _r1400(r):
+    return next(x for x in r["results"] if x["bytes"] == 1400)
+
+
+def _esp(r):
+    x = _r1400(r)
+    return "%.2f (%.2f)" % (x["ratio_over_raw_nonce"]["batch"][1], x["ratio_over_raw"]["batch"][1])
+
+
+def _efficiency(r):
+    return "%.1f%%" % (100 * r["link_efficiency_1400"])
+
+
+# (bench name, the start of the row's first cell, figure from the results)
+ROWS = [
+    ("link", "board loss detection", _detection),
+    ("ike", "IKE SA + Child SA setup rate", _ike),
+    ("esp", "in-process ESP encap+decap", _esp),
+    ("esp", "link efficiency", _efficiency),
+]
+
+
+def render(text):
+    """``text`` (the README) with the figure cell of each bench row rewritten. Raises ValueError
+    if a row is missing."""
+    lines = text.split("\n")
+    for name, what, figure in ROWS:
+        command = "`inv bench --only %s`" % name
+        idx = [i for i, line in enumerate(lines) if line.startswith("| " + what) and line.rstrip().endswith(
+            "| %s |" % command)]
+        if len(idx) != 1:
+            raise ValueError("README: %d rows for %r with %s" % (len(idx), what, command))
+        cells = lines[idx[0]].split(" | ")
+        cells[-2] = figure(_load(name))
+        lines[idx[0]] = " | ".join(cells)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench._readme", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README differs, write nothing")
+    args = ap.parse_args(argv)
+    with open(README) as f:
+        text = f.read()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README.md: figures differ from bench/results (python -m bench._readme)", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        with open(README, "w") as f:
+            f.write(new)
+        print("wrote", README)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
