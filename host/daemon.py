@@ -43,6 +43,8 @@ log = logging.getLogger("ikeoffloadd")
 REPLACED_INBOUND_LINGER = 1.0
 # How long an outbound SA's deletion waits for the packets already on their way to the board on it.
 OUTBOUND_DRAIN = 1.0
+# ESP from an unexpected address or port on a NAT'd IKE SA starts a liveness check at most this often.
+WRONG_PEER_CHECK = 2.0
 
 RESET_CAUSES = {m.RESET_UNKNOWN: "unknown", m.RESET_POWER_ON: "power-on", m.RESET_HARD: "hard",
                 m.RESET_WDT: "watchdog", m.RESET_DEEPSLEEP: "deep-sleep", m.RESET_SOFT: "soft",
@@ -92,13 +94,15 @@ class Daemon:
         self._open_incident = {}     # board -> BoardIncident awaiting recovery
         self._restart_pending = {}   # conn -> BoardIncident
         self._restart_of = {}        # ike_id -> BoardIncident
+        self._wrong_peer_checks = {}  # ike_id -> when ESP from an unexpected source last started a check
         self._tasks = set()
         self._stopped = asyncio.Event()
         self.started_at = time.time()
         self._connections_started = False
         self._boards_awaited = False     # start-up waited for the boards (then a late one starts them)
         self.stats = {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0, "child_installs": 0,
-                      "child_install_failures": 0, "unknown_spi_reports": 0, "sa_expired": 0}
+                      "child_install_failures": 0, "unknown_spi_reports": 0, "sa_expired": 0,
+                      "wrong_peer_checks": 0}
 
     # ---- life -------------------------------------------------------------------------------
     async def start(self):
@@ -113,7 +117,7 @@ class Daemon:
                                   on_event=self._ike_event, on_esp=self._esp_in)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
                                  on_unknown_spi=self._unknown_spi, on_inbound=self._inbound,
-                                 pending=self.engine.spi_pending)
+                                 pending=self.engine.spi_pending, on_wrong_peer=self._wrong_peer)
         if self.use_tun:
             self.tun = Tun(c.tun, c.mtu, c.routing_table, c.routing_table)
             self.tun.open(self.datapath.tun_packets)
@@ -293,6 +297,9 @@ class Daemon:
             self._spawn(self._install(ev))
         elif isinstance(ev, ike_ev.ChildSaDelete):
             self._remove_child(ev)
+        elif isinstance(ev, ike_ev.IkeSaMoved):
+            self.datapath.moved(ev.ike_id, ev.remote)
+            log.info("IKE SA #%d: the peer moved to %s[%d] (NAT mapping); its ESP follows", ev.ike_id, *ev.remote)
         elif isinstance(ev, ike_ev.ChildSaOutbound):
             self.datapath.send_on(ev.handle, ev.replaces)
             log.info("Child SA #%d: outbound traffic moves to it from #%s", ev.handle, ev.replaces)
@@ -469,6 +476,22 @@ class Daemon:
         if now - route.last_reported >= 0.1:
             route.last_reported = now
             self.engine.esp_received(route.handle, now)
+
+    def _wrong_peer(self, route, addr):
+        """ESP on a known SPI from another address or port: spoofed, or the peer's NAT gave it a new
+        mapping. Behind a NAT, check the peer's liveness — its authenticated answer moves the IKE
+        SA and its Child SAs (RFC 7296 §2.23) — at most once a WRONG_PEER_CHECK per IKE SA: an
+        action on an unprotected packet, rate-limited (§2.4)."""
+        now = time.monotonic()
+        sa = self.engine.ike_sa(route.ike_id)
+        if sa is None or not sa.nat or now - self._wrong_peer_checks.get(route.ike_id, -1e9) < WRONG_PEER_CHECK:
+            return
+        self._wrong_peer_checks[route.ike_id] = now
+        del_old = [i for i, t in self._wrong_peer_checks.items() if now - t > WRONG_PEER_CHECK]
+        for i in del_old:
+            del self._wrong_peer_checks[i]
+        self.stats["wrong_peer_checks"] += 1
+        self.udp.call(self.engine.check_liveness, route.ike_id)
 
     def _unknown_spi(self, spi, addr, n=1):
         """ESP for an SPI nobody has: INVALID_SPI to the peer, rate-limited (RFC 7296 §1.5, §2.21)."""

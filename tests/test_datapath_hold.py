@@ -71,3 +71,25 @@ def test_held_packets_are_bounded_and_reported_unknown_if_the_sa_never_comes(mon
         assert not dp._held and dp.stats["in_held_expired"] == dp_mod.HOLD_PER_SPI + dp_mod.HOLD_SPIS - 1
         assert unknown.count(0x1000) == 1                                      # once, not per packet
     run(go())
+
+
+def test_esp_from_another_source_is_dropped_until_the_ike_sa_moves_there():
+    """RFC 3948 / RFC 7296 §2.23: ESP on a known SPI from another address or port costs no link
+    time and is reported (the daemon may check whether a NAT moved the peer); once the IKE SA
+    moved (IkeSaMoved), the Child SA's ESP is accepted from, and sent to, the new mapping."""
+    async def go():
+        seen = []
+        dp = DataPath({}, None, None, on_wrong_peer=lambda r, addr: seen.append((r.handle, addr)))
+        r = route(0x1000)
+        dp.add(r)
+        dp.esp_in(esp(0x1000), ("192.0.2.2", 40000))            # the peer's address, another port
+        dp.esp_in(esp(0x1000), ("192.0.2.9", 4500))             # another address
+        assert dp.stats["in_wrong_peer"] == 2 and dp.stats["dropped_board_not_ready"] == 0
+        assert seen == [(1, ("192.0.2.2", 40000)), (1, ("192.0.2.9", 4500))]
+        dp.moved(r.ike_id, ("192.0.2.2", 40000))
+        assert r.peer == ("192.0.2.2", 40000)
+        dp.esp_in(esp(0x1000), ("192.0.2.2", 40000))
+        assert dp.stats["in_wrong_peer"] == 2 and dp.stats["dropped_board_not_ready"] == 1   # on to the board
+        dp.esp_in(esp(0x1000), ("192.0.2.2", 4500))             # the old mapping is the wrong one now
+        assert dp.stats["in_wrong_peer"] == 3
+    run(go())

@@ -90,10 +90,13 @@ SPARSE_FRAME = 512      # bytes of small packets in one urgent frame (the board 
 
 class DataPath:
     def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, on_wrong_peer=None):
         """boards: name -> BoardClient; send_esp(esp, (ip, port)); write_tun(packet);
         on_unknown_spi(spi, (ip, port)); on_inbound(route) for liveness proof; pending(spi) says
-        whether an inbound SPI belongs to a Child SA being set up (its ESP waits for the install)."""
+        whether an inbound SPI belongs to a Child SA being set up (its ESP waits for the install);
+        on_wrong_peer(route, (ip, port)): ESP on a known SPI from another address or port (dropped
+        here; the driver may check whether a NAT moved the peer)."""
+        self.on_wrong_peer = on_wrong_peer
         self.pending = pending
         self._held = {}                  # spi -> [(data, addr)] waiting for that SA's install
         self.boards = boards
@@ -140,6 +143,13 @@ class DataPath:
     def forget_inbound(self, route):
         if self.by_spi_in.get(route.spi_in) is route:
             del self.by_spi_in[route.spi_in]
+
+    def moved(self, ike_id, remote):
+        """A NAT gave the peer of IKE SA `ike_id` a new mapping (RFC 7296 §2.23): its Child SAs'
+        ESP-in-UDP goes to, and is accepted from, `remote` = (ip, port) from now on."""
+        for r in set(self.by_handle.values()) | set(self.by_spi_in.values()):
+            if r.ike_id == ike_id:
+                r.peer = tuple(remote)
 
     def send_on(self, handle, replaces=None):
         """Outbound traffic moves to `handle` (a rekey's new SA), away from `replaces`."""
@@ -215,6 +225,8 @@ class DataPath:
             # not from the SA's peer (RFC 4301 §5.2 / RFC 3948): it may not cost link time, and
             # a spoofed flood with a valid SPI must not crowd out the peer's own packets
             self.stats["in_wrong_peer"] += 1
+            if self.on_wrong_peer is not None:
+                self.on_wrong_peer(r, addr)
             return
         if not r.usable:
             self.stats["in_dropped_board_lost"] += 1
