@@ -71,8 +71,10 @@ def node_modules_ok():
 class EmulatedBoard:
     """An emulated RP2040 in a subprocess: .repl, .link, .control_path, .flash; close() stops it."""
 
-    def __init__(self, flash=None, image=None, env=None):
+    def __init__(self, flash=None, image=None, timing=None, env=None):
         cmd = [sys.executable, "-m", "tools.rp2040"]
+        if timing:
+            cmd += ["--timing", timing]
         if flash:
             cmd += ["--flash", str(flash)]
         if image:

@@ -1,12 +1,16 @@
 """The emulated RP2040 board's launcher: owns the two ptys, runs rp2040js, serves control.
 
-    python -m tools.rp2040 [--image FW.bin] [--flash FILE] [--control PATH]
+    python -m tools.rp2040 [--image FW.bin] [--flash FILE] [--control PATH] [--timing cycles]
 
 prints, one per line:
     repl: /dev/pts/N        UART0, MicroPython's REPL (mpremote, `inv flash --port`)
     link: /dev/pts/M        UART1, the firmware's link (the host's serial transport)
     control: PATH           a unix socket: one command per line, one JSON line back
     flash: FILE             the 2 MB flash chip (survives resets and restarts)
+
+The chip's clock is the wall clock: the emulated core runs as fast as rp2040js can (several
+times slower than an RP2040 at 125 MHz), as a slower chip would. `--timing cycles` makes it
+count the executed cycles instead (benchmarks).
 
 Control commands, as the simulator's and the virtual board's: `reset [quiet]` (the RUN pin),
 `hang` / `resume` (stop / restart the core; its watchdog keeps counting), `status`.
@@ -29,6 +33,9 @@ def main(argv=None):
                     % (rp2040.IMAGE_ENV, rp2040.IMAGE_NAME))
     ap.add_argument("--flash", help="the flash chip's file (default: a new one in a temporary directory)")
     ap.add_argument("--control", help="control socket path (default: in a temporary directory)")
+    ap.add_argument("--timing", choices=("realtime", "cycles"), default="realtime",
+                    help="the chip's clock: the wall clock (default), or the executed cycles at clk_sys "
+                    "(benchmarks: time.ticks_us() then measures emulated cycles)")
     args = ap.parse_args(argv)
     try:
         image = rp2040.image_path(args.image)
@@ -48,7 +55,7 @@ def main(argv=None):
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *a: None)
     node_cmd = ["node", str(rp2040.HERE / "emulator.mjs"), "--image", str(image), "--bootrom", rom_path,
-                "--flash-file", flash]
+                "--flash-file", flash, "--timing", args.timing]
     la = Launcher(flash, node_cmd=node_cmd)
     reg = registry_path(la.repl_path)
 

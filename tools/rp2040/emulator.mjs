@@ -5,6 +5,7 @@
 // watchdog, and the core's time kept to the wall clock.
 //
 //   node emulator.mjs --image FW.bin --bootrom ROM.bin --flash-file FLASH.img [--unique-id HEX]
+//                     [--timing realtime|cycles]
 //
 // stdin/stdout frames as tools/vboard/shared.mjs: channel 0 REPL (UART0), 1 link (UART1), 2 JSON.
 // Commands: {"cmd": "reset", "quiet": bool}   the RUN pin: a power-on reset, flash kept
@@ -14,10 +15,10 @@
 // Events:   "boot" {boot, cause: "power"|"hard"|"wdt"}, "status", "log".
 //
 // Time: rp2040js's own loop lets emulated time race ahead while the core sleeps (WFI), which
-// would make a 3 s host-silence timer expire in milliseconds of wall time. Here emulated time
-// never runs ahead of the wall clock: asleep, the core waits for the wall clock (or input);
-// busy, it runs as fast as the emulator can and falls behind, then catches up when it sleeps —
-// a slower chip on real time. Cycle counts (the `cycles` of status) are the emulated core's.
+// would make a 3 s host-silence timer expire in milliseconds of wall time; and a clock that falls
+// behind while the core is busy and then catches up compresses the host's heartbeats into a gap.
+// So the chip's clock is the wall clock (--timing realtime, the default), or counts cycles for
+// benchmarks (--timing cycles): see run().
 import crypto from "node:crypto";
 import fs from "node:fs";
 import { BasePeripheral, RP2040 } from "rp2040js";
@@ -25,19 +26,22 @@ import { attachFlash, FLASH_SIZE } from "./flash.mjs";
 import * as S from "../vboard/shared.mjs";
 
 function parseArgs(argv) {
-  const a = { image: null, bootrom: null, flashFile: null, uniqueId: "e660c0d1c7000000" };
+  const a = { image: null, bootrom: null, flashFile: null, uniqueId: "e660c0d1c7000000", timing: "realtime" };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--image") a.image = argv[++i];
     else if (argv[i] === "--bootrom") a.bootrom = argv[++i];
     else if (argv[i] === "--flash-file") a.flashFile = argv[++i];
     else if (argv[i] === "--unique-id") a.uniqueId = argv[++i];
+    else if (argv[i] === "--timing") a.timing = argv[++i];
     else throw new Error("unknown argument " + argv[i]);
   }
   if (!a.image || !a.bootrom || !a.flashFile) throw new Error("--image, --bootrom and --flash-file are required");
+  if (a.timing !== "realtime" && a.timing !== "cycles") throw new Error("--timing realtime|cycles");
   return a;
 }
 
 const args = parseArgs(process.argv.slice(2));
+const realtime = args.timing === "realtime";
 const image = fs.readFileSync(args.image);
 const romBytes = fs.readFileSync(args.bootrom);
 if (romBytes.length !== 16384) throw new Error("bootrom must be 16384 bytes, not " + romBytes.length);
@@ -84,6 +88,7 @@ function boot(newCause, wdReason = 0, scratch = null) {
   mcu.logger = { debug() {}, info() {}, warn() {}, error: (src, msg) => log(src + ": " + msg) };
   mcu.loadBootrom(bootrom); // (rp2040js's reset erases its flash array: fill it after)
   mcu.flash.set(flash, 0);
+  fastRam(mcu);
   chip = attachFlash(mcu, uniqueId);
   mcu.peripherals[0x40060] = new Rosc(mcu);
   fixSio(mcu.sio);
@@ -94,6 +99,9 @@ function boot(newCause, wdReason = 0, scratch = null) {
   wd.reason = wdReason;
   if (scratch) wd.scratchData.set(scratch);
   wd.onWatchdogTrigger = () => {
+    // the chip resets: stop the countdown, whose periodic alarm would otherwise be re-armed at
+    // the same instant and fire forever inside one clock tick
+    wd.alarm.enable = false;
     if (!pendingReset) pendingReset = { cause: "wdt", reason: wd.reason, scratch: Uint32Array.from(wd.scratchData) };
   };
   for (const [i, uart] of mcu.uart.entries()) fixUart(uart, outbox[i]);
@@ -110,6 +118,19 @@ function boot(newCause, wdReason = 0, scratch = null) {
   inbox[1].length = 0;
   S.event({ event: "boot", boot: boots, cause, quiet: quietBoot });
   quietBoot = false;
+}
+
+// rp2040js looks for a peripheral before it looks at SRAM on every 32-bit write: most writes
+// are to SRAM, so look there first (about 8% of the emulator's time).
+function fastRam(mcu) {
+  const write = mcu.writeUint32.bind(mcu);
+  const view = mcu.sramView;
+  const end = 0x20000000 + mcu.sram.length - 3;
+  mcu.writeUint32 = (address, value) => {
+    const a = address >>> 0;
+    if (a >= 0x20000000 && a < end) view.setUint32(a - 0x20000000, value, true);
+    else write(a, value);
+  };
 }
 
 // ROSC: RANDOMBIT (its jitter is the chip's entropy: os.urandom, MicroPython's random seed)
@@ -157,20 +178,29 @@ function fixUart(uart, out) {
 }
 
 function feed() {
+  // returns true if a byte went into a FIFO
+  let fed = false;
   for (let i = 0; i < 2; i++) {
     const uart = mcu.uart[i];
     const q = inbox[i];
     if (!q.length) continue;
     if (!uart.enabled) {
-      // a UART the firmware has not enabled yet receives nothing
+      // A UART the firmware has not enabled yet receives nothing. The REPL's bytes wait for it
+      // (a terminal opened while the board boots, as a host cannot open a Pico's USB port
+      // before it enumerates); the link's are lost, as on the wire.
+      if (i === 0 && q.length < 65536) continue;
       dropped[i ? "link" : "repl"] += q.length;
       q.length = 0;
       continue;
     }
     let n = 0;
     while (n < q.length && !uart.rxFIFO.full) uart.feedByte(q[n++]);
-    if (n) q.splice(0, n);
+    if (n) {
+      q.splice(0, n);
+      fed = true;
+    }
   }
+  return fed;
 }
 
 function flushOut() {
@@ -183,6 +213,16 @@ function flushOut() {
 }
 
 // ---- the run loop --------------------------------------------------------------------------------
+// Two clocks (--timing):
+//   realtime  the chip's clock is the wall clock. Between looks at it (every BATCH instructions)
+//             it stands still; a sleeping core (WFI) wakes at its next timer, in wall time. The
+//             core executes as many instructions as the emulator manages: a slower RP2040 on
+//             real time, so the host's timeouts and the firmware's (heartbeats, host silence,
+//             the watchdog) mean what they mean on a board.
+//   cycles    the chip's clock advances by the cycles the core executes at clk_sys, and jumps
+//             to the next timer while it sleeps (rp2040js's own loop): time.ticks_us() on the
+//             board measures emulated cycles (benchmarks). Never ahead of the wall clock while
+//             asleep, so a host on the REPL sees its timers run at their pace.
 function run() {
   timer = null;
   const sliceEnd = performance.now() + SLICE_MS;
@@ -190,25 +230,26 @@ function run() {
   feed();
   for (;;) {
     const { core, clock } = mcu;
-    const target = (performance.now() - bootWall) * 1e6; // emulated ns may not pass this
+    const wall = (performance.now() - bootWall) * 1e6;
     const cycleNs = 1e9 / mcu.clkSys;
+    if (realtime && wall > clock.nanos) clock.tick(wall - clock.nanos);
     const t0 = performance.now();
     let executed = false;
     for (let i = 0; i < BATCH && !pendingReset; i++) {
       if (hung || core.waiting) {
-        const room = target - clock.nanos;
+        if (!hung && (inbox[0].length || inbox[1].length) && feed() && !core.waiting) continue;
+        const room = wall - clock.nanos;
+        const next = clock.nextAlarm ? clock.nanosToNextAlarm : Infinity;
         if (room <= 0) {
-          const next = clock.nextAlarm ? clock.nanosToNextAlarm : Infinity;
-          sleepMs = Math.max(0, Math.min(10, next / 1e6));
+          sleepMs = Math.max(0.05, Math.min(10, next / 1e6));
           break;
         }
-        const next = clock.nextAlarm ? clock.nanosToNextAlarm : Infinity;
         clock.tick(Math.min(next, room));
         continue;
       }
       const c = core.executeInstruction();
       cycles += c;
-      clock.tick(c * cycleNs);
+      if (!realtime) clock.tick(c * cycleNs);
       executed = true;
     }
     if (executed) busyWall += performance.now() - t0;
