@@ -140,3 +140,17 @@ def lint(c):
     MicroPython checks (tools/fwcheck.py: constructs MicroPython lacks, every file through mpy-cross)."""
     c.run(f"{PY} -m ruff check .", env=_env(), pty=False)
     c.run(f"{PY} -m tools.fwcheck", env=_env(), pty=False)
+
+
+@task(name="rp2040-emu",
+      help={"image": "MicroPython rp2 image (default: $IKEOFFLOAD_RP2040_IMAGE or build/rp2040/...)",
+            "flash": "the flash chip's file (default: a new one; survives resets and restarts)",
+            "timing": "realtime (default: the chip's clock is the wall clock) | cycles (benchmarks)"})
+def rp2040_emu(c, image=None, flash=None, timing=None):
+    """Run the emulated RP2040 (rp2040js + MicroPython's rp2 port); prints `repl: <pty>` and
+    `link: <pty>` (then control, flash). tools/rp2040/README.md says what image it needs."""
+    args = [PY, "-m", "tools.rp2040"]
+    for opt, val in (("--image", image), ("--flash", flash), ("--timing", timing)):
+        if val:
+            args += [opt, str(val)]
+    os.execvpe(PY, args, _env())

@@ -66,7 +66,7 @@ export class FlashChip {
     } else if ((this.cmd === 0xc7 || this.cmd === 0x60) && this.wel) {
       this.flash.fill(0xff, 0, FLASH_SIZE);
       this.changed();
-    } else if (this.cmd === 0x02 && this.n > 4) {
+    } else if (this.cmd === 0x02 && this.n > 4 && this.wel) {
       this.changed();
     }
     if ([0x02, 0x20, 0x52, 0xd8, 0xc7, 0x60, 0x01, 0x31].includes(this.cmd)) this.wel = false;
