@@ -81,11 +81,14 @@ def flash(c, board, port, link_port=None, source=False, no_wait=False):
 
 @task(name="flash-micropython",
       help={"board": "an ESP32 profile", "port": "the board's serial device", "image": "MicroPython .bin",
-            "baud": "esptool's baud rate", "dry_run": "print the esptool commands instead of running them"})
-def flash_micropython(c, board, port, image, baud=460800, dry_run=False):
-    """Write a MicroPython image to an ESP32 with esptool (erase flash, then write at 0x1000)."""
+            "baud": "esptool's baud rate", "dry_run": "print the esptool commands instead of running them",
+            "read_back": "read the written range back into this file and compare"})
+def flash_micropython(c, board, port, image, baud=460800, dry_run=False, read_back=None):
+    """Write a MicroPython image to an ESP32 with esptool (erase, write at 0x1000, verify)."""
     args = [PY, "-m", "tools.flash_micropython", "--board", shlex.quote(board), "--port", shlex.quote(port),
             "--image", shlex.quote(image), "--baud", str(baud)]
+    if read_back:
+        args += ["--read-back", shlex.quote(read_back)]
     if dry_run:
         args.append("--dry-run")
     c.run(" ".join(args), env=_env(), pty=False)
