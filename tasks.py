@@ -120,11 +120,14 @@ def flash(c, board, port, link_port=None, source=False, no_wait=False):
 
 @task(name="flash-micropython",
       help={"board": "an ESP32 profile", "port": "the board's serial device", "image": "MicroPython .bin",
-            "baud": "esptool's baud rate", "dry_run": "print the esptool commands instead of running them"})
-def flash_micropython(c, board, port, image, baud=460800, dry_run=False):
-    """Write a MicroPython image to an ESP32 with esptool (erase flash, then write at 0x1000)."""
+            "baud": "esptool's baud rate", "dry_run": "print the esptool commands instead of running them",
+            "read_back": "read the written range back into this file and compare"})
+def flash_micropython(c, board, port, image, baud=460800, dry_run=False, read_back=None):
+    """Write a MicroPython image to an ESP32 with esptool (erase, write at 0x1000, verify)."""
     args = [PY, "-m", "tools.flash_micropython", "--board", shlex.quote(board), "--port", shlex.quote(port),
             "--image", shlex.quote(image), "--baud", str(baud)]
+    if read_back:
+        args += ["--read-back", shlex.quote(read_back)]
     if dry_run:
         args.append("--dry-run")
     c.run(" ".join(args), env=_env(), pty=False)
@@ -202,3 +205,17 @@ def install(c, prefix="/opt/ikeoffload", etc="/etc/ikeoffload", unit_dir="/etc/s
     if spi:
         args.append("--spi")
     c.run(" ".join(args), pty=False)
+
+
+@task(name="rp2040-emu",
+      help={"image": "MicroPython rp2 image (default: $IKEOFFLOAD_RP2040_IMAGE or build/rp2040/...)",
+            "flash": "the flash chip's file (default: a new one; survives resets and restarts)",
+            "timing": "realtime (default: the chip's clock is the wall clock) | cycles (benchmarks)"})
+def rp2040_emu(c, image=None, flash=None, timing=None):
+    """Run the emulated RP2040 (rp2040js + MicroPython's rp2 port); prints `repl: <pty>` and
+    `link: <pty>` (then control, flash). tools/rp2040/README.md says what image it needs."""
+    args = [PY, "-m", "tools.rp2040"]
+    for opt, val in (("--image", image), ("--flash", flash), ("--timing", timing)):
+        if val:
+            args += [opt, str(val)]
+    os.execvpe(PY, args, _env())

@@ -24,7 +24,7 @@ BOARDS_DIRS = [BOARDS_DIR, LOCAL_BOARDS_DIR]
 
 MCUS = ("esp32", "rp2040", "virtual", "sim")
 LINK_KINDS = ("uart", "spi-pio", "vboard", "sim")
-RESET_METHODS = ("rts-en", "rts", "dtr", "ftdi-gpio", "vboard", "sim")
+RESET_METHODS = ("rts-en", "rts", "dtr", "ftdi-gpio", "vboard", "emulator", "sim")
 CRYPTO_BACKENDS = ("cryptolib", "pure", "cryptography")
 RP2040_WDT_MAX_MS = 8388
 PIO_SPI_MAX_HZ = 12_000_000   # the PIO program needs ~10 system clocks (125 MHz) per SPI bit
@@ -311,7 +311,8 @@ def _check_semantics(c, data):
             c.fail("spi.block_size", "must be a multiple of 4")
     _check_pins(c, data)
     method = rst["method"]
-    allowed_resets = {"esp32": ("rts-en", "rts", "dtr", "ftdi-gpio"), "rp2040": ("ftdi-gpio", "rts", "dtr"),
+    # "emulator": the emulated RP2040's control socket (tools/rp2040)
+    allowed_resets = {"esp32": ("rts-en", "rts", "dtr", "ftdi-gpio"), "rp2040": ("ftdi-gpio", "rts", "dtr", "emulator"),
                       "virtual": ("vboard",), "sim": ("sim",)}
     if method not in allowed_resets[mcu]:
         c.fail("reset.method", "%r cannot reset a %s board (possible: %s)"

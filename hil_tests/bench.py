@@ -7,6 +7,7 @@ hanging, how slow the board is — lives here, so the tests in this folder run u
     inv hil                                             # simulated board on a pty (default)
     inv hil --throttle esp32-devkitc                    # ... paced like that profile's UART (921600 baud)
     inv hil --board mpy-virtual                         # real MicroPython (wasm), flashed with mpremote
+    inv hil --board rp2040-emu                          # MicroPython's rp2 port on an emulated RP2040
     inv hil --board esp32-devkitc --port /dev/ttyUSB1 --reset /dev/ttyUSB0
     inv hil --board rp2040-pico-spi --port ftdi://ftdi:232h/1
 
@@ -163,7 +164,7 @@ class VirtualBench(Bench):
     can_quiet_reset = True
 
     def __init__(self, profile_name="mpy-virtual", port=None, flash=True):
-        from tools.vboard import VirtualBoard, lookup
+        from tools.vboard import lookup
 
         self.vb = None
         if port:
@@ -172,7 +173,7 @@ class VirtualBench(Bench):
                 raise RuntimeError("%s is not a running virtual board's REPL or link pty" % port)
             self.repl, link, self.control = entry["repl"], entry["link"], entry["control"]
         else:
-            self.vb = VirtualBoard()
+            self.vb = self.start_board()
             self.repl, link, self.control = self.vb.repl, self.vb.link, self.vb.control_path
         super().__init__(profile_name, link)
         if flash and self.vb is not None:
@@ -183,6 +184,12 @@ class VirtualBench(Bench):
             except Exception:
                 self.close()
                 raise
+
+    @staticmethod
+    def start_board():
+        from tools.vboard import VirtualBoard
+
+        return VirtualBoard()
 
     @staticmethod
     def _by_link(port):
@@ -214,6 +221,18 @@ class VirtualBench(Bench):
         if self.vb is not None:
             self.vb.close()
             self.vb = None
+
+
+class EmulatedBench(VirtualBench):
+    """The emulated RP2040 (tools/rp2040): MicroPython's rp2 image on rp2040js, REPL and link on
+    two ptys. Started and flashed with the real mpremote like the virtual board; reset is its RUN
+    pin, hang stops its core (the watchdog keeps counting and bites, as on a wedged chip)."""
+
+    @staticmethod
+    def start_board():
+        from tools.rp2040 import EmulatedBoard
+
+        return EmulatedBoard()
 
 
 class LineReset:
@@ -319,9 +338,11 @@ def open_bench(board, port=None, reset=None, throttle=None):
         return SimBench("sim", throttle=baud, timing=timing)
     if throttle:
         raise RuntimeError("--throttle paces the simulated board (--board sim) only")
-    kind = profiles.load(board)["link"]["kind"]
-    if kind == "vboard":
+    prof = profiles.load(board)
+    if prof["link"]["kind"] == "vboard":
         return VirtualBench(board, port)
+    if prof["reset"]["method"] == "emulator":
+        return EmulatedBench(board, port)
     if not port:
         raise RuntimeError("--board %s needs --port (or use --board sim / mpy-virtual)" % board)
     return SerialBench(board, port, reset)

@@ -7,7 +7,7 @@ import pytest
 from firmware import profiles
 from firmware.link import messages as m
 
-SHIPPED = ["esp32-devkitc", "mpy-virtual", "rp2040-pico", "rp2040-pico-spi", "sim"]
+SHIPPED = ["esp32-devkitc", "mpy-virtual", "rp2040-emu", "rp2040-pico", "rp2040-pico-spi", "sim"]
 
 
 def test_shipped_profiles_load_and_say_what_the_issue_asks():

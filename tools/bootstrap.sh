@@ -44,8 +44,8 @@ fi
 
 mkdir -p .cache
 stamp="$VENV/.bootstrap.stamp"
-want=$(cat pyproject.toml tools/micropython/package.json tools/micropython/package-lock.json 2>/dev/null \
-       | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml tools/micropython/package.json tools/micropython/package-lock.json \
+       tools/rp2040/package.json tools/rp2040/package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 if [ $force = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
         || ! "$PY" -c "import host, firmware, invoke, serial, cryptography, hypothesis, scapy, vici" 2>/dev/null; then
     echo "bootstrap: pip install -e .[test] into $VENV"
@@ -57,6 +57,11 @@ if [ $force = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
             && export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
         echo "bootstrap: npm ci --prefix tools/micropython"
         npm ci --prefix tools/micropython --no-audit --no-fund --loglevel=error
+    fi
+    if [ -f tools/rp2040/package-lock.json ]; then
+        # rp2040js: the emulated RP2040 board (tools/rp2040)
+        echo "bootstrap: npm ci --prefix tools/rp2040"
+        npm ci --prefix tools/rp2040 --no-audit --no-fund --loglevel=error
     fi
     echo "$want" > "$stamp"
 fi

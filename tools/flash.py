@@ -10,7 +10,8 @@
 5. soft-reset the board (Ctrl-D at its friendly REPL): boot.py starts the watchdog, main.py the
    firmware;
 6. wait for the firmware's HELLO on the link: the REPL port itself when the profile says
-   link.same_port_as_repl, else --link-port (for the virtual board, its link pty is looked up).
+   link.same_port_as_repl, else --link-port (for the virtual and the emulated board, their link
+   pty is looked up).
 
 Every step prints what it does and how long it took; a failure says which step and why.
 """
@@ -214,14 +215,14 @@ def link_port_for(profile, port, link_port):
     link = profile["link"]
     if link.get("same_port_as_repl"):
         return port
-    if link["kind"] == "vboard":
-        from tools.vboard import lookup
+    from tools.vboard import lookup
 
-        entry = lookup(port)
-        if entry is None:
-            raise FlashError("%s is not the REPL of a running virtual board (start one with `inv vboard`), "
-                             "or pass --link-port" % port)
-        return entry["link"]
+    entry = lookup(port)
+    if entry is not None:
+        return entry["link"]      # a virtual or emulated board registers its link with its REPL
+    if link["kind"] == "vboard":
+        raise FlashError("%s is not the REPL of a running virtual board (start one with `inv vboard`), "
+                         "or pass --link-port" % port)
     raise FlashError("the %s profile has its link on a separate port: pass --link-port DEV "
                      "(or --no-wait)" % profile["board"]["name"])
 

@@ -82,14 +82,17 @@ def compile_rom(tmp):
 
 
 class Launcher:
-    def __init__(self, flash, heapsize, rom=None):
+    """`node_cmd` runs another board behind the same ptys, framing and control (the emulated
+    RP2040, tools/rp2040); by default the wasm MicroPython's supervisor."""
+
+    def __init__(self, flash, heapsize=None, rom=None, node_cmd=None):
         self.flash = flash
         self.repl_m, self.repl_s, self.repl_path = open_pty()
         self.link_m, self.link_s, self.link_path = open_pty()
-        self.node = subprocess.Popen(
-            ["node", SUPERVISOR, "--flash", flash, "--link-path", self.link_path, "--heapsize", str(heapsize)]
-            + (["--rom", rom] if rom else []),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        if node_cmd is None:
+            node_cmd = (["node", SUPERVISOR, "--flash", flash, "--link-path", self.link_path,
+                         "--heapsize", str(heapsize)] + (["--rom", rom] if rom else []))
+        self.node = subprocess.Popen(node_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         os.set_blocking(self.node.stdout.fileno(), False)
         self.to_node = bytearray()
         self.from_node = bytearray()
