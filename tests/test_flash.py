@@ -141,7 +141,9 @@ def test_heap_with_64_sas_on_micropython(vb):
         assert res[engine]["installed"] == 64, res
     assert res["esp"]["backend"] == "pure" and res["esp-cryptolib"]["backend"] == "cryptolib", res
     assert res["esp"]["sas"] <= mpy_heap.GOAL_BYTES, res
-    assert res["esp"]["tables"] <= 16 * 1024, res
+    # AES's (4.8 KB) and GHASH's: 8 KB per key's H, two keys with the Python GHASH that runs here
+    # (one with a board's native code), and 2 KB of reduction tables (firmware/crypto/gcm.py)
+    assert res["esp"]["tables"] <= 24 * 1024, res
     assert res["link-only"]["sas"] < res["esp-cryptolib"]["sas"] < res["esp"]["sas"], res
     print("\nheap with 64 SAs: " + json.dumps({e: {k: r[k] for k in ("imported", "board", "tables", "sas", "total")}
                                               for e, r in res.items()})

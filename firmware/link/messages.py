@@ -448,11 +448,11 @@ class SaSpec:
         self.spi = spi
         self.direction = direction
         self.encr = encr
-        self.encr_key = bytes(encr_key)
+        self.encr_key = bytearray(encr_key)      # bytearrays: the board zeroes them (SaRecord.wipe)
         if integ != AUTH_NONE:
             self.integ = integ
         if integ_key:
-            self.integ_key = bytes(integ_key)
+            self.integ_key = bytearray(integ_key)
         if mode != MODE_TUNNEL:
             self.mode = mode
         if flags:
