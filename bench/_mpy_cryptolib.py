@@ -9,9 +9,10 @@
 #
 # What it allocates is what the C module allocates, and nothing else is counted: the object (the
 # C object on an RP2040 is ~300 bytes: mbedTLS 3.6's AES context 280, the IV 16, a header; the
-# stand-in holds a bytearray of that size) and, without `out`, the result. Its own Python work
-# (the block cipher is firmware/crypto/pure.py's) allocates too; that is measured with
-# gc.mem_alloc() around it and added up in `cryptolib.standin_alloc`, which a benchmark subtracts.
+# stand-in keeps all its state in a bytearray of that size) and, without `out`, the result. Its
+# own Python work (the block cipher is firmware/crypto/pure.py's, the key schedule made per
+# call) allocates too; that is measured with gc.mem_alloc() around it and added up in
+# `cryptolib.standin_alloc`, which a benchmark subtracts.
 import gc as _gc
 import sys as _sys
 
@@ -31,6 +32,9 @@ class _cryptolib:
     standin_alloc = [0]      # bytes the stand-in's Python work allocated (not the C module's)
 
     class aes:
+        # All of an object's state is in one bytearray of the C object's size (the heap it
+        # keeps is the C object's): the key at 0, its length at 32, the mode at 33, the
+        # direction at 34 (0 none yet, 1 encrypt, 2 decrypt), the IV at 48.
         def __init__(self, key, mode, IV=None):
             if mode not in (1, 2):
                 raise ValueError("mode")
@@ -38,13 +42,12 @@ class _cryptolib:
                 raise ValueError("key")
             if IV is not None and len(IV) != 16 or mode == 2 and IV is None:
                 raise ValueError("IV")
-            self._ctx = bytearray(_CTX_BYTES)          # what the C object occupies
-            a = _gc.mem_alloc()
-            self._aes = _pure.Aes(bytes(key))
-            self._mode = mode
-            self._iv = bytearray(IV) if IV is not None else None
-            self._dir = None
-            _cryptolib.standin_alloc[0] += _gc.mem_alloc() - a
+            c = self._ctx = bytearray(_CTX_BYTES)
+            c[0:len(key)] = key
+            c[32] = len(key)
+            c[33] = mode
+            if IV is not None:
+                c[48:64] = IV
 
         def _run(self, enc, data, out):
             _blocks(data)
@@ -52,24 +55,27 @@ class _cryptolib:
                 out = bytearray(len(data))              # the C module returns a new bytes object
             elif len(out) < len(data):
                 raise ValueError("output too small")
-            if self._dir is None:
-                self._dir = enc
-            elif self._dir != enc:
+            c = self._ctx
+            d = 1 if enc else 2
+            if not c[34]:
+                c[34] = d
+            elif c[34] != d:
                 raise ValueError("can't encrypt & decrypt")
             a = _gc.mem_alloc()
-            f = self._aes.encrypt_block if enc else self._aes.decrypt_block
-            iv = self._iv
+            aes = _pure.Aes(bytes(c[0:c[32]]))          # the schedule, made per call: not kept
+            f = aes.encrypt_block if enc else aes.decrypt_block
+            cbc = c[33] == 2
             for i in range(0, len(data), 16):
                 blk = bytes(data[i:i + 16])
-                if self._mode == 2 and enc:
-                    blk = bytes(blk[j] ^ iv[j] for j in range(16))
+                if cbc and enc:
+                    blk = bytes(blk[j] ^ c[48 + j] for j in range(16))
                 r = f(blk)
-                if self._mode == 2:
+                if cbc:
                     if enc:
-                        iv[:] = r
+                        c[48:64] = r
                     else:
-                        r = bytes(r[j] ^ iv[j] for j in range(16))
-                        iv[:] = blk
+                        r = bytes(r[j] ^ c[48 + j] for j in range(16))
+                        c[48:64] = blk
                 out[i:i + 16] = r
             _cryptolib.standin_alloc[0] += _gc.mem_alloc() - a
             return out

@@ -12,7 +12,9 @@ module allocates is counted). Also the time per packet on the pure backend (medi
 wasm build is ~7x slower than CPython and a chip slower still: read the ratios).
 
 Goal: <= 16 KB per packet on the pure backend and <= 4 KB on cryptolib, every transform, both
-ways (tests/test_mpy_alloc.py holds it). Writes bench/results/mpy_alloc.json.
+ways (tests/test_mpy_alloc.py holds it). Also the link's share: one ~2.9 KB frame (an ENCRYPT
+reply of two packets) encoded and COBS-decoded by the bytes-building functions and by the
+functions that write into preallocated buffers. Writes bench/results/mpy_alloc.json.
 """
 import argparse
 import json
@@ -57,6 +59,8 @@ def merge(runs):
         for r in run:
             key = (r["backend"], r["transform"], r["shape"])
             row = rows.setdefault(key, dict(r, encrypt_ms=[], decrypt_ms=[]))
+            if r["backend"] == "link":
+                continue
             for k in ("encrypt_ms", "decrypt_ms"):
                 if k in r:
                     row[k].append(r[k])
@@ -80,7 +84,8 @@ def main(argv=None):
             for name, fw in trees.items():
                 runs[name].append(probe(fw))
     res = {name: merge(r) for name, r in runs.items()}
-    cur = res["current"]
+    link = [r for r in res["current"].values() if r["backend"] == "link"]
+    cur = {k: r for k, r in res["current"].items() if r["backend"] != "link"}
     base = res.get("baseline", {})
     rows = []
     for key, r in sorted(cur.items()):
@@ -95,12 +100,17 @@ def main(argv=None):
           + (" — baseline %s vs current" % a.baseline if a.baseline else ""),
           ["backend", "transform", "SA shape", "enc before", "enc", "dec before", "dec",
            "enc ms before / now", "dec ms before / now"], rows)
+    table("The link: one frame encoded (frame.encode / frame.encode_into) and decoded (cobs.decode / "
+          "cobs.decode_into), bytes allocated",
+          ["frame", "encode", "encode_into", "decode", "decode_into"],
+          [(r["transform"], r["encode_bytes"], r["encode_into_bytes"], r["decode_bytes"], r["decode_into_bytes"])
+           for r in link])
     met = all(r["encrypt_bytes"] <= GOALS[r["backend"]] and r["decrypt_bytes"] <= GOALS[r["backend"]]
               for r in cur.values())
     print("goal (pure <= 16 KB, cryptolib <= 4 KB, every transform, both ways): %s"
           % ("met" if met else "NOT met"))
     out = {"goals_bytes": GOALS, "goal_met": met, "runs": a.runs,
-           "current": [dict(r) for r in cur.values()],
+           "current": [dict(r) for r in cur.values()], "link": link,
            "stand_in": "bench/_mpy_cryptolib.py (cryptolib backend)", "timed_backend": "pure"}
     if a.baseline:
         out["baseline"] = {"ref": a.baseline, "results": [dict(r) for r in base.values()]}

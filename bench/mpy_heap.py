@@ -14,10 +14,9 @@ Engines:
   esp-cryptolib  firmware/esp.py on the cryptolib backend, with a stand-in `cryptolib`
                  (bench/_mpy_cryptolib.py: pure-Python AES behind cryptolib's API, registered in
                  sys.modules). The backend keeps one cryptolib object per SA, made at its first
-                 packet; the stand-in's object holds ~300 bytes, as the C object does on an
-                 RP2040 (and a pure key schedule, which the C object's size already covers: so
-                 this figure is a little high). The stand-in's code and tables are counted
-                 apart, not as what a board's C module would use.
+                 packet; the stand-in's object keeps ~300 bytes, as the C object does on an
+                 RP2040 (ESP32: less). The stand-in's code and tables are counted apart, not
+                 as what a board's C module would use.
   link-only      firmware/board.py's SA bookkeeping alone (no ESP engine, no crypto).
 
 Each step is its own top-level exec, and so is a gc.collect() before each reading: the wasm port

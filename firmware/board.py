@@ -32,6 +32,9 @@ DEFAULT_PROFILE = {
 }
 
 
+_INTERNAL = bytes((m.INTERNAL,))     # made at import: answering a full heap must not need one
+
+
 def profile_value(profile, key):
     v = profile.get(key)
     return DEFAULT_PROFILE[key] if v is None else v
@@ -118,7 +121,8 @@ class Board:
         self.counters = {"requests": 0, "replies_from_cache": 0, "bad_requests": 0,
                          "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
                          "unknown_spi_suppressed": 0, "host_silence_flushes": 0,
-                         "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0}
+                         "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0,
+                         "memory_errors": 0, "internal_errors": 0}
         self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
         self._unknown_suppressed = 0
         # entries that fit one event frame (spi 4, IPv6 address 19, count 4)
@@ -229,10 +233,18 @@ class Board:
             except m.MessageError:
                 self.counters["bad_requests"] += 1
                 body = bytes((m.BAD_REQUEST,))
+            except Exception as e:
+                # MemoryError (a full heap: the garbage of the failed request is collectable
+                # now) or a bug: the request fails, the board and its SAD stay. INTERNAL is not
+                # cached, so a retry runs the request again. Should a request fail after it
+                # changed the SAD (its reply could not be built), the next heartbeat shows the
+                # host a SAD its books do not match, and the host flushes the board.
+                self.counters["memory_errors" if isinstance(e, MemoryError) else "internal_errors"] += 1
+                body = _INTERNAL
         if len(body) + fr.MIN_FRAME > self.max_frame:
             body = bytes((m.TOO_BIG,))
         wire = self._send(f.type, f.seq, fr.FLAG_REPLY | nocache, body)
-        if not nocache:
+        if not nocache and body is not _INTERNAL:
             self.cache.put(f.seq, f.type, wire)
 
     def _hello(self, body, now):

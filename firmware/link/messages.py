@@ -88,6 +88,7 @@ RESET_DEEPSLEEP = 4
 RESET_SOFT = 5
 RESET_COMMAND = 6   # the host sent RESET
 RESET_SIM = 7       # simulator control channel
+RESET_CRASH = 8     # the firmware failed and reset the board itself (firmware/main.py)
 
 # Transform ids are IKEv2's (RFC 7296 §3.3.2 / IANA), so the host matches proposals directly.
 ENCR_AES_CBC = 12
