@@ -104,6 +104,10 @@ def main():
     port = open_port(cfg)
     clock = runloop.Clock()
     board = make_board(cfg, clock(), cause)
+    pc = getattr(port, "counters", None)
+    if pc is not None:              # the port's counters (drops, stalls, overruns) in COUNTERS
+        board.counters.update(pc)
+        port.counters = board.counters
     gc.collect()
     print("ikeoffload: %s on %s link, reset cause %d, %d MHz, %d bytes free"
           % (cfg["board_id"], cfg["link"]["kind"], cause, machine.freq() // 1000000, gc.mem_free()))
