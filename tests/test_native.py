@@ -90,3 +90,18 @@ def test_without_native_code_python_runs():
     with pytest.raises(ImportError):
         gcm.select("native")
     gcm.select("python")
+
+
+def test_inv_flash_installs_native_code_for_the_boards_architecture_only(tmp_path):
+    """tools/flash.py stage(): an RP2040 (armv6m) gets native.mpy compiled for it; a board
+    without a native architecture (the virtual board) gets no native.mpy; sources go everywhere
+    (a board without a native emitter fails to import them and runs the Python versions)."""
+    from firmware import profiles
+    from tools import flash
+    prof = profiles.load("mpy-virtual")
+    rp2 = flash.stage(prof, tmp_path / "rp2", compile_mpy=True, arch=fwcheck.NATIVE_ARCHS["armv6m"])
+    assert rp2["/firmware/crypto/native.mpy"].read_bytes()[2] >> 2 == fwcheck.NATIVE_ARCHS["armv6m"]
+    plain = flash.stage(prof, tmp_path / "plain", compile_mpy=True, arch=0)
+    assert "/firmware/crypto/native.mpy" not in plain and "/firmware/crypto/gcm.mpy" in plain
+    src = flash.stage(prof, tmp_path / "src", compile_mpy=False)
+    assert "/firmware/crypto/native.py" in src
