@@ -24,7 +24,7 @@ def speed(encr):
 
 
 def ct_equal(a, b):
-    return _hmac.compare_digest(bytes(a), bytes(b))
+    return _hmac.compare_digest(a, b)       # any bytes-like objects, no copies
 
 
 def aes_gcm(key):
@@ -72,14 +72,19 @@ class AesCbc:
     # encrypt_into is encrypt() with IV 0; decrypt_into feeds the blocks as they are, which
     # leaves the plaintext of buf[off + 16:end] under the IV buf[off:off + 16] behind them.
     def encrypt_into(self, buf, off, end):
+        if (end - off) % 16 or end <= off:
+            raise ValueError("CBC data must be whole blocks")
         mv = memoryview(buf)[off:end]
-        mv[:] = self.encrypt(bytes(16), mv)
+        mv[:16] = (int.from_bytes(mv[:16], "big") ^ self._last).to_bytes(16, "big")
+        out = self._enc.update(mv)
+        mv[:] = out
+        self._last = int.from_bytes(out[-16:], "big")
 
     def decrypt_into(self, buf, off, end):
         if (end - off) % 16:
             raise ValueError("CBC data must be whole blocks")
         mv = memoryview(buf)[off:end]
-        mv[:] = self._dec.update(bytes(mv))
+        mv[:] = self._dec.update(mv)
 
     def wipe(self):
         # OpenSSL's contexts cannot be zeroed from Python: dropped

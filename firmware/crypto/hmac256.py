@@ -49,7 +49,13 @@ class HmacCopy:
         return o.digest()
 
     def digest_into(self, buf, off, end, tail, out, ooff, n):
-        out[ooff:ooff + n] = self.digest(memoryview(buf)[off:end], tail)[:n]
+        h = self._inner.copy()
+        h.update(memoryview(buf)[off:end])
+        if tail:
+            h.update(tail)
+        o = self._outer.copy()
+        o.update(h.digest())
+        out[ooff:ooff + n] = o.digest()[:n]
 
     def wipe(self):
         # OpenSSL's states cannot be zeroed from Python: dropped
