@@ -3,9 +3,11 @@
 Reads the board.json that `inv flash` generated from the profile, builds the link port (UART,
 RP2040 PIO SPI peripheral, or the virtual board's link), takes the watchdog over from the
 boot-time keeper, reports machine.reset_cause() in HELLO, and runs the board core in a tight
-loop (firmware/runloop.py). A RESET request is answered, the reply flushed out of the port, a
-marker left so the next boot reports RESET_COMMAND, then machine.reset(). Ctrl-C returns to the
-REPL with the watchdog kept fed; any other failure resets the board after a second.
+loop (firmware/runloop.py). The link key `inv flash` wrote (link.key) authenticates the link
+(firmware/link/auth.py); a profile with an authenticated link and no key serves no link at all.
+A RESET request is answered, the reply flushed out of the port, a marker left so the next boot
+reports RESET_COMMAND, then machine.reset(). Ctrl-C returns to the REPL with the watchdog kept
+fed; any other failure resets the board after a second.
 """
 import gc
 import sys
@@ -18,6 +20,7 @@ from firmware.link import messages as m
 from firmware.ports import open_port
 
 COMMAND_MARKER = "reset.cmd"   # written just before a host-commanded reset, removed at boot
+KEY_FILE = "link.key"          # the board's link key (64 hex digits), written by `inv flash`
 
 # machine.reset_cause() constants -> HELLO reset cause (not every port defines every constant)
 _CAUSES = (("PWRON_RESET", m.RESET_POWER_ON), ("HARD_RESET", m.RESET_HARD), ("WDT_RESET", m.RESET_WDT),
@@ -37,6 +40,16 @@ def reset_cause():
         if getattr(machine, name, None) == cause:
             return ours
     return m.RESET_UNKNOWN
+
+
+def link_key(cfg):
+    """The board's link key, or None for a profile whose link is open (link.auth = false).
+    Raises OSError or ValueError when the key is needed and missing or malformed."""
+    if not cfg.get("link_auth", True):
+        return None
+    from firmware.link import auth
+    with open(KEY_FILE) as f:
+        return auth.parse_key(f.read())
 
 
 def make_board(cfg, now, cause):
@@ -67,6 +80,16 @@ def main():
     wdt = watchdog.start(cfg)
     watchdog.take_over()
     feed = wdt.feed if wdt is not None else (lambda: None)
+    try:
+        key = link_key(cfg)
+    except (OSError, ValueError) as e:
+        # never an open link where the profile wants it authenticated
+        watchdog.hand_back()
+        print("ikeoffload: no usable link key in %s (%s): flash the board with `inv flash`; the link "
+              "stays closed" % (KEY_FILE, e))
+        return
+    if key is not None:
+        cfg["link_key"] = key
     port = open_port(cfg)
     clock = runloop.Clock()
     board = make_board(cfg, clock(), cause)
