@@ -150,6 +150,8 @@ class Sealer:
         if aseq:
             self.next = aseq + 1
         if flags & fr.FLAG_ENC:
+            if enc is None:
+                raise ValueError("FLAG_ENC needs the session's encryption key")
             body = keystream_xor(enc, aseq, body)
         raw = bytearray(fr.header(type, seq, flags | fr.FLAG_AUTH))
         raw += body
