@@ -178,3 +178,18 @@ def test_exactly_once_under_byte_faults_with_link_security(seed):
     assert not w.lost()
     assert set(w.session.books.sas) == {(s, 0) for s in live} == {(r.spec.spi, 0) for r in w.board.sad.records()}
     assert w.session.link.counters["retries"] > 0 and w.board.counters["replies_from_cache"] > 0
+
+
+def test_a_rebooted_board_answering_several_frames_is_one_loss_and_one_opening():
+    """A rebooted board answers every frame of the old session it reads with a proof; a burst of
+    them (frames queued while it booted) makes one loss, one HELLO, one session, one BoardReady."""
+    w = ready(Wire(link_key=KEY))
+    add(w, 0x1000)
+    w.reset_board(quiet=True)
+    for _ in range(4):
+        w.session.request(m.COUNTERS, b"", w.now, idempotent=True)
+    w.pump()
+    w.run(1.0)
+    kinds = [type(e).__name__ for e in w.events if type(e).__name__ in ("BoardLost", "BoardReady")]
+    assert kinds == ["BoardReady", "BoardLost", "BoardReady"], kinds
+    assert w.session.link.auth.counters["auth_sessions"] == 2 and w.board.auth.counters["auth_sessions"] == 1

@@ -75,6 +75,7 @@ class BoardSession:
         self.counters = collections.Counter()
         self.slack_base = 0.0      # one data reply frame on the wire (the board's max frame)
         self.announced = None      # boot id of an unconfirmed boot announcement being checked
+        self._hello_seq = None     # the HELLO request of this opening (one at a time)
         self._ops = {}   # seq -> (kind, arg) for requests the session must interpret
         self._events = collections.deque()
         self._open(now)
@@ -161,7 +162,13 @@ class BoardSession:
         self.missed = 0
         self.session_id = os.urandom(8)
         self.link.cache_size = 1
-        seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now, reply_len=120)
+        if self._hello_seq is not None:
+            # one HELLO at a time: an earlier one's reply must not open a second session (on an
+            # authenticated link it would make its keys the link's)
+            self.link.cancel(self._hello_seq)
+            self._ops.pop(self._hello_seq, None)
+        seq = self._hello_seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now,
+                                                  reply_len=120)
         self._ops[seq] = ("hello", None)
 
     def heartbeat_slack(self):
@@ -183,6 +190,7 @@ class BoardSession:
         if self.state != READY:
             return
         self.state = OPENING  # before failing requests: their failures must not lose it again
+        self.hello = None     # ... and the events still queued must not take it for one opening
         self.announced = None
         self.losses += 1
         self.counters["lost_" + reason] += 1
