@@ -54,6 +54,9 @@ DEFAULT_PROFILE = {
 }
 
 
+_INTERNAL = bytes((m.INTERNAL,))     # made at import: answering a full heap must not need one
+
+
 def profile_value(profile, key):
     v = profile.get(key)
     return DEFAULT_PROFILE[key] if v is None else v
@@ -175,7 +178,7 @@ class Board:
                          "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
                          "unknown_spi_suppressed": 0, "host_silence_flushes": 0,
                          "nat_keepalives": 0, "non_esp": 0, "encap_mismatch": 0, "data_busy": 0,
-                         "data_frames": 0, "data_packets": 0}
+                         "data_frames": 0, "data_packets": 0, "memory_errors": 0, "internal_errors": 0}
         self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
         self._unknown_suppressed = 0
         # entries that fit one event frame (spi 4, IPv6 address 19, count 4)
@@ -357,7 +360,18 @@ class Board:
             except m.MessageError:
                 self.counters["bad_requests"] += 1
                 body = bytes((m.BAD_REQUEST,))
+            except Exception as e:
+                # MemoryError (a full heap: the garbage of the failed request is collectable
+                # now) or a bug: the request fails, the board and its SAD stay. INTERNAL is not
+                # cached, so a retry runs the request again. Should a request fail after it
+                # changed the SAD (its reply could not be built), the next heartbeat shows the
+                # host a SAD its books do not match, and the host flushes the board.
+                self._failed(e)
+                body = _INTERNAL
         self._reply(f, body, self.out)
+
+    def _failed(self, e):
+        self.counters["memory_errors" if isinstance(e, MemoryError) else "internal_errors"] += 1
 
     def _reply(self, f, body, out=None):
         """Answer request `f`: sealed onto `out`, or (out None) returned unsealed."""
@@ -374,7 +388,7 @@ class Board:
             body = sess.nb + body
             nocache = fr.FLAG_NOCACHE
         item = (f.type, f.seq, fr.FLAG_REPLY | (f.flags & fr.FLAG_NOCACHE), body, sess)
-        if not nocache:
+        if not nocache and body is not _INTERNAL:
             self.cache.put(f.seq, f.type, item)
         if out is None:
             return item
@@ -422,15 +436,22 @@ class Board:
         while q and (limit is None or limit > 0):
             job = q[0]
             step = self._encrypt_step if job.type == m.ENCRYPT else self._decrypt_step
-            n = step(job, limit)
+            try:
+                n = step(job, limit)
+                done = job.k >= len(job.items)
+                if done:
+                    if job.type == m.ENCRYPT:
+                        body = m.encode_encrypt_reply(job.out)
+                    else:
+                        body = m.encode_decrypt_reply(job.out)
+            except Exception as e:
+                # as for a control request: this data request fails (INTERNAL), the board stays
+                self._failed(e)
+                n, done, body = 1, True, _INTERNAL
             if limit is not None:
-                limit -= n
-            if job.k >= len(job.items):
+                limit -= max(1, n)
+            if done:
                 q.pop(0)
-                if job.type == m.ENCRYPT:
-                    body = m.encode_encrypt_reply(job.out)
-                else:
-                    body = m.encode_decrypt_reply(job.out)
                 self.queue_data_reply(job.small, self._reply(job, body))
 
     def queue_data_reply(self, small, item):

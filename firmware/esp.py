@@ -46,8 +46,20 @@ DECRYPT item (source, data) -> (status, spi, packet)
 Sequence numbers and IVs: outbound sequence numbers start at 1 (initial_seq + 1) and never
 cycle: after 2^32 - 1 (2^64 - 1 with ESN) the SA is hard-expired (EXP_SEQ) and refuses to send
 (§3.3.3); a soft EXP_SEQ fires 1/16 of the space before. The GCM IV is the 64-bit sequence
-number (unique under the key, RFC 4106 §3.1); the CBC IV is random (RFC 3602 §2.1). The
+number (unique under the key, RFC 4106 §3.1); the CBC IV is E_K(0^64 || seq), unpredictable
+without the key and unique per SA (RFC 3602 §2.1 asks for an unpredictable IV; NIST SP 800-38A
+Appendix C, its first method), on every runtime: no board RNG is trusted for it. The
 anti-replay window is updated only after the ICV verified (replay.py).
+
+Memory on a board: with an IN_PLACE backend (pure, cryptolib) a packet is laid out, encrypted
+and authenticated in one new buffer, the ESP packet returned (encrypt) or the inner packet
+decrypted into one new buffer and trimmed in place (decrypt): besides that buffer a packet
+allocates only a few small objects (bench/mpy_alloc.py measures it). The CPython backend
+(cryptography) returns new bytes from OpenSSL and takes the fast paths below.
+
+Keys: an SA owns its spec once installed; when it leaves the SAD (SA_DEL, SA_FLUSH, the
+fail-closed flush) wipe() zeroes its keys (bytearrays) and whatever the backend derived from
+them that Python can reach.
 
 Lifetimes (RFC 4301 §4.4.2.1): packets and bytes of the IP packets (inner, plaintext) are
 counted after processing; the first one at or above a soft limit raises a soft SA_EXPIRE, at
@@ -89,12 +101,13 @@ _R_POLICY = (m.P_POLICY, b"")
 _R_UNSUPPORTED = (m.P_UNSUPPORTED, b"")
 _R_DUMMY = (P_DUMMY, b"")
 
-_PADS = [bytes(range(1, n + 1)) for n in range(256)]  # default padding (RFC 4303 §2.4)
-_TRAILERS = {}
+_PAD = bytes(range(1, 256))     # default padding 1, 2, 3, ... (RFC 4303 §2.4): its first padlen
+_PADV = memoryview(_PAD)
+_TRAILERS = {}                  # CPython's general GCM path: trailer bytes by (nh, padlen)
 
 
 def _trailer(padlen, nh):
-    t = _PADS[padlen] + bytes((padlen, nh))
+    t = _PAD[:padlen] + bytes((padlen, nh))
     _TRAILERS[(nh << 8) | padlen] = t
     return t
 
@@ -109,6 +122,12 @@ _SOFT64 = _SEQ64 - (_SEQ64 >> 4)
 
 _Z4 = bytes(4)
 _join = b"".join
+_pack_into = struct.pack_into
+# scratch of the in-place path (the firmware is single-threaded): a GCM nonce, AADs, an ICV
+_NONCE = bytearray(12)
+_AAD8 = bytearray(8)
+_AAD12 = bytearray(12)
+_ICV = bytearray(16)
 _TS_LOCAL = m.A_TS_LOCAL
 _TS_REMOTE = m.A_TS_REMOTE
 _DIR_IN = m.DIR_IN
@@ -363,7 +382,8 @@ class EspSa(SaRecord):
 
     # ---- packets in and out ---------------------------------------------------------------
     def _payload_out(self, pkt):
-        """(payload, next header) to protect, or a (status, b"") tuple to return."""
+        """(offset of the payload in pkt, next header), or a (status, b"") tuple to return:
+        tell them apart by the second item (an int or b"")."""
         n = len(pkt)
         if n < 20:
             return _R_MALFORMED
@@ -372,11 +392,11 @@ class EspSa(SaRecord):
             if v == 4:
                 if ((pkt[2] << 8) | pkt[3]) != n:
                     return _R_MALFORMED
-                return pkt, NH_IPV4
+                return 0, NH_IPV4
             if v == 6:
                 if n < 40 or ((pkt[4] << 8) | pkt[5]) + 40 != n:
                     return _R_MALFORMED
-                return pkt, NH_IPV6
+                return 0, NH_IPV6
             return _R_MALFORMED
         if v == 4:
             ihl = (pkt[0] & 15) * 4
@@ -386,7 +406,7 @@ class EspSa(SaRecord):
                 return _R_UNSUPPORTED
             if len(self._local) != 4:
                 return _R_POLICY
-            return pkt[ihl:], pkt[9]
+            return ihl, pkt[9]
         if v == 6:
             if n < 40 or ((pkt[4] << 8) | pkt[5]) + 40 != n:
                 return _R_MALFORMED
@@ -394,83 +414,163 @@ class EspSa(SaRecord):
                 return _R_UNSUPPORTED
             if len(self._local) != 16:
                 return _R_POLICY
-            return pkt[40:], pkt[6]
+            return 40, pkt[6]
         return _R_MALFORMED
 
     def _ts_ok(self, pkt):
         f = flow_of(pkt)
         return f is not None and ts_ok(self.spec.wire_tlvs, self.spec.direction == _DIR_IN, f)
 
+    def _room(self):
+        """Bytes to keep in front of a decrypted payload: the IP header transport mode puts
+        there (RFC 4303 §3.4.4.1 delivers the payload with the outer header's addresses)."""
+        if self.tunnel:
+            return 0
+        return 20 if len(self._local) == 4 else 40
+
     def _deliver(self, pt):
-        """Authenticated plaintext -> (status, IP packet): trailer, mode, selectors (§3.4.4,
-        RFC 4301 §5.2)."""
+        """Authenticated plaintext (bytes) -> (status, IP packet): _deliver_buf on a copy."""
+        hl = self._room()
+        buf = bytearray(hl + len(pt))
+        buf[hl:] = pt
+        return self._deliver_buf(buf, hl)
+
+    def _deliver_buf(self, pt, hl):
+        """The plaintext in pt[hl:] (a bytearray the caller hands over) -> (status, IP
+        packet): trailer, mode, selectors (§3.4.4, RFC 4301 §5.2). The packet is pt itself,
+        trimmed in place and, in transport mode, with the IP header written into pt[:hl]."""
         n = len(pt)
-        if n < 2:
+        if n - hl < 2:
             return _R_MALFORMED
         padlen = pt[n - 2]
         nh = pt[n - 1]
         end = n - 2 - padlen
-        if end < 0 or (padlen and pt[end:n - 2] != _PADS[padlen]):
+        if end < hl:
             return _R_MALFORMED
-        inner = pt[:end]
+        if padlen and pt[end:n - 2] != _PAD[:padlen]:
+            return _R_MALFORMED
         self._in_packets += 1
-        self.octets += end
+        self.octets += end - hl
         if self._in_packets >= self._next_p or self.octets >= self._next_o:
             self._limits()
         if nh == NH_NONE:
             return _R_DUMMY
         if self.tunnel:
             if nh == NH_IPV4:
-                if end < 20 or inner[0] >> 4 != 4:
+                if end < 20 or pt[0] >> 4 != 4:
                     return _R_MALFORMED
-                tl = (inner[2] << 8) | inner[3]
+                tl = (pt[2] << 8) | pt[3]
             elif nh == NH_IPV6:
-                if end < 40 or inner[0] >> 4 != 6:
+                if end < 40 or pt[0] >> 4 != 6:
                     return _R_MALFORMED
-                tl = ((inner[4] << 8) | inner[5]) + 40
+                tl = ((pt[4] << 8) | pt[5]) + 40
             else:
                 return _R_MALFORMED
             if tl > end or tl < 20:
                 return _R_MALFORMED
-            if tl < end:
-                inner = inner[:tl]  # TFC padding (RFC 4303 §2.7)
+            pt[tl:] = b""                # the trailer and any TFC padding (RFC 4303 §2.7)
         else:
-            inner = self._rebuild(inner, nh)
-        if self._ts and not self._ts_ok(inner):
+            pt[end:] = b""
+            self._rebuild_into(pt, hl, nh)
+        if self._ts and not self._ts_ok(pt):
             self.policy += 1
             return _R_POLICY
-        return m.P_OK, inner
+        return m.P_OK, pt
 
-    def _rebuild(self, payload, nh):
-        """Transport mode: an IP header in front of the payload (see the module docstring)."""
+    def _rebuild_into(self, buf, hl, nh):
+        """Transport mode: the IP header in buf[:hl] in front of the payload (see the module
+        docstring)."""
         src, dst = self._peer, self._local
-        n = len(payload)
+        n = len(buf) - hl
         if self.spec.flags & m.SAF_UDP_ENCAP and nh in (6, 17):
-            payload = self._fix_l4(payload, nh, src, dst)
-        if len(src) == 4:
-            h = _pack(">BBHHHBBH", 0x45, 0, 20 + n, 0, 0, 64, nh, 0) + src + dst
-            return h[:10] + _pack(">H", checksum(h)) + h[12:] + payload
-        return _pack(">IHBB", 0x60000000, n, nh, 64) + src + dst + payload
+            self._fix_l4_into(buf, hl, nh, src, dst)
+        if hl == 20:
+            _pack_into(">BBHHHBBH", buf, 0, 0x45, 0, 20 + n, 0, 0, 64, nh, 0)
+            buf[12:16] = src
+            buf[16:20] = dst
+            _pack_into(">H", buf, 10, checksum(memoryview(buf)[0:20]))
+        else:
+            _pack_into(">IHBB", buf, 0, 0x60000000, n, nh, 64)
+            buf[8:24] = src
+            buf[24:40] = dst
 
     @staticmethod
-    def _fix_l4(seg, proto, src, dst):
-        """RFC 3948 §3.1.2: the NAT changed the addresses the TCP/UDP checksum covers."""
-        n = len(seg)
-        at = 16 if proto == 6 else 6
-        if n < at + 2:
-            return seg
-        body = seg[:at] + b"\x00\x00" + seg[at + 2:]
+    def _fix_l4_into(buf, off, proto, src, dst):
+        """RFC 3948 §3.1.2: the NAT changed the addresses the TCP/UDP checksum of the segment
+        buf[off:] covers; fixed in place."""
+        n = len(buf) - off
+        at = off + (16 if proto == 6 else 6)
+        if n < at - off + 2:
+            return
+        buf[at] = 0
+        buf[at + 1] = 0
         if proto == 17 and len(src) == 4:
-            return body  # UDP over IPv4: checksum 0 means none
+            return  # UDP over IPv4: checksum 0 means none
         if len(src) == 4:
             pseudo = src + dst + _pack(">BBH", 0, proto, n)
         else:
             pseudo = src + dst + _pack(">IBBBB", n, 0, 0, 0, proto)
-        c = checksum(pseudo + body)
+        # the pseudo-header has an even length: the sums add with an end-around carry
+        s = ones_sum(pseudo) + ones_sum(memoryview(buf)[off:])
+        s = (s & 0xFFFF) + (s >> 16)
+        c = ~s & 0xFFFF
         if proto == 17 and c == 0:
             c = 0xFFFF
-        return seg[:at] + _pack(">H", c) + seg[at + 2:]
+        _pack_into(">H", buf, at, c)
 
+    # ---- the in-place path (IN_PLACE backends; CBC on every backend) -------------------------
+    def _frame(self, pkt, ivlen, align):
+        """Checks and sequence number for an outbound packet, then the ESP packet laid out in a
+        new buffer: SPI, seq, room for the IV, the payload, padding to `align` (RFC 4303 §2.4),
+        pad length, next header, room for the 16-byte ICV. Returns (buffer, seq, end of the
+        part to encrypt), or a (status, b"") tuple to return."""
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        r = self._payload_out(pkt)
+        off, nh = r
+        if type(nh) is not int:
+            return r
+        if self._ts and not self._ts_ok(pkt):
+            self.policy += 1
+            return _R_POLICY
+        seq = self.seq + 1
+        if seq > (_SEQ64 if self.esn else _SEQ32):
+            return self._exhausted()
+        self.seq = seq
+        plen = len(pkt) - off
+        padlen = (align - 2 - plen) & (align - 1)
+        ct = 8 + ivlen
+        e = ct + plen
+        end = e + padlen + 2
+        out = bytearray(end + 16)
+        out[0:4] = self.spi_b
+        _pack_into(">I", out, 4, seq & 0xFFFFFFFF if self.esn else seq)
+        out[ct:e] = memoryview(pkt)[off:] if off else pkt
+        if padlen:
+            out[e:e + padlen] = _PADV[:padlen]
+        out[end - 2] = padlen
+        out[end - 1] = nh
+        return out, seq, end
+
+    def _sealed(self, pkt, seq, out):
+        self.octets += len(pkt)
+        if seq >= self._check_seq or self.octets >= self._next_o:
+            self._limits(seq)
+        return m.P_OK, out
+
+    def _seq_in(self, pkt):
+        """The full sequence number of an inbound packet if the window lets it in, else the
+        (status, b"") to return (RFC 4303 §3.4.3: before the ICV is checked)."""
+        w = self.window
+        seql = _unpack_from(">I", pkt, 4)[0]
+        seq = w.infer(seql) if self.esn else seql
+        if not w.check(seq):
+            self.replay += 1
+            return _R_REPLAY
+        return seq
+
+    def wipe(self):
+        SaRecord.wipe(self)
 
 class GcmSa(EspSa):
     """ENCR_AES_GCM_16 (RFC 4106): key || 4-byte salt; nonce = salt || IV; IV = the 64-bit
@@ -485,12 +585,15 @@ class GcmSa(EspSa):
         if (len(key) - 4) * 8 not in KEY_BITS:
             raise UnsupportedSa("AES-GCM key must be 16 or 32 bytes plus a 4-byte salt")
         EspSa.__init__(self, spec, backend)
-        aead = backend.aes_gcm(key[:-4])
+        # the AES key without a copy (the SA zeroes spec.encr_key when it goes)
+        self._setup(backend.aes_gcm(memoryview(key)[:len(key) - 4]), key)
+
+    def _setup(self, aead, key):
         # what the SA's own direction needs, and nothing for the other (an SA only encrypts or
         # only decrypts; each is an attribute less on a board): outbound a bound method and the
         # nonce prefix salt || IV[:4], where the IV is the 64-bit sequence number and IV[:4] is
         # 0 without ESN (seq < 2^32); inbound a bound method and the salt
-        if spec.direction == m.DIR_OUT:
+        if self.spec.direction == m.DIR_OUT:
             self._seal = aead.encrypt
             self._salt0 = bytes(key[-4:]) + _Z4
         else:
@@ -519,9 +622,10 @@ class GcmSa(EspSa):
         if self.state == _ST_HARD:
             return _R_EXPIRED
         r = self._payload_out(pkt)
-        if type(r[0]) is int:
+        off, nh = r
+        if type(nh) is not int:
             return r
-        payload, nh = r
+        payload = pkt[off:] if off else pkt
         if self._ts and not self._ts_ok(pkt):
             self.policy += 1
             return _R_POLICY
@@ -674,11 +778,93 @@ class GcmSa(EspSa):
         return out
 
 
+class GcmBufSa(GcmSa):
+    """ENCR_AES_GCM_16 on an IN_PLACE backend (a board): as GcmSa, one path for every packet,
+    the packet built and sealed in its own buffer (EspSa._frame) or opened into one
+    (_deliver_buf)."""
+    __slots__ = ("_aead",)
+
+    def _setup(self, aead, key):
+        self._aead = aead
+        self.salt = bytearray(key[len(key) - 4:])
+
+    def encrypt(self, pkt):
+        r = self._frame(pkt, 8, 4)
+        if len(r) == 2:
+            return r
+        out, seq, end = r
+        hi = seq >> 32
+        lo = seq & 0xFFFFFFFF if hi else seq
+        _pack_into(">II", out, 8, hi, lo)               # IV = the 64-bit sequence number
+        nonce = _NONCE
+        nonce[0:4] = self.salt
+        _pack_into(">II", nonce, 4, hi, lo)
+        if self.esn:                                    # AAD: SPI || seq-hi || seq-lo (§5)
+            aad = _AAD12
+            aad[0:4] = self.spi_b
+            _pack_into(">II", aad, 4, hi, lo)
+        else:                                           # SPI || seq
+            aad = _AAD8
+            aad[0:4] = self.spi_b
+            _pack_into(">I", aad, 4, lo)
+        self._aead.seal_into(nonce, aad, out, 16, end)
+        return self._sealed(pkt, seq, out)
+
+    def decrypt(self, pkt):
+        if self.state == _ST_HARD:
+            return _R_EXPIRED
+        n = len(pkt)
+        if n < 34:  # SPI, seq, IV, 2-byte trailer, ICV
+            return _R_MALFORMED
+        seq = self._seq_in(pkt)
+        if type(seq) is tuple:
+            return seq
+        nonce = _NONCE
+        nonce[0:4] = self.salt
+        for i in range(8):
+            nonce[4 + i] = pkt[8 + i]
+        if self.esn:
+            aad = _AAD12
+            aad[0:4] = self.spi_b
+            _pack_into(">I", aad, 4, seq >> 32)
+            for i in range(4):
+                aad[8 + i] = pkt[4 + i]
+        else:
+            aad = _AAD8
+            for i in range(8):
+                aad[i] = pkt[i]
+        hl = self._room()
+        pt = bytearray(hl + n - 32)
+        try:
+            self._aead.open_into(nonce, aad, pkt, 16, n - 16, pt, hl)
+        except self.backend.AuthError:
+            self.auth_fail += 1
+            return _R_AUTH
+        self.window.update(seq)
+        return self._deliver_buf(pt, hl)
+
+    def encrypt_batch(self, pkts):
+        return [self.encrypt(p) for p in pkts]
+
+    def decrypt_batch(self, pkts):
+        return [self.decrypt(p) for p in pkts]
+
+    def wipe(self):
+        EspSa.wipe(self)
+        self._aead.wipe()
+        salt = self.salt
+        for i in range(4):
+            salt[i] = 0
+
+
 class CbcHmacSa(EspSa):
-    """ENCR_AES_CBC (RFC 3602: random 16-byte IV, padding to 16) with AUTH_HMAC_SHA2_256_128
-    (RFC 4868: 32-byte key, ICV = first 16 bytes of HMAC-SHA-256 over SPI..ciphertext, with
-    seq-hi appended for the computation only under ESN, RFC 4303 §2.2.1)."""
-    __slots__ = ("cbc", "mac", "random")
+    """ENCR_AES_CBC (RFC 3602: 16-byte IV, padding to 16) with AUTH_HMAC_SHA2_256_128 (RFC
+    4868: 32-byte key, ICV = first 16 bytes of HMAC-SHA-256 over SPI..ciphertext, with seq-hi
+    appended for the computation only under ESN, RFC 4303 §2.2.1). The IV is E_K(0^64 || seq)
+    (module docstring); one CBC call makes it and encrypts the packet: CBC under a zero IV over
+    (0^64 || seq) || payload gives E_K(0^64 || seq), then the payload encrypted with that IV,
+    which is the ESP layout IV || ciphertext. The same path on every backend."""
+    __slots__ = ("cbc", "mac")
 
     def __init__(self, spec, backend):
         if spec.integ != m.AUTH_HMAC_SHA2_256_128:
@@ -690,38 +876,17 @@ class CbcHmacSa(EspSa):
         EspSa.__init__(self, spec, backend)
         self.cbc = backend.aes_cbc(spec.encr_key)
         self.mac = backend.hmac_sha256(spec.integ_key)
-        self.random = backend.random  # tests may set a fixed IV source here
 
     def encrypt(self, pkt):
-        if self.state == _ST_HARD:
-            return _R_EXPIRED
-        r = self._payload_out(pkt)
-        if type(r[0]) is int:
+        r = self._frame(pkt, 16, 16)
+        if len(r) == 2:
             return r
-        payload, nh = r
-        if self._ts and not self._ts_ok(pkt):
-            self.policy += 1
-            return _R_POLICY
-        seq = self.seq + 1
-        if seq > (_SEQ64 if self.esn else _SEQ32):
-            return self._exhausted()
-        self.seq = seq
-        padlen = (14 - len(payload)) & 15
-        trailer = _TRAILERS.get((nh << 8) | padlen) or _trailer(padlen, nh)
-        iv = self.random(16) if self.random else self._iv_from_seq(seq)
-        body = self.spi_b + _pack(">I", seq & 0xFFFFFFFF) + iv + self.cbc.encrypt(iv, payload + trailer)
-        icv = self.mac.digest(body, _pack(">I", seq >> 32) if self.esn else b"")
-        self.octets += len(pkt)
-        if seq >= self._check_seq or self.octets >= self._next_o:
-            self._limits(seq)
-        return m.P_OK, body + icv[:16]
-
-    _ZERO_IV = bytes(16)
-
-    def _iv_from_seq(self, seq):
-        """No RNG on this runtime: IV = AES_K(0^64 || seq), unpredictable without the key and
-        unique per SA (NIST SP 800-38A Appendix C, the first method)."""
-        return self.cbc.encrypt(self._ZERO_IV, _pack(">IIII", 0, 0, seq >> 32, seq & 0xFFFFFFFF))
+        out, seq, end = r
+        hi = seq >> 32
+        _pack_into(">IIII", out, 8, 0, 0, hi, seq & 0xFFFFFFFF if hi else seq)
+        self.cbc.encrypt_into(out, 8, end)
+        self.mac.digest_into(out, 0, end, _pack(">I", hi) if self.esn else b"", out, end, 16)
+        return self._sealed(pkt, seq, out)
 
     def decrypt(self, pkt):
         if self.state == _ST_HARD:
@@ -729,25 +894,34 @@ class CbcHmacSa(EspSa):
         n = len(pkt)
         if n < 56 or (n - 40) % 16:  # SPI, seq, IV, >= 1 block, ICV
             return _R_MALFORMED
-        w = self.window
-        seql = _unpack_from(">I", pkt, 4)[0]
-        seq = w.infer(seql) if self.esn else seql
-        if not w.check(seq):
-            self.replay += 1
-            return _R_REPLAY
-        body = pkt[:-16]
-        icv = self.mac.digest(body, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"")
-        if not self.backend.ct_equal(icv[:16], pkt[-16:]):
+        seq = self._seq_in(pkt)
+        if type(seq) is tuple:
+            return seq
+        icv = _ICV
+        self.mac.digest_into(pkt, 0, n - 16, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"",
+                             icv, 0, 16)
+        if not self.backend.ct_equal(icv, memoryview(pkt)[n - 16:]):
             self.auth_fail += 1
             return _R_AUTH
-        w.update(seq)
-        return self._deliver(self.cbc.decrypt(pkt[8:24], pkt[24:-16]))
+        self.window.update(seq)
+        hl = self._room()
+        k = n - 24                                      # IV and ciphertext
+        pt = bytearray(hl + k)
+        pt[hl:] = memoryview(pkt)[8:n - 16]
+        self.cbc.decrypt_into(pt, hl, hl + k)
+        pt[hl:hl + 16] = b""                            # what was the IV
+        return self._deliver_buf(pt, hl)
+
+    def wipe(self):
+        EspSa.wipe(self)
+        self.cbc.wipe()
+        self.mac.wipe()
 
 
 def new_sa(spec, backend):
     """SA factory for the SAD: UnsupportedSa for what this board cannot run."""
     if spec.encr == m.ENCR_AES_GCM_16:
-        return GcmSa(spec, backend)
+        return GcmBufSa(spec, backend) if backend.IN_PLACE else GcmSa(spec, backend)
     if spec.encr == m.ENCR_AES_CBC:
         return CbcHmacSa(spec, backend)
     raise UnsupportedSa("transform %d" % spec.encr)

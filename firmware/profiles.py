@@ -27,6 +27,7 @@ LINK_KINDS = ("uart", "spi-pio", "vboard", "sim")
 RESET_METHODS = ("rts-en", "rts", "dtr", "ftdi-gpio", "vboard", "emulator", "sim")
 CRYPTO_BACKENDS = ("cryptolib", "pure", "cryptography")
 RP2040_WDT_MAX_MS = 8388
+ESP32_CPU_HZ = (80_000_000, 160_000_000, 240_000_000)   # what machine.freq() takes on an ESP32
 PIO_SPI_MAX_HZ = 12_000_000   # the PIO program needs ~10 system clocks (125 MHz) per SPI bit
 
 # transform name -> (ENCR id, key bits, INTEG id), as HELLO announces them (IKEv2 ids)
@@ -124,6 +125,7 @@ SCHEMA = {
         "max_sas": _Int(1, 4096, True), "max_frame": _Int(64, 65535, True), "max_batch": _Int(1, 1024, True),
         "host_silence_ms": _Int(0, 3_600_000, True), "reply_cache": _Int(2, 1024),
         "wdt_ms": _Int(0, 600_000), "wdt_keeper_timer": _Int(-1, 3),
+        "cpu_hz": _Int(1_000_000, 400_000_000),
     },
     "link": {
         "kind": _Str(True, LINK_KINDS), "baud": _Int(0, 12_000_000), "rtscts": _Bool(),
@@ -270,6 +272,9 @@ def _check_semantics(c, data):
         c.fail("board.host_silence_ms", "must exceed heartbeat.period_ms x (misses + 1) = %d, or a healthy "
                "host would be taken for a silent one" % (hb["period_ms"] * (hb["misses"] + 1)))
     wdt = b.get("wdt_ms", 0)
+    cpu = b.get("cpu_hz")
+    if cpu is not None and mcu == "esp32" and cpu not in ESP32_CPU_HZ:
+        c.fail("board.cpu_hz", "an ESP32 runs at %s Hz, not %d" % (", ".join(str(f) for f in ESP32_CPU_HZ), cpu))
     if mcu == "rp2040" and wdt > RP2040_WDT_MAX_MS:
         c.fail("board.wdt_ms", "above the RP2040 watchdog maximum of %d ms" % RP2040_WDT_MAX_MS)
     if mcu in ("esp32", "rp2040", "virtual") and not wdt:
@@ -369,7 +374,7 @@ def board_config(profile):
     b = profile["board"]
     cfg = {"board_id": b["name"], "mcu": b["mcu"], "max_sas": b["max_sas"], "max_frame": b["max_frame"],
            "max_batch": b["max_batch"], "host_silence_ms": b["host_silence_ms"]}
-    for k in ("reply_cache", "wdt_ms", "wdt_keeper_timer"):
+    for k in ("reply_cache", "wdt_ms", "wdt_keeper_timer", "cpu_hz"):
         if k in b:
             cfg[k] = b[k]
     cfg["link"] = dict(profile["link"])

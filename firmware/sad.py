@@ -4,6 +4,8 @@ Keyed by (SPI, direction). Every change bumps `gen`, the SAD generation, which t
 compares with its own books on each heartbeat: a SAD that changed without the host asking
 (reset, fail-closed flush) shows as a generation or count the host did not expect.
 
+An installed SA owns its spec: its keys are zeroed when it leaves the SAD (SaRecord.wipe).
+
 The SAD changes only by host command (SA_ADD, SA_DEL, SA_FLUSH) or by the board's own
 fail-closed flush. A hard-expired SA stays in the SAD, refusing traffic, until the host
 deletes it — so that the host's books and the board never disagree silently.
@@ -55,6 +57,15 @@ class SaRecord:
         """Lifetime events raised since the last call: list of (hard, reason)."""
         return []
 
+    def wipe(self):
+        """Zero the SA's keys (its spec's bytearrays): the SA has left the SAD. An engine
+        zeroes what it derived from them too."""
+        s = self.spec
+        for k in (s.encr_key, s.integ_key):
+            if type(k) is bytearray:
+                for i in range(len(k)):
+                    k[i] = 0
+
 
 class Sad:
     def __init__(self, max_sas, factory=SaRecord):
@@ -82,15 +93,20 @@ class Sad:
         return m.OK
 
     def delete(self, spi, direction):
-        if self.by_key.pop((spi, direction), None) is None:
+        rec = self.by_key.pop((spi, direction), None)
+        if rec is None:
             return m.NOT_FOUND
+        rec.wipe()
         self.gen += 1
         return m.OK
 
     def flush(self):
-        """Remove every SA; returns how many were removed. An empty SAD stays at its generation."""
+        """Remove every SA (their keys zeroed); returns how many were removed. An empty SAD
+        stays at its generation."""
         n = len(self.by_key)
         if n:
+            for rec in self.by_key.values():
+                rec.wipe()
             self.by_key = {}
             self.gen += 1
         return n

@@ -49,7 +49,7 @@ WRONG_PEER_CHECK = 2.0
 
 RESET_CAUSES = {m.RESET_UNKNOWN: "unknown", m.RESET_POWER_ON: "power-on", m.RESET_HARD: "hard",
                 m.RESET_WDT: "watchdog", m.RESET_DEEPSLEEP: "deep-sleep", m.RESET_SOFT: "soft",
-                m.RESET_COMMAND: "command", m.RESET_SIM: "simulator"}
+                m.RESET_COMMAND: "command", m.RESET_SIM: "simulator", m.RESET_CRASH: "crash"}
 
 
 class BoardIncident:

@@ -27,7 +27,7 @@ class aes:
             raise ValueError("blksize")
         r = self._ctx.update(bytes(data))
         if out is not None:
-            out[:] = r
+            out[:len(r)] = r
             return out
         return r
 

@@ -106,3 +106,125 @@ def test_cryptolib_backend_known_answers():
         assert clib.aes_cbc(h(key)).decrypt(h(iv), h(ct)) == h(pt)
     for key, data, mac in HMAC_CASES:
         assert clib.hmac_sha256(h(key)).digest(h(data))[:16] == h(mac)
+
+
+@settings(max_examples=30, deadline=None)
+@given(key=keys, packets=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.binary(max_size=8)),
+                                  min_size=1, max_size=6))
+def test_in_place_cbc_agrees_packet_after_packet(key, packets):
+    """encrypt_into/decrypt_into (CBC under a zero IV, in place) on one object per direction, as
+    an SA uses them: every backend gives CBC's answer for every packet, whatever the object
+    carried over from the packet before (cryptolib's chaining block, OpenSSL's context)."""
+    encs = [be.aes_cbc(key) for be in BACKENDS]
+    decs = [be.aes_cbc(key) for be in BACKENDS]
+    for lead, blocks, seed in packets:
+        plain = bytes(lead) + (seed * 200 + bytes(200))[:16 * blocks - lead]   # IV seed block + data
+        want = pure.aes_cbc(key).encrypt(bytes(16), plain)
+        for enc, dec in zip(encs, decs):
+            buf = bytearray(b"\xAA" * 8 + plain + b"\xBB" * 8)
+            enc.encrypt_into(buf, 8, 8 + len(plain))
+            assert buf[8:-8] == want and buf[:8] == b"\xAA" * 8 and buf[-8:] == b"\xBB" * 8
+            dec.decrypt_into(buf, 8, 8 + len(plain))
+            assert buf[24:-8] == plain[16:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=keys, nonce=st.binary(min_size=12, max_size=12), data=st.binary(max_size=120),
+       aad=st.binary(max_size=12), off=st.integers(0, 5))
+def test_in_place_gcm_agrees(key, nonce, data, aad, off):
+    """seal_into/open_into (the boards' backends) give AESGCM's bytes, at any offset, and a
+    wrong tag writes nothing."""
+    want = ossl.aes_gcm(key).encrypt(nonce, data, aad)
+    for be in (pure, clib):
+        g = be.aes_gcm(key)
+        buf = bytearray(off) + data + bytes(16)
+        g.seal_into(nonce, aad, buf, off, off + len(data))
+        assert buf[off:] == want
+        out = bytearray(b"\x55" * (len(data) + 3))
+        g.open_into(nonce, aad, buf, off, off + len(data), out, 3)
+        assert out[3:] == data
+        buf[-1] ^= 1
+        out2 = bytearray(len(data))
+        with pytest.raises(be.AuthError):
+            g.open_into(nonce, aad, buf, off, off + len(data), out2, 0)
+        assert out2 == bytes(len(data))
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), data=st.binary(max_size=300), tail=st.binary(max_size=4),
+       off=st.integers(0, 9))
+def test_hmac_digest_into_agrees(key, data, tail, off):
+    want = hmac.new(key, data + tail, hashlib.sha256).digest()[:16]
+    for mac in [be.hmac_sha256(key) for be in BACKENDS] + [hmac256.HmacPads(key)]:
+        buf = bytes(off) + data
+        out = bytearray(20)
+        mac.digest_into(buf, off, len(buf), tail, out, 2, 16)
+        assert out[2:18] == want and out[:2] == b"\0\0" and out[18:] == b"\0\0"
+
+
+def test_esp_packets_are_the_same_on_every_backend():
+    """With IVs derived from the key and the sequence number, every backend (CPython fast
+    paths, the in-place path of the boards) puts the same bytes on the wire, and each decrypts
+    what the others made, in every SA shape."""
+    from firmware import esp
+    from firmware.link import messages as m
+    from firmware.tests import espdata as d
+    pkts = [d.ipv4(payload=d.udp(1, 2, d.det(n, n))) for n in (0, 1, 30, 61, 1300)]
+    for encr, key, integ, ikey in ((m.ENCR_AES_GCM_16, d.det(20, 1), m.AUTH_NONE, b""),
+                                   (m.ENCR_AES_GCM_16, d.det(36, 2), m.AUTH_NONE, b""),
+                                   (m.ENCR_AES_CBC, d.det(16, 3), m.AUTH_HMAC_SHA2_256_128, d.det(32, 4)),
+                                   (m.ENCR_AES_CBC, d.det(32, 5), m.AUTH_HMAC_SHA2_256_128, d.det(32, 6))):
+        for kw in ({}, {"flags": m.SAF_ESN, "initial_seq": 0xFFFFFFFE}, {"flags": m.SAF_UDP_ENCAP},
+                   {"mode": m.MODE_TRANSPORT, "src": (d.A1, 0), "dst": (d.A2, 0)}):
+            def sa(direction, be, kw=kw, encr=encr, key=key, integ=integ, ikey=ikey):
+                k = dict(kw)
+                if direction == m.DIR_IN and "src" in k:
+                    k["src"], k["dst"] = k["dst"], k["src"]
+                return esp.new_sa(m.SaSpec(0x777, direction, encr, key, integ, ikey, **k), be)
+            outs = [sa(m.DIR_OUT, be) for be in BACKENDS]
+            wires = [[o.encrypt(p) for p in pkts] for o in outs]
+            assert wires[0] == wires[1] == wires[2], (encr, kw)
+            for be in BACKENDS:
+                i = sa(m.DIR_IN, be)
+                got = [i.decrypt(w) for st_, w in wires[0]]
+                if kw.get("mode") == m.MODE_TRANSPORT:
+                    assert [(s, bytes(p[20:])) for s, p in got] == [(0, p[20:]) for p in pkts], (be.NAME, kw)
+                else:
+                    assert got == [(0, p) for p in pkts], (be.NAME, encr, kw)
+
+
+def test_deleted_sa_keys_are_zeroed():
+    """SA_DEL and the flushes zero the SA's keys and what the backend keeps of them that
+    Python can reach (round keys, H, GHASH tables)."""
+    from firmware import esp
+    from firmware.crypto import gcm
+    from firmware.link import messages as m
+    from firmware.sad import Sad
+    for be in BACKENDS:
+        sad = Sad(8, lambda spec, be=be: esp.new_sa(spec, be))
+        g = m.SaSpec(0x100, m.DIR_OUT, m.ENCR_AES_GCM_16, bytes(range(1, 21)))
+        c = m.SaSpec(0x101, m.DIR_IN, m.ENCR_AES_CBC, bytes(range(1, 17)), m.AUTH_HMAC_SHA2_256_128,
+                     bytes(range(1, 33)))
+        assert sad.add(g) == m.OK and sad.add(c) == m.OK
+        gr, cr = sad.get(0x100, m.DIR_OUT), sad.get(0x101, m.DIR_IN)
+        st_, w = gr.encrypt(bytes((0x45, 0, 0, 20)) + bytes(16))
+        assert st_ == 0
+        derived, held = [], []
+        if be is not ossl:
+            derived = [gr._aead._h, gr.salt]
+            if be is pure:
+                derived.append(gr._aead._rk)
+            held = [sl for sl in gcm._slots if sl[3] and sl[0] == gr._aead._h]
+            assert len(held) == 1
+        assert sad.delete(0x100, m.DIR_OUT) == m.OK
+        assert g.encr_key == bytes(20)
+        for x in derived:
+            assert not any(x), (be.NAME, x)
+        for sl in held:                              # the GHASH tables made from its H
+            assert sl[3] == 0 and not any(sl[0]) and not any(sl[1])
+        cr.cbc.decrypt_into(bytearray(32), 0, 32)      # the decryption schedule exists
+        dk = cr.cbc._dk if be is pure else None
+        assert sad.flush() == 1
+        assert c.encr_key == bytes(16) and c.integ_key == bytes(32)
+        if be is pure:
+            assert len(dk) == 88 and not any(dk)

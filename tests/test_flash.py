@@ -174,9 +174,9 @@ def test_heap_with_64_sas_on_micropython(vb):
     AES-CBC-256 + HMAC-SHA-256-128, in and out. Issue 7's goal, 64 SAs in 64 KB over the empty
     SAD (the shared crypto tables apart), holds for the ESP engine on the pure backend, which is
     what this MicroPython runs, for bare specs and for specs shaped as the daemon installs them
-    (addresses, UDP encapsulation, one traffic selector each way, which the SAs check). The
-    cryptolib backend's figure runs on a stand-in cryptolib (bench/_mpy_cryptolib.py) and is
-    printed."""
+    (addresses, UDP encapsulation, one traffic selector each way, which the SAs check), and for
+    the cryptolib backend, run on a stand-in cryptolib (bench/_mpy_cryptolib.py) whose objects
+    keep what the C module's do."""
     flash.flash("mpy-virtual", vb.repl, wait=False, link_key=vb.key_path)
     res = mpy_heap.measure(vb.repl)
     daemon = mpy_heap.measure(vb.repl, engines=("esp",), shape="daemon")["esp"]
@@ -186,8 +186,13 @@ def test_heap_with_64_sas_on_micropython(vb):
         assert res[engine]["installed"] == 64, res
     assert res["esp"]["backend"] == "pure" and res["esp-cryptolib"]["backend"] == "cryptolib", res
     assert res["esp"]["sas"] <= mpy_heap.GOAL_BYTES, res
-    assert res["esp"]["tables"] <= 16 * 1024, res
-    assert res["link-only"]["sas"] < res["esp-cryptolib"]["sas"] < res["esp"]["sas"], res
+    # AES's (4.8 KB) and GHASH's: 8 KB per key's H, two keys with the Python GHASH that runs here
+    # (one with a board's native code), and 2 KB of reduction tables (firmware/crypto/gcm.py)
+    assert res["esp"]["tables"] <= 24 * 1024, res
+    # the cryptolib backend keeps one cryptolib object per SA (~300 bytes on an RP2040, so that a
+    # packet makes no key schedule and no garbage): more per SA than the pure backend's key
+    # schedule, still within the goal
+    assert res["link-only"]["sas"] < res["esp"]["sas"] < res["esp-cryptolib"]["sas"] <= mpy_heap.GOAL_BYTES, res
     print("\nheap with 64 SAs: " + json.dumps({e: {k: r[k] for k in ("imported", "board", "tables", "sas", "total")}
                                               for e, r in res.items()})
           + "\n(esp-cryptolib: on a stand-in cryptolib)\ndaemon-shaped, esp: %d bytes" % daemon["sas"])

@@ -127,9 +127,17 @@ def test_mpy_cross_compiles_every_firmware_file(compiled_firmware):
     assert FIRMWARE / "__init__.py" in files
     assert not [f for f in files if fwcheck.TESTS_DIR in f.parents]
     assert not failures, "mpy-cross rejected:\n" + "\n".join("%s: %s" % f for f in failures)
+    native = [f for f in files if fwcheck.native_archs(f)]
+    assert FIRMWARE / "crypto" / "native.py" in native
     for src in files:
-        mpy = out / src.relative_to(ROOT).with_suffix(".mpy")
-        assert mpy.read_bytes()[:2] == b"M\x06", "%s is not an mpy v6 file" % mpy  # 'M', version 6
+        rel = src.relative_to(ROOT).with_suffix(".mpy")
+        if src in native:   # per architecture, never where a board without it would import it
+            assert not (out / rel).exists()
+            mpys = [out / a / rel for a in fwcheck.native_archs(src)]
+        else:
+            mpys = [out / rel]
+        for mpy in mpys:
+            assert mpy.read_bytes()[:2] == b"M\x06", "%s is not an mpy v6 file" % mpy  # 'M', version 6
 
 
 def test_mpy_cross_rejection_is_reported(tmp_path):
@@ -180,8 +188,10 @@ def test_compiled_firmware_imports_and_passes_under_micropython(micropython, com
     tree = tmp_path / "firmware"
     shutil.copytree(out / "firmware", tree)
     shutil.copytree(fwcheck.TESTS_DIR, tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    # boot.py/main.py/__main__.py are the board's entry scripts: importing them would run the board
-    modules = [fwcheck.module_name(f) for f in files if f.name not in ENTRY_SCRIPTS]
+    # boot.py/main.py/__main__.py are the board's entry scripts: importing them would run the board;
+    # native code is installed on boards of its architecture only (the wasm build has none)
+    modules = [fwcheck.module_name(f) for f in files if f.name not in ENTRY_SCRIPTS
+               and not fwcheck.native_archs(f)]
     code = IMPORT_ALL % (sorted(fwcheck.BOARD_ONLY_MODULES), modules)
     run = micropython("-c", code, copy=[tree, LINK_DOC], timeout=FIRMWARE_RUN_TIMEOUT)
     imported = dict(re.findall(r"^IMPORTED (\S+) (\S+)$", run.out, re.M))

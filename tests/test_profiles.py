@@ -26,6 +26,7 @@ def test_shipped_profiles_load_and_say_what_the_issue_asks():
     esp = profiles.load("esp32-devkitc")
     assert esp["link"]["uart"] in (1, 2) and esp["link"]["rtscts"] and esp["link"]["baud"] == 921600
     assert esp["reset"]["method"] == "rts-en"
+    assert profiles.board_config(esp)["cpu_hz"] == 240_000_000        # main.py sets it at boot
     pico = profiles.load("rp2040-pico-spi")
     assert pico["board"]["wdt_ms"] <= 8388 and pico["spi"]["data_ready_pin"] >= 0
     assert profiles.board_config(pico)["spi"]["block_size"] == 512
@@ -161,6 +162,7 @@ ESP = BASE.replace('mcu = "rp2040"', 'mcu = "esp32"').replace("uart = 0", "uart 
     ("tx_pin = 17", "tx_pin = 35", "link.tx_pin", "input-only"),
     ("rx_pin = 16", "rx_pin = 7", "link.rx_pin", "SPI flash"),
     ("uart = 2", "uart = 0", "link.uart", "REPL"),
+    ("wdt_ms = 5000", "wdt_ms = 5000\ncpu_hz = 200_000_000", "board.cpu_hz", "80000000, 160000000, 240000000"),
 ])
 def test_esp32_pin_rules(tmp_path, old, new, key, words):
     assert profiles.load(write(tmp_path, ESP))["board"]["mcu"] == "esp32"
@@ -168,3 +170,6 @@ def test_esp32_pin_rules(tmp_path, old, new, key, words):
     assert re.match(r"FILE:\d+: %s: " % re.escape(key), msg) and words in msg, msg
     # input-only pins are fine as inputs
     assert profiles.load(write(tmp_path, ESP.replace("rx_pin = 16", "rx_pin = 36")))
+    # the clock main.py sets at boot
+    p = profiles.load(write(tmp_path, ESP.replace("wdt_ms = 5000", "wdt_ms = 5000\ncpu_hz = 240_000_000")))
+    assert profiles.board_config(p)["cpu_hz"] == 240_000_000

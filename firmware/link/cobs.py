@@ -59,6 +59,66 @@ def decode(data):
     return bytes(out)
 
 
+# ---- into the caller's buffers (the boards: no bytes built per frame) ---------------------------
+# The same encoding as encode()/decode(), written into a preallocated bytearray: nothing is
+# allocated but a small memoryview per run of bytes copied.
+def encode_into(src, dst, off=0, start=0, end=None):
+    """COBS of src[start:end] (bytes or bytearray; end defaults to its length) written to dst
+    from offset off; returns the offset after it. dst needs n + n // 254 + 1 bytes from off,
+    n = end - start."""
+    n = len(src) if end is None else end
+    mv = memoryview(src)
+    i = start
+    o = off
+    while True:
+        j = src.find(b"\x00", i, n)
+        if j < 0:
+            j = n
+        full = False
+        while j - i >= 254:
+            dst[o] = 255
+            dst[o + 1:o + 255] = mv[i:i + 254]
+            o += 255
+            i += 254
+            full = True
+        if full and i == n:
+            return o       # data ended on a full block: no implied zero to encode
+        k = j - i
+        dst[o] = k + 1
+        if k:
+            dst[o + 1:o + 1 + k] = mv[i:j]
+        o += k + 1
+        if j >= n:
+            return o
+        i = j + 1
+
+
+def decode_into(src, dst, off=0, start=0, end=None):
+    """Decode the COBS block src[start:end] (without its delimiter; end defaults to the length
+    of src) into dst from offset off; returns the offset after the data. dst needs end - start
+    bytes from off. CobsError when malformed."""
+    n = len(src) if end is None else end
+    if src.find(b"\x00", start, n) >= 0:
+        raise CobsError("zero byte inside COBS block")
+    mv = memoryview(src)
+    i = start
+    o = off
+    while i < n:
+        code = src[i]
+        e = i + code
+        if e > n:
+            raise CobsError("COBS block truncated")
+        k = code - 1
+        if k:
+            dst[o:o + k] = mv[i + 1:e]
+        o += k
+        i = e
+        if code < 255 and i < n:
+            dst[o] = 0
+            o += 1
+    return o
+
+
 # The loops above, whatever encode/decode end up bound to (tests compare the two).
 py_encode, py_decode = encode, decode
 

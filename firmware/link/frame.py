@@ -75,6 +75,21 @@ def encode_raw(raw):
     return b"\x00" + cobs.encode(bytes(raw) + struct.pack("<I", binascii.crc32(raw) & 0xFFFFFFFF)) + b"\x00"
 
 
+def encode_into(dst, off, type, seq, flags, body, scratch):
+    """encode()'s bytes written to dst from offset off, the frame built in `scratch` (a
+    bytearray of at least MIN_FRAME + len(body) bytes); returns the offset after it. dst needs
+    max_wire_len(MIN_FRAME + len(body)) + 2 bytes from off. For the boards: no frame, COBS
+    or concatenation is allocated."""
+    n = HEADER_LEN + len(body)
+    struct.pack_into(HEADER_FMT, scratch, 0, VERSION, type, flags, seq & 0xFFFF)
+    scratch[HEADER_LEN:n] = body
+    struct.pack_into("<I", scratch, n, binascii.crc32(memoryview(scratch)[0:n]) & 0xFFFFFFFF)
+    dst[off] = 0
+    o = cobs.encode_into(scratch, dst, off + 1, 0, n + CRC_LEN)
+    dst[o] = 0
+    return o + 1
+
+
 def max_wire_len(max_frame):
     """Longest COBS block a decoded frame of `max_frame` bytes can produce."""
     return max_frame + max_frame // 254 + 2

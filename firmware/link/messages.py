@@ -93,6 +93,7 @@ RESET_DEEPSLEEP = 4
 RESET_SOFT = 5
 RESET_COMMAND = 6   # the host sent RESET
 RESET_SIM = 7       # simulator control channel
+RESET_CRASH = 8     # the firmware failed and reset the board itself (firmware/main.py)
 
 # Transform ids are IKEv2's (RFC 7296 §3.3.2 / IANA), so the host matches proposals directly.
 ENCR_AES_CBC = 12
@@ -453,11 +454,11 @@ class SaSpec:
         self.spi = spi
         self.direction = direction
         self.encr = encr
-        self.encr_key = bytes(encr_key)
+        self.encr_key = bytearray(encr_key)      # bytearrays: the board zeroes them (SaRecord.wipe)
         if integ != AUTH_NONE:
             self.integ = integ
         if integ_key:
-            self.integ_key = bytes(integ_key)
+            self.integ_key = bytearray(integ_key)
         if mode != MODE_TUNNEL:
             self.mode = mode
         if flags:

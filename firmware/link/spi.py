@@ -61,14 +61,21 @@ def check_size(size):
     return size
 
 
-def encode_block(size, magic, flags, epoch, ack_epoch, seq, ack, payload=b""):
-    """One block of exactly `size` bytes."""
+_ZEROS = memoryview(bytes(MAX_SIZE))
+
+
+def encode_block(size, magic, flags, epoch, ack_epoch, seq, ack, payload=b"", out=None):
+    """One block of exactly `size` bytes: written into `out` (a bytearray of that size, as the
+    board's armed DMA buffer) or a new bytearray."""
     n = len(payload)
     if n > size - OVERHEAD:
         raise ValueError("payload of %d bytes does not fit a %d-byte block" % (n, size))
     if not (0 <= epoch <= 0xFFFF and 0 <= ack_epoch <= 0xFFFF):
         raise ValueError("epoch out of range")
-    out = bytearray(size)
+    if out is None:
+        out = bytearray(size)
+    else:
+        out[HEADER + n:size - TRAILER] = _ZEROS[:size - TRAILER - HEADER - n]
     struct.pack_into(HEADER_FMT, out, 0, magic, flags, epoch, ack_epoch, seq & 0xFF, ack & 0xFF, n)
     out[HEADER:HEADER + n] = payload
     struct.pack_into("<I", out, size - TRAILER, binascii.crc32(memoryview(out)[:size - TRAILER]) & 0xFFFFFFFF)
@@ -111,7 +118,8 @@ class Endpoint:
         self.room = size - OVERHEAD
         self.epoch = (epoch & 0xFFFF) or 1
         self.max_queue = max_queue
-        self.outq = bytearray()
+        self.outq = bytearray()  # queued link bytes: outq[_head:] (taken from the front in O(1))
+        self._head = 0
         self.unacked = []        # [seq, payload, last transaction it was sent in]
         self.next_send = 0       # index into unacked of the next payload to (re)send
         self.tx_seq = 0
@@ -128,31 +136,40 @@ class Endpoint:
     # ---- sending ----------------------------------------------------------------------------
     def send(self, data):
         """Queue link bytes; beyond max_queue they are dropped (as a UART overruns) and counted."""
-        room = self.max_queue - len(self.outq)
+        q = self.outq
+        if self._head and self._head * 2 >= len(q):
+            q[:self._head] = b""        # drop what was sent: each byte moves at most once more
+            self._head = 0
+        room = self.max_queue - (len(q) - self._head)
         if len(data) > room:
             self.counters["overflow_bytes"] += len(data) - max(room, 0)
-            data = data[:max(room, 0)]
-        self.outq += data
+            data = memoryview(data)[:max(room, 0)]
+        q += data
 
     def pending(self):
-        return bool(self.outq) or bool(self.unacked)
+        return len(self.outq) > self._head or bool(self.unacked)
 
     def queued(self):
-        n = len(self.outq)
+        n = len(self.outq) - self._head
         for u in self.unacked:
             n += len(u[1])
         return n
 
-    def next_block(self):
+    def next_block(self, out=None):
+        """The block to send in the next transaction (into `out` if given: see encode_block)."""
         self.t += 1
         entry = None
         if self.next_send < len(self.unacked):
             entry = self.unacked[self.next_send]
             self.next_send += 1
             self.counters["resent"] += 1
-        elif len(self.unacked) < WINDOW and self.outq:
-            payload = bytes(self.outq[:self.room])
-            self.outq = self.outq[len(payload):]
+        elif len(self.unacked) < WINDOW and len(self.outq) > self._head:
+            h = self._head
+            payload = bytes(memoryview(self.outq)[h:h + self.room])
+            self._head = h + len(payload)
+            if self._head == len(self.outq):
+                self.outq[:] = b""
+                self._head = 0
             entry = [self.tx_seq, payload, 0]
             self.tx_seq = (self.tx_seq + 1) & 0xFF
             self.unacked.append(entry)
@@ -174,7 +191,7 @@ class Endpoint:
             flags |= F_MORE              # queued or unacknowledged: the peer should clock again
         self.counters["blocks_out"] += 1
         return encode_block(self.size, self.tx_magic, flags, self.epoch, self.peer_epoch, seq,
-                            (self.rx_expected - 1) & 0xFF, payload)
+                            (self.rx_expected - 1) & 0xFF, payload, out)
 
     # ---- receiving --------------------------------------------------------------------------
     def on_block(self, block):

@@ -8,6 +8,9 @@ Every port has the same five methods, which is all the main loop (firmware/runlo
     flush()                 return once everything written has left (before a reset)
     close()
 
+A port may also have `counters` (a dict of what it dropped, stalls, overruns): main.py puts
+them in the board's, so the host reads them with COUNTERS.
+
 `open_port(cfg)` builds the one board.json asks for: "uart" (machine.UART, ESP32/RP2040),
 "spi-pio" (an SPI peripheral from an RP2040 PIO program, docs/spi-link.md) or "vboard" (the
 virtual MicroPython board's link pty, tools/vboard).

@@ -9,6 +9,15 @@ Per transaction the host clocks exactly block_size bytes each way. Before it may
 the RX DMA waits for the host's. The PIO program drops data-ready as CS falls; the port raises
 it again after re-arming when it has something to send. A host that clocks an unarmed board
 reads a constant line ("idle") and tries again; a partial or corrupted block fails its CRC.
+
+Costs kept off the re-arm (MicroPython 1.27's rp2 port): StateMachine.exec() of a string runs
+rp2.asm_pio_encode, an assembler in Python with an exec(), at every call, so the two data-ready
+instructions are encoded once at import and exec'd as ints; the next block is written into the
+armed DMA buffer (no block, payload slice or inbox copy is allocated but the payload kept for a
+resend); the send queue is capped (two of the largest frames) and drained
+from the front in O(1) per block (firmware/link/spi.py). Overruns: the PIO's FDEBUG register
+says when the state machine stalled on a full RX FIFO (the RX DMA fell behind and host bits
+were lost); each transaction where it did is counted (spi_rx_overruns).
 """
 import time
 
@@ -19,6 +28,7 @@ from firmware.link import spi as spilink
 from firmware.rand import urandom
 
 _PIO_BASE = (0x50200000, 0x50300000)
+_FDEBUG = 0x008        # sticky, write 1 to clear: RXSTALL bit sm, RXUNDER 8 + sm, TXOVER 16 + sm, TXSTALL 24 + sm
 _TXF = 0x10
 _RXF = 0x20
 _SHIFTCTRL = 0xD0
@@ -31,14 +41,20 @@ _FJOIN_RX = 1 << 31
 def spi_peripheral():
     # in_base + 0 = MOSI, + 1 = SCK, + 2 = CS (active low); out = MISO; set = data-ready
     wait(1, pin, 2)            # (re)started between transactions: wait for an idle bus
+    out(pins, 1)               # the first MISO bit, on the line before CS falls (autopull)
     wait(0, pin, 2)            # CS falls: a transaction starts
     set(pins, 0)               # data-ready low until the port has re-armed
     wrap_target()
-    out(pins, 1)               # MISO bit, valid before SCK rises (autopull: one byte per 8 bits)
     wait(1, pin, 1)            # SCK rises: sample MOSI
     in_(pins, 1)               # (autopush: one byte per 8 bits, to the RX DMA)
     wait(0, pin, 1)            # SCK falls
-    wrap()
+    out(pins, 1)               # the next MISO bit, valid before SCK rises (autopull: a byte per 8)
+    wrap()                     # (after the last bit it waits for a byte past the block: re-armed)
+
+
+# data-ready high / low, encoded once (StateMachine.exec of a string assembles it in Python)
+_DR_HIGH = rp2.asm_pio_encode("set(pins, 1)", 0)
+_DR_LOW = rp2.asm_pio_encode("set(pins, 0)", 0)
 
 
 class SpiPioPort:
@@ -47,7 +63,9 @@ class SpiPioPort:
     def __init__(self, cfg):
         s = cfg["spi"]
         self.size = spilink.check_size(s["block_size"])
-        self.ep = spilink.Endpoint(self.size, True, int.from_bytes(urandom(2), "big"))
+        max_frame = cfg.get("max_frame", 4096)
+        self.ep = spilink.Endpoint(self.size, True, int.from_bytes(urandom(2), "big"),
+                                   2 * (max_frame + max_frame // 254 + 4))
         pio, sm_id = s.get("pio", 0), s.get("sm", 0)
         self.cs = machine.Pin(s["cs_pin"], machine.Pin.IN, machine.Pin.PULL_UP)
         machine.Pin(s["mosi_pin"], machine.Pin.IN)
@@ -56,6 +74,8 @@ class SpiPioPort:
                                    in_base=machine.Pin(s["mosi_pin"]), out_base=machine.Pin(s["miso_pin"]),
                                    set_base=machine.Pin(s["data_ready_pin"]))
         base = _PIO_BASE[pio]
+        self.fdebug = base + _FDEBUG
+        self.rxstall = 1 << sm_id
         self.txf = base + _TXF + 4 * sm_id
         self.rxf = base + _RXF + 4 * sm_id
         self.shiftctrl = base + _SHIFTCTRL + _SM_STRIDE * sm_id
@@ -66,19 +86,20 @@ class SpiPioPort:
                                              treq_sel=pio * 8 + 4 + sm_id)
         self.txbuf = bytearray(self.size)
         self.rxbuf = bytearray(self.size)
-        self.inbox = bytearray()
+        self.inbox = bytearray()     # received link bytes: inbox[ihead:]
+        self.ihead = 0
         self.partial_since = None
-        self.aborted = 0
+        self.counters = {"spi_aborted": 0, "spi_rx_overruns": 0}
         self._arm()
 
     def _data_ready(self, on):
-        self.sm.exec("set(pins, 1)" if on else "set(pins, 0)")
+        self.sm.exec(_DR_HIGH if on else _DR_LOW)
 
     def _arm(self):
         self.sm.active(0)
         self.tx_dma.active(0)
         self.rx_dma.active(0)
-        self.txbuf[:] = self.ep.next_block()
+        self.ep.next_block(self.txbuf)
         ctrl = machine.mem32[self.shiftctrl]
         machine.mem32[self.shiftctrl] = ctrl ^ _FJOIN_RX     # toggling FJOIN empties both FIFOs
         machine.mem32[self.shiftctrl] = ctrl
@@ -99,21 +120,29 @@ class SpiPioPort:
                 if self.partial_since is None:
                     self.partial_since = now
                 elif time.ticks_diff(now, self.partial_since) > self.ABORT_MS:
-                    self.aborted += 1
+                    self.counters["spi_aborted"] += 1
                     self._arm()
             return False
+        fd = machine.mem32[self.fdebug]
+        if fd & self.rxstall:
+            self.counters["spi_rx_overruns"] += 1       # host bits were lost: the CRC drops it
+            machine.mem32[self.fdebug] = self.rxstall
         got = self.ep.on_block(self.rxbuf)
         if got:
+            if self.ihead and self.ihead * 2 >= len(self.inbox):
+                self.inbox[:self.ihead] = b""      # what was read: each byte moves once more at most
+                self.ihead = 0
             self.inbox += got
         self._arm()
         return True
 
     def read_into(self, buf):
         self._service()
-        n = min(len(buf), len(self.inbox))
+        h = self.ihead
+        n = min(len(buf), len(self.inbox) - h)
         if n:
-            buf[:n] = self.inbox[:n]
-            self.inbox = self.inbox[n:]
+            buf[:n] = memoryview(self.inbox)[h:h + n]
+            self.ihead = h + n
         return n
 
     def write(self, data):

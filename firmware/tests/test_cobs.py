@@ -49,3 +49,32 @@ def test_malformed_blocks_raise():
         except cobs.CobsError:
             continue
         raise AssertionError("decoded malformed block %r" % bad)
+
+
+def test_into_buffers_gives_the_published_bytes():
+    """encode_into/decode_into (the boards' path: the caller's buffers) give encode()/decode()'s
+    bytes, at an offset, over a prefix of a longer source, and leave the rest of dst alone."""
+    for raw, enc in VECTORS:
+        dst = bytearray(b"\xee" * (len(enc) + 5))
+        assert cobs.encode_into(b"\x05" + raw + b"\x07\x00", dst, 3, 1, 1 + len(raw)) == 3 + len(enc)
+        assert dst[3:3 + len(enc)] == enc and dst[:3] == b"\xee" * 3 and dst[3 + len(enc):] == b"\xee" * 2
+        out = bytearray(b"\xee" * (len(enc) + 2))
+        assert cobs.decode_into(b"\x00" + bytearray(enc) + b"\x00\x00", out, 2, 1, 1 + len(enc)) == 2 + len(raw)
+        assert out[2:2 + len(raw)] == raw
+    for bad in (h("00"), h("03 11"), h("02 11 00 01")):
+        out = bytearray(8)
+        try:
+            cobs.decode_into(bad, out)
+        except cobs.CobsError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_frame_encode_into_gives_encode_bytes():
+    from firmware.link import frame as fr
+    for body in (b"", b"\x00" * 300, bytes(range(256)) * 3):
+        want = fr.encode(0x21, 70000, fr.FLAG_REPLY, body)
+        dst = bytearray(fr.max_wire_len(fr.MIN_FRAME + len(body)) + 3)
+        scratch = bytearray(fr.MIN_FRAME + len(body))
+        end = fr.encode_into(dst, 1, 0x21, 70000, fr.FLAG_REPLY, body, scratch)
+        assert dst[1:end] == want, body[:8]

@@ -168,7 +168,6 @@ def test_runs_through_batches_answer_as_item_by_item():
         _pair(h, 0x5000, flags=m.SAF_UDP_ENCAP)
         _pair(h, 0x5001, hard_packets=6, soft_packets=2)
         _pair(h, 0x5002, encr=m.ENCR_AES_CBC)
-        h.board.sad.get(0x5002, m.DIR_OUT).random = lambda n: det(n, 9)
     new, ref = hosts
     p = [ipv4(A1, A2, 17, d.udp(1, 2, det(n, n))) for n in (1, 20, 41, 62)]
     enc_items = ([(0x5000, x) for x in p[:3]] + [(0x5001, x) for x in p] + [(0x5999, p[0])]
@@ -206,3 +205,89 @@ def test_runs_through_batches_answer_as_item_by_item():
     for key in new.board.sad.by_key:
         a, b = new.board.sad.by_key[key].stats(), ref.board.sad.by_key[key].stats()
         assert a == b, (key, a, b)
+
+
+def _heap_full():
+    """(lock, unlock): after lock() the next allocation fails as on a full heap. On MicroPython
+    that is the real allocator's MemoryError (micropython.heap_lock: the heap refuses every
+    allocation; the wasm build's heap grows on demand, so its --heapsize cannot make it full).
+    CPython's allocator cannot be made to fail in-process: there lock() raises MemoryError
+    itself, where the first allocation would have failed."""
+    try:
+        import micropython
+        return micropython.heap_lock, micropython.heap_unlock
+    except (ImportError, AttributeError):
+        def lock():
+            raise MemoryError("heap full")
+        return lock, lambda: None
+
+
+def _starved(method):
+    """`method` (an SA class's) with the heap full while it runs."""
+    lock, unlock = _heap_full()
+
+    def run(self, *args):
+        lock()
+        try:
+            return method(self, *args)
+        finally:
+            unlock()
+    return run
+
+
+def test_memory_error_in_a_request_is_answered_internal_and_the_board_keeps_its_sad():
+    """A full heap while handling a request: the reply is INTERNAL and counted, the board
+    does not reset, its SAD and boot id stay, the next requests are served, and a retried
+    SA_ADD (INTERNAL is not cached) is applied when memory is back."""
+    h = Host()
+    _pair(h, flags=m.SAF_UDP_ENCAP)
+    gen, n = h.board.sad.gen, len(h.board.sad)
+    rec = h.board.sad.get(0x5000, m.DIR_OUT)
+    cls = type(rec)
+    real = cls.encrypt
+    cls.encrypt = _starved(real)
+    try:
+        body = h.request(m.ENCRYPT, m.encode_encrypt_request([(0x5000, ipv4(A1, A2, 17, det(40)))]), True)
+    finally:
+        cls.encrypt = real
+    assert body == bytes((m.INTERNAL,)), body
+    assert h.board.counters["memory_errors"] == 1 and h.board.counters["internal_errors"] == 0
+    assert (h.board.sad.gen, len(h.board.sad)) == (gen, n)
+    assert not h.board.reset_requested and not h.events_of(m.EV_FLUSHED)
+    ack = m.HeartbeatAck.decode(h.request(m.HEARTBEAT, b"")[1:])
+    assert (ack.sa_count, ack.sad_gen) == (n, gen)
+    # the SA still works
+    p = ipv4(A1, A2, 17, det(40))
+    out = h.encrypt([(0x5000, p)])
+    assert h.decrypt([((A1, 4500), out[0][1])]) == [(m.P_OK, 0x5000, p)]
+    # SA_ADD on a full heap: refused, nothing added; the retry (same seq) runs again
+    new_sa = esp.new_sa
+    esp.new_sa = lambda spec, be: _starved(lambda self: new_sa(spec, be))(None)
+    spec = d.spec(0x6000, m.DIR_OUT)
+    try:
+        assert h.call(m.SA_ADD, spec.encode(), seq=900) == bytes((m.INTERNAL,))
+    finally:
+        esp.new_sa = new_sa
+    assert h.board.sad.get(0x6000, m.DIR_OUT) is None and h.board.sad.gen == gen
+    assert m.SadReply.decode(h.call(m.SA_ADD, spec.encode(), seq=900)).status == m.OK
+    assert len(h.board.sad) == n + 1 and h.board.counters["memory_errors"] == 2
+
+
+def test_any_exception_in_a_request_is_answered_internal():
+    h = Host()
+    _pair(h, flags=m.SAF_UDP_ENCAP)
+    cls = type(h.board.sad.get(0x5000, m.DIR_IN))
+    real = cls.decrypt
+
+    def broken(self, pkt):
+        raise ValueError("a bug")
+    cls.decrypt = broken
+    out = h.encrypt([(0x5000, ipv4(A1, A2, 17, det(40)))])
+    try:
+        body = h.request(m.DECRYPT, m.encode_decrypt_request([((A1, 4500), out[0][1])]), True)
+    finally:
+        cls.decrypt = real
+    assert body == bytes((m.INTERNAL,))
+    assert h.board.counters["internal_errors"] == 1 and len(h.board.sad) == 2
+    items = dict(m.decode_counters_reply(h.request(m.COUNTERS, b""))[1])
+    assert items["internal_errors"] == 1 and items["memory_errors"] == 0
