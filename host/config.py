@@ -260,9 +260,13 @@ def _check_port(err, key, port, profile):
         err(key, "must not be empty: a device (best a /dev/serial/by-id/ name), a pty, socket://HOST:PORT")
     scheme = port.split("://", 1)[0] if "://" in port else None
     if profile["link"]["kind"] == "spi-pio":
-        if scheme != "ftdi":
-            err(key, "an SPI board (profile %s) needs an ftdi:// URL, not %r" % (profile["_name"], port))
-        return
+        # an ftdi:// adapter; or the simulator standing in for the board, on a pty or socket://
+        # (the link's byte stream at the SPI link's rate: host/offload/transport.py for_profile)
+        if scheme != "ftdi" and scheme != "socket" and not port.startswith("/dev/pts/"):
+            err(key, "an SPI board (profile %s) needs an ftdi:// URL (or, for the simulator standing in "
+                "for it, a /dev/pts/N pty or socket://), not %r" % (profile["_name"], port))
+        if scheme != "socket":
+            return
     if scheme == "ftdi":
         err(key, "ftdi:// is an SPI adapter; profile %s's link is %s" % (profile["_name"], profile["link"]["kind"]))
     if scheme is None:

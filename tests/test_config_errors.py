@@ -113,6 +113,9 @@ BROKEN = [
     ('port = "/dev/ttyUSB0"', 'port = ""', "board[0].port", 'port = ""'),
     ('port = "/dev/ttyUSB0"', 'port = "ttyUSB0"', "board[0].port", 'port = "ttyUSB0"'),
     ('port = "/dev/ttyUSB0"', 'port = "ftdi://ftdi:232h/1"', "board[0].port", "ftdi://"),
+    # an SPI board on a serial device: an adapter's ftdi:// URL, or the sim's pty, but not that
+    ('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "rp2040-pico-spi"\nport = "/dev/ttyUSB0"', "board[0].port",
+     'port = "/dev/ttyUSB0"'),
     ('port = "socket://127.0.0.1:7000"', 'port = "socket://127.0.0.1"', "board[1].port", "socket://"),
     ('port = "socket://127.0.0.1:7000"', 'port = "/dev/ttyUSB0"', "board[1].port",
      'port = "/dev/ttyUSB0"\n\n[ike]'),
@@ -178,6 +181,12 @@ def check_refused(capsys, path, key, line):
 def test_the_base_is_valid(tmp_path):
     c = config.load(write(tmp_path, GOOD))
     assert len(c.boards) == 2 and "gw" in c.connections and c.warnings == []
+
+
+def test_an_spi_board_takes_an_adapter_or_the_sim_standing_in_for_it(tmp_path):
+    for port in ("ftdi://ftdi:232h/1", "/dev/pts/7", "socket://127.0.0.1:7001"):
+        text = GOOD.replace('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "rp2040-pico-spi"\nport = "%s"' % port)
+        assert config.load(write(tmp_path, text)).boards[0].port == port
 
 
 def test_there_are_at_least_30_shapes():
