@@ -87,13 +87,15 @@ def coverage(c, k=None, html=False):
             "port": "the board's link: device, URL, ftdi:// URL (mpy-virtual: a running one's REPL pty)",
             "reset": "device (RTS/DTR) or ftdi:// URL (GPIO) that resets the board (default: --port)",
             "throttle": "sim only: pace the link like a UART at this baud, or a profile's (esp32-devkitc)",
+            "link_key": "a real board's link key file (as inv flash --link-key wrote it)",
             "k": "pytest -k expression"})
-def hil(c, board="sim", port=None, reset=None, throttle=None, k=None):
+def hil(c, board="sim", port=None, reset=None, throttle=None, k=None, link_key=None):
     """Run the HIL suite (hil_tests/) on the sim, the virtual MicroPython board or a real board.
 
     mpy-virtual is started and flashed with mpremote unless --port names a running one."""
     args = [PY, "-m", "pytest", "hil_tests", "--board", shlex.quote(board)]
-    for opt, val in (("--port", port), ("--reset", reset), ("--throttle", throttle), ("-k", k)):
+    for opt, val in (("--port", port), ("--reset", reset), ("--throttle", throttle), ("--link-key", link_key),
+                     ("-k", k)):
         if val:
             args += [opt, shlex.quote(str(val))]
     c.run(" ".join(args), env=_env())
@@ -102,8 +104,10 @@ def hil(c, board="sim", port=None, reset=None, throttle=None, k=None):
 @task(help={"board": "profile (boards/NAME.toml)",
             "port": "the board's REPL device (mpremote connects there)",
             "link_port": "the board's link device when it is not the REPL (mpy-virtual: looked up)",
-            "source": "copy .py sources instead of mpy-cross output", "no_wait": "do not wait for HELLO"})
-def flash(c, board, port, link_port=None, source=False, no_wait=False):
+            "source": "copy .py sources instead of mpy-cross output", "no_wait": "do not wait for HELLO",
+            "link_key": "the board's link key file: kept if it exists, else made (0600); the daemon's "
+                        "[[board]] link_key names it"})
+def flash(c, board, port, link_port=None, source=False, no_wait=False, link_key=None):
     """Flash the firmware with mpremote, verify it on the board, reset, wait for HELLO.
 
     Compiles with mpy-cross for the board's .mpy version, generates board.json from the profile,
@@ -111,6 +115,8 @@ def flash(c, board, port, link_port=None, source=False, no_wait=False):
     args = [PY, "-m", "tools.flash", "--board", shlex.quote(board), "--port", shlex.quote(port)]
     if link_port:
         args += ["--link-port", shlex.quote(link_port)]
+    if link_key:
+        args += ["--link-key", shlex.quote(link_key)]
     if source:
         args.append("--source")
     if no_wait:

@@ -46,12 +46,27 @@ def _efficiency(r):
     return "%.1f%%" % (100 * r["link_efficiency_1400"])
 
 
+def _link_auth(r):
+    mpy = {x["what"]: x for x in r["rows"] if x["impl"] == "micropython"}
+    return "+%.0f / +%.0f µs; %d bytes (%d on the wire)" % (
+        mpy["board_heartbeat"]["added_us"], mpy["board_encrypt_1400"]["added_us"],
+        mpy["overhead_bytes"]["decoded"], mpy["overhead_bytes"]["wire_at_most"])
+
+
+def _fuzz(r):
+    rss = r["rss_mb"]
+    return "%s inputs (%s random), no exception; RSS %+.1f MB over the random inputs" % (
+        format(r["inputs"], ","), format(r["random_inputs"], ","), rss["after_random"] - rss["after_first_seed"])
+
+
 # (bench name, the start of the row's first cell, figure from the results)
 ROWS = [
     ("link", "board loss detection", _detection),
     ("ike", "IKE SA + Child SA setup rate", _ike),
     ("esp", "in-process ESP encap+decap", _esp),
     ("esp", "link efficiency", _efficiency),
+    ("mpy_link_auth", "link security on the board core", _link_auth),
+    ("fuzz_link", "link fuzzing", _fuzz),
 ]
 
 

@@ -187,7 +187,7 @@ async def through_board(seconds, rounds, depth=4):
     sim = SimBoard()
     out = {}
     try:
-        c = BoardClient("bench", sim.url, period=0.5, misses=10)
+        c = BoardClient("bench", sim.url, period=0.5, misses=10, link_key=sim.link_key)
         await c.start()
         await c.wait_ready(5)
         hello = c.session.hello

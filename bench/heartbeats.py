@@ -33,7 +33,7 @@ async def run(bench, n):
         return FaultyTransport(bench.make_transport(on_data, on_error), fault=0.01, seed=3)
 
     c = BoardClient("bench", bench.url, profile=bench.profile, period=period, misses=MISSES,
-                    link_options=bench.link_options, transport_factory=factory)
+                    link_options=bench.link_options, transport_factory=factory, link_key=bench.link_key)
     await c.start()
     await c.wait_ready(10)
     await c.events.get()

@@ -27,18 +27,18 @@ def spec(spi):
     return m.SaSpec(spi, m.DIR_IN, m.ENCR_AES_GCM_16, b"k" * 36, reqid=spi & 0xFFFF)
 
 
-async def client_for(url, period=0.1, misses=3, baud=None):
+async def client_for(url, period=0.1, misses=3, baud=None, link_key=None):
     # a pty ignores the baud rate; the simulator paces it, and the client accounts wire time
     c = BoardClient("bench", url, period=period, misses=misses,
-                    link_options={"byte_time": 10.0 / baud} if baud else None)
+                    link_options={"byte_time": 10.0 / baud} if baud else None, link_key=link_key)
     await c.start()
     await c.wait_ready(10)
     await c.events.get()
     return c
 
 
-async def rtt_and_rate(url, baud=None):
-    c = await client_for(url, period=10.0, baud=baud)
+async def rtt_and_rate(url, baud=None, link_key=None):
+    c = await client_for(url, period=10.0, baud=baud, link_key=link_key)
     rtts = []
     for _ in range(300 if not baud else 100):
         t0 = time.perf_counter()
@@ -70,7 +70,7 @@ async def next_of(c, kind, timeout=5):
 
 
 async def detection(bench, period, misses):
-    c = await client_for(bench.url, period, misses)
+    c = await client_for(bench.url, period, misses, link_key=bench.link_key)
     out = {"unsolicited-hello": [], "boot-id-changed": [], "missed-heartbeats": [], "recovered": []}
     loop = asyncio.get_running_loop()
     for i in range(RUNS):
@@ -103,7 +103,7 @@ async def main():
                              ("pty @921600 baud", ("--baud", "921600"), 921600)):
         b = SimBench("sim", args)
         try:
-            rtts, seq_rate, par_rate = await rtt_and_rate(b.url, baud)
+            rtts, seq_rate, par_rate = await rtt_and_rate(b.url, baud, b.link_key)
         finally:
             b.close()
         results["transports"][name] = {"rtt_median_us": median(rtts) * 1e6, "rtt_p99_us": pct(rtts, 0.99) * 1e6,

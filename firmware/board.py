@@ -23,7 +23,14 @@ Rules it keeps:
   A port that can tell when its line is free sets `hold_data` and sends data replies one at a
   time with next_data(), so a control reply or a small data reply never waits behind more than
   the one frame on the line.
+- Link security (firmware/link/auth.py), when the profile gives a link key: every frame is
+  authenticated, frames that are not are dropped and counted, and only frames of the host's
+  session count as the host being there. Frames are sealed (given their auth sequence number)
+  when they leave: control frames as they are made, data replies when they are put on the line
+  (next_data(), tick()), so sequence numbers rise in the order the host receives them whatever
+  the control-before-data reordering. The reply cache keeps replies unsealed for that reason.
 """
+from firmware.link import auth as la
 from firmware.link import frame as fr
 from firmware.link import messages as m
 from firmware.sad import Sad, SaRecord
@@ -40,6 +47,10 @@ DEFAULT_PROFILE = {
     "unknown_spi_rate": 10,     # events per second
     "unknown_spi_burst": 5,
     "data_queue": 4,            # ENCRYPT/DECRYPT frames queued on the board; more get BUSY
+    "hello_rate": 20,           # HELLO requests a second (each derives a session's keys)...
+    "hello_burst": 8,
+    "answer_rate": 10,          # ... and "no session" answers (HELLO events echoing a tag)
+    "answer_burst": 4,
 }
 
 
@@ -78,7 +89,8 @@ class TokenBucket:
 
 
 class ReplyCache:
-    """The last few replies by request seq (RFC-style at-most-once execution for retries)."""
+    """The last few replies by request seq (RFC-style at-most-once execution for retries), kept
+    as unsealed frames (type, seq, flags, body, session): a retry's answer is sealed afresh."""
 
     def __init__(self, size):
         self.size = size
@@ -91,12 +103,12 @@ class ReplyCache:
             return hit[1]
         return None
 
-    def put(self, seq, type, wire):
+    def put(self, seq, type, item):
         if seq not in self.replies:
             self.order.append(seq)
             if len(self.order) > self.size:
                 del self.replies[self.order.pop(0)]
-        self.replies[seq] = (type, wire)
+        self.replies[seq] = (type, item)
 
     def clear(self):
         self.replies = {}
@@ -138,7 +150,16 @@ class Board:
         self.max_batch = profile_value(p, "max_batch")
         self.host_silence_ms = profile_value(p, "host_silence_ms")
         self.sad = Sad(profile_value(p, "max_sas"), sa_factory or SaRecord)
-        self.decoder = fr.FrameDecoder(self.max_frame)
+        key = p.get("link_key")
+        self.auth = la.BoardAuth(key, random_bytes) if key else None
+        self.overhead = fr.MIN_FRAME + (fr.AUTH_LEN if key else 0)   # decoded bytes a frame adds to its body
+        self.decoder = fr.FrameDecoder(self.max_frame, auth=bool(key))
+        if key:
+            features |= m.FEAT_LINK_AUTH
+            self._hello_bucket = TokenBucket(profile_value(p, "hello_rate"), profile_value(p, "hello_burst"), now)
+            self._answer_bucket = TokenBucket(profile_value(p, "answer_rate"), profile_value(p, "answer_burst"), now)
+        self._hello_sess = None        # the pending session a HELLO reply is sealed in
+        self._hello_nonce = None
         self.cache = ReplyCache(profile_value(p, "reply_cache"))
         self.session = None
         self.transforms = transforms or []
@@ -146,7 +167,7 @@ class Board:
         self.event_seq = 0
         self.flushes = 0
         self.out = bytearray()         # control replies and events: they leave first
-        self.data_out = []             # [(small, wire)]: data replies, small ones first
+        self.data_out = []             # [(small, unsealed reply)]: data replies, small ones first
         self.hold_data = False         # True: tick() leaves data replies for next_data()
         self.data_queue = []           # _DataJob, oldest first
         self.max_data_queue = profile_value(p, "data_queue")
@@ -161,18 +182,23 @@ class Board:
         self._unknown = {}       # (spi, src) -> packets, waiting for the next UNKNOWN_SPI event
         self._unknown_suppressed = 0
         # entries that fit one event frame (spi 4, IPv6 address 19, count 4)
-        self._unknown_max = max(1, min(m.UnknownSpi.MAX_ENTRIES, (self.max_frame - fr.MIN_FRAME - 5) // 27))
+        self._unknown_max = max(1, min(m.UnknownSpi.MAX_ENTRIES, (self.max_frame - self.overhead - 5) // 27))
         self._unknown_bucket = TokenBucket(profile_value(p, "unknown_spi_rate"),
                                            profile_value(p, "unknown_spi_burst"), now)
         self.out += b"\x00"  # flush whatever a half-sent frame left in the host's decoder
-        self._event(m.HELLO, self.hello().encode())
+        self._hello_event(la.ZERO_ECHO)
 
     # ---- public verbs ---------------------------------------------------------------------
     def feed(self, data, now):
         """Bytes from the host; returns bytes to send back: control replies and events first,
         then the data replies that `work_budget` packets of work completed."""
         for f in self.decoder.feed(data):
-            self.last_host_ms = now
+            if self.auth is not None:
+                f = self._open(f, now)
+                if f is None:
+                    continue
+            if not getattr(f, "boot", False):
+                self.last_host_ms = now        # (a HELLO request may be a replay: not the host's sign of life)
             if f.type in m.DATA_TYPES and not f.flags & (fr.FLAG_REPLY | fr.FLAG_EVENT):
                 self._queue_data(f, now)
             else:
@@ -202,8 +228,10 @@ class Board:
             self._emit_unknown_spi()
         out = self.out
         if self.data_out and not self.hold_data:
-            for _, wire in self.data_out:
-                out += wire
+            for _, item in self.data_out:
+                wire = self._seal(item)
+                if wire:
+                    out += wire
             self.data_out = []
         if out:
             self.out = bytearray()
@@ -245,16 +273,60 @@ class Board:
             self._unknown_suppressed += 1
             self.counters["unknown_spi_suppressed"] += 1
 
+    def link_errors(self):
+        """Frames dropped by the link: broken, or (authenticated link) not authentic."""
+        return self.decoder.dropped() + (self.auth.dropped() if self.auth is not None else 0)
+
     # ---- internals ------------------------------------------------------------------------
-    def _send(self, type, seq, flags, body):
-        wire = fr.encode(type, seq, flags, body)
-        self.out += wire
+    def _seal(self, item):
+        """Wire bytes of an unsealed frame (type, seq, flags, body, session) — None when the
+        authenticated link has no session to seal it in (dropped, counted)."""
+        type, seq, flags, body, sess = item
+        if self.auth is None:
+            return fr.encode(type, seq, flags, body)
+        return self.auth.seal(type, seq, flags, body, sess)
+
+    def _send(self, type, seq, flags, body, sess=None):
+        wire = self._seal((type, seq, flags, body, sess))
+        if wire:
+            self.out += wire
         return wire
 
-    def _event(self, type, body):
+    def _event(self, type, body, sess=None):
         self.counters["events"] += 1
         self.event_seq = (self.event_seq + 1) & 0xFFFF
-        self._send(type, self.event_seq, fr.FLAG_EVENT, body)
+        self._send(type, self.event_seq, fr.FLAG_EVENT, body, sess)
+
+    def _hello_event(self, echo):
+        """The HELLO event: at boot (echo zeros), and on an authenticated link without a session
+        the answer to a frame it could not verify (echo: that frame's tag), under the boot key."""
+        if self.auth is None:
+            self._event(m.HELLO, self.hello().encode())
+        else:
+            self._event(m.HELLO, echo + self.hello().encode(), la.BOOT)
+
+    def _open(self, f, now):
+        """An authenticated frame's checks (firmware/link/auth.py); None: dropped, counted."""
+        a = self.auth
+        g = a.open(f)
+        if a.promoted:
+            a.promoted = False
+            self.cache.clear()             # a new host session: its seqs must not hit old replies
+        if g is None:
+            if a.answer is not None:
+                echo, a.answer = a.answer, None
+                if self._answer_bucket.take(now):
+                    a.counters["auth_answers"] += 1
+                    self._hello_event(echo)
+                else:
+                    a.counters["auth_answers_limited"] += 1
+            return None
+        if g.boot:
+            if not self._hello_bucket.take(now):
+                a.counters["auth_hello_limited"] += 1
+                return None
+            self._hello_nonce = g.nonce
+        return g
 
     def _emit_unknown_spi(self):
         entries = [(k[0], k[1], n) for k, n in self._unknown.items()]
@@ -270,10 +342,10 @@ class Board:
         self.counters["requests"] += 1
         nocache = f.flags & fr.FLAG_NOCACHE
         if not nocache:
-            wire = self.cache.get(f.seq, f.type)
-            if wire is not None:
+            item = self.cache.get(f.seq, f.type)
+            if item is not None:
                 self.counters["replies_from_cache"] += 1
-                self.out += wire
+                self.out += self._seal(item) or b""
                 return
         handler = HANDLERS.get(f.type)
         if handler is None:
@@ -301,23 +373,38 @@ class Board:
     def _failed(self, e):
         self.counters["memory_errors" if isinstance(e, MemoryError) else "internal_errors"] += 1
 
-    def _reply(self, f, body, out):
+    def _reply(self, f, body, out=None):
+        """Answer request `f`: sealed onto `out`, or (out None) returned unsealed."""
         nocache = f.flags & fr.FLAG_NOCACHE
-        if len(body) + fr.MIN_FRAME > self.max_frame:
+        if len(body) + self.overhead > self.max_frame:
             body = bytes((m.TOO_BIG,))
-        wire = fr.encode(f.type, f.seq, fr.FLAG_REPLY | nocache, body)
-        out += wire
+        sess = None
+        if self.auth is not None and f.type == m.HELLO:
+            # the HELLO reply: Nb first, under the session it starts; never cached (a retried
+            # HELLO with the same nonce finds the same pending session)
+            sess, self._hello_sess = self._hello_sess, None
+            if sess is None:
+                return None
+            body = sess.nb + body
+            nocache = fr.FLAG_NOCACHE
+        item = (f.type, f.seq, fr.FLAG_REPLY | (f.flags & fr.FLAG_NOCACHE), body, sess)
         if not nocache and body is not _INTERNAL:
-            self.cache.put(f.seq, f.type, wire)
+            self.cache.put(f.seq, f.type, item)
+        if out is None:
+            return item
+        wire = self._seal(item)
+        if wire:
+            out += wire
+        return item
 
     # ---- the data path: queued, worked on a packet at a time -------------------------------
     def _queue_data(self, f, now):
         self.counters["requests"] += 1
         if not f.flags & fr.FLAG_NOCACHE:
-            wire = self.cache.get(f.seq, f.type)
-            if wire is not None:
+            item = self.cache.get(f.seq, f.type)
+            if item is not None:
                 self.counters["replies_from_cache"] += 1
-                self.out += wire
+                self.out += self._seal(item) or b""
                 return
         q = self.data_queue
         small = len(f.body) <= SMALL_FRAME
@@ -365,23 +452,35 @@ class Board:
                 limit -= max(1, n)
             if done:
                 q.pop(0)
-                wire = bytearray()
-                self._reply(job, body, wire)
-                self.queue_data_reply(job.small, bytes(wire))
+                self.queue_data_reply(job.small, self._reply(job, body))
 
-    def queue_data_reply(self, small, wire):
-        """A data reply to send: small ones go ahead of bulk ones not yet sent."""
+    def queue_data_reply(self, small, item):
+        """A data reply to send (unsealed: it is sealed when it leaves): small ones go ahead of
+        bulk ones not yet sent."""
         q = self.data_out
         i = len(q)
         if small:
             i = 0
             while i < len(q) and q[i][0]:
                 i += 1
-        q.insert(i, (small, wire))
+        q.insert(i, (small, item))
 
     def next_data(self):
-        """The next data reply to put on the line (hold_data ports), or None."""
-        return self.data_out.pop(0)[1] if self.data_out else None
+        """The next data reply to put on the line (hold_data ports), sealed now, or None."""
+        while self.data_out:
+            wire = self._seal(self.data_out.pop(0)[1])
+            if wire:
+                return wire
+        return None
+
+    def pending_data(self):
+        """The data replies not yet on the line, as wire bytes (tests and status; seals them)."""
+        out = bytearray()
+        while True:
+            w = self.next_data()
+            if w is None:
+                return bytes(out)
+            out += w
 
     def _packet(self, rec, n):
         self.counters["data_packets"] += 1
@@ -390,6 +489,11 @@ class Board:
 
     def _hello(self, body, now):
         session = m.decode_hello_request(body)
+        if self.auth is not None:
+            # the session id means nothing here: a session starts when a frame verifies under
+            # its keys (firmware/link/auth.py), which then empties the reply cache
+            self._hello_sess = self.auth.start(self._hello_nonce)
+            return bytes((m.OK,)) + self.hello().encode()
         if session != self.session:
             # A new host session: seqs from an earlier session must not hit old replies.
             self.session = session
@@ -400,7 +504,7 @@ class Board:
         if body:
             raise m.MessageError("heartbeat has no body")
         ack = m.HeartbeatAck(self.boot_id, self.uptime(now), len(self.sad), self.sad.gen,
-                             self.flushes, self.decoder.dropped())
+                             self.flushes, self.link_errors())
         return bytes((m.OK,)) + ack.encode()
 
     def _sad_reply(self, status, removed=0):
@@ -431,7 +535,7 @@ class Board:
     def _sa_stats(self, body, now):
         start, limit = m.decode_stats_request(body)
         recs = self.sad.records()
-        room = (self.max_frame - fr.MIN_FRAME - 5) // m.SaStats.SIZE
+        room = (self.max_frame - self.overhead - 5) // m.SaStats.SIZE
         page = [r.stats() for r in recs[start:start + min(limit, room)]]
         return m.StatsReply(m.OK, len(recs), page).encode()
 
@@ -441,7 +545,7 @@ class Board:
     ESP_OVERHEAD = 64
 
     def _reply_room(self):
-        return self.max_frame - fr.MIN_FRAME - 3
+        return self.max_frame - self.overhead - 3
 
     def _encrypt_step(self, job, limit):
         """Encrypt up to `limit` packets of `job` (None: the rest); returns how many."""
@@ -576,6 +680,9 @@ class Board:
         items = []
         for k in sorted(self.decoder.counters):
             items.append(("link_" + k, self.decoder.counters[k]))
+        if self.auth is not None:
+            for k in sorted(self.auth.counters):
+                items.append(("link_" + k, self.auth.counters[k]))
         for k in sorted(self.counters):
             items.append((k, self.counters[k]))
         items.append(("sa_count", len(self.sad)))

@@ -4,7 +4,8 @@ Reads the board.json that `inv flash` generated from the profile, sets the CPU c
 (`cpu_hz`: an ESP32 starts at 160 MHz, its profile asks for 240), builds the link port (UART,
 RP2040 PIO SPI peripheral, or the virtual board's link), takes the watchdog over from the
 boot-time keeper, reports the reset cause in HELLO, and runs the board core in a tight loop
-(firmware/runloop.py).
+(firmware/runloop.py). The link key `inv flash` wrote (link.key) authenticates the link
+(firmware/link/auth.py); a profile with an authenticated link and no key serves no link at all.
 
 - A RESET request is answered, the reply flushed out of the port, a marker left so the next
   boot reports RESET_COMMAND, then machine.reset().
@@ -28,6 +29,7 @@ from firmware.link import messages as m
 from firmware.ports import open_port
 
 COMMAND_MARKER = "reset.cmd"   # written just before a host-commanded reset, removed at boot
+KEY_FILE = "link.key"          # the board's link key (64 hex digits), written by `inv flash`
 CRASH_MARKER = "reset.crash"   # written just before the firmware resets the board after a failure
 MARKERS = ((COMMAND_MARKER, m.RESET_COMMAND), (CRASH_MARKER, m.RESET_CRASH))
 
@@ -54,6 +56,16 @@ def reset_cause():
         if getattr(machine, name, None) == cause:
             return ours
     return m.RESET_UNKNOWN
+
+
+def link_key(cfg):
+    """The board's link key, or None for a profile whose link is open (link.auth = false).
+    Raises OSError or ValueError when the key is needed and missing or malformed."""
+    if not cfg.get("link_auth", True):
+        return None
+    from firmware.link import auth
+    with open(KEY_FILE) as f:
+        return auth.parse_key(f.read())
 
 
 def set_clock(cfg):
@@ -101,6 +113,16 @@ def main():
     wdt = watchdog.start(cfg)
     watchdog.take_over()
     feed = wdt.feed if wdt is not None else (lambda: None)
+    try:
+        key = link_key(cfg)
+    except (OSError, ValueError) as e:
+        # never an open link where the profile wants it authenticated
+        watchdog.hand_back()
+        print("ikeoffload: no usable link key in %s (%s): flash the board with `inv flash`; the link "
+              "stays closed" % (KEY_FILE, e))
+        return
+    if key is not None:
+        cfg["link_key"] = key
     port = open_port(cfg)
     clock = runloop.Clock()
     board = make_board(cfg, clock(), cause)

@@ -131,7 +131,7 @@ SCHEMA = {
         "kind": _Str(True, LINK_KINDS), "baud": _Int(0, 12_000_000), "rtscts": _Bool(),
         "uart": _Int(0, 2), "tx_pin": _PIN, "rx_pin": _PIN, "rts_pin": _PIN, "cts_pin": _PIN,
         "rxbuf": _Int(64, 65536), "txbuf": _Int(64, 65536), "same_port_as_repl": _Bool(),
-        "data_budget_ms": _Int(1, 10_000),
+        "data_budget_ms": _Int(1, 10_000), "auth": _Bool(),
     },
     "spi": {
         "sck_pin": _PIN, "mosi_pin": _PIN, "miso_pin": _PIN, "cs_pin": _PIN, "data_ready_pin": _PIN,
@@ -378,12 +378,19 @@ def board_config(profile):
         if k in b:
             cfg[k] = b[k]
     cfg["link"] = dict(profile["link"])
+    cfg["link_auth"] = link_auth(profile)    # firmware/main.py: serve no link without the key
     if profile["link"]["kind"] == "spi-pio":
         cfg["spi"] = {k: v for k, v in profile["spi"].items() if k != "host"}
     backend = profile.get("crypto", {}).get("backend")
     if backend:
         cfg["crypto"] = backend      # firmware/esp.py make_board: the backend to load
     return cfg
+
+
+def link_auth(profile):
+    """Whether the board's link is authenticated (link.auth, on unless a profile says false):
+    the board and its host then need the board's link key (docs/link-protocol.md)."""
+    return profile["link"].get("auth", True)
 
 
 # ---- what the board can carry: the host's admission and liveness, the sim's speed ----------------

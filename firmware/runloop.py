@@ -58,7 +58,9 @@ def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
         if out:
             port.write(out)
         if board.data_out and tx_ready():
-            port.write(board.next_data())
+            wire = board.next_data()
+            if wire:
+                port.write(wire)
         if board.reset_requested:
             port.flush()
             return "reset"

@@ -1,7 +1,7 @@
 # cpython-only: the simulator port (pseudo-terminal / TCP, signals, control socket)
 """Simulated board: the firmware's board core under CPython, on a real pseudo-terminal.
 
-    python -m firmware.sim [--profile sim] [--socket HOST:PORT] [--baud N] [--reset-every S]
+    python -m firmware.sim [--profile sim] [--link-key FILE] [--socket HOST:PORT] [--baud N] [--reset-every S]
 
 It stands in for the board its profile names: the same transforms in HELLO (a cryptolib board's
 backend runs on a cryptolib made of the `cryptography` library, firmware/sim_cryptolib.py), the
@@ -12,8 +12,12 @@ and the main loop reads it all between packets). Like the firmware's main loop i
 frames before it takes the next data packet, and sends control replies before data replies (a
 data reply once started is finished: a frame cannot be cut).
 
-Prints `board: <device path or socket:// URL>` on its first line and `control: <path>` on its
-second, then serves until killed. Any serial tool (pyserial, miniterm, mpremote-style tools)
+Prints `board: <device path or socket:// URL>` on its first line, `control: <path>` on its
+second and `link-key: <path>` on its third (`link-key: none` for a profile with link.auth =
+false), then serves until killed. The link key is the board's secret, as `inv flash` writes it to
+a board's flash: `--link-key FILE` names it (made, mode 0600, if it does not exist yet); without
+it a new one is made beside the control socket. The host needs the same file (the daemon's
+[[board]] link_key). Any serial tool (pyserial, miniterm, mpremote-style tools)
 can open the device. Like hardware, the board can be reset without the device path changing:
 a new boot id, an empty SAD and a HELLO. Reset by SIGUSR1, by `--reset-every`, or through the
 control socket (a unix socket speaking one command per line):
@@ -39,6 +43,7 @@ import tty
 
 from firmware import cli
 from firmware import profiles
+from firmware.link import keyfile
 from firmware.link import messages as m
 
 
@@ -124,11 +129,6 @@ class Simulator:
         c = self.costs.get((spec.encr, key * 8, spec.integ))
         if c:
             self._busy_s += c[0] + c[1] * nbytes
-
-    @property
-    def out(self):
-        """Everything not yet on the line (tests and status)."""
-        return self.sending + self.ctl_out + b"".join(w for _, w in self.board.data_out)
 
     # ---- board life -------------------------------------------------------------------------
     def reset(self, cause=m.RESET_SIM, quiet=False, keep_output=False):
@@ -428,6 +428,8 @@ def main(argv=None):
     ap.add_argument("--reset-every", type=float, metavar="S", help="reset the board every S seconds")
     ap.add_argument("--control", metavar="PATH", help="control socket path (default: a temp path)")
     ap.add_argument("--host-silence-ms", type=int, help="override the profile's host-silence limit")
+    ap.add_argument("--link-key", metavar="FILE", help="the board's link key (made, mode 0600, if the file "
+                    "does not exist; default: a new one in a temporary directory)")
     args = ap.parse_args(argv)
     try:
         full = profiles.load(args.profile)
@@ -444,6 +446,15 @@ def main(argv=None):
         ap.error("--control %s: the path must be new, in an existing directory" % args.control)
     if args.host_silence_ms is not None:
         profile["host_silence_ms"] = args.host_silence_ms
+    key_path = None
+    if profiles.link_auth(full):
+        key_path = args.link_key or os.path.join(tempfile.mkdtemp(prefix="ikeoffload-sim-key-"), "link.key")
+        try:
+            profile["link_key"], _ = keyfile.ensure(key_path)
+        except keyfile.KeyFileError as e:
+            ap.error("--link-key: %s" % e)
+    elif args.link_key:
+        ap.error("--link-key: profile %s has an open link (link.auth = false)" % full["_name"])
     rate = profiles.link_rate(full) if args.baud is None else (args.baud / 10 or None)
     sim = Simulator(profile, reset_every=args.reset_every, rate=rate, costs=profiles.cpu_costs(full))
     control = args.control or os.path.join(tempfile.mkdtemp(prefix="ikeoffload-sim-"), "control")
@@ -465,6 +476,7 @@ def main(argv=None):
     def ready():
         print("board: %s" % where, flush=True)
         print("control: %s" % control, flush=True)
+        print("link-key: %s" % (key_path or "none"), flush=True)
 
     try:
         serve(sim, master, listen, control, ready)

@@ -11,7 +11,9 @@ hanging, how slow the board is — lives here, so the tests in this folder run u
     inv hil --board esp32-devkitc --port /dev/ttyUSB1 --reset /dev/ttyUSB0
     inv hil --board rp2040-pico-spi --port ftdi://ftdi:232h/1
 
-A bench has: `url` (the link), `profile`, `period`/`misses` (heartbeat),
+A bench has: `url` (the link), `profile`, `link_key` (the board's link key, bytes, or None for an
+open link: the sim makes one, the virtual and emulated boards are flashed with one, a real board's
+is --link-key FILE, as `inv flash` wrote it), `period`/`misses` (heartbeat),
 `link_options` (LinkClient tuning), `scale` (heavy loops run `scaled(n)` times: slow boards do
 fewer, the tests stay the same), `fast_period` (the shortest heartbeat period the board keeps up
 with), `reset_loss_reasons` (how a reset may show: a board that boots slower than the
@@ -22,9 +24,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from firmware import profiles
+from firmware.link import keyfile
 from firmware.sim import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Bench:
     can_hang = False          # can the fixture freeze the board without resetting it?
     can_quiet_reset = False   # can it reset the board so that its boot HELLO is lost?
+
+    link_key = None
 
     def __init__(self, profile_name, url):
         self.profile_name = profile_name
@@ -118,7 +124,9 @@ class SimBench(Bench):
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         url = self._line("board: ")
         self.control = self._line("control: ")
+        key_path = self._line("link-key: ")
         super().__init__(profile_name, url)
+        self.link_key = None if key_path == "none" else keyfile.read(key_path)
         self.throttle = throttle
         self.timing = timing
         # a pty answers in well under a millisecond; a throttled one costs the UART's byte time
@@ -163,27 +171,35 @@ class VirtualBench(Bench):
     can_hang = True
     can_quiet_reset = True
 
-    def __init__(self, profile_name="mpy-virtual", port=None, flash=True):
+    def __init__(self, profile_name="mpy-virtual", port=None, flash=True, link_key=None):
+        """link_key: the key file of a running board (--port); default: the link.key in its flash
+        directory, which is where `inv flash` put it. A board started here is flashed with a new key."""
         from tools.vboard import lookup
 
         self.vb = None
+        self._keydir = None
         if port:
             entry = lookup(port) or self._by_link(port)
             if entry is None:
                 raise RuntimeError("%s is not a running virtual board's REPL or link pty" % port)
             self.repl, link, self.control = entry["repl"], entry["link"], entry["control"]
+            key_path = link_key or os.path.join(entry.get("flash", ""), "link.key")
         else:
             self.vb = self.start_board()
             self.repl, link, self.control = self.vb.repl, self.vb.link, self.vb.control_path
+            self._keydir = tempfile.mkdtemp(prefix="ikeoffload-hil-key-")
+            key_path = os.path.join(self._keydir, "link.key")
         super().__init__(profile_name, link)
         if flash and self.vb is not None:
             from tools.flash import flash as do_flash
 
             try:
-                self.flashed = do_flash(profile_name, self.repl, link_port=link)
+                self.flashed = do_flash(profile_name, self.repl, link_port=link, link_key=key_path)
             except Exception:
                 self.close()
                 raise
+        if profiles.link_auth(self.profile):
+            self.link_key = keyfile.read(key_path)
 
     @staticmethod
     def start_board():
@@ -221,6 +237,11 @@ class VirtualBench(Bench):
         if self.vb is not None:
             self.vb.close()
             self.vb = None
+        if self._keydir is not None:
+            import shutil
+
+            shutil.rmtree(self._keydir, ignore_errors=True)
+            self._keydir = None
 
 
 class EmulatedBench(VirtualBench):
@@ -295,9 +316,14 @@ class SerialBench(Bench):
     """A real board: its link on --port (a serial device, or an ftdi:// URL for SPI boards),
     reset as its profile's [reset] says, on the --reset device (default: --port)."""
 
-    def __init__(self, profile_name, port, reset_spec=None):
+    def __init__(self, profile_name, port, reset_spec=None, link_key=None):
         super().__init__(profile_name, port)
         self.resetter = make_resetter(self.profile, port, reset_spec)
+        if profiles.link_auth(self.profile):
+            if not link_key:
+                raise RuntimeError("profile %s has an authenticated link: pass --link-key FILE (the key "
+                                   "`inv flash --link-key` wrote)" % profile_name)
+            self.link_key = keyfile.read(link_key)
 
     def make_transport(self, on_data, on_error):
         from host.offload.transport import for_profile
@@ -325,7 +351,7 @@ def throttle_of(spec):
     return baud, prof
 
 
-def open_bench(board, port=None, reset=None, throttle=None):
+def open_bench(board, port=None, reset=None, throttle=None, link_key=None):
     if board.startswith("sim:"):
         # the simulator standing in for a board: its transforms, link rate and CPU (firmware/sim.py)
         if throttle or port:
@@ -333,16 +359,16 @@ def open_bench(board, port=None, reset=None, throttle=None):
         return SimBench(board[4:])
     if board == "sim":
         if port:
-            return SerialBench("sim", port, reset)
+            return SerialBench("sim", port, reset, link_key)
         baud, timing = throttle_of(throttle)
         return SimBench("sim", throttle=baud, timing=timing)
     if throttle:
         raise RuntimeError("--throttle paces the simulated board (--board sim) only")
     prof = profiles.load(board)
     if prof["link"]["kind"] == "vboard":
-        return VirtualBench(board, port)
+        return VirtualBench(board, port, link_key=link_key)
     if prof["reset"]["method"] == "emulator":
-        return EmulatedBench(board, port)
+        return EmulatedBench(board, port, link_key=link_key)
     if not port:
         raise RuntimeError("--board %s needs --port (or use --board sim / mpy-virtual)" % board)
-    return SerialBench(board, port, reset)
+    return SerialBench(board, port, reset, link_key)

@@ -15,6 +15,8 @@ def pytest_addoption(parser):
                      "(mpy-virtual: a running virtual board's REPL or link pty)")
     parser.addoption("--reset", default=None, help="device whose RTS/DTR (or ftdi:// URL whose GPIO) resets "
                      "the board, as its profile's [reset] says (default: --port)")
+    parser.addoption("--link-key", default=None, help="a real board's link key file (as `inv flash --link-key` "
+                     "wrote it); the sim and a virtual board started here make their own")
     parser.addoption("--throttle", default=None, help="sim only: pace the link like a UART at this baud "
                      "rate, or at a profile's link.baud (e.g. esp32-devkitc)")
 
@@ -22,7 +24,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def bench(request):
     o = request.config.getoption
-    b = open_bench(o("--board"), o("--port"), o("--reset"), o("--throttle"))
+    b = open_bench(o("--board"), o("--port"), o("--reset"), o("--throttle"), o("--link-key"))
     yield b
     b.close()
 
@@ -56,6 +58,7 @@ def make_client(bench, loop):
         kw.setdefault("period", bench.period)
         kw.setdefault("misses", bench.misses)
         kw.setdefault("link_options", bench.link_options)
+        kw.setdefault("link_key", bench.link_key)
 
         def factory(on_data, on_error):
             t = bench.make_transport(on_data, on_error)   # serial, pty, socket:// or SPI, as the bench says

@@ -17,6 +17,7 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     name = "b0"
     profile = "sim"                    # boards/<profile>.toml
     port = "/dev/ttyUSB0"              # pyserial URL: device, pty path or socket://host:port
+    link_key = "private/b0.key"        # the board's link key (`inv flash --link-key`): private/ beside this file
     # heartbeat_ms = 100               # override the profile's heartbeat period and misses
     # misses = 3
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware import profiles
+from host.ike import pki
 from host.ike.config import ConfigError as IkeConfigError
 from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
 from host.ike.constants import TsType
@@ -66,6 +68,7 @@ class BoardConfig:
     port: str
     period: float
     misses: int
+    link_key: str | None = None    # the key file's path (read at start: host/preflight.py, daemon)
 
 
 @dataclass
@@ -106,7 +109,7 @@ HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
 
 _DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "flush_on_board_loss": bool}
 _DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "replay_window": int}
-_BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int}
+_BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int, "link_key": str}
 _TOP = {"daemon", "dataplane", "board", "ike", "connections"}
 _TABLES = ("daemon", "dataplane", "ike", "connections")
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
@@ -188,6 +191,7 @@ def loads(text, path="<config>", base=None):
         err("board", "at least one [[board]] is needed: the ESP processor")
     names = set()
     ports = {}
+    base = Path(base) if base is not None else (Path(path).parent if path != "<config>" else None)
     for i, b in enumerate(boards):
         kp = "board[%d]" % i
         if not isinstance(b, dict):
@@ -222,9 +226,16 @@ def loads(text, path="<config>", base=None):
             err(kp + ".heartbeat_ms", "heartbeat period x (misses + 1) = %.0f ms must stay below the board's "
                 "host-silence limit of %.0f ms, or the board flushes a healthy host's SAs"
                 % (period * (misses + 1) * 1000, silence * 1000))
-        cfg.boards.append(BoardConfig(bd["name"], bd["profile"], prof, bd["port"], period, misses))
+        key = None
+        if profiles.link_auth(prof):
+            if not bd.get("link_key", "").strip():
+                err(kp + ".link_key", "is required: profile %s authenticates its link with the board's key; name "
+                    "the file `inv flash --link-key FILE` wrote (e.g. private/%s.key)" % (prof["_name"], bd["name"]))
+            key = str(pki.locate(base, "link_key", bd["link_key"]))
+        elif "link_key" in bd:
+            err(kp + ".link_key", "profile %s has an open link (link.auth = false): it uses no key" % prof["_name"])
+        cfg.boards.append(BoardConfig(bd["name"], bd["profile"], prof, bd["port"], period, misses, key))
 
-    base = Path(base) if base is not None else (Path(path).parent if path != "<config>" else None)
     try:
         cfg.connections = parse_connections(data.get("connections", {}), base)
         cfg.engine, cfg.retransmit = parse_settings(data.get("ike"))

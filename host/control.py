@@ -3,12 +3,15 @@
 The daemon listens on a unix socket (mode 0600). One JSON object per line each way:
     -> {"cmd": "list-sas"}                 <- {"ok": true, "result": [...]}
     -> {"cmd": "initiate", "conn": "gw"}   <- {"ok": false, "error": "..."}
-Commands: list-sas, list-boards, initiate, terminate, flush-board, stats.
+Commands: list-sas, list-boards, initiate, terminate, flush-board, stats. A request is checked
+against its command's fields and their types before the daemon sees it: anything else gets an
+error reply, and the connection stays (so does the daemon, whatever the handler raises).
 `ikeoffloadctl --json CMD` prints the result object; without --json a readable form in the
 style of `swanctl --list-sas`.
 """
 import asyncio
 import json
+import logging
 import os
 import socket
 import stat
@@ -18,8 +21,38 @@ import time
 from firmware import cli
 from host import __version__
 
+log = logging.getLogger("ikeoffloadd")
 DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
-COMMANDS = ("list-sas", "list-boards", "initiate", "terminate", "flush-board", "stats")
+# command -> {field: type}; the fields each command needs
+FIELDS = {"list-sas": {}, "list-boards": {}, "stats": {}, "initiate": {"conn": str},
+          "terminate": {"conn": str, "ike_id": int}, "flush-board": {"board": str}}
+NEEDS = {"initiate": ("conn",), "flush-board": ("board",)}
+COMMANDS = tuple(FIELDS)
+TYPE_NAMES = {str: "a string", int: "an integer"}
+
+
+def check_request(req):
+    """A request as the handler may take it; ValueError says what is wrong with it."""
+    if not isinstance(req, dict):
+        raise ValueError("a request is a JSON object, not %s" % type(req).__name__)
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str) or cmd not in FIELDS:
+        raise ValueError("unknown command %r (known: %s)" % (cmd, ", ".join(COMMANDS)))
+    fields = FIELDS[cmd]
+    for k, v in req.items():
+        if k == "cmd":
+            continue
+        kind = fields.get(k)
+        if kind is None:
+            raise ValueError("%s takes no field %r (fields: %s)" % (cmd, k, ", ".join(sorted(fields)) or "none"))
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+            raise ValueError("%s: %s must be %s, not %s" % (cmd, k, TYPE_NAMES[kind], type(v).__name__))
+    for k in NEEDS.get(cmd, ()):
+        if req.get(k) is None:
+            raise ValueError("%s needs %s" % (cmd, k))
+    if cmd == "terminate" and req.get("conn") is None and req.get("ike_id") is None:
+        raise ValueError("terminate needs conn or ike_id")
+    return req
 
 
 class ControlSocketError(OSError):
@@ -75,13 +108,13 @@ class ControlServer:
                 if not line:
                     break
                 try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
-                        raise ValueError("unknown command %r (known: %s)"
-                                         % (req.get("cmd") if isinstance(req, dict) else req, ", ".join(COMMANDS)))
+                    req = check_request(json.loads(line))
                     reply = {"ok": True, "result": await self.handler(req)}
                 except (ValueError, KeyError, LookupError) as e:
                     reply = {"ok": False, "error": str(e)}
+                except Exception as e:             # a bug: answered and logged, the daemon goes on
+                    log.exception("control request %r failed", line[:200])
+                    reply = {"ok": False, "error": "internal error: %s" % type(e).__name__}
                 writer.write((json.dumps(reply, default=str) + "\n").encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -18,6 +18,7 @@ import sys
 import time
 
 from firmware import cli
+from firmware.link import keyfile
 from firmware.link import messages as m
 from host import __version__
 from host import config as cfgmod
@@ -109,7 +110,8 @@ class Daemon:
         c = self.cfg
         for b in c.boards:
             client = BoardClient(b.name, b.port, profile=b.profile, period=b.period, misses=b.misses,
-                                 flush_on_open=True, on_event=self._board_event)
+                                 flush_on_open=True, on_event=self._board_event,
+                                 link_key=keyfile.read(b.link_key) if b.link_key else None)
             self.clients[b.name] = client
             self.pool.add(b.name, client)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from firmware import profiles
 from firmware.sim import control
 from host.testbed import charon as charon_mod
 from host.testbed.netns import VethPair, cleanup_stale
@@ -88,11 +89,15 @@ class DemoBed:
     def start_sim(self, i):
         ctl = os.path.join(self.state, "sim%d.ctl" % i)
         extra = ["--baud", str(self.baud)] if self.baud is not None else []
+        key = os.path.join(self.state, "b%d.key" % i)       # the board's link key: kept across its restarts
         cmd = [sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl] + extra
+        if profiles.link_auth(profiles.load(self.profile)):
+            cmd += ["--link-key", key]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=ROOT))
         dev = p.stdout.readline().split()[1]
         p.stdout.readline()
+        p.stdout.readline()                                  # link-key: the path we gave
         if i < len(self.sims):
             self.sims[i] = (p, dev, ctl)
         else:
@@ -118,7 +123,10 @@ class DemoBed:
                  '', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0', 'base = 1.8',
                  'tries = 3', '']
         for i, (_, dev, _) in enumerate(self.sims):
-            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev, '']
+            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev]
+            if profiles.link_auth(profiles.load(self.profile)):
+                lines.append('link_key = "%s"' % os.path.join(self.state, "b%d.key" % i))
+            lines.append('')
         for i in range(self.nconns):
             lines += ['[connections.gw%d]' % i, 'local_addrs = ["%s"]' % OUR_IP, 'remote_addrs = ["%s"]' % PEER_IP,
                       'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK, 'start_action = "start"',

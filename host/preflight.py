@@ -6,8 +6,9 @@ boards. So before the daemon touches a board, a socket or the TUN device, :func:
 `<control_socket>.lock` (flock: released by the kernel however the daemon ends), makes sure no
 daemon answers on the control socket, binds the IKE ports once (no SO_REUSEADDR: a port in use is
 refused), and looks at every board port: a missing device is reported with its cause and the
-daemon retries it; a path that is no tty, or a tty another daemon holds (flock), is refused. Each
-refusal is one ConfigError naming file, line and key.
+daemon retries it; a path that is no tty, or a tty another daemon holds (flock), is refused; a
+board's link key file must be readable by us alone and hold a key. Each refusal is one
+ConfigError naming file, line and key.
 """
 import errno
 import fcntl
@@ -17,6 +18,7 @@ import socket
 import stat
 import struct
 
+from firmware.link import keyfile
 from host.control import ControlSocketError, answers
 from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
 
@@ -51,6 +53,7 @@ def check(cfg, tun=True):
         if tun:
             _tun_free(cfg)
         for i, board in enumerate(cfg.boards):
+            _link_key(cfg, i, board)
             fd = _board_port(cfg, i, board)
             if fd is not None:
                 guard.fds.append(fd)
@@ -145,6 +148,15 @@ def _tun_busy(name):
         return e.errno == errno.EBUSY
     finally:
         os.close(fd)
+
+
+def _link_key(cfg, i, board):
+    """The board's link key file must be there, ours alone, and a key (firmware/link/keyfile.py)."""
+    if board.link_key is not None:
+        try:
+            keyfile.read(board.link_key)
+        except keyfile.KeyFileError as e:
+            raise cfg.error("board[%d].link_key" % i, str(e)) from None
 
 
 def runtime_error(cfg, e):

@@ -2,7 +2,9 @@
 
 Both ends are the real sans-I/O cores; only the wire is simulated: latency, a byte rate, and
 byte faults (each byte dropped or flipped with probability `fault`, both directions), so that
-thousands of requests and heartbeats run in seconds and deterministically (seeded).
+thousands of requests and heartbeats run in seconds and deterministically (seeded). With
+`link_key` the link is authenticated (firmware/link/auth.py); `sniffed` keeps every byte put on
+the wire each way, `inject()` puts an attacker's bytes on it.
 """
 import heapq
 import random
@@ -16,13 +18,16 @@ from host.offload.session import BoardSession
 
 class Wire:
     def __init__(self, profile=None, *, period=0.1, misses=3, fault=0.0, seed=1, latency=0.0002,
-                 byte_time=0.0, link=None, flush_on_open=True):
+                 byte_time=0.0, link=None, flush_on_open=True, link_key=None):
         self.now = 0.0
         self.rng = random.Random(seed)
         self.fault = fault
         self.latency = latency
         self.byte_time = byte_time
         self.profile = dict(profile or {})
+        if link_key:
+            self.profile["link_key"] = link_key
+        self.sniffed = {"to_board": bytearray(), "to_host": bytearray()}
         self.board = self.new_board()
         self.board_hung = False
         self.host_muted = False   # host bytes never reach the board (cable pulled one way)
@@ -31,7 +36,7 @@ class Wire:
         self.link_free = {"to_board": 0.0, "to_host": 0.0}
         self.session = BoardSession("b0", self.now, period=period, misses=misses,
                                     flush_on_open=flush_on_open,
-                                    link=link or LinkClient(byte_time=byte_time))
+                                    link=link or LinkClient(byte_time=byte_time, link_key=link_key))
         self.events = []
         self._push("to_host", self.board.tick(self._ms()))
         self.pump()
@@ -61,6 +66,7 @@ class Wire:
     def _push(self, direction, data):
         if not data:
             return
+        self.sniffed[direction] += data
         data = self.corrupt(data)
         start = max(self.now, self.link_free[direction])
         done = start + len(data) * self.byte_time
@@ -76,6 +82,11 @@ class Wire:
             if ev is None:
                 break
             self.events.append(ev)
+
+    def inject(self, direction, data):
+        """An attacker's bytes on the wire ("to_board" or "to_host"), delivered next step."""
+        self._n += 1
+        heapq.heappush(self.queue, (self.now, self._n, direction, bytes(data)))
 
     def reset_board(self, quiet=False, cause=m.RESET_SIM):
         self.board = self.new_board(cause)

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from firmware.link import keyfile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,6 +16,8 @@ class SimBoard:
                                      env=env, stdout=subprocess.PIPE, text=True)
         self.url = self._line("board: ")
         self.control = self._line("control: ")
+        self.link_key_path = self._line("link-key: ")
+        self.link_key = None if self.link_key_path == "none" else keyfile.read(self.link_key_path)
 
     def _line(self, prefix):
         line = self.proc.stdout.readline().strip()

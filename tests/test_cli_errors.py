@@ -35,3 +35,14 @@ def test_bad_arguments_one_line_exit_2(args, says):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert says in r.stderr and ": error: " in r.stderr, r.stderr
+
+
+def test_a_link_key_others_can_read_or_that_is_no_key(tmp_path):
+    """The simulator's --link-key: refused, with the file and what to do, not used."""
+    key = tmp_path / "b0.key"
+    key.write_text("ab" * 32 + "\n")
+    os.chmod(key, 0o644)
+    test_bad_arguments_one_line_exit_2(["-m", "firmware.sim", "--link-key", str(key)], "chmod 600")
+    os.chmod(key, 0o600)
+    key.write_text("not a key\n")
+    test_bad_arguments_one_line_exit_2(["-m", "firmware.sim", "--link-key", str(key)], "64 hex digits")

@@ -24,11 +24,13 @@ replay_window = 64
 
 [[board]]
 name = "b0"
+link_key = "private/b0.key"
 profile = "sim"
 port = "/dev/ttyUSB0"
 
 [[board]]
 name = "b1"
+link_key = "private/b1.key"
 profile = "sim"
 port = "socket://127.0.0.1:7000"
 
@@ -82,8 +84,8 @@ remote_ts = REMOTE
 '''
 
 DATAPLANE = '[dataplane]\ntun = "ikeo0"\nmtu = 1400\nrouting_table = 220\nreplay_window = 64\n'
-BOARDS = ('[[board]]\nname = "b0"\nprofile = "sim"\nport = "/dev/ttyUSB0"\n\n'
-          '[[board]]\nname = "b1"\nprofile = "sim"\nport = "socket://127.0.0.1:7000"\n')
+BOARDS = ('[[board]]\nname = "b0"\nlink_key = "private/b0.key"\nprofile = "sim"\nport = "/dev/ttyUSB0"\n\n'
+          '[[board]]\nname = "b1"\nlink_key = "private/b1.key"\nprofile = "sim"\nport = "socket://127.0.0.1:7000"\n')
 LONG_SOCKET = "/run/" + "x" * 110 + ".sock"
 
 # (replace this, with this, the key the error names, a text on the line it must name[, a top-level
@@ -107,7 +109,7 @@ BROKEN = [
     (BOARDS, "", "board[0]", "board =", 'board = ["b0"]\n'),
     (BOARDS, '[board]\nname = "b0"\nprofile = "sim"\nport = "/dev/ttyUSB0"\n', "board", "[board]"),
     ('name = "b0"', 'name = ""', "board[0].name", 'name = ""'),
-    ('name = "b1"', 'name = "b0"', "board[1].name", 'name = "b0"\nprofile = "sim"\nport = "socket'),
+    ('name = "b1"', 'name = "b0"', "board[1].name", 'name = "b0"\nlink_key = "private/b1.key"'),
     ('port = "/dev/ttyUSB0"', 'port = ""', "board[0].port", 'port = ""'),
     ('port = "/dev/ttyUSB0"', 'port = "ttyUSB0"', "board[0].port", 'port = "ttyUSB0"'),
     ('port = "/dev/ttyUSB0"', 'port = "ftdi://ftdi:232h/1"', "board[0].port", "ftdi://"),
@@ -122,6 +124,8 @@ BROKEN = [
     ('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "/etc/"\nport = "/dev/ttyUSB0"', "board[0].profile",
      'profile = "/etc/"'),
     ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nmisses = 1000', "board[0].misses", "misses"),
+    ('link_key = "private/b0.key"\n', '', "board[0].link_key", '[[board]]\nname = "b0"'),
+    ('link_key = "private/b1.key"', 'link_key = 7', "board[1].link_key", "link_key = 7"),
     ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nheartbeat_ms = 0', "board[0].heartbeat_ms", "heartbeat_ms"),
     ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaud = 9600', "board[0].baud", "baud"),
     ("natt_port = 4500", "natt_port = 500", "ike.natt_port", "natt_port"),

@@ -12,6 +12,7 @@ listen = "192.0.2.1"
 
 [[board]]
 name = "b0"
+link_key = "private/b0.key"
 profile = "sim"
 port = "/dev/pts/9"
 
@@ -44,11 +45,11 @@ def test_defaults():
 @pytest.mark.parametrize("change,key,line", [
     (('listen = "192.0.2.1"', 'listen = "not-an-ip"'), "daemon.listen", 2),
     (('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nlog_lvl = "x"'), "daemon.log_lvl", 3),
-    (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nmisses = 0'), "board[0].misses", 8),
-    (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nheartbeat_ms = 900'), "board[0].heartbeat_ms", 8),
-    (('profile = "sim"', 'profile = "nosuchboard"'), "board[0].profile", 6),
-    (('psk = "a long enough secret for tests"', 'psk = "short"'), "connections.gw.psk", 11),
-    (('id = "b.test"', 'id = "b.test"\nfoo = 1'), "connections.gw.remote.foo", 18),
+    (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nmisses = 0'), "board[0].misses", 9),
+    (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nheartbeat_ms = 900'), "board[0].heartbeat_ms", 9),
+    (('profile = "sim"', 'profile = "nosuchboard"'), "board[0].profile", 7),
+    (('psk = "a long enough secret for tests"', 'psk = "short"'), "connections.gw.psk", 12),
+    (('id = "b.test"', 'id = "b.test"\nfoo = 1'), "connections.gw.remote.foo", 19),
     (('[daemon]', '[deamon]'), "deamon", 1),
 ])
 def test_errors_name_the_key_and_line(change, key, line):
@@ -61,7 +62,7 @@ def test_errors_name_the_key_and_line(change, key, line):
 
 def test_duplicate_and_missing_boards():
     two = GOOD.replace('[connections.gw]',
-                       '[[board]]\nname = "b0"\nprofile = "sim"\nport = "/dev/x"\n\n[connections.gw]')
+                       '[[board]]\nname = "b0"\nlink_key = "k"\nprofile = "sim"\nport = "/dev/x"\n\n[connections.gw]')
     with pytest.raises(config.ConfigError, match="board\\[1\\].name: duplicate"):
         config.loads(two)
     with pytest.raises(config.ConfigError, match="at least one"):
@@ -71,7 +72,7 @@ def test_duplicate_and_missing_boards():
 def test_toml_syntax_error_has_a_line():
     with pytest.raises(config.ConfigError) as e:
         config.loads(GOOD + "\n[broken\n", "y.toml")
-    assert e.value.line == 19
+    assert e.value.line == 20
 
 
 def test_systemd_unit_runs_the_console_script_with_the_config():

@@ -20,8 +20,8 @@ def sim():
     s.close()
 
 
-async def _client(url):
-    c = BoardClient("sim0", url, period=0.1, misses=5)
+async def _client(sim):
+    c = BoardClient("sim0", sim.url, period=0.1, misses=5, link_key=sim.link_key)
     await c.start()
     await c.wait_ready(5)
     return c
@@ -38,7 +38,7 @@ async def _next(events, kind, timeout=3.0):
 
 def test_encrypt_decrypt_batches_through_the_simulated_board(sim):
     async def run():
-        c = await _client(sim.url)
+        c = await _client(sim)
         try:
             hello = c.session.hello
             assert {t.backend for t in hello.transforms} == {"cryptography"}
@@ -66,7 +66,7 @@ def test_encrypt_decrypt_batches_through_the_simulated_board(sim):
 
 def test_unknown_spi_and_expiry_events_reach_the_host(sim):
     async def run():
-        c = await _client(sim.url)
+        c = await _client(sim)
         try:
             junk = [((A1, 4500), (0xBAD00 + i).to_bytes(4, "big") + det(40)) for i in range(20)]
             out = await c.decrypt(junk)
@@ -90,7 +90,7 @@ def test_batches_larger_than_the_default_frame_limit(sim):
     """Replies of a full batch are as large as the board's max_frame (16384 for the sim): the
     host adopts the HELLO's max_frame instead of dropping them as oversize."""
     async def run():
-        c = await _client(sim.url)
+        c = await _client(sim)
         try:
             assert c.session.hello.max_frame > fr.DEFAULT_MAX_FRAME
             await c.sa_add(d.spec(0x7200, m.DIR_OUT, src=(A1, 0), dst=(A2, 0)))

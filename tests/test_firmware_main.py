@@ -26,7 +26,9 @@ def board_env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "board.json").write_text(json.dumps(
         {"board_id": "t", "mcu": "rp2040", "max_sas": 8, "max_frame": 4096, "max_batch": 8,
-         "host_silence_ms": 0, "cpu_hz": 240_000_000, "crypto": "pure", "link": {"kind": "vboard"}}))
+         "host_silence_ms": 0, "cpu_hz": 240_000_000, "crypto": "pure", "link": {"kind": "vboard"},
+         "link_auth": True}))
+    (tmp_path / "link.key").write_text("5a" * 32 + "\n")       # as `inv flash` writes it
     machine = types.ModuleType("machine")
     machine.PWRON_RESET, machine.WDT_RESET = 1, 3     # the rp2 port's two causes
     machine.cause = 3                                 # what an RP2040 says after machine.reset()
@@ -123,3 +125,25 @@ def test_memory_error_outside_a_request_is_counted_and_the_loop_goes_on(board_en
     main.main()
     board, _ = boards[0]
     assert len(calls) == 3 and board.counters["memory_errors"] == 2 and _flushed(boards)
+
+
+def test_without_its_link_key_a_board_serves_no_link(board_env, tmp_path, capsys):
+    """The profile wants an authenticated link: no link.key (or a broken one), no link at all —
+    never an open one — and the REPL keeps the board."""
+    main, machine, run_with, boards = board_env
+    run_with(lambda: "reset")
+    for content in (None, "not a key\n"):
+        if content is None:
+            (tmp_path / "link.key").unlink()
+        else:
+            (tmp_path / "link.key").write_text(content)
+        assert main.main() is None and boards == []
+        assert "no usable link key in link.key" in capsys.readouterr().out
+
+
+def test_the_board_runs_with_the_key_it_was_flashed_with(board_env):
+    main, machine, run_with, boards = board_env
+    run_with(lambda: None)
+    main.main()
+    board = boards[0][0]
+    assert board.auth is not None and board.auth.key == bytes.fromhex("5a" * 32)

@@ -12,7 +12,9 @@ import serial
 
 from bench import mpy_heap
 from firmware import profiles
+from firmware.link import auth as la
 from firmware.link import frame as fr
+from firmware.link import keyfile
 from firmware.link import messages as m
 from tools import flash, flash_micropython
 from tools.vboard import VirtualBoard
@@ -21,8 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def vb():
+def vb(tmp_path_factory):
     b = VirtualBoard()
+    b.key_path = str(tmp_path_factory.mktemp("keys") / "vb.key")   # the host's copy of its link key
     yield b
     b.close()
 
@@ -33,18 +36,27 @@ def inv(*args, timeout=180):
     return p
 
 
-def ask_hello(link, timeout=5):
-    """A HELLO request on the link, as the host daemon opens a session."""
+def ask_hello(link, key, timeout=5):
+    """A HELLO request on the link, as the host daemon opens a session (key: the link key; None
+    sends it unauthenticated). Returns the board's Hello, or None if it did not answer."""
+    auth = la.HostAuth(key) if key else None
+    body = m.encode_hello_request(b"testsess")
     with serial.Serial(link, timeout=0.05) as s:
         s.reset_input_buffer()
-        s.write(fr.encode(m.HELLO, 77, 0, m.encode_hello_request(b"testsess")))
-        dec = fr.FrameDecoder(65535)
+        if auth is None:
+            s.write(fr.encode(m.HELLO, 77, 0, body))
+        else:
+            nonce = auth.new_nonce()
+            s.write(auth.seal(m.HELLO, 77, 0, body + nonce))
+        dec = fr.FrameDecoder(65535, auth=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             for f in dec.feed(s.read(4096)):
-                if f.type == m.HELLO and f.flags & fr.FLAG_REPLY and f.seq == 77:
-                    return m.Hello.decode(f.body[1:])
-    raise AssertionError("no HELLO reply on %s" % link)
+                if auth is not None and f.type == m.HELLO and f.flags & fr.FLAG_REPLY and f.seq == 77:
+                    f = auth.open(f, nonce)
+                    if f is not None:
+                        return m.Hello.decode(f.body[1:])
+    return None
 
 
 def board_files(root):
@@ -57,10 +69,16 @@ def board_files(root):
 
 def test_inv_flash_with_real_mpremote_then_the_firmware_answers_on_the_link(vb):
     t0 = time.monotonic()
-    p = inv("flash", "--board", "mpy-virtual", "--port", vb.repl)
+    p = inv("flash", "--board", "mpy-virtual", "--port", vb.repl, "--link-key", vb.key_path)
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
+    # the board's link key: made 0600 on the host, the same on the board's flash, never printed
+    key = keyfile.read(vb.key_path)
+    assert os.stat(vb.key_path).st_mode & 0o777 == 0o600
+    with open(os.path.join(vb.flash, "link.key")) as f:
+        assert la.parse_key(f.read()) == key
+    assert "link key: %s (new)" % vb.key_path in out and key.hex() not in out + p.stderr, out
     for n in range(1, 7):
         assert re.search(r"^\[%d/6\] " % n, out, re.M), out           # progress, step by step
     assert ".mpy v6.3" in out and "all verified" in out, out
@@ -68,21 +86,25 @@ def test_inv_flash_with_real_mpremote_then_the_firmware_answers_on_the_link(vb):
     assert hello_line, out                                            # HELLO after a soft reset
     # what is on the board: compiled firmware, no tests, no CPython-only modules, board.json
     files = board_files(vb.flash)
-    assert {"/boot.py", "/main.py", "/board.json", "/firmware/main.mpy", "/firmware/board.mpy",
+    assert {"/boot.py", "/main.py", "/board.json", "/link.key", "/firmware/main.mpy", "/firmware/board.mpy",
             "/firmware/ports/vlink.mpy", "/firmware/link/spi.mpy"} <= files, files
     assert not [f for f in files if f.endswith(".py") and f.startswith("/firmware")], files
     assert not [f for f in files if "/tests/" in f or f.endswith(("sim.mpy", "profiles.mpy"))], files
     with open(os.path.join(vb.flash, "board.json")) as f:
         assert json.load(f) == profiles.board_config(profiles.load("mpy-virtual"))
-    h = ask_hello(vb.link)
+    assert not [f for f in board_files(ROOT + "/build/flash") if f.endswith("link.key")]   # not staged there
+    assert ask_hello(vb.link, None, timeout=1) is None           # an unauthenticated HELLO: no answer
+    assert ask_hello(vb.link, os.urandom(32), timeout=1) is None  # nor one made with another key
+    h = ask_hello(vb.link, key)
     assert h.board_id == "mpy-virtual" and h.max_sas == 64 and h.host_silence_ms == 3000
+    assert h.features & m.FEAT_LINK_AUTH
     assert {t.backend for t in h.transforms} == {"pure"}                  # no cryptolib in wasm
     print("\ninv flash (fresh board): %.1f s" % took)
 
 
 def test_reflash_skips_unchanged_files_and_removes_stale_ones(vb, tmp_path, capsys):
     if "/firmware/board.mpy" not in board_files(vb.flash):
-        flash.flash("mpy-virtual", vb.repl)          # a re-flash needs a board flashed before
+        flash.flash("mpy-virtual", vb.repl, link_key=vb.key_path)          # a re-flash needs a board flashed before
     stale = tmp_path / "stale.py"
     stale.write_text("X = 1\n")
     # a .py left by an earlier --source flash would shadow the new .mpy: it must go
@@ -91,7 +113,7 @@ def test_reflash_skips_unchanged_files_and_removes_stale_ones(vb, tmp_path, caps
                    check=True, capture_output=True, timeout=60)
     capsys.readouterr()
     t0 = time.monotonic()
-    r = flash.flash("mpy-virtual", vb.repl)
+    r = flash.flash("mpy-virtual", vb.repl, link_key=vb.key_path)
     took = time.monotonic() - t0
     out = capsys.readouterr().out
     # mpremote compares each file's SHA-256 on the board and writes none of them again
@@ -128,16 +150,22 @@ def bad_arguments(main, args, capsys):
     return err
 
 
-def test_flash_errors_name_what_is_wrong(capsys):
+def test_flash_errors_name_what_is_wrong(capsys, tmp_path):
+    key = str(tmp_path / "b.key")
     assert "no board profile 'nope'" in bad_arguments(flash.main, ["--board", "nope", "--port", "/dev/null"], capsys)
     assert "--port /dev/pts/999999: no such device" in bad_arguments(
         flash.main, ["--board", "mpy-virtual", "--port", "/dev/pts/999999"], capsys)
     assert "--port /dev/ttyUSB9: no such device" in bad_arguments(
         flash.main, ["--board", "esp32-devkitc", "--port", "/dev/ttyUSB9"], capsys)
-    assert flash.main(["--board", "esp32-devkitc", "--port", "/dev/null"]) == 1
-    assert "--link-port" in capsys.readouterr().err
     assert flash.main(["--board", "esp32-devkitc", "--port", "/dev/null", "--no-wait"]) == 1
+    assert "pass --link-key FILE" in capsys.readouterr().err   # an authenticated link needs the board's key
+    assert flash.main(["--board", "esp32-devkitc", "--port", "/dev/null", "--link-key", key]) == 1
+    assert "--link-port" in capsys.readouterr().err
+    assert flash.main(["--board", "esp32-devkitc", "--port", "/dev/null", "--no-wait", "--link-key", key]) == 1
     assert "mpremote" in capsys.readouterr().err            # no board there: mpremote's own error
+    os.chmod(key, 0o640)
+    assert flash.main(["--board", "esp32-devkitc", "--port", "/dev/null", "--no-wait", "--link-key", key]) == 1
+    assert "chmod 600" in capsys.readouterr().err            # a key others can read is refused
 
 
 def test_heap_with_64_sas_on_micropython(vb):
@@ -149,7 +177,7 @@ def test_heap_with_64_sas_on_micropython(vb):
     (addresses, UDP encapsulation, one traffic selector each way, which the SAs check), and for
     the cryptolib backend, run on a stand-in cryptolib (bench/_mpy_cryptolib.py) whose objects
     keep what the C module's do."""
-    flash.flash("mpy-virtual", vb.repl, wait=False)
+    flash.flash("mpy-virtual", vb.repl, wait=False, link_key=vb.key_path)
     res = mpy_heap.measure(vb.repl)
     daemon = mpy_heap.measure(vb.repl, engines=("esp",), shape="daemon")["esp"]
     assert daemon["installed"] == 64 and daemon["backend"] == "pure", daemon

@@ -182,12 +182,14 @@ def test_ike_rekey_moves_child_sas(who):
     sa_a, sa_b = up(a, b, net)
     ca, cb = only_child(sa_a), only_child(sa_b)
     side, sa = (a, sa_a) if who == "initiator" else (b, sa_b)
+    old_sk_d = sa_a.keys.sk_d
     assert side.rekey_ike(sa.ike_id, 3.0)
     net.pump(3.0)
     (na,), (nb,) = a.ike_sas(), b.ike_sas()
     assert na is not sa_a and nb is not sa_b
     assert (na.spi_i, na.spi_r) == (nb.spi_i, nb.spi_r) != (sa_a.spi_i, sa_a.spi_r)
-    assert na.keys.sk_d == nb.keys.sk_d != sa_a.keys.sk_d
+    assert na.keys.sk_d == nb.keys.sk_d != old_sk_d
+    assert sa_a.keys is sa_b.keys is sa_a.cipher is None         # the replaced SAs' keys are gone
     # §2.18: the rekey initiator is the original initiator of the new IKE SA
     assert (na.initiator, nb.initiator) == ((True, False) if side is a else (False, True))
     assert (na.my_mid, na.peer_mid, nb.my_mid, nb.peer_mid) == (0, 0, 0, 0)      # §2.18: counters reset

@@ -2,12 +2,17 @@
 (an independent COBS implementation) and zlib's CRC-32, bodies with struct per the document's
 message table. firmware/tests/test_link_vectors.py checks them against the codec (CPython and
 MicroPython); here the document itself must be what tools/linkvectors.py generates."""
+import hashlib
+import hmac
+import re
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
 from cobs import cobs
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from firmware.tests import linkvectors
 from tools import linkvectors as generator
@@ -20,6 +25,25 @@ def test_the_document_is_in_sync_with_its_generator():
     assert generator.main(["--check"]) == 0
 
 
+TEXT = DOC.read_text()
+KEYS = {m.group(1): bytes.fromhex(m.group(2)) for m in re.finditer(r"^- ([a-zA-Z0-9 ]+): `([0-9a-f]+)`$", TEXT, re.M)}
+SEALED = dict(re.findall(r"^(\S.*?) type 0x[0-9a-f]{2} flags 0x[0-9a-f]{2} seq \d+\n    fields .*\n"
+                         r"    sealed ([a-z0-9 ]+), auth seq \d+$", TEXT, re.M))
+
+
+def hkdf(salt, ikm, info, n):
+    return HKDF(hashes.SHA256(), n, salt, info).derive(ikm)
+
+
+def test_the_documented_keys_are_hkdf_sha256_of_the_link_key_and_nonces():
+    k = KEYS
+    assert len(k) == 8 and len(SEALED) == 7, (sorted(k), SEALED)
+    boot = hkdf(b"ikeoffload link boot", k["link key"], b"boot keys", 64)
+    assert (k["boot h2b"], k["boot b2h"]) == (boot[:32], boot[32:])
+    sess = hkdf(k["Nh"] + k["Nb"], k["link key"], b"ikeoffload link session", 96)
+    assert (k["session h2b"], k["session b2h"], k["session enc"]) == (sess[:32], sess[32:64], sess[64:])
+
+
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_frame_decodes_with_an_independent_cobs_and_crc(name):
     type_, flags, seq, body, wire = VECTORS[name]
@@ -28,7 +52,20 @@ def test_frame_decodes_with_an_independent_cobs_and_crc(name):
     assert cobs.encode(raw) == wire[1:-1]
     assert struct.unpack("<I", raw[-4:])[0] == zlib.crc32(raw[:-4])
     assert struct.unpack(">BBBH", raw[:5]) == (1, type_, flags, seq)
-    assert raw[5:-4] == body
+    if not flags & 0x80:
+        assert raw[5:-4] == body
+        return
+    # FLAG_AUTH: auth seq (8) and tag (16) before the CRC; the tag is HMAC-SHA-256-128 of all before it
+    aseq = struct.unpack(">Q", raw[-28:-20])[0]
+    tag = hmac.new(KEYS[SEALED[name]], raw[:-20], hashlib.sha256).digest()[:16]
+    assert raw[-20:-4] == tag
+    sent = raw[5:-28]
+    if flags & 0x40:         # FLAG_ENC: XOR with HMAC(enc, aseq | block counter) blocks
+        stream = b"".join(hmac.new(KEYS["session enc"], struct.pack(">QI", aseq, i), hashlib.sha256).digest()
+                          for i in range(len(sent) // 32 + 1))
+        sent = bytes(a ^ b for a, b in zip(sent, stream))
+        assert raw[5:-28] != body
+    assert sent == body
 
 
 FIXED = {       # name: (struct layout from the document's table, the values the vector carries)

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from firmware.link import keyfile
 from host import config, preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,10 +26,15 @@ def free_udp_ports(n):
     return ports
 
 
-def make_config(tmp_path, port, ike=None):
+def make_config(tmp_path, port, ike=None, key=True):
+    """A configuration with one board; key: make its link key file (private/b0.key)."""
     ike, natt = ike or free_udp_ports(2)
     text = ('[daemon]\ncontrol_socket = "%s"\nlisten = "127.0.0.1"\n\n[ike]\nport = %d\nnatt_port = %d\n\n'
-            '[[board]]\nname = "b0"\nprofile = "sim"\nport = "%s"\n' % (tmp_path / "run" / "ctl.sock", ike, natt, port))
+            '[[board]]\nname = "b0"\nprofile = "sim"\nport = "%s"\nlink_key = "private/b0.key"\n'
+            % (tmp_path / "run" / "ctl.sock", ike, natt, port))
+    os.makedirs(tmp_path, exist_ok=True)
+    if key:
+        keyfile.ensure(str(tmp_path / "private" / "b0.key"))
     path = tmp_path / "ikeoffloadd.toml"
     path.write_text(text)
     return config.load(str(path)), text
@@ -145,3 +151,27 @@ def test_the_daemon_refuses_a_bad_board_port_in_one_line(tmp_path):
     assert r.returncode == 1 and len(lines) == 1, lines
     assert "%s:%d: board[0].port: %s is not a serial device" % (cfg.path, line(text, 'port = "/'), regular) in lines[0]
     assert not os.path.exists(cfg.control_socket)
+
+
+def test_a_board_link_key_must_be_there_ours_alone_and_a_key(tmp_path, pty):
+    """The key is the link's whole security: a missing one, one others can read, or a file that
+    holds no key stops the daemon before it touches anything, naming the setting."""
+    cfg, text = make_config(tmp_path, pty, key=False)
+    where = "%s:%d: board[0].link_key: " % (cfg.path, line(text, "link_key = "))
+    key = tmp_path / "private" / "b0.key"
+    with pytest.raises(config.ConfigError) as e:
+        preflight.check(cfg, tun=False)
+    assert str(e.value).startswith(where) and "No such file" in str(e.value), e.value
+    keyfile.create(str(key))
+    os.chmod(key, 0o644)
+    with pytest.raises(config.ConfigError) as e:
+        preflight.check(cfg, tun=False)
+    assert str(e.value).startswith(where) and "chmod 600" in str(e.value), e.value
+    os.chmod(key, 0o600)
+    key.write_text("not a key\n")
+    with pytest.raises(config.ConfigError) as e:
+        preflight.check(cfg, tun=False)
+    assert str(e.value).startswith(where) and "64 hex digits" in str(e.value), e.value
+    key.unlink()
+    keyfile.create(str(key))
+    preflight.check(cfg, tun=False).release()

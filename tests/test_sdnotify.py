@@ -76,12 +76,12 @@ def free_udp_ports(n):
     return ports
 
 
-def daemon_config(tmp_path, board_url):
+def daemon_config(tmp_path, board_url, link_key):
     ike, natt = free_udp_ports(2)
     cfg = tmp_path / "ikeoffloadd.toml"
     cfg.write_text('[daemon]\ncontrol_socket = "%s"\nlisten = "127.0.0.1"\n\n[ike]\nport = %d\nnatt_port = %d\n\n'
-                   '[[board]]\nname = "b0"\nprofile = "sim"\nport = "%s"\n'
-                   % (tmp_path / "ctl.sock", ike, natt, board_url))
+                   '[[board]]\nname = "b0"\nprofile = "sim"\nport = "%s"\nlink_key = "%s"\n'
+                   % (tmp_path / "ctl.sock", ike, natt, board_url, link_key))
     return cfg
 
 
@@ -90,7 +90,7 @@ def test_daemon_under_a_notify_socket(tmp_path):
     path = str(tmp_path / "notify")
     log = open(tmp_path / "daemon.log", "w+")
     with receiver(path) as r:
-        cfg = daemon_config(tmp_path, board.url)
+        cfg = daemon_config(tmp_path, board.url, board.link_key_path)
         env = dict(os.environ, PYTHONPATH=ROOT, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
         d = subprocess.Popen([sys.executable, "-m", "host", "--config", str(cfg), "--no-tun"], cwd=ROOT, env=env,
                              stdout=log, stderr=log)

@@ -9,18 +9,48 @@ import time
 import pytest
 import serial
 
+from firmware.link import auth as la
 from firmware.link import frame as fr
+from firmware.link import keyfile
 from firmware.link import messages as m
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 
+class Link:
+    """The host's end of the sim's authenticated link, frame by frame (firmware/link/auth.py)."""
+
+    def __init__(self, key_path):
+        self.auth = la.HostAuth(keyfile.read(key_path))
+        self.dec = fr.FrameDecoder(65535, auth=True)
+        self.nonce = None
+
+    def frame(self, type, seq, flags=0, body=b""):
+        if type == m.HELLO:
+            self.nonce = self.auth.new_nonce()
+            body = body + self.nonce
+        if type == m.SA_ADD:
+            flags |= fr.FLAG_ENC
+        return self.auth.seal(type, seq, flags, body)
+
+    def feed(self, data):
+        out = []
+        for f in self.dec.feed(data):
+            f = self.auth.open(f, self.nonce if f.type == m.HELLO and f.flags & fr.FLAG_REPLY else None)
+            if f is not None:
+                out.append(f)
+        return out
+
+
 def start(args):
+    """The sim's first two lines, and a Link made with the key its third names."""
     p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     first = p.stdout.readline()
     second = p.stdout.readline()
-    return p, first, second
+    third = p.stdout.readline()
+    assert third.startswith("link-key: "), third
+    return p, first, second, Link(third.split(": ", 1)[1].strip())
 
 
 def stop(p):
@@ -32,31 +62,30 @@ def stop(p):
         raise AssertionError("simulator ignored SIGTERM") from None
 
 
-def exchange(port, frames, want, timeout=2.0):
+def exchange(link, port, frames, want, timeout=2.0):
     port.write(b"".join(frames))
-    dec = fr.FrameDecoder(65535)
     got = []
     end = time.monotonic() + timeout
     while len([f for f in got if f.flags & fr.FLAG_REPLY]) < want and time.monotonic() < end:
-        got += dec.feed(port.read(4096))
+        got += link.feed(port.read(4096))
     return got
 
 
-def hello(port, seq=1):
-    got = exchange(port, [fr.encode(m.HELLO, seq, 0, m.encode_hello_request(b"testtest"))], 1)
+def hello(link, port, seq=1):
+    got = exchange(link, port, [link.frame(m.HELLO, seq, 0, m.encode_hello_request(b"testtest"))], 1)
     replies = [f for f in got if f.flags & fr.FLAG_REPLY]
     assert replies, got
     return m.Hello.decode(replies[0].body[1:])
 
 
 def test_inv_sim_prints_a_pty_that_pyserial_and_miniterm_open():
-    p, first, second = start([sys.executable, "-m", "invoke", "sim"])
+    p, first, second, link = start([sys.executable, "-m", "invoke", "sim"])
     try:
         assert first.startswith("board: /dev/pts/"), first
         assert second.startswith("control: ")
         dev = first.split()[1]
         with serial.Serial(dev, 921600, timeout=0.2) as s:
-            h = hello(s)
+            h = hello(link, s)
             assert h.board_id == "sim"
         # miniterm (it wants a terminal of its own) opens it, stays up, and quits on Ctrl-]
         console, console_slave = os.openpty()
@@ -69,53 +98,51 @@ def test_inv_sim_prints_a_pty_that_pyserial_and_miniterm_open():
         os.close(console)
         os.close(console_slave)
         with serial.Serial(dev, 921600, timeout=0.2) as s:    # still there after a tool left
-            assert hello(s, 2).board_id == "sim"
+            assert hello(link, s, 2).board_id == "sim"
     finally:
         stop(p)
 
 
 def test_reset_by_signal_keeps_the_path_and_changes_the_boot_id():
-    p, first, _ = start([sys.executable, "-m", "firmware.sim"])
+    p, first, _, link = start([sys.executable, "-m", "firmware.sim"])
     try:
         dev = first.split()[1]
         with serial.Serial(dev, timeout=0.2) as s:
-            a = hello(s).boot_id
+            a = hello(link, s).boot_id
             p.send_signal(signal.SIGUSR1)
-            dec = fr.FrameDecoder(65535)
             events = []
             end = time.monotonic() + 2
             while not events and time.monotonic() < end:
-                events = [f for f in dec.feed(s.read(4096)) if f.flags & fr.FLAG_EVENT]
+                events = [f for f in link.feed(s.read(4096)) if f.flags & fr.FLAG_EVENT]
             assert events and events[0].type == m.HELLO
             b = m.Hello.decode(events[0].body).boot_id
-            assert a != b and hello(s, 3).boot_id == b
+            assert a != b and hello(link, s, 3).boot_id == b
             assert os.path.exists(dev)
     finally:
         stop(p)
 
 
 def test_socket_mode():
-    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--socket", "127.0.0.1:0"])
+    p, first, _, link = start([sys.executable, "-m", "firmware.sim", "--socket", "127.0.0.1:0"])
     try:
         assert first.startswith("board: socket://127.0.0.1:"), first
         url = first.split()[1]
         with serial.serial_for_url(url, timeout=0.2) as s:
-            assert hello(s).max_sas > 0
+            assert hello(link, s).max_sas > 0
         with serial.serial_for_url(url, timeout=0.2) as s:   # a second host session later
-            assert hello(s, 5).max_sas > 0
+            assert hello(link, s, 5).max_sas > 0
     finally:
         stop(p)
 
 
 def test_reset_every():
-    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--reset-every", "0.3"])
+    p, first, _, link = start([sys.executable, "-m", "firmware.sim", "--reset-every", "0.3"])
     try:
         with serial.Serial(first.split()[1], timeout=0.1) as s:
-            dec = fr.FrameDecoder(65535)
             boots = set()
             end = time.monotonic() + 1.5
             while time.monotonic() < end:
-                for f in dec.feed(s.read(4096)):
+                for f in link.feed(s.read(4096)):
                     if f.flags & fr.FLAG_EVENT and f.type == m.HELLO:
                         boots.add(m.Hello.decode(f.body).boot_id)
             assert 3 <= len(boots) <= 6
@@ -126,20 +153,20 @@ def test_reset_every():
 @pytest.mark.parametrize("baud", [115200, 921600])
 def test_baud_throttle_shows_uart_limits(baud):
     """Stats replies of ~64 KB in total must take about bytes / (baud / 10)."""
-    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--baud", str(baud)])
+    p, first, _, link = start([sys.executable, "-m", "firmware.sim", "--baud", str(baud)])
     try:
         with serial.Serial(first.split()[1], timeout=0.05) as s:
-            hello(s)
+            hello(link, s)
             spec = m.SaSpec(0x1000, 0, m.ENCR_AES_GCM_16, b"k" * 20)
             reqs = []
             for i in range(40):
                 spec.spi = 0x1000 + i
-                reqs.append(fr.encode(m.SA_ADD, 10 + i, 0, spec.encode()))
-            exchange(s, reqs, 40, timeout=10)
+                reqs.append(link.frame(m.SA_ADD, 10 + i, 0, spec.encode()))
+            exchange(link, s, reqs, 40, timeout=10)
             t0 = time.monotonic()
             n = 0
             want = 25 if baud > 200000 else 4
-            got = exchange(s, [fr.encode(m.SA_STATS, 100 + i, fr.FLAG_NOCACHE, m.encode_stats_request())
+            got = exchange(link, s, [link.frame(m.SA_STATS, 100 + i, fr.FLAG_NOCACHE, m.encode_stats_request())
                                for i in range(want)], want, timeout=30)
             took = time.monotonic() - t0
             n = sum(len(f.body) + 14 for f in got)
@@ -158,22 +185,22 @@ def test_the_sim_stands_in_for_a_boards_transforms_link_and_cpu(profile):
     from firmware.tests.espdata import A1, A2, det, ipv4
 
     prof = profiles.load(profile)
-    p, first, _ = start([sys.executable, "-m", "firmware.sim", "--profile", profile])
+    p, first, _, link = start([sys.executable, "-m", "firmware.sim", "--profile", profile])
     try:
         with serial.Serial(first.split()[1], timeout=0.05) as port:
-            h = hello(port)
+            h = hello(link, port)
             assert {t.backend for t in h.transforms} == {"cryptolib"}
             fast = {t.key() for t in h.transforms if t.speed == m.SPEED_FAST}
             assert fast == profiles.fast_transforms(prof)                  # AES-CBC + HMAC; GCM is slow
             t = (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_256_128)
             spec = d.spec(0x6000, m.DIR_OUT, m.ENCR_AES_CBC, 256, flags=m.SAF_UDP_ENCAP, src=(A1, 4500),
                           dst=(A2, 4500))
-            got = exchange(port, [fr.encode(m.SA_ADD, 2, 0, spec.encode())], 1)
+            got = exchange(link, port, [link.frame(m.SA_ADD, 2, 0, spec.encode())], 1)
             assert m.SadReply.decode([f for f in got if f.flags & fr.FLAG_REPLY][0].body).status == m.OK
             pkt = ipv4(A1, A2, 17, d.udp(1, 2, det(1372)))
-            req = fr.encode(m.ENCRYPT, 3, fr.FLAG_NOCACHE, m.encode_encrypt_request([(0x6000, pkt)] * 2))
+            req = link.frame(m.ENCRYPT, 3, fr.FLAG_NOCACHE, m.encode_encrypt_request([(0x6000, pkt)] * 2))
             t0 = time.monotonic()
-            got = exchange(port, [req], 1, timeout=5)
+            got = exchange(link, port, [req], 1, timeout=5)
             took = time.monotonic() - t0
             st, items = m.decode_encrypt_reply([f for f in got if f.flags & fr.FLAG_REPLY][0].body)
             assert st == m.OK and [s for s, _ in items] == [m.P_OK] * 2

@@ -1,17 +1,20 @@
 """Flash the offload firmware onto a MicroPython board with mpremote (`inv flash`).
 
-    python -m tools.flash --board PROFILE --port REPL_DEVICE [--link-port DEV] [--source] [--no-wait]
+    python -m tools.flash --board PROFILE --port REPL_DEVICE --link-key FILE [--link-port DEV] [--source] [--no-wait]
 
 1. ask the board for its .mpy version (mpremote exec: sys.implementation._mpy);
 2. compile the firmware with mpy-cross when it emits that version (else copy the sources);
-3. generate board.json from the profile (firmware/profiles.py board_config);
-4. copy with mpremote (boot.py, main.py, board.json, firmware/; unchanged files are skipped by
-   hash, stale ones removed), then verify every file by its SHA-256 computed on the board;
+3. generate board.json from the profile (firmware/profiles.py board_config); take the board's link
+   key from --link-key FILE, or make it there (mode 0600) — the daemon's [[board]] link_key names
+   the same file (docs/link-protocol.md, "Link security");
+4. copy with mpremote (boot.py, main.py, board.json, link.key, firmware/; unchanged files are
+   skipped by hash, stale ones removed), then verify every file by its SHA-256 computed on the
+   board (the key is staged in a private temporary directory, never in the build tree);
 5. soft-reset the board (Ctrl-D at its friendly REPL): boot.py starts the watchdog, main.py the
    firmware;
-6. wait for the firmware's HELLO on the link: the REPL port itself when the profile says
-   link.same_port_as_repl, else --link-port (for the virtual and the emulated board, their link
-   pty is looked up).
+6. wait for the firmware's HELLO on the link — authenticated with the key, so it proves the board
+   holds it: the REPL port itself when the profile says link.same_port_as_repl, else --link-port
+   (for the virtual and the emulated board, their link pty is looked up).
 
 Every step prints what it does and how long it took; a failure says which step and why.
 """
@@ -22,11 +25,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from firmware import cli, profiles
+from firmware.link import auth as la
 from firmware.link import frame as fr
+from firmware.link import keyfile
 from firmware.link import messages as m
 from tools import fwcheck
 
@@ -175,11 +181,18 @@ for p in %r:
 """
 
 
-def copy_and_verify(port, out, files):
+def copy_and_verify(port, out, files, extra=None):
+    """Copy `files` (all under `out`) and `extra` ({board path: local file} kept elsewhere: the
+    link key), then check every one by its SHA-256 computed on the board."""
+    extra = extra or {}
     keep = sorted(p for p in files if p.startswith("/firmware/"))
     top = sorted({Path(p).parts[1] for p in files})
     sources = [str(out / t) for t in top]
-    lines = mpremote(port, "exec", CLEAN % (keep,), "+", "fs", "cp", "-r", *sources, ":",
+    more = []
+    for board_path, local in sorted(extra.items()):
+        more += ["+", "fs", "cp", str(local), ":" + board_path]
+    files = dict(files, **extra)
+    lines = mpremote(port, "exec", CLEAN % (keep,), "+", "fs", "cp", "-r", *sources, ":", *more,
                      "+", "exec", HASH % (sorted(files),), timeout=600)
     got = {}
     for line in lines:
@@ -235,7 +248,7 @@ def link_port_for(profile, port, link_port):
 class HelloWaiter:
     """Opened on the link before the reset, so the boot HELLO event is not missed; also asks."""
 
-    def __init__(self, profile, url):
+    def __init__(self, profile, url, link_key=None):
         import serial
 
         if profile["link"]["kind"] == "spi-pio":
@@ -245,32 +258,61 @@ class HelloWaiter:
         self.ser = serial.serial_for_url(url, baudrate=baud, rtscts=bool(profile["link"].get("rtscts")),
                                          timeout=0.05)
         self.ser.reset_input_buffer()
-        self.dec = fr.FrameDecoder(65535)
+        self.auth = la.HostAuth(link_key, os.urandom) if link_key else None
+        self.dec = fr.FrameDecoder(65535, auth=self.auth is not None)
 
     def wait(self, timeout):
+        """The board's HELLO (an event at boot, or the reply to ours): on an authenticated link
+        only one made with the link key counts."""
         t0 = time.monotonic()
         asked = 0.0
-        session = os.urandom(8)
+        body = m.encode_hello_request(os.urandom(8))
+        nonce = None
+        if self.auth is not None:
+            nonce = self.auth.new_nonce()
+            body += nonce
         while time.monotonic() - t0 < timeout:
             if time.monotonic() - asked > 1.0:
-                self.ser.write(fr.encode(m.HELLO, 1, 0, m.encode_hello_request(session)))
+                if self.auth is None:
+                    self.ser.write(fr.encode(m.HELLO, 1, 0, body))
+                else:
+                    self.ser.write(self.auth.seal(m.HELLO, 1, 0, body))
                 asked = time.monotonic()
             for f in self.dec.feed(self.ser.read(4096)):
-                if f.type == m.HELLO and f.flags & (fr.FLAG_EVENT | fr.FLAG_REPLY):
+                if f.type == m.HELLO and self.auth is not None:
+                    f = self.auth.open(f, nonce if f.flags & fr.FLAG_REPLY else None)
+                if f is not None and f.type == m.HELLO and f.flags & (fr.FLAG_EVENT | fr.FLAG_REPLY):
                     body = f.body[1:] if f.flags & fr.FLAG_REPLY else f.body
                     return m.Hello.decode(body), time.monotonic() - t0
+        if self.auth is not None and self.dec.counters["unauthenticated"] + self.auth.dropped():
+            raise FlashError("no HELLO made with the link key within %d s (%d frames failed its check: "
+                             "does the board hold another key, or none?)"
+                             % (timeout, self.dec.counters["unauthenticated"] + self.auth.dropped()))
         raise FlashError("no HELLO on the link within %d s (see the board's REPL for a traceback)" % timeout)
 
     def close(self):
         self.ser.close()
 
 
-def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30, build=None):
+def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30, build=None, link_key=None):
+    """link_key: the path of the board's link key (made if it does not exist); a profile with an
+    authenticated link (link.auth) needs it."""
     t_all = time.monotonic()
     try:
         profile = profiles.load(board)
     except profiles.ProfileError as e:
         raise FlashError(str(e)) from None
+    key = None
+    if profiles.link_auth(profile):
+        if not link_key:
+            raise FlashError("profile %s has an authenticated link: pass --link-key FILE (the board's key: "
+                             "made there, mode 0600, if it does not exist; the daemon's [[board]] link_key "
+                             "names the same file)" % profile["_name"])
+        try:
+            key, created = keyfile.ensure(link_key)
+        except keyfile.KeyFileError as e:
+            raise FlashError("--link-key: %s" % e) from None
+        say("link key: %s (%s)" % (link_key, "new" if created else "kept"))
     out = Path(build or ROOT / "build" / "flash" / profile["board"]["name"])
     link_url = link_port_for(profile, port, link_port) if wait else None
     with Step(1, "asking the board at %s for its MicroPython and .mpy version" % port):
@@ -287,12 +329,20 @@ def flash(board, port, link_port=None, source=False, wait=True, hello_timeout=30
         files = stage(profile, out, compile_mpy, info["arch"])
         say("      %d files in %s" % (len(files), out.relative_to(ROOT) if out.is_relative_to(ROOT) else out))
     with Step(3, "copying with mpremote and verifying by SHA-256 on the board"):
-        n, size = copy_and_verify(port, out, files)
+        with tempfile.TemporaryDirectory(prefix="ikeoffload-flash-") as private:
+            extra = {}
+            if key is not None:
+                staged = os.path.join(private, "link.key")
+                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(la.key_text(key))
+                extra["/link.key"] = Path(staged)
+            n, size = copy_and_verify(port, out, files, extra)
         say("      %d files, %d bytes, all verified" % (n, size))
     waiter = None
     if wait:
         with Step(4, "opening the link at %s" % link_url):
-            waiter = HelloWaiter(profile, link_url)
+            waiter = HelloWaiter(profile, link_url, key)
     try:
         with Step(5, "soft reset: boot.py starts the watchdog, main.py the firmware"):
             soft_reset(port)
@@ -325,6 +375,8 @@ def main(argv=None):
     ap.add_argument("--source", action="store_true", help="copy .py sources instead of compiling")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for HELLO after the reset")
     ap.add_argument("--timeout", type=float, default=30, help="seconds to wait for HELLO")
+    ap.add_argument("--link-key", metavar="FILE", help="the board's link key: kept if the file exists, else "
+                    "made there (mode 0600); the daemon's [[board]] link_key names it")
     args = ap.parse_args(argv)
     try:
         profiles.load(args.board)
@@ -337,7 +389,8 @@ def main(argv=None):
     if not args.timeout > 0:
         ap.error("--timeout must be positive")
     try:
-        flash(args.board, args.port, args.link_port, args.source, not args.no_wait, args.timeout)
+        flash(args.board, args.port, args.link_port, args.source, not args.no_wait, args.timeout,
+              link_key=args.link_key)
     except FlashError as e:
         print("flash: %s" % e, file=sys.stderr)
         return 1

@@ -114,6 +114,24 @@ class HmacPads:
 HmacSha256 = HmacCopy if hasattr(_sha256(), "copy") else HmacPads
 
 
+class HmacKeyed:
+    """MicroPython: the padded keys kept (128 bytes), so a MAC costs the two hashes only — for
+    the few long-lived keys of the link (firmware/link/auth.py), which MAC every frame."""
+
+    def __init__(self, key):
+        self._ipad, self._opad = _pads(_key(key))
+
+    def digest(self, data, tail=b""):
+        h = _sha256(self._ipad)
+        h.update(data)
+        if tail:
+            h.update(tail)
+        return _sha256(self._opad + h.digest()).digest()
+
+    def __repr__(self):
+        return "HmacSha256(<key hidden>)"
+
+
 def ct_equal(a, b):
     """Constant-time equality of two byte strings (time depends on the length only)."""
     if len(a) != len(b):

@@ -2,15 +2,16 @@
 
 Decoded frame layout (all integers big-endian except the CRC):
 
-    version(1) type(1) flags(1) seq(2) body(...) [tag(16) if FLAG_AUTH] crc32(4, little-endian)
+    version(1) type(1) flags(1) seq(2) body(...) [auth seq(8) tag(16) if FLAG_AUTH] crc32(4, little-endian)
 
 The CRC (binascii.crc32, IEEE 802.3) covers everything before it. On the wire a frame is
 0x00 COBS(frame) 0x00: the leading delimiter costs one byte and means a lost or corrupted
 delimiter loses one frame, not two. Empty blocks between delimiters are ignored.
 
-A frame with a bad CRC, broken COBS, a foreign version, an oversize length or an
-authentication tag we cannot check is dropped and counted, never acted on; the decoder
-resynchronises on the next 0x00.
+A frame with a bad CRC, broken COBS, a foreign version or an oversize length is dropped and
+counted, never acted on; the decoder resynchronises on the next 0x00. A decoder is made for one
+kind of link: on an authenticated one (a link key is provisioned) it drops and counts frames
+without FLAG_AUTH, on an open one frames with it; checking the tag is firmware/link/auth.py's.
 """
 import binascii
 import struct
@@ -22,11 +23,14 @@ HEADER_FMT = ">BBBH"  # MicroPython has no struct.Struct
 HEADER_LEN = 5
 CRC_LEN = 4
 TAG_LEN = 16
+AUTH_SEQ_LEN = 8
+AUTH_LEN = AUTH_SEQ_LEN + TAG_LEN   # what FLAG_AUTH adds to a decoded frame
 
 FLAG_REPLY = 0x01    # answer to the request with the same seq
 FLAG_EVENT = 0x02    # unsolicited, board to host; seq is the board's event counter
 FLAG_NOCACHE = 0x04  # data-path request: never retried, so the board keeps no reply for it
-FLAG_AUTH = 0x80     # reserved: a link-key tag precedes the CRC (per-board key, provisioned at flash)
+FLAG_ENC = 0x40      # with FLAG_AUTH: the body is encrypted (SA_ADD: it carries keys)
+FLAG_AUTH = 0x80     # an auth sequence number and a tag precede the CRC (firmware/link/auth.py)
 
 DEFAULT_MAX_FRAME = 4096  # decoded bytes, header to CRC inclusive
 MIN_FRAME = HEADER_LEN + CRC_LEN
@@ -61,6 +65,16 @@ def encode(type, seq, flags=0, body=b""):
     return b"\x00" + cobs.encode(pack(type, seq, flags, body)) + b"\x00"
 
 
+def header(type, seq, flags):
+    return struct.pack(HEADER_FMT, VERSION, type, flags, seq & 0xFFFF)
+
+
+def encode_raw(raw):
+    """A frame whose bytes before the CRC are `raw` (an authenticated one: header, body, auth
+    seq, tag), ready for the wire."""
+    return b"\x00" + cobs.encode(bytes(raw) + struct.pack("<I", binascii.crc32(raw) & 0xFFFFFFFF)) + b"\x00"
+
+
 def encode_into(dst, off, type, seq, flags, body, scratch):
     """encode()'s bytes written to dst from offset off, the frame built in `scratch` (a
     bytearray of at least MIN_FRAME + len(body) bytes); returns the offset after it. dst needs
@@ -87,12 +101,15 @@ class FrameDecoder:
     Counters (attribute `counters`, a dict) say what was dropped and why.
     """
 
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME, auth=False):
+        """auth: the link is authenticated (frames without FLAG_AUTH are dropped); else frames
+        with FLAG_AUTH are (a tag nobody can check is worth nothing)."""
         self.set_max_frame(max_frame)
+        self.auth = auth
         self._buf = bytearray()
         self._skipping = False  # an oversize block: discard until the next delimiter
         self.counters = {"frames": 0, "bad_crc": 0, "bad_cobs": 0, "short": 0,
-                         "too_long": 0, "bad_version": 0, "auth_dropped": 0}
+                         "too_long": 0, "bad_version": 0, "auth_dropped": 0, "unauthenticated": 0}
 
     def set_max_frame(self, max_frame):
         """Accept frames up to `max_frame` decoded bytes (the host learns the board's from HELLO)."""
@@ -155,9 +172,18 @@ class FrameDecoder:
             c["bad_version"] += 1
             return None
         if flags & FLAG_AUTH:
-            # No link key is provisioned in this protocol version: a tag we cannot check is
-            # worth nothing, so the frame is not acted on.
-            c["auth_dropped"] += 1
+            if not self.auth:
+                c["auth_dropped"] += 1
+                return None
+            if len(raw) < MIN_FRAME + AUTH_LEN:
+                c["short"] += 1
+                return None
+            c["frames"] += 1
+            f = Frame(type, seq, flags, raw[HEADER_LEN:-CRC_LEN - AUTH_LEN])
+            f.raw = raw          # the tag covers raw[:-CRC_LEN - TAG_LEN]
+            return f
+        if self.auth:
+            c["unauthenticated"] += 1
             return None
         c["frames"] += 1
         return Frame(type, seq, flags, raw[HEADER_LEN:-CRC_LEN])
@@ -165,4 +191,5 @@ class FrameDecoder:
     def dropped(self):
         """Total frames dropped for any reason."""
         c = self.counters
-        return c["bad_crc"] + c["bad_cobs"] + c["short"] + c["too_long"] + c["bad_version"] + c["auth_dropped"]
+        return (c["bad_crc"] + c["bad_cobs"] + c["short"] + c["too_long"] + c["bad_version"] + c["auth_dropped"]
+                + c["unauthenticated"])

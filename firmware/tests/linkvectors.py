@@ -8,6 +8,7 @@ on MicroPython, tests/test_link_vectors.py checks the framing with an independen
 and `python -m tools.linkvectors` rewrites the section from here (after a deliberate protocol
 change only: the point of golden vectors is that a change to the wire shows up as a diff).
 """
+from firmware.link import auth as la
 from firmware.link import frame as fr
 from firmware.link import messages as m
 
@@ -128,13 +129,93 @@ VECTORS = [
 ]
 
 
+# ---- authenticated frames (firmware/link/auth.py) ----------------------------------------------
+LINK_KEY = bytes(range(0x40, 0x60))
+NONCE_H = bytes(range(0xA0, 0xB0))      # the host's, in its HELLO request
+NONCE_B = bytes(range(0xB0, 0xC0))      # the board's, in its HELLO reply
+
+
+def keys():
+    """The keys the vectors are sealed with: {name: bytes}, in the order the document lists them."""
+    h2b, b2h = la.boot_keys(LINK_KEY)
+    sh2b, sb2h, enc = la.session_keys(LINK_KEY, NONCE_H, NONCE_B)
+    return {"link key": LINK_KEY, "Nh": NONCE_H, "Nb": NONCE_B, "boot h2b": h2b, "boot b2h": b2h,
+            "session h2b": sh2b, "session b2h": sb2h, "session enc": enc}
+
+
+KEY_ORDER = ("link key", "Nh", "Nb", "boot h2b", "boot b2h", "session h2b", "session b2h", "session enc")
+
+
+def _hello_auth():
+    h = _hello()
+    h.features |= m.FEAT_LINK_AUTH
+    return h
+
+
+def _strip(n, dec):
+    def f(body):
+        if len(body) < n:
+            raise m.MessageError("short")
+        return dec(body[n:])
+    return f
+
+
+def _echo():
+    """The tag of the authenticated HEARTBEAT request: what a board without a session echoes."""
+    for name, type, flags, seq, value, enc, _d, _c, key, aseq in AUTH_VECTORS:
+        if name == "HEARTBEAT request (authenticated)":
+            return _sealer(key, aseq).seal(type, seq, flags, enc(value))[1]
+    raise KeyError("HEARTBEAT request (authenticated)")
+
+
+def _sealer(key, aseq):
+    s = la.Sealer(keys()[key], counting=aseq != 0)
+    s.next = aseq
+    return s
+
+
+# name, type, flags (FLAG_AUTH is added), seq, value, encode(value) -> body (before FLAG_ENC),
+# decode(body) -> value, compare, the key it is sealed with, its auth sequence number
+AUTH_VECTORS = [
+    ("HELLO request (authenticated)", m.HELLO, REQ, 1, SESSION, lambda s: m.encode_hello_request(s) + NONCE_H,
+     _strip(0, lambda b: m.decode_hello_request(b[:-la.NONCE_LEN])), _same, "boot h2b", 0),
+    ("HELLO reply (authenticated)", m.HELLO, REPLY, 1, _hello_auth(),
+     lambda h: NONCE_B + bytes((m.OK,)) + h.encode(), _strip(la.NONCE_LEN, _hello_reply), _same, "session b2h", 1),
+    ("HELLO event (boot, authenticated)", m.HELLO, EVENT, 1, _hello_auth(), lambda h: la.ZERO_ECHO + h.encode(),
+     _strip(la.TAG_LEN, m.Hello.decode), _same, "boot b2h", 0),
+    ("HEARTBEAT request (authenticated)", m.HEARTBEAT, NOCACHE, 2, None, lambda v: b"", _empty, _same,
+     "session h2b", 1),
+    ("HEARTBEAT reply (authenticated)", m.HEARTBEAT, REPLY | NOCACHE, 2,
+     m.HeartbeatAck(BOOT_ID, 123456789, 2, 0x01020304, 1, 5), lambda a: bytes((m.OK,)) + a.encode(), _ack, _same,
+     "session b2h", 2),
+    ("SA_ADD request (authenticated, encrypted)", m.SA_ADD, fr.FLAG_ENC, 3, _spec(), lambda s: s.encode(),
+     m.SaSpec.decode, _spec_same, "session h2b", 2),
+    ("HELLO event (no session, authenticated)", m.HELLO, EVENT, 2, _hello_auth(),
+     lambda h: _echo() + h.encode(), _strip(la.TAG_LEN, m.Hello.decode), _same, "boot b2h", 0),
+]
+
+
+def _seal(type, seq, flags, body, key, aseq):
+    enc = la.Mac(keys()["session enc"]) if flags & fr.FLAG_ENC else None
+    return _sealer(key, aseq).seal(type, seq, flags, body, enc)[0]
+
+
 def built():
-    """{name: (type, flags, seq, body, wire)} from the values above."""
+    """{name: (type, flags, seq, body, wire)} from the values above (flags as on the wire)."""
     out = {}
     for name, type, flags, seq, value, enc, _dec, _cmp in VECTORS:
         body = enc(value)
         out[name] = (type, flags, seq, body, fr.encode(type, seq, flags, body))
+    for name, type, flags, seq, value, enc, _dec, _cmp, key, aseq in AUTH_VECTORS:
+        body = enc(value)
+        out[name] = (type, flags | fr.FLAG_AUTH, seq, body, _seal(type, seq, flags, body, key, aseq))
     return out
+
+
+def all_vectors():
+    """(name, value, decode, compare, key or None) of every vector."""
+    return ([(v[0], v[4], v[6], v[7], None) for v in VECTORS]
+            + [(v[0], v[4], v[6], v[7], v[8]) for v in AUTH_VECTORS])
 
 
 def parse_doc(text):
@@ -201,7 +282,7 @@ def problems(text):
     for name in doc:
         if name not in ours:
             out.append("%s: in the document, not in firmware/tests/linkvectors.py" % name)
-    for name, _type, _flags, _seq, value, _enc, dec, same in VECTORS:
+    for name, value, dec, same, key in all_vectors():
         if name not in doc:
             continue
         d_type, d_flags, d_seq, d_body, d_wire = doc[name]
@@ -219,7 +300,11 @@ def problems(text):
             continue
         if not same(got, value):
             out.append("%s: the document's body decodes to %r, not %r" % (name, got, value))
-        frames = fr.FrameDecoder(65535).feed(d_wire)
+        frames = fr.FrameDecoder(65535, auth=key is not None).feed(d_wire)
+        if key is not None and len(frames) == 1:
+            enc = la.Mac(keys()["session enc"])
+            if la.Opener(keys()[key], window=0).open(frames[0], enc) != la.OK:
+                out.append("%s: the document's wire bytes do not verify under the %s key" % (name, key))
         if len(frames) != 1 or (frames[0].type, frames[0].flags, frames[0].seq, bytes(frames[0].body)) != \
                 (d_type, d_flags, d_seq, d_body):
             out.append("%s: the document's wire bytes do not deframe to its header and body: %r" % (name, frames))
@@ -287,6 +372,30 @@ def section():
         for key, data in (("body", body), ("wire", wire)):
             h = _hex(data)
             lines.append("    %s %s" % (key, h[:64]))
+            for i in range(64, len(h), 64):
+                lines.append("         " + h[i:i + 64])
+    lines += ["```", "",
+              "### Authenticated frames", "",
+              "The same codec on an authenticated link (FLAG_AUTH: the auth sequence number and the tag",
+              "before the CRC; SA_ADD's body encrypted, FLAG_ENC), sealed with these keys: the link key, the",
+              "nonces of a HELLO exchange, and what HKDF-SHA-256 derives from them (above). `body` is the",
+              "body before encryption; `sealed` names the key and the auth sequence number. The second",
+              "HELLO event is a board without a session answering the HEARTBEAT request above: it echoes",
+              "that frame's tag. Checked like the others, and by tests/test_link_vectors.py against",
+              "`cryptography`'s HKDF and the standard library's HMAC.", ""]
+    k = keys()
+    for name in KEY_ORDER:
+        lines.append("- %s: `%s`" % (name, _hex(k[name])))
+    lines += ["", "```text"]
+    for name, type, flags, seq, value, enc, _dec, _cmp, key, aseq in AUTH_VECTORS:
+        body = enc(value)
+        wire = _seal(type, seq, flags, body, key, aseq)
+        lines.append("%s type 0x%02x flags 0x%02x seq %d" % (name, type, flags | fr.FLAG_AUTH, seq))
+        lines.append("    fields %s" % describe(value))
+        lines.append("    sealed %s, auth seq %d" % (key, aseq))
+        for key_, data in (("body", body), ("wire", wire)):
+            h = _hex(data)
+            lines.append("    %s %s" % (key_, h[:64]))
             for i in range(64, len(h), 64):
                 lines.append("         " + h[i:i + 64])
     lines.append("```")

@@ -80,6 +80,7 @@ class EngineSettings:
     port: int = 500                     # our IKE port
     natt_port: int = 4500               # our NAT-T port (ESP-in-UDP too)
     local_addr: str | None = None       # default source address when a connection names none
+    max_packet: int = 10000             # a bigger datagram is dropped before it is parsed (charon's max_packet)
     half_open_timeout: float = 30.0     # responder: IKE_AUTH must follow within this time
     max_half_open: int = 4096           # responder: half-open IKE SAs in total ...
     max_half_open_per_ip: int = 512     # ... and per initiator address

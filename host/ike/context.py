@@ -82,7 +82,8 @@ class Context:
         self.jitter = random.Random()       # lifetime jitter (tests may seed it); not for keys or SPIs
         self.limits = RateLimits(settings)
         self.cookies = cookies.CookieJar(settings.cookie_secret_lifetime)
-        self.fragment_bytes = 0             # plaintext held by all partial reassemblies (RFC 7383)
+        self.fragment_bytes = 0             # plaintext held by all partial reassemblies (RFC 7383) ...
+        self.fragment_peers = {}            # ... by peer address: ip -> {IkeSa: bytes its reassembly holds}
         # protected notifications in INFORMATIONAL requests, by type (add others here)
         self.notify_hooks: dict[int, Callable] = {Notify.INVALID_SPI: invalid_spi.protected_received}
         # IKE SA timers (kind, arg) by kind
@@ -255,6 +256,8 @@ class Context:
             self.remove_child(sa, child, reason)
         sa.state = IkeSaState.DEAD
         sa.deleted_reason = reason
+        # its keys go now, not when the last reference to the SA does (a DEAD SA needs none)
+        sa.keys = sa.cipher = sa.dh_priv = None
         fragments.drop(sa)
         sa.outstanding = None
         sa.queue.clear()
@@ -348,6 +351,7 @@ class Context:
             self.emit(ChildSaDelete(child.handle, sa.ike_id, child.spi_in, child.spi_out, reason,
                                     replaced=child.rekey_state == RekeyState.REKEYED))
         child.state = ChildSaState.DEAD
+        child.keys = None
         sa.children.pop(child.handle, None)
         self.forget_child(child)
         for other in sa.children.values():

@@ -11,7 +11,10 @@ same construction done properly). The secret is random and replaced every
 ``cookie_secret_lifetime`` seconds; cookies made with the previous secret still verify, so an
 initiator caught by the change is not turned away. COOKIE answers are rate-limited per source and
 in total like every answer to an unprotected message (§2.4), with their own buckets: they are
-small, cheap and never amplify, so a flood of spoofed requests cannot starve a real initiator.
+small, cheap and never amplify — a COOKIE goes only to a request that carries SA, KE and Nonce
+(§2.6: the request it answers), which is longer than the answer; one without them is answered
+INVALID_SYNTAX by the exchange, a shorter message — so a flood of spoofed requests cannot starve a
+real initiator nor make us a reflector.
 """
 from __future__ import annotations
 
@@ -84,7 +87,7 @@ def admit(ctx, hdr, msg, addr, local, now: float) -> bool:
     if not demanded(ctx, ip):
         return True
     nonce = msg.get(PayloadType.NONCE)
-    if nonce is None:
+    if nonce is None or msg.get(PayloadType.SA) is None or msg.get(PayloadType.KE) is None:
         return True                         # answered with INVALID_SYNTAX, statelessly
     got = msg.notify(Notify.COOKIE)
     if got is not None:

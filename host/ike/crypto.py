@@ -248,13 +248,17 @@ class AesGcmSk(SkCipher):
 
 
 class AesCbcHmacSk(SkCipher):
-    """ENCR_AES_CBC (RFC 3602) with an HMAC integrity transform (RFC 4868): random 16-byte IV,
-    ICV over the whole message up to the ICV itself."""
+    """ENCR_AES_CBC (RFC 3602) with an HMAC integrity transform (RFC 4868), ICV over the whole
+    message up to the ICV itself. The 16-byte IV must be unpredictable (RFC 7296 §3.14): it is a
+    message counter encrypted under the SA's own key (NIST SP 800-38A, Appendix C), so it never
+    repeats and depends on no RNG's quality."""
     iv_len = 16
     block = 16
 
     def __init__(self, ekey_out: bytes, ekey_in: bytes, integ: int, akey_out: bytes, akey_in: bytes):
         self._ek_out, self._ek_in = algorithms.AES(ekey_out), algorithms.AES(ekey_in)
+        self._ivs = Cipher(self._ek_out, modes.ECB()).encryptor()
+        self._count = 0
         _kl, self.icv_len, h = INTEG_INFO[integ]
         self._hash = h()
         self._ak_out, self._ak_in = akey_out, akey_in
@@ -267,7 +271,8 @@ class AesCbcHmacSk(SkCipher):
         return inner + bytes(padn) + bytes((padn,))
 
     def seal(self, aad: bytes, plain: bytes) -> bytes:
-        iv = os.urandom(16)
+        self._count += 1
+        iv = self._ivs.update(self._count.to_bytes(16, "big"))
         enc = Cipher(self._ek_out, modes.CBC(iv)).encryptor()
         body = iv + enc.update(plain) + enc.finalize()
         h = hmac.HMAC(self._ak_out, self._hash)

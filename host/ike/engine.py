@@ -221,6 +221,9 @@ class IkeEngine:
     def receive_datagram(self, data: bytes, addr: tuple, now: float, local: tuple | None = None):
         """Feed one received IKE message (without the non-ESP marker). ``addr`` is the sender's
         (ip, port), ``local`` our (ip, port) it arrived on. Never raises for bad input."""
+        if len(data) > self.settings.max_packet:
+            self.stats["too_big"] += 1           # never parsed: its cost is the copy we got
+            return
         try:
             self._receive(data, addr, now, local)
         except (SyntaxError_, UnsupportedCritical, VersionError):

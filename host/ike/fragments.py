@@ -9,8 +9,12 @@ fragments, which NATs and firewalls drop.
   fragment has its own IV, padding and ICV, and its AAD runs from the IKE header to the end of
   the Total Fragments field (§2.5). A retransmission resends every fragment unchanged.
 * Receiving: each fragment's ICV is checked before it is kept (§2.6.2), so only the peer can use
-  the memory; at most ``MAX_FRAGMENTS`` and ``MAX_MESSAGE`` bytes per message, ``MAX_HELD`` in all
-  (half-open SAs are cheap to make), else the message is given up. A larger Total Fragments for the same
+  the memory — but a peer is anyone who completed an IKE_SA_INIT, and half-open SAs are cheap to
+  make. So at most ``MAX_FRAGMENTS`` and ``MAX_MESSAGE`` bytes per message, ``MAX_HELD_PER_PEER``
+  per peer address (whatever its number of half-open SAs), else the message is given up; and
+  ``MAX_HELD`` in all, where a peer that needs room takes it from the address holding the most
+  (its largest message is dropped, to start over when it is sent again): many addresses parking
+  fragments cannot keep another peer's IKE_AUTH out. A larger Total Fragments for the same
   message starts over (the sender re-fragmented it smaller); a smaller one is dropped. When all
   have arrived, the joined plaintext is parsed as the message's payloads, first type from
   fragment 1. A fragment of a request already answered brings the answer again (§2.6.1).
@@ -24,24 +28,58 @@ from .payloads import SyntaxError_, decode_chain
 
 MAX_FRAGMENTS = 32
 MAX_MESSAGE = 32 * 1024     # plaintext one reassembly may hold (certificate chains fit easily)
-MAX_HELD = 8 * 1024 * 1024  # all reassemblies of an engine together: half-open SAs are cheap to make
+MAX_HELD_PER_PEER = 2 * MAX_MESSAGE    # all reassemblies of the SAs with one peer address
+MAX_HELD = 8 * 1024 * 1024  # all reassemblies of an engine together
 SKF_HEADER_LEN = 8          # generic header + Fragment Number + Total Fragments
 _SKF = struct.Struct("!BBHHH")
 
 
 class Reassembly:
-    __slots__ = ("key", "total", "parts", "first", "size", "given_up")
+    __slots__ = ("key", "total", "parts", "first", "size", "given_up", "peer")
 
-    def __init__(self, key, total):
+    def __init__(self, key, total, peer):
         self.key, self.total, self.parts, self.first, self.size = key, total, {}, 0, 0
         self.given_up = False           # over a limit: the rest of this message is dropped
+        self.peer = peer                # the address its bytes are counted against
+
+
+def _hold(sa, r, n):
+    """Count ``n`` more bytes of ``sa``'s reassembly ``r`` (negative: given back)."""
+    ctx = sa.ctx
+    ctx.fragment_bytes += n
+    held = ctx.fragment_peers.setdefault(r.peer, {})
+    left = held.get(sa, 0) + n
+    if left > 0:
+        held[sa] = left
+    else:
+        held.pop(sa, None)
+        if not held:
+            del ctx.fragment_peers[r.peer]
+
+
+def _peer_bytes(ctx, peer) -> int:
+    return sum(ctx.fragment_peers.get(peer, {}).values())
+
+
+def _make_room(ctx, peer, need) -> bool:
+    """Free ``need`` bytes of MAX_HELD by dropping messages of the address that holds the most,
+    unless that is ``peer`` itself. False: no room."""
+    while ctx.fragment_bytes + need > MAX_HELD:
+        fattest = max(ctx.fragment_peers, key=lambda ip: _peer_bytes(ctx, ip), default=None)
+        if fattest is None or fattest == peer:
+            return False
+        held = ctx.fragment_peers[fattest]
+        victim = max(held, key=held.get)
+        drop(victim)
+        ctx.stats["fragments_evicted"] += 1
+    return True
 
 
 def drop(sa):
     """Forget ``sa``'s partial message (replaced, completed, or the SA is gone)."""
     r, sa.reassembly = sa.reassembly, None
-    if r is not None:
-        sa.ctx.fragment_bytes -= r.size
+    if r is not None and r.size:
+        _hold(sa, r, -r.size)
 
 
 def limit(sa) -> int:
@@ -101,7 +139,7 @@ def receive(sa, hdr, data: bytes, now: float):
     r = sa.reassembly
     if r is None or r.key != key or total > r.total:
         drop(sa)
-        r = sa.reassembly = Reassembly(key, total)
+        r = sa.reassembly = Reassembly(key, total, sa.remote[0])
     elif total < r.total or r.given_up:
         st["fragments_dropped"] += 1         # an older, larger-grained copy, or a message given up
         return None
@@ -109,14 +147,17 @@ def receive(sa, hdr, data: bytes, now: float):
         st["fragments_duplicate"] += 1
         return None
     chunk = plain[:len(plain) - 1 - plain[-1]]
-    if r.size + len(chunk) > MAX_MESSAGE or ctx.fragment_bytes + len(chunk) > MAX_HELD:
+    n = len(chunk)
+    if (r.size + n > MAX_MESSAGE or _peer_bytes(ctx, r.peer) + n > MAX_HELD_PER_PEER
+            or not _make_room(ctx, r.peer, n)):
         st["fragments_over_limit"] += 1      # §2.6.2 leaves the limits to us: the message is given up
-        ctx.fragment_bytes -= r.size
+        if r.size:
+            _hold(sa, r, -r.size)
         r.parts, r.size, r.given_up = {}, 0, True
         return None
     r.parts[num] = chunk
-    r.size += len(chunk)
-    ctx.fragment_bytes += len(chunk)
+    r.size += n
+    _hold(sa, r, n)
     if num == 1:
         r.first = nxt
     st["fragments_received"] += 1

@@ -112,7 +112,29 @@ class Proposal:
                            self.protocol, len(self.spi), n) + self.spi + tr
 
 
+# Decoded SA payloads by their bytes (peers send the same offer again and again), bounded in bytes:
+# a cache filled while parsing unauthenticated IKE_SA_INIT requests must not grow with them.
+SA_CACHE_BYTES = 64 * 1024      # bodies held in all
+SA_CACHE_ENTRY = 2048           # a body longer than this (no real offer is) is not kept
 _SA_CACHE: dict = {}
+_sa_cache_bytes = 0
+
+
+def sa_cache_bytes() -> int:
+    """Bytes of SA payload bodies the decode cache holds."""
+    return _sa_cache_bytes
+
+
+def _sa_cache_put(body: bytes, sa):
+    global _sa_cache_bytes
+    if len(body) > SA_CACHE_ENTRY:
+        return
+    while _SA_CACHE and _sa_cache_bytes + len(body) > SA_CACHE_BYTES:
+        old = next(iter(_SA_CACHE))             # the oldest goes first
+        del _SA_CACHE[old]
+        _sa_cache_bytes -= len(old)
+    _SA_CACHE[body] = sa
+    _sa_cache_bytes += len(body)
 
 
 class SaPayload(Payload):
@@ -143,9 +165,7 @@ class SaPayload(Payload):
             return hit
         sa = cls._decode(body)
         sa._raw = body
-        if len(_SA_CACHE) >= 512:
-            _SA_CACHE.clear()
-        _SA_CACHE[body] = sa
+        _sa_cache_put(body, sa)
         return sa
 
     @classmethod

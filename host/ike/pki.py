@@ -33,7 +33,8 @@ MAX_CHAIN = 4                 # intermediates a peer may send before its trust a
 ID_KP_IPSEC_IKE = ObjectIdentifier("1.3.6.1.5.5.7.3.17")
 IKE_EKUS = frozenset({ID_KP_IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
                       ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
-LAYOUT = {"cert": "x509", "cacerts": "x509ca", "crls": "x509crl", "key": "private", "key_passphrase_file": "private"}
+LAYOUT = {"cert": "x509", "cacerts": "x509ca", "crls": "x509crl", "key": "private", "key_passphrase_file": "private",
+          "link_key": "private"}
 
 
 class PathError(Exception):

@@ -28,9 +28,11 @@ class LinkError(RuntimeError):
 
 class BoardClient:
     def __init__(self, name, url, *, profile=None, period=0.1, misses=3, flush_on_open=True,
-                 reopen_interval=1.0, link_options=None, on_event=None, transport_factory=None):
+                 reopen_interval=1.0, link_options=None, on_event=None, transport_factory=None, link_key=None):
         """profile: the board profile (firmware/profiles.py) — it picks the transport (serial at
         its baud rate and flow control, or SPI) and the wire time per byte of a real UART.
+        link_key: the board's link key (bytes; firmware/link/keyfile.py reads its file), which a
+        profile with an authenticated link (link.auth) needs.
         transport_factory(on_data, on_error) -> transport overrides that (tests, fault injection)."""
         self.name = name
         self.url = url
@@ -49,6 +51,10 @@ class BoardClient:
             self.link_options["byte_time"] = 1.0 / rate
         if profile and "data_budget" not in self.link_options:
             self.link_options["data_budget"] = profiles.data_budget(profile)
+        if profile is not None and profiles.link_auth(profile) and not link_key:
+            raise ValueError("board %s: profile %s has an authenticated link: give its link key"
+                             % (name, profile.get("_name", "?")))
+        self.link_options["link_key"] = link_key
         self.on_event = on_event
         self.events = asyncio.Queue()
         self.session = None

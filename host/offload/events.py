@@ -21,10 +21,14 @@ class RequestFailed:
 
 @dataclass(frozen=True)
 class BoardFrame:
-    """An unsolicited frame (event) from the board, not yet interpreted."""
+    """An unsolicited frame (event) from the board, not yet interpreted. `proof` (HELLO events on
+    an authenticated link): True when it echoes a frame of the host's current session (the board
+    lost that session just now), False for a boot announcement (authentic, maybe replayed); None
+    on an open link."""
     type: int
     seq: int
     body: bytes
+    proof: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -27,22 +27,34 @@ The retry timeout follows RFC 6298 (SRTT + 4·RTTVAR, Karn's rule: no samples fr
 requests) plus the wire time of the bytes ahead on a slow UART, and backs off exponentially.
 Everything the pump needs is kept as running totals: sending costs O(1) per request whatever
 the queue length.
+
+With a link key (firmware/link/auth.py) every frame is sealed when it is transmitted — a retry
+too, with a fresh auth sequence number, so the board takes it and answers it from its reply
+cache — and every frame received is checked; what fails is dropped and counted
+(`auth.counters`). A HELLO request carries a fresh nonce; its reply makes the session.
 """
 import collections
 import os
 
+from firmware.link import auth as la
 from firmware.link import frame as fr
+from firmware.link import messages as m
 from host.offload.events import BoardFrame, Reply, RequestFailed
 
 
 class _Pending:
     __slots__ = ("seq", "type", "wire", "retry", "cached", "index", "first_sent", "sent_at",
-                 "tries", "expires", "deadline", "reply_len", "cost", "step", "urgent")
+                 "tries", "expires", "deadline", "reply_len", "cost", "step", "urgent", "flags", "body",
+                 "nonce", "size")
 
     def __init__(self, seq, type, wire, retry, cached, index, deadline, reply_len, cost=0.0, step=0.0):
         self.seq = seq
         self.type = type
-        self.wire = wire
+        self.wire = wire          # the frame, or None on an authenticated link (sealed per transmission)
+        self.flags = 0
+        self.body = b""
+        self.nonce = None         # HELLO on an authenticated link: the nonce its body ends with
+        self.size = len(wire) if wire is not None else 0     # bytes on the wire
         self.retry = retry
         self.cached = cached
         self.index = index
@@ -60,9 +72,10 @@ class _Pending:
 class LinkClient:
     def __init__(self, *, window=8, cache_size=1, rto_initial=0.2, rto_min=0.005, rto_max=0.2, give_up=3.0,
                  byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME, data_budget=0.05, data_frames=16,
-                 data_bytes=1 << 18, urgent_frames=4):
+                 data_bytes=1 << 18, urgent_frames=4, link_key=None):
         """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty);
-        data_budget: seconds of link-and-board time the data requests in flight may hold."""
+        data_budget: seconds of link-and-board time the data requests in flight may hold;
+        link_key: the board's link key (None: an open link)."""
         self.window = window
         self.cache_size = cache_size
         self.rto_min = rto_min
@@ -73,7 +86,8 @@ class LinkClient:
         self.data_frames = data_frames
         self.data_bytes = data_bytes
         self.urgent_frames = urgent_frames
-        self.decoder = fr.FrameDecoder(max_frame)
+        self.auth = la.HostAuth(link_key, os.urandom) if link_key else None
+        self.decoder = fr.FrameDecoder(max_frame, auth=self.auth is not None)
         self.srtt = None
         self.rttvar = None
         self.rto = rto_initial
@@ -109,18 +123,30 @@ class LinkClient:
         seq = self._seq
         cached = retry and not idempotent
         flags = 0 if cached else fr.FLAG_NOCACHE
-        wire = fr.encode(type, seq, flags, body)
+        nonce = None
+        if self.auth is None:
+            wire = fr.encode(type, seq, flags, body)
+        else:
+            wire = None
+            if type == m.HELLO:
+                nonce = self.auth.new_nonce()
+                body = bytes(body) + nonce
+            elif type == m.SA_ADD:
+                flags |= fr.FLAG_ENC            # SA keys never cross the link in the clear
         index = None
         if cached:
             self._cached_index += 1
             index = self._cached_index
         p = _Pending(seq, type, wire, retry, cached, index, deadline, reply_len)
+        if wire is None:
+            p.flags, p.body, p.nonce = flags, body, nonce
+            p.size = len(body) + fr.MIN_FRAME + fr.AUTH_LEN + (len(body) + 32) // 254 + 3
         if cached:
             self._waiting_cached.append(p)
         elif retry:
             self._waiting_idem.append(p)
         else:
-            p.cost = max(len(wire), reply_len) * self.byte_time + work
+            p.cost = max(p.size, reply_len) * self.byte_time + work
             p.step = work if step is None else step
             p.urgent = urgent
             (self._waiting_urgent if urgent else self._waiting_data).append(p)
@@ -204,18 +230,18 @@ class LinkClient:
         if not self._data_n:
             return True
         return (self._data_cost + p.cost <= self.data_budget and self._data_n < self.data_frames
-                and self._data_bytes + len(p.wire) <= self.data_bytes)
+                and self._data_bytes + p.size <= self.data_bytes)
 
     def _send(self, p, now):
         self._pending[p.seq] = p
-        self._bytes_out += len(p.wire) + p.reply_len
+        self._bytes_out += p.size + p.reply_len
         if not p.retry:
             if p.urgent:
                 self._urgent_n += 1
             else:
                 self._data_n += 1
                 self._data_cost += p.cost
-                self._data_bytes += len(p.wire)
+                self._data_bytes += p.size
         elif p.cached:
             self._cached_out[p.index] = p
         self._transmit(p, now)
@@ -223,14 +249,14 @@ class LinkClient:
     def _retire(self, p):
         """Take an answered, failed or cancelled request out of flight and its totals."""
         del self._pending[p.seq]
-        self._bytes_out -= len(p.wire) + p.reply_len
+        self._bytes_out -= p.size + p.reply_len
         if not p.retry:
             if p.urgent:
                 self._urgent_n -= 1
             else:
                 self._data_n -= 1
                 self._data_cost = max(0.0, self._data_cost - p.cost) if self._data_n else 0.0
-                self._data_bytes -= len(p.wire)
+                self._data_bytes -= p.size
         elif p.cached:
             self._cached_out.pop(p.index, None)
 
@@ -257,7 +283,12 @@ class LinkClient:
             # the RTO without backoff so that a lossy line does not turn into missed periods
             p.expires = now + self.rto + self._wire_time(p)
         p.tries += 1
-        self._out += p.wire
+        wire = p.wire
+        if wire is None:
+            wire = self.auth.seal(p.type, p.seq, p.flags, p.body)
+            if wire is None:
+                return          # no session yet to seal it in: it times out
+        self._out += wire
         self.counters["sent"] += 1
         if not p.retry:
             self.counters["data_sent"] += 1
@@ -265,9 +296,17 @@ class LinkClient:
     # ---- input ------------------------------------------------------------------------------
     def receive(self, data, now):
         for f in self.decoder.feed(data):
+            if self.auth is not None:
+                nonce = None
+                if f.type == m.HELLO and f.flags & fr.FLAG_REPLY:
+                    p = self._pending.get(f.seq)
+                    nonce = p.nonce if p is not None and p.type == m.HELLO else None
+                f = self.auth.open(f, nonce)
+                if f is None:
+                    continue
             if f.flags & fr.FLAG_EVENT:
                 self.counters["events"] += 1
-                self._events.append(BoardFrame(f.type, f.seq, f.body))
+                self._events.append(BoardFrame(f.type, f.seq, f.body, getattr(f, "proof", None)))
                 continue
             if not f.flags & fr.FLAG_REPLY:
                 self.counters["bad_frames"] += 1
@@ -298,6 +337,10 @@ class LinkClient:
         self.rto = min(max(self.srtt + 4 * self.rttvar, self.rto_min), self.rto_max)
 
     # ---- output and timers --------------------------------------------------------------------
+    def link_errors(self):
+        """Frames from the board dropped: broken, or (authenticated link) not authentic."""
+        return self.decoder.dropped() + (self.auth.dropped() if self.auth is not None else 0)
+
     def data_to_send(self):
         out = bytes(self._out)
         self._out = bytearray()

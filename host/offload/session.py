@@ -17,6 +17,12 @@ alarms. Counts and generations are compared only when no SAD-changing request is
 After a loss the session fails every request in flight, forgets its books, and re-opens: a new
 HELLO (new session id, so stale cached replies cannot be returned), then SA_FLUSH, then
 BoardReady. The daemon's flush (RFC 7296 §2.4) acts on BoardLost.
+
+On an authenticated link (firmware/link/auth.py) a HELLO event proves a reboot only when it
+echoes a frame of this session (the board answers so when it has no session): then the loss is
+declared at once. A boot announcement echoes nothing and may be a replay: the session asks the
+board at once (a heartbeat out of turn); a rebooted board answers that with a proof, a live one
+with an ack — and a replayed announcement changes nothing.
 """
 import collections
 import os
@@ -68,6 +74,8 @@ class BoardSession:
         self.last_loss = None
         self.counters = collections.Counter()
         self.slack_base = 0.0      # one data reply frame on the wire (the board's max frame)
+        self.announced = None      # boot id of an unconfirmed boot announcement being checked
+        self._hello_seq = None     # the HELLO request of this opening (one at a time)
         self._ops = {}   # seq -> (kind, arg) for requests the session must interpret
         self._events = collections.deque()
         self._open(now)
@@ -154,7 +162,13 @@ class BoardSession:
         self.missed = 0
         self.session_id = os.urandom(8)
         self.link.cache_size = 1
-        seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now, reply_len=120)
+        if self._hello_seq is not None:
+            # one HELLO at a time: an earlier one's reply must not open a second session (on an
+            # authenticated link it would make its keys the link's)
+            self.link.cancel(self._hello_seq)
+            self._ops.pop(self._hello_seq, None)
+        seq = self._hello_seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now,
+                                                  reply_len=120)
         self._ops[seq] = ("hello", None)
 
     def heartbeat_slack(self):
@@ -164,17 +178,20 @@ class BoardSession:
         _, cost, step = self.link.data_in_flight()
         return self.slack_base + cost + step
 
-    def _heartbeat(self, now):
-        self.next_heartbeat = max(self.next_heartbeat + self.period, now + self.period / 2)
+    def _heartbeat(self, now, probe=False):
+        if not probe:
+            self.next_heartbeat = max(self.next_heartbeat + self.period, now + self.period / 2)
         seq = self.link.request(m.HEARTBEAT, b"", now, idempotent=True,
                                 deadline=now + self.period + self.heartbeat_slack(), reply_len=40)
-        self._ops[seq] = ("heartbeat", now)
-        self.counters["heartbeats"] += 1
+        self._ops[seq] = ("probe" if probe else "heartbeat", now)
+        self.counters["probes" if probe else "heartbeats"] += 1
 
     def _lose(self, reason, detail, now):
         if self.state != READY:
             return
         self.state = OPENING  # before failing requests: their failures must not lose it again
+        self.hello = None     # ... and the events still queued must not take it for one opening
+        self.announced = None
         self.losses += 1
         self.counters["lost_" + reason] += 1
         ev = BoardLost(self.name, reason, detail, now, self.last_ack_at, tuple(sorted(self.books.sas)))
@@ -209,6 +226,8 @@ class BoardSession:
             self._events.append(ev)
             if self.state == READY:
                 self._lose("request-timeout", "%s got no reply" % kind.upper(), now)
+        elif kind == "probe":
+            self.announced = None       # unanswered: the heartbeats in turn decide
         elif kind == "heartbeat":
             if self.state == READY:
                 self.missed += 1
@@ -264,6 +283,12 @@ class BoardSession:
         self.last_ack_at = now
         self.next_heartbeat = now
         self._events.append(BoardReady(self.name, self.boot_id, self.hello, now))
+
+    def _on_probe(self, ev, sent_at, now):
+        if self.state == READY and self.announced is not None:
+            self.counters["boot_hellos_refuted"] += 1     # the board still has this session
+        self.announced = None
+        self._on_heartbeat(ev, sent_at, now)
 
     def _on_heartbeat(self, ev, sent_at, now):
         if self.state != READY:
@@ -332,9 +357,21 @@ class BoardSession:
         try:
             if f.type == m.HELLO:
                 hello = m.Hello.decode(f.body)
+                if f.proof is False:
+                    # authentic but maybe replayed: ask the board now (a real reboot answers
+                    # with a proof, below)
+                    self.counters["boot_hellos_unconfirmed"] += 1
+                    if self.state == READY and self.announced is None:
+                        self.announced = hello.boot_id
+                        self._heartbeat(now, probe=True)
+                    return
                 if self.state == READY:
-                    self._lose("unsolicited-hello", "board announced boot %s (reset cause %d)"
-                               % (hello.boot_id.hex(), hello.reset_cause), now)
+                    if f.proof and hello.boot_id != self.announced:
+                        self._lose("boot-id-changed", "the board answered with boot %s (reset cause %d): it "
+                                   "lost this session" % (hello.boot_id.hex(), hello.reset_cause), now)
+                    else:
+                        self._lose("unsolicited-hello", "board announced boot %s (reset cause %d)"
+                                   % (hello.boot_id.hex(), hello.reset_cause), now)
                 elif self.state == OPENING and hello.boot_id != self.boot_id and self.hello is not None:
                     self.link.fail_all("board rebooted while opening", now)
                     self._drain(now)
