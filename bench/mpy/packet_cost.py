@@ -30,7 +30,8 @@ class _FreeAes:
 sys.modules["cryptolib"] = _FreeAes
 from firmware.crypto import cryptolib_backend  # noqa: E402
 
-TRANSFORMS = ((m.ENCR_AES_GCM_16, 128), (m.ENCR_AES_GCM_16, 256), (m.ENCR_AES_CBC, 128), (m.ENCR_AES_CBC, 256))
+TRANSFORMS = ((m.ENCR_AES_GCM_16, 128), (m.ENCR_AES_GCM_16, 256), (m.ENCR_AES_CBC, 128), (m.ENCR_AES_CBC, 256),
+              (m.ENCR_CHACHA20_POLY1305, 256))
 reps_big = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 for be in (pure, cryptolib_backend):
     for encr, bits in TRANSFORMS:
