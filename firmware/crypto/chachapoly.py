@@ -335,7 +335,8 @@ def _block(st, ks, koff):
     x15l += st[30]
     x15h = (x15h + st[31] + (x15l >> 16)) & 0xFFFF
     x15l &= 0xFFFF
-    _pack_into("<32H", ks, koff, x0l, x0h, x1l, x1h, x2l, x2h, x3l, x3h, x4l, x4h, x5l, x5h, x6l, x6h, x7l, x7h, x8l, x8h, x9l, x9h, x10l, x10h, x11l, x11h, x12l, x12h, x13l, x13h, x14l, x14h, x15l, x15h)
+    _pack_into("<32H", ks, koff, x0l, x0h, x1l, x1h, x2l, x2h, x3l, x3h, x4l, x4h, x5l, x5h, x6l, x6h, x7l, x7h,
+               x8l, x8h, x9l, x9h, x10l, x10h, x11l, x11h, x12l, x12h, x13l, x13h, x14l, x14h, x15l, x15h)
 
 
 def _state(key, nonce, counter):
