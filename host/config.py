@@ -43,7 +43,7 @@ from firmware import profiles
 from host.ike.config import ConfigError as IkeConfigError
 from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
 from host.ike.constants import TsType
-from host.ike.proposals import OffloadCapabilities, filter_child_specs
+from host.ike.proposals import OffloadCapabilities, esp_keyword, filter_child_specs
 from host.tomlpos import key_lines, line_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -116,6 +116,7 @@ SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
 # Every board firmware runs these (firmware/esp.py transforms(); its HELLO confirms them at run time):
 # a Child SA whose ESP proposals hold none of them can never be installed.
 BOARD_CAPABILITIES = OffloadCapabilities(frozenset(profiles.TRANSFORMS.values()), esn=True)
+BOARD_PROPOSALS = ", ".join(esp_keyword(*t) for t in profiles.TRANSFORMS.values())
 
 
 def _kind(v):
@@ -301,8 +302,8 @@ def _check_connections(cfg, err, warn):
         for cname, child in conn.children.items():
             ck = "%s.children.%s" % (kp, cname)
             if not filter_child_specs(child.esp_proposals, BOARD_CAPABILITIES):
-                err(ck + ".esp_proposals", "no board runs any of these; boards run aes128gcm16, aes256gcm16, "
-                    "aes128-sha256, aes256-sha256 (ESP is negotiated only from what the board runs)")
+                err(ck + ".esp_proposals", "no board runs any of these; boards run %s (ESP is negotiated only "
+                    "from what the board runs)" % BOARD_PROPOSALS)
             fl, fr = _ts_families(child.local_ts), _ts_families(child.remote_ts)
             fl.discard(None)
             fr.discard(None)

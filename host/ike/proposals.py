@@ -340,6 +340,11 @@ def _describe_algs(protocol, encr, bits, integ, prf, dh, esn, ake=()) -> str:
                                  (dh,) if dh else (), (esn,), tuple((t, (m,)) for t, m in ake)))
 
 
+def esp_keyword(encr: int, bits: int, integ: int) -> str:
+    """strongSwan's ESP proposal keywords for one transform, e.g. 'aes256-sha384'."""
+    return _describe_algs(ProtocolId.ESP, encr, bits, integ, 0, 0, 0)
+
+
 def _pick(ours, theirs):
     """First of our alternatives that the peer also offers (our preference order)."""
     for x in ours:
