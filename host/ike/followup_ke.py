@@ -87,6 +87,7 @@ def drop_all(sa):
     for link in list(sa.followup_waiting):
         owner = sa.followup_waiting.pop(link)
         sa.clear_timer((TIMER, link))
+        sa.ctx.stats["followup_states_dropped"] += 1
         owner.followups.wipe()
         owner.followups_dropped(sa)
 

@@ -114,6 +114,8 @@ def established(sa, now: float):
     sa.attempt = None
     sa.ctx.leave_half_open(sa)
     sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
+    sa.int_auth_i = sa.int_auth_r = b""
+    sa.prev_cipher = None
     sa.local_id = sa.conn.local.id
     sa.ctx.emit(IkeSaUp(sa.ike_id, sa.conn.name, sa.initiator, sa.local, sa.remote, str(sa.local_id),
                         str(sa.remote_id), sa.chosen.describe()))

@@ -183,6 +183,7 @@ class IntermediateTask(Task):
         payloads = [KePayload(ke.group, pub)]
         _chain(sa, False, _flags(sa, True), msg.mid, payloads)
         reply(payloads, now)            # still under the old keys
+        sa.prev_cipher = sa.cipher      # a resent fragmented request still opens (fragments.py)
         _advance(sa, secret)
         sa.ake_pending.pop(0)
         ctx.stats["intermediate_exchanges"] += 1
