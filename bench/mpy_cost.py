@@ -19,10 +19,11 @@ GOALS = {"every_transform_timed": "every transform timed at 64 and 1400 bytes on
          "figures behind the boards' [crypto.cost_us]: docs/board-capacity.md)"}
 
 
-def measure(reps=10):
+def measure(reps=10, backends=("pure", "cryptolib")):
     script = ROOT / "bench" / "mpy" / "packet_cost.py"
     p = subprocess.run(["node", str(ROOT / "tools" / "micropython" / "run.mjs"), "--copy", str(ROOT / "firmware"),
-                        "--copy", "%s:/packet_cost.py" % script, "--timeout", "900", "/packet_cost.py", str(reps)],
+                        "--copy", "%s:/packet_cost.py" % script, "--timeout", "900", "/packet_cost.py", str(reps),
+                        ",".join(backends)],
                        capture_output=True, text=True, timeout=1000)
     if p.returncode:
         raise RuntimeError("packet_cost.py failed:\n" + p.stdout + p.stderr)
