@@ -413,3 +413,25 @@ def test_ike_auth_before_the_additional_exchange_is_refused(monkeypatch):
     net.pump(0.0)
     assert not kinds(net.events[B], IkeSaUp) and not b.ike_sas()
     assert not kinds(net.events[A], IkeSaUp)
+
+
+def test_an_intermediate_exchange_without_key_exchange_is_answered_and_authenticated(monkeypatch):
+    """RFC 9242: IKE_INTERMEDIATE may carry other extensions' payloads; with nothing of ours in it
+    the responder answers it empty, and both ends fold it into IntAuth (the AUTH still verifies)."""
+    def build(self, sa, now):                   # an empty request
+        ike_intermediate._chain(sa, True, 0x08, sa.my_mid, [])
+        return []
+
+    def on_response(self, sa, msg, raw, now):
+        ike_intermediate._chain(sa, False, msg.flags, msg.mid, msg.payloads)
+        return ike_intermediate.Outcome.DONE
+
+    monkeypatch.setattr(ike_intermediate.IntermediateTask, "build", build)
+    monkeypatch.setattr(ike_intermediate.IntermediateTask, "on_response", on_response)
+    monkeypatch.setattr(ike_intermediate, "start",
+                        lambda sa, chosen, now: sa.add_task(ike_intermediate.IntermediateTask(), now, first=True))
+    a, b, net = pair()
+    a.initiate("gw", 0.0)
+    net.pump(0.0)
+    assert kinds(net.events[A], IkeSaUp) and kinds(net.events[B], IkeSaUp)
+    assert a.ike_sas()[0].my_mid == 3 and b.stats["intermediate_exchanges"] == 0

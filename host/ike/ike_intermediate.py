@@ -165,6 +165,11 @@ class IntermediateTask(Task):
         ctx = sa.ctx
         _chain(sa, True, msg.flags, msg.mid, msg.payloads)
         ke = msg.get(PayloadType.KE)
+        if ke is None and not sa.ake_pending:
+            # RFC 9242 leaves IKE_INTERMEDIATE to other extensions too: nothing of ours in it
+            _chain(sa, False, _flags(sa, True), msg.mid, [])
+            reply([], now)
+            return Outcome.DONE
         error = None
         if not sa.ake_pending or ke is None:
             error = Notify.INVALID_SYNTAX
