@@ -23,7 +23,7 @@ Written for a microcontroller's heap (issue 7: 64 SAs in 64 KB):
 import struct
 from array import array
 
-from firmware.crypto import chachapoly, gcm, hmac256
+from firmware.crypto import gcm, hmac256
 from firmware.crypto.hmac256 import HmacSha256, ct_equal, equal_at  # noqa: F401  (ct_equal: the backend interface)
 from firmware.link import messages as m
 
@@ -51,7 +51,9 @@ def hmac(name, key):
 
 
 def chacha20_poly1305(key):
-    """ChaCha20-Poly1305 (RFC 8439 §2.8) in firmware/crypto/chachapoly.py, allocation-free."""
+    """ChaCha20-Poly1305 (RFC 8439 §2.8) in firmware/crypto/chachapoly.py, allocation-free. Imported
+    at the first ChaCha20-Poly1305 SA: its code takes ~11 KB of a board's heap."""
+    from firmware.crypto import chachapoly
     return chachapoly.ChaChaPoly(key, AuthError)
 
 
