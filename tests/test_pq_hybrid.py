@@ -435,3 +435,19 @@ def test_an_intermediate_exchange_without_key_exchange_is_answered_and_authentic
     net.pump(0.0)
     assert kinds(net.events[A], IkeSaUp) and kinds(net.events[B], IkeSaUp)
     assert a.ike_sas()[0].my_mid == 3 and b.stats["intermediate_exchanges"] == 0
+
+
+@pytest.mark.parametrize("esp", ["aes256gcm16-mlkem768", "aes256gcm16-mlkem1024-ke1_x448"])
+def test_mlkem_as_the_first_key_exchange_of_a_child_sa(esp):
+    """A KEM as the PFS method of CREATE_CHILD_SA: the responder encapsulates (not a DH answer)."""
+    a, b, net = pair(ike="aes256gcm16-prfsha384-mlkem768", esp=esp)
+    sa_a, sa_b = up(a, b, net)
+    assert kinds(net.events[A], IkeSaUp)[0].proposal == "aes256gcm16-prfsha384-mlkem768"
+    n0 = len(net.events[A])
+    a.create_child(sa_a.ike_id, "net", 1.0)
+    net.pump(1.0)
+    ia, ib = kinds(net.events[A][n0:], ChildSaInstall)[0], kinds(net.events[B], ChildSaInstall)[-1]
+    assert keys_agree(ia, ib) and len(sa_a.children) == 2
+    assert b.rekey_child(ib.handle, 2.0)
+    net.pump(2.0)
+    assert len(sa_a.children) == len(sa_b.children) == 2

@@ -448,9 +448,7 @@ class CreateChildTask(ChildSaExchange):
                 reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
                 return Outcome.DONE
             try:
-                grp = dh_group(chosen.dh)
-                priv, pub = grp.generate()
-                g_ir = grp.shared(priv, ke.data)
+                pub, g_ir = dh_group(chosen.dh).respond(ke.data)
             except CryptoError:
                 reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
                 return Outcome.DONE
