@@ -8,6 +8,8 @@ import hmac
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host.ike import crypto as ikecrypto
@@ -451,3 +453,39 @@ def test_mlkem_as_the_first_key_exchange_of_a_child_sa(esp):
     assert b.rekey_child(ib.handle, 2.0)
     net.pump(2.0)
     assert len(sa_a.children) == len(sa_b.children) == 2
+
+
+# ---------------------------------------------------------------- selection, as a property
+
+_WORDS = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes256-sha384", "aes128-sha256"]
+_KE = ["x25519", "x448", "ecp384", "modp3072", "mlkem768"]
+_AKE = ["", "-ke1_mlkem768", "-ke1_mlkem1024", "-ke1_mlkem768-ke1_none", "-ke1_mlkem768-ke2_mlkem1024",
+        "-ke2_mlkem768"]
+
+
+def _ike(enc, kes, ake):
+    prf = "" if "-sha" in enc else "-prfsha384"
+    return enc + prf + "-" + "-".join(kes) + ake
+
+
+@settings(max_examples=150, deadline=None)
+@given(ours=st.tuples(st.sampled_from(_WORDS), st.lists(st.sampled_from(_KE), min_size=1, max_size=3, unique=True),
+                      st.sampled_from(_AKE)),
+       theirs=st.tuples(st.sampled_from(_WORDS), st.lists(st.sampled_from(_KE), min_size=1, max_size=3, unique=True),
+                        st.sampled_from(_AKE)))
+def test_the_responders_choice_is_one_the_initiator_accepts(ours, theirs):
+    """RFC 7296 §3.3.6 with RFC 9370's types: whatever the responder picks from the initiator's
+    offer is accepted by the initiator as one of its own, the same choice, and honours every
+    additional key exchange the responder requires."""
+    from host.ike.proposals import accept_response, select
+    offer = parse_proposal(_ike(*theirs))
+    mine = parse_proposal(_ike(*ours))
+    sent = [offer.to_proposal(1, bytes(8))]
+    chosen = select(sent, [mine], ProtocolId.IKE)
+    if chosen is None:
+        return
+    back = accept_response(chosen.to_proposal(bytes(8)), sent, ProtocolId.IKE)
+    assert back is not None and back == chosen
+    for ttype, methods in mine.ake:
+        assert dict(chosen.ake).get(ttype, 0) in methods
+    assert chosen.dh in offer.dh and chosen.dh in mine.dh
