@@ -42,7 +42,7 @@ from pathlib import Path
 from firmware import profiles
 from host.ike.config import ConfigError as IkeConfigError
 from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
-from host.ike.constants import TsType
+from host.ike.constants import Integ, Prf, TsType
 from host.ike.proposals import OffloadCapabilities, esp_keyword, filter_child_specs
 from host.tomlpos import key_lines, line_of
 
@@ -284,7 +284,8 @@ def _ts_families(items):
 
 def _check_connections(cfg, err, warn):
     """What no peer can fix: IKE addresses the socket cannot use, ESP nothing runs on a board,
-    selectors that carry nothing; and, as warnings, two Child SAs for the same traffic."""
+    selectors that carry nothing; and, as warnings, two Child SAs for the same traffic and SHA-1
+    in IKE proposals."""
     listen_family = ipaddress.ip_address(cfg.listen).version
     wildcard = cfg.listen in ("0.0.0.0", "::")
     seen = {}
@@ -295,6 +296,10 @@ def _check_connections(cfg, err, warn):
                 if a != "%any" and _family(a) != listen_family:
                     err("%s.%s[%d]" % (kp, k, i), "IPv%d, but IKE is bound to daemon.listen = %s (IPv%d)"
                         % (_family(a), cfg.listen, listen_family))
+        legacy = [i for i, s in enumerate(conn.proposals) if Integ.HMAC_SHA1_96 in s.integ or Prf.HMAC_SHA1 in s.prf]
+        if legacy:
+            warn("%s.proposals[%d]" % (kp, legacy[0]), "HMAC-SHA-1 / PRF-SHA-1: for legacy peers only (RFC 8247 "
+                 "§3.2, §3.3: MUST-); put a SHA-2 proposal first")
         if not wildcard and "%any" not in conn.local_addrs and not any(
                 ipaddress.ip_address(cfg.listen) in ipaddress.ip_network(a, strict=False) for a in conn.local_addrs):
             err(kp + ".local_addrs", "none of them is daemon.listen = %s, the one address IKE is bound to"

@@ -223,3 +223,13 @@ def test_doubtful_selectors_are_accepted_with_a_warning(tmp_path, capsys, local,
 def test_shipped_example_has_no_warnings():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert config.load(os.path.join(root, "packaging", "ikeoffloadd.toml")).warnings == []
+
+
+def test_sha1_ike_proposals_are_accepted_with_a_warning(tmp_path, capsys):
+    """HMAC-SHA-1 and PRF-SHA-1 are there for legacy peers only: accepted, named in a warning."""
+    text = GOOD.replace('proposals = ["aes256gcm16-prfsha256-x25519"]',
+                        'proposals = ["aes256gcm16-prfsha256-x25519", "aes128-sha1-modp2048"]')
+    assert text != GOOD
+    c = config.load(write(tmp_path, text))
+    assert len(c.warnings) == 1 and "connections.gw.proposals[1]: HMAC-SHA-1" in c.warnings[0], c.warnings
+    assert config.load(write(tmp_path, GOOD)).warnings == []
