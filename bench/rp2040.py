@@ -24,7 +24,7 @@ Writes bench/results/rp2040.json. Needs the image (tools/rp2040/README.md).
 import hashlib
 import sys
 
-from bench._util import table, write
+from bench._util import goal, report_goals, table, write
 
 CLK_HZ = 125_000_000
 RAM_BYTES = 264 * 1024
@@ -124,6 +124,10 @@ def heartbeat_cost(repl, n):
     raise RuntimeError("no heartbeat result:\n" + out)
 
 
+GOALS = {"heap_64_sas": "the firmware with 64 SAs fits the emulated RP2040's MicroPython heap with room to spare "
+         "(<= 75% of it)", "every_transform_timed": "per-packet cycles for every transform at every size"}
+
+
 def main():
     from bench import mpy_heap
     from tools.flash import flash
@@ -167,7 +171,12 @@ def main():
              100 * esp["total"] / RAM_BYTES))
     print("heartbeat through the board core with %d SAs: %.0f µs (%.0f cycles)" % (hb_sas, hb_us, hb_us * 125))
     print("emulator: %d cycles executed, %s MHz while busy" % (status["cycles"], status["busy_mhz"]))
+    goals = {"heap_64_sas": goal(esp["total"] <= 0.75 * heap_total, esp["total"], "<= %d" % (0.75 * heap_total)),
+             "every_transform_timed": goal(len(packets) == len(TRANSFORMS) and all(
+                 v[s][0] > 0 for v in packets.values() for s in SIZES), len(packets), len(TRANSFORMS))}
+    report_goals(goals)
     print("wrote", write("rp2040", {
+        "goals": goals,
         "clock_hz": CLK_HZ, "ram_bytes": RAM_BYTES, "heap_bytes": heap_total, "heap": heap,
         "per_packet_us": {k: {str(s): {"encrypt_us": v[s][0], "decrypt_us": v[s][1], "esp_bytes": v[s][2],
                                        "encrypt_cycles": v[s][0] * CLK_HZ / 1e6,
