@@ -353,6 +353,7 @@ def test_mlkem_hybrid_interop_needs_strongswan_6_on_5_9_it_is_refused_and_we_fal
                 bed, (HYBRID, "aes256gcm16", "cryptography", ("AES_GCM_16", "CURVE_25519", "AES_GCM_16")),
                 we_initiate)
         return
+    assert bed.version.startswith("5.9."), bed.version
     print(f"\nstrongSwan {bed.version}: ML-KEM hybrid interop NOT APPLICABLE (needs strongSwan >= 6.0); "
           "checking refusal and fallback instead")
 
