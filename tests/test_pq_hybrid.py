@@ -489,3 +489,68 @@ def test_the_responders_choice_is_one_the_initiator_accepts(ours, theirs):
     for ttype, methods in mine.ake:
         assert dict(chosen.ake).get(ttype, 0) in methods
     assert chosen.dh in offer.dh and chosen.dh in mine.dh
+
+
+def test_two_followups_in_an_ike_rekey_and_a_child_rekey():
+    """Two additional key exchanges: the first IKE_FOLLOWUP_KE answer links to the second."""
+    ike = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_x448"
+    a, b, net = pair(ike=ike, esp="aes256gcm16-x25519-ke1_mlkem768-ke2_ecp256")
+    sa_a, sa_b = up(a, b, net)
+    assert b.rekey_ike(sa_b.ike_id, 1.0)
+    net.pump(1.0)
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na is not sa_a and na.keys.sk_d == nb.keys.sk_d and na.chosen.describe() == ike
+    assert a.stats["followup_exchanges"] == b.stats["followup_exchanges"] == 2
+    ca = only_child(na)
+    assert a.rekey_child(ca.handle, 2.0)
+    net.pump(2.0)
+    assert_pair(na, nb)
+    assert a.stats["followup_exchanges"] == 4
+
+
+def test_a_refused_followup_fails_the_exchange_cleanly(monkeypatch):
+    """The responder expects the agreed method in IKE_FOLLOWUP_KE; another gets NO_PROPOSAL_CHOSEN,
+    the initiator gives that Child SA up (nothing was installed at either end) and the IKE SA
+    stays."""
+    a, b, net = pair(esp="aes256gcm16-x25519-ke1_mlkem768")
+    sa_a, sa_b = up(a, b, net)
+    orig = followup_ke.FollowupKeTask.build
+
+    def build(self, sa, now):
+        payloads = orig(self, sa, now)
+        self.method = DhGroup.MLKEM_1024
+        self.priv, pub = ikecrypto.dh_group(self.method).generate()
+        return [payloads[0], type(payloads[1])(self.method, pub)]
+    monkeypatch.setattr(followup_ke.FollowupKeTask, "build", build)
+    n0 = len(net.events[A])
+    a.create_child(sa_a.ike_id, "net", 1.0)
+    net.pump(1.0)
+    failed = [e for e in net.events[A][n0:] if type(e).__name__ == "ChildSaFailed"]
+    assert failed and "NO_PROPOSAL_CHOSEN" in failed[0].reason, net.events[A][n0:]
+    assert len(sa_a.children) == len(sa_b.children) == 1 and not kinds(net.events[B][1:], ChildSaInstall)
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b] and not sa_b.followup_waiting
+
+
+def test_waiting_state_goes_with_its_ike_sa_and_is_bounded():
+    a, b, net = pair(esp="aes256gcm16-x25519-ke1_mlkem768")
+    sa_a, sa_b = up(a, b, net)
+    owners = []
+
+    class Owner:
+        rekeys_ike = False
+        down_cause = "timeout"
+
+        def __init__(self):
+            self.followups = followup_ke.Followups(((6, DhGroup.MLKEM_768),))
+            self.dropped = False
+            owners.append(self)
+
+        def followups_dropped(self, sa):
+            self.dropped = True
+    for _ in range(followup_ke.MAX_WAITING + 1):
+        followup_ke.wait(sa_b, Owner(), 1.0)
+    assert len(sa_b.followup_waiting) == followup_ke.MAX_WAITING and owners[0].dropped
+    b.delete_ike(sa_b.ike_id, 2.0)
+    net.pump(2.0)
+    assert not sa_b.followup_waiting and all(o.dropped for o in owners)
+    assert b.stats["followup_states_dropped"] == followup_ke.MAX_WAITING + 1
