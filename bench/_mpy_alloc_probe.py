@@ -31,6 +31,7 @@ TRANSFORMS = (
     ("aes-gcm-16-256", m.ENCR_AES_GCM_16, bytes(range(36)), m.AUTH_NONE, b""),
     ("aes-cbc-128+hmac-sha256", m.ENCR_AES_CBC, bytes(range(16)), m.AUTH_HMAC_SHA2_256_128, bytes(range(32))),
     ("aes-cbc-256+hmac-sha256", m.ENCR_AES_CBC, bytes(range(32)), m.AUTH_HMAC_SHA2_256_128, bytes(range(32))),
+    ("chacha20-poly1305", m.ENCR_CHACHA20_POLY1305, bytes(range(36)), m.AUTH_NONE, b""),
 )
 A_OUT = bytes((192, 0, 2, 1))
 A_PEER = bytes((198, 51, 100, 7))

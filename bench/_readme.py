@@ -33,6 +33,16 @@ def _ike(r):
     return "%.1f× charon (%.0f vs %.0f/s)" % (r["ratio"], r["ours_rate"], r["charon_rate"])
 
 
+def _hybrid(r):
+    return "%.2f× (%.0f vs %.0f/s)" % (r["hybrid_ratio"], r["hybrid_rate"], r["ours_rate"])
+
+
+def _mpy_chacha(r):
+    u = r["micropython_pure_us"]
+    c, g = u["ChaCha20-Poly1305"], u["AES-GCM-16-256"]
+    return "%.1f / %.1f ms vs %.1f / %.1f ms" % (c["1400"] / 1000, c["64"] / 1000, g["1400"] / 1000, g["64"] / 1000)
+
+
 def _r1400(r):
     return next(x for x in r["results"] if x["bytes"] == 1400)
 
@@ -63,6 +73,8 @@ def _fuzz(r):
 ROWS = [
     ("link", "board loss detection", _detection),
     ("ike", "IKE SA + Child SA setup rate", _ike),
+    ("ike", "the same with x25519 + ML-KEM-768", _hybrid),
+    ("esp", "ESP per 1400-byte / 64-byte packet on MicroPython", _mpy_chacha),
     ("esp", "in-process ESP encap+decap", _esp),
     ("esp", "link efficiency", _efficiency),
     ("mpy_link_auth", "link security on the board core", _link_auth),

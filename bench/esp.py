@@ -13,6 +13,7 @@ For 64-, 512- and 1400-byte IP packets, side by side in one run:
   batch      the same through encrypt_batch/decrypt_batch, 16 packets a call: what the board's
              ENCRYPT and DECRYPT handlers run
   cbc        AES-CBC-128 + HMAC-SHA-256-128 SAs, encrypt() then decrypt() per packet
+  chacha     ChaCha20-Poly1305 SAs (RFC 7634), encrypt() then decrypt() per packet
   link       a packet's encapsulation and decapsulation by the simulated board (python -m
              firmware.sim, a real pty, pyserial, the real BoardClient), batched ENCRYPT then
              DECRYPT requests, 4 batches in flight
@@ -27,6 +28,11 @@ interquartile range. The link figure is wall time (two processes and a pty), bes
 Link efficiency: useful bytes (plaintext or ESP packets) / bytes on the wire (COBS, frame
 header, CRC, batch and item headers, delimiters) for batched 1400-byte packets, from the
 encoded frames and as measured on the pty during the run (heartbeats included).
+
+MicroPython: what a board without cryptolib runs (the real MicroPython 1.27, wasm, pure backend):
+microseconds per encrypted packet of 64 and 1400 bytes for AES-GCM-16-128/256, AES-CBC-128/256 +
+HMAC-SHA-256-128 and ChaCha20-Poly1305 (bench/mpy/packet_cost.py), medians of --mpy-rounds runs;
+ChaCha20-Poly1305's ratio to AES-GCM-256 is taken within each run (the machine is shared).
 
 Writes bench/results/esp.json.
 """
@@ -51,10 +57,13 @@ SIZES = (64, 512, 1400)
 A1, A2 = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
 GOAL_INPROC = 0.50
 GOAL_LINK_EFF = 0.95
-GOALS = {   # `inv bench --only esp --check` fails unless both are met
+GOAL_MPY_CHACHA = 1.5
+GOALS = {   # `inv bench --only esp --check` fails unless all are met
     "inprocess_esp_ge_50pct_raw_1400": "ESP as the board runs it (batch), 1400 B, >= %.2f of raw AEAD + "
                                        "fresh nonce (median of paired rounds)" % GOAL_INPROC,
     "link_efficiency_ge_95pct_1400": "useful / wire bytes of batched 1400-byte packets >= %.2f" % GOAL_LINK_EFF,
+    "mpy_chacha_within_aes_gcm_class_1400": "MicroPython (pure): ChaCha20-Poly1305 time per 1400-byte packet "
+                                            "<= %.1f x AES-GCM-256's (median of per-run ratios)" % GOAL_MPY_CHACHA,
 }
 
 
@@ -72,6 +81,8 @@ def sa_pair(encr, spi, window=64, flags=0):
     be = crypto.load("cryptography")
     if encr == m.ENCR_AES_GCM_16:
         key, integ, ikey = os.urandom(20), m.AUTH_NONE, b""
+    elif encr == m.ENCR_CHACHA20_POLY1305:
+        key, integ, ikey = os.urandom(36), m.AUTH_NONE, b""
     else:
         key, integ, ikey = os.urandom(16), m.AUTH_HMAC_SHA2_256_128, os.urandom(32)
     specs = [m.SaSpec(spi, d, encr, key, integ, ikey, flags=flags, replay_window=window,
@@ -137,7 +148,8 @@ def inprocess(size, pairs):
 
     rows = {"raw": raw, "raw_nonce": raw_nonce, "esp": calls(sa_pair(m.ENCR_AES_GCM_16, 0x1000)[1]),
             "batch": batches(sa_pair(m.ENCR_AES_GCM_16, 0x1001)[1]),
-            "cbc": calls(sa_pair(m.ENCR_AES_CBC, 0x2000)[1])}
+            "cbc": calls(sa_pair(m.ENCR_AES_CBC, 0x2000)[1]),
+            "chacha": calls(sa_pair(m.ENCR_CHACHA20_POLY1305, 0x2100)[1])}
     names = list(rows)
     for fn in rows.values():
         fn()                                        # warm up (and check every round trip once)
@@ -156,6 +168,26 @@ def inprocess(size, pairs):
                      "ratio": quartiles([a / b for a, b in zip(times["raw_nonce"], t)]),
                      "ratio_raw": quartiles([a / b for a, b in zip(times["raw"], t)])}
     return out
+
+
+MPY_NAMES = {(m.ENCR_AES_GCM_16, 128): "AES-GCM-16-128", (m.ENCR_AES_GCM_16, 256): "AES-GCM-16-256",
+             (m.ENCR_AES_CBC, 128): "AES-CBC-128+HMAC-SHA-256", (m.ENCR_AES_CBC, 256): "AES-CBC-256+HMAC-SHA-256",
+             (m.ENCR_CHACHA20_POLY1305, 256): "ChaCha20-Poly1305"}
+
+
+def micropython(rounds, reps):
+    """{name: {64: µs, 1400: µs}} (medians over rounds) and the per-round ratios of ChaCha20-Poly1305
+    to AES-GCM-256 at 1400 bytes, on the wasm MicroPython with the pure backend."""
+    from bench.mpy_cost import measure
+    per, ratios = {}, []
+    for _ in range(rounds):
+        rows = measure(reps, ("pure",))
+        got = {(MPY_NAMES[(r["encr"], r["bits"])], r["bytes"]): r["us"] for r in rows}
+        for (name, n), us in got.items():
+            per.setdefault(name, {}).setdefault(n, []).append(us)
+        if got[("AES-GCM-16-256", 1400)]:
+            ratios.append(got[("ChaCha20-Poly1305", 1400)] / got[("AES-GCM-16-256", 1400)])
+    return {name: {n: statistics.median(v) for n, v in by.items()} for name, by in per.items()}, ratios
 
 
 def batch_for(size, max_frame, max_batch):
@@ -231,6 +263,8 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=0.25, help="link: a round runs 2 x seconds")
     ap.add_argument("--rounds", type=int, default=7, help="link rounds (best of rounds // 2)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "esp.json"))
+    ap.add_argument("--mpy-rounds", type=int, default=5, help="MicroPython runs (0: none)")
+    ap.add_argument("--mpy-reps", type=int, default=10, help="1400-byte packets a MicroPython run times")
     args = ap.parse_args(argv)
 
     rows = {}
@@ -250,7 +284,7 @@ def main(argv=None):
             "bytes": size,
             "pps": {k: round(v["pps"]) for k, v in r.items()} | {"board_link": round(lk["pps"])},
             # ratios: [q1, median, q3] of the paired rounds
-            "ratio_over_raw_nonce": {k: q(r[k]["ratio"]) for k in ("esp", "batch", "cbc", "raw")},
+            "ratio_over_raw_nonce": {k: q(r[k]["ratio"]) for k in ("esp", "batch", "cbc", "chacha", "raw")},
             "ratio_over_raw": {k: q(r[k]["ratio_raw"]) for k in ("esp", "batch", "cbc", "raw_nonce")},
             "board_link_ratio": round(lk["pps"] / r["raw_nonce"]["pps"], 4),
             "board_link_vs_batch": round(lk["pps"] / r["batch"]["pps"], 4),
@@ -259,13 +293,13 @@ def main(argv=None):
 
     print("ESP throughput, packets/s (encapsulate + decapsulate), GCM-128 tunnel unless noted;")
     print("in process: medians of %d paired rounds of %d packets, process CPU time" % (args.pairs, CHUNK))
-    print("%6s %10s %10s %10s %10s %10s %10s %6s" % ("bytes", "raw", "raw+nonce", "ESP", "ESP batch",
-                                                    "CBC+HMAC", "via board", "batch"))
+    print("%6s %10s %10s %10s %10s %10s %10s %10s %6s" % ("bytes", "raw", "raw+nonce", "ESP", "ESP batch",
+                                                         "CBC+HMAC", "ChaCha", "via board", "batch"))
     for x in results:
         p = x["pps"]
-        print("%6d %10d %10d %10d %10d %10d %10d %6d" % (x["bytes"], p["raw"], p["raw_nonce"], p["esp"],
-                                                        p["batch"], p["cbc"], p["board_link"],
-                                                        x["link_batch"]))
+        print("%6d %10d %10d %10d %10d %10d %10d %10d %6d" % (x["bytes"], p["raw"], p["raw_nonce"], p["esp"],
+                                                             p["batch"], p["cbc"], p["chacha"], p["board_link"],
+                                                             x["link_batch"]))
     print()
     print("ratios, median [interquartile range] of the paired rounds")
     print("%6s | %-19s %-19s %-19s | %-19s %-19s" % ("", "over raw+nonce:", "", "", "over raw:", ""))
@@ -282,9 +316,21 @@ def main(argv=None):
     print()
     print("link efficiency, 1400-byte packets, batch %d: %.4f from the frames, %.4f measured on the pty"
           % (r1400["link_batch"], eff, r1400["link_efficiency_measured"]))
+    mpy, mpy_ratios = micropython(args.mpy_rounds, args.mpy_reps) if args.mpy_rounds else ({}, [])
+    if mpy:
+        print()
+        print("MicroPython 1.27 (wasm), pure backend: µs per encrypted packet, median of %d runs" % args.mpy_rounds)
+        print("%-26s %8s %8s" % ("transform", "64 B", "1400 B"))
+        for name in MPY_NAMES.values():
+            print("%-26s %8.0f %8.0f" % (name, mpy[name][64], mpy[name][1400]))
+        print("ChaCha20-Poly1305 / AES-GCM-256 at 1400 B, per run: %s" % " ".join("%.2f" % x for x in mpy_ratios))
+    mpy_ratio = statistics.median(mpy_ratios) if mpy_ratios else None
     ratio = r1400["ratio_over_raw_nonce"]["batch"]
     goals = {"inprocess_esp_ge_50pct_raw_1400": goal(ratio[1] >= GOAL_INPROC, f(ratio), ">= %.2f" % GOAL_INPROC),
-             "link_efficiency_ge_95pct_1400": goal(eff >= GOAL_LINK_EFF, round(eff, 4), ">= %.2f" % GOAL_LINK_EFF)}
+             "link_efficiency_ge_95pct_1400": goal(eff >= GOAL_LINK_EFF, round(eff, 4), ">= %.2f" % GOAL_LINK_EFF),
+             "mpy_chacha_within_aes_gcm_class_1400": goal(mpy_ratio is not None and mpy_ratio <= GOAL_MPY_CHACHA,
+                                                          None if mpy_ratio is None else round(mpy_ratio, 2),
+                                                          "<= %.1f" % GOAL_MPY_CHACHA)}
     report_goals(goals)
     print("     (per-packet calls / raw+nonce %s; over the call-only raw: batch %s, calls %s)"
           % (f(r1400["ratio_over_raw_nonce"]["esp"]), f(r1400["ratio_over_raw"]["batch"]),
@@ -294,7 +340,9 @@ def main(argv=None):
            "loadavg": list(os.getloadavg()), "pairs": args.pairs, "chunk": CHUNK, "esp_batch": BATCH,
            "seconds": args.seconds, "rounds": args.rounds,
            "goal_inprocess": "median ratio of ESP batch over raw+nonce at 1400 bytes >= %.2f" % GOAL_INPROC,
-           "results": results, "link_efficiency_1400": round(eff, 4), "goals": goals}
+           "results": results, "link_efficiency_1400": round(eff, 4), "goals": goals,
+           "micropython_pure_us": {name: {str(n): us for n, us in v.items()} for name, v in mpy.items()},
+           "micropython_chacha_over_gcm256_1400": [round(x, 3) for x in mpy_ratios]}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f_:
         json.dump(doc, f_, indent=2)

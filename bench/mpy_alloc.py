@@ -4,7 +4,8 @@ firmware, measured in the same run, interleaved).
 
 On the real MicroPython 1.27 (wasm, tools/micropython/run.mjs): gc.mem_alloc() before and after
 one encrypt and one decrypt of a 1400-byte IPv4 packet on SAs already in use, inside one run
-(bench/_mpy_alloc_probe.py), for AES-GCM-128/256 and AES-CBC-128/256 + HMAC-SHA-256-128, with
+(bench/_mpy_alloc_probe.py), for AES-GCM-128/256, AES-CBC-128/256 + HMAC-SHA-256-128 and
+ChaCha20-Poly1305, with
 plain tunnel-mode specs and with specs shaped as the daemon installs them (UDP encapsulation,
 addresses, a traffic selector each way). Backends: pure (what the wasm build runs) and
 cryptolib on a stand-in (bench/_mpy_cryptolib.py; its own Python work is subtracted, what the C

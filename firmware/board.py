@@ -542,7 +542,7 @@ class Board:
     # Worst-case ESP growth of one packet (SPI+seq, IV, padding, trailer, ICV) and per-item
     # reply overhead; a packet whose result would not fit the reply frame gets P_TOO_BIG and
     # uses no sequence number, instead of the whole batch failing.
-    ESP_OVERHEAD = 64
+    ESP_OVERHEAD = 80               # >= esp.MAX_OVERHEAD (73 with a 32-byte ICV)
 
     def _reply_room(self):
         return self.max_frame - self.overhead - 3

@@ -1,5 +1,6 @@
-"""ESP processing on the board: RFC 4303 with RFC 4106 (AES-GCM), RFC 3602 + RFC 4868
-(AES-CBC + HMAC-SHA-256-128) and RFC 3948 (UDP encapsulation).
+"""ESP processing on the board: RFC 4303 with RFC 4106 (AES-GCM), RFC 7634 (ChaCha20-Poly1305),
+RFC 3602 + RFC 4868 (AES-CBC + HMAC-SHA-256-128, and -384-192 / -512-256 where the backend's
+hashlib has SHA-384/512) and RFC 3948 (UDP encapsulation).
 
 The contract of the link's data path (what the host daemon builds on)
 --------------------------------------------------------------------
@@ -84,7 +85,11 @@ ICMP_PROTOS = (1, 58)             # type/code take the place of ports (RFC 7296 
 
 FEATURES = m.FEAT_ESN | m.FEAT_UDP_ENCAP | m.FEAT_TUNNEL | m.FEAT_TRANSPORT | m.FEAT_BATCH
 KEY_BITS = (128, 256)
-MAX_OVERHEAD = 8 + 16 + 15 + 2 + 16  # SPI+seq, IV, padding, trailer, ICV: worst case
+MAX_OVERHEAD = 8 + 16 + 15 + 2 + 32  # SPI+seq, IV, padding, trailer, ICV: worst case
+# HMAC integrity transforms: hash, key bytes, ICV bytes (RFC 4868 §2.1, §2.3)
+INTEGS = {m.AUTH_HMAC_SHA2_256_128: ("sha256", 32, 16), m.AUTH_HMAC_SHA2_384_192: ("sha384", 48, 24),
+          m.AUTH_HMAC_SHA2_512_256: ("sha512", 64, 32)}
+CHACHA_KEY = 32 + 4                   # RFC 7634 §2: the 256-bit key and a 4-byte salt
 
 _pack = struct.pack
 _unpack_from = struct.unpack_from
@@ -127,7 +132,8 @@ _pack_into = struct.pack_into
 _NONCE = bytearray(12)
 _AAD8 = bytearray(8)
 _AAD12 = bytearray(12)
-_ICV = bytearray(16)
+_ICV = bytearray(32)
+_ICVV = {16: memoryview(_ICV)[:16], 24: memoryview(_ICV)[:24], 32: _ICV}
 _TS_LOCAL = m.A_TS_LOCAL
 _TS_REMOTE = m.A_TS_REMOTE
 _DIR_IN = m.DIR_IN
@@ -519,11 +525,11 @@ class EspSa(SaRecord):
         _pack_into(">H", buf, at, c)
 
     # ---- the in-place path (IN_PLACE backends; CBC on every backend) -------------------------
-    def _frame(self, pkt, ivlen, align):
+    def _frame(self, pkt, ivlen, align, icvlen=16):
         """Checks and sequence number for an outbound packet, then the ESP packet laid out in a
         new buffer: SPI, seq, room for the IV, the payload, padding to `align` (RFC 4303 §2.4),
-        pad length, next header, room for the 16-byte ICV. Returns (buffer, seq, end of the
-        part to encrypt), or a (status, b"") tuple to return."""
+        pad length, next header, room for the ICV. Returns (buffer, seq, end of the part to
+        encrypt), or a (status, b"") tuple to return."""
         if self.state == _ST_HARD:
             return _R_EXPIRED
         r = self._payload_out(pkt)
@@ -542,7 +548,7 @@ class EspSa(SaRecord):
         ct = 8 + ivlen
         e = ct + plen
         end = e + padlen + 2
-        out = bytearray(end + 16)
+        out = bytearray(end + icvlen)
         out[0:4] = self.spi_b
         _pack_into(">I", out, 4, seq & 0xFFFFFFFF if self.esn else seq)
         out[ct:e] = memoryview(pkt)[off:] if off else pkt
@@ -575,18 +581,26 @@ class EspSa(SaRecord):
 class GcmSa(EspSa):
     """ENCR_AES_GCM_16 (RFC 4106): key || 4-byte salt; nonce = salt || IV; IV = the 64-bit
     sequence number; AAD = SPI || seq (8 bytes) or SPI || seq-hi || seq-lo with ESN (§5);
-    16-byte ICV; payload padded to 4 bytes."""
+    16-byte ICV; payload padded to 4 bytes. ChaChaSa shares all of it but the cipher."""
     __slots__ = ("_open", "_salt0", "_seal", "salt")
 
     def __init__(self, spec, backend):
         if spec.integ != m.AUTH_NONE:
-            raise UnsupportedSa("AES-GCM is combined mode: no integrity transform (RFC 4106 §8.2)")
+            raise UnsupportedSa("an AEAD is combined mode: no integrity transform (RFC 4106 §8.2, RFC 7634 §2)")
         key = spec.encr_key
+        self._check_key(key)
+        EspSa.__init__(self, spec, backend)
+        # the key without a copy (the SA zeroes spec.encr_key when it goes)
+        self._setup(self._make_aead(backend, memoryview(key)[:len(key) - 4]), key)
+
+    @staticmethod
+    def _check_key(key):
         if (len(key) - 4) * 8 not in KEY_BITS:
             raise UnsupportedSa("AES-GCM key must be 16 or 32 bytes plus a 4-byte salt")
-        EspSa.__init__(self, spec, backend)
-        # the AES key without a copy (the SA zeroes spec.encr_key when it goes)
-        self._setup(backend.aes_gcm(memoryview(key)[:len(key) - 4]), key)
+
+    @staticmethod
+    def _make_aead(backend, key):
+        return backend.aes_gcm(key)
 
     def _setup(self, aead, key):
         # what the SA's own direction needs, and nothing for the other (an SA only encrypts or
@@ -857,57 +871,87 @@ class GcmBufSa(GcmSa):
             salt[i] = 0
 
 
+class _ChaChaKey:
+    """ENCR_CHACHA20_POLY1305 (RFC 7634 §2) where GCM has AES: a 32-byte key and a 4-byte salt
+    from KEYMAT, the rest of GcmSa (nonce = salt || IV, IV = the 64-bit sequence number, AAD as
+    RFC 4106 §5, padding to 4 bytes, 16-byte ICV) unchanged."""
+    __slots__ = ()
+
+    @staticmethod
+    def _check_key(key):
+        if len(key) != CHACHA_KEY:
+            raise UnsupportedSa("ChaCha20-Poly1305 key must be 32 bytes plus a 4-byte salt")
+
+    @staticmethod
+    def _make_aead(backend, key):
+        return backend.chacha20_poly1305(key)
+
+
+class ChaChaSa(_ChaChaKey, GcmSa):
+    __slots__ = ()
+
+
+class ChaChaBufSa(_ChaChaKey, GcmBufSa):
+    __slots__ = ()
+
+
 class CbcHmacSa(EspSa):
     """ENCR_AES_CBC (RFC 3602: 16-byte IV, padding to 16) with AUTH_HMAC_SHA2_256_128 (RFC
     4868: 32-byte key, ICV = first 16 bytes of HMAC-SHA-256 over SPI..ciphertext, with seq-hi
-    appended for the computation only under ESN, RFC 4303 §2.2.1). The IV is E_K(0^64 || seq)
-    (module docstring); one CBC call makes it and encrypts the packet: CBC under a zero IV over
-    (0^64 || seq) || payload gives E_K(0^64 || seq), then the payload encrypted with that IV,
-    which is the ESP layout IV || ciphertext. The same path on every backend."""
-    __slots__ = ("cbc", "mac")
+    appended for the computation only under ESN, RFC 4303 §2.2.1), or _384_192 / _512_256
+    (48 / 64-byte keys, 24 / 32-byte ICVs) where the backend has the hash. The IV is
+    E_K(0^64 || seq) (module docstring); one CBC call makes it and encrypts the packet: CBC
+    under a zero IV over (0^64 || seq) || payload gives E_K(0^64 || seq), then the payload
+    encrypted with that IV, which is the ESP layout IV || ciphertext. The same path on every
+    backend."""
+    __slots__ = ("cbc", "icv", "mac")
 
     def __init__(self, spec, backend):
-        if spec.integ != m.AUTH_HMAC_SHA2_256_128:
-            raise UnsupportedSa("AES-CBC needs AUTH_HMAC_SHA2_256_128 on this board")
+        d = INTEGS.get(spec.integ)
+        if d is None or d[0] not in backend.HASHES:
+            raise UnsupportedSa("AES-CBC with integrity transform %d: not on this board" % spec.integ)
+        name, klen, icv = d
         if len(spec.encr_key) * 8 not in KEY_BITS:
             raise UnsupportedSa("AES-CBC key must be 16 or 32 bytes")
-        if len(spec.integ_key) != 32:
-            raise UnsupportedSa("HMAC-SHA-256-128 key must be 32 bytes (RFC 4868 §2.1.1)")
+        if len(spec.integ_key) != klen:
+            raise UnsupportedSa("HMAC-%s key must be %d bytes (RFC 4868 §2.1.1)" % (name.upper(), klen))
         EspSa.__init__(self, spec, backend)
         self.cbc = backend.aes_cbc(spec.encr_key)
-        self.mac = backend.hmac_sha256(spec.integ_key)
+        self.mac = backend.hmac_sha256(spec.integ_key) if name == "sha256" else backend.hmac(name, spec.integ_key)
+        self.icv = icv
 
     def encrypt(self, pkt):
-        r = self._frame(pkt, 16, 16)
+        icv = self.icv
+        r = self._frame(pkt, 16, 16, icv)
         if len(r) == 2:
             return r
         out, seq, end = r
         hi = seq >> 32
         _pack_into(">IIII", out, 8, 0, 0, hi, seq & 0xFFFFFFFF if hi else seq)
         self.cbc.encrypt_into(out, 8, end)
-        self.mac.digest_into(out, 0, end, _pack(">I", hi) if self.esn else b"", out, end, 16)
+        self.mac.digest_into(out, 0, end, _pack(">I", hi) if self.esn else b"", out, end, icv)
         return self._sealed(pkt, seq, out)
 
     def decrypt(self, pkt):
         if self.state == _ST_HARD:
             return _R_EXPIRED
         n = len(pkt)
-        if n < 56 or (n - 40) % 16:  # SPI, seq, IV, >= 1 block, ICV
+        c = self.icv
+        if n < 40 + c or (n - 24 - c) % 16:  # SPI, seq, IV, >= 1 block, ICV
             return _R_MALFORMED
         seq = self._seq_in(pkt)
         if type(seq) is tuple:
             return seq
-        icv = _ICV
-        self.mac.digest_into(pkt, 0, n - 16, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"",
-                             icv, 0, 16)
-        if not self.backend.ct_equal(icv, memoryview(pkt)[n - 16:]):
+        self.mac.digest_into(pkt, 0, n - c, _pack(">I", (seq >> 32) & 0xFFFFFFFF) if self.esn else b"",
+                             _ICV, 0, c)
+        if not self.backend.ct_equal(_ICVV[c], memoryview(pkt)[n - c:]):
             self.auth_fail += 1
             return _R_AUTH
         self.window.update(seq)
         hl = self._room()
-        k = n - 24                                      # IV and ciphertext
+        k = n - 8 - c                                   # IV and ciphertext
         pt = bytearray(hl + k)
-        pt[hl:] = memoryview(pkt)[8:n - 16]
+        pt[hl:] = memoryview(pkt)[8:n - c]
         self.cbc.decrypt_into(pt, hl, hl + k)
         pt[hl:hl + 16] = b""                            # what was the IV
         return self._deliver_buf(pt, hl)
@@ -922,13 +966,16 @@ def new_sa(spec, backend):
     """SA factory for the SAD: UnsupportedSa for what this board cannot run."""
     if spec.encr == m.ENCR_AES_GCM_16:
         return GcmBufSa(spec, backend) if backend.IN_PLACE else GcmSa(spec, backend)
+    if spec.encr == m.ENCR_CHACHA20_POLY1305:
+        return ChaChaBufSa(spec, backend) if backend.IN_PLACE else ChaChaSa(spec, backend)
     if spec.encr == m.ENCR_AES_CBC:
         return CbcHmacSa(spec, backend)
     raise UnsupportedSa("transform %d" % spec.encr)
 
 
 def transforms(backend):
-    """The HELLO capability list: every transform with the backend that runs it."""
+    """The HELLO capability list: every transform with the backend that runs it (HMAC-SHA-384/512
+    only where the backend's hashlib has them)."""
     out = []
     for bits in KEY_BITS:
         out.append(m.Transform(m.ENCR_AES_GCM_16, bits, m.AUTH_NONE, backend.NAME,
@@ -936,6 +983,12 @@ def transforms(backend):
     for bits in KEY_BITS:
         out.append(m.Transform(m.ENCR_AES_CBC, bits, m.AUTH_HMAC_SHA2_256_128, backend.NAME,
                                backend.speed(m.ENCR_AES_CBC)))
+    out.append(m.Transform(m.ENCR_CHACHA20_POLY1305, 256, m.AUTH_NONE, backend.NAME,
+                           backend.speed(m.ENCR_CHACHA20_POLY1305)))
+    for integ in (m.AUTH_HMAC_SHA2_384_192, m.AUTH_HMAC_SHA2_512_256):
+        if INTEGS[integ][0] in backend.HASHES:
+            for bits in KEY_BITS:
+                out.append(m.Transform(m.ENCR_AES_CBC, bits, integ, backend.NAME, backend.speed(m.ENCR_AES_CBC)))
     return out
 
 

@@ -36,6 +36,12 @@ TRANSFORMS = {
     "aes-gcm-16-256": (m.ENCR_AES_GCM_16, 256, m.AUTH_NONE),
     "aes-cbc-128+hmac-sha2-256-128": (m.ENCR_AES_CBC, 128, m.AUTH_HMAC_SHA2_256_128),
     "aes-cbc-256+hmac-sha2-256-128": (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_256_128),
+    "chacha20-poly1305": (m.ENCR_CHACHA20_POLY1305, 256, m.AUTH_NONE),
+    # only where hashlib has SHA-384/512: the CPython sim, no stock MicroPython board
+    "aes-cbc-128+hmac-sha2-384-192": (m.ENCR_AES_CBC, 128, m.AUTH_HMAC_SHA2_384_192),
+    "aes-cbc-256+hmac-sha2-384-192": (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_384_192),
+    "aes-cbc-128+hmac-sha2-512-256": (m.ENCR_AES_CBC, 128, m.AUTH_HMAC_SHA2_512_256),
+    "aes-cbc-256+hmac-sha2-512-256": (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_512_256),
 }
 
 

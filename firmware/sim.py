@@ -113,6 +113,9 @@ class Simulator:
         if profile.get("crypto") == "cryptolib":
             from firmware import sim_cryptolib
             sim_cryptolib.install()
+            from firmware.crypto import cryptolib_backend
+            # a stock MicroPython's hashlib: sha256 (sha1, md5), not CPython's sha384/sha512
+            cryptolib_backend.HASHES = ("sha256",)
         return esp.make_board(profile, now, cause)
 
     def _new_board(self, cause):
@@ -125,7 +128,7 @@ class Simulator:
 
     def _cost(self, rec, nbytes):
         spec = rec.spec
-        key = len(spec.encr_key) - (4 if spec.encr == m.ENCR_AES_GCM_16 else 0)
+        key = len(spec.encr_key) - (4 if spec.encr in (m.ENCR_AES_GCM_16, m.ENCR_CHACHA20_POLY1305) else 0)
         c = self.costs.get((spec.encr, key * 8, spec.integ))
         if c:
             self._busy_s += c[0] + c[1] * nbytes

@@ -44,8 +44,8 @@ from firmware import profiles
 from host.ike import pki
 from host.ike.config import ConfigError as IkeConfigError
 from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
-from host.ike.constants import TsType
-from host.ike.proposals import OffloadCapabilities, filter_child_specs
+from host.ike.constants import Integ, Prf, TsType
+from host.ike.proposals import OffloadCapabilities, esp_keyword, filter_child_specs
 from host.tomlpos import key_lines, line_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -119,6 +119,7 @@ SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
 # Every board firmware runs these (firmware/esp.py transforms(); its HELLO confirms them at run time):
 # a Child SA whose ESP proposals hold none of them can never be installed.
 BOARD_CAPABILITIES = OffloadCapabilities(frozenset(profiles.TRANSFORMS.values()), esn=True)
+BOARD_PROPOSALS = ", ".join(esp_keyword(*t) for t in profiles.TRANSFORMS.values())
 
 
 def _kind(v):
@@ -298,7 +299,8 @@ def _ts_families(items):
 
 def _check_connections(cfg, err, warn):
     """What no peer can fix: IKE addresses the socket cannot use, ESP nothing runs on a board,
-    selectors that carry nothing; and, as warnings, two Child SAs for the same traffic."""
+    selectors that carry nothing; and, as warnings, two Child SAs for the same traffic and SHA-1
+    in IKE proposals."""
     listen_family = ipaddress.ip_address(cfg.listen).version
     wildcard = cfg.listen in ("0.0.0.0", "::")
     seen = {}
@@ -309,6 +311,10 @@ def _check_connections(cfg, err, warn):
                 if a != "%any" and _family(a) != listen_family:
                     err("%s.%s[%d]" % (kp, k, i), "IPv%d, but IKE is bound to daemon.listen = %s (IPv%d)"
                         % (_family(a), cfg.listen, listen_family))
+        legacy = [i for i, s in enumerate(conn.proposals) if Integ.HMAC_SHA1_96 in s.integ or Prf.HMAC_SHA1 in s.prf]
+        if legacy:
+            warn("%s.proposals[%d]" % (kp, legacy[0]), "HMAC-SHA-1 / PRF-SHA-1: for legacy peers only (RFC 8247 "
+                 "§3.2, §3.3: MUST-); put a SHA-2 proposal first")
         if not wildcard and "%any" not in conn.local_addrs and not any(
                 ipaddress.ip_address(cfg.listen) in ipaddress.ip_network(a, strict=False) for a in conn.local_addrs):
             err(kp + ".local_addrs", "none of them is daemon.listen = %s, the one address IKE is bound to"
@@ -316,8 +322,8 @@ def _check_connections(cfg, err, warn):
         for cname, child in conn.children.items():
             ck = "%s.children.%s" % (kp, cname)
             if not filter_child_specs(child.esp_proposals, BOARD_CAPABILITIES):
-                err(ck + ".esp_proposals", "no board runs any of these; boards run aes128gcm16, aes256gcm16, "
-                    "aes128-sha256, aes256-sha256 (ESP is negotiated only from what the board runs)")
+                err(ck + ".esp_proposals", "no board runs any of these; boards run %s (ESP is negotiated only "
+                    "from what the board runs)" % BOARD_PROPOSALS)
             fl, fr = _ts_families(child.local_ts), _ts_families(child.remote_ts)
             fl.discard(None)
             fr.discard(None)

@@ -613,10 +613,12 @@ class Daemon:
 
 
 def _transform_name(encr, bits, integ):
-    name = {m.ENCR_AES_GCM_16: "AES_GCM_16", m.ENCR_AES_CBC: "AES_CBC"}.get(encr, "ENCR_%d" % encr)
+    name = {m.ENCR_AES_GCM_16: "AES_GCM_16", m.ENCR_AES_CBC: "AES_CBC",
+            m.ENCR_CHACHA20_POLY1305: "CHACHA20_POLY1305"}.get(encr, "ENCR_%d" % encr)
     out = "%s-%d" % (name, bits)
     if integ:
-        out += "/" + {m.AUTH_HMAC_SHA2_256_128: "HMAC_SHA2_256_128"}.get(integ, "INTEG_%d" % integ)
+        out += "/" + {m.AUTH_HMAC_SHA2_256_128: "HMAC_SHA2_256_128", m.AUTH_HMAC_SHA2_384_192: "HMAC_SHA2_384_192",
+                      m.AUTH_HMAC_SHA2_512_256: "HMAC_SHA2_512_256"}.get(integ, "INTEG_%d" % integ)
     return out
 
 

@@ -34,7 +34,10 @@ PSK = "demo-psk-7f3a9c2e5b8d1f4a6c0e9b2d"
 
 # a profile's transform names (boards/*.toml [crypto] fast) as strongSwan ESP proposal keywords
 SWAN_ESP = {"aes-gcm-16-128": "aes128gcm16", "aes-gcm-16-256": "aes256gcm16",
-            "aes-cbc-128+hmac-sha2-256-128": "aes128-sha256", "aes-cbc-256+hmac-sha2-256-128": "aes256-sha256"}
+            "aes-cbc-128+hmac-sha2-256-128": "aes128-sha256", "aes-cbc-256+hmac-sha2-256-128": "aes256-sha256",
+            "chacha20-poly1305": "chacha20poly1305",
+            "aes-cbc-128+hmac-sha2-384-192": "aes128-sha384", "aes-cbc-256+hmac-sha2-384-192": "aes256-sha384",
+            "aes-cbc-128+hmac-sha2-512-256": "aes128-sha512", "aes-cbc-256+hmac-sha2-512-256": "aes256-sha512"}
 
 
 def esp_proposals_for(profile):

@@ -139,11 +139,11 @@ BROKEN = [
     ('local_addrs = ["192.0.2.1"]', 'local_addrs = ["192.0.2.9"]', "connections.gw.local_addrs", "local_addrs"),
     ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["2001:db8::2"]', "connections.gw.remote_addrs[0]",
      "remote_addrs"),
-    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["aes192gcm16", "aes256-sha512"]',
+    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["aes192gcm16", "aes192-sha512"]',
      "connections.gw.children.lan.esp_proposals", "esp_proposals"),
-    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["chacha20poly1305"]',
+    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["camellia256-sha256"]',
      "connections.gw.children.lan.esp_proposals[0]", "esp_proposals"),
-    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["aes128-sha384"]',
+    ('esp_proposals = ["aes128gcm16", "aes128-sha256"]', 'esp_proposals = ["aes128-sha1"]',
      "connections.gw.children.lan.esp_proposals", "esp_proposals"),
     ('remote_ts = ["203.0.113.0/24"]', 'remote_ts = ["2001:db8:1::/64"]', "connections.gw.children.lan.remote_ts",
      "remote_ts"),
@@ -236,3 +236,13 @@ def test_doubtful_selectors_are_accepted_with_a_warning(tmp_path, capsys, local,
 def test_shipped_example_has_no_warnings():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert config.load(os.path.join(root, "packaging", "ikeoffloadd.toml")).warnings == []
+
+
+def test_sha1_ike_proposals_are_accepted_with_a_warning(tmp_path, capsys):
+    """HMAC-SHA-1 and PRF-SHA-1 are there for legacy peers only: accepted, named in a warning."""
+    text = GOOD.replace('proposals = ["aes256gcm16-prfsha256-x25519"]',
+                        'proposals = ["aes256gcm16-prfsha256-x25519", "aes128-sha1-modp2048"]')
+    assert text != GOOD
+    c = config.load(write(tmp_path, text))
+    assert len(c.warnings) == 1 and "connections.gw.proposals[1]: HMAC-SHA-1" in c.warnings[0], c.warnings
+    assert config.load(write(tmp_path, GOOD)).warnings == []

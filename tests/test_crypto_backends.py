@@ -53,6 +53,58 @@ def test_hmac_agrees(key, data, tail):
     assert hmac.new(key, data + tail, hashlib.sha256).digest() == outs[0]
 
 
+@settings(max_examples=80, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), nonce=st.binary(min_size=12, max_size=12),
+       data=st.binary(max_size=300), aad=st.binary(max_size=20), off=st.integers(0, 5))
+def test_chacha20_poly1305_agrees(key, nonce, data, aad, off):
+    """The small-int ChaCha20-Poly1305 (pure, cryptolib) gives OpenSSL's bytes, also in place at
+    any offset; a wrong tag writes nothing."""
+    want = ossl.chacha20_poly1305(key).encrypt(nonce, data, aad)
+    for be in (pure, clib):
+        c = be.chacha20_poly1305(key)
+        assert c.encrypt(nonce, data, aad) == want
+        assert c.decrypt(nonce, want, aad) == data
+        buf = bytearray(off) + data + bytes(16)
+        c.seal_into(nonce, aad, buf, off, off + len(data))
+        assert buf[off:] == want
+        buf[-1] ^= 1
+        out = bytearray(len(data))
+        with pytest.raises(be.AuthError):
+            c.open_into(nonce, aad, buf, off, off + len(data), out, 0)
+        assert out == bytes(len(data))
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x80, 0x7F])
+def test_poly1305_limbs_carry_at_the_extremes(fill):
+    """Poly1305 in radix 2^10 against OpenSSL's, with r and s and the message at their largest
+    (clamped r all ones, every block all ones) and smallest: the carries and the final
+    reduction (h >= p) are right."""
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+    from firmware.crypto import chachapoly as cp
+    for key in (bytes((fill,)) * 32, bytes(16) + bytes((fill,)) * 16, bytes((fill,)) * 16 + bytes(16)):
+        for n in (16, 32, 160, 1408):
+            msg = bytes((fill,)) * n
+            cp._poly_init(key)
+            cp._poly_update(msg, 0, n)
+            out = bytearray(16)
+            cp._poly_tag(out, 0)
+            assert bytes(out) == Poly1305.generate_tag(key, msg), (fill, n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.binary(max_size=200), data=st.binary(max_size=300), tail=st.binary(max_size=4),
+       name=st.sampled_from(("sha384", "sha512")))
+def test_hmac_sha384_512_agree(key, data, tail, name):
+    want = hmac.new(key, data + tail, getattr(hashlib, name)).digest()
+    for be in BACKENDS:
+        assert be.hmac(name, key).digest(data, tail) == want
+    # MicroPython's way (no copy()), with the 128-byte block
+    assert hmac256.HmacPads(key, getattr(hashlib, name), 128).digest(data, tail) == want
+    out = bytearray(40)
+    hmac256.HmacPads(key, getattr(hashlib, name), 128).digest_into(b"xy" + data, 2, 2 + len(data), tail, out, 1, 24)
+    assert out[1:25] == want[:24] and out[0] == 0
+
+
 def test_tampered_gcm_raises_each_backends_auth_error():
     for be in BACKENDS:
         g = be.aes_gcm(bytes(16))
@@ -65,8 +117,9 @@ def test_tampered_gcm_raises_each_backends_auth_error():
 def test_speed_classes_follow_what_runs_in_c():
     from firmware.link import messages as m
     assert clib.speed(m.ENCR_AES_CBC) == m.SPEED_FAST and clib.speed(m.ENCR_AES_GCM_16) == m.SPEED_SLOW
+    assert clib.speed(m.ENCR_CHACHA20_POLY1305) == m.SPEED_SLOW      # cryptolib has no ChaCha20: Python
     assert pure.speed(m.ENCR_AES_CBC) == m.SPEED_SLOW
-    assert ossl.speed(m.ENCR_AES_GCM_16) == m.SPEED_FAST
+    assert ossl.speed(m.ENCR_AES_GCM_16) == ossl.speed(m.ENCR_CHACHA20_POLY1305) == m.SPEED_FAST
 
 
 def test_selection_order_and_explicit_choice():
@@ -172,8 +225,11 @@ def test_esp_packets_are_the_same_on_every_backend():
     pkts = [d.ipv4(payload=d.udp(1, 2, d.det(n, n))) for n in (0, 1, 30, 61, 1300)]
     for encr, key, integ, ikey in ((m.ENCR_AES_GCM_16, d.det(20, 1), m.AUTH_NONE, b""),
                                    (m.ENCR_AES_GCM_16, d.det(36, 2), m.AUTH_NONE, b""),
+                                   (m.ENCR_CHACHA20_POLY1305, d.det(36, 7), m.AUTH_NONE, b""),
                                    (m.ENCR_AES_CBC, d.det(16, 3), m.AUTH_HMAC_SHA2_256_128, d.det(32, 4)),
-                                   (m.ENCR_AES_CBC, d.det(32, 5), m.AUTH_HMAC_SHA2_256_128, d.det(32, 6))):
+                                   (m.ENCR_AES_CBC, d.det(32, 5), m.AUTH_HMAC_SHA2_256_128, d.det(32, 6)),
+                                   (m.ENCR_AES_CBC, d.det(16, 8), m.AUTH_HMAC_SHA2_384_192, d.det(48, 9)),
+                                   (m.ENCR_AES_CBC, d.det(32, 10), m.AUTH_HMAC_SHA2_512_256, d.det(64, 11))):
         for kw in ({}, {"flags": m.SAF_ESN, "initial_seq": 0xFFFFFFFE}, {"flags": m.SAF_UDP_ENCAP},
                    {"mode": m.MODE_TRANSPORT, "src": (d.A1, 0), "dst": (d.A2, 0)}):
             def sa(direction, be, kw=kw, encr=encr, key=key, integ=integ, ikey=ikey):

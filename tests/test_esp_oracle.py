@@ -1,7 +1,8 @@
 """The board's ESP checked against scapy's independent implementation (scapy.layers.ipsec):
-the board encrypts -> scapy decrypts, scapy encrypts -> the board decrypts, for AES-GCM-128/256
-and AES-CBC + HMAC-SHA-256-128, tunnel and transport mode, with and without RFC 3948 UDP
-encapsulation, and with ESN across 2^32. The board side runs through Board._decrypt_one, so
+the board encrypts -> scapy decrypts, scapy encrypts -> the board decrypts, for AES-GCM-128/256,
+ChaCha20-Poly1305 (RFC 7634; also with the pure backend, the boards' small-int implementation)
+and AES-CBC + HMAC-SHA-256-128 / -384-192 / -512-256, tunnel and transport mode, with and
+without RFC 3948 UDP encapsulation, and with ESN across 2^32. The board side runs through Board._decrypt_one, so
 the RFC 3948 classification is exercised too."""
 import os
 import struct
@@ -25,8 +26,14 @@ pytestmark = pytest.mark.esp_oracle
 
 BOARD = "10.0.0.1"      # our outer address (A_SRC)
 PEER = "10.0.0.2"       # the peer (A_DST)
-GCM, CBC = m.ENCR_AES_GCM_16, m.ENCR_AES_CBC
-SUITES = [(GCM, 128), (GCM, 256), (CBC, 128), (CBC, 256)]
+GCM, CBC, CHACHA = m.ENCR_AES_GCM_16, m.ENCR_AES_CBC, m.ENCR_CHACHA20_POLY1305
+SHA256, SHA384, SHA512 = m.AUTH_HMAC_SHA2_256_128, m.AUTH_HMAC_SHA2_384_192, m.AUTH_HMAC_SHA2_512_256
+# (encr, bits, integ, the board's crypto backend)
+SUITES = [(GCM, 128, 0, "cryptography"), (GCM, 256, 0, "cryptography"), (CBC, 128, SHA256, "cryptography"),
+          (CBC, 256, SHA256, "cryptography"), (CHACHA, 256, 0, "cryptography"), (CHACHA, 256, 0, "pure"),
+          (CBC, 128, SHA384, "cryptography"), (CBC, 256, SHA512, "cryptography")]
+SUITE_IDS = ["gcm128", "gcm256", "cbc128", "cbc256", "chacha", "chacha-pure", "cbc128-sha384", "cbc256-sha512"]
+_SCAPY_AUTH = {SHA256: "SHA2-256-128", SHA384: "SHA2-384-192", SHA512: "SHA2-512-256"}
 MODES = [m.MODE_TUNNEL, m.MODE_TRANSPORT]
 ENCAPS = [False, True]
 
@@ -35,13 +42,13 @@ def _ip(s):
     return bytes(int(x) for x in s.split("."))
 
 
-def _board():
-    return esp.make_board({}, 0, backend="cryptography")
+def _board(backend="cryptography"):
+    return esp.make_board({}, 0, backend=backend)
 
 
-def _specs(encr, bits, mode, flags, spi, seq_out=0, seq_in=0):
+def _specs(encr, bits, mode, flags, spi, seq_out=0, seq_in=0, integ=SHA256):
     """Our outbound SA (to PEER) and inbound SA (from PEER), same keys as the scapy SAs."""
-    kw = dict(mode=mode, flags=flags)
+    kw = dict(mode=mode, flags=flags, integ=integ or SHA256)
     out = d.spec(spi, m.DIR_OUT, encr, bits, src=(_ip(BOARD), 4500), dst=(_ip(PEER), 4500),
                  initial_seq=seq_out, **kw)
     inn = d.spec(spi + 1, m.DIR_IN, encr, bits, src=(_ip(BOARD), 4500), dst=(_ip(PEER), 4500),
@@ -53,8 +60,10 @@ def _scapy_sa(spec, mode, encap, src, dst, esn_hi=None, seq=1):
     kw = dict(spi=spec.spi, seq_num=seq)
     if spec.encr == GCM:
         kw.update(crypt_algo="AES-GCM", crypt_key=spec.encr_key)     # key || salt (RFC 4106 §8.1)
+    elif spec.encr == CHACHA:
+        kw.update(crypt_algo="CHACHA20-POLY1305", crypt_key=spec.encr_key)     # key || salt (RFC 7634 §2)
     else:
-        kw.update(crypt_algo="AES-CBC", crypt_key=spec.encr_key, auth_algo="SHA2-256-128",
+        kw.update(crypt_algo="AES-CBC", crypt_key=spec.encr_key, auth_algo=_SCAPY_AUTH[spec.integ],
                   auth_key=spec.integ_key)
     if mode == m.MODE_TUNNEL:
         kw["tunnel_header"] = IP(src=src, dst=dst)
@@ -76,10 +85,10 @@ def _inner(mode, n=0):
 
 @pytest.mark.parametrize("encap", ENCAPS, ids=["esp", "udp"])
 @pytest.mark.parametrize("mode", MODES, ids=["tunnel", "transport"])
-@pytest.mark.parametrize("encr,bits", SUITES, ids=["gcm128", "gcm256", "cbc128", "cbc256"])
-def test_board_encrypts_scapy_decrypts(encr, bits, mode, encap):
-    b = _board()
-    out, _ = _specs(encr, bits, mode, m.SAF_UDP_ENCAP if encap else 0, 0x4000)
+@pytest.mark.parametrize("encr,bits,integ,backend", SUITES, ids=SUITE_IDS)
+def test_board_encrypts_scapy_decrypts(encr, bits, integ, backend, mode, encap):
+    b = _board(backend)
+    out, _ = _specs(encr, bits, mode, m.SAF_UDP_ENCAP if encap else 0, 0x4000, integ=integ)
     assert b.sad.add(out) == m.OK
     rec = b.sad.get(out.spi, m.DIR_OUT)
     sa = _scapy_sa(out, mode, encap, BOARD, PEER)
@@ -100,10 +109,10 @@ def test_board_encrypts_scapy_decrypts(encr, bits, mode, encap):
 
 @pytest.mark.parametrize("encap", ENCAPS, ids=["esp", "udp"])
 @pytest.mark.parametrize("mode", MODES, ids=["tunnel", "transport"])
-@pytest.mark.parametrize("encr,bits", SUITES, ids=["gcm128", "gcm256", "cbc128", "cbc256"])
-def test_scapy_encrypts_board_decrypts(encr, bits, mode, encap):
-    b = _board()
-    _, inn = _specs(encr, bits, mode, m.SAF_UDP_ENCAP if encap else 0, 0x4000)
+@pytest.mark.parametrize("encr,bits,integ,backend", SUITES, ids=SUITE_IDS)
+def test_scapy_encrypts_board_decrypts(encr, bits, integ, backend, mode, encap):
+    b = _board(backend)
+    _, inn = _specs(encr, bits, mode, m.SAF_UDP_ENCAP if encap else 0, 0x4000, integ=integ)
     assert b.sad.add(inn) == m.OK
     sa = _scapy_sa(inn, mode, encap, PEER, BOARD)
     src = (_ip(PEER), 4500 if encap else 0)
@@ -112,7 +121,7 @@ def test_scapy_encrypts_board_decrypts(encr, bits, mode, encap):
             pkt = pkt.copy()
             pkt[IP].src, pkt[IP].dst = PEER, BOARD
         raw = bytes(pkt)
-        iv = os.urandom(8 if encr == GCM else 16)
+        iv = os.urandom(16 if encr == CBC else 8)
         wire = bytes(sa.encrypt(IP(raw) if raw[0] >> 4 == 4 else IPv6(raw), iv=iv))
         ihl = (wire[0] & 15) * 4
         data = wire[ihl + 8:] if encap else wire[ihl:]
@@ -130,10 +139,13 @@ def test_scapy_encrypts_board_decrypts(encr, bits, mode, encap):
         assert b._decrypt_one(src, data)[0] == m.P_REPLAY
 
 
-@pytest.mark.parametrize("encr", [GCM, CBC], ids=["gcm", "cbc"])
-def test_esn_across_2_32_both_ways(encr):
-    """RFC 4303 §2.2.1: seq-hi is in the ICV (CBC) or the AAD (GCM), never on the wire."""
-    b = _board()
+@pytest.mark.parametrize("encr,backend", [(GCM, "cryptography"), (CBC, "cryptography"),
+                                          (CHACHA, "cryptography"), (CHACHA, "pure")],
+                         ids=["gcm", "cbc", "chacha", "chacha-pure"])
+def test_esn_across_2_32_both_ways(encr, backend):
+    """RFC 4303 §2.2.1: seq-hi is in the ICV (CBC) or the AAD (GCM, ChaCha20-Poly1305: RFC 7634
+    §2.1), never on the wire."""
+    b = _board(backend)
     start = 0xFFFFFFFE
     out, inn = _specs(encr, 128, m.MODE_TUNNEL, m.SAF_ESN, 0x5000, seq_out=start, seq_in=0xFFFFFFF0)
     assert b.sad.add(out) == m.OK and b.sad.add(inn) == m.OK
@@ -146,11 +158,11 @@ def test_esn_across_2_32_both_ways(encr):
         assert st == m.P_OK
         assert bytes(theirs.decrypt(IP(bytes(IP(src=BOARD, dst=PEER, proto=50) / wire)))) == bytes(pkt)
         mine = _scapy_sa(inn, m.MODE_TUNNEL, False, PEER, BOARD, esn_hi=seq >> 32, seq=seq & 0xFFFFFFFF)
-        w = bytes(mine.encrypt(IP(bytes(pkt)), iv=os.urandom(8 if encr == GCM else 16)))
+        w = bytes(mine.encrypt(IP(bytes(pkt)), iv=os.urandom(16 if encr == CBC else 8)))
         assert b._decrypt_one((_ip(PEER), 0), w[20:])[:2] == (m.P_OK, inn.spi)
     # a packet whose seq-hi the sender got wrong does not authenticate
     bad = _scapy_sa(inn, m.MODE_TUNNEL, False, PEER, BOARD, esn_hi=7, seq=(start + 4) & 0xFFFFFFFF)
-    w = bytes(bad.encrypt(IP(bytes(pkt)), iv=os.urandom(8 if encr == GCM else 16)))
+    w = bytes(bad.encrypt(IP(bytes(pkt)), iv=os.urandom(16 if encr == CBC else 8)))
     assert b._decrypt_one((_ip(PEER), 0), w[20:])[0] == m.P_AUTH_FAIL
 
 

@@ -1,7 +1,8 @@
-# Runs on the wasm MicroPython (bench/mpy_cost.py copies it in): the firmware's ESP engine, time
-# per packet per transform, with the pure backend and with the cryptolib backend over a cryptolib
-# whose AES costs nothing (so that what is timed is the Python part; a board's AES runs in C, or in
-# hardware). One JSON line per measurement.
+# Runs on the wasm MicroPython (bench/mpy_cost.py, bench/esp.py copy it in): the firmware's ESP
+# engine, time per packet per transform, with the pure backend and with the cryptolib backend over a
+# cryptolib whose AES costs nothing (so that what is timed is the Python part; a board's AES runs in
+# C, or in hardware). Arguments: repetitions, backends ("pure,cryptolib"). One JSON line per
+# measurement.
 import json
 import sys
 import time
@@ -27,12 +28,17 @@ class _FreeAes:
             return bytes(data)
 
 
-sys.modules["cryptolib"] = _FreeAes
-from firmware.crypto import cryptolib_backend  # noqa: E402
+BACKENDS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["pure", "cryptolib"]
+backends = [pure]
+if "cryptolib" in BACKENDS:
+    sys.modules["cryptolib"] = _FreeAes
+    from firmware.crypto import cryptolib_backend  # noqa: E402
+    backends.append(cryptolib_backend)
 
-TRANSFORMS = ((m.ENCR_AES_GCM_16, 128), (m.ENCR_AES_GCM_16, 256), (m.ENCR_AES_CBC, 128), (m.ENCR_AES_CBC, 256))
+TRANSFORMS = ((m.ENCR_AES_GCM_16, 128), (m.ENCR_AES_GCM_16, 256), (m.ENCR_AES_CBC, 128), (m.ENCR_AES_CBC, 256),
+              (m.ENCR_CHACHA20_POLY1305, 256))
 reps_big = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-for be in (pure, cryptolib_backend):
+for be in backends:
     for encr, bits in TRANSFORMS:
         for n in (64, 1400):
             o, i = d.pair(be, 0x4000, encr, bits, m.MODE_TUNNEL, 0)

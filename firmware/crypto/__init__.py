@@ -27,6 +27,11 @@ A backend is a module with:
                          .decrypt_into(buf, off, end): in place; buf[off + 16:end] becomes the
                                 plaintext under the IV buf[off:off + 16] (the first block: unspecified)
                          .wipe()
+    chacha20_poly1305(key)  ChaCha20-Poly1305 (RFC 8439 §2.8; 32-byte key), the same interface as
+                         aes_gcm (with IN_PLACE: seal_into/open_into/wipe)
+    HASHES               the hash names hmac() takes here: "sha256", and "sha384" / "sha512"
+                         where hashlib has them (CPython; not stock MicroPython)
+    hmac(name, key)      HMAC with that hash, as hmac_sha256 below; ValueError if it is missing
     hmac_sha256(key)     .digest(data, tail=b"") -> 32 bytes of HMAC-SHA-256(key, data || tail)
                          (RFC 2104; `tail` lets ESN append seq-hi without a copy, RFC 4303 §3.3.2.1)
                          .digest_into(buf, off, end, tail, out, ooff, n): its first n bytes over

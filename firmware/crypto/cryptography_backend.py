@@ -1,6 +1,7 @@
 # cpython-only: the `cryptography` library (OpenSSL); the simulated board and the host use it
-"""CPython backend: `cryptography` (OpenSSL) for AES-GCM and AES-CBC; HMAC-SHA-256 on hashlib
-(also OpenSSL on CPython), whose copy() of the keyed states beats building an HMAC per packet.
+"""CPython backend: `cryptography` (OpenSSL) for AES-GCM, ChaCha20-Poly1305 and AES-CBC; HMAC-SHA-2
+on hashlib (also OpenSSL on CPython), whose copy() of the keyed states beats building an HMAC per
+packet.
 
 aes_gcm() returns cryptography's AESGCM object itself, so the ESP fast path calls OpenSSL with
 no Python layer in between (cache it per SA: building one costs more than sealing a packet).
@@ -9,8 +10,9 @@ import hmac as _hmac
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from firmware.crypto import hmac256
 from firmware.crypto.hmac256 import HmacSha256  # hashlib (OpenSSL) with copied keyed states
 from firmware.link import messages as m
 
@@ -100,3 +102,13 @@ def aes_cbc(key):
 
 def hmac_sha256(key):
     return HmacSha256(key)
+
+
+HASHES = hmac256.HASHES
+hmac = hmac256.hmac
+
+
+def chacha20_poly1305(key):
+    if len(key) != 32:
+        raise ValueError("ChaCha20-Poly1305 key must be 32 bytes")
+    return ChaCha20Poly1305(bytes(key))

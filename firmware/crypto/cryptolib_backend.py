@@ -4,6 +4,7 @@ HMAC-SHA-256 on `hashlib.sha256`.
 AES-CBC + HMAC-SHA2-256-128 runs in C and is advertised SPEED_FAST. Stock cryptolib has no CTR
 or GCM, so AES-GCM builds its counter blocks in Python, encrypts them in one ECB call and does
 GHASH and the XOR in Python or native code (firmware/crypto/gcm.py): advertised SPEED_SLOW.
+ChaCha20-Poly1305 is the pure backend's (firmware/crypto/chachapoly.py): SPEED_SLOW too.
 
 One cryptolib object per SA, made at its first packet and used in place (`encrypt(in, out)`):
 no key schedule and no allocation per packet. A cryptolib object only encrypts or only decrypts
@@ -19,7 +20,7 @@ import struct
 
 import cryptolib
 
-from firmware.crypto import gcm, pure
+from firmware.crypto import gcm, hmac256, pure
 from firmware.crypto.hmac256 import HmacSha256, ct_equal
 from firmware.link import messages as m
 
@@ -39,6 +40,11 @@ def speed(encr):
 
 def hmac_sha256(key):
     return HmacSha256(key)
+
+
+HASHES = hmac256.HASHES
+hmac = hmac256.hmac
+chacha20_poly1305 = pure.chacha20_poly1305     # cryptolib has no ChaCha20: the small-int one
 
 
 class AesCbc:
@@ -162,4 +168,5 @@ def aes_gcm(key):
     return AesGcm(key)
 
 
-__all__ = ["NAME", "IN_PLACE", "AuthError", "speed", "hmac_sha256", "aes_cbc", "aes_gcm", "ct_equal"]
+__all__ = ["NAME", "IN_PLACE", "AuthError", "speed", "hmac_sha256", "hmac", "HASHES", "aes_cbc", "aes_gcm",
+           "chacha20_poly1305", "ct_equal"]

@@ -1,4 +1,5 @@
-"""Pure-Python crypto backend: AES (FIPS 197), CTR/GCM (NIST SP 800-38D), CBC, HMAC-SHA-256.
+"""Pure-Python crypto backend: AES (FIPS 197), CTR/GCM (NIST SP 800-38D), CBC, HMAC-SHA-256 (and
+-384/-512 where hashlib has them), ChaCha20-Poly1305 (RFC 8439, firmware/crypto/chachapoly.py).
 
 For runtimes without cryptolib (the wasm MicroPython) and as a reference the other backends
 are checked against. Slow by nature (wasm MicroPython: ~9k AES-128 blocks/s), so every
@@ -22,7 +23,7 @@ Written for a microcontroller's heap (issue 7: 64 SAs in 64 KB):
 import struct
 from array import array
 
-from firmware.crypto import gcm
+from firmware.crypto import gcm, hmac256
 from firmware.crypto.hmac256 import HmacSha256, ct_equal, equal_at  # noqa: F401  (ct_equal: the backend interface)
 from firmware.link import messages as m
 
@@ -40,6 +41,20 @@ def speed(encr):
 
 def hmac_sha256(key):
     return HmacSha256(key)
+
+
+HASHES = hmac256.HASHES
+
+
+def hmac(name, key):
+    return hmac256.hmac(name, key)
+
+
+def chacha20_poly1305(key):
+    """ChaCha20-Poly1305 (RFC 8439 §2.8) in firmware/crypto/chachapoly.py, allocation-free. Imported
+    at the first ChaCha20-Poly1305 SA: its code takes ~11 KB of a board's heap."""
+    from firmware.crypto import chachapoly
+    return chachapoly.ChaChaPoly(key, AuthError)
 
 
 def check_key(key):

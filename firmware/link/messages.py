@@ -98,8 +98,11 @@ RESET_CRASH = 8     # the firmware failed and reset the board itself (firmware/m
 # Transform ids are IKEv2's (RFC 7296 §3.3.2 / IANA), so the host matches proposals directly.
 ENCR_AES_CBC = 12
 ENCR_AES_GCM_16 = 20
+ENCR_CHACHA20_POLY1305 = 28     # RFC 7634
 AUTH_NONE = 0
 AUTH_HMAC_SHA2_256_128 = 12
+AUTH_HMAC_SHA2_384_192 = 13     # RFC 4868
+AUTH_HMAC_SHA2_512_256 = 14
 
 # Transform.speed: how the board's backend does it
 SPEED_SLOW = 0    # pure Python

@@ -81,12 +81,25 @@ def gcm_key(bits=128, seed=3):
     return det(bits // 8 + 4, seed)
 
 
-def spec(spi, direction, encr=m.ENCR_AES_GCM_16, bits=128, mode=m.MODE_TUNNEL, flags=0, **kw):
-    """An SaSpec with deterministic keys; both directions of one SPI get the same keys."""
+INTEG_KEY = {m.AUTH_HMAC_SHA2_256_128: 32, m.AUTH_HMAC_SHA2_384_192: 48, m.AUTH_HMAC_SHA2_512_256: 64}
+
+
+def spec(spi, direction, encr=m.ENCR_AES_GCM_16, bits=128, mode=m.MODE_TUNNEL, flags=0,
+         integ=m.AUTH_HMAC_SHA2_256_128, **kw):
+    """An SaSpec with deterministic keys; both directions of one SPI get the same keys. ChaCha20-
+    Poly1305 takes 32 bytes and a salt whatever `bits` says; `integ` is AES-CBC's."""
     if encr == m.ENCR_AES_GCM_16:
         return m.SaSpec(spi, direction, encr, gcm_key(bits, spi & 0xFF), mode=mode, flags=flags, **kw)
-    return m.SaSpec(spi, direction, encr, det(bits // 8, spi & 0xFF), m.AUTH_HMAC_SHA2_256_128,
-                    det(32, (spi >> 8) & 0xFF), mode=mode, flags=flags, **kw)
+    if encr == m.ENCR_CHACHA20_POLY1305:
+        return m.SaSpec(spi, direction, encr, det(36, spi & 0xFF), mode=mode, flags=flags, **kw)
+    return m.SaSpec(spi, direction, encr, det(bits // 8, spi & 0xFF), integ,
+                    det(INTEG_KEY[integ], (spi >> 8) & 0xFF), mode=mode, flags=flags, **kw)
+
+
+def transforms(be):
+    """(encr, bits, integ) of every transform backend `be` runs (what its HELLO lists)."""
+    from firmware import esp
+    return [t.key() for t in esp.transforms(be)]
 
 
 def pair(be, spi=0x1000, encr=m.ENCR_AES_GCM_16, bits=128, mode=m.MODE_TUNNEL, flags=0, **kw):

@@ -1,7 +1,8 @@
 """Known-answer tests for every crypto backend this runtime has.
 
 Vectors: FIPS 197 Appendix C (AES), draft-mcgrew-gcm-test-01 §4 (AES-GCM in ESP: key, salt ||
-IV nonce, SPI || seq AAD), RFC 3602 §4 (AES-CBC), RFC 4868 §2.7.2.1 (HMAC-SHA-256-128).
+IV nonce, SPI || seq AAD), RFC 3602 §4 (AES-CBC), RFC 4868 §2.7.2.1 (HMAC-SHA-256-128), RFC 8439
+§2.8.2 (ChaCha20-Poly1305), RFC 4868 §2.7.2.2/3 (HMAC-SHA-384-192, -512-256) where hashlib has them.
 """
 from firmware.crypto import pure
 from firmware.tests.espdata import backends, h
@@ -156,3 +157,46 @@ def test_pure_cbc_builds_only_the_schedule_it_uses():
     assert enc.encrypt(iv, pt) == ct and enc._dk is None and len(enc._ek) == 88
     assert dec.decrypt(iv, ct) == pt and dec._ek is None and len(dec._dk) == 88
     assert pure.aes_cbc(bytes(32)).encrypt(iv, pt) and len(pure.aes_gcm(bytes(32))._rk) == 120
+
+
+# RFC 8439 §2.8.2: (key, nonce, aad, plaintext, ciphertext || tag)
+CHACHA_CASES = [
+    ("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f", "070000004041424344454647",
+     "50515253c0c1c2c3c4c5c6c7",
+     "4c616469657320616e642047656e746c656d656e206f662074686520636c617373206f66202739393a204966204920"
+     "636f756c64206f6666657220796f75206f6e6c79206f6e652074697020666f7220746865206675747572652c207375"
+     "6e73637265656e20776f756c642062652069742e",
+     "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da9272"
+     "8b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831"
+     "d7bc3ff4def08e4b7a9de576d26586cec64b61161ae10b594f09e26a7e902ecbd0600691"),
+]
+
+# RFC 4868 §2.7.2.2 / §2.7.2.3 test case 1 (key 0x0b..., "Hi There"): (hash, key, data, truncated MAC)
+HMAC_SHA2_CASES = [
+    ("sha384", "0b" * 48, "4869205468657265", "b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973"),
+    ("sha512", "0b" * 64, "4869205468657265",
+     "637edc6e01dce7e6742a99451aae82df23da3e92439e590e43e761b33e910fb8"),
+]
+
+
+def test_chacha20_poly1305_known_answers():
+    for be in backends():
+        for key, nonce, aad, pt, ct in CHACHA_CASES:
+            c = be.chacha20_poly1305(h(key))
+            assert c.encrypt(h(nonce), h(pt), h(aad)) == h(ct), be.NAME
+            assert c.decrypt(h(nonce), h(ct), h(aad)) == h(pt), be.NAME
+            bad = bytearray(h(ct))
+            bad[3] ^= 0x40
+            try:
+                c.decrypt(h(nonce), bytes(bad), h(aad))
+                raise AssertionError(be.NAME)
+            except be.AuthError:
+                pass
+
+
+def test_hmac_sha384_512_known_answers_where_hashlib_has_them():
+    for be in backends():
+        for name, key, data, mac in HMAC_SHA2_CASES:
+            if name in be.HASHES:
+                got = be.hmac(name, h(key)).digest(h(data))
+                assert got[:len(mac) // 2] == h(mac), (be.NAME, name)

@@ -19,23 +19,68 @@ def _ping(n=40, src=A1, dst=A2):
     return ipv4(src, dst, 1, d.icmp_echo(7, 1, det(n)))
 
 
+CHACHA = m.ENCR_CHACHA20_POLY1305
+
+
 def test_round_trip_every_transform_mode_and_flag():
     pkt4 = _ping(33)
     pkt6 = ipv6(payload=d.udp(1000, 2000, det(21)))
     for be in backends():
-        for encr in (GCM, CBC):
-            for bits in (128, 256):
-                for flags in FLAG_SETS:
-                    o, i = d.pair(be, 0x2000 + bits, encr, bits, m.MODE_TUNNEL, flags)
-                    for pkt in (pkt4, pkt6):
-                        st, wire = o.encrypt(pkt)
-                        assert st == m.P_OK, (be.NAME, encr, bits, flags)
-                        assert wire[:4] == struct.pack(">I", 0x2000 + bits)
-                        st, out = i.decrypt(wire)
-                        assert (st, out) == (m.P_OK, pkt), (be.NAME, encr, bits, flags)
-                    assert o.seq == 2 and i.stats().seq == 2
-                    assert o.packets == i.packets == 2
-                    assert o.octets == i.octets == len(pkt4) + len(pkt6)
+        for encr, bits, integ in d.transforms(be):
+            for flags in FLAG_SETS:
+                o, i = d.pair(be, 0x2000 + bits, encr, bits, m.MODE_TUNNEL, flags, integ=integ)
+                for pkt in (pkt4, pkt6):
+                    st, wire = o.encrypt(pkt)
+                    assert st == m.P_OK, (be.NAME, encr, bits, integ, flags)
+                    assert wire[:4] == struct.pack(">I", 0x2000 + bits)
+                    st, out = i.decrypt(wire)
+                    assert (st, out) == (m.P_OK, pkt), (be.NAME, encr, bits, integ, flags)
+                assert o.seq == 2 and i.stats().seq == 2
+                assert o.packets == i.packets == 2
+                assert o.octets == i.octets == len(pkt4) + len(pkt6)
+
+
+def test_every_backend_runs_chacha20_poly1305_and_hmac_sha2_where_hashlib_has_it():
+    """ChaCha20-Poly1305 everywhere; HMAC-SHA-384/512 only with the hash (stock MicroPython has
+    none: a board must not advertise them)."""
+    import hashlib
+    for be in backends():
+        ts = d.transforms(be)
+        assert (CHACHA, 256, m.AUTH_NONE) in ts, be.NAME
+        for integ, name in ((m.AUTH_HMAC_SHA2_384_192, "sha384"), (m.AUTH_HMAC_SHA2_512_256, "sha512")):
+            assert ((CBC, 256, integ) in ts) == hasattr(hashlib, name), (be.NAME, name)
+            if not hasattr(hashlib, name):
+                try:
+                    d.pair(be, 0x2100, CBC, 256, integ=integ)
+                    raise AssertionError((be.NAME, name))
+                except sad.UnsupportedSa:
+                    pass
+
+
+def test_chacha_and_sha2_icv_sizes_and_layout():
+    """RFC 7634 §2: 8-byte IV (the sequence number), padding to 4, 16-byte ICV; RFC 4868: the ICV
+    is 24 / 32 bytes for HMAC-SHA-384-192 / -512-256; a changed ICV byte fails."""
+    pkt = _ping(33)
+    for be in backends():
+        cases = [(t, 16) for t in d.transforms(be) if t[0] == CHACHA]
+        cases += [(t, {m.AUTH_HMAC_SHA2_384_192: 24, m.AUTH_HMAC_SHA2_512_256: 32}[t[2]])
+                  for t in d.transforms(be) if t[2] in (m.AUTH_HMAC_SHA2_384_192, m.AUTH_HMAC_SHA2_512_256)]
+        for (encr, bits, integ), icv in cases:
+            o, i = d.pair(be, 0x2200, encr, bits, integ=integ)
+            st, wire = o.encrypt(pkt)
+            assert st == m.P_OK
+            if encr == CHACHA:
+                assert wire[8:16] == struct.pack(">II", 0, 1)      # IV = the 64-bit sequence number
+                assert (len(wire) - 16 - icv) % 4 == 0
+            else:
+                assert (len(wire) - 24 - icv) % 16 == 0
+            bad = bytearray(wire)
+            bad[-icv] ^= 1
+            assert i.decrypt(bytes(bad)) == (m.P_AUTH_FAIL, b""), (be.NAME, encr, integ)
+            bad = bytearray(wire)
+            bad[-icv - 1] ^= 1                                    # the last byte before the ICV
+            assert i.decrypt(bytes(bad)) == (m.P_AUTH_FAIL, b""), (be.NAME, encr, integ)
+            assert i.decrypt(wire) == (m.P_OK, pkt)
 
 
 def test_transport_mode_round_trip_rebuilds_the_header():
@@ -387,6 +432,10 @@ def test_unsupported_and_bad_sa_specs():
         m.SaSpec(0x100, m.DIR_OUT, CBC, det(16), m.AUTH_HMAC_SHA2_256_128, det(20)),   # short key
         m.SaSpec(0x100, m.DIR_OUT, 3, det(24)),                                        # 3DES
         m.SaSpec(0x100, m.DIR_OUT, GCM, det(20), flags=0x80),                          # unknown flag
+        m.SaSpec(0x100, m.DIR_OUT, CHACHA, det(32)),                                   # ChaCha, no salt
+        m.SaSpec(0x100, m.DIR_OUT, CHACHA, det(20)),                                   # ChaCha, short key
+        m.SaSpec(0x100, m.DIR_OUT, CHACHA, det(36), m.AUTH_HMAC_SHA2_256_128, det(32)),  # AEAD + integ
+        m.SaSpec(0x100, m.DIR_OUT, CBC, det(16), m.AUTH_HMAC_SHA2_256_128, det(48)),   # key for SHA-384
         m.SaSpec(0x100, m.DIR_IN, GCM, det(20), flags=m.SAF_ESN, replay_window=0),    # ESN, no window
     ]
     for spec in cases:
@@ -406,7 +455,7 @@ def test_unsupported_and_bad_sa_specs():
 
 def test_repr_never_shows_keys():
     for be in backends():
-        for encr in (GCM, CBC):
+        for encr in (GCM, CBC, CHACHA):
             o, i = d.pair(be, encr=encr)
             secrets = [d.hx(k[:8]) for k in (o.spec.encr_key, o.spec.integ_key) if k]
             for obj in (o.spec, o, i, getattr(o, "cbc", None), getattr(o, "mac", None), o.stats()):

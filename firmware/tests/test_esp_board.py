@@ -163,7 +163,7 @@ def _per_item_decrypt(b, items):
 def test_runs_through_batches_answer_as_item_by_item():
     """The handlers pass runs of items for one SA to encrypt_batch/decrypt_batch; replies,
     P_TOO_BIG decisions, events and SA counters are those of the item-by-item loop."""
-    hosts = [Host({"max_frame": 1360}), Host({"max_frame": 1360})]
+    hosts = [Host({"max_frame": 1376}), Host({"max_frame": 1376})]
     for h in hosts:
         _pair(h, 0x5000, flags=m.SAF_UDP_ENCAP)
         _pair(h, 0x5001, hard_packets=6, soft_packets=2)
@@ -291,3 +291,10 @@ def test_any_exception_in_a_request_is_answered_internal():
     assert h.board.counters["internal_errors"] == 1 and len(h.board.sad) == 2
     items = dict(m.decode_counters_reply(h.request(m.COUNTERS, b""))[1])
     assert items["internal_errors"] == 1 and items["memory_errors"] == 0
+
+
+def test_batch_overhead_bound_covers_the_largest_esp_growth():
+    """The handlers' P_TOO_BIG bound must hold for every transform (a 32-byte ICV: HMAC-SHA-512)."""
+    from firmware import esp
+    from firmware.board import Board
+    assert Board.ESP_OVERHEAD >= esp.MAX_OVERHEAD, (Board.ESP_OVERHEAD, esp.MAX_OVERHEAD)

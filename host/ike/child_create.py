@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import lifetimes, reauth
+from . import followup_ke, lifetimes, reauth
 from .config import ChildConfig, resolve_ts
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
@@ -72,16 +72,18 @@ def new_child(sa: IkeSa, cfg: ChildConfig, name: str) -> ChildSa:
 
 def ike_busy(sa: IkeSa):
     """§2.25.2: while the IKE SA is being rekeyed or deleted, Child SA requests get
-    TEMPORARY_FAILURE. Returns that error or None."""
+    TEMPORARY_FAILURE (also while the peer's own exchange still awaits key exchanges, RFC 9370).
+    Returns that error or None."""
     if sa.state == IkeSaState.DELETING or sa.successor is not None or sa.rekey_collision is not None or \
-            (sa.active is not None and sa.active.rekeys_ike):
+            (sa.active is not None and sa.active.rekeys_ike) or sa.followup_waiting:
         return Notify.TEMPORARY_FAILURE
     return None
 
 
-def set_keys(sa: IkeSa, child: ChildSa, ni: bytes, nr: bytes, g_ir: bytes | None = None):
+def set_keys(sa: IkeSa, child: ChildSa, ni: bytes, nr: bytes, g_ir: bytes | None = None,
+             additional: bytes = b""):
     c = child.chosen
-    child.keys = child_keymat(sa.prf, sa.keys.sk_d, ni, nr, c.encr, c.encr_bits, c.integ, g_ir)
+    child.keys = child_keymat(sa.prf, sa.keys.sk_d, ni, nr, c.encr, c.encr_bits, c.integ, g_ir, additional)
 
 
 def request_install(sa: IkeSa, child: ChildSa, task):
@@ -180,6 +182,7 @@ class ChildSaExchange(Task):
     reply = None                # responder: how to answer once the board decided
     head: list = []
     tail: list = []
+    last: list | None = None    # responder after follow-up key exchanges: the answer instead (KEr)
 
     # -------------------------------------------------------------- initiator
 
@@ -191,21 +194,23 @@ class ChildSaExchange(Task):
     # -------------------------------------------------------------- responder
 
     def accept_child(self, sa: IkeSa, msg, neg: Negotiated, ni: bytes, nr: bytes, g_ir: bytes | None,
-                     rekey_of: ChildSa | None = None) -> Outcome:
+                     rekey_of: ChildSa | None = None, mode: str | None = None, spi_in: int = 0,
+                     additional: bytes = b"") -> Outcome:
         """Create the Child SA negotiation ``neg`` agreed on and ask the board to install it; the
         answer goes out with its verdict. ``rekey_of``: the Child SA the peer rekeys (§1.3.3); we
-        keep sending on it until the peer deletes it."""
+        keep sending on it until the peer deletes it. After follow-up key exchanges the mode and
+        our SPI were settled in the CREATE_CHILD_SA answer, and ``additional`` holds their secrets."""
         child = new_child(sa, neg.cfg, rekey_of.name if rekey_of is not None else neg.cfg.name)
         if rekey_of is not None:
             child.rekey_of = rekey_of.handle
             child.defer_outbound = True
         child.chosen = neg.chosen
         child.spi_out = int.from_bytes(neg.chosen.spi, "big")
-        child.spi_in = sa.ctx.alloc_child_spi()
-        child.mode = mode_for(neg.cfg, msg)
+        child.spi_in = spi_in or sa.ctx.alloc_child_spi()
+        child.mode = mode or mode_for(neg.cfg, msg)
         child.local_ts, child.remote_ts = neg.tsr, neg.tsi
         child.exchange_initiator = False
-        set_keys(sa, child, ni, nr, g_ir)
+        set_keys(sa, child, ni, nr, g_ir, additional)
         self.created(sa, child, ni, nr)
         request_install(sa, child, self)
         return Outcome.PENDING
@@ -235,6 +240,11 @@ class ChildSaExchange(Task):
             install_failed(sa, child, _refusal(reason))
             self.after_install(sa, child, False, now)
             self.answer(sa, [NotifyPayload(install_failure_notify(reason))], now)
+            return
+        if self.last is not None:
+            self.answer(sa, self.last, now)
+            installed_ok(sa, child, now)
+            self.after_install(sa, child, True, now)
             return
         payloads = [NotifyPayload(Notify.USE_TRANSPORT_MODE)] if child.mode == "transport" else []
         payloads.append(SaPayload([child.chosen.to_proposal(child.spi_in.to_bytes(4, "big"))]))
@@ -276,6 +286,9 @@ class CreateChildTask(ChildSaExchange):
         self.group = 0
         self.local_ts = self.remote_ts = ()
         self.temporary_failures = 0
+        self.followups = None           # RFC 9370 §2.2.4: the additional key exchanges under way
+        self.answered = None            # ... and what waits for them (initiator: the Answer, mode;
+                                        # responder: Negotiated, nonces, SK(0), rekey_of, SPI, mode)
 
     # -------------------------------------------------------------- initiator
 
@@ -331,6 +344,9 @@ class CreateChildTask(ChildSaExchange):
                     ok = False
         if ok and not (covered(tsi.selectors, self.local_ts) and covered(tsr.selectors, self.remote_ts)):
             ok = False
+        if ok and chosen.ake:
+            link = msg.notify(Notify.ADDITIONAL_KEY_EXCHANGE)      # RFC 9370 §2.2.4
+            ok = link is not None and bool(link.data)
         self.dh_priv = None
         return Answer(True, chosen, nonce, g_ir, tsi, tsr) if ok else Answer(False, chosen)
 
@@ -341,22 +357,51 @@ class CreateChildTask(ChildSaExchange):
         if chosen is not None:
             sa.add_task(DeleteSpisTask([self.spi_in]), now, first=True)
 
-    def make_child(self, sa, msg, ans: Answer) -> ChildSa:
+    def make_child(self, sa, mode: str, ans: Answer, additional: bytes = b"") -> ChildSa:
         child = new_child(sa, self.cfg, self.name)
         child.chosen = ans.chosen
         child.spi_in, child.spi_out = self.spi_in, int.from_bytes(ans.chosen.spi, "big")
-        child.mode = "transport" if msg.notify(Notify.USE_TRANSPORT_MODE) and self.cfg.mode == "transport" \
-            else "tunnel"
+        child.mode = mode
         child.local_ts, child.remote_ts = ans.tsi.selectors, ans.tsr.selectors
         child.exchange_initiator = True
-        set_keys(sa, child, self.ni, ans.nonce.data, ans.g_ir)
+        set_keys(sa, child, self.ni, ans.nonce.data, ans.g_ir, additional)
         return child
+
+    def answer_mode(self, msg) -> str:
+        return "transport" if msg.notify(Notify.USE_TRANSPORT_MODE) and self.cfg.mode == "transport" else "tunnel"
 
     def on_response(self, sa: IkeSa, msg, raw, now) -> Outcome:
         ans = self.accepted(sa, msg, now)
         if ans is None:
             return Outcome.DONE
-        return self.install(sa, self.make_child(sa, msg, ans))
+        if ans.chosen.ake:
+            return self.follow_up(sa, msg, ans, now)
+        return self.created_child(sa, self.make_child(sa, self.answer_mode(msg), ans), now)
+
+    def created_child(self, sa: IkeSa, child: ChildSa, now) -> Outcome:
+        """Initiator: every key exchange is done; ``child`` goes to the board."""
+        return self.install(sa, child)
+
+    # -------------------------------------------------------------- RFC 9370 follow-ups, initiator
+
+    def follow_up(self, sa: IkeSa, msg, ans: Answer, now) -> Outcome:
+        """The answer chose additional key exchanges: IKE_FOLLOWUP_KE exchanges come first
+        (followup_ke.py), the Child SA after them."""
+        self.answered = (ans, self.answer_mode(msg))
+        self.followups = followup_ke.Followups(ans.chosen.ake, msg.notify(Notify.ADDITIONAL_KEY_EXCHANGE).data)
+        sa.add_task(followup_ke.FollowupKeTask(self), now, first=True)
+        return Outcome.DONE
+
+    def followups_done(self, sa: IkeSa, now) -> Outcome:
+        (ans, mode), self.answered = self.answered, None
+        additional = self.followups.additional()
+        self.followups.wipe()
+        return self.created_child(sa, self.make_child(sa, mode, ans, additional), now)
+
+    def followups_failed(self, sa: IkeSa, why: str, now):
+        self.answered = None
+        sa.ctx.release_child_spi(self.spi_in)
+        sa.ctx.emit(ChildSaFailed(sa.ike_id, self.name, f"additional key exchange failed: {why}"))
 
     def accepted(self, sa: IkeSa, msg, now) -> Answer | None:
         """The response's accepted proposal, nonce and selectors, or None once an error notify
@@ -403,14 +448,47 @@ class CreateChildTask(ChildSaExchange):
                 reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
                 return Outcome.DONE
             try:
-                grp = dh_group(chosen.dh)
-                priv, pub = grp.generate()
-                g_ir = grp.shared(priv, ke.data)
+                pub, g_ir = dh_group(chosen.dh).respond(ke.data)
             except CryptoError:
                 reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
                 return Outcome.DONE
             self.tail.append(KePayload(chosen.dh, pub))
+        if chosen.ake:
+            return self.await_followups(sa, msg, neg, nonce.data, nr, g_ir, rekey_of, now)
         return self.accept_child(sa, msg, neg, nonce.data, nr, g_ir, rekey_of=rekey_of)
+
+    # -------------------------------------------------------------- RFC 9370 follow-ups, responder
+
+    def await_followups(self, sa: IkeSa, msg, neg: Negotiated, ni, nr, g_ir, rekey_of, now) -> Outcome:
+        """Answer the CREATE_CHILD_SA now, with our SPI and N(ADDITIONAL_KEY_EXCHANGE); the Child SA
+        is made and installed once the last IKE_FOLLOWUP_KE arrives (followups_answer)."""
+        spi_in = sa.ctx.alloc_child_spi()
+        mode = mode_for(neg.cfg, msg)
+        self.followups = followup_ke.Followups(neg.chosen.ake)
+        self.answered = (neg, ni, nr, g_ir, rekey_of, spi_in, mode)
+        payloads = [NotifyPayload(Notify.USE_TRANSPORT_MODE)] if mode == "transport" else []
+        payloads.append(SaPayload([neg.chosen.to_proposal(spi_in.to_bytes(4, "big"))]))
+        payloads += self.tail + [followup_ke.wait(sa, self, now), TsPayload(neg.tsi, PayloadType.TSi),
+                                 TsPayload(neg.tsr, PayloadType.TSr)]
+        self.reply(payloads, now)
+        return Outcome.DONE
+
+    def followups_answer(self, sa: IkeSa, payloads: list, reply, now) -> Outcome:
+        (neg, ni, nr, g_ir, rekey_of, spi_in, mode), self.answered = self.answered, None
+        additional = self.followups.additional()
+        self.followups.wipe()
+        self.reply, self.head, self.last = reply, [], payloads
+        if rekey_of is not None and rekey_of.state != ChildSaState.INSTALLED:
+            sa.ctx.release_child_spi(spi_in)
+            reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)       # it went meanwhile
+            return Outcome.DONE
+        return self.accept_child(sa, None, neg, ni, nr, g_ir, rekey_of=rekey_of, mode=mode, spi_in=spi_in,
+                                 additional=additional)
+
+    def followups_dropped(self, sa: IkeSa):
+        if self.answered is not None:
+            sa.ctx.release_child_spi(self.answered[5])
+            self.answered = None
 
 
 def proposes_ike(msg) -> bool:

@@ -48,7 +48,7 @@ from . import pki
 from .auth import Identity, load_cert, load_private_key
 from .constants import ProtocolId
 from .payloads import TrafficSelector
-from .proposals import ProposalError, ProposalSpec, parse_proposal
+from .proposals import ProposalError, ProposalSpec, parse_proposals
 
 
 class ConfigError(ValueError):
@@ -342,7 +342,7 @@ def _proposals(sec, k, protocol, default):
     out = []
     for i, t in enumerate(texts):
         try:
-            out.append(parse_proposal(t, protocol))
+            out += parse_proposals([t], protocol)
         except ProposalError as e:
             raise ConfigError(f"{sec.key(k)}[{i}]", str(e)) from None
     return out

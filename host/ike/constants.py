@@ -18,6 +18,8 @@ class ExchangeType(IntEnum):
     IKE_AUTH = 35
     CREATE_CHILD_SA = 36
     INFORMATIONAL = 37
+    IKE_INTERMEDIATE = 43       # RFC 9242
+    IKE_FOLLOWUP_KE = 44        # RFC 9370
 
 
 class Flag(IntEnum):
@@ -62,8 +64,14 @@ class TransformType(IntEnum):
     ENCR = 1
     PRF = 2
     INTEG = 3
-    DH = 4
+    DH = 4                      # "Key Exchange Method" since RFC 9370
     ESN = 5
+    ADDITIONAL_KE_1 = 6         # RFC 9370 §2.2.1: Additional Key Exchange 1..7 are types 6..12
+    ADDITIONAL_KE_7 = 12
+
+
+# RFC 9370: the transform types of the additional key exchanges, in the order they are done
+ADDITIONAL_KE_TYPES = tuple(range(TransformType.ADDITIONAL_KE_1, TransformType.ADDITIONAL_KE_7 + 1))
 
 
 class Encr(IntEnum):
@@ -91,11 +99,18 @@ class Integ(IntEnum):
 
 
 class DhGroup(IntEnum):
+    """Key exchange methods (Transform Type 4, and 6..12 for RFC 9370's additional ones)."""
     NONE = 0
     MODP_2048 = 14
+    MODP_3072 = 15
+    MODP_4096 = 16
     ECP_256 = 19
     ECP_384 = 20
+    ECP_521 = 21
     CURVE25519 = 31
+    CURVE448 = 32
+    MLKEM_768 = 36          # draft-ietf-ipsecme-ikev2-mlkem (IANA: ML-KEM-512 35, -768 36, -1024 37)
+    MLKEM_1024 = 37
 
 
 class Esn(IntEnum):
@@ -168,6 +183,7 @@ class Notify(IntEnum):
     INVALID_SELECTORS = 39
     TEMPORARY_FAILURE = 43
     CHILD_SA_NOT_FOUND = 44
+    STATE_NOT_FOUND = 47                # RFC 9370 §2.2.4
     # status types
     INITIAL_CONTACT = 16384
     SET_WINDOW_SIZE = 16385
@@ -187,4 +203,6 @@ class Notify(IntEnum):
     CHILDLESS_IKEV2_SUPPORTED = 16418
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
+    INTERMEDIATE_EXCHANGE_SUPPORTED = 16438     # RFC 9242 §3.1
+    ADDITIONAL_KEY_EXCHANGE = 16441             # RFC 9370 §2.2.4
 

@@ -26,7 +26,7 @@ import random
 from collections import Counter, deque
 from typing import Callable, NamedTuple
 
-from . import cookies, fragments, invalid_spi, lifetimes, liveness, natt, reauth, rekey
+from . import cookies, followup_ke, fragments, invalid_spi, lifetimes, liveness, natt, reauth, rekey
 from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify
@@ -92,7 +92,7 @@ class Context:
             lifetimes.CHILD_REKEY: rekey.on_child_rekey, lifetimes.CHILD_EXPIRE: rekey.on_child_expire,
             lifetimes.IKE_REKEY[0]: rekey.on_ike_rekey, lifetimes.IKE_EXPIRE[0]: rekey.on_ike_expire,
             lifetimes.REAP[0]: rekey.on_reap, reauth.REAUTH[0]: reauth.on_timer, natt.TIMER[0]: natt.on_timer,
-            DELAYED_TASK: self._delayed_task_due,
+            DELAYED_TASK: self._delayed_task_due, followup_ke.TIMER: followup_ke.drop,
         }
         # tables
         self.by_spi: dict[bytes, IkeSa] = {}        # IKE SAs by our SPI
@@ -259,6 +259,7 @@ class Context:
         # its keys go now, not when the last reference to the SA does (a DEAD SA needs none)
         sa.keys = sa.cipher = sa.dh_priv = None
         fragments.drop(sa)
+        followup_ke.drop_all(sa)
         sa.outstanding = None
         sa.queue.clear()
         sa.timers.clear()

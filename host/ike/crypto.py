@@ -1,9 +1,12 @@
 """Cryptographic primitives for IKEv2, all from the ``cryptography`` package.
 
-* Diffie-Hellman groups 14 (MODP-2048, RFC 3526), 19 (ECP-256, RFC 5903), 31 (Curve25519, RFC 8031)
-* PRF_HMAC_SHA2_256/384/512 (RFC 4868) and prf+ (RFC 7296 §2.13)
-* the Encrypted payload ciphers (§3.14): ENCR_AES_GCM_16 (RFC 5282) and ENCR_AES_CBC with
-  AUTH_HMAC_SHA2_256_128 (RFC 4868)
+* key exchange methods: Diffie-Hellman groups 14, 15, 16 (MODP-2048/3072/4096, RFC 3526), 19, 20,
+  21 (ECP-256/384/521, RFC 5903), 31, 32 (Curve25519/448, RFC 8031) and ML-KEM-768/1024 (FIPS
+  203, draft-ietf-ipsecme-ikev2-mlkem; for RFC 9370's additional key exchanges)
+* PRF_HMAC_SHA2_256/384/512 (RFC 4868), PRF_HMAC_SHA1 (legacy peers) and prf+ (RFC 7296 §2.13)
+* the Encrypted payload ciphers (§3.14): ENCR_AES_GCM_16 (RFC 5282), ENCR_CHACHA20_POLY1305
+  (RFC 7634) and ENCR_AES_CBC with AUTH_HMAC_SHA2_256_128/384_192/512_256 (RFC 4868) or
+  AUTH_HMAC_SHA1_96 (RFC 2404, legacy peers)
 
 Nothing here logs or returns key material other than to its caller.
 """
@@ -15,9 +18,9 @@ from secrets import compare_digest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives import serialization as _ser
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .constants import DhGroup, Encr, Integ, Prf
 
@@ -26,10 +29,10 @@ class CryptoError(Exception):
     """A peer value that fails validation (bad public key, all-zero shared secret, ...)."""
 
 
-# ---------------------------------------------------------------- Diffie-Hellman
+# ---------------------------------------------------------------- key exchange methods
 
-# RFC 3526 §3, group 14: p = 2^2048 - 2^1984 - 1 + 2^64 * ( [2^1918 pi] + 124476 ), g = 2.
-# tests/test_crypto_kat.py recomputes it from that formula.
+# RFC 3526: p = 2^n - 2^(n-64) - 1 + 2^64 * ( [2^(n-130) pi] + k ), g = 2; k = 124476 (group 14,
+# §3), 1690314 (group 15, §4), 240904 (group 16, §5). tests/test_crypto_kat.py recomputes them.
 MODP_2048_P = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
     "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
@@ -38,78 +41,186 @@ MODP_2048_P = int(
     "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
     "15728E5A8AACAA68FFFFFFFFFFFFFFFF", 16)
 
+MODP_3072_P = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF", 16)
 
-class _Modp2048:
-    group = DhGroup.MODP_2048
-    public_len = 256
-    _params = None
+MODP_4096_P = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A92108011A723C12A787E6D7"
+    "88719A10BDBA5B2699C327186AF4E23C1A946834B6150BDA2583E9CA2AD44CE8DBBBC2DB04DE8EF92E8EFC141FBECAA6"
+    "287C59474E6BC05D99B2964FA090C3A2233BA186515BE7ED1F612970CEE2D7AFB81BDD762170481CD0069127D5B05AA9"
+    "93B4EA988D8FDDC186FFB7DC90A6C08F4DF435C934063199FFFFFFFFFFFFFFFF", 16)
+
+
+class KeyExchange:
+    """One key exchange method (RFC 7296 §1.2, §3.4; RFC 9370 calls them all Key Exchange
+    Methods). The initiator sends ``generate()``'s data and finishes with ``shared(state, peer)``;
+    the responder answers with ``respond(peer) -> (its data, shared secret)``. A Diffie-Hellman
+    group answers with its own public value, a KEM (ML-KEM) with a ciphertext.
+    ``public_len`` / ``response_len``: the KE data each side sends."""
+    group = 0
+    public_len = 0
+    response_len = 0
 
     def generate(self):
-        if _Modp2048._params is None:
-            _Modp2048._params = dh.DHParameterNumbers(MODP_2048_P, 2).parameters()
+        raise NotImplementedError
+
+    def shared(self, state, peer: bytes) -> bytes:
+        raise NotImplementedError
+
+    def respond(self, peer: bytes):
+        priv, pub = self.generate()
+        return pub, self.shared(priv, peer)
+
+
+class _Modp(KeyExchange):
+    """RFC 3526 MODP groups: the KE data is y padded to the prime's length (§3.4)."""
+
+    def __init__(self, group: int, prime: int):
+        self.group = group
+        self.prime = prime
+        self.public_len = self.response_len = (prime.bit_length() + 7) // 8
+        self._params = None
+
+    def generate(self):
+        if self._params is None:
+            self._params = dh.DHParameterNumbers(self.prime, 2).parameters()
         priv = self._params.generate_private_key()
-        return priv, priv.public_key().public_numbers().y.to_bytes(256, "big")
+        return priv, priv.public_key().public_numbers().y.to_bytes(self.public_len, "big")
 
     def shared(self, priv, peer: bytes) -> bytes:
-        # §3.4 / RFC 3526: the value is padded to the prime's length; 1 < y < p-1 (SP 800-56A).
-        if len(peer) != 256:
-            raise CryptoError("MODP-2048 public value has the wrong length")
+        # 1 < y < p-1 (SP 800-56A): the peer's value must not be degenerate
+        n = self.public_len
+        if len(peer) != n:
+            raise CryptoError(f"MODP-{8 * n} public value has the wrong length")
         y = int.from_bytes(peer, "big")
-        if not 1 < y < MODP_2048_P - 1:
-            raise CryptoError("MODP-2048 public value out of range")
+        if not 1 < y < self.prime - 1:
+            raise CryptoError(f"MODP-{8 * n} public value out of range")
         pub = dh.DHPublicNumbers(y, priv.parameters().parameter_numbers()).public_key()
-        return priv.exchange(pub).rjust(256, b"\0")
+        return priv.exchange(pub).rjust(n, b"\0")
 
 
-class _Ecp256:
-    """RFC 5903 §7: KE data is x | y, the shared secret is the x coordinate."""
-    group = DhGroup.ECP_256
-    public_len = 64
+class _Ecp(KeyExchange):
+    """RFC 5903 §7: KE data is x | y, each the curve's size; the shared secret is the x
+    coordinate (§9: rather than the whole point)."""
+
+    def __init__(self, group: int, curve, coord_len: int):
+        self.group = group
+        self.curve = curve
+        self.public_len = self.response_len = 2 * coord_len
+        self.name = f"ECP-{curve.key_size}"
 
     def generate(self):
-        priv = ec.generate_private_key(ec.SECP256R1())
+        priv = ec.generate_private_key(self.curve)
         return priv, priv.public_key().public_bytes(
             _ser.Encoding.X962, _ser.PublicFormat.UncompressedPoint)[1:]
 
     def shared(self, priv, peer: bytes) -> bytes:
-        if len(peer) != 64:
-            raise CryptoError("ECP-256 public value has the wrong length")
+        if len(peer) != self.public_len:
+            raise CryptoError(f"{self.name} public value has the wrong length")
         try:
-            pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + peer)
+            pub = ec.EllipticCurvePublicKey.from_encoded_point(self.curve, b"\x04" + peer)
             return priv.exchange(ec.ECDH(), pub)
         except ValueError as e:           # not on the curve
-            raise CryptoError("ECP-256 point is invalid") from e
+            raise CryptoError(f"{self.name} point is invalid") from e
 
 
-class _Curve25519:
-    """RFC 8031: 32-byte public values; an all-zero result must be rejected."""
-    group = DhGroup.CURVE25519
-    public_len = 32
+class _Montgomery(KeyExchange):
+    """RFC 8031: Curve25519 (32-byte values) and Curve448 (56); an all-zero result must be
+    rejected (§2.3)."""
+
+    def __init__(self, group: int, module, size: int, name: str):
+        self.group = group
+        self.module = module
+        self.public_len = self.response_len = size
+        self.name = name
+        self._priv = getattr(module, name.replace("Curve", "X") + "PrivateKey")
+        self._pub = getattr(module, name.replace("Curve", "X") + "PublicKey")
 
     def generate(self):
-        priv = x25519.X25519PrivateKey.generate()
+        priv = self._priv.generate()
         return priv, priv.public_key().public_bytes_raw()
 
     def shared(self, priv, peer: bytes) -> bytes:
-        if len(peer) != 32:
-            raise CryptoError("Curve25519 public value has the wrong length")
+        if len(peer) != self.public_len:
+            raise CryptoError(f"{self.name} public value has the wrong length")
         try:
-            out = priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+            out = priv.exchange(self._pub.from_public_bytes(peer))
         except ValueError as e:
-            raise CryptoError("Curve25519 exchange failed") from e
-        if out == bytes(32):
-            raise CryptoError("Curve25519 shared secret is all zero")
+            raise CryptoError(f"{self.name} exchange failed") from e
+        if out == bytes(self.public_len):
+            raise CryptoError(f"{self.name} shared secret is all zero")
         return out
 
 
-DH_GROUPS = {g.group: g for g in (_Modp2048(), _Ecp256(), _Curve25519())}
+class _MlKem(KeyExchange):
+    """ML-KEM (FIPS 203) as a key exchange method (draft-ietf-ipsecme-ikev2-mlkem §2): the
+    initiator sends its encapsulation key, the responder encapsulates to it and sends the
+    ciphertext; the 32-byte shared secret is both ends' key exchange result. The responder
+    checks the encapsulation key (FIPS 203 §7.2, done by ``from_public_bytes``); a ciphertext of
+    the right length always decapsulates (implicit rejection: a forged one gives a secret the
+    peer does not have, and the next message fails its ICV)."""
+
+    def __init__(self, group: int, priv_cls, pub_cls, ek_len: int, ct_len: int, name: str):
+        self.group = group
+        self._priv, self._pub = priv_cls, pub_cls
+        self.public_len, self.response_len = ek_len, ct_len
+        self.name = name
+
+    def generate(self):
+        priv = self._priv.generate()
+        return priv, priv.public_key().public_bytes_raw()
+
+    def shared(self, priv, peer: bytes) -> bytes:
+        if len(peer) != self.response_len:
+            raise CryptoError(f"{self.name} ciphertext has the wrong length")
+        try:
+            return priv.decapsulate(peer)
+        except ValueError as e:
+            raise CryptoError(f"{self.name} decapsulation failed") from e
+
+    def respond(self, peer: bytes):
+        if len(peer) != self.public_len:
+            raise CryptoError(f"{self.name} encapsulation key has the wrong length")
+        try:
+            secret, ct = self._pub.from_public_bytes(peer).encapsulate()
+        except ValueError as e:           # not a valid encapsulation key
+            raise CryptoError(f"{self.name} encapsulation key is invalid") from e
+        return ct, secret
 
 
-def dh_group(group: int):
+DH_GROUPS = {g.group: g for g in (
+    _Modp(DhGroup.MODP_2048, MODP_2048_P), _Modp(DhGroup.MODP_3072, MODP_3072_P),
+    _Modp(DhGroup.MODP_4096, MODP_4096_P),
+    _Ecp(DhGroup.ECP_256, ec.SECP256R1(), 32), _Ecp(DhGroup.ECP_384, ec.SECP384R1(), 48),
+    _Ecp(DhGroup.ECP_521, ec.SECP521R1(), 66),
+    _Montgomery(DhGroup.CURVE25519, x25519, 32, "Curve25519"),
+    _Montgomery(DhGroup.CURVE448, x448, 56, "Curve448"),
+    _MlKem(DhGroup.MLKEM_768, mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 1184, 1088, "ML-KEM-768"),
+    _MlKem(DhGroup.MLKEM_1024, mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey, 1568, 1568, "ML-KEM-1024"),
+)}
+KEMS = frozenset((DhGroup.MLKEM_768, DhGroup.MLKEM_1024))
+
+
+def dh_group(group: int) -> KeyExchange:
+    """The key exchange method with transform id ``group`` (a DH group or a KEM)."""
     try:
         return DH_GROUPS[group]
     except KeyError:
-        raise CryptoError(f"unsupported DH group {group}") from None
+        raise CryptoError(f"unsupported key exchange method {group}") from None
 
 
 # ---------------------------------------------------------------- PRF and prf+
@@ -181,9 +292,12 @@ def is_aead(encr: int) -> bool:
     return encr in AEAD_SALT
 
 
+CHACHA_KEY_BITS = 256       # RFC 7634 §2: the only key size; its transform has no Key Length
+
+
 def encr_key_bytes(encr: int, key_bits: int) -> int:
     """Bytes of keying material an encryption transform takes: key + salt for AEADs
-    (RFC 5282 §7.1: 4 bytes of salt follow the key)."""
+    (RFC 5282 §7.1, RFC 7634 §2: 4 bytes of salt follow the key)."""
     return key_bits // 8 + AEAD_SALT.get(encr, 0)
 
 
@@ -214,15 +328,17 @@ class SkCipher:
         raise NotImplementedError
 
 
-class AesGcmSk(SkCipher):
-    """ENCR_AES_GCM_16 for IKE (RFC 5282 §3): 8-byte explicit IV, nonce = salt | IV, 16-byte ICV,
-    AAD = IKE header .. SK payload header."""
+class AeadSk(SkCipher):
+    """An AEAD for IKE with an 8-byte explicit IV, nonce = salt | IV, a 16-byte ICV and AAD = IKE
+    header .. SK payload header: ENCR_AES_GCM_16 (RFC 5282 §3) and ENCR_CHACHA20_POLY1305
+    (RFC 7634 §3-4). Neither needs padding: one Pad Length octet."""
     iv_len = 8
     icv_len = 16
+    aead = AESGCM
 
     def __init__(self, key_out: bytes, key_in: bytes):
-        self._out, self._salt_out = AESGCM(key_out[:-4]), key_out[-4:]
-        self._in, self._salt_in = AESGCM(key_in[:-4]), key_in[-4:]
+        self._out, self._salt_out = self.aead(key_out[:-4]), key_out[-4:]
+        self._in, self._salt_in = self.aead(key_in[:-4]), key_in[-4:]
         self._counter = int.from_bytes(os.urandom(4), "big") << 32
 
     def padded_len(self, inner_len: int) -> int:
@@ -232,7 +348,8 @@ class AesGcmSk(SkCipher):
         return inner + b"\0"
 
     def seal(self, aad: bytes, plain: bytes) -> bytes:
-        # §3.14 / RFC 5282 §3.1: the IV must never repeat for a key; a counter guarantees that.
+        # §3.14 / RFC 5282 §3.1, RFC 7634 §2: the IV must never repeat for a key; a counter
+        # guarantees that.
         self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
         iv = self._counter.to_bytes(8, "big")
         return iv + self._out.encrypt(self._salt_out + iv, plain, aad)
@@ -245,6 +362,16 @@ class AesGcmSk(SkCipher):
             return self._in.decrypt(self._salt_in + iv, msg[iv_off + 8:], msg[:iv_off])
         except InvalidTag:
             return None
+
+
+class AesGcmSk(AeadSk):
+    """ENCR_AES_GCM_16 (RFC 5282)."""
+    aead = AESGCM
+
+
+class ChaChaPolySk(AeadSk):
+    """ENCR_CHACHA20_POLY1305 (RFC 7634 §4): a 32-byte key and a 4-byte salt each way."""
+    aead = ChaCha20Poly1305
 
 
 class AesCbcHmacSk(SkCipher):
@@ -297,6 +424,8 @@ class AesCbcHmacSk(SkCipher):
 def make_sk_cipher(encr: int, integ: int, ek_out, ek_in, ak_out, ak_in) -> SkCipher:
     if encr == Encr.AES_GCM_16:
         return AesGcmSk(ek_out, ek_in)
+    if encr == Encr.CHACHA20_POLY1305:
+        return ChaChaPolySk(ek_out, ek_in)
     if encr == Encr.AES_CBC and integ in INTEG_INFO:
         return AesCbcHmacSk(ek_out, ek_in, integ, ak_out, ak_in)
     raise CryptoError(f"unsupported SK transform {encr}/{integ}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 
-from . import cookies, fragments, informational, invalid_spi, liveness, rekey
+from . import cookies, followup_ke, fragments, ike_intermediate, informational, invalid_spi, liveness, rekey
 from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify, PayloadType
@@ -44,9 +44,12 @@ _AUTH = int(ExchangeType.IKE_AUTH)
 _SKF = int(PayloadType.SKF)
 _CHILD = int(ExchangeType.CREATE_CHILD_SA)
 _INFO = int(ExchangeType.INFORMATIONAL)
+_INTER = int(ExchangeType.IKE_INTERMEDIATE)
 # what makes the task that answers a request, by exchange type (a fresh one for every request)
 RESPONDERS = {
     _AUTH: lambda msg: IkeAuthTask(),
+    _INTER: lambda msg: ike_intermediate.IntermediateTask(),
+    int(ExchangeType.IKE_FOLLOWUP_KE): lambda msg: followup_ke.FollowupKeTask(),
     _CHILD: rekey.responder_for,
     _INFO: lambda msg: informational.InformationalTask(),
 }
@@ -477,9 +480,10 @@ class IkeEngine:
                 self.ctx.destroy(sa, "malformed IKE_AUTH", now, established=False)
             return
         responder = self.responders.get(exch)
+        setup = exch == _AUTH or exch == _INTER         # the exchanges before the IKE SA is up
         valid = responder is not None and (
-            (exch == _AUTH and sa.state == IkeSaState.CONNECTING and not sa.initiator) or
-            (exch != _AUTH and sa.state != IkeSaState.CONNECTING))
+            (setup and sa.state == IkeSaState.CONNECTING and not sa.initiator) or
+            (not setup and sa.state != IkeSaState.CONNECTING))
         if not valid:
             reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
             return

@@ -125,6 +125,9 @@ def receive(sa, hdr, data: bytes, now: float):
         st["fragments_malformed"] += 1
         return None
     plain = sa.cipher.open_(data, IKE_HEADER_LEN + SKF_HEADER_LEN)
+    if plain is None and not response and hdr.mid == sa.peer_mid - 1 and sa.prev_cipher is not None:
+        # a resent IKE_INTERMEDIATE request: we re-keyed after answering it (RFC 9370 §2.2.2)
+        plain = sa.prev_cipher.open_(data, IKE_HEADER_LEN + SKF_HEADER_LEN)
     if plain is None or plain[-1] + 1 > len(plain):
         st["bad_icv"] += 1
         return None

@@ -9,7 +9,7 @@ from secrets import compare_digest
 from cryptography.hazmat.primitives import serialization
 
 from . import child_create as cc
-from . import lifetimes, liveness, natt, reauth
+from . import ike_intermediate, lifetimes, liveness, natt, reauth
 from .auth import (
     AuthError, Identity, cert_matches_identity, load_cert, psk_auth, sign, verify, verify_chain,
 )
@@ -24,17 +24,19 @@ from .states import IkeSaState
 from .task import Outcome
 
 
-def _octets(sa, of_initiator: bool, id_body: bytes) -> bytes:
+def _octets(sa, of_initiator: bool, id_body: bytes, mid: int) -> bytes:
     """§2.15 signed octets: RealMessage1 | Nr | prf(SK_pi, IDi') for the initiator,
-    RealMessage2 | Ni | prf(SK_pr, IDr') for the responder."""
+    RealMessage2 | Ni | prf(SK_pr, IDr') for the responder; after IKE_INTERMEDIATE exchanges
+    IntAuth follows (RFC 9242 §3.3.2), with ``mid`` the Message ID of IKE_AUTH."""
+    tail = ike_intermediate.auth_octets(sa, mid)
     if of_initiator:
-        return sa.init_req + sa.nr + sa.prf(sa.keys.sk_pi, id_body)
-    return sa.init_resp + sa.ni + sa.prf(sa.keys.sk_pr, id_body)
+        return sa.init_req + sa.nr + sa.prf(sa.keys.sk_pi, id_body) + tail
+    return sa.init_resp + sa.ni + sa.prf(sa.keys.sk_pr, id_body) + tail
 
 
-def _our_auth(sa, conn, id_payload) -> list:
+def _our_auth(sa, conn, id_payload, mid: int) -> list:
     """CERT (for pubkey) and AUTH for our side."""
-    octets = _octets(sa, sa.initiator, id_payload.body())
+    octets = _octets(sa, sa.initiator, id_payload.body(), mid)
     out = []
     if conn.local.auth == "psk":
         out.append(AuthPayload(AuthMethod.PSK, psk_auth(sa.prf, conn.psk, octets)))
@@ -51,7 +53,7 @@ def _verify_peer(sa, conn, msg, id_payload, auth) -> Identity:
     peer_id = Identity(id_payload.id_type, id_payload.data)
     if not conn.remote.id.matches(peer_id):
         raise AuthError(f"peer identity {peer_id} is not {conn.remote.id}")
-    octets = _octets(sa, not sa.initiator, id_payload.body())
+    octets = _octets(sa, not sa.initiator, id_payload.body(), msg.mid)
     if auth.method == AuthMethod.PSK:
         if conn.remote.auth != "psk":
             raise AuthError("peer used a PSK where a signature is required")
@@ -112,6 +114,8 @@ def established(sa, now: float):
     sa.attempt = None
     sa.ctx.leave_half_open(sa)
     sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
+    sa.int_auth_i = sa.int_auth_r = b""
+    sa.prev_cipher = None
     sa.local_id = sa.conn.local.id
     sa.ctx.emit(IkeSaUp(sa.ike_id, sa.conn.name, sa.initiator, sa.local, sa.remote, str(sa.local_id),
                         str(sa.remote_id), sa.chosen.describe()))
@@ -144,7 +148,7 @@ class IkeAuthTask(cc.ChildSaExchange):
         conn = sa.conn
         idi = IdPayload(conn.local.id.id_type, conn.local.id.data, PayloadType.IDi)
         payloads = [idi]
-        auth = _our_auth(sa, conn, idi)
+        auth = _our_auth(sa, conn, idi, sa.my_mid)
         payloads += [p for p in auth if p.ptype == PayloadType.CERT]
         if wants_initial_contact(sa):
             payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
@@ -215,6 +219,10 @@ class IkeAuthTask(cc.ChildSaExchange):
         ctx = sa.ctx
         self.reply = reply
         idi, auth = msg.get(PayloadType.IDi), msg.get(PayloadType.AUTH)
+        if sa.ake_pending:
+            reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)       # RFC 9370 §2.2.2: IKE_AUTH comes last
+            ctx.destroy(sa, "IKE_AUTH before the additional key exchanges", now, established=False)
+            return Outcome.DONE
         if idi is None or auth is None:
             reply([NotifyPayload(Notify.AUTHENTICATION_FAILED)], now)
             ctx.destroy(sa, "IKE_AUTH without IDi/AUTH", now, established=False)
@@ -240,7 +248,7 @@ class IkeAuthTask(cc.ChildSaExchange):
         sa.conn = conn
         sa.remote_id = peer_id
         idr = IdPayload(conn.local.id.id_type, conn.local.id.data, PayloadType.IDr)
-        self.head = [idr] + _our_auth(sa, conn, idr)
+        self.head = [idr] + _our_auth(sa, conn, idr, msg.mid)
         if msg.notify(Notify.INITIAL_CONTACT) is not None:
             sa.initial_contact = True
         if msg.get(PayloadType.SA) is None or not conn.children:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from dataclasses import replace
 
+from . import ike_intermediate
 from .auth import hash_algorithms_notify_data, parse_hash_algorithms, spki_sha1
 from .constants import CertEncoding, ExchangeType, Notify, PayloadType, ProtocolId
-from .crypto import CryptoError, dh_group, make_sk_cipher, nat_hash, prf_alg, random_bytes
+from .crypto import CryptoError, dh_group, nat_hash, random_bytes
 from .ike_sa import IkeSa
-from .keys import derive_ike_keys, skeyseed
+from .keys import derive
 from .payloads import CertPayload, KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
-from .proposals import ProposalSpec, accept_response, select
+from .proposals import accept_response, select
 from .states import IkeSaState
 from .task import Outcome, Task
 
@@ -55,21 +57,6 @@ def check_nat(msg, spi_i, spi_r, local, remote):
     remote_ok = nat_hash(spi_i, spi_r, pack_ip(remote[0]), remote[1]) in srcs
     local_ok = nat_hash(spi_i, spi_r, pack_ip(local[0]), local[1]) in dsts
     return (not local_ok, not remote_ok)
-
-
-def derive(sa: IkeSa, shared: bytes | None, seed: bytes | None = None):
-    """§2.14: SKEYSEED and the seven keys; builds the SK cipher for our direction. A rekey (§2.18)
-    passes its own ``seed`` (made with the old IKE SA's PRF); the keys use the new one."""
-    c = sa.chosen
-    sa.prf = prf_alg(c.prf)
-    if seed is None:
-        seed = skeyseed(sa.prf, sa.ni, sa.nr, shared)
-    sa.keys = k = derive_ike_keys(sa.prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r, c.encr, c.encr_bits,
-                                  c.integ)
-    if sa.initiator:
-        sa.cipher = make_sk_cipher(c.encr, c.integ, k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar)
-    else:
-        sa.cipher = make_sk_cipher(c.encr, c.integ, k.sk_er, k.sk_ei, k.sk_ar, k.sk_ai)
 
 
 def _certreq(conns) -> list:
@@ -133,6 +120,7 @@ class IkeInitTask(Task):
         payloads.append(NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS, hash_algorithms_notify_data()))
         if sa.ctx.settings.fragmentation:
             payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))   # RFC 7383 §2.3
+        payloads += ike_intermediate.init_request_payloads(conn)
         return payloads
 
     def on_response(self, sa: IkeSa, msg, raw: bytes, now) -> Outcome:
@@ -169,7 +157,8 @@ class IkeInitTask(Task):
         if sap is None or ke is None or nonce is None or len(sap.proposals) != 1 or msg.spi_r == ZERO_SPI:
             return Outcome.IGNORED
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE)
-        if chosen is None or chosen.dh != self.group or ke.group != self.group:
+        if chosen is None or chosen.dh != self.group or ke.group != self.group or \
+                not ike_intermediate.init_response_usable(msg, chosen):
             return Outcome.IGNORED
         try:
             shared = dh_group(self.group).shared(sa.dh_priv, ke.data)
@@ -193,6 +182,7 @@ class IkeInitTask(Task):
         sa.peer_certreq = msg.get(PayloadType.CERTREQ) is not None
         sa.fragmentation = ctx.settings.fragmentation and \
             msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        ike_intermediate.start(sa, chosen, now)
         return Outcome.DONE
 
 
@@ -215,10 +205,11 @@ def respond(ctx, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, now: 
     if chosen.dh != ke.group:
         ctx.reply_error(hdr, Notify.INVALID_KE_PAYLOAD, struct.pack("!H", chosen.dh), remote, local, now)
         return None
-    grp = dh_group(chosen.dh)
+    if ike_intermediate.init_request_refused(msg, chosen):
+        ctx.reply_error(hdr, Notify.NO_PROPOSAL_CHOSEN, b"", remote, local, now)
+        return None
     try:
-        priv, pub = grp.generate()
-        shared = grp.shared(priv, ke.data)
+        pub, shared = dh_group(chosen.dh).respond(ke.data)
     except CryptoError:
         ctx.reply_error(hdr, Notify.INVALID_SYNTAX, b"", remote, local, now)
         return None
@@ -249,6 +240,7 @@ def respond(ctx, hdr, msg, raw: bytes, remote: tuple, local: tuple, conns, now: 
     if ctx.settings.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None:
         sa.fragmentation = True
         payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED, b""))
+    payloads += ike_intermediate.init_response_payloads(sa, msg, chosen)
     sa.peer_mid = 1
     sa.last_request = raw
     sa.send_response(0, ExchangeType.IKE_SA_INIT, payloads, remote, local)
@@ -275,8 +267,7 @@ def select_ike(sap, specs: tuple, ke_group: int):
         return _SELECTED[key]
     chosen = select(sap.proposals, list(specs), ProtocolId.IKE)
     if chosen is not None and chosen.dh != ke_group:
-        alt = [ProposalSpec(s.protocol, s.encr, s.integ, s.prf, (ke_group,), s.esn)
-               for s in specs if ke_group in s.dh]
+        alt = [replace(s, dh=(ke_group,)) for s in specs if ke_group in s.dh]
         c2 = select(sap.proposals, alt, ProtocolId.IKE) if alt else None
         if c2 is not None:
             chosen = c2
@@ -290,9 +281,16 @@ def chosen_fits(conn, chosen) -> bool:
     """Would ``conn``'s IKE proposals have accepted ``chosen``?"""
     for s in conn.proposals:
         if (chosen.encr, chosen.encr_bits) in s.encr and chosen.prf in s.prf and chosen.dh in s.dh and \
-                (chosen.integ in s.integ or (not s.integ and not chosen.integ)):
+                (chosen.integ in s.integ or (not s.integ and not chosen.integ)) and ake_fits(s, chosen):
             return True
     return False
+
+
+def ake_fits(spec, chosen) -> bool:
+    """RFC 9370: the additional key exchanges of ``chosen`` are among ``spec``'s, and every one
+    ``spec`` requires was chosen."""
+    got = dict(chosen.ake)
+    return all(got.get(t, 0) in methods for t, methods in spec.ake) and all(t in dict(spec.ake) for t in got)
 
 
 def initiator_certreq(conn):

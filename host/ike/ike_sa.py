@@ -126,6 +126,10 @@ class IkeSa:
         self.retries = 0                    # COOKIE / INVALID_KE restarts of IKE_SA_INIT
         self.initial_contact = False
         self.fragmentation = False          # RFC 7383 negotiated in IKE_SA_INIT
+        self.ake_pending = []               # RFC 9370: (type, method) of the key exchanges still to do
+        self.int_auth_i = self.int_auth_r = b""     # RFC 9242 §3.3.2: IntAuth of IKE_INTERMEDIATE
+        self.followup_waiting = {}          # RFC 9370 §2.2.4, responder: link -> exchange awaiting KEs
+        self.prev_cipher = None             # responder: the SK cipher before the last IKE_INTERMEDIATE
         self.reassembly = None              # fragments.Reassembly of the message being received
         # messaging (§2.1-§2.3)
         self.my_mid = 0

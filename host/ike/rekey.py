@@ -24,15 +24,15 @@ rekey time comes, and delete it at its hard end (re-created if the connection is
 """
 from __future__ import annotations
 
-from . import liveness, natt
+from . import followup_ke, liveness, natt
 from .child_create import NONCE_LEN, CreateChildTask, ike_busy, proposes_ike
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
 from .crypto import CryptoError, dh_group, random_bytes
 from .events import IkeSaRekeyed
-from .ike_init import ZERO_SPI, derive, select_ike
+from .ike_init import ZERO_SPI, select_ike
 from .ike_sa import IkeSa, RekeyCollision
 from .informational import DeleteChildTask, DeleteIkeTask, DeleteSpisTask
-from .keys import skeyseed_rekey
+from .keys import derive, skeyseed_rekey
 from .lifetimes import CHILD_EXPIRE, CHILD_REKEY, IKE_REKEY, REAP, arm_ike
 from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
 from .proposals import accept_response
@@ -186,10 +186,19 @@ class RekeyChildTask(CreateChildTask):
         if ans is None:
             return Outcome.DONE
         self.nr = ans.nonce.data
-        child = self.make_child(sa, msg, ans)
+        if ans.chosen.ake:
+            return self.follow_up(sa, msg, ans, now)
+        return self.created_child(sa, self.make_child(sa, self.answer_mode(msg), ans), now)
+
+    def created_child(self, sa, child, now) -> Outcome:
         child.rekey_of = self.old.handle
         child.defer_outbound = self._live_collision() is not None    # undecided until both are done
         return self.install(sa, child)
+
+    def followups_failed(self, sa, why, now):
+        self.answered = None
+        sa.ctx.release_child_spi(self.spi_in)
+        self._failed(sa, now, f"additional key exchange failed: {why}")
 
     def after_install(self, sa, new, ok, now):
         if new.exchange_initiator:
@@ -295,8 +304,13 @@ def start_ike_rekey(sa: IkeSa, now: float) -> bool:
 
 
 def _child_exchange_running(sa: IkeSa) -> bool:
-    """§2.25.1: a Child SA of this IKE SA is being created, rekeyed or closed."""
+    """§2.25.1: a Child SA of this IKE SA is being created, rekeyed or closed (also: its
+    additional key exchanges still run, RFC 9370, or the peer's wait for theirs)."""
     if isinstance(sa.active, (CreateChildTask, DeleteChildTask, DeleteSpisTask)):
+        return True
+    if isinstance(sa.active, followup_ke.FollowupKeTask) and not sa.active.rekeys_ike:
+        return True
+    if any(not o.rekeys_ike for o in sa.followup_waiting.values()):
         return True
     return any(c.state in (ChildSaState.INSTALLING, ChildSaState.DELETING) or c.rekey_state == RekeyState.REKEYING
                for c in sa.children.values())
@@ -315,6 +329,9 @@ class RekeyIkeTask(Task):
         self.ni = self.nr = b""
         self.dh_priv = None
         self.offered = []
+        self.chosen = None
+        self.shared = None              # SK(0), kept while RFC 9370's follow-up exchanges run
+        self.followups = None
 
     # -------------------------------------------------------------- initiator
 
@@ -322,7 +339,7 @@ class RekeyIkeTask(Task):
         ctx = sa.ctx
         if sa.state != IkeSaState.ESTABLISHED or sa.successor is not None or sa.rekey_collision is not None:
             return None
-        if _child_exchange_running(sa):
+        if _child_exchange_running(sa) or sa.followup_waiting:
             sa.set_timer(IKE_REKEY, now + 1.0)      # not in the middle of a Child SA exchange
             return None
         conn = sa.conn
@@ -348,7 +365,8 @@ class RekeyIkeTask(Task):
         sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
             if sap is not None and len(sap.proposals) == 1 else None
-        if chosen is None or nonce is None or ke is None or ke.group != self.group or len(chosen.spi) != 8:
+        if chosen is None or nonce is None or ke is None or ke.group != self.group or len(chosen.spi) != 8 or \
+                chosen.ake:
             return False
         try:
             shared = dh_group(self.group).shared(self.dh_priv, ke.data)
@@ -367,7 +385,7 @@ class RekeyIkeTask(Task):
         """Release the new SPI (the exchange failed, or the old IKE SA went away)."""
         if self.new is not None:
             sa.ctx.release_ike_spi(self.spi, self.new)
-        self.dh_priv = None
+        self.dh_priv = self.shared = None
 
     def on_response(self, sa, msg, raw, now) -> Outcome:
         ctx = sa.ctx
@@ -409,17 +427,62 @@ class RekeyIkeTask(Task):
             ctx.warn(sa, "unacceptable IKE SA rekey response; retrying")
             sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
             return Outcome.DONE
-        new = self.new
         self.nr = nonce.data
-        new.spi_i, new.spi_r = self.spi, chosen.spi
-        seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data)
-        setup(sa, new, chosen, seed, self.ni, nonce.data, now)
         self.dh_priv = None
+        if chosen.ake:
+            return self._follow_up(sa, msg, chosen, shared, now)
+        return self._complete(sa, chosen, shared, b"", now)
+
+    def _follow_up(self, sa, msg, chosen, shared, now) -> Outcome:
+        """RFC 9370 §2.2.4: more key exchanges follow in IKE_FOLLOWUP_KE before the new IKE SA
+        exists (FollowupKeTask runs them and calls followups_done)."""
+        ctx = sa.ctx
+        col = sa.rekey_collision
+        if col is not None:
+            # the peer's rekey of this SA went through while ours waits for key exchanges: it
+            # stands (ours is left unfinished, the peer drops its state)
+            sa.rekey_collision = None
+            self.abort(sa)
+            if col.new.state == IkeSaState.ESTABLISHED:
+                adopt(sa, col.new, now, delete_old=False)
+            return Outcome.DONE
+        link = msg.notify(Notify.ADDITIONAL_KEY_EXCHANGE)
+        if link is None or not link.data:
+            self.abort(sa)
+            ctx.stats["ike_rekeys_failed"] += 1
+            ctx.warn(sa, "IKE SA rekey response without ADDITIONAL_KEY_EXCHANGE; retrying")
+            sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
+            return Outcome.DONE
+        self.chosen, self.shared = chosen, shared
+        self.followups = followup_ke.Followups(chosen.ake, link.data)
+        sa.add_task(followup_ke.FollowupKeTask(self), now, first=True)
+        return Outcome.DONE
+
+    def followups_done(self, sa, now) -> Outcome:
+        additional = self.followups.additional()
+        self.followups.wipe()
+        return self._complete(sa, self.chosen, self.shared, additional, now)
+
+    def followups_failed(self, sa, why, now):
+        ctx = sa.ctx
+        self.abort(sa)
+        ctx.stats["ike_rekeys_failed"] += 1
+        ctx.warn(sa, f"IKE SA rekey: additional key exchange failed ({why}); retrying")
+        sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
+
+    def _complete(self, sa, chosen, shared, additional: bytes, now) -> Outcome:
+        """Initiator: every key exchange is done; the new IKE SA takes over (§2.18)."""
+        ctx = sa.ctx
+        new = self.new
+        new.spi_i, new.spi_r = self.spi, chosen.spi
+        seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, self.nr, additional)
+        setup(sa, new, chosen, seed, self.ni, self.nr, now)
+        self.shared = None
         ctx.stats["ike_rekeys_done"] += 1
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col.new.state == IkeSaState.ESTABLISHED:
             peer_new = col.new
-            if _lowest_is_ours((self.ni, nonce.data), (col.ni, col.nr)):
+            if _lowest_is_ours((self.ni, self.nr), (col.ni, col.nr)):
                 ctx.stats["ike_rekey_collisions_lost"] += 1
                 new.announced = False
                 new.add_task(DeleteIkeTask(REDUNDANT), now)
@@ -453,10 +516,13 @@ class RekeyIkeTask(Task):
         if chosen.dh != ke.group:
             reply([NotifyPayload(Notify.INVALID_KE_PAYLOAD, chosen.dh.to_bytes(2, "big"))], now)
             return Outcome.DONE
+        if chosen.ake and sa.active is not None and sa.active.rekeys_ike:
+            # simultaneous rekeys with follow-up key exchanges are not resolved: ours goes on, the
+            # peer retries later (§2.25.2)
+            reply([NotifyPayload(Notify.TEMPORARY_FAILURE)], now)
+            return Outcome.DONE
         try:
-            grp = dh_group(chosen.dh)
-            priv, pub = grp.generate()
-            shared = grp.shared(priv, ke.data)
+            pub, shared = dh_group(chosen.dh).respond(ke.data)
         except CryptoError:
             reply([NotifyPayload(Notify.INVALID_SYNTAX)], now)
             return Outcome.DONE
@@ -464,18 +530,46 @@ class RekeyIkeTask(Task):
         new.spi_i = chosen.spi
         new.spi_r = ctx.alloc_ike_spi(new)
         nr = random_bytes(NONCE_LEN)
+        answer = [SaPayload([chosen.to_proposal(new.spi_r)]), NoncePayload(nr), KePayload(chosen.dh, pub)]
+        if chosen.ake:
+            # RFC 9370 §2.2.4: the new IKE SA comes after the follow-up key exchanges
+            new.state = IkeSaState.DEAD
+            self.new, self.chosen, self.shared, self.ni, self.nr = new, chosen, shared, nonce.data, nr
+            self.followups = followup_ke.Followups(chosen.ake)
+            reply(answer + [followup_ke.wait(sa, self, now)], now)
+            return Outcome.DONE
         seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, nonce.data, nr)
         setup(sa, new, chosen, seed, nonce.data, nr, now)
-        reply([SaPayload([chosen.to_proposal(new.spi_r)]), NoncePayload(nr), KePayload(chosen.dh, pub)], now)
+        reply(answer, now)
+        self._answered(sa, new, nonce.data, nr, now)
+        return Outcome.DONE
+
+    def _answered(self, sa, new, ni, nr, now):
+        """Responder: the new IKE SA exists and the peer has our answer."""
+        ctx = sa.ctx
         ctx.stats["ike_rekeys_answered"] += 1
         if sa.active is not None and sa.active.rekeys_ike and sa.outstanding is not None:
-            sa.rekey_collision = RekeyCollision(nonce.data, nr, new)   # decided when our own exchange is done
+            sa.rekey_collision = RekeyCollision(ni, nr, new)   # decided when our own exchange is done
             new.collision_of = sa
             new.announced = False
             ctx.stats["ike_rekey_collisions"] += 1
         else:
             adopt(sa, new, now, delete_old=False)
+
+    def followups_answer(self, sa, payloads, reply, now) -> Outcome:
+        additional = self.followups.additional()
+        self.followups.wipe()
+        seed = skeyseed_rekey(sa.prf, sa.keys.sk_d, self.shared, self.ni, self.nr, additional)
+        self.shared = None
+        setup(sa, self.new, self.chosen, seed, self.ni, self.nr, now)
+        reply(payloads, now)
+        self._answered(sa, self.new, self.ni, self.nr, now)
         return Outcome.DONE
+
+    def followups_dropped(self, sa):
+        if self.new is not None:
+            sa.ctx.release_ike_spi(self.new.spi_r, self.new)
+        self.shared = None
 
 
 def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now: float):

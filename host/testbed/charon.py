@@ -23,8 +23,9 @@ import vici
 
 CHARON = "/usr/lib/ipsec/charon"
 LIBIPSEC_PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"
-PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm curve25519 gmp kdf pem pkcs1 pkcs8 pubkey x509 "
-           "kernel-libipsec kernel-netlink socket-default vici")
+ML_PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-ml.so"       # strongSwan >= 6.0: ML-KEM
+PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 gmp kdf pem pkcs1 pkcs8 pubkey x509 "
+           + ("ml " if os.path.exists(ML_PLUGIN) else "") + "kernel-libipsec kernel-netlink socket-default vici")
 
 
 def available() -> bool:

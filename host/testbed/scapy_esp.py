@@ -21,15 +21,22 @@ from host.ike.proposals import OffloadCapabilities  # noqa: E402
 CAPABILITIES = OffloadCapabilities(frozenset({
     (Encr.AES_GCM_16, 128, Integ.NONE), (Encr.AES_GCM_16, 256, Integ.NONE),
     (Encr.AES_CBC, 128, Integ.HMAC_SHA2_256_128), (Encr.AES_CBC, 256, Integ.HMAC_SHA2_256_128),
+    (Encr.CHACHA20_POLY1305, 256, Integ.NONE),
+    (Encr.AES_CBC, 128, Integ.HMAC_SHA2_384_192), (Encr.AES_CBC, 256, Integ.HMAC_SHA2_384_192),
+    (Encr.AES_CBC, 128, Integ.HMAC_SHA2_512_256), (Encr.AES_CBC, 256, Integ.HMAC_SHA2_512_256),
 }), esn=False)
+_AUTH = {Integ.HMAC_SHA2_256_128: "SHA2-256-128", Integ.HMAC_SHA2_384_192: "SHA2-384-192",
+         Integ.HMAC_SHA2_512_256: "SHA2-512-256"}
 
 
 def _sa(spi, ev, key, salt, integ_key, src, dst, sport, dport):
     kw = dict(spi=spi, tunnel_header=IP(src=src, dst=dst), nat_t_header=UDP(sport=sport, dport=dport))
     if ev.encr == Encr.AES_GCM_16:
         kw.update(crypt_algo="AES-GCM", crypt_key=key + salt)
-    elif ev.encr == Encr.AES_CBC and ev.integ == Integ.HMAC_SHA2_256_128:
-        kw.update(crypt_algo="AES-CBC", crypt_key=key, auth_algo="SHA2-256-128", auth_key=integ_key)
+    elif ev.encr == Encr.CHACHA20_POLY1305:
+        kw.update(crypt_algo="CHACHA20-POLY1305", crypt_key=key + salt)
+    elif ev.encr == Encr.AES_CBC and ev.integ in _AUTH:
+        kw.update(crypt_algo="AES-CBC", crypt_key=key, auth_algo=_AUTH[ev.integ], auth_key=integ_key)
     else:
         raise ValueError(f"scapy data path cannot run encr {ev.encr} / integ {ev.integ}")
     return SecurityAssociation(ESP, **kw)
