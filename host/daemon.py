@@ -25,7 +25,7 @@ from host import preflight, sdnotify
 from host.control import ControlServer
 from host.dataplane.datapath import ChildRoute, DataPath, ts_networks
 from host.dataplane.tun import Tun, TunError
-from host.dataplane.udp import IkeUdpEndpoint
+from host.ike_driver import IkeUdpEndpoint
 from host.ike import events as ike_ev
 from host.ike.engine import IkeEngine
 from host.ike.proposals import OffloadCapabilities
