@@ -18,7 +18,7 @@ import time
 import pytest
 
 from firmware import profiles
-from host.daemon import REPLACED_INBOUND_LINGER
+from host.child_sas import REPLACED_INBOUND_LINGER
 from testbed.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
 from testbed.ping import Pinger
 

@@ -704,7 +704,7 @@ def test_a_crash_inside_a_handler_fails_the_test(strict):
     a.initiate("gw", 0.0)
     net.pump(0.0)
     sa = a.ike_sa(kinds(net.events[A], IkeSaUp)[0].ike_id)
-    b.notify_hooks[Notify.INVALID_SPI] = _crash
+    b.ctx.notify_hooks[Notify.INVALID_SPI] = _crash
     msg = Message(sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, Flag.INITIATOR, sa.my_mid,
                   [NotifyPayload(Notify.INVALID_SPI, (0x1234).to_bytes(4, "big"), protocol=3)])
     if strict:

@@ -139,10 +139,16 @@ class BoardClient:
         return self._sad_ok(ev, "SA_FLUSH")
 
     def _sad_ok(self, ev, what):
-        r = m.SadReply.decode(ev.body)
-        if r.status != m.OK:
-            raise LinkError("%s %s: %s" % (self.name, what, m.STATUS_NAMES.get(r.status, r.status)), r.status)
-        return r
+        """The SadReply of an SA command the board carried out; LinkError for a refusal (a board
+        refuses a request it cannot parse with the status byte alone) or a reply that does not
+        decode."""
+        status = ev.body[0] if ev.body else None
+        if status != m.OK:
+            raise LinkError("%s %s: %s" % (self.name, what, m.STATUS_NAMES.get(status, status)), status)
+        try:
+            return m.SadReply.decode(ev.body)
+        except m.MessageError as e:
+            raise LinkError("%s %s: bad reply: %s" % (self.name, what, e)) from None
 
     async def request(self, type, body=b"", **kw):
         """A raw request; returns the reply body (status byte first)."""
@@ -167,6 +173,17 @@ class BoardClient:
         if status != m.OK:
             raise LinkError("%s COUNTERS: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
         return d
+
+    # ---- what the board holds, as the host's books say ---------------------------------------
+    def sas(self):
+        """(spi, direction) of every SA the board confirmed and still holds, sorted."""
+        return tuple(sorted(self.session.books.sas)) if self.session is not None else ()
+
+    def has_sa(self, spi, direction):
+        return self.session is not None and (spi, direction) in self.session.books.sas
+
+    def sa_count(self):
+        return len(self.session.books.sas) if self.session is not None else 0
 
     def loss_bound(self):
         """Seconds from the board hanging to BoardLost, at the worst: `misses` heartbeats late
