@@ -171,7 +171,8 @@ class Daemon:
             return OffloadCapabilities(frozenset())
         sa.placement = b.name
         h = b.hello
-        return OffloadCapabilities(frozenset(b.capabilities()), esn=bool(h and h.features & m.FEAT_ESN))
+        return OffloadCapabilities(frozenset(b.capabilities()), esn=bool(h and h.features & m.FEAT_ESN),
+                                   max_ts=m.MAX_TS)
 
     def _board_event(self, ev):
         now = time.monotonic()
