@@ -81,13 +81,11 @@ class Bench:
         return max(minimum, int(n * self.scale))
 
     def make_transport(self, on_data, on_error):
-        """A transport to this board's link (a serial port, pty or socket:// here; SPI benches
-        override it)."""
-        from host.offload.transport import SerialTransport
+        """A transport to this board's link, as its profile's link kind says (a serial port, pty
+        or socket://; SPI through an ftdi:// adapter)."""
+        from host.offload.transport import for_profile
 
-        link = self.profile["link"]
-        return SerialTransport(self.url, baudrate=link.get("baud") or 115200, rtscts=bool(link.get("rtscts")),
-                               on_data=on_data, on_error=on_error)
+        return for_profile(self.profile, self.url, on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         raise NotImplementedError
@@ -298,11 +296,6 @@ class SerialBench(Bench):
     def __init__(self, profile_name, port, reset_spec=None):
         super().__init__(profile_name, port)
         self.resetter = make_resetter(self.profile, port, reset_spec)
-
-    def make_transport(self, on_data, on_error):
-        from host.offload.transport import for_profile
-
-        return for_profile(self.profile, self.url, on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         if quiet:

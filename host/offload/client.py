@@ -15,7 +15,8 @@ from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
-from host.offload.transport import SerialTransport, TransportError, for_profile
+from host.offload.errors import TransportError
+from host.offload.transport import for_profile
 
 
 class LinkError(RuntimeError):
@@ -29,9 +30,10 @@ class LinkError(RuntimeError):
 class BoardClient:
     def __init__(self, name, url, *, profile=None, period=0.1, misses=3, flush_on_open=True,
                  reopen_interval=1.0, link_options=None, on_event=None, transport_factory=None):
-        """profile: the board profile (firmware/profiles.py) — it picks the transport (serial at
-        its baud rate and flow control, or SPI) and the wire time per byte of a real UART.
-        transport_factory(on_data, on_error) -> transport overrides that (tests, fault injection)."""
+        """profile: the board profile (firmware/profiles.py) — its link kind picks the transport
+        (host/offload/transport.py: serial at its baud rate and flow control, or SPI; a serial
+        port without a profile) and the link's rate. transport_factory(on_data, on_error) ->
+        Transport overrides that (tests, fault injection)."""
         self.name = name
         self.url = url
         self.profile = profile
@@ -66,9 +68,7 @@ class BoardClient:
     def _make_transport(self):
         if self._transport_factory is not None:
             return self._transport_factory(self._on_data, self._on_transport_error)
-        if self.profile is not None:
-            return for_profile(self.profile, self.url, on_data=self._on_data, on_error=self._on_transport_error)
-        return SerialTransport(self.url, on_data=self._on_data, on_error=self._on_transport_error)
+        return for_profile(self.profile, self.url, on_data=self._on_data, on_error=self._on_transport_error)
 
     # ---- life -------------------------------------------------------------------------------
     async def start(self, retry=False):
