@@ -167,7 +167,7 @@ def bench(c, only=None, check=False):
             "board": "the profile the simulated board stands in for (default sim; e.g. esp32-devkitc)"})
 def demo(c, resets=3, no_contrast=False, board="sim"):
     """Daemon + simulated board + strongSwan peer: tunnel, traffic, board reset, flush, recovery timeline (root)."""
-    args = [PY, "-m", "host.demo", "--resets", str(resets), "--board", shlex.quote(board)]
+    args = [PY, "-m", "testbed.demo", "--resets", str(resets), "--board", shlex.quote(board)]
     if no_contrast:
         args.append("--no-contrast")
     c.run(" ".join(args), env=_env(), pty=False)

@@ -80,7 +80,7 @@ def _our_conns(role, ike=IKE):
 def worker(role: str, n: int, window: int, ike: str = IKE):
     """Runs inside a namespace (``ip netns exec``). The responder serves until stdin closes; the
     initiator establishes ``n`` IKE SAs (each with a Child SA) keeping ``window`` in flight."""
-    from host.dataplane.udp import IkeUdpEndpoint
+    from host.ike_driver import IkeUdpEndpoint
     from host.ike.engine import EngineSettings, IkeEngine
     from host.ike.events import ChildSaInstall, ChildSaUp, IkeSaDown
     from host.ike.proposals import OffloadCapabilities
@@ -270,7 +270,7 @@ def _charon_conn(me, peer, mid, pid, mts, pts):
 
 
 def run_charon(bed, state, n, window):
-    from host.testbed.charon import Charon
+    from testbed.charon import Charon
 
     ca = Charon(
         bed.ns_a,
@@ -384,8 +384,8 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.n, int(args.c.split(",")[0]), args.ike)
 
-    from host.testbed import charon as charon_mod
-    from host.testbed.netns import VethPair, cleanup_stale, have_root
+    from testbed import charon as charon_mod
+    from testbed.netns import VethPair, cleanup_stale, have_root
 
     if not have_root():
         sys.exit("bench.ike needs root (network namespaces, ports 500/4500)")

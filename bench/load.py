@@ -52,7 +52,7 @@ def capacity(profile_name, baud=None):
     """Payload capacity of a board in inner-IP bytes per second, and how it was computed."""
     prof = profiles.load(profile_name)
     rate = profiles.link_rate(prof) if baud is None else (baud / 10 or None)
-    from host.demo import SWAN_ESP, esp_proposals_for
+    from testbed.demo import SWAN_ESP, esp_proposals_for
     esp = esp_proposals_for(profile_name)[0]
     name = next(n for n, s in SWAN_ESP.items() if s == esp)
     costs = profiles.cpu_costs(prof)
@@ -95,7 +95,7 @@ def packets(bed):
 def iperf(bed, args, seconds):
     """One iperf3 client run (JSON). iperf3's server takes one test at a time and may still be
     closing the last one: a refused control connection is tried again once, a second later."""
-    from host.demo import PEER_INNER
+    from testbed.demo import PEER_INNER
     cmd = ["ip", "netns", "exec", bed.net.ns_a, "iperf3", "-c", PEER_INNER, "-B", bed.inner_a[0], "-J",
            "-t", str(seconds), "--connect-timeout", "5000"] + args
     for attempt in (1, 2):
@@ -110,8 +110,8 @@ def iperf(bed, args, seconds):
 
 
 def run_case(case, seconds):
-    from host.demo import DemoBed
-    from host.testbed.ping import Pinger
+    from testbed.demo import DemoBed
+    from testbed.ping import Pinger
     profile, _, baud = case.partition("@")
     if profile == "pty":
         profile = "sim"

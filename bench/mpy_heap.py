@@ -42,7 +42,7 @@ KINDS = [
     ("aes-cbc-256+hmac", "m.SaSpec(0xC0040000 + i, i % 2, m.ENCR_AES_CBC, bytes(range(32)), "
                          "m.AUTH_HMAC_SHA2_256_128, bytes(range(32)), reqid=i)"),
 ]
-# The spec as the daemon sends it (host/daemon.py _install): tunnel mode, UDP encapsulation
+# The spec as the daemon sends it (host/child_sas.py sa_specs): tunnel mode, UDP encapsulation
 # (a connection's default, encap = yes), the configured replay window (64), our and the peer's
 # address with port 4500, reqid = the Child SA handle (a small counter), and one traffic
 # selector each way: a host (/32) on our side, a /24 on the peer's. Issue 7's goal holds for

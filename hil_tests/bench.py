@@ -87,13 +87,11 @@ class Bench:
         return max(minimum, int(n * self.scale))
 
     def make_transport(self, on_data, on_error):
-        """A transport to this board's link (a serial port, pty or socket:// here; SPI benches
-        override it)."""
-        from host.offload.transport import SerialTransport
+        """A transport to this board's link, as its profile's link kind says (a serial port, pty
+        or socket://; SPI through an ftdi:// adapter)."""
+        from host.offload.transport import for_profile
 
-        link = self.profile["link"]
-        return SerialTransport(self.url, baudrate=link.get("baud") or 115200, rtscts=bool(link.get("rtscts")),
-                               on_data=on_data, on_error=on_error)
+        return for_profile(self.profile, self.url, on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         raise NotImplementedError
@@ -324,11 +322,6 @@ class SerialBench(Bench):
                 raise RuntimeError("profile %s has an authenticated link: pass --link-key FILE (the key "
                                    "`inv flash --link-key` wrote)" % profile_name)
             self.link_key = keyfile.read(link_key)
-
-    def make_transport(self, on_data, on_error):
-        from host.offload.transport import for_profile
-
-        return for_profile(self.profile, self.url, on_data=on_data, on_error=on_error)
 
     def reset(self, quiet=False):
         if quiet:

@@ -1,6 +1,6 @@
 """python -m host: the ikeoffloadd daemon."""
 import sys
 
-from host.daemon import main
+from host.ikeoffloadd import main
 
 sys.exit(main())

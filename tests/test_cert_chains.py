@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from host.ike.auth import AuthError, verify_chain
 from host.ike.pki import MAX_CHAIN
 from host.ike.events import IkeSaDown, IkeSaUp
-from host.testbed.pki import TestCa
+from testbed.pki import TestCa
 from tests.test_engine import A_NET, B_NET, A, B, conn, kinds, pair
 
 NOW = datetime.datetime.now(datetime.timezone.utc)

@@ -22,10 +22,11 @@ transform = st.builds(lambda t, i, kl: Transform(t, i, kl), st.integers(1, 5), u
 proposal = st.builds(lambda n, p, spi, ts: Proposal(n, p, spi, ts), st.integers(1, 255), st.integers(1, 3),
                      st.sampled_from([b"", b"\x01\x02\x03\x04", b"12345678"]),
                      st.lists(transform, min_size=0, max_size=8))
-ts4 = st.builds(lambda p, a, b, c, d: TrafficSelector(TsType.IPV4_ADDR_RANGE, p, a, b, c, d), u8, u16, u16,
-                st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4))
-ts6 = st.builds(lambda p, a, b, c, d: TrafficSelector(TsType.IPV6_ADDR_RANGE, p, a, b, c, d), u8, u16, u16,
-                st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))
+# a selector's address range starts where it ends or before (§3.13.1); its ports may be "opaque"
+ts4 = st.builds(lambda p, a, b, c, d: TrafficSelector(TsType.IPV4_ADDR_RANGE, p, a, b, min(c, d), max(c, d)),
+                u8, u16, u16, st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4))
+ts6 = st.builds(lambda p, a, b, c, d: TrafficSelector(TsType.IPV6_ADDR_RANGE, p, a, b, min(c, d), max(c, d)),
+                u8, u16, u16, st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))
 payload = st.one_of(
     st.builds(SaPayload, st.lists(proposal, min_size=1, max_size=5)),
     st.builds(KePayload, u16, blob),
@@ -133,6 +134,10 @@ def _chain(ptype, body, critical=False, nxt=0):
     (PayloadType.TSi, b"\x01\x00\x00\x00" + struct.pack("!BBHHH", 7, 0, 17, 0, 65535) + b"\0" * 9),
     (PayloadType.TSi, b"\x02\x00\x00\x00" + struct.pack("!BBHHH", 7, 0, 16, 0, 65535) + b"\0" * 8),
     (PayloadType.TSi, b"\x00\x00\x00\x00"),
+    (PayloadType.TSi, b"\x01\x00\x00\x00" + struct.pack("!BBHHH", 7, 0, 16, 0, 65535) +   # 10.0.0.9 - 10.0.0.1
+     bytes((10, 0, 0, 9, 10, 0, 0, 1))),
+    (PayloadType.TSr, b"\x01\x00\x00\x00" + struct.pack("!BBHHH", 8, 0, 40, 0, 65535) +
+     bytes(15) + b"\x02" + bytes(15) + b"\x01"),                                          # IPv6 ::2 - ::1
     (PayloadType.SA, b""),
     (PayloadType.SA, struct.pack("!BBHBBBB", 0, 0, 8, 1, 1, 0, 1)),             # 1 transform, none present
     (PayloadType.SA, struct.pack("!BBHBBBB", 2, 0, 8, 1, 1, 0, 0)),             # "more" but nothing follows

@@ -6,7 +6,7 @@ from host.ike.constants import DhGroup, Encr, Esn, Integ, Prf, ProtocolId
 from host.ike.proposals import (
     OffloadCapabilities, ProposalError, describe, filter_child_specs, parse_proposal,
 )
-from host.testbed.pki import TestCa
+from testbed.pki import TestCa
 
 GOOD = """
 [connections.gw]

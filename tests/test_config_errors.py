@@ -7,7 +7,7 @@ import os
 import pytest
 
 from host import config
-from host.daemon import main
+from host.ikeoffloadd import main
 
 GOOD = '''\
 [daemon]

@@ -18,9 +18,9 @@ import time
 import pytest
 
 from firmware import profiles
-from host.daemon import REPLACED_INBOUND_LINGER
-from host.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
-from host.testbed.ping import Pinger
+from host.child_sas import REPLACED_INBOUND_LINGER
+from testbed.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
+from testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
@@ -170,7 +170,7 @@ def test_ikeoffloadctl_json_and_human_output(bed):
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode == 1 and "no connection 'nope'" in bad.stderr
     # no secret in what an operator sees: the PSK (or its hex) in no output and not in the log
-    from host.demo import PSK
+    from testbed.demo import PSK
     seen = "".join([ctl("--json", "list-sas"), ctl("--json", "list-boards"), ctl("--json", "stats"),
                     human, bed.log_tail(100_000)])
     assert PSK not in seen and PSK.encode().hex() not in seen.lower()

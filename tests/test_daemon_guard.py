@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from host.demo import OUR_INNER, PEER_INNER, DemoBed
-from host.testbed.ping import Pinger
+from testbed.demo import OUR_INNER, PEER_INNER, DemoBed
+from testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]

@@ -19,9 +19,9 @@ import time
 import pytest
 
 from bench.load import capacity, iperf, packets, tcp_capacity
-from host.demo import DemoBed
-from host.testbed.netns import entered, run
-from host.testbed.ping import Pinger
+from testbed.demo import DemoBed
+from testbed.netns import entered, run
+from testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]

@@ -28,7 +28,7 @@ def esp(spi, seq=1):
 
 def route(spi_in, handle=1):
     net = [ipaddress.ip_network("10.0.0.0/24")]
-    return ChildRoute(handle, 1, "nowhere", spi_in, 0x99, ("192.0.2.2", 4500), net, net)
+    return ChildRoute(handle, "nowhere", spi_in, 0x99, ("192.0.2.2", 4500), net, net)
 
 
 def run(coro):
@@ -86,7 +86,7 @@ def test_esp_from_another_source_is_dropped_until_the_ike_sa_moves_there():
         dp.esp_in(esp(0x1000), ("192.0.2.9", 4500))             # another address
         assert dp.stats["in_wrong_peer"] == 2 and dp.stats["dropped_board_not_ready"] == 0
         assert seen == [(1, ("192.0.2.2", 40000)), (1, ("192.0.2.9", 4500))]
-        dp.moved(r.ike_id, ("192.0.2.2", 40000))
+        dp.moved([r.handle], ("192.0.2.2", 40000))
         assert r.peer == ("192.0.2.2", 40000)
         dp.esp_in(esp(0x1000), ("192.0.2.2", 40000))
         assert dp.stats["in_wrong_peer"] == 2 and dp.stats["dropped_board_not_ready"] == 1   # on to the board

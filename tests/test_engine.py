@@ -15,7 +15,7 @@ from host.ike.payloads import NotifyPayload
 from host.ike.proposals import OffloadCapabilities
 from host.ike.crypto import make_sk_cipher
 from cryptography.hazmat.primitives import hashes, hmac
-from host.testbed.pki import TestCa
+from testbed.pki import TestCa
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_NET, B_NET = "198.51.100.0/24", "203.0.113.0/24"

@@ -258,7 +258,8 @@ def test_pyftdi_binding_reports_a_missing_adapter_by_url():
 
 
 def test_transport_for_a_profile():
-    from host.offload.transport import SerialTransport, for_profile
+    from host.offload.serial_port import SerialTransport
+    from host.offload.transport import for_profile
 
     t = for_profile(profiles.load("esp32-devkitc"), "/dev/ttyUSB1")
     assert isinstance(t, SerialTransport) and (t.baudrate, t.rtscts) == (921600, True)

@@ -5,6 +5,8 @@
   count; those under ``if TYPE_CHECKING:`` do not (they never run).
 * Nothing outside host/ike/engine.py touches the IKE engine's or its context's private members:
   exchanges and rules use the public context (host/ike/context.py), drivers the engine's verbs.
+* The runtime package (host/, what a router runs and the wheel carries) imports nothing from the
+  test beds (testbed/: charon, namespaces, a throwaway PKI).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("host", "firmware")
+PACKAGES = ("host", "firmware", "testbed")
 
 
 def _module_name(path: Path) -> str:
@@ -126,6 +128,14 @@ def test_no_import_cycles():
     assert cycles(graph) == []
 
 
+def test_the_runtime_package_does_not_import_the_test_beds():
+    graph = import_graph()
+    assert "testbed.charon" in graph
+    bad = sorted(f"{mod} -> {dep}" for mod, deps in graph.items() if mod.split(".")[0] == "host"
+                 for dep in deps if dep.split(".")[0] == "testbed")
+    assert bad == []
+
+
 def test_the_cycle_check_sees_a_cycle():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(g) == [["a", "b", "c"]]
@@ -145,7 +155,7 @@ def private_uses(text: str) -> list[str]:
 
 def test_nothing_outside_the_engine_touches_its_private_members():
     bad = []
-    for top in ("host", "firmware", "bench", "tools", "tests", "hil_tests"):
+    for top in ("host", "firmware", "testbed", "bench", "tools", "tests", "hil_tests"):
         for p in (ROOT / top).rglob("*.py"):
             if p in (ROOT / "host" / "ike" / "engine.py", Path(__file__).resolve()):
                 continue

@@ -1,9 +1,9 @@
-"""The one traffic check of the demo and the daemon and interop tests (host/testbed/ping.py):
+"""The one traffic check of the demo and the daemon and interop tests (testbed/ping.py):
 echo requests counted one by one, between real network namespaces."""
 import asyncio
 
-from host.testbed import ping as pinging
-from host.testbed.netns import VethPair
+from testbed import ping as pinging
+from testbed.netns import VethPair
 
 NOBODY = "192.0.2.77"       # on the veth's /24, held by no one: requests go unanswered
 

@@ -51,6 +51,9 @@ def test_wheel_carries_profiles_example_unit_and_license(wheel):
     for f in sorted(os.listdir(os.path.join(ROOT, "boards"))):
         assert "firmware/boards/" + f in names, f
     assert {"host/packaging/ikeoffloadd.toml", "host/packaging/ikeoffloadd.service"} <= names
+    assert {"host/daemon.py", "host/ike/engine.py", "firmware/board.py"} <= names
+    # what a router runs, not the test beds (charon harness, namespaces, throwaway PKI) or the demo
+    assert not [n for n in names if n.split("/")[0] in ("testbed", "tests", "bench", "tools")], sorted(names)
     assert "ikeoffload-%s.dist-info/licenses/LICENSE" % __version__ in names
     assert "License-Expression: MIT" in meta            # PEP 639, not the deprecated license table
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]

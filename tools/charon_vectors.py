@@ -4,7 +4,7 @@
     python -m tools.charon_vectors [--out tests/vectors/charon_ike.json]
 
 Two charons (5.9.x, kernel-libipsec) in namespaces on either side of a forwarding router
-(host/testbed/natrouter.py, no NAT) whose tap records every UDP datagram. They set up an IKE SA
+(testbed/natrouter.py, no NAT) whose tap records every UDP datagram. They set up an IKE SA
 with ECDSA certificates (CERT, CERTREQ, AUTH, IDi/IDr, TSi/TSr), rekey the Child SA with PFS
 and the IKE SA (CREATE_CHILD_SA in both forms), add a second, narrowed Child SA, run a liveness
 check and delete everything (INFORMATIONAL). The charons log at level 4, where strongSwan prints
@@ -26,9 +26,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from host.testbed import charon as charon_mod
-from host.testbed.natrouter import INSIDE, OUTSIDE, NatRouter
-from host.testbed.pki import TestCa
+from testbed import charon as charon_mod
+from testbed.natrouter import INSIDE, OUTSIDE, NatRouter
+from testbed.pki import TestCa
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "vectors" / "charon_ike.json"

@@ -251,12 +251,13 @@ class HelloWaiter:
     def __init__(self, profile, url, link_key=None):
         import serial
 
-        if profile["link"]["kind"] == "spi-pio":
-            raise FlashError("waiting for HELLO over SPI needs the FTDI adapter: use --no-wait and "
-                             "`inv hil --board %s --port %s`" % (profile["board"]["name"], url))
-        baud = profile["link"].get("baud") or 115200
-        self.ser = serial.serial_for_url(url, baudrate=baud, rtscts=bool(profile["link"].get("rtscts")),
-                                         timeout=0.05)
+        from host.offload.transport import serial_settings
+
+        settings = serial_settings(profile, url)
+        if settings is None:
+            raise FlashError("waiting for HELLO over a %s link needs its adapter: use --no-wait and `inv hil "
+                             "--board %s --port %s`" % (profile["link"]["kind"], profile["board"]["name"], url))
+        self.ser = serial.serial_for_url(url, **settings, timeout=0.05)
         self.ser.reset_input_buffer()
         self.auth = la.HostAuth(link_key, os.urandom) if link_key else None
         self.dec = fr.FrameDecoder(65535, auth=self.auth is not None)

@@ -33,19 +33,22 @@ log = logging.getLogger("ikeoffloadd.datapath")
 
 
 class ChildRoute:
-    """One installed Child SA as the data path sees it."""
+    """One installed Child SA as the data path sees it: its board, SPIs, selectors and peer. It is
+    the daemon's one record of a Child SA on a board; the IKE side of it (name, state, IKE SA)
+    is the engine's ChildSa."""
 
-    __slots__ = ("handle", "ike_id", "board", "spi_in", "spi_out", "peer", "local_nets", "remote_nets",
+    __slots__ = ("handle", "board", "spi_in", "spi_out", "peer", "local_nets", "remote_nets", "encap",
                  "usable", "sending", "packets_out", "packets_in", "bytes_out", "bytes_in", "last_in",
                  "last_reported", "transform", "out_in_flight")
 
-    def __init__(self, handle, ike_id, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True,
-                 transform=None):
+    def __init__(self, handle, board, spi_in, spi_out, peer, local_nets, remote_nets, sending=True,
+                 transform=None, encap=True):
         """peer: (ip, port) the SA's ESP comes from and goes to; transform: (encr, key bits,
-        integ) as the board's profile prices it."""
-        self.handle, self.ike_id, self.board = handle, ike_id, board
+        integ) as the board's profile prices it; encap: the board's SA is ESP-in-UDP (RFC 3948)."""
+        self.handle, self.board = handle, board
         self.spi_in, self.spi_out, self.peer = spi_in, spi_out, peer
         self.transform = transform
+        self.encap = encap
         self.out_in_flight = 0    # packets handed to the board's link on this SA, not yet back
         self.local_nets, self.remote_nets = local_nets, remote_nets
         self.usable = True        # False once its board was lost: nothing goes through it
@@ -144,12 +147,17 @@ class DataPath:
         if self.by_spi_in.get(route.spi_in) is route:
             del self.by_spi_in[route.spi_in]
 
-    def moved(self, ike_id, remote):
-        """A NAT gave the peer of IKE SA `ike_id` a new mapping (RFC 7296 §2.23): its Child SAs'
-        ESP-in-UDP goes to, and is accepted from, `remote` = (ip, port) from now on."""
-        for r in set(self.by_handle.values()) | set(self.by_spi_in.values()):
-            if r.ike_id == ike_id:
-                r.peer = tuple(remote)
+    def moved(self, handles, remote):
+        """A NAT gave the peer of the Child SAs ``handles`` (those of one IKE SA) a new mapping
+        (RFC 7296 §2.23): their ESP-in-UDP goes to, and is accepted from, `remote` = (ip, port)
+        from now on. A replaced SA still decrypting from their old mapping follows them: a
+        NAT's mapping is per address pair, not per SA."""
+        remote = tuple(remote)
+        moving = [self.by_handle[h] for h in handles if h in self.by_handle]
+        old = {r.peer for r in moving}
+        retired = [r for r in self.by_spi_in.values() if self.by_handle.get(r.handle) is not r and r.peer in old]
+        for r in moving + retired:
+            r.peer = remote
 
     def send_on(self, handle, replaces=None):
         """Outbound traffic moves to `handle` (a rekey's new SA), away from `replaces`."""

@@ -50,6 +50,20 @@ def covered(got, offered) -> bool:
     return bool(got) and all(any(o.contains(g) for o in offered) for g in got)
 
 
+def fit_board(sa: IkeSa, selectors) -> list:
+    """At most as many selectors as the board holds each way: a subset of what was proposed is
+    a narrowing (§2.9), and the first ones stay (the first may name the triggering packet)."""
+    n = sa.ctx.capabilities_for(sa).max_ts
+    return list(selectors) if n is None or len(selectors) <= n else list(selectors[:n])
+
+
+def acceptable_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts) -> bool:
+    """Initiator check of the responder's TSi/TSr: within what we proposed, and no more than the
+    board holds (more would be a Child SA we cannot install as agreed)."""
+    return covered(tsi, local_ts) and covered(tsr, remote_ts) and \
+        len(fit_board(sa, tsi)) == len(tsi) and len(fit_board(sa, tsr)) == len(tsr)
+
+
 def our_selectors(sa: IkeSa, cfg: ChildConfig):
     """(local, remote) selectors of ``cfg`` with ``dynamic`` resolved to the IKE addresses."""
     return resolve_ts(cfg.local_ts, sa.local[0]), resolve_ts(cfg.remote_ts, sa.remote[0])
@@ -167,6 +181,11 @@ def negotiate(sa: IkeSa, msg, ignore_dh: bool, prefer: ChildConfig | None = None
         tsr = narrow(tsr_p.selectors, local_ts)
         if not tsi or not tsr:
             continue
+        fit_i, fit_r = fit_board(sa, tsi), fit_board(sa, tsr)
+        if (len(fit_i), len(fit_r)) != (len(tsi), len(tsr)):
+            sa.ctx.warn(sa, f"traffic selectors {len(tsi)}/{len(tsr)} narrowed to {len(fit_i)}/{len(fit_r)}: "
+                            f"what the board holds each way")
+            tsi, tsr = fit_i, fit_r
         ts_ok = True
         specs = filter_child_specs(cfg.esp_proposals, caps)
         chosen = select(sap.proposals, specs, ProtocolId.ESP, ignore_dh=ignore_dh, caps=caps)
@@ -305,7 +324,7 @@ class CreateChildTask(ChildSaExchange):
             sa.ctx.emit(ChildSaFailed(sa.ike_id, self.name, NO_BOARD_PROPOSAL))
             return None
         self.ni = random_bytes(NONCE_LEN)
-        self.local_ts, self.remote_ts = self.selectors(sa)
+        self.local_ts, self.remote_ts = (fit_board(sa, ts) for ts in self.selectors(sa))
         payloads = self.request_head(sa) + [SaPayload(self.offered), NoncePayload(self.ni)]
         groups = [t.tid for t in self.offered[0].transforms if t.ttype == 4 and t.tid]
         if groups:
@@ -342,7 +361,7 @@ class CreateChildTask(ChildSaExchange):
                     g_ir = dh_group(self.group).shared(self.dh_priv, ke.data)
                 except CryptoError:
                     ok = False
-        if ok and not (covered(tsi.selectors, self.local_ts) and covered(tsr.selectors, self.remote_ts)):
+        if ok and not acceptable_selectors(sa, tsi.selectors, tsr.selectors, self.local_ts, self.remote_ts):
             ok = False
         if ok and chosen.ake:
             link = msg.notify(Notify.ADDITIONAL_KEY_EXCHANGE)      # RFC 9370 §2.2.4

@@ -163,7 +163,7 @@ class IkeAuthTask(cc.ChildSaExchange):
             if self.offered is None:
                 sa.ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, cc.NO_BOARD_PROPOSAL))
             else:
-                self.local_ts, self.remote_ts = cc.our_selectors(sa, cfg)
+                self.local_ts, self.remote_ts = (cc.fit_board(sa, ts) for ts in cc.our_selectors(sa, cfg))
                 if cfg.mode == "transport":
                     payloads.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
                 payloads += [SaPayload(self.offered), TsPayload(self.local_ts, PayloadType.TSi),
@@ -197,8 +197,8 @@ class IkeAuthTask(cc.ChildSaExchange):
             return Outcome.DONE
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.ESP) \
             if len(sap.proposals) == 1 else None
-        if chosen is None or tsi is None or tsr is None or not cc.covered(tsi.selectors, self.local_ts) \
-                or not cc.covered(tsr.selectors, self.remote_ts):
+        if chosen is None or tsi is None or tsr is None or \
+                not cc.acceptable_selectors(sa, tsi.selectors, tsr.selectors, self.local_ts, self.remote_ts):
             ctx.release_child_spi(self.spi_in)
             ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, "unacceptable Child SA in IKE_AUTH response"))
             sa.add_task(DeleteSpisTask([self.spi_in]), now)

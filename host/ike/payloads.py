@@ -474,8 +474,10 @@ class TsPayload(Payload):
                 continue
             if tlen != 8 + 2 * alen or off + tlen > len(body):
                 raise SyntaxError_("bad traffic selector length")
-            out.append(TrafficSelector(ts_type, proto, sp, ep, bytes(body[off + 8:off + 8 + alen]),
-                                       bytes(body[off + 8 + alen:off + tlen])))
+            start, end = bytes(body[off + 8:off + 8 + alen]), bytes(body[off + 8 + alen:off + tlen])
+            if start > end:        # §3.13.1: a range of addresses (ports may be "opaque": 65535-0)
+                raise SyntaxError_("traffic selector ends before it starts")
+            out.append(TrafficSelector(ts_type, proto, sp, ep, start, end))
             off += tlen
         if off != len(body):
             raise SyntaxError_("TS payload length does not match its selectors")

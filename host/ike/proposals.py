@@ -248,9 +248,12 @@ class OffloadCapabilities:
     AEADs; e.g. a MicroPython board with only cryptolib AES-CBC reports
     ``{(ENCR_AES_CBC, 128, AUTH_HMAC_SHA2_256_128)}``. ``esn`` says whether it does 64-bit
     sequence numbers. Child SA proposals we offer or accept are restricted to these.
+    ``max_ts``: the traffic selectors an SA holds each way (None: no limit); a Child SA's
+    selectors are narrowed to as many (RFC 7296 §2.9), and an answer with more is refused.
     """
     transforms: frozenset = field(default_factory=frozenset)
     esn: bool = False
+    max_ts: int | None = None
 
     def allows(self, encr: int, bits: int, integ: int, esn: int = Esn.NO) -> bool:
         return (encr, bits, integ) in self.transforms and (esn == Esn.NO or self.esn)

@@ -15,7 +15,8 @@ from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
-from host.offload.transport import SerialTransport, TransportError, for_profile
+from host.offload.errors import TransportError
+from host.offload.transport import for_profile
 
 
 class LinkError(RuntimeError):
@@ -29,11 +30,12 @@ class LinkError(RuntimeError):
 class BoardClient:
     def __init__(self, name, url, *, profile=None, period=0.1, misses=3, flush_on_open=True,
                  reopen_interval=1.0, link_options=None, on_event=None, transport_factory=None, link_key=None):
-        """profile: the board profile (firmware/profiles.py) — it picks the transport (serial at
-        its baud rate and flow control, or SPI) and the wire time per byte of a real UART.
-        link_key: the board's link key (bytes; firmware/link/keyfile.py reads its file), which a
-        profile with an authenticated link (link.auth) needs.
-        transport_factory(on_data, on_error) -> transport overrides that (tests, fault injection)."""
+        """profile: the board profile (firmware/profiles.py) — its link kind picks the transport
+        (host/offload/transport.py: serial at its baud rate and flow control, or SPI; a serial
+        port without a profile) and the link's rate. link_key: the board's link key (bytes;
+        firmware/link/keyfile.py reads its file), which a profile with an authenticated link
+        (link.auth) needs. transport_factory(on_data, on_error) -> Transport overrides that
+        (tests, fault injection)."""
         self.name = name
         self.url = url
         self.profile = profile
@@ -72,9 +74,7 @@ class BoardClient:
     def _make_transport(self):
         if self._transport_factory is not None:
             return self._transport_factory(self._on_data, self._on_transport_error)
-        if self.profile is not None:
-            return for_profile(self.profile, self.url, on_data=self._on_data, on_error=self._on_transport_error)
-        return SerialTransport(self.url, on_data=self._on_data, on_error=self._on_transport_error)
+        return for_profile(self.profile, self.url, on_data=self._on_data, on_error=self._on_transport_error)
 
     # ---- life -------------------------------------------------------------------------------
     async def start(self, retry=False):
@@ -145,10 +145,16 @@ class BoardClient:
         return self._sad_ok(ev, "SA_FLUSH")
 
     def _sad_ok(self, ev, what):
-        r = m.SadReply.decode(ev.body)
-        if r.status != m.OK:
-            raise LinkError("%s %s: %s" % (self.name, what, m.STATUS_NAMES.get(r.status, r.status)), r.status)
-        return r
+        """The SadReply of an SA command the board carried out; LinkError for a refusal (a board
+        refuses a request it cannot parse with the status byte alone) or a reply that does not
+        decode."""
+        status = ev.body[0] if ev.body else None
+        if status != m.OK:
+            raise LinkError("%s %s: %s" % (self.name, what, m.STATUS_NAMES.get(status, status)), status)
+        try:
+            return m.SadReply.decode(ev.body)
+        except m.MessageError as e:
+            raise LinkError("%s %s: bad reply: %s" % (self.name, what, e)) from None
 
     async def request(self, type, body=b"", **kw):
         """A raw request; returns the reply body (status byte first)."""
@@ -173,6 +179,17 @@ class BoardClient:
         if status != m.OK:
             raise LinkError("%s COUNTERS: %s" % (self.name, m.STATUS_NAMES.get(status)), status)
         return d
+
+    # ---- what the board holds, as the host's books say ---------------------------------------
+    def sas(self):
+        """(spi, direction) of every SA the board confirmed and still holds, sorted."""
+        return tuple(sorted(self.session.books.sas)) if self.session is not None else ()
+
+    def has_sa(self, spi, direction):
+        return self.session is not None and (spi, direction) in self.session.books.sas
+
+    def sa_count(self):
+        return len(self.session.books.sas) if self.session is not None else 0
 
     def loss_bound(self):
         """Seconds from the board hanging to BoardLost, at the worst: `misses` heartbeats late

@@ -24,8 +24,7 @@ class BoardState:
         """Claim n SA slots for an install, so that concurrent installs cannot overcommit the
         board's SAD and fail each other half-way; False if they are not there."""
         h = self.hello
-        used = len(self.client.session.books.sas) if self.client.session else 0
-        if h is None or used + self.reserved + n > h.max_sas:
+        if h is None or self.client.sa_count() + self.reserved + n > h.max_sas:
             return False
         self.reserved += n
         return True
@@ -49,8 +48,7 @@ class BoardState:
     def load(self):
         """Fraction of the board's SAD in use (SAs the host installed there)."""
         h = self.hello
-        n = len(self.client.session.books.sas) if self.client.session else 0
-        return n / h.max_sas if h and h.max_sas else 1.0
+        return self.client.sa_count() / h.max_sas if h and h.max_sas else 1.0
 
 
 class NoBoard(RuntimeError):

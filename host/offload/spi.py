@@ -1,10 +1,14 @@
 """SPI transport to a board that is an SPI peripheral (RP2040 PIO, docs/spi-link.md), with the
 host as controller through an FTDI adapter (pyftdi's SpiController, FT232H-class).
 
-The transport has the interface BoardClient expects of SerialTransport: open(), write(data),
-close(), is_open, and the on_data / on_error callbacks, called on the event loop. pyftdi is
-blocking, so transactions run in a thread and received bytes are handed to the loop with
-call_soon_threadsafe.
+`SpiTransport` is a `host.offload.transport.Transport` (open, write, close, is_open, and the
+on_data / on_error callbacks, called on the event loop). pyftdi is blocking, so transactions run
+in a thread and received bytes are handed to the loop with call_soon_threadsafe.
+
+A board of link kind "spi-pio" named with a pty or socket:// URL instead of an ftdi:// one is
+the simulator standing in for it (python -m firmware.sim --profile ...): the link's byte stream
+at the SPI link's payload rate, without the transaction layer (tested on its own:
+tests/test_spi_transport.py), so `transport_for` gives a serial port there.
 
 The link's reliability over SPI is firmware/link/spi.py (one implementation for host, board and
 the test peripheral): fixed-size blocks with length, flags and CRC-32, go-back-N acknowledgement.
@@ -31,6 +35,7 @@ import threading
 import time
 
 from firmware.link import spi as spilink
+from host.offload import serial_port
 from host.offload.errors import TransportError
 
 
@@ -86,6 +91,24 @@ def pyftdi_bus(profile, url=None):
         raise TransportError("no FTDI URL: pass --port ftdi://... or set spi.host.ftdi_url")
     return PyftdiBus(url, cs=host.get("cs", 0), clock_hz=spi["clock_hz"], mode=spi.get("mode", 0),
                      data_ready_gpio=host.get("data_ready_gpio", 4), reset_gpio=host.get("reset_gpio"))
+
+
+def _adapter(url):
+    """An ftdi:// URL, or none (the profile's spi.host.ftdi_url): the SPI adapter itself."""
+    return not url or url.startswith("ftdi://")
+
+
+def transport_for(profile, url, *, on_data=None, on_error=None):
+    """The link registry's factory (host/offload/transport.py): SPI through the FTDI adapter,
+    or a serial port where the simulator stands in for the board."""
+    if _adapter(url):
+        return SpiTransport(pyftdi_bus(profile, url), profile["spi"], on_data=on_data, on_error=on_error)
+    return serial_port.transport_for(profile, url, on_data=on_data, on_error=on_error)
+
+
+def serial_settings(profile, url=None):
+    """None for the adapter (no serial port to talk to); the simulator's pty or socket:// otherwise."""
+    return None if _adapter(url) else serial_port.serial_settings(profile, url)
 
 
 class SpiTransport:

@@ -26,9 +26,9 @@ import time
 
 import pytest
 
-from host.testbed import charon as charon_mod
-from host.testbed import ping as pinging
-from host.testbed.netns import VethPair, cleanup_stale, have_root, udp_socket
+from testbed import charon as charon_mod
+from testbed import ping as pinging
+from testbed.netns import VethPair, cleanup_stale, have_root, udp_socket
 
 pytestmark = pytest.mark.strongswan
 
@@ -39,7 +39,7 @@ if not charon_mod.available():
 
 from firmware import esp  # noqa: E402
 from firmware.link import messages as m  # noqa: E402
-from host.dataplane.udp import IkeUdpEndpoint  # noqa: E402
+from host.ike_driver import IkeUdpEndpoint  # noqa: E402
 from host.ike.config import RetransmitPolicy, parse_connections  # noqa: E402
 from host.ike.engine import IkeEngine  # noqa: E402
 from host.ike.events import (  # noqa: E402

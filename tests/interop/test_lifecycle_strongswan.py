@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from host.testbed import charon as charon_mod
-from host.testbed import ping as pinging
-from host.testbed.netns import VethPair, cleanup_stale, have_root, udp_socket
+from testbed import charon as charon_mod
+from testbed import ping as pinging
+from testbed.netns import VethPair, cleanup_stale, have_root, udp_socket
 
 pytestmark = pytest.mark.strongswan
 
@@ -28,13 +28,13 @@ if not have_root():
 if not charon_mod.available():
     pytest.fail("strongSwan charon with kernel-libipsec is not installed", pytrace=False)
 
-from host.dataplane.udp import IkeUdpEndpoint  # noqa: E402
+from host.ike_driver import IkeUdpEndpoint  # noqa: E402
 from host.ike.config import RetransmitPolicy, parse_connections  # noqa: E402
 from host.ike.engine import EngineSettings, IkeEngine  # noqa: E402
 from host.ike.events import (  # noqa: E402
     ChildSaDelete, ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaRekeyed, IkeSaUp,
 )
-from host.testbed.scapy_esp import CAPABILITIES, ScapyEchoDataPath  # noqa: E402
+from testbed.scapy_esp import CAPABILITIES, ScapyEchoDataPath  # noqa: E402
 
 OUR_IP, CHARON_IP = "192.0.2.1", "192.0.2.2"
 OUR_INNER, CHARON_INNER = "198.51.100.1", "203.0.113.1"

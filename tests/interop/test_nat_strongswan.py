@@ -1,6 +1,6 @@
 """NAT traversal through a real NAT (RFC 7296 §2.23, RFC 3948) against strongSwan charon 5.9.8.
 
-A router namespace between our engine and charon (host/testbed/natrouter.py) masquerades the
+A router namespace between our engine and charon (testbed/natrouter.py) masquerades the
 inside host with nftables (`masquerade random`: every new mapping gets a random port), and taps
 every UDP datagram it forwards. Three topologies, one charon each:
 
@@ -38,10 +38,10 @@ import time
 
 import pytest
 
-from host.testbed import charon as charon_mod
-from host.testbed import natrouter
-from host.testbed import ping as pinging
-from host.testbed.netns import cleanup_stale, have_root, udp_socket
+from testbed import charon as charon_mod
+from testbed import natrouter
+from testbed import ping as pinging
+from testbed.netns import cleanup_stale, have_root, udp_socket
 
 pytestmark = pytest.mark.strongswan
 
@@ -53,14 +53,14 @@ if not natrouter.available():
     pytest.fail("nft and conntrack are not installed (apt-get install nftables conntrack; tools/bootstrap.sh)",
                 pytrace=False)
 
-from host.dataplane.udp import IkeUdpEndpoint  # noqa: E402
+from host.ike_driver import IkeUdpEndpoint  # noqa: E402
 from host.ike.config import RetransmitPolicy, parse_connections  # noqa: E402
 from host.ike.constants import NON_ESP_MARKER, ExchangeType, Flag, Notify  # noqa: E402
 from host.ike.engine import EngineSettings, IkeEngine  # noqa: E402
 from host.ike.events import ChildSaDelete, ChildSaInstall, ChildSaUp, IkeSaMoved  # noqa: E402
 from host.ike.message import parse_header, parse_plain  # noqa: E402
-from host.testbed.natrouter import INSIDE, OUTSIDE, ROUTER_OUT  # noqa: E402
-from host.testbed.scapy_esp import CAPABILITIES, ScapyEchoDataPath  # noqa: E402
+from testbed.natrouter import INSIDE, OUTSIDE, ROUTER_OUT  # noqa: E402
+from testbed.scapy_esp import CAPABILITIES, ScapyEchoDataPath  # noqa: E402
 
 OUR_INNER, CHARON_INNER = "198.51.100.1", "203.0.113.1"
 OUR_ID, CHARON_ID = "ours.example", "charon.example"

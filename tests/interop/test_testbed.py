@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from host.testbed.netns import VethPair, cleanup_stale, have_root, ns_exec, run, udp_socket
+from testbed.netns import VethPair, cleanup_stale, have_root, ns_exec, run, udp_socket
 
 pytestmark = pytest.mark.skipif(not have_root(), reason="needs root for network namespaces")
 
@@ -34,7 +34,7 @@ def test_veth_pair_and_sockets_inside():
 
 
 def test_stale_namespaces_of_a_killed_run_are_removed():
-    code = ("from host.testbed.netns import VethPair; import time, subprocess, sys; "
+    code = ("from testbed.netns import VethPair; import time, subprocess, sys; "
             "b = VethPair(); print(b.ns_a, b.ns_b, flush=True); "
             "subprocess.Popen(['ip', 'netns', 'exec', b.ns_b, 'sleep', '60']); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

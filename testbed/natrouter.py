@@ -20,7 +20,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from host.testbed.netns import entered, run, unique_prefix
+from testbed.netns import entered, run, unique_prefix
 
 INSIDE, ROUTER_IN = "192.0.2.1", "192.0.2.2"
 ROUTER_OUT, OUTSIDE = "192.0.2.65", "192.0.2.66"

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 
-from host.testbed.netns import entered
+from testbed.netns import entered
 
 
 class Pinger(threading.Thread):

@@ -21,9 +21,9 @@ import time
 
 from firmware import profiles
 from firmware.sim import control
-from host.testbed import charon as charon_mod
-from host.testbed.netns import VethPair, cleanup_stale
-from host.testbed.ping import Pinger
+from testbed import charon as charon_mod
+from testbed.netns import VethPair, cleanup_stale
+from testbed.ping import Pinger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUR_IP, PEER_IP = "192.0.2.1", "192.0.2.2"
@@ -75,7 +75,7 @@ class DemoBed:
     # ---- set up -----------------------------------------------------------------------------
     def start(self):
         cleanup_stale("ikd")
-        from host.testbed.netns import unique_prefix
+        from testbed.netns import unique_prefix
         inner_a = [OUR_INNER] + ["198.51.100.%d" % (10 + i) for i in range(1, self.nconns)]
         inner_b = [PEER_INNER] + ["203.0.113.%d" % (10 + i) for i in range(1, self.nconns)]
         self.inner_a, self.inner_b = inner_a, inner_b

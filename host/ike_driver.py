@@ -1,8 +1,10 @@
-"""Thin asyncio UDP driver for the IKE engine: ports 500 and 4500 (RFC 7296 §2.11, §2.23).
+"""The IKE engine's asyncio driver: its UDP sockets on ports 500 and 4500 (RFC 7296 §2.11, §2.23)
+and its timer. It is the control plane's I/O; the data path (host/dataplane/) gets the ESP-in-UDP
+that RFC 3948 sends to the same NAT-T port.
 
 * On the NAT-T port (4500) a datagram starting with the 4-byte non-ESP marker is IKE; a single
   0xFF byte is a NAT-keepalive (RFC 3948 §2.3, ignored); anything else is ESP-in-UDP and goes to
-  the ``on_esp(data, addr)`` callback (the data path — later the offload board).
+  the ``on_esp(data, addr)`` callback (the data path, which hands it to a board).
 * IKE sent from the NAT-T port gets the marker prepended (not the engine's NAT-keepalives, which
   are the 0xFF byte alone). A marker on the IKE port is tolerated
   (strongSwan puts one on every packet when it runs on non-standard ports).

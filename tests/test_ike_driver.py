@@ -3,7 +3,7 @@ marker on the NAT-T port, keepalives, and ESP handed to the data-path callback."
 import asyncio
 import socket
 
-from host.dataplane.udp import IkeUdpEndpoint
+from host.ike_driver import IkeUdpEndpoint
 from host.ike.config import parse_connections
 from host.ike.engine import EngineSettings, IkeEngine
 from host.ike.events import ChildSaInstall, ChildSaUp, IkeSaDown, IkeSaUp

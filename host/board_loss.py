@@ -1,0 +1,140 @@
+"""What the daemon does when a board is lost, and the recovery timeline of each loss.
+
+RFC 7296 §2.4: an IKE SA must not outlive the IPsec SA processor its Child SAs depend on. When a
+board resets, hangs or loses SAs, every IKE SA placed on it is dropped — with a Delete to the peer
+if it was established (the IKE SA is still authentic) — nothing more is sent on its Child SAs,
+and the connections that say so (start_action = start, dpd_action = restart) are initiated again
+as soon as a board is ready. Each loss is a BoardIncident: when it was detected, flushed, when the
+board came back, when the new IKE SA and Child SA were up.
+"""
+import logging
+import time
+
+log = logging.getLogger("ikeoffloadd")
+
+INCIDENTS_KEPT = 50
+
+
+class BoardIncident:
+    """One board loss and what the daemon did about it (the recovery timeline)."""
+
+    def __init__(self, board, lost):
+        self.board = board
+        self.reason = lost.reason
+        self.detail = lost.detail
+        self.detected_at = lost.at            # time.monotonic()
+        self.last_ack_at = lost.last_ack_at
+        self.flushed_at = None
+        self.ike_sas = []
+        self.deletes_sent = 0
+        self.ready_at = None
+        self.reinitiated = []                 # (conn, ike_id, at)
+        self.ike_up_at = None
+        self.child_up_at = None
+
+    def as_dict(self):
+        return {"board": self.board, "reason": self.reason, "detail": self.detail,
+                "detected_at": self.detected_at, "last_ack_at": self.last_ack_at,
+                "flushed_at": self.flushed_at, "ike_sas_flushed": len(self.ike_sas),
+                "deletes_sent": self.deletes_sent, "board_ready_at": self.ready_at,
+                "reinitiated": [c for c, _, _ in self.reinitiated],
+                "ike_up_at": self.ike_up_at, "child_up_at": self.child_up_at}
+
+
+class BoardLossRecovery:
+    def __init__(self, engine, call, pool, datapath, *, flush=True, stats=None):
+        """engine: the IkeEngine; call(fn, *args, **kw): runs an engine command and sends what it
+        queued (IkeUdpEndpoint.call); flush: daemon.flush_on_board_loss; stats: the daemon's
+        counters (board_losses, ike_sas_flushed, deletes_sent)."""
+        self.engine = engine
+        self.call = call
+        self.pool = pool
+        self.datapath = datapath
+        self.flush = flush
+        self.stats = stats if stats is not None else {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0}
+        self.incidents = []
+        self._open = {}              # board -> BoardIncident awaiting recovery
+        self._restart_pending = {}   # conn -> (BoardIncident, Child SA names)
+        self._restart_of = {}        # ike_id -> BoardIncident
+
+    def last_incident(self, board):
+        return next((i for i in reversed(self.incidents) if i.board == board), None)
+
+    # ---- a board goes -------------------------------------------------------------------------
+    def board_lost(self, ev, now):
+        """BoardLost from a board's session."""
+        self.stats["board_losses"] += 1
+        return self.flush_board(ev, self.pool.on_event(ev), now)
+
+    def flush_board(self, ev, gone, now):
+        """Drop the IKE SAs ``gone`` that lived on board ``ev.board`` (RFC 7296 §2.4), tell their
+        peers, and re-establish what should come back; returns the incident."""
+        inc = BoardIncident(ev.board, ev)
+        self.incidents.append(inc)
+        del self.incidents[:-INCIDENTS_KEPT]
+        self._open[ev.board] = inc
+        self.datapath.set_usable(ev.board, False)
+        ids = sorted(i for i in gone if self.engine.ike_sa(i) is not None)
+        inc.ike_sas = ids
+        if not self.flush:
+            log.error("board %s lost (%s: %s): %d IKE SA(s) keep running WITHOUT their Child SAs because "
+                      "flush_on_board_loss = false; nothing is sent on them, the peer is not told",
+                      ev.board, ev.reason, ev.detail, len(ids))
+            return inc
+        conns = []
+        for ike_id in ids:
+            sa = self.engine.ike_sa(ike_id)
+            conn = sa.conn.name if sa.conn else None
+            established = sa.established_at is not None
+            children = self.call(self.engine.drop_ike, ike_id,
+                                 reason="board %s lost: %s" % (ev.board, ev.reason), send_delete=established)
+            inc.deletes_sent += 1 if established else 0
+            if conn and sa.conn.remote_host and (sa.conn.start_action == "start" or sa.conn.dpd_action == "restart"):
+                conns.append(conn)
+                self._restart_pending[conn] = (inc, children or None)
+        inc.flushed_at = time.monotonic()
+        self.stats["ike_sas_flushed"] += len(ids)
+        self.stats["deletes_sent"] += inc.deletes_sent
+        log.warning("board %s lost (%s: %s), detected %.0f ms after its last ack: flushed %d IKE SA(s), "
+                    "sent %d Delete(s) in %.1f ms%s", ev.board, ev.reason, ev.detail,
+                    (ev.at - ev.last_ack_at) * 1000 if ev.last_ack_at else 0, len(ids), inc.deletes_sent,
+                    (inc.flushed_at - ev.at) * 1000,
+                    "; re-establishing %s" % ", ".join(conns) if conns else "")
+        self.restart(now)
+        return inc
+
+    # ---- and comes back ---------------------------------------------------------------------
+    def board_ready(self, ev, now):
+        """BoardReady (after the pool saw it): mark the timeline, re-initiate what waits for a board."""
+        inc = self._open.get(ev.board)
+        if inc is not None and inc.ready_at is None:
+            inc.ready_at = ev.at
+        self.restart(now)
+
+    def restart(self, now):
+        if not self._restart_pending or not self.pool.ready_boards():
+            return
+        pending, self._restart_pending = self._restart_pending, {}
+        for conn, (inc, children) in pending.items():
+            ike_id = self.call(self.engine.initiate, conn, child=children, retry=True)
+            inc.reinitiated.append((conn, ike_id, time.monotonic()))
+            self._restart_of[ike_id] = inc
+
+    # ---- the timeline, from the engine's events ---------------------------------------------
+    def ike_sa_up(self, ev):
+        inc = self._restart_of.get(ev.ike_id)
+        if inc is not None and inc.ike_up_at is None:
+            inc.ike_up_at = time.monotonic()
+
+    def child_sa_up(self, ev):
+        inc = self._restart_of.get(ev.ike_id)
+        if inc is not None and inc.child_up_at is None:
+            inc.child_up_at = time.monotonic()
+            log.info("board %s recovery: new Child SA %s up %.0f ms after the loss was detected",
+                     inc.board, ev.name, (inc.child_up_at - inc.detected_at) * 1000)
+            self._open.pop(inc.board, None)
+
+    def ike_sa_down(self, ev):
+        inc = self._restart_of.pop(ev.ike_id, None)
+        if ev.restart_ike_id is not None and inc is not None:
+            self._restart_of[ev.restart_ike_id] = inc    # the engine retries the connection itself

@@ -1,0 +1,145 @@
+"""A Child SA install always ends: the engine gets its answer and the board's slots come back,
+whatever fails on the way (the real BoardClient and BoardPool against the simulated board on a
+pty, host/child_sas.py between them and an answer log standing in for the engine)."""
+import asyncio
+import os
+
+import pytest
+
+from firmware import profiles
+from firmware.link import messages as m
+from host.child_sas import ChildSas
+from host.dataplane.datapath import DataPath
+from host.ike.events import ChildSaInstall
+from host.ike.payloads import TrafficSelector
+from host.offload.client import BoardClient
+from host.offload.pool import BoardPool
+from tests.simboard import SimBoard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLOTS = 8
+
+
+@pytest.fixture
+def small_board(tmp_path):
+    """A simulated board with 8 SA slots: four Child SAs fill it."""
+    prof = tmp_path / "small.toml"
+    text = open(os.path.join(ROOT, "boards", "sim.toml")).read()
+    assert "max_sas = 256" in text
+    prof.write_text(text.replace("max_sas = 256", "max_sas = %d" % SLOTS))
+    s = SimBoard("--profile", str(prof))
+    yield str(prof), s
+    s.close()
+
+
+def selectors(n, first="10.0.0.0"):
+    """n one-address selectors from `first` on."""
+    base = int.from_bytes(bytes(int(x) for x in first.split(".")), "big")
+    out = []
+    for i in range(n):
+        a = ".".join(str(b) for b in (base + i).to_bytes(4, "big"))
+        out.append(TrafficSelector.from_range(a, a))
+    return out
+
+
+def install(handle, local_ts=None, remote_ts=None):
+    return ChildSaInstall(
+        handle=handle, ike_id=1, name="net", protocol=3, mode="tunnel", spi_in=0xC0000000 + handle,
+        spi_out=0xD0000000 + handle, encr=m.ENCR_AES_GCM_16, encr_key_bits=256, integ=0,
+        key_in=bytes(32), salt_in=bytes(4), integ_key_in=b"", key_out=bytes(range(32)), salt_out=bytes(4),
+        integ_key_out=b"", esn=False, local_ts=local_ts or selectors(1, "198.51.100.1"),
+        remote_ts=remote_ts or selectors(1, "203.0.113.1"), local_addr="192.0.2.1", remote_addr="192.0.2.2",
+        encap=True, local_port=4500, remote_port=4500, initiator=True)
+
+
+async def rig(prof, board):
+    pool = BoardPool()
+    client = BoardClient("b0", board.url, profile=profiles.load(prof), period=0.1, misses=5,
+                         on_event=pool.on_event)
+    pool.add("b0", client)
+    await client.start()
+    await client.wait_ready(5)
+    answers = []
+    datapath = DataPath({"b0": client}, lambda esp, addr: None, lambda pkt: None)
+    sas = ChildSas(pool, datapath, lambda handle, ok, reason: answers.append((handle, ok, reason)))
+    return pool, client, sas, answers
+
+
+def test_installs_the_board_refuses_are_answered_and_release_their_slots(small_board):
+    """Selector lists longer than the board holds (MAX_TS each way): the board refuses each (a
+    malformed request) and the board's 8 slots stay free for the next Child SA."""
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            for h in range(1, 5):
+                await asyncio.wait_for(sas.install(install(h, selectors(m.MAX_TS + 1, "10.0.0.1"),
+                                                           selectors(m.MAX_TS + 1, "10.1.0.1"))), 5)
+            assert [(h, ok) for h, ok, _ in answers] == [(h, False) for h in range(1, 5)], answers
+            assert pool.boards["b0"].reserved == 0 and client.sa_count() == 0
+            await asyncio.wait_for(sas.install(install(5)), 5)
+            assert answers[-1] == (5, True, None), answers
+            assert client.sa_count() == 2 and sas.installed(5) is not None
+            assert sas.stats["child_install_failures"] == 4 and sas.stats["child_installs"] == 1
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_a_selector_that_ends_before_it_starts_leaves_nothing_on_the_board(small_board):
+    prof, board = small_board
+    backwards = TrafficSelector.from_range("10.0.0.9", "10.0.0.1")
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            await asyncio.wait_for(sas.install(install(1, remote_ts=[backwards])), 5)
+            assert [(h, ok) for h, ok, _ in answers] == [(1, False)], answers
+            assert client.sa_count() == 0 and pool.boards["b0"].reserved == 0 and sas.installed(1) is None
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_a_board_lost_half_way_is_answered_and_rolled_back(small_board):
+    """The board resets between the two halves: the install fails, the engine hears of it."""
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            add = client.sa_add
+
+            async def add_then_reset(spec):
+                r = await add(spec)
+                if spec.direction == m.DIR_IN:
+                    await client.reset()
+                return r
+            client.sa_add = add_then_reset
+            await asyncio.wait_for(sas.install(install(1)), 10)
+            assert [(h, ok) for h, ok, _ in answers] == [(1, False)], answers
+            assert pool.boards["b0"].reserved == 0 and sas.installed(1) is None
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_a_request_the_board_cannot_parse_is_refused_with_its_status(small_board):
+    """The board answers a request it cannot parse with the status byte alone: the client says
+    so as a refusal (LinkError with the status), not as a reply it failed to decode."""
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            from host.child_sas import sa_specs
+            from host.offload.client import LinkError
+            spec_in, _ = sa_specs(install(1, selectors(m.MAX_TS + 1)), 64)
+            with pytest.raises(LinkError) as e:
+                await asyncio.wait_for(client.sa_add(spec_in), 5)
+            assert e.value.status == m.BAD_REQUEST, e.value
+            assert client.sa_count() == 0
+        finally:
+            await client.close()
+    asyncio.run(go())
