@@ -21,10 +21,11 @@ invalid_spi.py and cookies.py.
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass, field
 
 from . import cookies, followup_ke, fragments, ike_intermediate, informational, invalid_spi, liveness, rekey
 from .child_create import CreateChildTask
-from .config import Connection, EngineSettings, RetransmitPolicy
+from .config import Connection, EngineSettings, RetransmitPolicy, same_connection
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .context import Context, Datagram
 from .events import IkeSaMoved
@@ -37,7 +38,7 @@ from .proposals import OffloadCapabilities
 from .states import ChildSaState, IkeSaState
 from .task import Outcome
 
-__all__ = ["Datagram", "EngineSettings", "IkeEngine"]
+__all__ = ["ConnectionsLoaded", "Datagram", "EngineSettings", "IkeEngine"]
 
 _INIT = int(ExchangeType.IKE_SA_INIT)
 _AUTH = int(ExchangeType.IKE_AUTH)
@@ -54,6 +55,18 @@ RESPONDERS = {
     _INFO: lambda msg: informational.InformationalTask(),
 }
 _DEAD = IkeSaState.DEAD
+
+
+@dataclass
+class ConnectionsLoaded:
+    """What :meth:`IkeEngine.load_connections` did, by connection name; the IKE SAs it deleted
+    and those it initiated, by id."""
+    unchanged: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
+    added: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    deleted: list = field(default_factory=list)
+    initiated: list = field(default_factory=list)
 
 
 class IkeEngine:
@@ -98,13 +111,13 @@ class IkeEngine:
 
     # ================================================================ public API: commands
 
-    def start(self, now: float) -> list[int]:
-        """Initiate every connection with ``start_action = "start"``, with the children marked
-        ``start_action = "start"`` (or its first child if none is), retried per ``keyingtries``.
-        Returns the IKE SA ids."""
+    def start(self, now: float, names=None) -> list[int]:
+        """Initiate every connection with ``start_action = "start"`` (of ``names`` only, if given),
+        with the children marked ``start_action = "start"`` (or its first child if none is),
+        retried per ``keyingtries``. Returns the IKE SA ids."""
         ids = []
         for name, conn in self.connections.items():
-            if conn.start_action != "start":
+            if conn.start_action != "start" or (names is not None and name not in names):
                 continue
             marked = [c for c, cfg in conn.children.items() if cfg.start_action == "start"]
             ids.append(self.initiate(name, now, marked or None, retry=True))
@@ -118,6 +131,51 @@ class IkeEngine:
         established, try again per the connection's ``keyingtries`` (liveness.py). ``start_at``:
         send the first message only then. Returns the IKE SA id."""
         return self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt).ike_id
+
+    def load_connections(self, connections, now: float, start: bool = True) -> ConnectionsLoaded:
+        """Take a new set of connections (a configuration reload, as swanctl --load-all): an
+        unchanged connection keeps its IKE SAs; a removed one's IKE SAs are deleted (a Delete to
+        the peer, §1.4.1); a changed one's are deleted and it is established anew; an added one
+        starts. With ``start`` (False while the driver holds connections back, e.g. until an ESP
+        processor is ready), changed and added connections with ``start_action = "start"`` are
+        initiated, and a changed one that had IKE SAs up comes back with the Child SAs they
+        carried whatever its start_action."""
+        if isinstance(connections, (list, tuple)):
+            connections = {c.name: c for c in connections}
+        old = self.connections
+        out = ConnectionsLoaded()
+        new = {}
+        for name, conn in connections.items():
+            if name not in old:
+                out.added.append(name)
+                new[name] = conn
+            elif same_connection(old[name], conn):
+                out.unchanged.append(name)
+                new[name] = old[name]           # its IKE SAs keep the very object they were made with
+            else:
+                out.changed.append(name)
+                new[name] = conn
+        out.removed = [name for name in old if name not in connections]
+        self.ctx.connections = new
+        self._conn_cache.clear()
+        carried = {}
+        for sa in self.ike_sas():
+            name = sa.conn.name if sa.conn is not None else None
+            if name in out.removed or name in out.changed:
+                if sa.state == IkeSaState.ESTABLISHED:
+                    carried.setdefault(name, liveness.child_names(sa))
+                out.deleted.append(sa.ike_id)
+                self.delete_ike(sa.ike_id, now, "connection %s by a configuration reload"
+                                % ("removed" if name in out.removed else "changed"))
+        if start:
+            out.initiated = self.start(now, set(out.added) | set(out.changed))
+            started = {self.ctx.by_id[i].conn.name for i in out.initiated if i in self.ctx.by_id}
+            for name in out.changed:
+                conn = new[name]
+                if name in carried and name not in started and conn.remote_host is not None:
+                    kids = [c for c in carried[name] if c in conn.children] or None
+                    out.initiated.append(self.initiate(name, now, kids, retry=True))
+        return out
 
     def create_child(self, ike_id: int, child: str, now: float):
         """Negotiate one more Child SA on an established IKE SA (CREATE_CHILD_SA, §1.3.1)."""
