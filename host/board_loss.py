@@ -7,6 +7,7 @@ and the connections that say so (start_action = start, dpd_action = restart) are
 as soon as a board is ready. Each loss is a BoardIncident: when it was detected, flushed, when the
 board came back, when the new IKE SA and Child SA were up.
 """
+import collections
 import logging
 import time
 
@@ -53,6 +54,9 @@ class BoardLossRecovery:
         self.flush = flush
         self.stats = stats if stats is not None else {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0}
         self.incidents = []
+        self.counts = collections.Counter()   # (board, reason) -> incidents, since the start
+        self.on_flushed = None       # on_flushed(incident) and on_recovered(incident): the
+        self.on_recovered = None     # flush and the recovery timings (host/metrics.py)
         self._open = {}              # board -> BoardIncident awaiting recovery
         self._restart_pending = {}   # conn -> (BoardIncident, Child SA names)
         self._restart_of = {}        # ike_id -> BoardIncident
@@ -71,6 +75,7 @@ class BoardLossRecovery:
         peers, and re-establish what should come back; returns the incident."""
         inc = BoardIncident(ev.board, ev)
         self.incidents.append(inc)
+        self.counts[(ev.board, ev.reason)] += 1
         del self.incidents[:-INCIDENTS_KEPT]
         self._open[ev.board] = inc
         self.datapath.set_usable(ev.board, False)
@@ -93,6 +98,8 @@ class BoardLossRecovery:
                 conns.append(conn)
                 self._restart_pending[conn] = (inc, children or None)
         inc.flushed_at = time.monotonic()
+        if self.on_flushed is not None:
+            self.on_flushed(inc)
         self.stats["ike_sas_flushed"] += len(ids)
         self.stats["deletes_sent"] += inc.deletes_sent
         log.warning("board %s lost (%s: %s), detected %.0f ms after its last ack: flushed %d IKE SA(s), "
@@ -102,6 +109,11 @@ class BoardLossRecovery:
                     "; re-establishing %s" % ", ".join(conns) if conns else "")
         self.restart(now)
         return inc
+
+    def forget(self, conns):
+        """Connections a reload removed, or re-establishes itself: none of them is restarted here."""
+        for conn in conns:
+            self._restart_pending.pop(conn, None)
 
     # ---- and comes back ---------------------------------------------------------------------
     def board_ready(self, ev, now):
@@ -130,6 +142,8 @@ class BoardLossRecovery:
         inc = self._restart_of.get(ev.ike_id)
         if inc is not None and inc.child_up_at is None:
             inc.child_up_at = time.monotonic()
+            if self.on_recovered is not None:
+                self.on_recovered(inc)
             log.info("board %s recovery: new Child SA %s up %.0f ms after the loss was detected",
                      inc.board, ev.name, (inc.child_up_at - inc.detected_at) * 1000)
             self._open.pop(inc.board, None)

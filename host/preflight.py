@@ -19,6 +19,7 @@ import stat
 import struct
 
 from firmware.link import keyfile
+from host import config as cfgmod
 from host.control import ControlSocketError, answers
 from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
 
@@ -28,15 +29,23 @@ BY_ID = "/dev/serial/by-id"
 
 
 class Guard:
-    """What the checks hold for the daemon's lifetime: the instance lock and the board locks."""
+    """What the checks hold for the daemon's lifetime: the instance lock and the board ports'
+    locks (by board name: a reload adds and releases them)."""
 
     def __init__(self):
         self.fds = []
+        self.boards = {}
+
+    def release_board(self, name):
+        fd = self.boards.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     def release(self):
-        for fd in self.fds:
+        for fd in self.fds + list(self.boards.values()):
             os.close(fd)
         self.fds = []
+        self.boards = {}
 
 
 def _root():
@@ -52,15 +61,39 @@ def check(cfg, tun=True):
         _ports_free(cfg)
         if tun:
             _tun_free(cfg)
+        _metrics(cfg)
         for i, board in enumerate(cfg.boards):
-            _link_key(cfg, i, board)
-            fd = _board_port(cfg, i, board)
+            fd = check_board(cfg, i, board)
             if fd is not None:
-                guard.fds.append(fd)
+                guard.boards[board.name] = fd
     except BaseException:
         guard.release()
         raise
     return guard
+
+
+def check_board(cfg, i, board, port=True):
+    """A board's link key and (``port``) its port, as at start and for a board a reload adds;
+    returns the fd that holds the port's lock, or None."""
+    _link_key(cfg, i, board)
+    return _board_port(cfg, i, board) if port else None
+
+
+def _metrics(cfg):
+    """The OpenMetrics endpoint needs prometheus_client (the `metrics` extra) and a free port."""
+    if cfg.metrics is None:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise cfg.error("daemon.metrics", "needs the prometheus_client package: pip install "
+                        "'ikeoffload[metrics]' (or remove the setting)") from None
+    host, port = cfgmod.metrics_address(cfg.metrics)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise cfg.error("daemon.metrics", "TCP %s port %d: %s" % (host, port, e.strerror or e)) from None
 
 
 def _instance_lock(cfg):

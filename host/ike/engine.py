@@ -21,6 +21,7 @@ invalid_spi.py and cookies.py.
 from __future__ import annotations
 
 import heapq
+import logging
 from dataclasses import dataclass, field
 
 from . import cookies, followup_ke, fragments, ike_intermediate, informational, invalid_spi, liveness, rekey
@@ -55,6 +56,23 @@ RESPONDERS = {
     _INFO: lambda msg: informational.InformationalTask(),
 }
 _DEAD = IkeSaState.DEAD
+# What the engine logs: messages in and out (debug: exchange, Message ID, SPIs, addresses — never
+# a payload, a key or a secret), commands, malformed input (debug) and internal errors.
+log = logging.getLogger("ikeoffloadd.ike")
+
+
+def _exchange_name(exch):
+    try:
+        return ExchangeType(exch).name
+    except ValueError:
+        return "exchange %d" % exch
+
+
+def describe_header(hdr) -> str:
+    """An IKE header in words, for the log: exchange, request/response, Message ID, SPIs."""
+    return "%s %s #%d [%s_i %s_r]" % (_exchange_name(hdr.exchange),
+                                      "response" if hdr.flags & Flag.RESPONSE else "request", hdr.mid,
+                                      hdr.spi_i.hex(), hdr.spi_r.hex())
 
 
 @dataclass
@@ -130,7 +148,9 @@ class IkeEngine:
         configured child, False for none (childless, RFC 6023). ``retry``: if it fails before it is
         established, try again per the connection's ``keyingtries`` (liveness.py). ``start_at``:
         send the first message only then. Returns the IKE SA id."""
-        return self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt).ike_id
+        ike_id = self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt).ike_id
+        log.debug("initiating %s as IKE SA #%d (attempt %d)", conn_name, ike_id, attempt)
+        return ike_id
 
     def load_connections(self, connections, now: float, start: bool = True) -> ConnectionsLoaded:
         """Take a new set of connections (a configuration reload, as swanctl --load-all): an
@@ -158,6 +178,8 @@ class IkeEngine:
         out.removed = [name for name in old if name not in connections]
         self.ctx.connections = new
         self._conn_cache.clear()
+        log.debug("connections loaded: unchanged %s, changed %s, added %s, removed %s",
+                  out.unchanged, out.changed, out.added, out.removed)
         carried = {}
         for sa in self.ike_sas():
             name = sa.conn.name if sa.conn is not None else None
@@ -207,6 +229,7 @@ class IkeEngine:
         sa = self.ctx.by_id.get(ike_id)
         if sa is None:
             return
+        log.debug("deleting IKE SA #%d: %s", ike_id, reason)
         if sa.state == IkeSaState.ESTABLISHED:
             sa.queue.clear()
             sa.add_task(informational.DeleteIkeTask(reason), now, first=True)
@@ -287,16 +310,26 @@ class IkeEngine:
             return
         try:
             self._receive(data, addr, now, local)
-        except (SyntaxError_, UnsupportedCritical, VersionError):
+        except (SyntaxError_, UnsupportedCritical, VersionError) as e:
             self.stats["malformed"] += 1
+            log.debug("malformed IKE message from %s[%s] dropped: %s", addr[0], addr[1], e.__class__.__name__)
         except Exception:                      # pragma: no cover - a bug; keep the daemon alive
             self.stats["internal_errors"] += 1
             if self.strict:
                 raise
+            log.exception("internal error on an IKE message from %s[%s]", addr[0], addr[1])
 
     def datagrams_to_send(self, now: float | None = None) -> list[Datagram]:
         ctx = self.ctx
         out, ctx.datagrams = ctx.datagrams, []
+        if out and log.isEnabledFor(logging.DEBUG):
+            for d in out:
+                if not d.keepalive:
+                    try:
+                        what = describe_header(parse_header(d.data))
+                    except (SyntaxError_, VersionError):
+                        what = "%d bytes" % len(d.data)
+                    log.debug("sending %s to %s[%s] from port %s", what, d.remote[0], d.remote[1], d.local[1])
         return out
 
     def get_timer(self) -> float | None:
@@ -372,6 +405,8 @@ class IkeEngine:
 
     def _receive(self, data, addr, now, local):
         hdr = parse_header(data)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("received %s from %s[%s]", describe_header(hdr), addr[0], addr[1])
         if local is None:
             local = (self.settings.local_addr or "0.0.0.0", self.settings.port)
         if hdr.exchange == _INIT:

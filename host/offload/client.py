@@ -8,6 +8,7 @@
 Every coroutine's request has a deadline; nothing waits forever.
 """
 import asyncio
+import logging
 import time
 
 from firmware import profiles
@@ -17,6 +18,8 @@ from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
 from host.offload.errors import TransportError
 from host.offload.transport import for_profile
+
+log = logging.getLogger("ikeoffloadd.board")
 
 
 class LinkError(RuntimeError):
@@ -91,7 +94,7 @@ class BoardClient:
         self.transport = transport
         self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
                                     flush_on_open=self.flush_on_open,
-                                    link=LinkClient(**self.link_options))
+                                    link=LinkClient(name="board " + self.name, **self.link_options))
         if transport is None:
             self._reopen_task = self._loop.create_task(self._reopen())
         self._after()
@@ -292,19 +295,26 @@ class BoardClient:
     def _on_transport_error(self, exc):
         if self._closed:
             return
+        log.warning("board %s: %s failed: %s; reopening it every %.0f s", self.name, self.url, exc,
+                    self.reopen_interval)
         self.session.transport_error(str(exc), self._now())
         self._after()
         if self._reopen_task is None or self._reopen_task.done():
             self._reopen_task = self._loop.create_task(self._reopen())
 
     async def _reopen(self):
+        last = None
         while not self._closed:
             await asyncio.sleep(self.reopen_interval)
             try:
                 self.transport = self._make_transport()
                 self.transport.open()
-            except TransportError:
+            except TransportError as e:
+                if str(e) != last:          # said once per cause, not every second
+                    log.info("board %s: %s cannot be opened yet: %s", self.name, self.url, e)
+                    last = str(e)
                 continue
+            log.info("board %s: %s open again", self.name, self.url)
             self.session.reopen(self._now())
             self._after()
             return
