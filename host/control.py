@@ -185,7 +185,10 @@ def follow(path, request):
         if not first.get("ok"):
             raise LookupError(first.get("error", "the daemon closed the connection"))
         for line in f:
-            yield json.loads(line)["event"]
+            msg = json.loads(line)
+            if "event" not in msg:
+                raise LookupError(msg.get("error", "the daemon ended the stream"))
+            yield msg["event"]
 
 
 def call(path, request, timeout=30.0):
@@ -326,14 +329,13 @@ def format_generic(result):
 
 
 def _parser():
-    # --json and --socket are taken before or after the command (their defaults live on the main
-    # parser only: a subcommand that is not given one must not reset it)
+    # --json and --socket are taken before or after the command: no default on either parser (the
+    # parsers share these actions, and a subcommand's default would reset what came before it)
     common = cli.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON (log: one object a line)")
     common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket (default %s)" % DEFAULT_SOCKET)
     ap = cli.ArgumentParser(prog="ikeoffloadctl", description="Control a running ikeoffloadd.", parents=[common])
-    ap.set_defaults(json=False, socket=os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET))
     ap.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -370,6 +372,8 @@ def _parser():
 def main(argv=None):
     ap = _parser()
     args = ap.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.socket = getattr(args, "socket", None) or os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET)
     req = {"cmd": args.cmd}
     for k in ("conn", "board", "ike_id", "child_id", "child", "timeout", "level"):
         if getattr(args, k, None) is not None:

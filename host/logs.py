@@ -51,16 +51,16 @@ class Followers(logging.Handler):
     def __init__(self, backlog=1000):
         super().__init__(logging.DEBUG)
         self.backlog = backlog
-        self.queues = set()
+        self.queues = []
         self.lost = 0
 
     def follow(self):
         q = collections.deque(maxlen=self.backlog)
-        self.queues.add(q)
+        self.queues.append(q)
         return q
 
     def unfollow(self, q):
-        self.queues.discard(q)
+        self.queues = [x for x in self.queues if x is not q]
 
     def emit(self, record):
         if not self.queues:
