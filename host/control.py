@@ -176,19 +176,33 @@ class ControlServer:
 
 
 def follow(path, request):
-    """A following request (`log`): yields each event until the daemon closes the connection."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    """A following request (`log`): connects and checks the daemon's first answer at once (so an
+    unreachable daemon or a refused request raises here), then returns an iterator of the events
+    until the daemon closes the connection; closing the iterator closes the connection."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         s.connect(path)
         s.sendall((json.dumps(request) + "\n").encode())
         f = s.makefile("rb")
         first = json.loads(f.readline() or b"{}")
         if not first.get("ok"):
             raise LookupError(first.get("error", "the daemon closed the connection"))
+    except BaseException:
+        s.close()
+        raise
+    return _events(s, f)
+
+
+def _events(s, f):
+    try:
         for line in f:
             msg = json.loads(line)
             if "event" not in msg:
                 raise LookupError(msg.get("error", "the daemon ended the stream"))
             yield msg["event"]
+    finally:
+        f.close()
+        s.close()
 
 
 def call(path, request, timeout=30.0):

@@ -4,6 +4,7 @@ events that settle it — the IKE SA and its Child SA up, the IKE SAs gone, the 
 — or for ``timeout`` seconds (0: answer at once). A timeout leaves the action running.
 """
 import asyncio
+import collections
 
 from host.ike import events as ike_ev
 
@@ -13,13 +14,22 @@ class Failed(LookupError):
 
 
 class Waiters:
-    """Futures waiting for the engine's events: ``wait(match, timeout)``, where ``match(event)``
-    returns None (not yet) or the result; ``feed(event)`` settles those it matches."""
+    """Futures waiting for the engine's events: ``wait(match, timeout, since)``, where
+    ``match(event)`` returns None (not yet) or the result, or raises Failed; ``feed(event)``
+    settles those it matches. The last ``keep`` events are kept, so that a wait sees those that
+    came between ``mark()`` and the wait (while the command ran)."""
 
-    def __init__(self):
+    def __init__(self, keep=256):
         self._waiting = []
+        self._recent = collections.deque(maxlen=keep)
+        self._seq = 0
+
+    def mark(self):
+        return self._seq
 
     def feed(self, ev):
+        self._seq += 1
+        self._recent.append((self._seq, ev))
         if not self._waiting:
             return
         for item in list(self._waiting):
@@ -34,7 +44,13 @@ class Waiters:
             if r is not None:
                 fut.set_result(r)
 
-    async def wait(self, match, timeout):
+    async def wait(self, match, timeout, since=None):
+        if since is not None:
+            for n, ev in list(self._recent):
+                if n > since:
+                    r = match(ev)
+                    if r is not None:
+                        return r
         fut = asyncio.get_running_loop().create_future()
         item = (match, fut)
         self._waiting.append(item)
@@ -63,6 +79,7 @@ class Operations:
             raise KeyError("no connection %r (known: %s)" % (conn, ", ".join(self.engine.connections) or "none"))
         if child is not None and child not in c.children:
             raise KeyError("connection %s has no child %r (known: %s)" % (conn, child, ", ".join(c.children)))
+        mark = self.waiters.mark()
         try:
             ike_id = self.call(self.engine.initiate, conn, child=child)
         except ValueError as e:
@@ -84,27 +101,28 @@ class Operations:
             if isinstance(ev, ike_ev.IkeSaDown) and ev.ike_id == ike_id:
                 raise Failed("IKE SA #%d for %s failed: %s" % (ike_id, conn, ev.reason))
             return None
-        return await self.waiters.wait(match, timeout)
+        return await self.waiters.wait(match, timeout, mark)
 
     # ---- terminate ----------------------------------------------------------------------------
     async def terminate(self, conn=None, ike_id=None, child_id=None, timeout=30.0):
         """Delete IKE SA ``ike_id``, every IKE SA of ``conn``, or Child SA ``child_id`` (an
         INFORMATIONAL Delete, §1.4.1); done when they are gone."""
+        mark = self.waiters.mark()
         if child_id is not None:
             child = self._child(child_id)
             self.call(self.engine.delete_child, child_id, reason="terminated by operator")
             return await self._gone(lambda ev: isinstance(ev, ike_ev.ChildSaDelete) and ev.handle == child_id,
                                     [child_id], lambda: self._child_or_none(child_id) is None, timeout,
-                                    {"terminated_child": child_id, "ike_id": child.ike.ike_id})
+                                    {"terminated_child": child_id, "ike_id": child.ike.ike_id}, mark)
         ids = self._ike_ids(conn, ike_id)
         for i in ids:
             self.call(self.engine.delete_ike, i, reason="terminated by operator")
         pending = set(i for i in ids if self.engine.ike_sa(i) is not None)
         return await self._gone(lambda ev: isinstance(ev, ike_ev.IkeSaDown) and ev.ike_id in pending,
                                 pending, lambda: not any(self.engine.ike_sa(i) for i in ids), timeout,
-                                {"terminated": ids})
+                                {"terminated": ids}, mark)
 
-    async def _gone(self, is_gone, pending, all_gone, timeout, result):
+    async def _gone(self, is_gone, pending, all_gone, timeout, result, mark):
         pending = set(pending)
         if not timeout or all_gone():
             return result
@@ -113,12 +131,13 @@ class Operations:
             if is_gone(ev):
                 pending.discard(getattr(ev, "handle", None) if isinstance(ev, ike_ev.ChildSaDelete) else ev.ike_id)
             return result if not pending or all_gone() else None
-        return await self.waiters.wait(match, timeout)
+        return await self.waiters.wait(match, timeout, mark)
 
     # ---- rekey --------------------------------------------------------------------------------
     async def rekey(self, conn=None, ike_id=None, child_id=None, timeout=30.0):
         """Rekey IKE SA ``ike_id`` (or every IKE SA of ``conn``; §2.18) or Child SA ``child_id``
         (§1.3.3); done when the successors are up."""
+        mark = self.waiters.mark()
         if child_id is not None:
             self._child(child_id)
             if not self.call(self.engine.rekey_child, child_id):
@@ -128,7 +147,7 @@ class Operations:
                 return {"rekeying_child": child_id}
             return await self.waiters.wait(
                 lambda ev: {"rekeyed_child": child_id, "new_handle": ev.handle}
-                if isinstance(ev, ike_ev.ChildSaUp) and ev.rekey_of == child_id else None, timeout)
+                if isinstance(ev, ike_ev.ChildSaUp) and ev.rekey_of == child_id else None, timeout, mark)
         ids = self._ike_ids(conn, ike_id)
         for i in ids:
             if not self.call(self.engine.rekey_ike, i):
@@ -143,7 +162,7 @@ class Operations:
             elif isinstance(ev, ike_ev.IkeSaDown) and ev.ike_id in ids and ev.replaced_by is None:
                 raise Failed("IKE SA #%d went down while being rekeyed: %s" % (ev.ike_id, ev.reason))
             return {"rekeyed": {str(k): v for k, v in sorted(done.items())}} if len(done) == len(ids) else None
-        return await self.waiters.wait(match, timeout)
+        return await self.waiters.wait(match, timeout, mark)
 
     # ---- lookups ------------------------------------------------------------------------------
     def _ike_ids(self, conn, ike_id):

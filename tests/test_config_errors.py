@@ -155,6 +155,14 @@ BROKEN = [
     ("[connections.gw.children.lan]", "[[connections.gw.children.lan]]", "connections.gw.children.lan",
      "[[connections.gw.children.lan]]"),
     ("rekey_time = 3600", "rekey_time = 3600\n[broken", "<toml>", "[broken"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = { iek = "debug" }', "daemon.log_levels.iek",
+     "log_levels"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = { ike = "loud" }', "daemon.log_levels.ike",
+     "log_levels"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = "debug"', "daemon.log_levels", "log_levels"),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "9466"', "daemon.metrics", "metrics ="),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "localhost:9466"', "daemon.metrics", "metrics ="),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "127.0.0.1:70000"', "daemon.metrics", "metrics ="),
 ]
 
 
