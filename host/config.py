@@ -50,6 +50,7 @@ from host.ike.constants import Integ, Prf, TsType
 from host.ike.proposals import OffloadCapabilities, esp_keyword, filter_child_specs
 from host.logs import LEVELS as LOG_LEVELS
 from host.logs import SUBSYSTEMS
+from host.offload import port_names
 from host.tomlpos import key_lines, line_of
 
 
@@ -227,6 +228,10 @@ def loads(text, path="<config>", base=None):
         except (profiles.ProfileError, OSError, ValueError) as e:
             err(kp + ".profile", str(e))
         _check_port(err, kp + ".port", bd["port"], prof)
+        if port_names.renumbered(bd["port"]):
+            warn(kp + ".port", "%s is numbered in plug order: after a replug or a reboot it may name another "
+                 "device, and the daemon would speak its link protocol to it; name the board by its %s/ "
+                 "link (`ls -l %s/`)" % (bd["port"], port_names.BY_ID, port_names.BY_ID))
         same = ports.get(_port_identity(bd["port"]))
         if same is not None:
             err(kp + ".port", "%s is board[%d]'s port already: one board, one port" % (bd["port"], same))

@@ -63,6 +63,7 @@ class Daemon:
         self.waiters = Waiters()
         self.operations = None
         self.reloader = Reloader(self)
+        self.notify = sdnotify.Notifier({})   # run() makes the one systemd's environment names
         self.metrics = None
         self._tasks = set()
         self.pool = BoardPool()
@@ -112,11 +113,8 @@ class Daemon:
             self.metrics.start()
         self.control = ControlServer(c.control_socket, self._control)
         await self.control.start()
-        for name, client in self.clients.items():
+        for client in self.clients.values():
             await client.start(retry=True)  # HELLO, then SA_FLUSH: a starting daemon flushes its boards
-            if client.transport is None:
-                log.error("board %s: cannot open %s yet; retrying every %.0f s", name, client.url,
-                          client.reopen_interval)
         try:      # give every board a moment; a late one starts the connections when it comes
             await asyncio.wait_for(asyncio.gather(*(cl.wait_ready(5) for cl in self.clients.values()),
                                                   return_exceptions=True), 5)
@@ -160,12 +158,24 @@ class Daemon:
             loop.add_signal_handler(sig, self._stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.start()
-        notify = sdnotify.Notifier()       # systemd Type=notify: READY, STOPPING, watchdog pings
-        notify.ready(loop, "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections)))
+        self.notify = notify = sdnotify.Notifier()   # systemd Type=notify: READY, STOPPING, watchdog pings
+        notify.ready(loop, self._status())
         await self._stopped.wait()
         notify.stopping()
         await self.shutdown()
         notify.close()
+
+    def _status(self):
+        return "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections))
+
+    async def reload(self):
+        """The configuration file again (host/reload.py). systemd hears RELOADING=1 and, when it
+        is over (applied or refused), READY=1 (sd_notify(3))."""
+        self.notify.reloading()
+        try:
+            return await self.reloader.reload()
+        finally:
+            self.notify.reloaded(self._status())
 
     def stop(self):
         self._stopped.set()
@@ -175,7 +185,7 @@ class Daemon:
         everything runs on as it was."""
         async def reload():
             try:
-                await self.reloader.reload()
+                await self.reload()
             except ValueError as e:           # ConfigError: file:line: key: message
                 log.error("reload refused, still running as before: %s", e)
             except Exception:
@@ -340,7 +350,7 @@ class Daemon:
             args = {k: v for k, v in req.items() if k != "cmd" and v is not None}
             return await getattr(self.operations, cmd)(**args)
         if cmd == "reload":
-            return await self.reloader.reload()
+            return await self.reload()
         if cmd == "log":
             if self.followers is None:
                 raise LookupError("this daemon keeps no log to follow")

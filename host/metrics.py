@@ -33,6 +33,7 @@ import logging
 from host import __version__
 from host.config import metrics_address
 from host.control_views import board_counters
+from host.dataplane.datapath import DROP_REASONS
 
 log = logging.getLogger("ikeoffloadd.control")
 
@@ -133,8 +134,9 @@ class DaemonCollector:
         out.append(installs)
         drops = CounterMetricFamily("ikeoffload_host_drops", "packets dropped on the host before a board",
                                     labels=["reason"])
-        for reason, n in sorted(d.datapath.drops().items()):
-            drops.add_metric([reason], n)
+        counted = d.datapath.drops()
+        for reason in sorted(set(DROP_REASONS) | set(counted)):        # every reason, 0 until it happens
+            drops.add_metric([reason], counted.get(reason, 0))
         out.append(drops)
         for name, counters, help_ in (("datapath", d.datapath.stats, "the data path's counters"),
                                       ("ike_engine", d.engine.stats, "the IKE engine's counters")):

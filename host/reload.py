@@ -173,9 +173,6 @@ class Reloader:
             if b.name in changed_b or b.name in added_b:
                 client = d.add_board(b)
                 await client.start(retry=True)
-                if client.transport is None:
-                    log.error("board %s: cannot open %s yet; retrying every %.0f s", b.name, client.url,
-                              client.reopen_interval)
         answer = {"connections": {"unchanged": res.unchanged, "changed": res.changed, "added": res.added,
                                   "removed": res.removed},
                   "boards": {"unchanged": unchanged_b, "changed": changed_b, "added": added_b, "removed": removed_b},

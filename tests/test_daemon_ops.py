@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from host.dataplane.datapath import DROP_REASONS
 from testbed.demo import PSK, DemoBed
 from testbed.ping import Pinger
 
@@ -230,10 +231,18 @@ def test_metrics_show_a_board_loss_after_a_sim_reset(bed):
     assert ("ikeoffload_link_frames_dropped_total", (("board", "b1"), ("reason", "bad_crc"))) in before
     losses = before[("ikeoffload_board_losses_total", board)]
     flushes = before.get(("ikeoffload_board_flush_seconds_count", ()), 0)
+    for reason in DROP_REASONS:                      # every drop reason is there, 0 until it happens
+        assert ("ikeoffload_host_drops_total", (("reason", reason),)) in before, reason
     ids = {i for i, _ in up(bed).values()}
+    p0 = pinger(bed, 0)                             # traffic through the reset: the host drops some of it
     bed.sim(1, "reset")
     wait(lambda: (lambda u: len(u) == 3 and not {i for i, _ in u.values()} & ids)(up(bed)), 10, "recovery")
+    time.sleep(0.3)
+    p0.stop()
     after = scrape(bed)
+    drops = {lab[0][1]: after[(n, lab)] - before[(n, lab)] for n, lab in after if n == "ikeoffload_host_drops_total"}
+    print("\nhost drops during the reset: %s; pings lost %d of %d" % (
+        {k: v for k, v in drops.items() if v}, len(p0.lost), len(p0.sent)))
     assert after[("ikeoffload_board_losses_total", board)] == losses + 1
     assert after[("ikeoffload_board_incidents_total", (("board", "b1"), ("reason", "unsolicited-hello")))] >= 1
     assert after[("ikeoffload_board_flush_seconds_count", ())] == flushes + 1

@@ -87,8 +87,8 @@ def test_reinstall_keeps_the_config_tightens_its_mode_and_sees_spi_boards(tmp_pa
     installer(tmp_path, wheel)
     etc = tmp_path / "etc" / "ikeoffload"
     config = etc / "ikeoffloadd.toml"
-    text = config.read_text().replace('profile = "rp2040-pico"\nport = "/dev/ttyACM0"',
-                                      'profile = "rp2040-pico-spi"\nport = "ftdi://ftdi:232h/1"')
+    pico = 'profile = "rp2040-pico"\nport = "/dev/serial/by-id/usb-MicroPython_Board_in_FS_mode_e6614c311b7e6f35-if00"'
+    text = config.read_text().replace(pico, 'profile = "rp2040-pico-spi"\nport = "ftdi://ftdi:232h/1"')
     assert "rp2040-pico-spi" in text
     text = text.replace('control_socket = "/run/ikeoffload/control.sock"', 'control_socket = "/run/ikeoffload/gw.sock"')
     text = text.replace('# metrics = "127.0.0.1:9466"', 'metrics = "127.0.0.1:9466"')

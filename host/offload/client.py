@@ -17,9 +17,11 @@ from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
 from host.offload.errors import TransportError
+from host.offload.port_names import by_id_advice, port_problem
 from host.offload.transport import for_profile
 
 log = logging.getLogger("ikeoffloadd.board")
+OPEN_REMINDER = 300.0    # seconds between the log lines of a port that stays unopenable for one cause
 
 
 class LinkError(RuntimeError):
@@ -71,6 +73,9 @@ class BoardClient:
         self._ready = asyncio.Event()
         self._reopen_task = None
         self._closed = False
+        self.open_problem = None     # why the port cannot be opened now (None: it is open, or not tried)
+        self.open_failures = 0
+        self._open_said_at = 0.0
         self.ready_at = None
         self.lost = []  # BoardLost history (most recent last)
 
@@ -87,10 +92,11 @@ class BoardClient:
         transport = self._make_transport()
         try:
             transport.open()
-        except TransportError:
+        except TransportError as e:
             if not retry:
                 raise
             transport = None
+            self._cannot_open(e, self._now())
         self.transport = transport
         self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
                                     flush_on_open=self.flush_on_open,
@@ -295,7 +301,8 @@ class BoardClient:
     def _on_transport_error(self, exc):
         if self._closed:
             return
-        log.warning("board %s: %s failed: %s; reopening it every %.0f s", self.name, self.url, exc,
+        log.warning("board %s: %s failed: %s; reopening it every %g s", self.name, self.url,
+                    port_problem(self.url, exc) if getattr(exc, "errno", None) is not None else exc,
                     self.reopen_interval)
         self.session.transport_error(str(exc), self._now())
         self._after()
@@ -303,21 +310,35 @@ class BoardClient:
             self._reopen_task = self._loop.create_task(self._reopen())
 
     async def _reopen(self):
-        last = None
         while not self._closed:
             await asyncio.sleep(self.reopen_interval)
             try:
                 self.transport = self._make_transport()
                 self.transport.open()
             except TransportError as e:
-                if str(e) != last:          # said once per cause, not every second
-                    log.info("board %s: %s cannot be opened yet: %s", self.name, self.url, e)
-                    last = str(e)
+                self._cannot_open(e, self._now())
                 continue
-            log.info("board %s: %s open again", self.name, self.url)
+            log.info("board %s: %s open again%s", self.name, self.url,
+                     " after %d failed tries" % self.open_failures if self.open_failures else "")
+            self.open_problem, self.open_failures = None, 0
             self.session.reopen(self._now())
             self._after()
             return
+
+    def _cannot_open(self, exc, now):
+        """A failed open of the port, logged with its cause in words: when the cause is new or
+        changed, and then every OPEN_REMINDER seconds while it lasts (not every retry)."""
+        problem = port_problem(self.url, exc) if exc.errno is not None else str(exc)
+        self.open_failures += 1
+        if problem != self.open_problem:
+            advice = by_id_advice(self.url)
+            log.warning("board %s: cannot open %s: %s; retrying every %g s%s", self.name, self.url, problem,
+                        self.reopen_interval, "; " + advice if advice else "")
+            self.open_problem, self._open_said_at = problem, now
+        elif now - self._open_said_at >= OPEN_REMINDER:
+            log.warning("board %s: still cannot open %s after %d tries: %s", self.name, self.url,
+                        self.open_failures, problem)
+            self._open_said_at = now
 
     def _after(self):
         """Flush output, deliver events, re-arm the timer: called after every input."""
