@@ -130,9 +130,23 @@ def test_a_bad_file_changes_nothing_and_says_where(bed):
     assert re.search(r"reload refused, still running as before: %s:\d+: <toml>: " % re.escape(bed.config),
                      bed.log_tail(50)), bed.log_tail(50)
     time.sleep(0.5)
+    # a board added on a port that cannot be a serial port: found before anything changes
+    regular = os.path.join(bed.state, "not-a-tty")
+    with open(regular, "w"):
+        pass
+    added = good.replace("[connections.gw0]", '[[board]]\nname = "b9"\nprofile = "%s"\nport = "%s"\nlink_key = "%s"\n\n'
+                         '[connections.gw0]' % (bed.profile, regular, os.path.join(bed.state, "b0.key")), 1)
+    assert 'name = "b9"' in added
+    with open(bed.config, "w") as f:
+        f.write(added)
+    r = ctl(bed, "reload", code=1)
+    where = added.splitlines().index('port = "%s"' % regular) + 1
+    assert "%s:%d: board[1].port: %s is not a serial device" % (bed.config, where, regular) in r.stderr, r.stderr
+    time.sleep(0.5)
     assert up(bed) == before and bed.ctl("list-conns") == conns
+    assert [b["name"] for b in bed.ctl("list-boards")] == ["b0"]
     s = bed.ctl("stats")
-    assert s["reload_failures"] == 2 and s["last_reload"]["ok"] is False
+    assert s["reload_failures"] == 3 and s["last_reload"]["ok"] is False
     with open(bed.config, "w") as f:
         f.write(good)
 

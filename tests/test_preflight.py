@@ -202,3 +202,24 @@ def test_a_board_link_key_must_be_there_ours_alone_and_a_key(tmp_path, pty):
     key.unlink()
     keyfile.create(str(key))
     preflight.check(cfg, tun=False).release()
+
+
+def test_the_metrics_endpoint_needs_its_port_and_prometheus_client(tmp_path, pty, monkeypatch):
+    cfg, text = make_config(tmp_path, pty)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "ikeoffloadd.toml"
+        text = text.replace('listen = "127.0.0.1"\n', 'listen = "127.0.0.1"\nmetrics = "127.0.0.1:%d"\n' % port)
+        path.write_text(text)
+        cfg = config.load(str(path))
+        with pytest.raises(config.ConfigError) as e:
+            preflight.check(cfg, tun=False)
+        assert str(e.value).startswith("%s:%d: daemon.metrics: TCP 127.0.0.1 port %d: Address already in use"
+                                       % (path, line(text, "metrics ="), port)), str(e.value)
+    preflight.check(cfg, tun=False).release()                      # the port is free again
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)     # as where the extra is not installed
+    with pytest.raises(config.ConfigError, match=r"daemon.metrics: needs the prometheus_client package: pip install "
+                       r"'ikeoffload\[metrics\]'"):
+        preflight.check(cfg, tun=False)
