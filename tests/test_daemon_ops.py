@@ -248,11 +248,25 @@ def test_metrics_show_a_board_loss_after_a_sim_reset(bed):
     for reason in DROP_REASONS:                      # every drop reason is there, 0 until it happens
         assert ("ikeoffload_host_drops_total", (("reason", reason),)) in before, reason
     ids = {i for i, _ in up(bed).values()}
+    # the board subsystem down to warnings for the reset (a reload: the tunnels stay as they are)
+    quiet_board = [DAEMON[0], DAEMON[1].replace('board = "debug"', 'board = "warning"')]
+    bed.write_config(conns=[0, 2, 3], boards=[1], daemon=quiet_board, conn_extra={2: ["dpd_delay = 30"]})
+    assert bed.ctl("reload")["connections"]["unchanged"] == ["gw0", "gw2", "gw3"]
+    assert {i for i, _ in up(bed).values()} == ids
+    with open(bed.daemon_log) as f:
+        mark = len(f.read())
     p0 = pinger(bed, 0)                             # traffic through the reset: the host drops some of it
     bed.sim(1, "reset")
     wait(lambda: (lambda u: len(u) == 3 and not {i for i, _ in u.values()} & ids)(up(bed)), 10, "recovery")
     time.sleep(0.3)
     p0.stop()
+    with open(bed.daemon_log) as f:
+        during = f.read()[mark:]
+    bed.write_config(conns=[0, 2, 3], boards=[1], daemon=DAEMON, conn_extra={2: ["dpd_delay = 30"]})
+    bed.ctl("reload")
+    assert re.search(r" DEBUG +ikeoffloadd\.ike: ", during)
+    assert re.search(r" WARNING +ikeoffloadd: board b1 lost \(", during)
+    assert not re.search(r" (DEBUG|INFO) +ikeoffloadd\.board: ", during), during   # the HELLO of the new boot
     after = scrape(bed)
     drops = {lab[0][1]: after[(n, lab)] - before[(n, lab)] for n, lab in after if n == "ikeoffload_host_drops_total"}
     print("\nhost drops during the reset: %s; pings lost %d of %d" % (
