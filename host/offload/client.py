@@ -8,6 +8,7 @@
 Every coroutine's request has a deadline; nothing waits forever.
 """
 import asyncio
+import errno
 import logging
 import time
 
@@ -331,7 +332,8 @@ class BoardClient:
         problem = port_problem(self.url, exc) if exc.errno is not None else str(exc)
         self.open_failures += 1
         if problem != self.open_problem:
-            advice = by_id_advice(self.url)
+            # a missing device's cause names /dev/serial/by-id/ already
+            advice = by_id_advice(self.url) if exc.errno != errno.ENOENT else None
             log.warning("board %s: cannot open %s: %s; retrying every %g s%s", self.name, self.url, problem,
                         self.reopen_interval, "; " + advice if advice else "")
             self.open_problem, self._open_said_at = problem, now
