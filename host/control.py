@@ -267,6 +267,15 @@ def format_boards(boards, now=None):
             "%.2f ms" % (b["rtt_ms"]) if b.get("rtt_ms") is not None else "-"))
         if b.get("transforms"):
             out.append("  transforms %s" % ", ".join(b["transforms"]))
+        link, hb = b.get("link"), b.get("heartbeats")
+        if link:
+            dropped = ", ".join("%s %d" % kv for kv in sorted(link["frames_dropped"].items()) if kv[1])
+            out.append("  link: %d frames in, %d requests sent, %d retried, %d failed; dropped: %s" % (
+                link["frames"], link.get("sent", 0), link["retries"], link["failed"], dropped or "none"))
+        if hb:
+            srtt = "%.2f ms" % hb["srtt_ms"] if hb["srtt_ms"] is not None else "-"
+            out.append("  heartbeats: %d sent, %d probes, %d periods missed, smoothed RTT %s" % (
+                hb["sent"], hb["probes"], hb["missed"], srtt))
         loss = b.get("last_loss")
         if loss:
             out.append("  last loss %s: %s (%s), %d IKE SAs flushed" % (

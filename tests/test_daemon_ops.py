@@ -217,6 +217,11 @@ def test_ikeoffloadctl_at_swanctls_level(bed):
     b1 = boards[0]
     assert b1["heartbeats"]["sent"] > 0 and b1["heartbeats"]["rtt_ms"] > 0
     assert set(b1["link"]["frames_dropped"]) >= {"bad_crc", "bad_cobs", "bad_version", "auth_bad_tag"}
+    human = ctl(bed, "list-boards").stdout
+    assert re.search(r"\n  link: [1-9]\d* frames in, \d+ requests sent, \d+ retried, \d+ failed; dropped: ",
+                     human), human
+    assert re.search(r"\n  heartbeats: [1-9]\d* sent, \d+ probes, \d+ periods missed, smoothed RTT \d+\.\d\d ms",
+                     human), human
     assert "b1" in bed.ctl("stats")["boards"]
 
 
