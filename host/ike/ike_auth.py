@@ -112,7 +112,7 @@ def established(sa, now: float):
     sa.last_heard = now
     sa.expire_at = None
     sa.attempt = None
-    sa.ctx.leave_half_open(sa)
+    sa.ctx.leave_half_open(sa, now)
     sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
     sa.int_auth_i = sa.int_auth_r = b""
     sa.prev_cipher = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from . import fragments, liveness, reauth
+from . import fragments, liveness, pacing, reauth
 from .constants import ExchangeType, Flag
 from .message import Message
 from .states import ChildSaState, IkeSaState
@@ -161,6 +161,8 @@ class IkeSa:
         self.announced = True               # IkeSaDown only for SAs the driver heard of
         self.invalid_spi_task = None        # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
+        self.pacing = None                  # initiator: None, or waiting for / holding a slot (pacing.py)
+        self.pacing_peer = None             # the peer address its slot is counted for
 
     # -------------------------------------------------------------- identity helpers
 
@@ -186,7 +188,8 @@ class IkeSa:
 
     def kick(self, now: float):
         """Start the next queued exchange if none is running (window size 1, §2.3)."""
-        while self.active is None and self.queue and self.state != IkeSaState.DEAD:
+        while self.active is None and self.queue and self.state != IkeSaState.DEAD and \
+                self.pacing != pacing.WAITING:
             task = self.queue.popleft()
             payloads = task.build(self, now)
             if payloads is None:            # nothing to do after all

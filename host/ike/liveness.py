@@ -153,4 +153,4 @@ def on_start(sa, key, now: float):
         sa.ctx.stats["reopen_not_needed"] += 1
         sa.ctx.destroy(sa, "the peer set it up again itself", now)
         return
-    sa.kick(now)
+    sa.ctx.start_initiation(sa, now)
