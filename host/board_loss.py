@@ -30,7 +30,9 @@ class BoardIncident:
         self.ready_at = None
         self.reinitiated = []                 # (conn, ike_id, at)
         self.ike_up_at = None
-        self.child_up_at = None
+        self.child_up_at = None               # the first re-established connection's Child SA
+        self.recovered = set()                # connections whose Child SA is back
+        self.all_up_at = None                 # ... all of them
 
     def as_dict(self):
         return {"board": self.board, "reason": self.reason, "detail": self.detail,
@@ -38,7 +40,8 @@ class BoardIncident:
                 "flushed_at": self.flushed_at, "ike_sas_flushed": len(self.ike_sas),
                 "deletes_sent": self.deletes_sent, "board_ready_at": self.ready_at,
                 "reinitiated": [c for c, _, _ in self.reinitiated],
-                "ike_up_at": self.ike_up_at, "child_up_at": self.child_up_at}
+                "ike_up_at": self.ike_up_at, "child_up_at": self.child_up_at,
+                "recovered": len(self.recovered), "all_up_at": self.all_up_at}
 
 
 class BoardLossRecovery:
@@ -128,11 +131,22 @@ class BoardLossRecovery:
 
     def child_sa_up(self, ev):
         inc = self._restart_of.get(ev.ike_id)
-        if inc is not None and inc.child_up_at is None:
-            inc.child_up_at = time.monotonic()
+        if inc is None or inc.all_up_at is not None:
+            return
+        now = time.monotonic()
+        if inc.child_up_at is None:
+            inc.child_up_at = now
             log.info("board %s recovery: new Child SA %s up %.0f ms after the loss was detected",
                      inc.board, ev.name, (inc.child_up_at - inc.detected_at) * 1000)
             self._open.pop(inc.board, None)
+        sa = self.engine.ike_sa(ev.ike_id)
+        if sa is not None and sa.conn is not None:
+            inc.recovered.add(sa.conn.name)
+        if len(inc.recovered) >= len(inc.reinitiated):
+            inc.all_up_at = now
+        if inc.all_up_at is not None and len(inc.recovered) > 1:
+            log.info("board %s recovery: all %d connections back %.0f ms after the loss was detected",
+                     inc.board, len(inc.recovered), (now - inc.detected_at) * 1000)
 
     def ike_sa_down(self, ev):
         inc = self._restart_of.pop(ev.ike_id, None)
