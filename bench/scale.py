@@ -41,7 +41,7 @@ def run_case(name, tunnels, peers, boards, resets, say=print):
     try:
         bed.start()
         cpu0 = bed.daemon_cpu()
-        probe = bed.probe(interval=0.5, fast=0.05)
+        probe = bed.probe(interval=0.5, fast=0.1 if tunnels > 100 else 0.05)
         t_watch = time.monotonic()
         probe.watch(range(tunnels), t_watch)
         probe.start()

@@ -51,6 +51,8 @@ class TunnelProbe(threading.Thread):
         self.replies = [dict() for _ in range(n)]      # tunnel -> {seq: reply time}
         self.seq = [0] * n
         self.watch_from = [None] * n                   # watched since (None: not watched)
+        self.watched = [None] * n                      # the last watch's start ...
+        self.answered = [None] * n                     # ... and the reply that ended it
         self.send_errors = 0
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -64,7 +66,8 @@ class TunnelProbe(threading.Thread):
         t = time.monotonic() if t is None else t
         with self._lock:
             for i in tunnels:
-                self.watch_from[i] = t
+                self.watch_from[i] = self.watched[i] = t
+                self.answered[i] = None
                 self._push(i, t)
 
     def _push(self, i, t):
@@ -127,6 +130,7 @@ class TunnelProbe(threading.Thread):
                 w = self.watch_from[i]
                 if w is not None and st >= w:
                     self.watch_from[i] = None       # answered: back to the gentle rate
+                    self.answered[i] = now
 
     # ---- results -----------------------------------------------------------------------------------
     def first_reply_after(self, i: int, t: float):
@@ -140,9 +144,14 @@ class TunnelProbe(threading.Thread):
             return best
 
     def up_after(self, tunnels, t: float) -> dict:
-        """tunnel -> reply time of its first echo sent after ``t`` that was answered (answered ones only)."""
+        """tunnel -> reply time of its first echo sent after ``t`` that was answered (answered ones
+        only); for tunnels watched from ``t`` without looking at every echo."""
         out = {}
         for i in tunnels:
+            if self.watched[i] == t:
+                if self.answered[i] is not None:
+                    out[i] = self.answered[i]
+                continue
             r = self.first_reply_after(i, t)
             if r is not None:
                 out[i] = r[1]

@@ -24,7 +24,7 @@ import subprocess
 import time
 
 from testbed import charon as charon_mod
-from testbed.demo import PSK, DemoBed
+from testbed.demo import PSK, ROOT, DemoBed
 from testbed.netns import VethPair, cleanup_stale, unique_prefix
 
 HUB = "198.18.0.1"
@@ -36,6 +36,17 @@ MAX_TUNNELS = 30000
 # charon's half-open limits when it stands in for many peers (see the module's docstring): above
 # the hub's 64 half-open IKE SAs in all (host/ike/pacing.py)
 MANY_PEERS_HALF_OPEN = 256
+
+
+def hosts(first, n):
+    """n addresses from ``first`` on, skipping those ending in .0 or .255 (a /24's network and
+    broadcast addresses: a peer there is unreachable once a /24 on the same link covers it)."""
+    out, a = [], first
+    while len(out) < n:
+        if int(a) & 0xFF not in (0, 255):
+            out.append(str(a))
+        a += 1
+    return out
 
 
 def ip_batch(ns, lines):
@@ -56,9 +67,9 @@ class ScaleBed(DemoBed):
         self.npeers = tunnels if peers is None else peers
         self.charon_log = charon_log
         self.board_slots = list(boards)
-        self.peer_ips = [str(FIRST_PEER + k) for k in range(self.npeers)]
-        self.inner_a = [str(FIRST_INNER_A + i) for i in range(tunnels)]
-        self.inner_b = [str(FIRST_INNER_B + i) for i in range(tunnels)]
+        self.peer_ips = hosts(FIRST_PEER, self.npeers)
+        self.inner_a = hosts(FIRST_INNER_A, tunnels)
+        self.inner_b = hosts(FIRST_INNER_B, tunnels)
 
     def peer_of(self, i):
         return i % self.npeers
@@ -103,6 +114,20 @@ class ScaleBed(DemoBed):
                 "rekey_time": "0", "reauth_time": "0", "dpd_delay": "0", "unique": "no",
                 "local": {"auth": "psk", "id": self.peer_id(k)}, "remote": {"auth": "psk", "id": HUB_ID},
                 "children": children}
+
+    def start_daemon(self):
+        """The daemon, under cProfile if $IKEO_PROFILE names the output file."""
+        prof = os.environ.get("IKEO_PROFILE")
+        if not prof:
+            return super().start_daemon()
+        import sys
+        self._log = open(self.daemon_log, "a")
+        self.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", self.net.ns_a, sys.executable, "-m", "cProfile", "-o", prof, "-m", "host",
+             "--config", self.config], stdout=self._log, stderr=self._log, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        while not os.path.exists(self.control):
+            time.sleep(0.05)
 
     def write_config(self):
         from firmware import profiles

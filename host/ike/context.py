@@ -57,6 +57,10 @@ class Datagram(NamedTuple):
     keepalive: bool = False
 
 
+def _conn_ids(conn) -> tuple:
+    return (conn.local.id, conn.remote.id)
+
+
 class RateLimits:
     """Token buckets (per source address and in total) for every answer to, or action on, an
     unprotected message (§2.4, §2.21)."""
@@ -107,6 +111,7 @@ class Context:
         self.child_spis: dict[int, object] = {}     # our inbound ESP SPIs in use (None: offered only)
         self._spi_out: dict[int, list] = {}         # peer's inbound SPI -> Child SAs (INVALID_SPI hints)
         self._peers: dict[str, set] = {}            # peer IP -> IKE SAs
+        self._by_conn_ids: dict[tuple, set] = {}    # (local id, remote id) configured -> IKE SAs
         # out
         self.datagrams: list[Datagram] = []
         self.events = deque()
@@ -155,6 +160,29 @@ class Context:
     def register_sa(self, sa: IkeSa):
         self.by_id[sa.ike_id] = sa
         self._peers.setdefault(sa.remote[0], set()).add(sa)
+        if sa.conn is not None:
+            self._by_conn_ids.setdefault(_conn_ids(sa.conn), set()).add(sa)
+
+    def conn_changed(self, sa: IkeSa, old):
+        """``sa`` was given a connection: file it under that connection's identities."""
+        if self.by_id.get(sa.ike_id) is not sa:
+            return                      # not registered (yet): register_sa files it
+        self._unregister_conn(sa, old)
+        if sa.conn is not None:
+            self._by_conn_ids.setdefault(_conn_ids(sa.conn), set()).add(sa)
+
+    def _unregister_conn(self, sa: IkeSa, conn):
+        if conn is None:
+            return
+        group = self._by_conn_ids.get(_conn_ids(conn))
+        if group is not None:
+            group.discard(sa)
+            if not group:
+                del self._by_conn_ids[_conn_ids(conn)]
+
+    def ike_sas_with_conn_ids(self, local_id, remote_id):
+        """The live IKE SAs whose connections have these configured identities."""
+        return self._by_conn_ids.get((local_id, remote_id), ())
 
     def _unregister_peer(self, sa: IkeSa):
         peers = self._peers.get(sa.remote[0])
@@ -282,6 +310,7 @@ class Context:
         self.leave_half_open(sa, now)
         if self.by_id.get(sa.ike_id) is sa:
             del self.by_id[sa.ike_id]
+            self._unregister_conn(sa, sa.conn)
         self._unregister_peer(sa)
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col.new.state != IkeSaState.DEAD and not col.new.announced:

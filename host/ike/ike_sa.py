@@ -107,7 +107,7 @@ class IkeSa:
         self.established_at = None
         self.spi_i = self.spi_r = b"\0" * 8
         # negotiation
-        self.conn = None
+        self._conn = None
         self.candidates = []
         self.chosen = None
         self.prf = None
@@ -165,6 +165,17 @@ class IkeSa:
         self.pacing_peer = None             # the peer address its slot is counted for
 
     # -------------------------------------------------------------- identity helpers
+
+    @property
+    def conn(self):
+        """The connection this IKE SA belongs to (None until one is chosen)."""
+        return self._conn
+
+    @conn.setter
+    def conn(self, conn):
+        old, self._conn = self._conn, conn
+        if old is not conn:
+            self.ctx.conn_changed(self, old)
 
     @property
     def peer_spi(self) -> bytes:
