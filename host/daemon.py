@@ -314,7 +314,8 @@ class Daemon:
                 self.pool.release(ike_id)
             lost = BoardLost(name, "operator", "ikeoffloadctl flush-board", now, client.session.last_ack_at,
                              client.sas())
-            return self.recovery.flush_board(lost, gone, now).as_dict()
+            inc = self.recovery.flush_board(lost, gone, now)
+            return (await self.recovery.flushed(inc)).as_dict()
         if cmd == "stats":
             return stats(self.stats, self.engine, self.child_sas, self.datapath, self.udp, self.recovery,
                          self.started_at)

@@ -59,6 +59,11 @@ class BoardState:
         h = self.hello
         return self.committed() / h.max_sas if h and h.max_sas else 1.0
 
+    def free_slots(self):
+        """SA slots neither in use nor promised."""
+        h = self.hello
+        return max(0, h.max_sas - self.committed()) if h is not None else 0
+
     def has_room(self, n=2):
         h = self.hello
         return h is not None and self.committed() + n <= h.max_sas
