@@ -29,7 +29,8 @@ GOALS = {
     "hub_500_up_10s": "500 peers over two boards: all pass traffic within 10 s from cold",
     "hub_500_back_3s": "... a board reset: all its tunnels pass traffic again within 3 s (p100, every reset)",
     "hub_500_other_board_0_lost": "... the other board's tunnels lose 0 echoes during the reset",
-    "rss_per_ike_sa_20kb": "daemon RSS <= 20 KB per IKE SA with one Child SA (difference over N)",
+    "rss_per_ike_sa_20kb": "daemon RSS <= 20 KB per IKE SA with one Child SA: (RSS with all 500 up - RSS "
+                           "before the first) / 500",
 }
 
 
@@ -41,7 +42,9 @@ def run_case(name, tunnels, peers, boards, resets, say=print):
     try:
         bed.start()
         cpu0 = bed.daemon_cpu()
-        probe = bed.probe(interval=0.5, fast=0.1 if tunnels > 100 else 0.05)
+        out["rss_start_kb"] = bed.daemon_rss_kb()       # configuration loaded, boards opened
+        t_rss = time.monotonic()
+        probe = bed.probe(interval=0.5, fast=0.2 if tunnels > 100 else 0.05)
         t_watch = time.monotonic()
         probe.watch(range(tunnels), t_watch)
         probe.start()
@@ -52,15 +55,18 @@ def run_case(name, tunnels, peers, boards, resets, say=print):
         up = probe.up_after(range(tunnels), t_watch)
         st = bed.ctl("stats")
         t0 = st.get("connections_started_at") or t_watch
+        out["rss_start_before_connections"] = t_rss < t0
         out["up"] = len(up)
         out["up_s"] = (max(up.values()) - t0) if len(up) == tunnels else None
         out["up_p50_s"] = median([t - t0 for t in up.values()])
         out["cpu_ms_per_tunnel"] = (cpu1 - cpu0) * 1000 / tunnels
         time.sleep(1.0)
         out["rss_kb"] = bed.daemon_rss_kb()
-        say("%s: %d/%d tunnels up in %s s (p50 %.2f s), daemon CPU %.2f ms per tunnel, RSS %d KB"
-            % (name, len(up), tunnels, "%.2f" % out["up_s"] if out["up_s"] is not None else "-",
-               out["up_p50_s"], out["cpu_ms_per_tunnel"], out["rss_kb"]))
+        out["rss_per_tunnel_kb"] = (out["rss_kb"] - out["rss_start_kb"]) / tunnels
+        say("%s: %d/%d tunnels up in %s s (p50 %.2f s), daemon CPU %.2f ms per tunnel, RSS %d KB (%d KB "
+            "before: %.1f KB per tunnel)" % (name, len(up), tunnels, "%.2f" % out["up_s"] if out["up_s"] is not None
+                                             else "-", out["up_p50_s"], out["cpu_ms_per_tunnel"], out["rss_kb"],
+                                             out["rss_start_kb"], out["rss_per_tunnel_kb"]))
         out["resets"] = []
         for r in range(resets):
             board = r % len(boards)
@@ -153,11 +159,17 @@ def main(argv=None):
                                                    all(r["other_sent"] > 0 for r in hub["resets"]), lost, 0)
     if one and hub:
         per = (hub["rss_kb"] - one["rss_kb"]) / (hub["tunnels"] - one["tunnels"])
-        cases["rss_per_ike_sa_kb"] = per
-        print("daemon RSS per IKE SA with one Child SA: (%d - %d KB) / (%d - %d) = %.1f KB"
+        cases["rss_per_connection_kb"] = per
+        print("daemon RSS per connection, configuration included: (%d - %d KB) / (%d - %d) = %.1f KB"
               % (hub["rss_kb"], one["rss_kb"], hub["tunnels"], one["tunnels"], per))
+    if hub:
+        ok = hub["rss_start_before_connections"]
+        print("daemon RSS per IKE SA with one Child SA: (%d - %d KB) / %d = %.1f KB%s"
+              % (hub["rss_kb"], hub["rss_start_kb"], hub["tunnels"], hub["rss_per_tunnel_kb"],
+                 "" if ok else " (the first RSS was read after the connections had started)"))
         if hub_n == 500:
-            goals["rss_per_ike_sa_20kb"] = goal(per <= 20.0, round(per, 1), 20.0)
+            goals["rss_per_ike_sa_20kb"] = goal(ok and hub["rss_per_tunnel_kb"] <= 20.0,
+                                                round(hub["rss_per_tunnel_kb"], 1), 20.0)
     report_goals(goals)
     if args.only is None and hub_n == 500:
         print("wrote", write("scale", dict(cases, goals=goals)))

@@ -54,6 +54,7 @@ class TunnelProbe(threading.Thread):
         self.watched = [None] * n                      # the last watch's start ...
         self.answered = [None] * n                     # ... and the reply that ended it
         self.send_errors = 0
+        self.errors = []                               # (time, tunnel, errno) of the last failed sends
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._gen = [0] * n                            # only a tunnel's newest entry in _due counts
@@ -104,8 +105,10 @@ class TunnelProbe(threading.Thread):
         try:
             self.sock.sendmsg([pkt], [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("@I4s4s", 0, src, b"\0" * 4))],
                               0, (dst, 0))
-        except OSError:
+        except OSError as e:
             self.send_errors += 1
+            self.errors.append((now, i, e.errno))
+            del self.errors[:-1000]
         self.sent[i][seq] = now
 
     def _receive(self):

@@ -18,6 +18,10 @@ import subprocess
 log = logging.getLogger("ikeoffloadd")
 
 TUNSETIFF = 0x400454CA
+# Packets the kernel holds for the daemon to read (a TUN device's default is 500): what arrives
+# while the event loop is busy for a moment (a flush of hundreds of IKE SAs, a burst of IKE work)
+# waits here instead of being dropped; the data path's own queues then manage the delay.
+TXQUEUELEN = 2000
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
@@ -77,7 +81,8 @@ class Tun:
             os.close(fd)
             raise TunError("cannot create TUN device %s: %s" % (self.name, _why(e))) from None
         self.fd = fd
-        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "up", key="dataplane.mtu")
+        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "txqueuelen", str(TXQUEUELEN), "up",
+           key="dataplane.mtu")
         ip("rule", "del", "priority", str(self.priority), check=False)
         ip("rule", "add", "priority", str(self.priority), "table", str(self.table), key="dataplane.routing_table")
         self._loop = asyncio.get_running_loop()
