@@ -45,20 +45,13 @@ def run_case(name, tunnels, peers, boards, resets, say=print):
         out["rss_start_kb"] = bed.daemon_rss_kb()       # configuration loaded, boards opened
         t_rss = time.monotonic()
         probe = bed.probe(interval=0.5, fast=0.2 if tunnels > 100 else 0.05)
-        t_watch = time.monotonic()
-        probe.watch(range(tunnels), t_watch)
-        probe.start()
-        deadline = t_watch + 60
-        while time.monotonic() < deadline and len(probe.up_after(range(tunnels), t_watch)) < tunnels:
-            time.sleep(0.05)
+        up = bed.watch_up(probe)
         cpu1 = bed.daemon_cpu()
-        up = probe.up_after(range(tunnels), t_watch)
         st = bed.ctl("stats")
-        t0 = st.get("connections_started_at") or t_watch
-        out["rss_start_before_connections"] = t_rss < t0
+        out["rss_start_before_connections"] = t_rss < st.get("connections_started_at", 0)
         out["up"] = len(up)
-        out["up_s"] = (max(up.values()) - t0) if len(up) == tunnels else None
-        out["up_p50_s"] = median([t - t0 for t in up.values()])
+        out["up_s"] = max(up.values()) if len(up) == tunnels else None
+        out["up_p50_s"] = median(list(up.values()))
         out["cpu_ms_per_tunnel"] = (cpu1 - cpu0) * 1000 / tunnels
         time.sleep(1.0)
         out["rss_kb"] = bed.daemon_rss_kb()
@@ -69,33 +62,18 @@ def run_case(name, tunnels, peers, boards, resets, say=print):
                                              out["rss_start_kb"], out["rss_per_tunnel_kb"]))
         out["resets"] = []
         for r in range(resets):
-            board = r % len(boards)
-            by_board = bed.tunnels_by_board()
-            mine = by_board.get("b%d" % board, [])
-            other = [i for b, ts in by_board.items() if b != "b%d" % board for i in ts]
-            n_inc = len(st["incidents"])
-            t_reset = time.monotonic()
-            probe.watch(mine, t_reset)
             cpu_r0 = bed.daemon_cpu()
-            bed.sim(board, "reset")
-            deadline = t_reset + 30
-            while time.monotonic() < deadline and len(probe.up_after(mine, t_reset)) < len(mine):
-                time.sleep(0.02)
+            res = bed.reset_board(probe, r % len(boards))
             cpu_r1 = bed.daemon_cpu()
-            back = probe.up_after(mine, t_reset)
-            t_end = time.monotonic()
-            time.sleep(1.5)                       # the other board's last echoes get their chance
-            st = bed.ctl("stats")
-            inc = st["incidents"][n_inc] if len(st["incidents"]) > n_inc else {}
-            dts = [t - t_reset for t in back.values()]
-            rec = {"board": "b%d" % board, "tunnels": len(mine), "back": len(back),
-                   "back_p50_s": median(dts), "back_p100_s": max(dts) if len(back) == len(mine) and dts else None,
+            inc, dts, mine = res["incident"], list(res["back"].values()), res["mine"]
+            rec = {"board": res["board"], "tunnels": len(mine), "back": len(dts),
+                   "back_p50_s": median(dts), "back_p100_s": max(dts) if len(dts) == len(mine) and dts else None,
                    "flush_ms": ((inc["flushed_at"] - inc["detected_at"]) * 1000) if inc.get("flushed_at") else None,
-                   "detect_ms": ((inc["detected_at"] - t_reset) * 1000) if inc.get("detected_at") else None,
+                   "detect_ms": ((inc["detected_at"] - res["t_reset"]) * 1000) if inc.get("detected_at") else None,
                    "ike_sas_flushed": inc.get("ike_sas_flushed"), "deletes_sent": inc.get("deletes_sent"),
                    "cpu_ms_per_tunnel": (cpu_r1 - cpu_r0) * 1000 / max(1, len(mine)),
-                   "other_tunnels": len(other), "other_sent": probe.sent_between(other, t_reset, t_end),
-                   "other_lost": probe.lost(other, t_reset, t_end)}
+                   "other_tunnels": len(res["other"]), "other_sent": res["other_sent"],
+                   "other_lost": res["other_lost"]}
             out["resets"].append(rec)
             say("%s: reset of %s: %d/%d tunnels back, p50 %.2f s, p100 %s s; flush %.1f ms; other board: "
                 "%d/%d echoes lost" % (name, rec["board"], rec["back"], rec["tunnels"], rec["back_p50_s"],

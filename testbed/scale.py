@@ -158,6 +158,46 @@ class ScaleBed(DemoBed):
         from testbed.probe import TunnelProbe
         return TunnelProbe(self.net.ns_a, list(zip(self.inner_a, self.inner_b)), interval=interval, fast=fast)
 
+    def watch_up(self, probe, timeout=60.0):
+        """Watch every tunnel (the probe started here) until each answered an echo; returns
+        {tunnel: seconds from the daemon starting its connections to its first answer}."""
+        t = time.monotonic()
+        everything = range(self.nconns)
+        probe.watch(everything, t)
+        if not probe.is_alive():
+            probe.start()
+        deadline = t + timeout
+        while time.monotonic() < deadline and len(probe.up_after(everything, t)) < self.nconns:
+            time.sleep(0.05)
+        t0 = self.ctl("stats").get("connections_started_at") or t
+        return {i: at - t0 for i, at in probe.up_after(everything, t).items()}
+
+    def reset_board(self, probe, board, timeout=30.0, settle=1.5):
+        """Reset simulated board ``board`` (its control socket) and watch its tunnels until each
+        answered an echo sent after the reset. Returns a dict: ``mine`` / ``other`` (the
+        tunnels on that board / the others), ``back`` {tunnel: seconds from the reset to its
+        answer}, ``other_sent`` / ``other_lost`` (echoes on the other tunnels meanwhile, given
+        ``settle`` seconds to be answered) and ``incident`` (the daemon's timeline of the loss)."""
+        by_board = self.tunnels_by_board()
+        name = "b%d" % board
+        mine = by_board.get(name, [])
+        other = [i for b, ts in by_board.items() if b != name for i in ts]
+        before = len(self.ctl("stats")["incidents"])
+        t_reset = time.monotonic()
+        probe.watch(mine, t_reset)
+        self.sim(board, "reset")
+        deadline = t_reset + timeout
+        while time.monotonic() < deadline and len(probe.up_after(mine, t_reset)) < len(mine):
+            time.sleep(0.02)
+        t_end = time.monotonic()
+        back = {i: at - t_reset for i, at in probe.up_after(mine, t_reset).items()}
+        time.sleep(settle)
+        incs = self.ctl("stats")["incidents"]
+        return {"board": name, "mine": mine, "other": other, "back": back, "t_reset": t_reset, "t_end": t_end,
+                "incident": incs[before] if len(incs) > before else {},
+                "other_sent": probe.sent_between(other, t_reset, t_end),
+                "other_lost": probe.lost(other, t_reset, t_end)}
+
     def tunnels_by_board(self):
         """board name -> the tunnels (indexes) whose Child SA is installed there."""
         out = {}
