@@ -63,6 +63,7 @@ class BoardLossRecovery:
         self._open = {}              # board -> BoardIncident awaiting recovery
         self._restart_pending = {}   # conn -> (BoardIncident, Child SA names)
         self._restart_of = {}        # ike_id -> BoardIncident
+        self._restart_soon = False   # a restart() is scheduled
 
     def last_incident(self, board):
         return next((i for i in reversed(self.incidents) if i.board == board), None)
@@ -187,5 +188,11 @@ class BoardLossRecovery:
         inc = self._restart_of.pop(ev.ike_id, None)
         if ev.restart_ike_id is not None and inc is not None:
             self._restart_of[ev.restart_ike_id] = inc    # the engine retries the connection itself
-        if self._restart_pending:
-            self.restart(time.monotonic())              # its SA slots may be what they wait for
+        if self._restart_pending and not self._restart_soon:
+            # its SA slots may be what they wait for: look once after this burst of events
+            self._restart_soon = True
+            asyncio.get_running_loop().call_soon(self._deferred_restart)
+
+    def _deferred_restart(self):
+        self._restart_soon = False
+        self.restart(time.monotonic())

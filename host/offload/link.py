@@ -18,9 +18,10 @@ Two kinds of request share the link:
   `data_frames` / `data_bytes` where the link has no rate (a pty): data frames and urgent ones
   together, since the board's data queue holds both (a bulk frame finding `data_frames` queued
   there is refused BUSY). At least one data request may always be in flight whatever its cost
-  (keep `urgent_frames` below `data_frames`, so that urgent frames never hold every place). A heartbeat therefore waits behind at most `data_budget` of data on the wire
-  in either direction, and the caller (the data path) keeps everything else in its own queue,
-  where it can be dropped early (docs/link-protocol.md, "Control before data").
+  (keep `urgent_frames` below `data_frames`, so that urgent frames never hold every place). A
+  heartbeat therefore waits behind at most `data_budget` of data on the wire in either direction,
+  and the caller (the data path) keeps everything else in its own queue, where it can be dropped
+  early (docs/link-protocol.md, "Control before data").
 - **urgent data** (a frame of small packets: pings, TCP ACKs, DNS): sent once like data, but not
   held back by the data budget — at most `urgent_frames` in flight — so an interactive packet
   does not wait for bulk data to drain (the board works on small frames first, too).
