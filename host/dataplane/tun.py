@@ -22,6 +22,7 @@ TUNSETIFF = 0x400454CA
 # while the event loop is busy for a moment (a flush of hundreds of IKE SAs, a burst of IKE work)
 # waits here instead of being dropped; the data path's own queues then manage the delay.
 TXQUEUELEN = 2000
+TUN_BURST = 1024
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
@@ -127,7 +128,11 @@ class Tun:
 
     def _readable(self):
         pkts = []
-        for _ in range(64):      # drain a burst per wake-up; batching pays on the board link
+        # Drain what waits (up to TUN_BURST) per wake-up: batching pays on the board link, and
+        # what waits here is invisible to the data path's delay management — when the loop is
+        # busy (hundreds of IKE SAs coming back), a small burst per turn would let this queue,
+        # and every tunnel's latency, grow.
+        for _ in range(TUN_BURST):
             try:
                 pkts.append(os.read(self.fd, 65535))
             except (BlockingIOError, InterruptedError):
