@@ -80,7 +80,10 @@ class ScaleBed(DemoBed):
     def sim_args(self, i):
         return ["--max-sas", str(self.board_slots[i])]
 
-    def start(self):
+    def start(self, baseline=False):
+        """Namespaces, boards, charon and the daemon; with ``baseline`` the boards stay silent
+        until the daemon's RSS was read (``rss_baseline_kb``: configuration loaded, boards
+        opened, no IKE SA yet — the connections start when a board is ready)."""
         cleanup_stale("iks")
         self.net = VethPair(unique_prefix("iks"), HUB, self.peer_ips[0])
         a, b = self.net.ns_a, self.net.ns_b
@@ -101,8 +104,15 @@ class ScaleBed(DemoBed):
         for k in range(self.npeers):
             sess.load_conn({"p%d" % k: self._peer_conn(k)})
         self.write_config()
-        self.t_daemon = time.monotonic()
+        if baseline:        # the boards answer nothing until the daemon's RSS was read
+            for i in range(self.nboards):
+                self.sim(i, "hang")
         self.start_daemon()
+        if baseline:
+            time.sleep(0.3)
+            self.rss_baseline_kb = self.daemon_rss_kb()
+            for i in range(self.nboards):
+                self.sim(i, "resume")
 
     def _peer_conn(self, k):
         children = {"t%d" % i: {"local_ts": ["%s/32" % self.inner_b[i]], "remote_ts": ["%s/32" % self.inner_a[i]],
