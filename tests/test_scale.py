@@ -55,3 +55,28 @@ def test_after_a_board_reset_every_tunnel_passes_traffic_within_a_second(bed):
         print("board reset: %d IKE SAs flushed, all %d tunnels back in %.2f s" % (inc["ike_sas_flushed"], N, slowest))
         assert inc["ike_sas_flushed"] == N and inc["deletes_sent"] == N
         assert slowest <= BOUND, sorted(res["back"].values())[-5:]
+
+
+def test_a_lost_boards_tunnels_wait_for_room_rather_than_fail_on_a_full_board():
+    """Two boards of 6 SA slots, 3 tunnels on each: when one resets, the other has no room for
+    its tunnels, so they are re-established when the reset board says HELLO again — on it — and
+    not placed on the full board to fail there and wait out a retry."""
+    from testbed.scale import ScaleBed
+    b = ScaleBed(6, peers=6, boards=(6, 6))
+    probe = None
+    try:
+        b.start()
+        probe = b.probe(interval=0.5, fast=0.05)
+        up = b.watch_up(probe, timeout=15)
+        assert len(up) == 6, b.log_tail()
+        assert sorted(len(ts) for ts in b.tunnels_by_board().values()) == [3, 3]
+        res = b.reset_board(probe, 0, timeout=10, settle=0.3)
+        assert sorted(res["back"]) == sorted(res["mine"]) and len(res["mine"]) == 3, b.log_tail()
+        st = b.ctl("stats")
+        assert st["child_install_failures"] == 0, b.log_tail()
+        assert sorted(b.tunnels_by_board()["b0"]) == sorted(res["mine"])
+        assert max(res["back"].values()) <= BOUND and res["other_lost"] == 0
+    finally:
+        if probe is not None:
+            probe.stop()
+        b.stop()
