@@ -4,7 +4,7 @@ ICMP echo stream through every tunnel (testbed/scale.py, testbed/probe.py).
 
 All 60 must pass traffic within 1 s of the daemon starting its connections, and again within
 1 s of a board reset, every tunnel. Measured on the 2-core development machine with other work
-running: 0.24 s up, 0.24-0.47 s back (`python -m bench.scale --only one_peer`), so the bound
+running: 0.23-0.42 s up, 0.18-0.47 s back (`inv bench --only scale`, this test), so the bound
 leaves twice the worst seen. Without the initiation pacing it was 30 s, charon dropping what
 went beyond its limit. The 500-peer case is the benchmark's (bench/scale.py). Needs root.
 """
