@@ -156,6 +156,7 @@ class Reloader:
         for lost, gone in going.values():
             inc = d.recovery.flush_board(lost, gone - deleted, now)
             flushed += inc.ike_sas
+            await d.recovery.flushed(inc)       # its last slice dropped before the board closes
         for name in going:
             client = d.clients.pop(name)
             if client.ready:
