@@ -5,12 +5,15 @@ checked here in a second, without root: packets through both boards, a board los
 flushed and re-established (RFC 7296 §2.4), the control socket's commands, shutdown, INVALID_SPI,
 ESP from the wrong peer, rekeys, a board's lifetime event."""
 import asyncio
+import logging
 import socket
+import time
 
 import pytest
 
 from firmware.link import messages as m
 from host import child_sas as child_sas_mod
+from host import control
 from host.offload.events import UnknownSpiReport
 from tests.daemon_pair import A_IP, B_IP, packet, run_pair, sim_pair, until
 
@@ -287,5 +290,109 @@ def test_a_soft_lifetime_the_board_reports_rekeys_the_child(tmp_path, sim_boards
         assert p.a.engine.stats["child_soft_expiries"] == 1
         await until(lambda: replaced(p.a, r), 3, "the rekeyed Child SA")
         await client.sa_del(0x51000001, m.DIR_OUT)
+        await p.ping()
+    run_pair(tmp_path, sim_boards, body)
+
+
+def test_ikeoffloadctl_prints_the_daemons_sas_and_boards(tmp_path, sim_boards, capsys):
+    """`ikeoffloadctl list-sas` and `list-boards` over the real control socket, as people read them."""
+    async def body(p):
+        await p.ping(size=184)
+        ra = route(p.a)
+        sock = str(p.a.cfg.control_socket)
+        assert await asyncio.to_thread(control.main, ["--socket", sock, "list-sas"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        (ike,) = p.a.engine.ike_sas()
+        assert out[0] == "gw: #%d, ESTABLISHED, IKEv2, %s_i* %s_r" % (ike.ike_id, ike.spi_i.hex(), ike.spi_r.hex())
+        assert out[1:4] == ["  local  'a.example' @ %s[%d]" % (A_IP, p.a.cfg.natt_port),     # floated to
+                            "  remote 'b.example' @ %s[%d]" % (B_IP, p.b.cfg.natt_port),    # NAT-T's ports
+                            "  aes128gcm16-prfsha256-x25519"]
+        assert out[4].startswith("  established ") and out[4].endswith("s ago, board a0")
+        assert out[5] == "  net: #%d, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-128" % ra.handle
+        assert out[7] == "    in  %08x, %9d bytes, %7d packets" % (ra.spi_in, 0, 0)
+        assert out[8] == "    out %08x, %9d bytes, %7d packets" % (ra.spi_out, 184, 1)
+        assert out[9:] == ["    local  10.1.0.0/24", "    remote 10.2.0.0/24"]
+        assert await asyncio.to_thread(control.main, ["--socket", sock, "list-boards"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == "a0: READY, %s, profile sim" % p.a.sim.url
+        assert out[1].startswith("  boot id %s, up " % p.a.sim_ctl("status")["boot_id"])
+        hello = p.a.daemon.clients["a0"].session.hello
+        cause = {m.RESET_POWER_ON: "power-on", m.RESET_SIM: "simulator"}[hello.reset_cause]
+        assert out[1].endswith("reset cause %s, firmware %s" % (cause, hello.fw_version))
+        assert out[2].startswith("  SAs 2/") and ", IKE SAs 1, heartbeat RTT " in out[2] and out[2].endswith(" ms")
+        assert out[3].startswith("  transforms AES_GCM_16-128/") and out[-1] == "  losses 0"
+    run_pair(tmp_path, sim_boards, body)
+
+
+def test_list_sas_answers_when_the_board_does_not(tmp_path, sim_boards):
+    """A hung board's counters are left out of list-sas (after at most 2 s), not waited for."""
+    async def body(p):
+        await p.ping()
+        p.a.sim_ctl("hang")
+        try:
+            r = await p.a.ctl("list-sas")
+            (sa,) = r["result"]
+            (child,) = sa["children"]
+            assert child["packets_out"] == 0 and child["state"] == "INSTALLED"   # no counters to show
+        finally:
+            p.a.sim_ctl("resume")
+        await until(lambda: p.a.daemon.stats["board_losses"] == 1, 3, "the hung board declared lost")
+    run_pair(tmp_path, sim_boards, body, flush=False)
+
+
+def test_a_board_that_hangs_as_the_daemon_stops_does_not_hold_the_stop_up(tmp_path, sim_boards):
+    async def body(p):
+        p.a.sim_ctl("hang")
+        try:
+            t0 = time.monotonic()
+            await p.a.daemon.shutdown()          # the Delete is answered; the board's SA_FLUSH is not
+            took = time.monotonic() - t0
+            p.a.daemon.udp = None
+        finally:
+            p.a.sim_ctl("resume")
+        assert took < 2.5 and not p.a.engine.ike_sas()
+        await until(lambda: not p.b.engine.ike_sas(), 3, "b told")
+        assert len(spis_on_board(p.a)) == 2      # never flushed: the next start flushes it
+    run_pair(tmp_path, sim_boards, body)
+
+
+def test_an_ike_sa_whose_peer_does_not_answer_the_delete_is_dropped_at_shutdown(tmp_path, sim_boards):
+    async def body(p):
+        p.b.daemon.udp.close()                   # b hears nothing more
+        t0 = time.monotonic()
+        await p.a.daemon.shutdown()
+        took = time.monotonic() - t0
+        p.a.daemon.udp = None
+        assert 1.9 < took < 4.0, took            # two seconds for the Delete's answer, then dropped
+        assert not p.a.engine.ike_sas() and spis_on_board(p.a) == set()
+    run_pair(tmp_path, sim_boards, body)
+
+
+def test_the_responders_board_gone_refuses_the_child_sa_and_its_return_brings_it(tmp_path, sim_boards, caplog):
+    """A Child SA needs a board (RFC 7296 §2.4): b's board hung (its IKE SA flushed, a told), a
+    new initiation from a gets its IKE SA but the Child SA is refused (b's board runs no
+    transform); once b's board is back, a new initiation carries traffic again."""
+    caplog.set_level(logging.WARNING, logger="ikeoffloadd")
+
+    async def body(p):
+        p.b.sim_ctl("hang")
+        try:
+            await until(lambda: p.b.daemon.stats["board_losses"] == 1, 3, "b's board lost")
+            await until(lambda: not p.a.engine.ike_sas(), 3, "a told")
+            assert (await p.a.ctl("initiate", conn="gw"))["ok"]
+            await until(lambda: p.a.engine.ike_sas() and p.a.engine.ike_sas()[0].established_at is not None
+                        and not p.a.children(), 5, "a's new IKE SA, without a Child SA")
+            (ike,) = [sa.ike_id for sa in p.a.engine.ike_sas()]
+            await until(lambda: "Child SA net of IKE SA #%d failed: peer did not create the Child SA: "
+                        "NO_PROPOSAL_CHOSEN" % ike in caplog.text, 3, "the Child SA failure logged")
+            assert not p.b.children() and spis_on_board(p.a) == set()
+        finally:
+            p.b.sim_ctl("resume")
+        await until(lambda: p.b.daemon.clients["b0"].ready, 3, "b's board back")
+        for s in p.a.engine.ike_sas():
+            await p.a.ctl("terminate", ike_id=s.ike_id)
+        await until(lambda: not p.a.engine.ike_sas(), 3, "a's IKE SA gone")
+        assert (await p.a.ctl("initiate", conn="gw"))["ok"]
+        await p.up()
         await p.ping()
     run_pair(tmp_path, sim_boards, body)
