@@ -6,6 +6,7 @@ flushed and re-established (RFC 7296 §2.4), the control socket's commands, shut
 ESP from the wrong peer, rekeys, a board's lifetime event."""
 import asyncio
 import logging
+import os
 import socket
 import time
 
@@ -15,7 +16,7 @@ from firmware.link import messages as m
 from host import child_sas as child_sas_mod
 from host import control
 from host.offload.events import UnknownSpiReport
-from tests.daemon_pair import A_IP, B_IP, packet, run_pair, sim_pair, until
+from tests.daemon_pair import A_IP, B_IP, DaemonPair, packet, run_pair, sim_pair, until
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +397,39 @@ def test_the_responders_board_gone_refuses_the_child_sa_and_its_return_brings_it
         await p.up()
         await p.ping()
     run_pair(tmp_path, sim_boards, body)
+
+
+class LateBoard:
+    """A board whose device appears only later (plugged in after the daemon started): a path
+    that becomes a link to the simulated board's pty."""
+
+    def __init__(self, sim, path):
+        self.sim, self.url, self.link_key_path = sim, str(path), sim.link_key_path
+
+    def plug_in(self):
+        os.symlink(self.sim.url, self.url)
+
+
+def test_a_board_plugged_in_after_the_start_starts_the_connections(tmp_path, sim_boards, caplog):
+    """No board at start: the daemon waits for one (5 s), logs it, and the connections
+    (start_action = start) start when the board comes, not before."""
+    late = LateBoard(sim_boards[0], tmp_path / "ttyLATE")
+
+    async def go():
+        pair = DaemonPair(tmp_path, [late, sim_boards[1]])
+        try:
+            await pair.b.start()
+            loop = asyncio.get_running_loop()
+            loop.call_later(5.5, late.plug_in)
+            t0 = time.monotonic()
+            await pair.a.start()
+            assert 4.5 < time.monotonic() - t0 < 5.5            # waited for it, then went on
+            assert not pair.a.daemon.clients["a0"].ready and not pair.a.engine.ike_sas()
+            assert (await pair.a.ctl("list-boards"))["result"][0]["state"] == "opening"
+            assert "board a0: cannot open %s yet; retrying every 1 s" % late.url in caplog.text
+            assert "no board ready yet: connections start when one is" in caplog.text
+            await pair.up(timeout=5)
+            await pair.ping()
+        finally:
+            await pair.stop()
+    asyncio.run(go())
