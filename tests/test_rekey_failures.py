@@ -315,3 +315,20 @@ def test_ike_rekey_response_with_a_key_share_of_another_group_is_not_accepted():
     assert sa_a in a.ike_sas() and only_child(sa_a) is not None
     assert any("unacceptable IKE SA rekey response" in w.text for w in kinds(net.events[A], IkeWarning))
     assert 1.0 + 3.0 <= sa_a.timers[("ike_rekey",)] <= 1.0 + 6.0
+
+
+def test_an_ike_sa_whose_reauthentication_keeps_failing_ends_at_its_hard_lifetime():
+    """§2.8: reauth_time + over_time is the IKE SA's hard end when it is reauthenticated, not
+    rekeyed; a reauthentication that never gets through cannot keep it alive past that."""
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 extra={"reauth_time": 10, "rekey_time": 0, "over_time": 8, "rand_time": 0}),
+                     retransmit=RetransmitPolicy(timeout=0.5, base=2.0, tries=2))
+    a.settings.retry_delay = 4.0
+    sa_a, sa_b = up(a, b, net)
+    net.loss = lambda d: parse_header(d.data).exchange == ExchangeType.IKE_SA_INIT
+    advance(net, 0.0, 17.9)
+    assert sa_a in a.ike_sas() and a.stats["reauths_failed"] >= 1 and a.stats["ike_hard_expiries"] == 0
+    advance(net, 17.9, 18.5)
+    assert a.stats["ike_hard_expiries"] == 1 and sa_a not in a.ike_sas() and sa_b not in b.ike_sas()
+    (down,) = [e for e in kinds(net.events[A], IkeSaDown) if e.ike_id == sa_a.ike_id]
+    assert "lifetime expired" in down.reason
