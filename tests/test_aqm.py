@@ -82,7 +82,7 @@ def test_the_dropping_state_ends_when_the_queue_drains_or_its_delay_falls_below_
     standing queue waits a whole interval before its first drop again."""
     q = CoDel(target=0.03, interval=0.3)
     drops = []
-    for i in range(6):
+    for _ in range(6):
         q.push(item(at=0.0))
     assert q.pop(0.1, drops.append) is not None and not q.dropping        # above target: timer set
     assert q.pop(0.5, drops.append) is not None and q.dropping and len(drops) == 1
@@ -92,7 +92,7 @@ def test_the_dropping_state_ends_when_the_queue_drains_or_its_delay_falls_below_
     assert len(q) == 0 and not q.dropping and q.pop(5.0, drops.append) is None
     n = len(drops)
     # a fresh standing queue: one more interval before CoDel drops again
-    for i in range(8):
+    for _ in range(8):
         q.push(item(at=6.0))
     assert q.pop(6.1, drops.append) is not None and q.pop(6.3, drops.append) is not None
     assert len(drops) == n and not q.dropping
