@@ -351,7 +351,7 @@ def test_a_board_that_hangs_as_the_daemon_stops_does_not_hold_the_stop_up(tmp_pa
             p.a.daemon.udp = None
         finally:
             p.a.sim_ctl("resume")
-        assert took < 2.5 and not p.a.engine.ike_sas()
+        assert took < 3.0 and not p.a.engine.ike_sas()      # the flush waits 2 s at most
         await until(lambda: not p.b.engine.ike_sas(), 3, "b told")
         assert len(spis_on_board(p.a)) == 2      # never flushed: the next start flushes it
     run_pair(tmp_path, sim_boards, body)
@@ -364,7 +364,8 @@ def test_an_ike_sa_whose_peer_does_not_answer_the_delete_is_dropped_at_shutdown(
         await p.a.daemon.shutdown()
         took = time.monotonic() - t0
         p.a.daemon.udp = None
-        assert 1.9 < took < 4.0, took            # two seconds for the Delete's answer, then dropped
+        # two seconds for the Delete's answer, then dropped; the board's flush waits 2 s at most
+        assert 1.9 < took < 5.0, took
         assert not p.a.engine.ike_sas() and spis_on_board(p.a) == set()
     run_pair(tmp_path, sim_boards, body)
 
