@@ -13,6 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from host import config as cfgmod
 from host.dataplane.datapath import DROP_REASONS
 from tests.daemon_pair import DaemonPair, sim_pair, until
+from tests.simboard import SimBoard
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,37 @@ def test_metrics_before_and_after_a_board_reset(tmp_path, sim_boards):
         assert after[("ikeoffload_ike_sas_flushed_total", ())] == 1
         assert after[("ikeoffload_deletes_sent_total", ())] == 1
     run(pair, body)
+
+
+def test_reload_adds_a_board_and_removes_the_one_that_carried_the_tunnel(tmp_path, sim_boards):
+    """A board added is opened and used; the board removed has its IKE SA flushed as on a loss
+    (a Delete to the peer) and the connection comes back on the board that stays."""
+    extra = SimBoard()
+    pair, path = pair_with(tmp_path, sim_boards, lambda t: t)
+    good = path.read_text()
+    a1 = '[[board]]\nname = "a1"\nprofile = "sim"\nport = "%s"\nlink_key = "%s"\n\n[ike]' % (
+        extra.url, extra.link_key_path)
+
+    async def body(p):
+        (first,) = [sa.ike_id for sa in p.a.engine.ike_sas()]
+        path.write_text(good.replace("[ike]", a1, 1))
+        r = await p.a.ctl("reload")
+        assert r["ok"] and r["result"]["boards"]["added"] == ["a1"] and r["result"]["boards"]["unchanged"] == ["a0"]
+        await until(lambda: p.a.daemon.clients["a1"].ready, 5, "a1 ready")
+        assert [sa.ike_id for sa in p.a.engine.ike_sas()] == [first]
+        a0 = good.split("[[board]]")[1].split("[ike]")[0]
+        path.write_text(good.replace("[[board]]" + a0, "").replace("[ike]", a1, 1))
+        r = await p.a.ctl("reload")
+        assert r["ok"] and r["result"]["boards"]["removed"] == ["a0"] and r["result"]["ike_sas_flushed"] == [first]
+        await until(lambda: [sa for sa in p.a.engine.ike_sas() if sa.established_at] and p.a.children(), 5,
+                    "the tunnel back on a1")
+        assert p.a.daemon.pool.owner_of(p.a.engine.ike_sas()[0].ike_id).name == "a1"
+        assert sorted(p.a.daemon.clients) == ["a1"] and p.a.sim_ctl("sad")["sas"] == []     # a0 flushed, let go
+        await p.up()
+        await p.ping()
+        inc = (await p.a.ctl("stats"))["result"]["incidents"][-1]
+        assert inc["board"] == "a0" and inc["reason"] == "removed" and inc["deletes_sent"] == 1
+    try:
+        run(pair, body)
+    finally:
+        extra.close()
