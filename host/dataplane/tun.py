@@ -2,15 +2,14 @@
 
 Packets the kernel routes into the device come out of read() as whole IP packets (IFF_NO_PI:
 no packet-information header); decrypted inner packets written to it enter the kernel's stack.
-Routes to remote traffic selectors go through the device in a routing table of its own, with
-an `ip rule` — the way strongSwan's libipsec does it — so the router's main table is untouched.
+The device's MTU, its routes and the policy rules that lead to them are set over rtnetlink by
+host/dataplane/tun_routes.py, without blocking the event loop.
 """
 import asyncio
 import errno
 import fcntl
 import os
 import struct
-import subprocess
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -25,14 +24,6 @@ class TunError(OSError):
         self.key = key
 
 
-def ip(*args, check=True, key="dataplane.tun"):
-    """Run `ip ARGS`; raise TunError with ip's message on failure."""
-    r = subprocess.run(("ip",) + args, capture_output=True, text=True)
-    if check and r.returncode:
-        raise TunError("ip %s: %s" % (" ".join(args), r.stderr.strip()), key)
-    return r
-
-
 def _why(e):
     """strerror, and what to do about a permission error (which root does not get)."""
     if e.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
@@ -45,13 +36,9 @@ def _why(e):
 
 
 class Tun:
-    def __init__(self, name="ikeo0", mtu=1400, table=220, priority=220):
+    def __init__(self, name="ikeo0"):
         self.name = name
-        self.mtu = mtu
-        self.table = table
-        self.priority = priority
         self.fd = None
-        self.routes = set()
         self._loop = None
         self._on_packets = None
         self.rx = 0
@@ -70,9 +57,6 @@ class Tun:
             os.close(fd)
             raise TunError("cannot create TUN device %s: %s" % (self.name, _why(e))) from None
         self.fd = fd
-        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "up", key="dataplane.mtu")
-        ip("rule", "del", "priority", str(self.priority), check=False)
-        ip("rule", "add", "priority", str(self.priority), "table", str(self.table), key="dataplane.routing_table")
         self._loop = asyncio.get_running_loop()
         self._on_packets = on_packets
         self._loop.add_reader(fd, self._readable)
@@ -97,27 +81,9 @@ class Tun:
         except OSError:
             self.tx_errors += 1
 
-    def add_route(self, cidr, src=None):
-        """Route a remote traffic selector into the tunnel (idempotent)."""
-        if cidr in self.routes:
-            return
-        args = ["route", "replace", cidr, "dev", self.name, "table", str(self.table)]
-        if src:
-            args += ["src", src]
-        ip(*args)
-        self.routes.add(cidr)
-
-    def del_route(self, cidr):
-        if cidr in self.routes:
-            ip("route", "del", cidr, "dev", self.name, "table", str(self.table), check=False)
-            self.routes.discard(cidr)
-
     def close(self):
         if self.fd is None:
             return
-        for cidr in list(self.routes):
-            self.del_route(cidr)
-        ip("rule", "del", "priority", str(self.priority), check=False)
         try:
             self._loop.remove_reader(self.fd)
         except (ValueError, RuntimeError):
