@@ -95,7 +95,7 @@ class OnDemand:
     def child_sa_up(self, ev):
         sa = self.engine.ike_sa(ev.ike_id)
         if sa is not None and sa.conn is not None:
-            self.table.settled(sa.conn.name, ev.name)
+            self.table.settled(sa.conn.name, ev.name, up=True)
 
     def child_sa_failed(self, ev):
         sa = self.engine.ike_sa(ev.ike_id)

@@ -34,12 +34,15 @@ def family_of(net) -> int:
 class Rtnl:
     """One rtnetlink socket of the daemon; ``proto`` tags what it adds."""
 
-    def __init__(self, proto: int):
+    def __init__(self, proto: int, netns: str | None = None):
+        """netns: a named network namespace to work in (tests; the daemon works in its own)."""
         self.proto = proto
+        self.netns = netns
         self._ipr = None
 
     async def open(self):
-        self._ipr = AsyncIPRoute()          # its netlink socket joins the running loop on first use
+        # its netlink socket joins the running loop on first use
+        self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
         return self
 
     def close(self):
@@ -90,7 +93,7 @@ class Rtnl:
                 dst = msg.get("dst") or ("0.0.0.0" if family == socket.AF_INET else "::")
                 try:
                     await self._ipr.route("del", family=family, dst="%s/%d" % (dst, msg["dst_len"]),
-                                          table=msg.get("table"), proto=self.proto)
+                                          table=msg.get("table"), proto=self.proto, scope=msg["scope"])
                     routes += 1
                 except NetlinkError:
                     pass

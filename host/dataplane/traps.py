@@ -12,9 +12,9 @@ next packet will trigger the creation of the new IKE and IPsec SA".
   packets it carries leave through the board's queue like any other packet (its admission, its
   drops); what is still held after ``HOLD_SECONDS`` is dropped (``trap_hold_expired``).
 * Asked once, rate limited: the first held packet triggers the negotiation; while it runs, more
-  packets trigger nothing; a policy asks again at most every ``TRIGGER_INTERVAL`` after its
-  negotiation settled (failed, or the Child SA it brought was narrowed and does not carry these
-  packets), and after ``PENDING_TIMEOUT`` if it never settled.
+  packets trigger nothing; after a failed one a policy asks again at most every
+  ``TRIGGER_INTERVAL``, and after ``PENDING_TIMEOUT`` if it never settled. A negotiation that
+  brought its Child SA up lifts the limit: when that SA goes, the next packet asks at once.
 
 Sans-I/O: every call takes ``now`` (seconds); counters go to the ``stats`` Counter given.
 """
@@ -94,12 +94,15 @@ class TrapTable:
         policy.pending = True
         self.stats["trap_triggers"] += 1
 
-    def settled(self, conn, child):
-        """The negotiation a policy asked for is over (its Child SA is up, or it failed): a packet
-        it still does not carry may ask again (after TRIGGER_INTERVAL)."""
+    def settled(self, conn, child, up=False):
+        """The negotiation a policy asked for is over: a packet it still holds may ask again —
+        after TRIGGER_INTERVAL if it failed, at once if its Child SA came ``up`` (when that SA
+        goes, a board reset for one, the next packet brings the tunnel back without waiting)."""
         p = self.find(conn, child)
         if p is not None:
             p.pending = False
+            if up:
+                p.asked_at = None
 
     def unasked(self, policy):
         """The driver could not start the negotiation (no board ready): the next packet asks."""
