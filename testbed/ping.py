@@ -39,6 +39,7 @@ class Pinger(threading.Thread):
         self.icmp_id = os.getpid() & 0xFFFF
         self.sent = {}      # seq -> monotonic send time
         self.replies = {}   # seq -> monotonic reply time
+        self.send_errors = {}   # seq -> why the kernel refused to send it
         self._halt = threading.Event()
         self.seq = 0
         self.stopped_at = None
@@ -68,8 +69,8 @@ class Pinger(threading.Thread):
                 pkt = struct.pack("!BBHHH", request, 0, csum, self.icmp_id, self.seq) + body
                 try:
                     self.sock.sendto(pkt, (self.dst, 0))
-                except OSError:
-                    pass
+                except OSError as e:          # no route yet, say: counted as lost, the reason kept
+                    self.send_errors[self.seq] = e.strerror or str(e)
                 self.sent[self.seq] = now
                 next_at += self.interval
             try:
@@ -122,7 +123,8 @@ class Pinger(threading.Thread):
         s = f"{len(self.replies)} of {len(self.sent)} echo requests to {self.dst} answered\n"
         for q in self.lost:
             s += f"  icmp_seq {q} sent at {self.sent[q]:.6f}, unanswered; the reply before it at " \
-                 f"{self.replies.get(q - 1)}\n"
+                 f"{self.replies.get(q - 1)}" + (f" (not sent: {self.send_errors[q]})" if q in self.send_errors
+                                                  else "") + "\n"
         return s
 
     def __str__(self):

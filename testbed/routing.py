@@ -21,6 +21,7 @@ import threading
 import time
 
 from firmware import profiles
+from host.config import DaemonConfig
 from testbed import charon as charon_mod
 from testbed.demo import PSK, ROOT, DemoBed
 from testbed.netns import VethPair, cleanup_stale, entered, run, unique_prefix
@@ -63,7 +64,8 @@ def daemon_config(*, control, listen, boards, conn, local_id, remote_id, log_lev
 
 class Tap(threading.Thread):
     """Every IP packet on interface ``ifname`` of namespace ``ns``, either way: (time, version,
-    protocol, src, dst, sport, dport, first 8 payload bytes) — what an observer on the wire sees."""
+    protocol, src, dst, sport, dport, first 8 payload bytes, payload length) — what an observer
+    on the wire sees (the payload: what follows the UDP header, or the IP header otherwise)."""
 
     def __init__(self, ns, ifname):
         super().__init__(daemon=True)
@@ -99,7 +101,8 @@ class Tap(threading.Thread):
         if proto in (6, 17) and len(body) >= 8:
             sport, dport = struct.unpack("!HH", body[:4])
             body = body[8:] if proto == 17 else body
-        return (time.monotonic(), 4 if fam == socket.AF_INET else 6, proto, src, dst, sport, dport, bytes(body[:8]))
+        return (time.monotonic(), 4 if fam == socket.AF_INET else 6, proto, src, dst, sport, dport, bytes(body[:8]),
+                len(body))
 
     def stop(self):
         self._halt.set()
@@ -113,10 +116,11 @@ class RoutingBed(DemoBed):
     outer: the IKE/ESP address family (4 or 6); listen: our listen addresses (default: the outer
     one); ours / theirs: (local_ts, remote_ts) lists of each side; start_action: ours; mode:
     tunnel or transport; peer: "charon" or "ours" (a second ikeoffloadd with its own board);
-    child_rekey / ike_rekey: our rekey times (s, 0: never); dpd: both sides' dpd_delay (s)."""
+    child_rekey / ike_rekey: our rekey times (s, 0: never); dpd, peer_dpd: our and the peer's
+    dpd_delay (s; the peer's defaults to ours)."""
 
     def __init__(self, *, ours, theirs, outer=4, listen=None, start_action="start", mode="tunnel", peer="charon",
-                 child_rekey=0, ike_rekey=0, dpd=0, profile="sim", quiet=True, log_level="info"):
+                 child_rekey=0, ike_rekey=0, dpd=0, peer_dpd=None, profile="sim", quiet=True, log_level="info"):
         super().__init__(quiet=quiet, profile=profile, log_level=log_level)
         self.outer = outer
         self.our_ip, self.peer_ip = OUTER[outer]
@@ -124,6 +128,7 @@ class RoutingBed(DemoBed):
         self.ours, self.theirs = ours, theirs
         self.start_action, self.mode, self.peer = start_action, mode, peer
         self.child_rekey, self.ike_rekey, self.dpd = child_rekey, ike_rekey, dpd
+        self.peer_dpd = dpd if peer_dpd is None else peer_dpd
         self.peer_daemon = None
         self.extra_charons = []
         self.peer_control = os.path.join(self.state, "peer.sock")
@@ -170,7 +175,7 @@ class RoutingBed(DemoBed):
                  "start_action": "none", "rekey_time": "0", "life_time": "0", "rand_time": "0"}
         return {"version": "2", "local_addrs": [self.peer_ip], "remote_addrs": [self.our_ip],
                 "proposals": [IKE_PROPOSAL], "encap": "yes", "mobike": "no", "rekey_time": "0",
-                "reauth_time": "0", "dpd_delay": "%ds" % self.dpd, "unique": "no",
+                "reauth_time": "0", "dpd_delay": "%ds" % self.peer_dpd, "unique": "no",
                 "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
                 "children": {"net": child}}
 
@@ -220,6 +225,24 @@ class RoutingBed(DemoBed):
     def ip(self, *args, ns=None):
         """`ip ARGS` in our namespace (or ``ns``): its output."""
         return run("ip", "-n", ns or self.net.ns_a, *args).stdout
+
+    def routes(self, version):
+        """Our routing table's routes of IP ``version``, as `ip route` lists them."""
+        return self.ip("-%d" % version, "route", "show", "table", str(DaemonConfig.routing_table))
+
+    def wait_routes(self, nets, timeout=5.0):
+        """Until our table has a route to each of ``nets`` ({IP version: [networks as `ip route`
+        names them, "default" for /0]}): routes follow an installed Child SA by a netlink round trip."""
+        deadline = time.monotonic() + timeout
+        while True:
+            have = {v: self.routes(v).split() for v in nets}
+            missing = [(v, n) for v in nets for n in nets[v] if n not in have[v]]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("no route to %s in table %d:\n%s%s" % (
+                    missing, DaemonConfig.routing_table, have, self.log_tail()))
+            time.sleep(0.02)
 
     def peer_log_tail(self, n=30):
         try:
