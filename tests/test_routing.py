@@ -257,9 +257,10 @@ def test_a_charon_in_our_namespace_keeps_its_rules_and_routes_across_our_start_s
 # ---------------------------------------------------------------- transport mode
 
 def test_transport_mode_between_the_gateways_is_protected_on_the_wire():
-    """Both gateways ikeoffloadd (charon's kernel-libipsec runs tunnel mode only, and this kernel
-    has no ESP of its own), each with its board; selectors "dynamic": the gateways' own
-    addresses. The pings between them cross the wire as ESP-in-UDP only."""
+    """Both gateways ikeoffloadd, each with its board: charon 5.9.8's kernel-libipsec refuses a
+    transport-mode SA ("IPsec SA: unsupported mode", then NO_PROPOSAL_CHOSEN), and this kernel has
+    no ESP of its own. Selectors "dynamic": the gateways' own addresses. The pings between them
+    cross the wire as ESP-in-UDP only, in transport mode."""
     b = RoutingBed(peer="ours", mode="transport", ours=(["dynamic"], ["dynamic"]), theirs=(["dynamic"], ["dynamic"]))
     try:
         b.start()
