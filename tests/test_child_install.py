@@ -55,7 +55,7 @@ def install(handle, local_ts=None, remote_ts=None):
 async def rig(prof, board):
     pool = BoardPool()
     client = BoardClient("b0", board.url, profile=profiles.load(prof), period=0.1, misses=5,
-                         on_event=pool.on_event)
+                         on_event=pool.on_event, link_key=board.link_key)
     pool.add("b0", client)
     await client.start()
     await client.wait_ready(5)
