@@ -33,7 +33,8 @@ def test_the_daemon_may_not_block_its_event_loop_on_a_child_process_or_synchrono
     pyproject.toml); the tests, tools and test beds may use them."""
     for line in ("import subprocess", "from subprocess import run", "import os\nos.system('ip rule')",
                  "import os\nos.popen('ip route')", "from pyroute2 import IPRoute",
-                 "import asyncio\nasyncio.create_subprocess_exec('ip')"):
+                 "import asyncio\nasyncio.create_subprocess_exec('ip')",
+                 "import os\nos.posix_spawn('/sbin/ip', [], {})", "import multiprocessing"):
         p = _ruff_stdin("host/dataplane/example.py", line + "\n")
         assert p.returncode == 1 and "TID251" in p.stdout, (line, p.stdout)
     for path in ("tests/example.py", "testbed/example.py", "tools/example.py", "tasks.py"):
