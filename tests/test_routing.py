@@ -111,7 +111,8 @@ def test_full_tunnel_both_families_through_rekeys_loses_nothing(outer, profile, 
 
 def test_listen_on_both_families_and_the_rule_and_routes_of_each():
     """daemon.listen with an IPv4 and an IPv6 address: IKE over IPv6 while the IPv4 sockets stay
-    bound; the daemon's rule in both families, its routes tagged in its own table."""
+    bound; the daemon's rule in both families, its routes tagged in its own table; pings from a
+    protected host and from the router itself."""
     b = RoutingBed(outer=6, listen=[OUTER[4][0], OUTER[6][0]], ours=(LAN_A, LAN_B), theirs=(LAN_B, LAN_A))
     try:
         b.start()
@@ -126,12 +127,15 @@ def test_listen_on_both_families_and_the_rule_and_routes_of_each():
         v6 = b.ip("-6", "route", "show", "table", str(TABLE))
         assert "203.0.113.0/24 dev ikeo0 proto %d src 198.51.100.1" % PROTO in v4, v4
         assert "2001:db8:b::/48 dev ikeo0 proto %d src 2001:db8:a::1" % PROTO in v6, v6
+        # a host behind the router (its address given), and the router's own traffic (none given:
+        # the route's source, asserted above to be inside the local selectors)
         for f in (4, 6):
-            p = Pinger(b.net.ns_a, INNER_A[f], INNER_B[f], interval=0.02, count=20)
-            p.start()
-            wait_for(lambda p=p: len(p.replies) == 20, 5)
-            p.stop()
-            assert p.ok, p.summary()
+            for src in (INNER_A[f], None):
+                p = Pinger(b.net.ns_a, src, INNER_B[f], interval=0.02, count=20)
+                p.start()
+                wait_for(lambda p=p: len(p.replies) == 20, 5)
+                p.stop()
+                assert p.ok, "IPv%d from %s: %s" % (f, src or "the router", p.summary())
     finally:
         b.stop()
 
