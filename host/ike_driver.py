@@ -26,12 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Callable
 
 from host.ike.constants import NON_ESP_MARKER
 
 KEEPALIVE = b"\xff"
 SO_MARK = getattr(socket, "SO_MARK", 36)        # socket(7): Linux's value
+# Bytes the kernel holds for a socket (ESP of hundreds of tunnels, IKE) while the event loop is
+# busy for a moment; the default (about 200 KB) is a few hundred packets.
+RECEIVE_BUFFER = 4 << 20
+# Seconds of IKE work one readable socket may take per turn of the event loop.
+IKE_TURN = 0.005
 
 
 PEERS_REMEMBERED = 65536     # peer address -> our address its IKE SA uses (ESP leaves from there)
@@ -39,6 +45,18 @@ PEERS_REMEMBERED = 65536     # peer address -> our address its IKE SA uses (ESP 
 
 def family_of(ip: str) -> int:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def _receive_buffer(sock):
+    """RECEIVE_BUFFER for ``sock``: beyond net.core.rmem_max where the daemon may (CAP_NET_ADMIN),
+    else as much as the system allows."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, RECEIVE_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class IkeUdpEndpoint:
@@ -76,6 +94,7 @@ class IkeUdpEndpoint:
                 if sock is None:
                     sock = self._bind(ip, port)
                 sock.setblocking(False)
+                _receive_buffer(sock)
                 self._sockets[(ip, port)] = sock
                 self._loop.add_reader(sock.fileno(), self._readable, sock, ip, port)
         self._service()
@@ -153,6 +172,11 @@ class IkeUdpEndpoint:
             self.stats["socket_errors"] += 1
 
     def _readable(self, sock, ip, port):
+        """Read what waits: ESP (cheap, to the data path) and IKE messages (a key exchange each,
+        at worst) until IKE_TURN seconds of work are done; the rest waits for the next turn of
+        the event loop, so that hundreds of IKE SAs coming up at once do not hold up every
+        tunnel's traffic behind them."""
+        t_end = time.perf_counter() + IKE_TURN
         for _ in range(256):
             try:
                 data, addr = sock.recvfrom(65535)
@@ -161,10 +185,12 @@ class IkeUdpEndpoint:
             except OSError:                 # e.g. ICMP port unreachable: retransmissions handle loss
                 self.stats["socket_errors"] += 1
                 break
-            self._received(data, addr[:2], port, batch=True, local_ip=ip)
+            if self._received(data, addr[:2], port, batch=True, local_ip=ip) and time.perf_counter() > t_end:
+                break
         self._service()
 
     def _received(self, data: bytes, addr, port: int, batch: bool = False, local_ip: str | None = None):
+        """One datagram from ``port``; True if it was an IKE message (not ESP or a keepalive)."""
         if port == self.natt_port:
             if data[:4] == NON_ESP_MARKER:
                 data = data[4:]
@@ -181,6 +207,7 @@ class IkeUdpEndpoint:
         self.engine.receive_datagram(data, addr, self.now(), (local_ip or self.local_ip, port))
         if not batch:
             self._service()
+        return True
 
     def _service(self):
         """Send what the engine queued, hand out its events, re-arm the timer."""

@@ -91,7 +91,7 @@ def test_only_our_rules_and_routes_are_touched(ns):
     for fam in ("-4", "-6"):
         rules = seen["rules" + fam].strip().splitlines()
         assert rules == ["%d:\tnot from all fwmark %#x lookup %d proto %d" % (PRIO, MARK, TABLE, PROTO)], rules
-    assert "mtu 1400" in seen["link"] and ",UP" in seen["link"]
+    assert "mtu 1400" in seen["link"] and ",UP" in seen["link"] and "qlen 2000" in seen["link"], seen["link"]
     assert "10.9.0.0/16" not in seen["v4"]                     # the crashed run's route went at start
     # (`ip route show proto N` lists only routes tagged N, and leaves the tag out of each line)
     assert "default dev ikeo0 src 198.51.100.1" in seen["v4"]

@@ -50,13 +50,13 @@ class Rtnl:
             self._ipr.close()
             self._ipr = None
 
-    async def link_up(self, ifname: str, mtu: int) -> int:
-        """Set the MTU of interface ``ifname``, bring it up; its index."""
+    async def link_up(self, ifname: str, mtu: int, txqlen: int) -> int:
+        """Set the MTU and queue length of interface ``ifname``, bring it up; its index."""
         try:
             found = await self._ipr.link_lookup(ifname=ifname)
             if not found:
                 raise TunError("no interface %s" % ifname)
-            await self._ipr.link("set", index=found[0], mtu=mtu, state="up")
+            await self._ipr.link("set", index=found[0], mtu=mtu, txqlen=txqlen, state="up")
         except NetlinkError as e:
             raise TunError("interface %s: mtu %d, up: %s" % (ifname, mtu, e.args[1] if len(e.args) > 1 else e),
                            "dataplane.mtu") from None

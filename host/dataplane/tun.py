@@ -2,8 +2,8 @@
 
 Packets the kernel routes into the device come out of read() as whole IP packets (IFF_NO_PI:
 no packet-information header); decrypted inner packets written to it enter the kernel's stack.
-The device's MTU, its routes and the policy rules that lead to them are set over rtnetlink by
-host/dataplane/tun_routes.py, without blocking the event loop.
+The device's MTU, queue length, its routes and the policy rules that lead to them are set over
+rtnetlink by host/dataplane/tun_routes.py, without blocking the event loop.
 """
 import asyncio
 import errno
@@ -12,6 +12,12 @@ import os
 import struct
 
 TUNSETIFF = 0x400454CA
+# Packets the kernel holds for the daemon to read (a TUN device's default is 500): what arrives
+# while the event loop is busy for a moment (a flush of hundreds of IKE SAs, a burst of IKE work)
+# waits here instead of being dropped; the data path's own queues then manage the delay.
+# (Set with the MTU by host/dataplane/tun_routes.py.)
+TXQUEUELEN = 2000
+TUN_BURST = 1024
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
@@ -63,7 +69,11 @@ class Tun:
 
     def _readable(self):
         pkts = []
-        for _ in range(64):      # drain a burst per wake-up; batching pays on the board link
+        # Drain what waits (up to TUN_BURST) per wake-up: batching pays on the board link, and
+        # what waits here is invisible to the data path's delay management — when the loop is
+        # busy (hundreds of IKE SAs coming back), a small burst per turn would let this queue,
+        # and every tunnel's latency, grow.
+        for _ in range(TUN_BURST):
             try:
                 pkts.append(os.read(self.fd, 65535))
             except (BlockingIOError, InterruptedError):

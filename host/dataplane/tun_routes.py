@@ -23,7 +23,7 @@ import collections
 import logging
 
 from host.dataplane.netlink import FAMILIES
-from host.dataplane.tun import TunError
+from host.dataplane.tun import TXQUEUELEN, TunError
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -56,7 +56,7 @@ class TunRoutes:
     async def start(self):
         """Bring the TUN device up, remove what a crashed run left, add the rules."""
         await self.rtnl.open()
-        self.ifindex = await self.rtnl.link_up(self.ifname, self.mtu)
+        self.ifindex = await self.rtnl.link_up(self.ifname, self.mtu, TXQUEUELEN)
         rules, routes = await self.rtnl.flush_ours()
         if rules or routes:
             log.warning("removed %d rule(s) and %d route(s) a previous run left (routing protocol %d)",
@@ -122,11 +122,14 @@ class TunRoutes:
 
     async def _work(self):
         """Make the kernel's table what ``refs`` says, one network at a time, in order."""
+        addresses = None        # this host's, read once for a burst of changes (hundreds of tunnels)
         while True:
             net = await self._ops.get()
             try:
                 if self.refs.get(net):
-                    src = pick_source(await self.rtnl.addresses(), self.local_nets.get(net, ()), net.version)
+                    if addresses is None:
+                        addresses = await self.rtnl.addresses()
+                    src = pick_source(addresses, self.local_nets.get(net, ()), net.version)
                     if self.installed.get(net, False) != src:
                         await self.rtnl.replace_route(net, self.ifindex, self.table, src)
                         self.installed[net] = src
@@ -141,3 +144,5 @@ class TunRoutes:
                 log.exception("route %s", net)
             finally:
                 self._ops.task_done()
+                if self._ops.empty():
+                    addresses = None
