@@ -29,9 +29,11 @@ from host.offload.events import BoardLost
 log = logging.getLogger("ikeoffloadd")
 
 # Settings bound when the daemon starts: (attribute of DaemonConfig, its key)
-RESTART_KEYS = (("listen", "daemon.listen"), ("control_socket", "daemon.control_socket"),
+RESTART_KEYS = (("listen_addrs", "daemon.listen"), ("control_socket", "daemon.control_socket"),
                 ("metrics", "daemon.metrics"), ("tun", "dataplane.tun"), ("mtu", "dataplane.mtu"),
-                ("routing_table", "dataplane.routing_table"), ("engine", "ike"), ("retransmit", "ike.retransmit"))
+                ("routing_table", "dataplane.routing_table"), ("rule_priority", "dataplane.rule_priority"),
+                ("fwmark", "dataplane.fwmark"), ("route_protocol", "dataplane.route_protocol"),
+                ("engine", "ike"), ("retransmit", "ike.retransmit"))
 
 
 def restart_needed(old, new):
