@@ -42,10 +42,12 @@ class BoardIncident:
 
 
 class BoardLossRecovery:
-    def __init__(self, engine, call, pool, datapath, *, flush=True, stats=None):
+    def __init__(self, engine, call, pool, datapath, *, flush=True, stats=None, active=None):
         """engine: the IkeEngine; call(fn, *args, **kw): runs an engine command and sends what it
         queued (IkeUdpEndpoint.call); flush: daemon.flush_on_board_loss; stats: the daemon's
-        counters (board_losses, ike_sas_flushed, deletes_sent)."""
+        counters (board_losses, ike_sas_flushed, deletes_sent); active(): may this router initiate
+        (False on an HA standby, host/ha.py)."""
+        self.active = active or (lambda: True)
         self.engine = engine
         self.call = call
         self.pool = pool
@@ -111,8 +113,12 @@ class BoardLossRecovery:
             inc.ready_at = ev.at
         self.restart(now)
 
+    def cancel_restarts(self):
+        """The router goes standby: what waits for a board is not re-initiated here."""
+        self._restart_pending.clear()
+
     def restart(self, now):
-        if not self._restart_pending or not self.pool.ready_boards():
+        if not self._restart_pending or not self.pool.ready_boards() or not self.active():
             return
         pending, self._restart_pending = self._restart_pending, {}
         for conn, (inc, children) in pending.items():

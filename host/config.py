@@ -21,6 +21,9 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     # heartbeat_ms = 100               # override the profile's heartbeat period and misses
     # misses = 3
 
+    [ha]                               # active/standby with keepalived (host/ha.py, README "HA")
+    enabled = false                    # true: standby until `ikeoffloadctl ha master`
+
     [ike]                              # engine settings (host/ike/README.md): ports, cookies,
     port = 500                         # INVALID_SPI, rate limits, ...
     natt_port = 4500
@@ -78,6 +81,7 @@ class DaemonConfig:
     log_level: str = "info"
     listen: str = "0.0.0.0"
     flush_on_board_loss: bool = True
+    ha: bool = False                   # [ha] enabled: keepalived decides when IKE runs here
     tun: str = "ikeo0"
     mtu: int = 1400
     routing_table: int = 220
@@ -110,8 +114,9 @@ HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
 _DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "flush_on_board_loss": bool}
 _DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "replay_window": int}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int, "link_key": str}
-_TOP = {"daemon", "dataplane", "board", "ike", "connections"}
-_TABLES = ("daemon", "dataplane", "ike", "connections")
+_HA_KEYS = {"enabled": bool}
+_TOP = {"daemon", "dataplane", "board", "ike", "connections", "ha"}
+_TABLES = ("daemon", "dataplane", "ike", "connections", "ha")
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
 UNIX_PATH_MAX = 107
 # pyserial URL handlers a board port may name; ftdi:// is an SPI adapter (pyftdi), for spi-pio boards
@@ -165,6 +170,11 @@ def loads(text, path="<config>", base=None):
     _typed(err, data.get("dataplane", {}), "dataplane", _DATAPLANE_KEYS, d)
     for k, v in d.items():
         setattr(cfg, k, v)
+    ha = {}
+    _typed(err, data.get("ha", {}), "ha", _HA_KEYS, ha)
+    cfg.ha = ha.get("enabled", False)
+    if cfg.ha and cfg.listen in ("0.0.0.0", "::"):
+        err("ha.enabled", "needs daemon.listen = the virtual address keepalived moves (not a wildcard)")
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
     if not os.path.isabs(cfg.control_socket):

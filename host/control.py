@@ -3,7 +3,7 @@
 The daemon listens on a unix socket (mode 0600). One JSON object per line each way:
     -> {"cmd": "list-sas"}                 <- {"ok": true, "result": [...]}
     -> {"cmd": "initiate", "conn": "gw"}   <- {"ok": false, "error": "..."}
-Commands: list-sas, list-boards, initiate, terminate, flush-board, stats. A request is checked
+Commands: list-sas, list-boards, initiate, terminate, flush-board, stats, ha. A request is checked
 against its command's fields and their types before the daemon sees it: anything else gets an
 error reply, and the connection stays (so does the daemon, whatever the handler raises).
 `ikeoffloadctl --json CMD` prints the result object; without --json a readable form in the
@@ -25,10 +25,12 @@ log = logging.getLogger("ikeoffloadd")
 DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
 # command -> {field: type}; the fields each command needs
 FIELDS = {"list-sas": {}, "list-boards": {}, "stats": {}, "initiate": {"conn": str},
-          "terminate": {"conn": str, "ike_id": int}, "flush-board": {"board": str}}
+          "terminate": {"conn": str, "ike_id": int}, "flush-board": {"board": str},
+          "ha": {"state": str}}
 NEEDS = {"initiate": ("conn",), "flush-board": ("board",)}
 COMMANDS = tuple(FIELDS)
 TYPE_NAMES = {str: "a string", int: "an integer"}
+HA_VERBS = ("master", "backup", "fault", "stop", "status", "check")
 
 
 def check_request(req):
@@ -227,9 +229,14 @@ def main(argv=None):
     p = sub.add_parser("flush-board", help="treat a board as lost: flush its IKE SAs, re-establish")
     p.add_argument("board")
     sub.add_parser("stats", help="daemon counters")
+    p = sub.add_parser("ha", help="active/standby: keepalived's notify (master, backup, fault, stop), "
+                       "its track script (check: exit 1 unless this router can be active), or the status")
+    p.add_argument("state", nargs="?", choices=HA_VERBS)
     args = ap.parse_args(argv)
 
     req = {"cmd": args.cmd}
+    if args.cmd == "ha" and args.state not in (None, "check", "status"):
+        req["state"] = args.state
     for k in ("conn", "board", "ike_id"):
         if getattr(args, k, None) is not None:
             req[k] = getattr(args, k)
@@ -244,6 +251,11 @@ def main(argv=None):
         print("ikeoffloadctl: %s" % reply.get("error"), file=sys.stderr)
         return 1
     result = reply["result"]
+    if args.cmd == "ha" and args.state == "check":
+        if not result.get("healthy"):      # keepalived's track script: non-zero puts it in FAULT
+            print("ikeoffloadctl: cannot be active: %s" % result.get("reason"), file=sys.stderr)
+            return 1
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.cmd == "list-sas":

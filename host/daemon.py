@@ -30,6 +30,7 @@ from host.control_views import RESET_CAUSES, list_boards, list_sas, stats
 from host.dataplane.datapath import DataPath
 from host.dataplane.tun import Tun
 from host.dataplane.tun_routes import TunRoutes
+from host.ha import HaState
 from host.ike import events as ike_ev
 from host.ike.engine import IkeEngine
 from host.ike.proposals import OffloadCapabilities
@@ -37,6 +38,7 @@ from host.ike_driver import IkeUdpEndpoint
 from host.offload.client import BoardClient, LinkError
 from host.offload.events import BoardLost, BoardReady, SaExpired, UnknownSpiReport
 from host.offload.pool import BoardPool, NoBoard
+from host.standby import Standby
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -57,6 +59,8 @@ class Daemon:
         self.child_sas = None
         self.recovery = None
         self.control = None
+        self.ha = HaState(cfg.ha, time.monotonic())   # active/standby under keepalived (host/ha.py)
+        self.standby = None
         self._wrong_peer_checks = {}  # ike_id -> when ESP from an unexpected source last started a check
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -77,7 +81,7 @@ class Daemon:
             self.pool.add(b.name, client)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
         self.udp = IkeUdpEndpoint(self.engine, c.listen, c.ike_port, c.natt_port,
-                                  on_event=self._ike_event, on_esp=self._esp_in)
+                                  on_event=self._ike_event, on_esp=self._esp_in, transparent=c.ha)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
                                  on_unknown_spi=self._unknown_spi, on_inbound=self._inbound,
                                  pending=self.engine.spi_pending, on_wrong_peer=self._wrong_peer)
@@ -88,7 +92,10 @@ class Daemon:
                                   replay_window=c.replay_window, routes=TunRoutes(self.tun) if self.tun else None,
                                   stats=self.stats)
         self.recovery = BoardLossRecovery(self.engine, self.udp.call, self.pool, self.datapath,
-                                          flush=c.flush_on_board_loss, stats=self.stats)
+                                          flush=c.flush_on_board_loss, stats=self.stats,
+                                          active=lambda: self.ha.active)
+        self.standby = Standby(self.ha, self.engine, self.udp, self.clients, self.recovery,
+                               self._start_connections)
         await self.udp.start()
         self.control = ControlServer(c.control_socket, self._control)
         await self.control.start()
@@ -106,6 +113,9 @@ class Daemon:
         log.info("started: %d board(s) ready (%s), %d connection(s), IKE on %s:%d/%d, control %s",
                  len(ready), ", ".join(ready) or "none", len(c.connections), c.listen, c.ike_port,
                  c.natt_port, c.control_socket)
+        self.ha.boards(bool(ready), time.monotonic())
+        if c.ha:
+            log.info("HA: standby until keepalived says MASTER (ikeoffloadctl ha master)")
         if not c.flush_on_board_loss:
             log.warning("flush_on_board_loss = false: IKE SAs will outlive a lost board (RFC 7296 §2.4 "
                         "says they must not); their tunnels stay dead until the peer's DPD gives up")
@@ -115,11 +125,17 @@ class Daemon:
         else:
             log.warning("no board ready yet: connections start when one is")
 
-    def _start_connections(self):
-        """start_action = start: once, when the first board is ready (Child SAs need a board)."""
-        if not self._connections_started:
-            self._connections_started = True
-            self.udp.call(self.engine.start)
+    def _start_connections(self, force=False):
+        """start_action = start: once, when the first board is ready (Child SAs need a board) —
+        and again on every move to HA MASTER (``force``). Only on the active side. Returns the IKE
+        SA ids initiated."""
+        if not self.ha.active or (self._connections_started and not force):
+            return []
+        if not self.pool.ready_boards():
+            self._connections_started = False      # the first board to come up starts them
+            return []
+        self._connections_started = True
+        return self.udp.call(self.engine.start)
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -180,8 +196,10 @@ class Daemon:
         now = time.monotonic()
         if isinstance(ev, BoardLost):
             self.recovery.board_lost(ev, now)
+            self.ha.boards(bool(self.pool.ready_boards()), now)
         elif isinstance(ev, BoardReady):
             self.pool.on_event(ev)
+            self.ha.boards(True, now)
             h = ev.hello
             log.info("board %s ready: boot %s, %s reset, firmware %s, %d SA slots, transforms %s",
                      ev.board, ev.boot_id.hex(), RESET_CAUSES.get(h.reset_cause, h.reset_cause), h.fw_version,
@@ -285,7 +303,13 @@ class Daemon:
             return list_sas(self.engine, self.pool, self.datapath, await self._board_counters())
         if cmd == "list-boards":
             return list_boards(self.cfg.boards, self.pool, self.recovery)
+        if cmd == "ha":
+            if req.get("state") is None:
+                return self.ha.status(time.monotonic())
+            return await self.standby.set(req["state"])
         if cmd == "initiate":
+            if not self.ha.active:
+                raise ValueError("standby (HA %s): IKE is initiated only on the active side" % self.ha.role.value)
             conn = req.get("conn")
             if conn not in self.engine.connections:
                 raise KeyError("no connection %r (known: %s)" % (conn, ", ".join(self.engine.connections)))

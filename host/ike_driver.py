@@ -25,6 +25,20 @@ from typing import Callable
 from host.ike.constants import NON_ESP_MARKER
 
 KEEPALIVE = b"\xff"
+IP_FREEBIND, IP_TRANSPARENT = 15, 19            # linux/in.h, and linux/in6.h:
+IPV6_FREEBIND, IPV6_TRANSPARENT = 78, 75
+
+
+def may_use_absent_address(sock):
+    """An HA router's IKE sockets are bound to the virtual address, which keepalived adds and
+    removes: bind it while it is absent (IP_FREEBIND), and send from it just after keepalived took
+    it away (IP_TRANSPARENT, CAP_NET_ADMIN) — the Deletes a router leaving MASTER still owes."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
 
 
 class IkeUdpEndpoint:
@@ -33,8 +47,10 @@ class IkeUdpEndpoint:
 
     def __init__(self, engine, local_ip: str, port: int = 500, natt_port: int = 4500,
                  on_event: Callable | None = None, on_esp: Callable | None = None,
-                 sockets: dict | None = None):
+                 sockets: dict | None = None, transparent: bool = False):
         self.engine = engine
+        self.transparent = transparent
+        self.accepting = True           # False on an HA standby: what arrives is dropped
         self.local_ip = local_ip
         self.port, self.natt_port = port, natt_port
         self.on_event = on_event
@@ -57,6 +73,8 @@ class IkeUdpEndpoint:
             if sock is None:
                 fam = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
+                if self.transparent:
+                    may_use_absent_address(sock)
                 sock.bind((self.local_ip, port))
             sock.setblocking(False)
             self._sockets[port] = sock
@@ -125,6 +143,9 @@ class IkeUdpEndpoint:
         self._service()
 
     def _received(self, data: bytes, addr, port: int, batch: bool = False):
+        if not self.accepting:
+            self.stats["standby_dropped"] += 1
+            return
         if port == self.natt_port:
             if data[:4] == NON_ESP_MARKER:
                 data = data[4:]

@@ -21,6 +21,7 @@ import struct
 from firmware.link import keyfile
 from host.control import ControlSocketError, answers
 from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
+from host.ike_driver import may_use_absent_address
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -104,6 +105,8 @@ def _ports_free(cfg):
     family = socket.AF_INET6 if ":" in cfg.listen else socket.AF_INET
     for key, port in (("ike.port", cfg.ike_port), ("ike.natt_port", cfg.natt_port)):
         with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if cfg.ha:          # the virtual address is here only while keepalived says MASTER
+                may_use_absent_address(s)
             try:
                 s.bind((cfg.listen, port))
             except OSError as e:

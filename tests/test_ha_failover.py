@@ -1,0 +1,66 @@
+"""Two routers, active/standby with real keepalived (VRRPv3, packaging/keepalived.conf), each with
+its own simulated board, and a real strongSwan charon as the peer (testbed/ha.py). Each failure of
+the active router — its daemon killed, its link down, its keepalived stopped, its board gone — must
+bring traffic back through the standby within 3 s from the injection to the first ping reply, and
+leave charon with exactly one IKE SA: the standby's, which it initiated with INITIAL_CONTACT.
+Needs root; CI runs it (keepalived is in tools/bootstrap.sh's apt list)."""
+import os
+import time
+
+import pytest
+
+from testbed import ha as habed
+from testbed.ping import Pinger
+
+pytestmark = [pytest.mark.strongswan,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500, keepalived)")]
+
+FAILOVER_BOUND = 3.0
+
+
+@pytest.fixture
+def bed():
+    b = habed.HaBed()
+    try:
+        b.start()
+        b.wait_active("a")
+        yield b
+    finally:
+        b.stop()
+
+
+def wait_one_sa_at_charon(bed, spis, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    sas = []
+    while time.monotonic() < deadline:
+        sas = bed.charon_sas()
+        if len(sas) == 1 and (sas[0]["initiator-spi"].decode(), sas[0]["responder-spi"].decode()) in spis:
+            return sas
+        time.sleep(0.1)
+    return sas
+
+
+@pytest.mark.parametrize("what", habed.INJECTIONS)
+def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what):
+    pinger = Pinger(bed.peer_ns, habed.PEER_INNER, habed.OUR_INNER)
+    pinger.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pinger.replies and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pinger.replies, "no traffic through router a:\n" + bed.logs()
+        time.sleep(0.5)
+        t0 = bed.inject(what, "a")
+        sas_b = bed.wait_active("b", timeout=10)
+        time.sleep(1.5)
+        tl = bed.timeline(t0, pinger)
+    finally:
+        pinger.stop()
+    print("\n" + habed.format_timeline(tl, "%s (router a)" % habed.INJECTION_NAMES[what]))
+    took = tl["first_reply"]
+    assert took is not None and took < FAILOVER_BOUND * 1000, "%s: %s\n%s" % (what, tl, bed.logs())
+    spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
+    sas = wait_one_sa_at_charon(bed, spis)
+    assert len(sas) == 1, "charon holds %d IKE SAs after %s:\n%s" % (len(sas), what, bed.logs())
+    assert (sas[0]["initiator-spi"].decode(), sas[0]["responder-spi"].decode()) in spis
+    assert bed.active() == ["b"]
