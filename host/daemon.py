@@ -305,7 +305,7 @@ class Daemon:
             return list_boards(self.cfg.boards, self.pool, self.recovery)
         if cmd == "ha":
             if req.get("state") is None:
-                return self.ha.status(time.monotonic())
+                return self.standby.status()
             return await self.standby.set(req["state"])
         if cmd == "initiate":
             if not self.ha.active:

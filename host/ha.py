@@ -15,9 +15,10 @@ module decides what each change means; host/standby.py does it.
   address, and an IKE SA must not outlive the IPsec processor its Child SAs live on.
 * Nothing is synchronised between the two routers: the new active side negotiates new SAs.
 
-Before keepalived has said anything the role is UNKNOWN: standby, and unhealthy, so that the
-track script fails, keepalived moves to FAULT and says so, and the two agree again (a daemon
-restarted while its keepalived is MASTER must not sit silent on the address).
+Before keepalived has said anything the role is UNKNOWN: standby. If the address is here all the
+same (a daemon restarted while its keepalived is MASTER: keepalived will not say MASTER again), it
+is unhealthy, so that the track script fails, keepalived moves to FAULT and says so, and the two
+agree again. Otherwise it is healthy: keepalived leaves FAULT or stays BACKUP, and says so.
 """
 from __future__ import annotations
 
@@ -101,16 +102,17 @@ class HaState:
         elif self._no_board_since is None:
             self._no_board_since = now
 
-    def health(self, now: float) -> tuple[bool, str]:
-        """Can this router serve as the active side? (healthy, why) for keepalived's track script."""
-        if self.enabled and self.role is Role.UNKNOWN:
-            return False, "keepalived has not told the daemon its role yet"
+    def health(self, now: float, address_here: bool = False) -> tuple[bool, str]:
+        """Can this router serve as the active side? (healthy, why) for keepalived's track script.
+        ``address_here``: the virtual address is on one of our interfaces."""
+        if self.enabled and self.role is Role.UNKNOWN and address_here:
+            return False, "the virtual address is here but keepalived has not told the daemon its role"
         if self._no_board_since is not None and now - self._no_board_since >= self.no_board_grace:
             return False, "no board ready for %.1f s" % (now - self._no_board_since)
         return True, "ok"
 
-    def status(self, now: float) -> dict:
-        ok, why = self.health(now)
+    def status(self, now: float, address_here: bool = False) -> dict:
+        ok, why = self.health(now, address_here)
         return {"enabled": self.enabled, "state": self.role.value, "active": self.active,
                 "since": self.since, "healthy": ok, "reason": why,
                 "history": [{"at": c.at, "from": c.old.value, "to": c.new.value} for c in self.history]}

@@ -13,9 +13,10 @@ later MASTER did not negotiate. The boards stay open, heartbeats go on.
 """
 import asyncio
 import logging
+import socket
 import time
 
-from host.ha import Activate, Deactivate
+from host.ha import Activate, Deactivate, Role
 from host.offload.client import LinkError
 
 log = logging.getLogger("ikeoffloadd")
@@ -35,6 +36,22 @@ class Standby:
         self.udp.accepting = ha.active
         self.transitions = []              # (monotonic time, state, IKE SAs dropped, Deletes sent)
 
+    def address_here(self):
+        """Is the virtual address on one of our interfaces (keepalived put it there)? Only asked
+        before keepalived told us a role: a bind without IP_FREEBIND succeeds only then."""
+        if self.ha.role is not Role.UNKNOWN:
+            return False
+        ip = self.udp.local_ip
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((ip, 0))
+            except OSError:
+                return False
+        return True
+
+    def status(self):
+        return self.ha.status(time.monotonic(), self.address_here())
+
     async def set(self, state):
         """keepalived says ``state``; returns the status after acting on it."""
         now = time.monotonic()
@@ -43,7 +60,7 @@ class Standby:
                 self._activate(action, now)
             elif isinstance(action, Deactivate):
                 await self._deactivate(action, now)
-        return self.ha.status(time.monotonic())
+        return self.status()
 
     def _activate(self, action, now):
         self.udp.accepting = True

@@ -185,8 +185,14 @@ class HaBed(DemoBed):
                                          path=os.path.join(self.state, "ikeoffloadd-%s.toml" % r.name),
                                          extra=["[ha]", "enabled = true", ""])
             r.start_daemon()
-        for r in self.routers.values():
-            r.start_keepalived(self.preempt)
+        # a first, b once a is active: with nopreempt the first to time out would keep the address
+        self.routers["a"].start_keepalived(self.preempt)
+        deadline = time.monotonic() + 20
+        while not self.routers["a"].ha().get("active"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("router a did not become MASTER:\n" + self.logs())
+            time.sleep(0.05)
+        self.routers["b"].start_keepalived(self.preempt)
 
     def _network(self):
         p = self.prefix

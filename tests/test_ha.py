@@ -8,14 +8,15 @@ from host.control import check_request
 from host.ha import Activate, Deactivate, HaState, Role
 
 
-def test_standby_until_keepalived_speaks_and_unhealthy_meanwhile():
+def test_standby_until_keepalived_speaks_and_unhealthy_if_the_address_is_here_meanwhile():
     ha = HaState(True, now=0.0)
     assert ha.role is Role.UNKNOWN and not ha.active
     ha.boards(True, 0.1)
-    ok, why = ha.health(0.2)
-    assert not ok and "keepalived" in why      # the track script fails: keepalived says FAULT, then BACKUP
+    assert ha.health(0.2) == (True, "ok")     # keepalived (BACKUP or FAULT) says BACKUP when it can
+    ok, why = ha.health(0.2, address_here=True)
+    assert not ok and "keepalived" in why      # it is MASTER: fail, so that it says FAULT, then BACKUP
     assert ha.set("FAULT", 1.0) == [Deactivate("unknown -> fault", deletes=False)]
-    assert ha.health(1.0) == (True, "ok")
+    assert ha.health(1.0, address_here=True) == (True, "ok")
 
 
 def test_master_activates_and_leaving_it_owes_deletes():

@@ -64,3 +64,39 @@ def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what)
     assert len(sas) == 1, "charon holds %d IKE SAs after %s:\n%s" % (len(sas), what, bed.logs())
     assert (sas[0]["initiator-spi"].decode(), sas[0]["responder-spi"].decode()) in spis
     assert bed.active() == ["b"]
+
+
+@pytest.mark.parametrize("preempt", [True, False], ids=["preempt", "nopreempt"])
+def test_failback_without_duplicate_ike_sas_or_flapping(preempt):
+    """Router a (priority 150) dies, b takes over; a returns. With preempt a takes the address
+    back (b sends its Deletes, a initiates with INITIAL_CONTACT); with nopreempt b keeps it and
+    its IKE SA. Either way: one role change each, charon never holds two IKE SAs for the pair."""
+    bed = habed.HaBed(preempt=preempt)
+    try:
+        bed.start()
+        bed.wait_active("a")
+        bed.inject("kill", "a")
+        sas_b = bed.wait_active("b", timeout=10)
+        t_back = time.monotonic()
+        bed.repair("kill", "a")
+        winner = "a" if preempt else "b"
+        counts = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:          # a's keepalived: rise 2 s, then BACKUP (and MASTER)
+            counts.append(len(bed.charon_sas()))
+            time.sleep(0.05)
+        sas = bed.wait_active(winner, timeout=5)
+        hist = {n: [h["to"] for h in r.ha()["history"] if h["at"] >= t_back] for n, r in bed.routers.items()}
+        spis = {(s["spi_i"], s["spi_r"]) for s in sas}
+        final = wait_one_sa_at_charon(bed, spis)
+    finally:
+        bed.stop()
+    print("\nfailback (%s): roles after a returned %s; charon's IKE SA count %d..%d over 8 s"
+          % ("preempt" if preempt else "nopreempt", hist, min(counts), max(counts)))
+    assert max(counts) == 1, "charon held %d IKE SAs at once" % max(counts)
+    assert len(final) == 1
+    if preempt:
+        assert hist == {"a": ["backup", "master"], "b": ["backup"]}, hist
+    else:
+        assert hist == {"a": ["backup"], "b": []}, hist
+        assert spis == {(s["spi_i"], s["spi_r"]) for s in sas_b}      # b's tunnel was not touched
