@@ -15,6 +15,7 @@ Failure injections (``inject``): ``kill`` (ikeoffloadd of the active router, SIG
 (its LAN link down), ``keepalived`` (its keepalived stopped), ``board`` (its board's process
 killed: the board is gone, not reset).
 """
+import argparse
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import time
 from testbed import charon as charon_mod
 from testbed.demo import OUR_ID, OUR_INNER, OUR_IP, PEER_ID, PEER_INNER, PEER_IP, PSK, ROOT, DemoBed
 from testbed.netns import cleanup_stale, run, unique_prefix
+from testbed.ping import Pinger
 
 KEEPALIVED = "/usr/sbin/keepalived"
 EXAMPLE = os.path.join(ROOT, "packaging", "keepalived.conf")
@@ -193,6 +195,10 @@ class HaBed(DemoBed):
                 raise RuntimeError("router a did not become MASTER:\n" + self.logs())
             time.sleep(0.05)
         self.routers["b"].start_keepalived(self.preempt)
+        while self.routers["b"].ha().get("state") != "backup":
+            if time.monotonic() > deadline + 10:
+                raise RuntimeError("router b did not become BACKUP:\n" + self.logs())
+            time.sleep(0.05)
 
     def _network(self):
         p = self.prefix
@@ -317,3 +323,52 @@ class HaBed(DemoBed):
     def logs(self):
         return "\n".join(r.log_tail() for r in self.routers.values()) + "\n== charon\n" + (
             self.charon.log_tail() if self.charon else "")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="inv demo --ha")
+    ap.add_argument("--injection", choices=INJECTIONS, default="kill")
+    ap.add_argument("--board", default="sim", help="the profile the simulated boards stand in for")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("inv demo --ha needs root (network namespaces, TUN, UDP port 500, keepalived)", file=sys.stderr)
+        return 2
+    if not available():
+        print("inv demo --ha needs keepalived and strongSwan (./inv setup installs them)", file=sys.stderr)
+        return 2
+    print("== ikeoffload HA demo: two routers (ikeoffloadd + a simulated board, profile %s, + keepalived, "
+          "VRRPv3 adverts every 0.25 s) sharing %s, strongSwan charon as their peer" % (args.board, OUR_IP))
+    bed = HaBed(profile=args.board)
+    ok = False
+    try:
+        bed.start()
+        sas = bed.wait_active("a")
+        print("router a is MASTER: IKE SA #%d (%s) to %s, Child SA %s on its board; router b is %s"
+              % (sas[0]["ike_id"], sas[0]["proposal"], PEER_IP, sas[0]["children"][0]["name"],
+                 bed.routers["b"].ha().get("state", "?").upper()))
+        pinger = Pinger(bed.peer_ns, PEER_INNER, OUR_INNER)
+        pinger.start()
+        try:
+            time.sleep(1.0)
+            print("pinging %s -> %s every 20 ms from the peer: %d/%d echo replies"
+                  % (PEER_INNER, OUR_INNER, len(pinger.replies), len(pinger.sent)))
+            t0 = bed.inject(args.injection, "a")
+            bed.wait_active("b", timeout=10)
+            time.sleep(1.5)
+            tl = bed.timeline(t0, pinger)
+        finally:
+            pinger.stop()
+        print("\n" + format_timeline(tl, "failover: %s on router a" % INJECTION_NAMES[args.injection]))
+        peer = bed.charon_sas()
+        print("\ncharon now holds %d IKE SA(s) for the pair (the old one went with INITIAL_CONTACT); router b "
+              "is %s, router a %s" % (len(peer), bed.routers["b"].ha().get("state", "?").upper(),
+                                      (bed.routers["a"].ha().get("state") or "down").upper()))
+        ok = tl["first_reply"] is not None and len(peer) == 1
+    finally:
+        bed.stop()
+    print("\ntraffic back through the standby in %.0f ms" % tl["first_reply"] if ok else "\nNOT recovered")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,3 +100,12 @@ def test_failback_without_duplicate_ike_sas_or_flapping(preempt):
     else:
         assert hist == {"a": ["backup"], "b": []}, hist
         assert spis == {(s["spi_i"], s["spi_r"]) for s in sas_b}      # b's tunnel was not touched
+
+
+def test_inv_demo_ha_prints_one_failover_with_its_timeline(capsys):
+    assert habed.main(["--injection", "keepalived"]) == 0
+    out = capsys.readouterr().out
+    for line in ("router a is MASTER", "router b is BACKUP", "failover: keepalived stopped on router a",
+                 "standby told MASTER", "new IKE SA up, INITIAL_CONTACT sent", "first ping reply through it",
+                 "charon now holds 1 IKE SA(s)", "traffic back through the standby in"):
+        assert line in out, out
