@@ -47,9 +47,10 @@ def ctl_command():
     return exe if os.path.exists(exe) else "%s -m host.control" % sys.executable
 
 
-def format_timeline(tl, title):
+def format_timeline(tl, title, initiated=True):
     rows = [("failure injected", 0.0), ("standby told MASTER (keepalived notify)", tl["master"]),
-            ("new IKE SA up, INITIAL_CONTACT sent", tl["ike_up"]), ("new Child SA on its board", tl["child_up"]),
+            ("new IKE SA up, INITIAL_CONTACT sent" if initiated else "new IKE SA up (the peer initiated)",
+             tl["ike_up"]), ("new Child SA on its board", tl["child_up"]),
             ("first ping reply through it", tl["first_reply"])]
     out = ["-- " + title]
     out += ["  %9s  %s" % ("-" if t is None else "%.0f ms" % t, what) for what, t in rows]
@@ -159,11 +160,16 @@ class Router:
 
 
 class HaBed(DemoBed):
-    """``preempt``: the higher-priority router takes the address back when it returns."""
+    """``preempt``: the higher-priority router takes the address back when it returns. ``peer``:
+    "charon", or "ikeoffloadd" (our own daemon with its own sim board in the peer's namespace).
+    ``routers_start``: the routers initiate (start_action = start); else only the peer does (a hub
+    that never dials out: after a failover the peer finds out by itself)."""
 
-    def __init__(self, preempt=True, **kw):
-        super().__init__(boards=2, quiet=True, **kw)
+    def __init__(self, preempt=True, peer="charon", routers_start=True, peer_dpd=1, **kw):
+        super().__init__(boards=3 if peer == "ikeoffloadd" else 2, quiet=True, **kw)
         self.preempt = preempt
+        self.peer_kind, self.routers_start, self.peer_dpd = peer, routers_start, peer_dpd
+        self.peer = None
         self.prefix = None
         self.routers = {}
         self.hub = None
@@ -176,16 +182,19 @@ class HaBed(DemoBed):
         self.inner_a, self.inner_b = [OUR_INNER], [PEER_INNER]
         self._network()
         self.routers = {"a": Router(self, "a", 0), "b": Router(self, "b", 1)}
-        for i in range(2):
+        for i in range(self.nboards):
             self.start_sim(i)
-        self.charon = charon_mod.Charon(self.peer_ns, os.path.join(self.state, "c"), loglevel=1)
-        self.charon.start()
-        self.charon.load_psk(PSK, [OUR_ID, PEER_ID])
-        self.charon.load_conn("gw", self._charon_conn())
+        if self.peer_kind == "charon":
+            self.charon = charon_mod.Charon(self.peer_ns, os.path.join(self.state, "c"), loglevel=1)
+            self.charon.start()
+            self.charon.load_psk(PSK, [OUR_ID, PEER_ID])
+            self.charon.load_conn("gw", self._charon_conn())
+        else:
+            self.peer = Router(self, "p", 2)
+            self.peer.config = self.write_peer_config()
+            self.peer.start_daemon()
         for r in self.routers.values():
-            r.config = self.write_config(boards=[r.board], control=r.control,
-                                         path=os.path.join(self.state, "ikeoffloadd-%s.toml" % r.name),
-                                         extra=["[ha]", "enabled = true", ""])
+            r.config = self.write_router_config(r)
             r.start_daemon()
         # a first, b once a is active: with nopreempt the first to time out would keep the address
         self.routers["a"].start_keepalived(self.preempt)
@@ -199,6 +208,46 @@ class HaBed(DemoBed):
             if time.monotonic() > deadline + 10:
                 raise RuntimeError("router b did not become BACKUP:\n" + self.logs())
             time.sleep(0.05)
+
+    def write_router_config(self, r):
+        path = self.write_config(boards=[r.board], control=r.control, path=r.config or os.path.join(
+            self.state, "ikeoffloadd-%s.toml" % r.name), extra=["[ha]", "enabled = true", ""])
+        if not self.routers_start:
+            text = open(path).read()
+            with open(path, "w") as f:
+                f.write(text.replace('start_action = "start"', 'start_action = "none"'))
+        return path
+
+    def write_peer_config(self):
+        """Our own daemon as the routers' peer: the mirror of their connection, initiating it when
+        they do not, with a liveness check after ``peer_dpd`` seconds without inbound traffic."""
+        _, dev, _ = self.sims[2]
+        lines = ['[daemon]', 'control_socket = "%s"' % self.peer.control, 'log_level = "info"',
+                 'listen = "%s"' % PEER_IP, '', '[dataplane]', 'tun = "ikeo0"', '',
+                 '[ike.retransmit]', 'timeout = 1.0', 'base = 1.8', 'tries = 3', '',
+                 '[[board]]', 'name = "p0"', 'profile = "%s"' % self.profile, 'port = "%s"' % dev]
+        from firmware import profiles
+        if profiles.link_auth(profiles.load(self.profile)):
+            lines.append('link_key = "%s"' % os.path.join(self.state, "b2.key"))
+        lines += ['', '[connections.gw]', 'local_addrs = ["%s"]' % PEER_IP, 'remote_addrs = ["%s"]' % OUR_IP,
+                  'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK,
+                  'start_action = "%s"' % ("none" if self.routers_start else "start"),
+                  'dpd_delay = %d' % self.peer_dpd, 'dpd_action = "restart"',
+                  '[connections.gw.local]', 'auth = "psk"', 'id = "%s"' % PEER_ID,
+                  '[connections.gw.remote]', 'auth = "psk"', 'id = "%s"' % OUR_ID,
+                  '[connections.gw.children.net0]', 'local_ts = ["%s/32"]' % PEER_INNER,
+                  'remote_ts = ["%s/32"]' % OUR_INNER,
+                  'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals), '']
+        path = os.path.join(self.state, "ikeoffloadd-p.toml")
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        return path
+
+    def peer_sas(self):
+        """(initiator SPI, responder SPI) in hex of every established IKE SA the peer holds."""
+        if self.peer is not None:
+            return [(s["spi_i"], s["spi_r"]) for s in self.peer.ctl("list-sas") if s["state"] == "ESTABLISHED"]
+        return [(s["initiator-spi"].decode(), s["responder-spi"].decode()) for s in self.charon_sas()]
 
     def _network(self):
         p = self.prefix
@@ -273,8 +322,7 @@ class HaBed(DemoBed):
             self.sims[r.board][0].wait()
             self.start_sim(r.board)      # a new pty: the daemon is restarted with its new port
             r.stop_daemon()
-            r.config = self.write_config(boards=[r.board], control=r.control, path=r.config,
-                                         extra=["[ha]", "enabled = true", ""])
+            r.config = self.write_router_config(r)
             r.start_daemon()
 
     # ---- the timeline of a failover --------------------------------------------------------
@@ -303,7 +351,7 @@ class HaBed(DemoBed):
         try:
             for r in self.routers.values():
                 r.stop_keepalived()
-            for r in self.routers.values():
+            for r in list(self.routers.values()) + ([self.peer] if self.peer else []):
                 r.stop_daemon()
         finally:
             for p, _, _ in self.sims:
@@ -321,8 +369,8 @@ class HaBed(DemoBed):
             shutil.rmtree(self.state, ignore_errors=True)
 
     def logs(self):
-        return "\n".join(r.log_tail() for r in self.routers.values()) + "\n== charon\n" + (
-            self.charon.log_tail() if self.charon else "")
+        return "\n".join(r.log_tail() for r in self.routers.values()) + "\n== peer\n" + (
+            self.charon.log_tail() if self.charon else self.peer.log_tail() if self.peer else "")
 
 
 def main(argv=None):

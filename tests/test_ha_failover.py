@@ -29,19 +29,20 @@ def bed():
         b.stop()
 
 
-def wait_one_sa_at_charon(bed, spis, timeout=5.0):
+def wait_one_sa_at_peer(bed, spis, timeout=5.0):
     deadline = time.monotonic() + timeout
     sas = []
     while time.monotonic() < deadline:
-        sas = bed.charon_sas()
-        if len(sas) == 1 and (sas[0]["initiator-spi"].decode(), sas[0]["responder-spi"].decode()) in spis:
+        sas = bed.peer_sas()
+        if len(sas) == 1 and sas[0] in spis:
             return sas
         time.sleep(0.1)
     return sas
 
 
-@pytest.mark.parametrize("what", habed.INJECTIONS)
-def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what):
+def failover(bed, what, new_sa_timeout=10):
+    """Ping through router a, break it as ``what`` says, wait for b to carry the tunnel; returns
+    (the timeline, b's IKE SAs)."""
     pinger = Pinger(bed.peer_ns, habed.PEER_INNER, habed.OUR_INNER)
     pinger.start()
     try:
@@ -51,19 +52,61 @@ def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what)
         assert pinger.replies, "no traffic through router a:\n" + bed.logs()
         time.sleep(0.5)
         t0 = bed.inject(what, "a")
-        sas_b = bed.wait_active("b", timeout=10)
+        sas_b = bed.wait_active("b", timeout=new_sa_timeout)
         time.sleep(1.5)
         tl = bed.timeline(t0, pinger)
     finally:
         pinger.stop()
-    print("\n" + habed.format_timeline(tl, "%s (router a)" % habed.INJECTION_NAMES[what]))
+    print("\n" + habed.format_timeline(tl, "%s (router a), peer %s" % (habed.INJECTION_NAMES[what], bed.peer_kind),
+                                      bed.routers_start))
+    return tl, sas_b
+
+
+@pytest.mark.parametrize("what", habed.INJECTIONS)
+def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what):
+    tl, sas_b = failover(bed, what)
     took = tl["first_reply"]
     assert took is not None and took < FAILOVER_BOUND * 1000, "%s: %s\n%s" % (what, tl, bed.logs())
     spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
-    sas = wait_one_sa_at_charon(bed, spis)
-    assert len(sas) == 1, "charon holds %d IKE SAs after %s:\n%s" % (len(sas), what, bed.logs())
-    assert (sas[0]["initiator-spi"].decode(), sas[0]["responder-spi"].decode()) in spis
+    sas = wait_one_sa_at_peer(bed, spis)
+    assert len(sas) == 1 and sas[0] in spis, "charon holds %s after %s:\n%s" % (sas, what, bed.logs())
     assert bed.active() == ["b"]
+
+
+def test_our_own_daemon_as_the_peer_drops_the_old_ike_sa_on_initial_contact():
+    bed = habed.HaBed(peer="ikeoffloadd")
+    try:
+        bed.start()
+        bed.wait_active("a")
+        tl, sas_b = failover(bed, "kill")
+        spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
+        sas = wait_one_sa_at_peer(bed, spis)
+        log = open(bed.peer.log_path).read()
+    finally:
+        bed.stop()
+    assert tl["first_reply"] is not None and tl["first_reply"] < FAILOVER_BOUND * 1000, tl
+    assert len(sas) == 1 and sas[0] in spis, sas
+    assert "down: replaced (INITIAL_CONTACT)" in log, log
+
+
+def test_our_own_peer_acts_on_invalid_ike_spi_when_the_routers_only_answer():
+    """A hub pair that never dials out: after the failover nobody initiates, the peer's liveness
+    check (dpd_delay 1 s) reaches the new active router, which has no such IKE SA and answers
+    INVALID_IKE_SPI; the peer moves the check to its hint schedule (0.5 s x 2^n, 3 times: 7.5 s)
+    instead of its full one (1 s x 1.8^n, 3 times: 11.9 s), then restarts the connection."""
+    bed = habed.HaBed(peer="ikeoffloadd", routers_start=False)
+    try:
+        bed.start()
+        bed.wait_active("a")
+        tl, sas_b = failover(bed, "kill", new_sa_timeout=20)
+        log = open(bed.peer.log_path).read()
+        sas = wait_one_sa_at_peer(bed, {(s["spi_i"], s["spi_r"]) for s in sas_b})
+    finally:
+        bed.stop()
+    assert "INVALID_IKE_SPI from 192.0.2.1: the peer may have lost this IKE SA" in log, log
+    assert len(sas) == 1
+    full = 1 + sum(1.0 * 1.8 ** n for n in range(4))          # dpd_delay + the whole retransmission schedule
+    assert tl["first_reply"] is not None and tl["first_reply"] < full * 1000, tl
 
 
 @pytest.mark.parametrize("preempt", [True, False], ids=["preempt", "nopreempt"])
@@ -83,12 +126,12 @@ def test_failback_without_duplicate_ike_sas_or_flapping(preempt):
         counts = []
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:          # a's keepalived: rise 2 s, then BACKUP (and MASTER)
-            counts.append(len(bed.charon_sas()))
+            counts.append(len(bed.peer_sas()))
             time.sleep(0.05)
         sas = bed.wait_active(winner, timeout=5)
         hist = {n: [h["to"] for h in r.ha()["history"] if h["at"] >= t_back] for n, r in bed.routers.items()}
         spis = {(s["spi_i"], s["spi_r"]) for s in sas}
-        final = wait_one_sa_at_charon(bed, spis)
+        final = wait_one_sa_at_peer(bed, spis)
     finally:
         bed.stop()
     print("\nfailback (%s): roles after a returned %s; charon's IKE SA count %d..%d over 8 s"
