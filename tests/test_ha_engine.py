@@ -10,7 +10,7 @@ import socket
 from host.config import HINT_RETRANSMIT
 from host.ha import HaState
 from host.ike.constants import Notify
-from host.ike.events import IkeSaDown, IkeSaUp
+from host.ike.events import IkeSaDown, IkeSaUp, IkeWarning
 from host.ike.message import parse_header, parse_plain
 from host.ike.payloads import NotifyPayload
 from host.ike_driver import IkeUdpEndpoint
@@ -128,6 +128,7 @@ def test_the_peer_acts_on_invalid_ike_spi_from_the_new_active_router():
     now = advance(net, 1.0, 40.0)                             # the peer's dpd_delay: its check goes out
     assert answers, "the new active router did not answer with INVALID_IKE_SPI"
     assert p.stats["liveness_checks_from_ike_spi_hints"] == 1
+    assert [w.text.split(":")[0] for w in kinds(net.events[PEER], IkeWarning)] == ["INVALID_IKE_SPI from %s" % VIP]
     advance(net, now, 45.0)                                   # hint schedule: 0.5 + 1 + 2 + 4 s
     down = kinds(net.events[PEER], IkeSaDown)
     assert down and down[0].restart_ike_id is not None       # gone in seconds, and restarted
