@@ -71,6 +71,8 @@ def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what)
     sas = wait_one_sa_at_peer(bed, spis)
     assert len(sas) == 1 and sas[0] in spis, "charon holds %s after %s:\n%s" % (sas, what, bed.logs())
     assert bed.active() == ["b"]
+    if what == "keepalived":        # router a's Delete went out although keepalived had taken the address
+        assert "received DELETE for IKE_SA gw[1]" in bed.charon.log(), bed.logs()
 
 
 def test_our_own_daemon_as_the_peer_drops_the_old_ike_sa_on_initial_contact():
