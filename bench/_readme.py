@@ -69,6 +69,26 @@ def _fuzz(r):
         format(r["inputs"], ","), format(r["random_inputs"], ","), rss["after_random"] - rss["after_first_seed"])
 
 
+def _load_figure(r):
+    cases = {c["case"]: c["phases"] for c in r["cases"]}
+    parts = []
+    for name in ("esp32-devkitc", "rp2040-pico-spi"):
+        ph = cases[name]
+        parts.append("%s %.0f%% / %.0f%% (ping p99 %.0f ms)" % (
+            name, 100 * ph["tcp_down"]["of_capacity"], 100 * ph["tcp_up"]["of_capacity"],
+            max(ph["tcp_down"]["rtt_p99_ms"], ph["tcp_up"]["rtt_p99_ms"])))
+    losses = sum(p["board_losses"] for c in r["cases"] for p in c["phases"].values())
+    return "; ".join(parts) + "; %d board losses" % losses
+
+
+def _rp2040(r):
+    u = r["per_packet_us"]
+    return "%.1f / %.1f ms; %s of %s bytes" % (
+        u["aes-cbc-128+hmac-sha2-256-128"]["1400"]["encrypt_us"] / 1000,
+        u["aes-gcm-16-128"]["1400"]["encrypt_us"] / 1000,
+        format(r["heap"]["esp"]["total"], ","), format(r["heap_bytes"], ","))
+
+
 # (bench name, the start of the row's first cell, figure from the results)
 ROWS = [
     ("link", "board loss detection", _detection),
@@ -79,6 +99,8 @@ ROWS = [
     ("esp", "link efficiency", _efficiency),
     ("mpy_link_auth", "link security on the board core", _link_auth),
     ("fuzz_link", "link fuzzing", _fuzz),
+    ("load", "TCP through the tunnel at the board's real link rate", _load_figure),
+    ("rp2040", "per 1400-byte packet on the emulated RP2040", _rp2040),
 ]
 
 
