@@ -31,6 +31,7 @@ NEEDS = {"initiate": ("conn",), "flush-board": ("board",)}
 COMMANDS = tuple(FIELDS)
 TYPE_NAMES = {str: "a string", int: "an integer"}
 HA_VERBS = ("master", "backup", "fault", "stop", "status", "check")
+HA_CHECK_TIMEOUT = 1.5
 
 
 def check_request(req):
@@ -242,8 +243,10 @@ def main(argv=None):
             req[k] = getattr(args, k)
     if args.cmd == "terminate" and not args.conn and args.ike_id is None:
         ap.error("terminate needs a connection name or --ike-id")
+    # keepalived's track script: a daemon that does not answer within HA_CHECK_TIMEOUT is hung
+    timeout = HA_CHECK_TIMEOUT if args.cmd == "ha" and args.state == "check" else 30.0
     try:
-        reply = call(args.socket, req)
+        reply = call(args.socket, req, timeout)
     except (OSError, ValueError) as e:
         print("ikeoffloadctl: cannot reach ikeoffloadd at %s: %s" % (args.socket, e), file=sys.stderr)
         return 2
