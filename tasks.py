@@ -52,7 +52,8 @@ def test(c, k=None, x=False):
 # board) need root, strongSwan or node and run in `inv test`.
 FAST_TESTS = ["tests", "firmware/tests", "hil_tests"]
 NOT_FAST = ["tests/interop", "tests/test_daemon.py", "tests/test_testbed_ping.py", "tests/test_micropython.py",
-            "tests/test_vboard.py", "tests/test_flash.py", "tests/test_noskip.py", "tests/test_lint.py"]
+            "tests/test_vboard.py", "tests/test_flash.py", "tests/test_noskip.py", "tests/test_lint.py",
+            "tests/test_ha_failover.py"]
 # Branch coverage floors (percent) of the fast tests: the figure reached (host 74.3, firmware
 # 81.1 on 2026-12-03), less about one point for branches that depend on timing.
 COVERAGE_FLOOR = {"host": 73.0, "firmware": 80.0}
