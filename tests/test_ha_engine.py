@@ -184,3 +184,19 @@ def _init_request():
     e = engine(conn("127.0.0.2", "127.0.0.1", "peer.example", "vip.example", B_NET, A_NET))
     e.initiate("gw", 0.0)
     return e.datagrams_to_send()[0].data
+
+
+def test_a_daemon_not_yet_told_its_role_is_unhealthy_only_where_the_address_already_is():
+    """keepalived MASTER over a restarted daemon: the address is here, keepalived will not say
+    MASTER again, so the check fails (keepalived goes FAULT and says so). Elsewhere it passes."""
+    from host.ike.loopback import Network
+    net = Network()
+    _, drv, sb = router(net)
+    sb.ha.boards(True, 0.0)
+    drv.local_ip = "127.0.0.1"                  # an address this host has
+    assert sb.address_here() and not sb.status()["healthy"]
+    drv.local_ip = "192.0.2.77"                 # one it has not (the standby's view of the VIP)
+    assert not sb.address_here() and sb.status()["healthy"]
+    drv.local_ip = "127.0.0.1"
+    set_role(sb, "fault", 1.0)
+    assert not sb.address_here() and sb.status()["healthy"]    # told: the address no longer decides
