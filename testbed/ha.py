@@ -91,8 +91,9 @@ class Router:
                 ("eth0", self.ifname), ("priority 150", "priority %d" % PRIORITIES[self.name])]
         if not preempt:
             subs.append(("# nopreempt", "nopreempt"))
-        if not ctl.startswith("/work") and " " in ctl:
-            subs.append(("    enable_script_security\n", ""))
+        # keepalived refuses scripts under a directory others may write to; the checkout (and its
+        # .venv) may be anywhere, unlike the root-owned /opt/ikeoffload/bin of an install
+        subs.append(("    enable_script_security\n", ""))
         for old, new in subs:
             assert old in text, old
             text = text.replace(old, new)
