@@ -206,6 +206,20 @@ def format_boards(boards, now=None):
     return "\n".join(out) if out else "no boards"
 
 
+def format_ha(st, now=None):
+    """`ikeoffloadctl ha`: the role, health and the last changes (their times are the daemon's
+    time.monotonic(), the same clock on the same host)."""
+    now = time.monotonic() if now is None else now
+    if not st.get("enabled"):
+        return "HA off ([ha] enabled = false): always active"
+    out = ["%s (%s) for %.1f s; %s" % (st["state"].upper(), "active" if st["active"] else "standby",
+                                       now - st["since"], "healthy" if st["healthy"] else
+                                       "UNHEALTHY: " + st["reason"])]
+    for h in reversed(st.get("history", [])):
+        out.append("  %8.1f s ago  %s -> %s" % (now - h["at"], h["from"], h["to"]))
+    return "\n".join(out)
+
+
 def format_generic(result):
     if isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
@@ -265,6 +279,8 @@ def main(argv=None):
         print(format_sas(result))
     elif args.cmd == "list-boards":
         print(format_boards(result))
+    elif args.cmd == "ha":
+        print(format_ha(result))
     else:
         print(format_generic(result))
     return 0

@@ -4,7 +4,7 @@ and charon, are tests/test_ha_failover.py."""
 import pytest
 
 from host import config as cfgmod
-from host.control import check_request
+from host.control import check_request, format_ha
 from host.ha import Activate, Deactivate, HaState, Role
 
 
@@ -98,3 +98,14 @@ def test_ha_config():
         cfgmod.loads(BASE % "192.0.2.1" + "[ha]\nenabled = 1\n")
     with pytest.raises(cfgmod.ConfigError, match=r"ha.vip: unknown setting"):
         cfgmod.loads(BASE % "192.0.2.1" + "[ha]\nvip = 1\n")
+
+
+def test_ha_status_for_people():
+    ha = HaState(True, now=0.0)
+    ha.boards(True, 0.0)
+    ha.set("backup", 1.0)
+    ha.set("master", 5.0)
+    text = format_ha(ha.status(6.0), now=7.5)
+    assert text.splitlines() == ["MASTER (active) for 2.5 s; healthy", "       2.5 s ago  backup -> master",
+                                 "       6.5 s ago  unknown -> backup"]
+    assert format_ha(HaState(False, 0.0).status(1.0)).startswith("HA off")

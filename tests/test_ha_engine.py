@@ -200,3 +200,54 @@ def test_a_daemon_not_yet_told_its_role_is_unhealthy_only_where_the_address_alre
     drv.local_ip = "127.0.0.1"
     set_role(sb, "fault", 1.0)
     assert not sb.address_here() and sb.status()["healthy"]    # told: the address no longer decides
+
+
+def test_ikeoffloadctl_ha_verbs_and_the_check_exit_codes(tmp_path):
+    """What keepalived runs: `ha <state>` sets the role; `ha check` exits 0 when this router can be
+    active, 1 when it cannot (no board), 2 when no daemon answers; a state keepalived never sends
+    is refused and changes nothing."""
+    import json
+    import os
+    import sys
+
+    from host.control import ControlServer
+    from host.ike.loopback import Network
+    net = Network()
+    p = peer(net)
+    a, _, sa = router(net)
+    net.add(VIP, a)
+    sa.ha.boards(True, 0.0)
+    path = str(tmp_path / "ctl.sock")
+
+    async def handler(req):
+        return sa.status() if req.get("state") is None else await sa.set(req["state"])
+
+    async def ctl(*args):
+        pr = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "host.control", "--socket", path, *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        out, err = await pr.communicate()
+        return pr.returncode, out.decode(), err.decode()
+
+    async def go():
+        server = ControlServer(path, handler)
+        await server.start()
+        try:
+            steps = [await ctl("ha", "check"), await ctl("--json", "ha", "master"), await ctl("ha", "check"),
+                     await ctl("ha", "primary")]
+            sa.ha.boards(False, -10.0)                  # every board gone for 10 s
+            steps.append(await ctl("ha", "check"))
+            steps.append(await ctl("--json", "ha"))
+        finally:
+            await server.close()
+        steps.append(await ctl("ha", "check"))
+        return steps
+
+    check0, master, check1, bad, check2, status, gone = asyncio.run(go())
+    assert check0[0] == 0 and check1[0] == 0
+    assert master[0] == 0 and json.loads(master[1])["state"] == "master" and len(p.ike_sas()) == 1
+    assert bad[0] == 2 and "invalid choice" in bad[2]
+    assert check2[0] == 1 and "no board ready" in check2[2]
+    st = json.loads(status[1])
+    assert st["state"] == "master" and not st["healthy"] and [h["to"] for h in st["history"]] == ["master"]
+    assert gone[0] == 2 and "cannot reach" in gone[2]
