@@ -75,12 +75,13 @@ def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what)
         assert "received DELETE for IKE_SA gw[1]" in bed.charon.log(), bed.logs()
 
 
-def test_our_own_daemon_as_the_peer_drops_the_old_ike_sa_on_initial_contact():
+@pytest.mark.parametrize("what", ["kill", "link"])
+def test_our_own_daemon_as_the_peer_drops_the_old_ike_sa_on_initial_contact(what):
     bed = habed.HaBed(peer="ikeoffloadd")
     try:
         bed.start()
         bed.wait_active("a")
-        tl, sas_b = failover(bed, "kill")
+        tl, sas_b = failover(bed, what)
         spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
         sas = wait_one_sa_at_peer(bed, spis)
         log = open(bed.peer.log_path).read()
