@@ -69,6 +69,33 @@ def _fuzz(r):
         format(r["inputs"], ","), format(r["random_inputs"], ","), rss["after_random"] - rss["after_first_seed"])
 
 
+def _worst(c):
+    return "/".join("%.2f" % r["back_p100_s"] if r["back_p100_s"] is not None else "not all" for r in c["resets"])
+
+
+def _scale_one(r):
+    c = r["one_peer"]
+    return "%.2f s; %s s" % (c["up_s"], _worst(c))
+
+
+def _scale_hub(r):
+    c = r["hub"]
+    return "%.2f s; %s s (p50 %s s); %s of %s" % (
+        c["up_s"], _worst(c), "/".join("%.2f" % x["back_p50_s"] for x in c["resets"]),
+        "/".join(str(x["other_lost"]) for x in c["resets"]), "/".join(str(x["other_sent"]) for x in c["resets"]))
+
+
+def _scale_flush(r):
+    return "; ".join("%s: %s ms" % (n, "/".join("%.0f" % x["flush_ms"] for x in r[n]["resets"]))
+                     for n in ("one_peer", "hub"))
+
+
+def _scale_cost(r):
+    h = r["hub"]
+    return "%.1f KB (%.1f KB with its configuration); %.2f ms" % (h["rss_per_tunnel_kb"], r["rss_per_connection_kb"],
+                                                                 h["cpu_ms_per_tunnel"])
+
+
 def _load_figure(r):
     cases = {c["case"]: c["phases"] for c in r["cases"]}
     parts = []
@@ -99,6 +126,10 @@ ROWS = [
     ("esp", "link efficiency", _efficiency),
     ("mpy_link_auth", "link security on the board core", _link_auth),
     ("fuzz_link", "link fuzzing", _fuzz),
+    ("scale", "60 connections to one charon", _scale_one),
+    ("scale", "500 peers at distinct addresses", _scale_hub),
+    ("scale", "flush of a board's IKE SAs", _scale_flush),
+    ("scale", "daemon RSS per IKE SA", _scale_cost),
     ("load", "TCP through the tunnel at the board's real link rate", _load_figure),
     ("rp2040", "per 1400-byte packet on the emulated RP2040", _rp2040),
 ]

@@ -90,7 +90,8 @@ def worker(role: str, n: int, window: int, ike: str = IKE):
     gc.set_threshold(20_000, 20, 20)
     caps = OffloadCapabilities.from_proposals([ESP])
     settings = EngineSettings(max_half_open=65536, max_half_open_per_ip=65536, half_open_timeout=60.0,
-                              cookie_threshold=0, cookie_threshold_ip=0)   # setup rate, not DoS defence
+                              cookie_threshold=0, cookie_threshold_ip=0,   # setup rate, not DoS defence
+                              max_initiating_per_peer=0, max_initiating=0)  # the window is -c, as for charon
     engine = IkeEngine(_our_conns(role, ike), caps, settings=settings)
     state = {"up": 0, "failed": 0}
 

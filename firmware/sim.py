@@ -431,6 +431,7 @@ def main(argv=None):
     ap.add_argument("--reset-every", type=float, metavar="S", help="reset the board every S seconds")
     ap.add_argument("--control", metavar="PATH", help="control socket path (default: a temp path)")
     ap.add_argument("--host-silence-ms", type=int, help="override the profile's host-silence limit")
+    ap.add_argument("--max-sas", type=int, help="override the profile's SA slots (1-4096)")
     ap.add_argument("--link-key", metavar="FILE", help="the board's link key (made, mode 0600, if the file "
                     "does not exist; default: a new one in a temporary directory)")
     args = ap.parse_args(argv)
@@ -447,8 +448,12 @@ def main(argv=None):
         ap.error("--host-silence-ms must not be negative")
     if args.control and (os.path.exists(args.control) or not os.path.isdir(os.path.dirname(args.control) or ".")):
         ap.error("--control %s: the path must be new, in an existing directory" % args.control)
+    if args.max_sas is not None and not 1 <= args.max_sas <= 4096:
+        ap.error("--max-sas must be between 1 and 4096, not %s" % args.max_sas)
     if args.host_silence_ms is not None:
         profile["host_silence_ms"] = args.host_silence_ms
+    if args.max_sas is not None:
+        profile["max_sas"] = args.max_sas
     key_path = None
     if profiles.link_auth(full):
         key_path = args.link_key or os.path.join(tempfile.mkdtemp(prefix="ikeoffload-sim-key-"), "link.key")

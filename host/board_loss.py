@@ -7,12 +7,16 @@ and the connections that say so (start_action = start, dpd_action = restart) are
 as soon as a board is ready. Each loss is a BoardIncident: when it was detected, flushed, when the
 board came back, when the new IKE SA and Child SA were up.
 """
+import asyncio
 import logging
 import time
 
 log = logging.getLogger("ikeoffloadd")
 
 INCIDENTS_KEPT = 50
+# IKE SAs a flush drops before it lets the event loop serve other work (the other boards'
+# traffic, the board link, IKE): a few milliseconds each slice.
+FLUSH_SLICE = 32
 
 
 class BoardIncident:
@@ -30,7 +34,9 @@ class BoardIncident:
         self.ready_at = None
         self.reinitiated = []                 # (conn, ike_id, at)
         self.ike_up_at = None
-        self.child_up_at = None
+        self.child_up_at = None               # the first re-established connection's Child SA
+        self.recovered = set()                # connections whose Child SA is back
+        self.all_up_at = None                 # ... all of them
 
     def as_dict(self):
         return {"board": self.board, "reason": self.reason, "detail": self.detail,
@@ -38,7 +44,8 @@ class BoardIncident:
                 "flushed_at": self.flushed_at, "ike_sas_flushed": len(self.ike_sas),
                 "deletes_sent": self.deletes_sent, "board_ready_at": self.ready_at,
                 "reinitiated": [c for c, _, _ in self.reinitiated],
-                "ike_up_at": self.ike_up_at, "child_up_at": self.child_up_at}
+                "ike_up_at": self.ike_up_at, "child_up_at": self.child_up_at,
+                "recovered": len(self.recovered), "all_up_at": self.all_up_at}
 
 
 class BoardLossRecovery:
@@ -58,6 +65,7 @@ class BoardLossRecovery:
         self._open = {}              # board -> BoardIncident awaiting recovery
         self._restart_pending = {}   # conn -> (BoardIncident, Child SA names)
         self._restart_of = {}        # ike_id -> BoardIncident
+        self._restart_soon = False   # a restart() is scheduled
 
     def last_incident(self, board):
         return next((i for i in reversed(self.incidents) if i.board == board), None)
@@ -70,7 +78,10 @@ class BoardLossRecovery:
 
     def flush_board(self, ev, gone, now):
         """Drop the IKE SAs ``gone`` that lived on board ``ev.board`` (RFC 7296 §2.4), tell their
-        peers, and re-establish what should come back; returns the incident."""
+        peers, and re-establish what should come back; returns the incident. Nothing more is
+        sent on the board's Child SAs from here on; the IKE SAs go FLUSH_SLICE at a time, the
+        event loop serving the other boards' traffic between slices, and each slice's
+        connections are re-initiated as it goes (``inc.flushed_at`` marks the last slice)."""
         inc = BoardIncident(ev.board, ev)
         self.incidents.append(inc)
         del self.incidents[:-INCIDENTS_KEPT]
@@ -83,9 +94,14 @@ class BoardLossRecovery:
                       "flush_on_board_loss = false; nothing is sent on them, the peer is not told",
                       ev.board, ev.reason, ev.detail, len(ids))
             return inc
-        conns = []
-        for ike_id in ids:
+        self._flush_slice(inc, ev, ids, 0, [])
+        return inc
+
+    def _flush_slice(self, inc, ev, ids, start, conns):
+        for ike_id in ids[start:start + FLUSH_SLICE]:
             sa = self.engine.ike_sa(ike_id)
+            if sa is None:                  # gone meanwhile (the peer's Delete, a timeout)
+                continue
             conn = sa.conn.name if sa.conn else None
             established = sa.established_at is not None
             children = self.call(self.engine.drop_ike, ike_id,
@@ -94,15 +110,24 @@ class BoardLossRecovery:
             if conn and sa.conn.remote_host and (sa.conn.start_action == "start" or sa.conn.dpd_action == "restart"):
                 conns.append(conn)
                 self._restart_pending[conn] = (inc, children or None)
+        self.restart(time.monotonic())
+        if start + FLUSH_SLICE < len(ids):
+            asyncio.get_running_loop().call_soon(self._flush_slice, inc, ev, ids, start + FLUSH_SLICE, conns)
+            return
         inc.flushed_at = time.monotonic()
         self.stats["ike_sas_flushed"] += len(ids)
         self.stats["deletes_sent"] += inc.deletes_sent
         log.warning("board %s lost (%s: %s), detected %.0f ms after its last ack: flushed %d IKE SA(s), "
                     "sent %d Delete(s) in %.1f ms%s", ev.board, ev.reason, ev.detail,
                     (ev.at - ev.last_ack_at) * 1000 if ev.last_ack_at else 0, len(ids), inc.deletes_sent,
-                    (inc.flushed_at - ev.at) * 1000,
-                    "; re-establishing %s" % ", ".join(conns) if conns else "")
-        self.restart(now)
+                    (inc.flushed_at - ev.at) * 1000, "; re-establishing %d connection(s)%s" % (
+                        len(conns), ": " + ", ".join(conns) if len(conns) <= 8 else "") if conns else "")
+
+    async def flushed(self, inc, timeout=30.0):
+        """Wait until the flush of ``inc`` has dropped its last IKE SA."""
+        deadline = time.monotonic() + timeout
+        while inc.flushed_at is None and self.flush and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         return inc
 
     # ---- and comes back ---------------------------------------------------------------------
@@ -118,13 +143,27 @@ class BoardLossRecovery:
         self._restart_pending.clear()
 
     def restart(self, now):
-        if not self._restart_pending or not self.pool.ready_boards() or not self.active():
+        """Re-initiate the connections waiting for a board, as many as the ready boards have SA
+        slots for (a Child SA takes two); the rest wait for the next board that says HELLO (the
+        lost one, when it comes back) rather than fail for want of room."""
+        ready = self.pool.ready_boards()
+        if not self._restart_pending or not ready or not self.active():
             return
-        pending, self._restart_pending = self._restart_pending, {}
-        for conn, (inc, children) in pending.items():
+        room = sum(b.free_slots() for b in ready) - self._unplaced_slots()
+        for conn, (inc, children) in list(self._restart_pending.items()):
+            need = 2 * (len(children) if children else 1)
+            if need > room:
+                break
+            room -= need
+            del self._restart_pending[conn]
             ike_id = self.call(self.engine.initiate, conn, child=children, retry=True)
             inc.reinitiated.append((conn, ike_id, time.monotonic()))
             self._restart_of[ike_id] = inc
+
+    def _unplaced_slots(self):
+        """SA slots the re-initiated IKE SAs not yet placed on a board will need (placement
+        comes with their first Child SA's proposal)."""
+        return sum(2 for i in self._restart_of if self.pool.owner_of(i) is None)
 
     # ---- the timeline, from the engine's events ---------------------------------------------
     def ike_sa_up(self, ev):
@@ -134,13 +173,32 @@ class BoardLossRecovery:
 
     def child_sa_up(self, ev):
         inc = self._restart_of.get(ev.ike_id)
-        if inc is not None and inc.child_up_at is None:
-            inc.child_up_at = time.monotonic()
+        if inc is None or inc.all_up_at is not None:
+            return
+        now = time.monotonic()
+        if inc.child_up_at is None:
+            inc.child_up_at = now
             log.info("board %s recovery: new Child SA %s up %.0f ms after the loss was detected",
                      inc.board, ev.name, (inc.child_up_at - inc.detected_at) * 1000)
             self._open.pop(inc.board, None)
+        sa = self.engine.ike_sa(ev.ike_id)
+        if sa is not None and sa.conn is not None:
+            inc.recovered.add(sa.conn.name)
+        if len(inc.recovered) >= len(inc.reinitiated):
+            inc.all_up_at = now
+        if inc.all_up_at is not None and len(inc.recovered) > 1:
+            log.info("board %s recovery: all %d connections back %.0f ms after the loss was detected",
+                     inc.board, len(inc.recovered), (now - inc.detected_at) * 1000)
 
     def ike_sa_down(self, ev):
         inc = self._restart_of.pop(ev.ike_id, None)
         if ev.restart_ike_id is not None and inc is not None:
             self._restart_of[ev.restart_ike_id] = inc    # the engine retries the connection itself
+        if self._restart_pending and not self._restart_soon:
+            # its SA slots may be what they wait for: look once after this burst of events
+            self._restart_soon = True
+            asyncio.get_running_loop().call_soon(self._deferred_restart)
+
+    def _deferred_restart(self):
+        self._restart_soon = False
+        self.restart(time.monotonic())

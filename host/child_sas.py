@@ -2,8 +2,9 @@
 
 The engine asks for a Child SA with ChildSaInstall and waits for the answer
 (``answer(handle, ok, reason)``, the engine's ``child_sa_installed``): both halves go on the IKE
-SA's board (its failure domain, RFC 7296 §2.4), then the data path gets its route and the engine
-its answer. A ChildSaDelete takes the route out of the data path and both halves off the board;
+SA's board (its failure domain, RFC 7296 §2.4) — two SA_ADDs at once, which the link client
+sends in order within its window, as it does those of other installs — then the data path gets
+its route and the engine its answer. A ChildSaDelete takes the route out of the data path and both halves off the board;
 a replaced SA's (rekey, reauthentication: RFC 7296 §2.8) inbound half stays a little longer.
 
 What the daemon knows of an installed Child SA is its data path route (ChildRoute: board, SPIs,
@@ -30,6 +31,11 @@ log = logging.getLogger("ikeoffloadd")
 REPLACED_INBOUND_LINGER = 1.0
 # How long an outbound SA's deletion waits for the packets already on their way to the board on it.
 OUTBOUND_DRAIN = 1.0
+# How long the Child SAs of a lost board keep their routes into the TUN device. They are being
+# re-established (RFC 7296 §2.4), and meanwhile their traffic goes into the TUN device and is
+# dropped there rather than out of another route in the clear; the new Child SAs find their routes
+# in place, and a flush of hundreds of Child SAs changes no routes.
+LOST_BOARD_ROUTE_HOLD = 10.0
 
 
 def _addr(ip, port):
@@ -38,6 +44,22 @@ def _addr(ip, port):
 
 def _selectors(ts):
     return [(t.start, t.end, t.ip_proto, t.start_port, t.end_port) for t in ts]
+
+
+_ESP_TRANSFORMS = {}
+
+
+def esp_transforms(conn):
+    """The (encr, key bits, integ) transforms ``conn``'s Child SAs may use (its ESP proposals):
+    the board an IKE SA is placed on must run one of them. Cached per connection object."""
+    hit = _ESP_TRANSFORMS.get(id(conn))
+    if hit is None or hit[0] is not conn:
+        need = frozenset((int(e), b, int(i)) for cfg in conn.children.values() for spec in cfg.esp_proposals
+                         for e, b in spec.encr for i in (spec.integ or (0,)))
+        if len(_ESP_TRANSFORMS) >= 4096:
+            _ESP_TRANSFORMS.clear()
+        hit = _ESP_TRANSFORMS[id(conn)] = (conn, need)
+    return hit[1]
 
 
 def sa_specs(ev, replay_window):
@@ -129,19 +151,17 @@ class ChildSas:
             log.warning("Child SA %s #%d: board %s has no room for 2 more SAs", ev.name, ev.handle, b.name)
             return "full"
         client = b.client
-        done = []
         try:
-            for spec in specs:
-                await client.sa_add(spec)
-                done.append(spec)
-        except Exception as e:
-            await self._roll_back(client, done)
-            if not isinstance(e, LinkError):
-                raise
-            log.warning("Child SA %s #%d: board %s refused it: %s", ev.name, ev.handle, b.name, e)
-            return "unsupported" if e.status == m.UNSUPPORTED else "full" if e.status == m.SAD_FULL else str(e)
+            results = await asyncio.gather(*(client.sa_add(spec) for spec in specs), return_exceptions=True)
         finally:
             b.unreserve(2)          # what went on the board is counted in its books from here on
+        e = next((r for r in results if isinstance(r, BaseException)), None)
+        if e is not None:
+            await self._roll_back(client, [s for s, r in zip(specs, results) if not isinstance(r, BaseException)])
+            if not isinstance(e, LinkError):
+                raise e
+            log.warning("Child SA %s #%d: board %s refused it: %s", ev.name, ev.handle, b.name, e)
+            return "unsupported" if e.status == m.UNSUPPORTED else "full" if e.status == m.SAD_FULL else str(e)
         try:
             self.datapath.add(route)
             if self.routes is not None:
@@ -170,13 +190,20 @@ class ChildSas:
         if route is None:
             return
         if self.routes is not None:
-            self.routes.remove(route, self.datapath.routes)
+            if route.usable:
+                self._drop_route(route)
+            else:                   # its board was lost: the route stays while it comes back
+                asyncio.get_running_loop().call_later(LOST_BOARD_ROUTE_HOLD, self._drop_route, route)
         b = self.pool.boards.get(route.board)
         client = b.client if b is not None else None
         if client is not None and client.ready and client.has_sa(route.spi_in, m.DIR_IN):
             self._spawn(self._board_del(client, route, REPLACED_INBOUND_LINGER if linger else 0.0))
         else:
             self.datapath.forget_inbound(route)
+
+    def _drop_route(self, route):
+        """The TUN routes of ``route``'s remote networks go unless another Child SA covers them."""
+        self.routes.remove(route, self.datapath.routes_covering(route.remote_nets))
 
     async def _board_del(self, client, route, linger):
         """SA_DEL both halves; a replaced SA's inbound half after ``linger`` seconds, so packets the

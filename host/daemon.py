@@ -24,7 +24,7 @@ from firmware.link import keyfile
 from firmware.link import messages as m
 from host import sdnotify
 from host.board_loss import BoardLossRecovery
-from host.child_sas import ChildSas
+from host.child_sas import ChildSas, esp_transforms
 from host.control import ControlServer
 from host.control_views import RESET_CAUSES, list_boards, list_sas, stats
 from host.dataplane.datapath import DataPath
@@ -135,6 +135,7 @@ class Daemon:
             self._connections_started = False      # the first board to come up starts them
             return []
         self._connections_started = True
+        self.stats["connections_started_at"] = time.monotonic()
         return self.udp.call(self.engine.start)
 
     async def run(self):
@@ -184,7 +185,7 @@ class Daemon:
     def _capabilities(self, sa):
         """The engine asks which transforms the IKE SA's board runs: place the SA (failure domain)."""
         try:
-            b = self.pool.place(sa.ike_id)
+            b = self.pool.place(sa.ike_id, esp_transforms(sa.conn) if sa.conn and sa.conn.children else None)
         except NoBoard:
             return OffloadCapabilities(frozenset())
         sa.placement = b.name
@@ -337,7 +338,8 @@ class Daemon:
                 self.pool.release(ike_id)
             lost = BoardLost(name, "operator", "ikeoffloadctl flush-board", now, client.session.last_ack_at,
                              client.sas())
-            return self.recovery.flush_board(lost, gone, now).as_dict()
+            inc = self.recovery.flush_board(lost, gone, now)
+            return (await self.recovery.flushed(inc)).as_dict()
         if cmd == "stats":
             return stats(self.stats, self.engine, self.child_sas, self.datapath, self.udp, self.recovery,
                          self.started_at)

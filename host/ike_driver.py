@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Callable
 
 from host.ike.constants import NON_ESP_MARKER
@@ -39,6 +40,25 @@ def may_use_absent_address(sock):
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+
+
+# Bytes the kernel holds for a socket (ESP of hundreds of tunnels, IKE) while the event loop is
+# busy for a moment; the default (about 200 KB) is a few hundred packets.
+RECEIVE_BUFFER = 4 << 20
+# Seconds of IKE work one readable socket may take per turn of the event loop.
+IKE_TURN = 0.005
+
+
+def _receive_buffer(sock):
+    """RECEIVE_BUFFER for ``sock``: beyond net.core.rmem_max where the daemon may (CAP_NET_ADMIN),
+    else as much as the system allows."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, RECEIVE_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class IkeUdpEndpoint:
@@ -77,6 +97,7 @@ class IkeUdpEndpoint:
                     may_use_absent_address(sock)
                 sock.bind((self.local_ip, port))
             sock.setblocking(False)
+            _receive_buffer(sock)
             self._sockets[port] = sock
             self._loop.add_reader(sock.fileno(), self._readable, sock, port)
         self._service()
@@ -131,6 +152,11 @@ class IkeUdpEndpoint:
             self.stats["socket_errors"] += 1
 
     def _readable(self, sock, port):
+        """Read what waits: ESP (cheap, to the data path) and IKE messages (a key exchange each,
+        at worst) until IKE_TURN seconds of work are done; the rest waits for the next turn of
+        the event loop, so that hundreds of IKE SAs coming up at once do not hold up every
+        tunnel's traffic behind them."""
+        t_end = time.perf_counter() + IKE_TURN
         for _ in range(256):
             try:
                 data, addr = sock.recvfrom(65535)
@@ -139,10 +165,12 @@ class IkeUdpEndpoint:
             except OSError:                 # e.g. ICMP port unreachable: retransmissions handle loss
                 self.stats["socket_errors"] += 1
                 break
-            self._received(data, addr[:2], port, batch=True)
+            if self._received(data, addr[:2], port, batch=True) and time.perf_counter() > t_end:
+                break
         self._service()
 
     def _received(self, data: bytes, addr, port: int, batch: bool = False):
+        """One datagram from ``port``; True if it was an IKE message (not ESP or a keepalive)."""
         if not self.accepting:
             self.stats["standby_dropped"] += 1
             return
@@ -162,6 +190,7 @@ class IkeUdpEndpoint:
         self.engine.receive_datagram(data, addr, self.now(), (self.local_ip, port))
         if not batch:
             self._service()
+        return True
 
     def _service(self):
         """Send what the engine queued, hand out its events, re-arm the timer."""

@@ -75,7 +75,7 @@ class Charon:
         ]
         if self.half_open is not None:
             lines += [f"  block_threshold = {self.half_open}", f"  cookie_threshold = {self.half_open}",
-                      f"  init_limit_half_open = {self.half_open}"]
+                      f"  cookie_threshold_ip = {self.half_open}", f"  init_limit_half_open = {self.half_open}"]
         if self.cookie_threshold is not None:
             lines += [f"  cookie_threshold = {self.cookie_threshold}"]
         if self.keep_alive is not None:

@@ -94,6 +94,7 @@ class DemoBed:
         extra = ["--baud", str(self.baud)] if self.baud is not None else []
         key = os.path.join(self.state, "b%d.key" % i)       # the board's link key: kept across its restarts
         cmd = [sys.executable, "-m", "firmware.sim", "--profile", self.profile, "--control", ctl] + extra
+        cmd += self.sim_args(i)
         if profiles.link_auth(profiles.load(self.profile)):
             cmd += ["--link-key", key]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
@@ -105,6 +106,10 @@ class DemoBed:
             self.sims[i] = (p, dev, ctl)
         else:
             self.sims.append((p, dev, ctl))
+
+    def sim_args(self, i):
+        """More command-line arguments for board i's simulator."""
+        return []
 
     def _charon_conn(self):
         """One charon connection with a child per tunnel (charon picks a connection by address and

@@ -103,7 +103,8 @@ def test_a_selector_that_ends_before_it_starts_leaves_nothing_on_the_board(small
 
 
 def test_a_board_lost_half_way_is_answered_and_rolled_back(small_board):
-    """The board resets between the two halves: the install fails, the engine hears of it."""
+    """The board resets between the two halves (the two SA_ADDs go out together, the reset
+    comes between them): the install fails, the engine hears of it."""
     prof, board = small_board
 
     async def go():
@@ -111,12 +112,11 @@ def test_a_board_lost_half_way_is_answered_and_rolled_back(small_board):
         try:
             add = client.sa_add
 
-            async def add_then_reset(spec):
-                r = await add(spec)
-                if spec.direction == m.DIR_IN:
+            async def reset_then_add(spec):
+                if spec.direction == m.DIR_OUT:
                     await client.reset()
-                return r
-            client.sa_add = add_then_reset
+                return await add(spec)
+            client.sa_add = reset_then_add
             await asyncio.wait_for(sas.install(install(1)), 10)
             assert [(h, ok) for h, ok, _ in answers] == [(1, False)], answers
             assert pool.boards["b0"].reserved == 0 and sas.installed(1) is None

@@ -485,7 +485,7 @@ def test_initial_contact_replaces_old_sa():
 
 def test_half_open_limits_and_expiry():
     s = EngineSettings(max_half_open=5, max_half_open_per_ip=3, half_open_timeout=10.0)
-    a, b, net = pair(settings_b=s)
+    a, b, net = pair(settings_b=s, settings_a=EngineSettings(max_initiating_per_peer=0))   # a floods
     for _ in range(5):
         a.initiate("gw", 0.0)
     for d in a.datagrams_to_send(0.0):
@@ -498,7 +498,8 @@ def test_half_open_limits_and_expiry():
 def test_error_replies_are_rate_limited():
     s = EngineSettings(reply_rate=1.0, reply_burst=3.0)
     b = engine(conn(B, A, "b.example", "a.example", B_NET, A_NET, ike="aes128gcm16-prfsha256-ecp256"), settings=s)
-    a = engine(conn(A, B, "a.example", "b.example", A_NET, B_NET, ike="aes128gcm16-prfsha256-x25519"))
+    a = engine(conn(A, B, "a.example", "b.example", A_NET, B_NET, ike="aes128gcm16-prfsha256-x25519"),
+               settings=EngineSettings(max_initiating_per_peer=0))        # a floods
     for _ in range(20):
         a.initiate("gw", 0.0)
     for d in a.datagrams_to_send(0.0):

@@ -130,3 +130,37 @@ def test_a_heartbeat_allows_for_the_data_in_flight_ahead_of_it():
         assert w.session.missed == 0
         w.run(0.004)
         assert w.session.missed == 1
+
+
+def test_the_frames_in_flight_always_fit_the_boards_data_queue():
+    """The board queues `data_queue` data frames (small ones: SMALL_QUEUE more) and refuses the
+    rest with BUSY, their packets lost (firmware/board.py): the host, with the window its client
+    gives a board (host/offload/client.py), never sends a frame that the board would refuse, urgent
+    frames of small packets and bulk ones mixed, whatever the board's pace."""
+    from firmware.board import DEFAULT_PROFILE, SMALL_FRAME, SMALL_QUEUE
+    from host.offload.client import BoardClient
+    dq = DEFAULT_PROFILE["data_queue"]
+    opts = BoardClient("b", "socket://127.0.0.1:1", profile=profiles_sim(), link_key=b"k" * 32).link_options
+    link = LinkClient(byte_time=0.0, data_budget=opts["data_budget"], data_frames=opts["data_frames"],
+                      urgent_frames=opts["urgent_frames"])
+    queued = []                               # the board's data queue: (seq, small)
+    answered = 0
+    for _ in range(40):
+        link.request(m.ENCRYPT, m.encode_encrypt_request([(0x1000, bytes(60))] * 4), 0.0, retry=False,
+                     deadline=100, reply_len=400, work=0.0, urgent=True)
+        data_request(link, 0.0, n=4, work=0.0)
+    for turn in range(200):
+        for f in frames(link.data_to_send()):
+            small = len(f.body) <= SMALL_FRAME
+            assert len(queued) < dq + (SMALL_QUEUE if small else 0), "the board would answer BUSY"
+            queued.append(f.seq)
+        if queued and turn % 3:               # the board works on one frame now and then
+            seq = queued.pop(0)
+            link.receive(fr.encode(m.ENCRYPT, seq, fr.FLAG_REPLY | fr.FLAG_NOCACHE, b"\x00\x00\x00"), 0.01)
+            answered += 1
+    assert answered == 80 and not queued
+
+
+def profiles_sim():
+    from firmware import profiles
+    return profiles.load("sim")

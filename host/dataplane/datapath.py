@@ -13,6 +13,9 @@ SA commands go first, and what the board cannot take is dropped here, early, cou
 Each packet's cost is its time on the wire at the link's rate plus the board's CPU time for its
 transform (the profile's [crypto.cost_us]).
 
+The routes are indexed by handle, inbound SPI, board and remote network (the outbound lookup
+tries only the prefix lengths in use): nothing per packet or per event walks every Child SA.
+
 Only SAs marked usable carry traffic: while a board is lost nothing is sent on its SAs (RFC 7296
 §2.4). Inbound ESP must come from the address and port of its SA's peer (RFC 3948: the SA's
 encapsulation ports), or it costs no link time. An inbound SPI the host never installed is not
@@ -91,6 +94,69 @@ LINK_OVERHEAD = 80
 SPARSE_FRAME = 512      # bytes of small packets in one urgent frame (the board works small frames first)
 
 
+class RouteIndex:
+    """Outbound lookup: the routes whose remote selectors contain a destination, by (IP version,
+    prefix length, network) — a packet looks at the prefix lengths in use only. Among the routes
+    that match, the newest wins (a rekey's new SA, RFC 7296 §2.8)."""
+
+    def __init__(self):
+        self.buckets = {}               # (version, prefixlen, network as int) -> {handle: (order, route)}
+        self.prefixes = {4: {}, 6: {}}  # version -> {prefixlen: routes using it}, longest first
+        self.order = 0
+
+    @staticmethod
+    def _key(net):
+        return (net.version, net.prefixlen, int(net.network_address) >> (net.max_prefixlen - net.prefixlen))
+
+    def add(self, route):
+        self.order += 1
+        for net in set(route.remote_nets):
+            self.buckets.setdefault(self._key(net), {})[route.handle] = (self.order, route)
+            lens = self.prefixes[net.version]
+            if net.prefixlen not in lens:
+                lens[net.prefixlen] = 0
+                self.prefixes[net.version] = lens = dict(sorted(lens.items(), reverse=True))
+            lens[net.prefixlen] += 1
+
+    def remove(self, route):
+        for net in set(route.remote_nets):
+            key = self._key(net)
+            b = self.buckets.get(key)
+            if b is None or b.pop(route.handle, None) is None:
+                continue
+            if not b:
+                del self.buckets[key]
+            lens = self.prefixes[net.version]
+            lens[net.prefixlen] -= 1
+            if not lens[net.prefixlen]:
+                del lens[net.prefixlen]
+
+    def covering(self, net):
+        """The routes with ``net`` among their remote networks."""
+        return [r for _, r in self.buckets.get(self._key(net), {}).values()]
+
+    def lookup(self, src, dst):
+        """The newest sending route whose selectors match (src, dst), or None."""
+        best = None
+        d = int(dst)
+        bits = dst.max_prefixlen
+        for plen in self.prefixes[dst.version]:
+            b = self.buckets.get((dst.version, plen, d >> (bits - plen)))
+            if b is None:
+                continue
+            for order, r in b.values():
+                if r.sending and (best is None or order > best[0]) and r.matches(src, dst):
+                    best = (order, r)
+        return best[1] if best is not None else None
+
+    def newest_first(self):
+        seen = {}
+        for b in self.buckets.values():
+            for order, r in b.values():
+                seen[r.handle] = (order, r)
+        return [r for _, r in sorted(seen.values(), key=lambda x: -x[0])]
+
+
 class DataPath:
     def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None,
                  clock=time.monotonic, on_wrong_peer=None):
@@ -108,17 +174,28 @@ class DataPath:
         self.on_unknown_spi = on_unknown_spi
         self.on_inbound = on_inbound
         self.clock = clock
-        self.routes = []                 # outbound lookup, newest first (rekeyed SAs win)
+        self.out_index = RouteIndex()    # outbound lookup (rekeyed SAs win)
         self.by_spi_in = {}
         self.by_handle = {}
+        self.by_board = {}               # board -> {handle: route} of the routes in the outbound lookup
         self.queues = {}                 # board -> BoardQueue
         self._pump_scheduled = set()
         self.stats = collections.Counter()
         self._loop = None
 
     # ---- routes -----------------------------------------------------------------------------
+    @property
+    def routes(self):
+        """The routes of the outbound lookup, newest first."""
+        return self.out_index.newest_first()
+
+    def routes_covering(self, nets):
+        """Routes in the outbound lookup with one of ``nets`` among their remote networks."""
+        return [r for n in nets for r in self.out_index.covering(n)]
+
     def add(self, route):
-        self.routes.insert(0, route)
+        self.out_index.add(route)
+        self.by_board.setdefault(route.board, {})[route.handle] = route
         self.by_spi_in[route.spi_in] = route
         self.by_handle[route.handle] = route
         for data, addr in self._held.pop(route.spi_in, ()):
@@ -130,8 +207,14 @@ class DataPath:
         if r is None:
             return None
         r.sending = False
-        self.by_spi_in.pop(r.spi_in, None)
-        self.routes = [x for x in self.routes if x.handle != handle]
+        if self.by_spi_in.get(r.spi_in) is r:
+            del self.by_spi_in[r.spi_in]
+        self.out_index.remove(r)
+        on_board = self.by_board.get(r.board)
+        if on_board is not None:
+            on_board.pop(handle, None)
+            if not on_board:
+                del self.by_board[r.board]
         return r
 
     def retire(self, handle):
@@ -169,9 +252,8 @@ class DataPath:
             old.sending = False
 
     def set_usable(self, board, usable):
-        for r in self.routes:
-            if r.board == board:
-                r.usable = usable
+        for r in self.by_board.get(board, {}).values():
+            r.usable = usable
         if not usable:
             q = self.queues.get(board)
             if q is not None:
@@ -192,15 +274,10 @@ class DataPath:
                     self._queue(r, OUT, pkt, None)
             else:
                 self.stats["out_no_sa"] += 1
-                log.debug("no SA for %s -> %s; routes: %s", src, dst,
-                          ["#%d%s%s" % (r.handle, "" if r.sending else " (not sending)", "" if r.usable else " (lost)")
-                           for r in self.routes])
+                log.debug("no SA for %s -> %s", src, dst)
 
     def _route_out(self, src, dst):
-        for r in self.routes:
-            if r.sending and r.matches(src, dst):
-                return r
-        return None
+        return self.out_index.lookup(src, dst)
 
     def _current(self, it):
         """An outbound packet queued on an SA that has stopped sending (a rekey moved traffic to

@@ -4,15 +4,25 @@ Packets the kernel routes into the device come out of read() as whole IP packets
 no packet-information header); decrypted inner packets written to it enter the kernel's stack.
 Routes to remote traffic selectors go through the device in a routing table of its own, with
 an `ip rule` — the way strongSwan's libipsec does it — so the router's main table is untouched.
+Routes change through one long-lived `ip -batch` process fed a line a route: hundreds of tunnels
+coming up cost no process each, and the event loop never waits for `ip`.
 """
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import struct
 import subprocess
 
+log = logging.getLogger("ikeoffloadd")
+
 TUNSETIFF = 0x400454CA
+# Packets the kernel holds for the daemon to read (a TUN device's default is 500): what arrives
+# while the event loop is busy for a moment (a flush of hundreds of IKE SAs, a burst of IKE work)
+# waits here instead of being dropped; the data path's own queues then manage the delay.
+TXQUEUELEN = 2000
+TUN_BURST = 1024
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
@@ -54,6 +64,8 @@ class Tun:
         self.routes = set()
         self._loop = None
         self._on_packets = None
+        self._batch = None       # `ip -force -batch -`: route changes, a line each
+        self.route_errors = 0
         self.rx = 0
         self.tx = 0
         self.tx_errors = 0
@@ -70,16 +82,57 @@ class Tun:
             os.close(fd)
             raise TunError("cannot create TUN device %s: %s" % (self.name, _why(e))) from None
         self.fd = fd
-        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "up", key="dataplane.mtu")
+        ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "txqueuelen", str(TXQUEUELEN), "up",
+           key="dataplane.mtu")
         ip("rule", "del", "priority", str(self.priority), check=False)
         ip("rule", "add", "priority", str(self.priority), "table", str(self.table), key="dataplane.routing_table")
         self._loop = asyncio.get_running_loop()
         self._on_packets = on_packets
         self._loop.add_reader(fd, self._readable)
+        self._start_batch()
+
+    def _start_batch(self):
+        self._batch = subprocess.Popen(["ip", "-force", "-batch", "-"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, bufsize=0,
+                                       start_new_session=True)
+        os.set_blocking(self._batch.stderr.fileno(), False)
+        self._loop.add_reader(self._batch.stderr.fileno(), self._batch_errors, self._batch)
+
+    def _batch_errors(self, proc):
+        """What `ip` says about a route it could not change (the SA stays; its traffic needs the
+        route the operator adds)."""
+        try:
+            data = os.read(proc.stderr.fileno(), 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._loop.remove_reader(proc.stderr.fileno())
+            return
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("Error") or "failed" in line:
+                self.route_errors += 1
+            log.warning("routes into %s: ip: %s", self.name, line)
+
+    def _route_cmd(self, line):
+        """One route change, to the batch process (restarted if it died)."""
+        if self._batch is None or self._batch.poll() is not None:
+            if self._batch is not None:
+                self._loop.remove_reader(self._batch.stderr.fileno())
+            self._start_batch()
+        try:
+            self._batch.stdin.write((line + "\n").encode())
+        except OSError as e:
+            raise TunError("ip -batch: %s" % e) from None
 
     def _readable(self):
         pkts = []
-        for _ in range(64):      # drain a burst per wake-up; batching pays on the board link
+        # Drain what waits (up to TUN_BURST) per wake-up: batching pays on the board link, and
+        # what waits here is invisible to the data path's delay management — when the loop is
+        # busy (hundreds of IKE SAs coming back), a small burst per turn would let this queue,
+        # and every tunnel's latency, grow.
+        for _ in range(TUN_BURST):
             try:
                 pkts.append(os.read(self.fd, 65535))
             except (BlockingIOError, InterruptedError):
@@ -101,15 +154,13 @@ class Tun:
         """Route a remote traffic selector into the tunnel (idempotent)."""
         if cidr in self.routes:
             return
-        args = ["route", "replace", cidr, "dev", self.name, "table", str(self.table)]
-        if src:
-            args += ["src", src]
-        ip(*args)
+        self._route_cmd("route replace %s dev %s table %d%s" % (cidr, self.name, self.table,
+                                                                " src %s" % src if src else ""))
         self.routes.add(cidr)
 
     def del_route(self, cidr):
         if cidr in self.routes:
-            ip("route", "del", cidr, "dev", self.name, "table", str(self.table), check=False)
+            self._route_cmd("route del %s dev %s table %d" % (cidr, self.name, self.table))
             self.routes.discard(cidr)
 
     def close(self):
@@ -117,6 +168,15 @@ class Tun:
             return
         for cidr in list(self.routes):
             self.del_route(cidr)
+        if self._batch is not None:
+            self._loop.remove_reader(self._batch.stderr.fileno())
+            try:
+                self._batch.stdin.close()
+                self._batch.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._batch.kill()
+            self._batch.stderr.close()
+            self._batch = None
         ip("rule", "del", "priority", str(self.priority), check=False)
         try:
             self._loop.remove_reader(self.fd)

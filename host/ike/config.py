@@ -84,6 +84,10 @@ class EngineSettings:
     half_open_timeout: float = 30.0     # responder: IKE_AUTH must follow within this time
     max_half_open: int = 4096           # responder: half-open IKE SAs in total ...
     max_half_open_per_ip: int = 512     # ... and per initiator address
+    # initiator (pacing.py): our IKE SAs half-open at once per peer address (one below charon's
+    # block_threshold of 5, whose count ends a moment after it answers IKE_AUTH) and in all; 0 = no limit
+    max_initiating_per_peer: int = 4
+    max_initiating: int = 64
     reply_rate: float = 20.0            # unprotected error answers per source per second
     reply_burst: float = 40.0
     reply_global_rate: float = 500.0

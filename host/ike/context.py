@@ -6,7 +6,8 @@ and offers the services that keep those tables consistent:
 
 * out: ``send(data, remote, local)``, ``emit(event)``, ``warn(sa, text)``;
 * IKE SAs: ``new_ike_sa``, ``register_sa``, ``ike_sa(id)``, ``ike_sas()``, ``ike_sas_with_peer``,
-  ``initiate(conn, now, ...)``, ``destroy(sa, reason, now, ...)``, ``fail(sa, reason, now)``;
+  ``initiate(conn, now, ...)``, ``start_initiation(sa, now)`` (paced: pacing.py),
+  ``destroy(sa, reason, now, ...)``, ``fail(sa, reason, now)``;
 * SPIs: ``alloc_ike_spi`` / ``release_ike_spi``, ``alloc_child_spi`` / ``release_child_spi``;
 * Child SAs: ``new_child_handle``, ``register_child``, ``forget_child``, ``remove_child``,
   ``recreate_child``, ``reopen_child``, ``switch_outbound``, ``children_sending_with``;
@@ -26,7 +27,7 @@ import random
 from collections import Counter, deque
 from typing import Callable, NamedTuple
 
-from . import cookies, followup_ke, fragments, invalid_spi, lifetimes, liveness, natt, reauth, rekey
+from . import cookies, followup_ke, fragments, invalid_spi, lifetimes, liveness, natt, pacing, reauth, rekey
 from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify
@@ -54,6 +55,10 @@ class Datagram(NamedTuple):
     remote: tuple
     local: tuple
     keepalive: bool = False
+
+
+def _conn_ids(conn) -> tuple:
+    return (conn.local.id, conn.remote.id)
 
 
 class RateLimits:
@@ -99,11 +104,14 @@ class Context:
         self.by_id: dict[int, IkeSa] = {}           # ... by id (not the unregistered new SA of a rekey)
         self.half_open: dict[tuple, IkeSa] = {}     # responder: (SPIi, peer IP) -> SA
         self.half_open_per_ip: Counter = Counter()
+        self.pacer = pacing.InitiationPacer(settings.max_initiating_per_peer, settings.max_initiating,
+                                             self.stats)
         self.installing: dict = {}                  # handle -> ChildSa awaiting the board
         self.children: dict = {}                    # handle -> ChildSa (installing or installed)
         self.child_spis: dict[int, object] = {}     # our inbound ESP SPIs in use (None: offered only)
         self._spi_out: dict[int, list] = {}         # peer's inbound SPI -> Child SAs (INVALID_SPI hints)
         self._peers: dict[str, set] = {}            # peer IP -> IKE SAs
+        self._by_conn_ids: dict[tuple, set] = {}    # (local id, remote id) configured -> IKE SAs
         # out
         self.datagrams: list[Datagram] = []
         self.events = deque()
@@ -152,6 +160,29 @@ class Context:
     def register_sa(self, sa: IkeSa):
         self.by_id[sa.ike_id] = sa
         self._peers.setdefault(sa.remote[0], set()).add(sa)
+        if sa.conn is not None:
+            self._by_conn_ids.setdefault(_conn_ids(sa.conn), set()).add(sa)
+
+    def conn_changed(self, sa: IkeSa, old):
+        """``sa`` was given a connection: file it under that connection's identities."""
+        if self.by_id.get(sa.ike_id) is not sa:
+            return                      # not registered (yet): register_sa files it
+        self._unregister_conn(sa, old)
+        if sa.conn is not None:
+            self._by_conn_ids.setdefault(_conn_ids(sa.conn), set()).add(sa)
+
+    def _unregister_conn(self, sa: IkeSa, conn):
+        if conn is None:
+            return
+        group = self._by_conn_ids.get(_conn_ids(conn))
+        if group is not None:
+            group.discard(sa)
+            if not group:
+                del self._by_conn_ids[_conn_ids(conn)]
+
+    def ike_sas_with_conn_ids(self, local_id, remote_id):
+        """The live IKE SAs whose connections have these configured identities."""
+        return self._by_conn_ids.get((local_id, remote_id), ())
 
     def _unregister_peer(self, sa: IkeSa):
         peers = self._peers.get(sa.remote[0])
@@ -188,7 +219,12 @@ class Context:
         self.half_open[key] = sa
         self.half_open_per_ip[key[1]] += 1
 
-    def leave_half_open(self, sa: IkeSa):
+    def leave_half_open(self, sa: IkeSa, now: float):
+        """``sa`` is established or gone: out of the responder's half-open table, and as an
+        initiator its pacing slot goes to the next IKE SA waiting for one."""
+        if sa.pacing is not None:
+            for nxt in self.pacer.release(sa):
+                nxt.kick(now)
         key, sa.half_open_key = sa.half_open_key, None
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
@@ -226,8 +262,13 @@ class Context:
         if start_at is not None and start_at > now:
             sa.set_timer(liveness.START, start_at)
         else:
-            sa.kick(now)
+            self.start_initiation(sa, now)
         return sa
+
+    def start_initiation(self, sa: IkeSa, now: float):
+        """Send ``sa``'s IKE_SA_INIT now if the pacer gives it a slot, else when one frees up."""
+        if sa.active is None and sa.my_mid == 0 and self.pacer.admit(sa):
+            sa.kick(now)
 
     def fail(self, sa: IkeSa, reason: str, now: float):
         """An initiation the peer refused: warn, drop it, and let the after-down rules retry."""
@@ -266,9 +307,10 @@ class Context:
         sa.delayed.clear()
         for spi in (sa.spi_i, sa.spi_r):
             self.release_ike_spi(spi, sa)
-        self.leave_half_open(sa)
+        self.leave_half_open(sa, now)
         if self.by_id.get(sa.ike_id) is sa:
             del self.by_id[sa.ike_id]
+            self._unregister_conn(sa, sa.conn)
         self._unregister_peer(sa)
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col.new.state != IkeSaState.DEAD and not col.new.announced:

@@ -137,11 +137,11 @@ class IkeEngine:
 
     def delete_child(self, handle: int, now: float, reason: str = "deleted locally"):
         """Delete Child SA ``handle`` with an INFORMATIONAL exchange (§1.4.1)."""
-        for sa in self.ctx.by_id.values():
-            if handle in sa.children:
-                sa.add_task(informational.DeleteChildTask([handle], reason), now)
-                return
-        raise KeyError(handle)
+        child = self.ctx.children.get(handle)
+        sa = child.ike if child is not None else None
+        if sa is None or self.ctx.by_id.get(sa.ike_id) is not sa or handle not in sa.children:
+            raise KeyError(handle)
+        sa.add_task(informational.DeleteChildTask([handle], reason), now)
 
     def delete_ike(self, ike_id: int, now: float, reason: str = "deleted locally"):
         """Delete an IKE SA and its Child SAs: an INFORMATIONAL Delete if it is established (sent

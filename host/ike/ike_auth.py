@@ -85,9 +85,8 @@ def wants_initial_contact(sa) -> bool:
     connections with the same identities must not send it for each other)."""
     if not sa.conn.initial_contact:
         return False
-    ids = (sa.conn.local.id, sa.conn.remote.id)
-    return not any(o is not sa and o.conn is not None and o.state != IkeSaState.DEAD
-                   and (o.conn.local.id, o.conn.remote.id) == ids for o in sa.ctx.by_id.values())
+    return not any(o is not sa and o.state != IkeSaState.DEAD
+                   for o in sa.ctx.ike_sas_with_conn_ids(sa.conn.local.id, sa.conn.remote.id))
 
 
 def honour_initial_contact(sa, now: float):
@@ -112,7 +111,7 @@ def established(sa, now: float):
     sa.last_heard = now
     sa.expire_at = None
     sa.attempt = None
-    sa.ctx.leave_half_open(sa)
+    sa.ctx.leave_half_open(sa, now)
     sa.init_req = sa.init_resp = b""        # only the AUTH payloads needed them
     sa.int_auth_i = sa.int_auth_r = b""
     sa.prev_cipher = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from . import fragments, liveness, reauth
+from . import fragments, liveness, pacing, reauth
 from .constants import ExchangeType, Flag
 from .message import Message
 from .states import ChildSaState, IkeSaState
@@ -107,7 +107,7 @@ class IkeSa:
         self.established_at = None
         self.spi_i = self.spi_r = b"\0" * 8
         # negotiation
-        self.conn = None
+        self._conn = None
         self.candidates = []
         self.chosen = None
         self.prf = None
@@ -161,8 +161,21 @@ class IkeSa:
         self.announced = True               # IkeSaDown only for SAs the driver heard of
         self.invalid_spi_task = None        # a queued INVALID_SPI notification still open for SPIs
         self.delayed: dict = {}             # n -> task queued when timer ("task", n) fires
+        self.pacing = None                  # initiator: None, or waiting for / holding a slot (pacing.py)
+        self.pacing_peer = None             # the peer address its slot is counted for
 
     # -------------------------------------------------------------- identity helpers
+
+    @property
+    def conn(self):
+        """The connection this IKE SA belongs to (None until one is chosen)."""
+        return self._conn
+
+    @conn.setter
+    def conn(self, conn):
+        old, self._conn = self._conn, conn
+        if old is not conn:
+            self.ctx.conn_changed(self, old)
 
     @property
     def peer_spi(self) -> bytes:
@@ -186,7 +199,8 @@ class IkeSa:
 
     def kick(self, now: float):
         """Start the next queued exchange if none is running (window size 1, §2.3)."""
-        while self.active is None and self.queue and self.state != IkeSaState.DEAD:
+        while self.active is None and self.queue and self.state != IkeSaState.DEAD and \
+                self.pacing != pacing.WAITING:
             task = self.queue.popleft()
             payloads = task.build(self, now)
             if payloads is None:            # nothing to do after all

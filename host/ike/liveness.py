@@ -86,11 +86,11 @@ def child_names(sa) -> list[str]:
 
 def carried_elsewhere(sa, name: str) -> bool:
     """Another live IKE SA of ``sa``'s connection has an installed Child SA ``name``."""
-    return any(other is not sa and other.conn is not None and other.conn.name == sa.conn.name and
-               other.state == IkeSaState.ESTABLISHED and
+    return any(other is not sa and other.announced and other.conn is not None and
+               other.conn.name == sa.conn.name and other.state == IkeSaState.ESTABLISHED and
                any(c.cfg is not None and c.cfg.name == name and c.state == ChildSaState.INSTALLED
                    for c in other.children.values())
-               for other in sa.ctx.ike_sas())
+               for other in sa.ctx.ike_sas_with_conn_ids(sa.conn.local.id, sa.conn.remote.id))
 
 
 def default_children(conn) -> list[str] | bool:
@@ -153,4 +153,4 @@ def on_start(sa, key, now: float):
         sa.ctx.stats["reopen_not_needed"] += 1
         sa.ctx.destroy(sa, "the peer set it up again itself", now)
         return
-    sa.kick(now)
+    sa.ctx.start_initiation(sa, now)

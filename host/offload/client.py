@@ -11,6 +11,7 @@ import asyncio
 import time
 
 from firmware import profiles
+from firmware.board import DEFAULT_PROFILE as BOARD_DEFAULTS
 from firmware.link import messages as m
 from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
@@ -53,6 +54,11 @@ class BoardClient:
             self.link_options["byte_time"] = 1.0 / rate
         if profile and "data_budget" not in self.link_options:
             self.link_options["data_budget"] = profiles.data_budget(profile)
+        if profile and "data_frames" not in self.link_options:
+            # the board queues this many data frames and answers more with BUSY (their packets
+            # lost): a fast board on a pty drains its budget in seconds slower than frames arrive
+            self.link_options["data_frames"] = BOARD_DEFAULTS["data_queue"]
+            self.link_options.setdefault("urgent_frames", max(1, BOARD_DEFAULTS["data_queue"] - 1))
         if profile is not None and profiles.link_auth(profile) and not link_key:
             raise ValueError("board %s: profile %s has an authenticated link: give its link key"
                              % (name, profile.get("_name", "?")))

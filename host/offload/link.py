@@ -15,10 +15,13 @@ Two kinds of request share the link:
 - **data** (ENCRYPT/DECRYPT, retry=False): sent once. What is in flight is bounded by `data_budget`
   seconds of link-and-board time — the wire time of each request or reply (the longer) at the
   link's `byte_time`, plus the board's crypto time the caller states (`work`) — and by
-  `data_frames` / `data_bytes` where the link has no rate (a pty). At least one data request may
-  always be in flight. A heartbeat therefore waits behind at most `data_budget` of data on the wire
-  in either direction, and the caller (the data path) keeps everything else in its own queue,
-  where it can be dropped early (docs/link-protocol.md, "Control before data").
+  `data_frames` / `data_bytes` where the link has no rate (a pty): data frames and urgent ones
+  together, since the board's data queue holds both (a bulk frame finding `data_frames` queued
+  there is refused BUSY). At least one data request may always be in flight whatever its cost
+  (keep `urgent_frames` below `data_frames`, so that urgent frames never hold every place). A
+  heartbeat therefore waits behind at most `data_budget` of data on the wire in either direction,
+  and the caller (the data path) keeps everything else in its own queue, where it can be dropped
+  early (docs/link-protocol.md, "Control before data").
 - **urgent data** (a frame of small packets: pings, TCP ACKs, DNS): sent once like data, but not
   held back by the data budget — at most `urgent_frames` in flight — so an interactive packet
   does not wait for bulk data to drain (the board works on small frames first, too).
@@ -155,11 +158,11 @@ class LinkClient:
 
     def data_room(self):
         """Seconds of data budget left (<= 0: a data request now would wait in this client)."""
-        if self._waiting_data:
+        if self._waiting_data or self._data_n + self._urgent_n >= self.data_frames:
             return 0.0
         if not self._data_n:
             return self.data_budget if self.data_budget > 0 else 1.0
-        if self._data_n >= self.data_frames or self._data_bytes >= self.data_bytes:
+        if self._data_bytes >= self.data_bytes:
             return 0.0
         return self.data_budget - self._data_cost
 
@@ -227,10 +230,11 @@ class LinkClient:
             self._send(wd.popleft(), now)
 
     def _data_fits(self, p):
+        if self._data_n + self._urgent_n >= self.data_frames:
+            return False
         if not self._data_n:
             return True
-        return (self._data_cost + p.cost <= self.data_budget and self._data_n < self.data_frames
-                and self._data_bytes + p.size <= self.data_bytes)
+        return self._data_cost + p.cost <= self.data_budget and self._data_bytes + p.size <= self.data_bytes
 
     def _send(self, p, now):
         self._pending[p.seq] = p

@@ -3,6 +3,9 @@
 Every Child SA of one IKE SA lives on one board, so a board that fails takes exactly its own
 IKE SAs with it. New IKE SAs are placed on the ready board with the most room that can run the
 transforms the connection needs; `owner_of` and `ike_sas_on` answer what the flush must remove.
+Room counts what a board has promised as well as what it holds: when hundreds of IKE SAs are
+placed at once (start-up, a flush's re-establishment) their Child SAs are not installed yet,
+and each will need at least a pair of SA slots.
 """
 from dataclasses import dataclass, field
 
@@ -45,10 +48,25 @@ class BoardState:
         ts = sorted(h.transforms, key=lambda t: -t.speed)
         return [t.key() for t in ts]
 
+    def committed(self):
+        """SA slots in use or promised: the SAs the host installed there and the installs in
+        flight, or a pair for each IKE SA placed there if that is more (their Child SAs may not
+        be installed yet)."""
+        return max(self.client.sa_count() + self.reserved, 2 * len(self.ike_sas))
+
     def load(self):
-        """Fraction of the board's SAD in use (SAs the host installed there)."""
+        """Fraction of the board's SAD in use or promised."""
         h = self.hello
-        return self.client.sa_count() / h.max_sas if h and h.max_sas else 1.0
+        return self.committed() / h.max_sas if h and h.max_sas else 1.0
+
+    def free_slots(self):
+        """SA slots neither in use nor promised."""
+        h = self.hello
+        return max(0, h.max_sas - self.committed()) if h is not None else 0
+
+    def has_room(self, n=2):
+        h = self.hello
+        return h is not None and self.committed() + n <= h.max_sas
 
 
 class NoBoard(RuntimeError):
@@ -96,12 +114,14 @@ class BoardPool:
                 continue
             if need is not None and not need.intersection(b.capabilities()):
                 continue
-            if b.load() >= 1.0:
-                continue
-            if best is None or (b.load(), len(b.ike_sas)) < (best.load(), len(best.ike_sas)):
-                best = b
+            # boards with room first; if none has any, the least loaded (its install says "full"
+            # if it really is: IKE SAs without Child SAs need no slots)
+            rank = (not b.has_room(), b.load(), len(b.ike_sas))
+            if best is None or rank < best[0]:
+                best = (rank, b)
         if best is None:
             raise NoBoard("no ready board can take IKE SA %d" % ike_id)
+        best = best[1]
         best.ike_sas.add(ike_id)
         self._owner[ike_id] = best.name
         return best
