@@ -53,16 +53,31 @@ def test(c, k=None, x=False):
 FAST_TESTS = ["tests", "firmware/tests", "hil_tests"]
 NOT_FAST = ["tests/interop", "tests/test_daemon.py", "tests/test_testbed_ping.py", "tests/test_micropython.py",
             "tests/test_vboard.py", "tests/test_flash.py", "tests/test_noskip.py", "tests/test_lint.py",
-            "tests/test_ha_failover.py"]
-# Branch coverage floors (percent) of the fast tests: the figure reached (host 74.3, firmware
-# 81.1 on 2026-12-03), less about one point for branches that depend on timing.
-COVERAGE_FLOOR = {"host": 73.0, "firmware": 80.0}
+            "tests/test_scale.py", "tests/test_ha_failover.py"]
+# Branch coverage floors (percent) of the fast tests, per package and for the daemon's modules
+# one by one: the figure reached on 2026-12-03 (host 89.9, firmware 86.5; each file's in the
+# comment) less one to three points for branches that depend on timing on a loaded machine.
+COVERAGE_FLOOR = {
+    "host": 88.5, "firmware": 85.5,
+    "host/daemon.py": 90.0,                 # 92.9
+    "host/child_sas.py": 95.5,              # 97.8
+    "host/board_loss.py": 85.0,             # 87.4: the sliced flush and the restart by room are
+                                            # exercised by the scale tests (root), not here
+    "host/control.py": 94.0,                # 96.6
+    "host/control_views.py": 97.0,          # 100
+    "host/ikeoffloadd.py": 92.0,            # 94.6
+    "host/offload/session.py": 96.0,        # 98.8
+    "host/offload/link.py": 93.0,           # 95.9
+    "host/offload/client.py": 86.0,         # 89.0
+    "host/dataplane/datapath.py": 92.0,     # 95.4
+    "host/dataplane/aqm.py": 91.0,          # 93.7
+}
 
 
 @task(help={"k": "pytest -k expression", "html": "also write an HTML report to build/coverage"})
 def coverage(c, k=None, html=False):
     """Branch coverage of host/ and firmware/ by the fast tests (no root, charon or node); prints the
-    report and fails below the floors (COVERAGE_FLOOR)."""
+    report and fails below the floors (COVERAGE_FLOOR: per package and per file)."""
     env = _env()
     env.pop("HIL_HEARTBEATS", None)     # CI's long heartbeat run is inv test's; coverage needs the short one
     env["COVERAGE_FILE"] = str(ROOT / "build" / ".coverage")
@@ -74,12 +89,13 @@ def coverage(c, k=None, html=False):
     if html:
         c.run(f"{PY} -m coverage html -d {ROOT / 'build' / 'coverage'}", env=env, pty=False)
     failed = []
-    for pkg, floor in COVERAGE_FLOOR.items():
-        r = c.run(f"{PY} -m coverage report --include='{pkg}/*' --format=total", env=env, hide=True, pty=False)
+    for part, floor in COVERAGE_FLOOR.items():
+        what, include = (part, part) if part.endswith(".py") else (part + "/", part + "/*")
+        r = c.run(f"{PY} -m coverage report --include='{include}' --format=total", env=env, hide=True, pty=False)
         total = float(r.stdout.strip())
-        print(f"{pkg}/: {total:.1f}% branch coverage (floor {floor}%)")
+        print(f"{what}: {total:.1f}% branch coverage (floor {floor}%)")
         if total < floor:
-            failed.append(f"{pkg}/ {total:.1f}% < {floor}%")
+            failed.append(f"{what} {total:.1f}% < {floor}%")
     if failed:
         raise SystemExit("coverage below the floor: " + ", ".join(failed))
 

@@ -4,12 +4,16 @@ Both ends are the real sans-I/O cores; only the wire is simulated: latency, a by
 byte faults (each byte dropped or flipped with probability `fault`, both directions), so that
 thousands of requests and heartbeats run in seconds and deterministically (seeded). With
 `link_key` the link is authenticated (firmware/link/auth.py); `sniffed` keeps every byte put on
-the wire each way, `inject()` puts an attacker's bytes on it.
+the wire each way, `inject()` puts an attacker's bytes on it. On an open link `rewrite` (a
+function of a frame the board sent, returning the frame to deliver instead, or None to lose it)
+stands in for a board that answers wrongly: another firmware's HELLO, a reply that does not
+decode.
 """
 import heapq
 import random
 
 from firmware import board as bd
+from firmware.link import frame as fr
 from firmware.link import messages as m
 from host.offload.events import BoardLost
 from host.offload.link import LinkClient
@@ -32,6 +36,8 @@ class Wire:
         self.board_hung = False
         self.host_muted = False   # host bytes never reach the board (cable pulled one way)
         self.queue = []           # (arrival, n, direction, bytes)
+        self.rewrite = None       # frame -> frame or None, on what the board sends (open link only)
+        self._board_frames = fr.FrameDecoder(1 << 16)
         self._n = 0
         self.link_free = {"to_board": 0.0, "to_host": 0.0}
         self.session = BoardSession("b0", self.now, period=period, misses=misses,
@@ -66,6 +72,11 @@ class Wire:
     def _push(self, direction, data):
         if not data:
             return
+        if direction == "to_host" and self.rewrite is not None:
+            frames = [self.rewrite(f) for f in self._board_frames.feed(data)]
+            data = b"".join(fr.encode(f.type, f.seq, f.flags, f.body) for f in frames if f is not None)
+            if not data:
+                return
         self.sniffed[direction] += data
         data = self.corrupt(data)
         start = max(self.now, self.link_free[direction])

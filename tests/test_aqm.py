@@ -74,3 +74,30 @@ def test_clear_counts_what_was_waiting():
     for _ in range(3):
         bq.push(item())
     assert bq.clear("board_lost") == 3 and bq.drops["board_lost"] == 3 and not len(bq)
+
+
+def test_the_dropping_state_ends_when_the_queue_drains_or_its_delay_falls_below_target():
+    """RFC 8289 §5.5: CoDel leaves the dropping state as soon as the head's sojourn time is below
+    target (or the queue holds an MTU or less), and an empty queue starts over: the next
+    standing queue waits a whole interval before its first drop again."""
+    q = CoDel(target=0.03, interval=0.3)
+    drops = []
+    for _ in range(6):
+        q.push(item(at=0.0))
+    assert q.pop(0.1, drops.append) is not None and not q.dropping        # above target: timer set
+    assert q.pop(0.5, drops.append) is not None and q.dropping and len(drops) == 1
+    # the queue drains: the drops stop with it, and the state ends
+    while q.pop(5.0, drops.append) is not None:
+        pass
+    assert len(q) == 0 and not q.dropping and q.pop(5.0, drops.append) is None
+    n = len(drops)
+    # a fresh standing queue: one more interval before CoDel drops again
+    for _ in range(8):
+        q.push(item(at=6.0))
+    assert q.pop(6.1, drops.append) is not None and q.pop(6.3, drops.append) is not None
+    assert len(drops) == n and not q.dropping
+    assert q.pop(6.45, drops.append) is not None and len(drops) == n + 1 and q.dropping
+    q.push(item(at=6.44))                                  # a packet that waited 10 ms only
+    while len(q) > 1:
+        q.pop(6.45, drops.append)
+    assert q.pop(6.45, drops.append) is not None and not q.dropping       # below target: ends

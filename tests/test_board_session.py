@@ -5,6 +5,7 @@ deterministically; hil_tests/ checks the same over a real pseudo-terminal with p
 """
 import pytest
 
+from firmware.link import frame as fr
 from firmware.link import messages as m
 from host.offload.events import BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
@@ -225,3 +226,148 @@ def test_retryable_window_stays_inside_the_reply_cache():
     assert all(m.SadReply.decode(e.body).status == m.OK for e in w.events if isinstance(e, Reply))
     assert len(w.board.sad) == 150 and not w.lost()
     assert w.board.counters["replies_from_cache"] > 10
+
+
+# ---- a board that answers wrongly (tests/board_wire.py `rewrite`: the real board core's frames,
+# replaced on their way to the host) ------------------------------------------------------------
+
+def replace_replies(w, type, bodies):
+    """The board's next replies of ``type`` get these bodies instead (then they pass unchanged);
+    returns the list of replies seen."""
+    seen = []
+    bodies = list(bodies)
+
+    def rewrite(f):
+        if f.type == type and f.flags & fr.FLAG_REPLY:
+            seen.append(f)
+            if bodies:
+                return fr.Frame(f.type, f.seq, f.flags, bodies.pop(0))
+        return f
+    w.rewrite = rewrite
+    return seen
+
+
+def test_a_hello_refused_or_undecodable_is_asked_again():
+    """A HELLO answered with an error status, or with a body that does not decode (another
+    firmware's HELLO), opens nothing: the session asks again with a new HELLO."""
+    w = Wire()
+    seen = replace_replies(w, m.HELLO, [bytes((m.INTERNAL,)), bytes((m.OK,)) + b"\x07not a hello"])
+    ready(w)
+    assert len(seen) == 3 and len({f.seq for f in seen}) == 3          # three HELLOs, three answers
+    assert w.session.counters["bad_replies"] == 1
+    assert [type(e) for e in w.events] == [BoardReady] and w.session.boot_id == w.board.boot_id
+
+
+def test_an_opening_flush_refused_or_undecodable_starts_the_opening_over():
+    """The board must confirm its SAD empty before the session is ready: a flush it refuses, or a
+    reply that does not decode, means a new HELLO and a new flush."""
+    w = Wire()
+    seen = replace_replies(w, m.SA_FLUSH, [m.SadReply(m.INTERNAL).encode(), b"\x00\x01"])
+    ready(w)
+    assert len(seen) == 3 and w.session.counters["bad_replies"] == 1
+    assert [type(e) for e in w.events] == [BoardReady] and len(w.board.sad) == 0
+
+
+def test_a_hello_unanswered_while_opening_is_sent_again():
+    """A board that does not answer the HELLO (absent, or hung at boot) is knocked at again after
+    the request's timeout, and opens once it answers."""
+    w = Wire(link=LinkClient(give_up=0.5))
+    w.board_hung = True
+    w.run(1.2)
+    assert w.session.state != READY and w.session.link.counters["failed"] == 2
+    w.board_hung = False
+    ready(w)
+    assert [type(e) for e in w.events] == [BoardReady]
+
+
+def test_a_board_that_reboots_while_opening_is_opened_afresh():
+    """A boot announcement from a new boot between HELLO and the opening flush: what the session
+    learnt from the old boot's HELLO is stale — it starts over and opens the new boot, which
+    no heartbeat then finds changed."""
+    w = Wire()
+    w.run_until(lambda: w.session.hello is not None)
+    first = w.session.boot_id
+    w.reset_board()                                      # before the flush is answered
+    ready(w)
+    assert w.session.boot_id == w.board.boot_id != first
+    w.run(0.5)
+    assert not w.lost() and [type(e) for e in w.events] == [BoardReady]
+    assert w.events[0].boot_id == w.board.boot_id
+
+
+def test_a_reboot_while_opening_on_an_authenticated_link():
+    """The same on an authenticated link: the new boot cannot take the old session's flush (it
+    has no session) and answers it with a HELLO that proves the reboot."""
+    w = Wire(link_key=bytes(range(32)))
+    w.run_until(lambda: w.session.hello is not None)
+    first = w.session.boot_id
+    w.reset_board()
+    ready(w)
+    assert w.session.boot_id == w.board.boot_id != first
+    w.run(0.5)
+    assert not w.lost() and [type(e) for e in w.events] == [BoardReady]
+
+
+def test_bad_and_refused_heartbeat_acks_are_not_acks():
+    """A heartbeat reply with an error status or an undecodable body proves nothing: counted, and
+    when no good ack follows, the heartbeats are missed and the board is lost."""
+    w = ready(Wire(period=0.1, misses=3))
+    replace_replies(w, m.HEARTBEAT, [bytes((m.INTERNAL,)), bytes((m.OK,)) + b"\x01"] * 20)
+    w.run_until(lambda: w.lost(), timeout=2)
+    assert w.lost()[0].reason == "missed-heartbeats"
+    assert w.session.counters["bad_replies"] >= 3
+
+
+def test_a_bad_ack_between_good_ones_loses_nothing():
+    w = ready(Wire(period=0.1, misses=3))
+    replace_replies(w, m.HEARTBEAT, [bytes((m.OK,)) + b"\x01"])
+    w.run(1.0)
+    assert not w.lost() and w.session.counters["bad_replies"] == 1
+
+
+def test_unknown_and_malformed_events_are_counted_and_ignored():
+    """An event type the host does not know (a newer firmware's), and a known event whose body
+    does not decode, change nothing."""
+    w = ready(Wire())
+    add(w, 0x9000)
+    w.inject("to_host", fr.encode(0x4F, 1, fr.FLAG_EVENT, b"from the future"))
+    w.inject("to_host", fr.encode(m.EV_FLUSHED, 2, fr.FLAG_EVENT, b"\x01"))       # too short
+    w.inject("to_host", fr.encode(m.HELLO, 3, fr.FLAG_EVENT, b"\x01\x02"))        # not a HELLO
+    w.run(0.5)
+    assert w.session.counters["unknown_events"] == 1 and w.session.counters["bad_events"] == 2
+    assert not w.lost() and w.session.books.sas == {(0x9000, 0): 0x9000}
+
+
+def test_undecodable_sa_replies_keep_the_books_until_a_heartbeat_decides():
+    """An SA_DEL or SA_FLUSH reply that does not decode, or a flush the board refuses, changes
+    nothing in the books; the board's own count in the next ack decides."""
+    w = ready(Wire(period=0.1))
+    add(w, 0x9100)
+    add(w, 0x9101)
+    replace_replies(w, m.SA_DEL, [b"\x00"])
+    ev = w.call(lambda now: w.session.sa_del(0x9100, m.DIR_IN, now))
+    assert ev.body == b"\x00" and (0x9100, 0) in w.session.books.sas
+    assert w.session.counters["bad_replies"] == 1
+    replace_replies(w, m.SA_FLUSH, [m.SadReply(m.INTERNAL).encode()])
+    w.call(lambda now: w.session.sa_flush(now))
+    assert len(w.session.books.sas) == 2
+    w.run_until(lambda: w.lost(), timeout=1)          # the board deleted 0x9100: its ack says 1 SA
+    assert w.lost()[0].reason == "sa-count-mismatch"
+
+
+def test_the_session_keeps_its_own_requests_and_a_reopen_loses_a_ready_board():
+    w = ready(Wire())
+    for t in (m.SA_ADD, m.SA_DEL, m.SA_FLUSH, m.HELLO, m.HEARTBEAT):
+        with pytest.raises(ValueError):
+            w.session.request(t, b"", w.now)
+    add(w, 0x9200)
+    w.session.reopen(w.now)                         # the transport was re-opened under a ready session
+    w.pump()
+    (lost,) = w.lost()
+    assert lost.reason == "closed" and lost.sas == ((0x9200, 0),)
+    ready(w)
+    assert w.session.books.sas == {} and len(w.board.sad) == 0
+    w.session.transport_error("gone", w.now)        # while opening: nothing more to lose
+    w.session.transport_error("gone again", w.now)
+    w.pump()
+    assert len(w.lost()) == 2 and w.lost()[1].reason == "transport-error"

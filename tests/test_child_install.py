@@ -143,3 +143,144 @@ def test_a_request_the_board_cannot_parse_is_refused_with_its_status(small_board
         finally:
             await client.close()
     asyncio.run(go())
+
+
+def test_a_full_board_refuses_the_next_child_sa_before_it_is_asked(small_board):
+    """Four Child SAs fill 8 slots; the fifth is answered "full" without an SA_ADD."""
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            for h in range(1, 6):
+                await asyncio.wait_for(sas.install(install(h)), 5)
+            assert answers == [(h, True, None) for h in range(1, 5)] + [(5, False, "full")], answers
+            sent = client.session.link.counters["sent"]
+            await asyncio.wait_for(sas.install(install(6)), 5)
+            assert answers[-1] == (6, False, "full") and client.session.link.counters["sent"] == sent
+            assert client.sa_count() == SLOTS and pool.boards["b0"].reserved == 0
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_without_a_ready_board_the_install_is_refused(small_board):
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        await client.close()
+        await asyncio.wait_for(sas.install(install(1)), 5)
+        assert answers == [(1, False, "board b0 is closed")]      # the client says so at once
+        empty = ChildSas(BoardPool(), sas.datapath, lambda *a: answers.append(a))
+        await asyncio.wait_for(empty.install(install(2)), 5)
+        assert answers[-1] == (2, False, "no ready board")
+        assert empty.stats == {"child_installs": 0, "child_install_failures": 1}
+    asyncio.run(go())
+
+
+class Tun:
+    """The TUN device's routing calls (the real one needs root): a log of them, or a failure."""
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+
+    def add_route(self, net, src):
+        if self.fail:
+            raise self.fail
+        self.calls.append(("add", net, src))
+
+    def del_route(self, net):
+        self.calls.append(("del", net))
+
+
+def test_a_failure_after_the_board_took_both_halves_takes_them_off_again(small_board):
+    """Whatever fails once the SAs are on the board (here the TUN routes) is answered as a
+    failed install, and both halves leave the board and the data path."""
+    from host.dataplane.tun_routes import TunRoutes
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        sas.routes = TunRoutes(Tun(fail=RuntimeError("netlink socket closed")))
+        try:
+            await asyncio.wait_for(sas.install(install(1)), 5)
+            assert answers == [(1, False, "install failed: netlink socket closed")], answers
+            assert client.sa_count() == 0 and sas.installed(1) is None and pool.boards["b0"].reserved == 0
+            assert not sas.datapath.by_spi_in
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_a_bug_in_the_second_half_rolls_the_first_back(small_board):
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        add = client.sa_add
+
+        async def add_in_only(spec):
+            if spec.direction == m.DIR_OUT:
+                raise AttributeError("a bug")
+            return await add(spec)
+        client.sa_add = add_in_only
+        try:
+            await asyncio.wait_for(sas.install(install(1)), 5)
+            assert answers == [(1, False, "install failed: a bug")], answers
+            assert client.sa_count() == 0 and pool.boards["b0"].reserved == 0
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+def test_routes_follow_the_child_sas_and_a_replaced_sa_lingers_inbound(small_board, monkeypatch):
+    """The TUN routes come and go with the Child SAs; a replaced SA's outbound half leaves the
+    board once its packets in flight are back, its inbound half after the linger, unless the
+    board lost it meanwhile."""
+    from host import child_sas as mod
+    from host.dataplane.tun_routes import TunRoutes
+    from host.ike.events import ChildSaDelete
+    monkeypatch.setattr(mod, "REPLACED_INBOUND_LINGER", 0.3)
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        tun = Tun()
+        sas.routes = TunRoutes(tun)
+        try:
+            for h in (1, 2):
+                await asyncio.wait_for(sas.install(install(h, remote_ts=selectors(1, "203.0.113.%d" % h))), 5)
+            assert tun.calls == [("add", "203.0.113.%d/32" % h, "198.51.100.1") for h in (1, 2)]
+            r1 = sas.installed(1)
+            r1.out_in_flight = 1                          # a packet of it still with the board
+            sas.remove(ChildSaDelete(1, 1, r1.spi_in, r1.spi_out, "rekeyed", replaced=True))
+            assert sas.installed(1) is None and sas.datapath.by_spi_in[r1.spi_in] is r1   # still decrypts
+            assert tun.calls[-1] == ("del", "203.0.113.1/32")
+            await asyncio.sleep(0.1)
+            assert client.has_sa(r1.spi_out, m.DIR_OUT)    # waits for its packet
+            r1.out_in_flight = 0
+            await until(lambda: not client.has_sa(r1.spi_out, m.DIR_OUT), 2)
+            assert client.has_sa(r1.spi_in, m.DIR_IN)      # the linger
+            await until(lambda: not client.has_sa(r1.spi_in, m.DIR_IN), 2)
+            assert r1.spi_in not in sas.datapath.by_spi_in
+
+            r2 = sas.installed(2)
+            sas.remove(ChildSaDelete(2, 1, r2.spi_in, r2.spi_out, "rekeyed", replaced=True))
+            await until(lambda: not client.has_sa(r2.spi_out, m.DIR_OUT), 2)
+            await client.sa_del(r2.spi_in, m.DIR_IN)      # gone from the board before its linger ends
+            await asyncio.sleep(0.4)
+            assert r2.spi_in not in sas.datapath.by_spi_in and client.sa_count() == 0
+            assert not sas._tasks
+            sas.remove(ChildSaDelete(2, 1, r2.spi_in, r2.spi_out, "again"))    # unknown now: nothing
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
+async def until(cond, timeout):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "not within %.1f s" % timeout
+        await asyncio.sleep(0.01)

@@ -251,3 +251,31 @@ def test_locate_follows_the_swanctl_layout(tmp_path):
     assert pki.locate(tmp_path, "cacerts", "ca.pem") == tmp_path / "x509ca" / "ca.pem"
     assert pki.locate(tmp_path, "cert", "ca.pem") == tmp_path / "ca.pem"
     assert pki.locate(tmp_path, "cacerts", "/abs/ca.pem").as_posix() == "/abs/ca.pem"
+
+
+def test_crls_that_do_not_count():
+    """RFC 5280 §6.3.3: a CRL counts only from its issuer when that issuer may sign CRLs (cRLSign,
+    §4.2.1.3) and once it is in force (thisUpdate); the same serial on the other CRLs changes nothing."""
+    root = Ca("root", path_length=1)
+    no_crl_sign = Ca("sub", issuer=root, ku=key_usage(key_cert_sign=True, crl_sign=False))
+    leaf, _ = no_crl_sign.issue("gw.example")
+    pki.verify_chain(leaf, [no_crl_sign.cert], [root.cert], crls=[no_crl_sign.crl(leaf)])
+    sub = Ca("sub", issuer=root)
+    leaf, _ = sub.issue("gw.example")
+    future = (x509.CertificateRevocationListBuilder().issuer_name(sub.name)
+              .last_update(NOW + HOUR).next_update(NOW + 24 * HOUR)
+              .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(leaf.serial_number)
+                                       .revocation_date(NOW - HOUR).build())
+              .sign(sub.key, hashes.SHA256()))
+    pki.verify_chain(leaf, [sub.cert], [root.cert], crls=[future])
+    refused(leaf, [sub.cert], [root.cert], "was revoked", crls=[future, sub.crl(leaf)])   # the one in force
+
+
+def test_certificates_and_crls_load_from_der_and_passphrases_lose_their_line_end():
+    root = Ca("root")
+    der = root.cert.public_bytes(serialization.Encoding.DER)
+    assert pki.load_cert(der) == root.cert == pki.load_cert(root.cert.public_bytes(serialization.Encoding.PEM))
+    crl = root.crl()
+    assert pki.load_crl(crl.public_bytes(serialization.Encoding.DER)) == crl
+    assert [pki.read_passphrase(x) for x in (b"s3cret\r\n", b"s3cret\n", b"s3cret", b"s3cret\n\n")] == [
+        b"s3cret", b"s3cret", b"s3cret", b"s3cret\n"]

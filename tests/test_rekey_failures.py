@@ -223,3 +223,112 @@ def test_reauthentication_needs_a_peer_address():
     b_conn = conn(B, "%any", "b.example", "a.example", B_NET, A_NET, extra={"reauth_time": 5, "rekey_time": 0})
     with pytest.raises(ConfigError, match="reauthentication needs a specific remote address"):
         parse_connections({"gw": b_conn})
+
+
+# ---- IKE SA rekeys the responder refuses or the initiator cannot accept (§1.3.2, §2.18) ----
+
+def _tamper_rekey_request(monkeypatch, change):
+    """a's next IKE SA rekey requests go out as ``change(payloads)`` makes them."""
+    from host.ike import rekey
+    build = rekey.RekeyIkeTask.build
+
+    def tampered(self, sa, now):
+        out = build(self, sa, now)
+        return change(out) if out is not None and not self.ke_retried else out
+    monkeypatch.setattr(rekey.RekeyIkeTask, "build", tampered)
+
+
+def _refused_ike_rekey(a, b, net, sa_a, sa_b, notify_name):
+    """What a refused IKE SA rekey leaves: the old IKE SA at both ends, a's warning naming the
+    refusal, a retry after 0.5..1 x retry_delay (§2.25: not at once)."""
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    assert a.stats["ike_rekeys_failed"] == 1 and a.stats["ike_rekeys_done"] == 0
+    assert any(notify_name in w.text for w in kinds(net.events[A], IkeWarning)), net.events[A]
+    assert 1.0 + 3.0 <= sa_a.timers[("ike_rekey",)] <= 1.0 + 6.0
+    assert len(a.ctx.by_spi) == len(b.ctx.by_spi) == 1          # no half-made IKE SA kept at either end
+
+
+def test_ike_rekey_with_a_key_share_that_is_no_point_is_refused_with_invalid_syntax(monkeypatch):
+    from host.ike.payloads import KePayload
+    a, b, net = pair()
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    _tamper_rekey_request(monkeypatch, lambda ps: [KePayload(p.group, p.data[:31]) if isinstance(p, KePayload)
+                                                   else p for p in ps])
+    assert a.rekey_ike(sa_a.ike_id, 1.0)
+    net.pump(1.0)
+    _refused_ike_rekey(a, b, net, sa_a, sa_b, "INVALID_SYNTAX")
+    monkeypatch.undo()
+    advance(net, 1.0, 8.0)
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na is not sa_a and a.stats["ike_rekeys_done"] == 1
+    assert_pair(na, nb)
+
+
+def test_ike_rekey_offering_no_key_exchange_is_refused(monkeypatch):
+    """§2.18: an IKE SA rekey must carry a Diffie-Hellman exchange; a proposal without one is
+    NO_PROPOSAL_CHOSEN."""
+    from host.ike.constants import TransformType
+    from host.ike.payloads import Proposal, SaPayload
+
+    def no_dh(ps):
+        out = []
+        for p in ps:
+            if isinstance(p, SaPayload):
+                p = SaPayload([Proposal(x.num, x.protocol, x.spi, [t for t in x.transforms
+                                                                  if t.ttype != TransformType.DH])
+                               for x in p.proposals])
+            out.append(p)
+        return out
+    a, b, net = pair()
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    _tamper_rekey_request(monkeypatch, no_dh)
+    assert a.rekey_ike(sa_a.ike_id, 1.0)
+    net.pump(1.0)
+    _refused_ike_rekey(a, b, net, sa_a, sa_b, "NO_PROPOSAL_CHOSEN")
+
+
+def test_ike_rekey_response_with_a_key_share_of_another_group_is_not_accepted():
+    """The peer answers with a KE payload of a group we did not send: the answer cannot make
+    the new IKE SA's keys; the old one stays (its Child SA too) and the rekey is tried again
+    later."""
+    from host.ike.payloads import KePayload
+    a, b, net = pair()
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    normal = b.responders[ExchangeType.CREATE_CHILD_SA]
+
+    def answering_with_group_19(msg):
+        task = normal(msg)
+        on_request = task.on_request
+
+        def tampered(sa, m, reply, now):
+            return on_request(sa, m, lambda ps, t: reply([KePayload(19, p.data) if isinstance(p, KePayload) else p
+                                                          for p in ps], t), now)
+        task.on_request = tampered
+        return task
+    b.responders[ExchangeType.CREATE_CHILD_SA] = answering_with_group_19
+    assert a.rekey_ike(sa_a.ike_id, 1.0)
+    net.pump(1.0)
+    assert a.stats["ike_rekeys_failed"] == 1 and a.stats["ike_rekeys_done"] == 0
+    assert sa_a in a.ike_sas() and only_child(sa_a) is not None
+    assert any("unacceptable IKE SA rekey response" in w.text for w in kinds(net.events[A], IkeWarning))
+    assert 1.0 + 3.0 <= sa_a.timers[("ike_rekey",)] <= 1.0 + 6.0
+
+
+def test_an_ike_sa_whose_reauthentication_keeps_failing_ends_at_its_hard_lifetime():
+    """§2.8: reauth_time + over_time is the IKE SA's hard end when it is reauthenticated, not
+    rekeyed; a reauthentication that never gets through cannot keep it alive past that."""
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET,
+                                 extra={"reauth_time": 10, "rekey_time": 0, "over_time": 8, "rand_time": 0}),
+                     retransmit=RetransmitPolicy(timeout=0.5, base=2.0, tries=2))
+    a.settings.retry_delay = 4.0
+    sa_a, sa_b = up(a, b, net)
+    net.loss = lambda d: parse_header(d.data).exchange == ExchangeType.IKE_SA_INIT
+    advance(net, 0.0, 17.9)
+    assert sa_a in a.ike_sas() and a.stats["reauths_failed"] >= 1 and a.stats["ike_hard_expiries"] == 0
+    advance(net, 17.9, 18.5)
+    assert a.stats["ike_hard_expiries"] == 1 and sa_a not in a.ike_sas() and sa_b not in b.ike_sas()
+    (down,) = [e for e in kinds(net.events[A], IkeSaDown) if e.ike_id == sa_a.ike_id]
+    assert "lifetime expired" in down.reason

@@ -229,15 +229,19 @@ class BoardSession:
         elif kind == "probe":
             self.announced = None       # unanswered: the heartbeats in turn decide
         elif kind == "heartbeat":
-            if self.state == READY:
-                self.missed += 1
-                self.counters["missed_heartbeats"] += 1
-                if self.missed >= self.misses:
-                    self._lose("missed-heartbeats", "%d heartbeat periods of %.0f ms without an ack"
-                               % (self.missed, self.period * 1000), now)
+            self._missed(now)
         elif kind in ("hello", "open_flush"):
             if self.state == OPENING and ev.reason == "timeout":
                 self._open(now)  # board absent or dead: keep knocking
+
+    def _missed(self, now):
+        """A heartbeat period ended without an ack."""
+        if self.state == READY:
+            self.missed += 1
+            self.counters["missed_heartbeats"] += 1
+            if self.missed >= self.misses:
+                self._lose("missed-heartbeats", "%d heartbeat periods of %.0f ms without an ack"
+                           % (self.missed, self.period * 1000), now)
 
     def _on_hello(self, ev, arg, now):
         if m.status_of(ev.body) != m.OK:
@@ -288,9 +292,9 @@ class BoardSession:
         if self.state == READY and self.announced is not None:
             self.counters["boot_hellos_refuted"] += 1     # the board still has this session
         self.announced = None
-        self._on_heartbeat(ev, sent_at, now)
+        self._on_heartbeat(ev, sent_at, now, probe=True)
 
-    def _on_heartbeat(self, ev, sent_at, now):
+    def _on_heartbeat(self, ev, sent_at, now, probe=False):
         if self.state != READY:
             return
         try:
@@ -298,7 +302,11 @@ class BoardSession:
                 raise m.MessageError("status")
             ack = m.HeartbeatAck.decode(ev.body[1:])
         except m.MessageError:
+            # a refusal or an ack that does not decode is no ack: the period passed without
+            # one (a board that answers every heartbeat so is not working)
             self.counters["bad_replies"] += 1
+            if not probe:
+                self._missed(now)
             return
         self.missed = 0
         self.last_ack_at = now
