@@ -47,7 +47,10 @@ def rig(loop):
             holder["transport"] = t
             return t
 
-        c = BoardClient("spi", "ftdi://emulated", period=0.1, misses=3, transport_factory=factory,
+        # the profile's heartbeat (200 ms x 3): a shorter one is a false loss on a loaded machine
+        hb = PROFILE["heartbeat"]
+        c = BoardClient("spi", "ftdi://emulated", period=hb["period_ms"] / 1000, misses=hb["misses"],
+                        transport_factory=factory,
                         link_options={"rto_min": 0.01})
         holder["client"] = c
         made.append((c, p))
