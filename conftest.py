@@ -37,3 +37,9 @@ def pytest_make_collect_report(collector):
     if _no_skip() and rep.skipped:
         rep.outcome = "failed"
         rep.longrepr = "skipped at collection in CI, where nothing may be skipped: %s" % (rep.longrepr,)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the long versions of the soak tests (e.g. tests/test_routing.py: 60 s of pings "
+                          "through rekeys instead of CI's 15 s)")

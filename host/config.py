@@ -4,13 +4,16 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     [daemon]
     control_socket = "/run/ikeoffload/control.sock"
     log_level = "info"                 # debug | info | warning | error
-    listen = "192.0.2.1"               # address the IKE ports bind to
+    listen = "192.0.2.1"               # address(es) the IKE ports bind to: ["192.0.2.1", "2001:db8::1"]
     flush_on_board_loss = true         # RFC 7296 §2.4: IKE SAs die with their board (see README)
 
     [dataplane]
     tun = "ikeo0"                      # plaintext side
     mtu = 1400
-    routing_table = 220                # routes to remote selectors live here, with an ip rule
+    routing_table = 210                # routes to remote selectors live here (strongSwan's is 220) ...
+    rule_priority = 210                # ... looked up by a rule "not fwmark FWMARK" at this priority
+    fwmark = 0x494b4f                  # on the daemon's own sockets: IKE and ESP never enter the tunnel
+    route_protocol = 149               # tags the daemon's routes and rules ("proto 149"): only those are touched
     replay_window = 64                 # ESP anti-replay window on the board (RFC 4303 §3.4.3)
 
     [[board]]                          # one per board; each is its own failure domain
@@ -79,12 +82,15 @@ class DaemonConfig:
     path: str
     control_socket: str = "/run/ikeoffload/control.sock"
     log_level: str = "info"
-    listen: str = "0.0.0.0"
+    listen_addrs: list = field(default_factory=lambda: ["0.0.0.0"])     # daemon.listen
     flush_on_board_loss: bool = True
     ha: bool = False                   # [ha] enabled: keepalived decides when IKE runs here
     tun: str = "ikeo0"
     mtu: int = 1400
-    routing_table: int = 220
+    routing_table: int = 210
+    rule_priority: int = 210
+    fwmark: int = 0x494B4F
+    route_protocol: int = 149
     replay_window: int = 64
     boards: list = field(default_factory=list)
     connections: dict = field(default_factory=dict)
@@ -92,6 +98,15 @@ class DaemonConfig:
     retransmit: RetransmitPolicy | None = None  # from [ike.retransmit]
     warnings: list = field(default_factory=list)            # "file:line: key: message": legal, but doubtful
     lines: dict = field(default_factory=dict, repr=False)   # key -> line, for errors met at run time
+
+    @property
+    def listen(self):
+        """The first address IKE is bound to (what a connection without local_addrs uses)."""
+        return self.listen_addrs[0]
+
+    @listen.setter
+    def listen(self, value):
+        self.listen_addrs = [value] if isinstance(value, str) else list(value)
 
     def error(self, key, message):
         """A ConfigError naming this file, the line of ``key`` and ``key`` (for run-time failures)."""
@@ -111,8 +126,14 @@ class DaemonConfig:
 # that lost its state is known in 7.5 s. [ike.hint_retransmit] overrides it.
 HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
 
-_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": str, "flush_on_board_loss": bool}
-_DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "replay_window": int}
+_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": (str, list), "flush_on_board_loss": bool}
+_DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "rule_priority": int, "fwmark": int,
+                   "route_protocol": int, "replay_window": int}
+# rtnetlink protocol numbers that name other programs' routes (iproute2's rt_protos, linux/rtnetlink.h)
+RESERVED_ROUTE_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra",
+                            10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp",
+                            17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis",
+                            188: "ospf", 189: "rip", 192: "eigrp"}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int, "link_key": str}
 _HA_KEYS = {"enabled": bool}
 _TOP = {"daemon", "dataplane", "board", "ike", "connections", "ha"}
@@ -138,7 +159,9 @@ def _typed(err, table, key_path, kinds, out):
         if kind is None:
             err("%s.%s" % (key_path, k), "unknown setting (known: %s)" % ", ".join(sorted(kinds)))
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            err("%s.%s" % (key_path, k), "must be %s, not %r" % (kind.__name__, v))
+            names = " or ".join(("an array" if t is list else t.__name__) for t in (kind if isinstance(kind, tuple)
+                                                                                    else (kind,)))
+            err("%s.%s" % (key_path, k), "must be %s, not %r" % (names, v))
         out[k] = v
 
 
@@ -173,8 +196,8 @@ def loads(text, path="<config>", base=None):
     ha = {}
     _typed(err, data.get("ha", {}), "ha", _HA_KEYS, ha)
     cfg.ha = ha.get("enabled", False)
-    if cfg.ha and cfg.listen in ("0.0.0.0", "::"):
-        err("ha.enabled", "needs daemon.listen = the virtual address keepalived moves (not a wildcard)")
+    if cfg.ha and any(a in ("0.0.0.0", "::") for a in cfg.listen_addrs):
+        err("ha.enabled", "needs daemon.listen = the virtual address(es) keepalived moves (not a wildcard)")
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
     if not os.path.isabs(cfg.control_socket):
@@ -182,10 +205,21 @@ def loads(text, path="<config>", base=None):
     if len(os.fsencode(cfg.control_socket)) > UNIX_PATH_MAX:
         err("daemon.control_socket", "%d bytes long: a unix socket path holds at most %d"
             % (len(os.fsencode(cfg.control_socket)), UNIX_PATH_MAX))
-    try:
-        ipaddress.ip_address(cfg.listen)
-    except ValueError:
-        err("daemon.listen", "%r is not an IP address" % cfg.listen)
+    raw = d.get("listen", cfg.listen_addrs)
+    addrs = [raw] if isinstance(raw, str) else raw
+    if not addrs:
+        err("daemon.listen", "needs at least one address")
+    for i, a in enumerate(addrs):
+        key = "daemon.listen" if isinstance(raw, str) else "daemon.listen[%d]" % i
+        try:
+            if not isinstance(a, str):
+                raise ValueError
+            ipaddress.ip_address(a)
+        except ValueError:
+            err(key, "%r is not an IP address" % (a,))
+        if a in addrs[:i]:
+            err(key, "%s is listed twice" % a)
+    cfg.listen_addrs = list(addrs)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", cfg.tun):
         err("dataplane.tun", "must be a valid interface name (1-15 letters, digits, _ . -)")
     if not 576 <= cfg.mtu <= 9000:
@@ -194,6 +228,14 @@ def loads(text, path="<config>", base=None):
         err("dataplane.replay_window", "must be within 0..1024 (RFC 4303 §3.4.3; the board's limit)")
     if not 1 <= cfg.routing_table <= 0xFFFFFFF0 or cfg.routing_table in (253, 254, 255):
         err("dataplane.routing_table", "must be a table id other than default/main/local")
+    if not 1 <= cfg.rule_priority <= 32765:
+        err("dataplane.rule_priority", "must be within 1..32765 (0 is the local table's, 32766 main's)")
+    if not 1 <= cfg.fwmark <= 0xFFFFFFFF:
+        err("dataplane.fwmark", "must be within 1..0xFFFFFFFF (the mark on the daemon's own packets)")
+    if not 0 <= cfg.route_protocol <= 255 or cfg.route_protocol in RESERVED_ROUTE_PROTOCOLS:
+        err("dataplane.route_protocol", "must be a number within 0..255 that no other routing program uses "
+            "(not %s)" % ("%d: %s" % (cfg.route_protocol, RESERVED_ROUTE_PROTOCOLS[cfg.route_protocol])
+                          if cfg.route_protocol in RESERVED_ROUTE_PROTOCOLS else cfg.route_protocol))
 
     boards = data.get("board", [])
     if not isinstance(boards, list):
@@ -311,24 +353,30 @@ def _check_connections(cfg, err, warn):
     """What no peer can fix: IKE addresses the socket cannot use, ESP nothing runs on a board,
     selectors that carry nothing; and, as warnings, two Child SAs for the same traffic and SHA-1
     in IKE proposals."""
-    listen_family = ipaddress.ip_address(cfg.listen).version
-    wildcard = cfg.listen in ("0.0.0.0", "::")
+    families = {ipaddress.ip_address(a).version for a in cfg.listen_addrs}
+    wildcard = any(a in ("0.0.0.0", "::") for a in cfg.listen_addrs)
     seen = {}
     for name, conn in cfg.connections.items():
         kp = "connections.%s" % name
         for k in ("local_addrs", "remote_addrs"):
             for i, a in enumerate(getattr(conn, k)):
-                if a != "%any" and _family(a) != listen_family:
-                    err("%s.%s[%d]" % (kp, k, i), "IPv%d, but IKE is bound to daemon.listen = %s (IPv%d)"
-                        % (_family(a), cfg.listen, listen_family))
+                if a != "%any" and _family(a) not in families:
+                    err("%s.%s[%d]" % (kp, k, i), "IPv%d, but IKE is bound to daemon.listen = %s (IPv%s)"
+                        % (_family(a), ", ".join(cfg.listen_addrs), "/".join(map(str, sorted(families)))))
+        if conn.remote_host and not conn.local_host and _family(conn.remote_host) != _family(cfg.listen) \
+                and not wildcard:
+            err(kp + ".local_addrs", "connections to the IPv%d address %s need our address of that family here "
+                "(IKE would leave from %s, the first of daemon.listen)" % (_family(conn.remote_host),
+                                                                            conn.remote_host, cfg.listen))
         legacy = [i for i, s in enumerate(conn.proposals) if Integ.HMAC_SHA1_96 in s.integ or Prf.HMAC_SHA1 in s.prf]
         if legacy:
             warn("%s.proposals[%d]" % (kp, legacy[0]), "HMAC-SHA-1 / PRF-SHA-1: for legacy peers only (RFC 8247 "
                  "§3.2, §3.3: MUST-); put a SHA-2 proposal first")
         if not wildcard and "%any" not in conn.local_addrs and not any(
-                ipaddress.ip_address(cfg.listen) in ipaddress.ip_network(a, strict=False) for a in conn.local_addrs):
-            err(kp + ".local_addrs", "none of them is daemon.listen = %s, the one address IKE is bound to"
-                % cfg.listen)
+                ipaddress.ip_address(x) in ipaddress.ip_network(a, strict=False)
+                for a in conn.local_addrs for x in cfg.listen_addrs):
+            err(kp + ".local_addrs", "none of them is an address of daemon.listen = %s, where IKE is bound"
+                % ", ".join(cfg.listen_addrs))
         for cname, child in conn.children.items():
             ck = "%s.children.%s" % (kp, cname)
             if not filter_child_specs(child.esp_proposals, BOARD_CAPABILITIES):

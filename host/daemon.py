@@ -10,7 +10,8 @@ back in about a second instead of after the peer's dead-peer detection gives up.
     host/child_sas.py      Child SAs on the boards: two-phase install with rollback, make-before-break removal
     host/board_loss.py     a lost board's IKE SAs flushed and re-established; the recovery timelines
     host/control_views.py  list-sas, list-boards, stats
-    host/dataplane/        the data path (TUN <-> board <-> ESP-in-UDP) and the TUN device's routes
+    host/dataplane/        the data path (TUN <-> board <-> ESP-in-UDP), the TUN device's routes and rules
+    host/on_demand.py      on-demand tunnels (trap): the first packet for a trapped Child SA asks for it
     host/ike_driver.py     the IKE engine's sockets and timer
     host/ikeoffloadd.py    the command line and logging
 """
@@ -28,6 +29,8 @@ from host.child_sas import ChildSas, esp_transforms
 from host.control import ControlServer
 from host.control_views import RESET_CAUSES, list_boards, list_sas, stats
 from host.dataplane.datapath import DataPath
+from host.dataplane.netlink import Rtnl
+from host.dataplane.traps import TrapTable
 from host.dataplane.tun import Tun
 from host.dataplane.tun_routes import TunRoutes
 from host.ha import HaState
@@ -39,6 +42,7 @@ from host.offload.client import BoardClient, LinkError
 from host.offload.events import BoardLost, BoardReady, SaExpired, UnknownSpiReport
 from host.offload.pool import BoardPool, NoBoard
 from host.standby import Standby
+from host.on_demand import OnDemand
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -55,6 +59,8 @@ class Daemon:
         self.engine = None
         self.udp = None
         self.tun = None
+        self.routes = None
+        self.on_demand = None
         self.datapath = None
         self.child_sas = None
         self.recovery = None
@@ -80,23 +86,32 @@ class Daemon:
             self.clients[b.name] = client
             self.pool.add(b.name, client)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
-        self.udp = IkeUdpEndpoint(self.engine, c.listen, c.ike_port, c.natt_port,
-                                  on_event=self._ike_event, on_esp=self._esp_in, transparent=c.ha)
+        # the daemon's own packets carry fwmark: its rule keeps them out of its tunnel (tun_routes.py)
+        self.udp = IkeUdpEndpoint(self.engine, c.listen_addrs, c.ike_port, c.natt_port,
+                                  on_event=self._ike_event, on_esp=self._esp_in, fwmark=c.fwmark if self.use_tun else 0,
+                                  transparent=c.ha)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
                                  on_unknown_spi=self._unknown_spi, on_inbound=self._inbound,
-                                 pending=self.engine.spi_pending, on_wrong_peer=self._wrong_peer)
+                                 pending=self.engine.spi_pending, on_wrong_peer=self._wrong_peer,
+                                 on_trap=self._trapped)
+        self.datapath.traps = TrapTable(self.datapath.stats)
         if self.use_tun:
-            self.tun = Tun(c.tun, c.mtu, c.routing_table, c.routing_table)
+            self.tun = Tun(c.tun)
             self.tun.open(self.datapath.tun_packets)
+            self.routes = TunRoutes(Rtnl(c.route_protocol), c.tun, mtu=c.mtu, table=c.routing_table,
+                                    priority=c.rule_priority, fwmark=c.fwmark)
+            await self.routes.start()
         self.child_sas = ChildSas(self.pool, self.datapath, self.udp.child_sa_installed,
-                                  replay_window=c.replay_window, routes=TunRoutes(self.tun) if self.tun else None,
-                                  stats=self.stats)
+                                  replay_window=c.replay_window, routes=self.routes, stats=self.stats)
         self.recovery = BoardLossRecovery(self.engine, self.udp.call, self.pool, self.datapath,
                                           flush=c.flush_on_board_loss, stats=self.stats,
                                           active=lambda: self.ha.active)
+        self.on_demand = OnDemand(self.engine, self.udp.call, self.datapath.traps, self.routes, self.pool,
+                                  stats=self.stats)
         self.standby = Standby(self.ha, self.engine, self.udp, self.clients, self.recovery,
                                self._start_connections)
         await self.udp.start()
+        self.on_demand.start()
         self.control = ControlServer(c.control_socket, self._control)
         await self.control.start()
         for name, client in self.clients.items():
@@ -111,7 +126,7 @@ class Daemon:
             pass
         ready = [n for n, cl in self.clients.items() if cl.ready]
         log.info("started: %d board(s) ready (%s), %d connection(s), IKE on %s:%d/%d, control %s",
-                 len(ready), ", ".join(ready) or "none", len(c.connections), c.listen, c.ike_port,
+                 len(ready), ", ".join(ready) or "none", len(c.connections), ", ".join(c.listen_addrs), c.ike_port,
                  c.natt_port, c.control_socket)
         self.ha.boards(bool(ready), time.monotonic())
         if c.ha:
@@ -176,6 +191,8 @@ class Daemon:
         if self.control:
             await self.control.close()
         self.udp.close()
+        if self.routes:
+            await self.routes.close()       # our routes and rules, nobody else's
         if self.tun:
             self.tun.close()
         log.info("stopped: %d IKE SA(s) deleted, boards flushed, in %.0f ms", len(ids),
@@ -196,6 +213,7 @@ class Daemon:
     def _board_event(self, ev):
         now = time.monotonic()
         if isinstance(ev, BoardLost):
+            self.on_demand.board_lost(self.pool.ike_sas_on(ev.board))
             self.recovery.board_lost(ev, now)
             self.ha.boards(bool(self.pool.ready_boards()), now)
         elif isinstance(ev, BoardReady):
@@ -211,6 +229,7 @@ class Daemon:
             if self._boards_awaited:       # not during start-up: placement by load sees every board
                 self._start_connections()  # that comes up within the grace time
             self.recovery.board_ready(ev, now)
+            self.on_demand.board_ready()
         elif isinstance(ev, UnknownSpiReport):
             for spi, src, n in ev.entries:
                 if src is not None:
@@ -240,6 +259,7 @@ class Daemon:
             log.info("IKE SA %s #%d rekeyed as #%d (%s)", ev.conn, ev.old_ike_id, ev.new_ike_id, ev.proposal)
         elif isinstance(ev, ike_ev.ChildSaUp):
             self.recovery.child_sa_up(ev)
+            self.on_demand.child_sa_up(ev)
             log.info("Child SA %s #%d up: SPIs in %08x out %08x", ev.name, ev.handle, ev.spi_in, ev.spi_out)
         elif isinstance(ev, ike_ev.IkeSaUp):
             self.recovery.ike_sa_up(ev)
@@ -250,18 +270,26 @@ class Daemon:
         elif isinstance(ev, ike_ev.IkeSaDown):
             self.pool.release(ev.ike_id)
             self.recovery.ike_sa_down(ev)
+            self.on_demand.ike_sa_down(ev)
             if ev.replaced_by is None:
                 (log.info if ev.established else log.debug)(
                     "IKE SA %s #%d down: %s%s", ev.conn, ev.ike_id, ev.reason,
                     "; re-initiating as #%d" % ev.restart_ike_id if ev.restart_ike_id else "")
         elif isinstance(ev, ike_ev.ChildSaFailed):
             log.warning("Child SA %s of IKE SA #%d failed: %s", ev.name, ev.ike_id, ev.reason)
+            self.on_demand.child_sa_failed(ev)
+        elif isinstance(ev, ike_ev.TrapRequested):
+            self.on_demand.requested(ev)
         elif isinstance(ev, ike_ev.IkeWarning):
             log.warning("IKE SA #%s: %s", ev.ike_id, ev.text)
 
     # ---- data path hooks ----------------------------------------------------------------------
     def _esp_in(self, data, addr):
         self.datapath.esp_in(data, addr)
+
+    def _trapped(self, policy, src, dst):
+        if self.ha.active:          # an HA standby initiates nothing, whatever traffic arrives
+            self.on_demand.triggered(policy, src, dst)
 
     def _tun_write(self, pkt):
         if self.tun:

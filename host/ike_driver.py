@@ -12,6 +12,12 @@ that RFC 3948 sends to the same NAT-T port.
 * Sockets are non-blocking and read with ``loop.add_reader``; one wake-up drains every queued
   datagram (asyncio's datagram transport reads one per loop iteration) and the engine's output is
   sent once per batch. A send that would block is dropped: IKE retransmits, ESP is datagrams.
+* Several local addresses, IPv4 and IPv6, each with both ports (an IPv6 socket is IPv6 only, so
+  "0.0.0.0" and "::" can both be listened on). A datagram leaves from the socket of the address
+  the engine names; ESP to a peer from the address its IKE SA uses.
+* ``fwmark``: every socket's packets carry this firewall mark (SO_MARK), which the daemon's policy
+  rule exempts from its tunnel table (host/dataplane/tun_routes.py): IKE, ESP-in-UDP and
+  NAT-keepalives never enter the daemon's own tunnel, whatever its selectors cover.
 
 Events from the engine go to ``on_event(event)``; the callback may call back into the driver
 (``child_sa_installed``, ``initiate``, ...). Everything runs on the event loop thread.
@@ -26,6 +32,7 @@ from typing import Callable
 from host.ike.constants import NON_ESP_MARKER
 
 KEEPALIVE = b"\xff"
+SO_MARK = getattr(socket, "SO_MARK", 36)        # socket(7): Linux's value
 IP_FREEBIND, IP_TRANSPARENT = 15, 19            # linux/in.h, and linux/in6.h:
 IPV6_FREEBIND, IPV6_TRANSPARENT = 78, 75
 
@@ -49,6 +56,13 @@ RECEIVE_BUFFER = 4 << 20
 IKE_TURN = 0.005
 
 
+PEERS_REMEMBERED = 65536     # peer address -> our address its IKE SA uses (ESP leaves from there)
+
+
+def family_of(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _receive_buffer(sock):
     """RECEIVE_BUFFER for ``sock``: beyond net.core.rmem_max where the daemon may (CAP_NET_ADMIN),
     else as much as the system allows."""
@@ -62,21 +76,25 @@ def _receive_buffer(sock):
 
 
 class IkeUdpEndpoint:
-    """Binds ``local_ip`` on ``port`` and ``natt_port`` (or uses the ``sockets`` given, e.g. made
-    inside a network namespace) and drives ``engine``."""
+    """Binds each of ``local_ip`` (an address or a list of them) on ``port`` and ``natt_port``
+    (or uses the ``sockets`` given, by port or by (address, port), e.g. made inside a network
+    namespace) and drives ``engine``. ``fwmark``: SO_MARK on the sockets made here (0: none)."""
 
-    def __init__(self, engine, local_ip: str, port: int = 500, natt_port: int = 4500,
+    def __init__(self, engine, local_ip: str | list, port: int = 500, natt_port: int = 4500,
                  on_event: Callable | None = None, on_esp: Callable | None = None,
-                 sockets: dict | None = None, transparent: bool = False):
+                 sockets: dict | None = None, fwmark: int = 0, transparent: bool = False):
         self.engine = engine
         self.transparent = transparent
         self.accepting = True           # False on an HA standby: what arrives is dropped
-        self.local_ip = local_ip
+        self.local_ips = [local_ip] if isinstance(local_ip, str) else list(local_ip)
+        self.local_ip = self.local_ips[0]
         self.port, self.natt_port = port, natt_port
+        self.fwmark = fwmark
         self.on_event = on_event
         self.on_esp = on_esp
         self._given = sockets or {}
-        self._sockets = {}
+        self._sockets = {}                  # (our address, port) -> socket
+        self._by_peer = {}                  # peer address -> our address its IKE uses
         self._timer = None
         self._timer_at = None
         self._loop = None
@@ -88,20 +106,41 @@ class IkeUdpEndpoint:
 
     async def start(self):
         self._loop = asyncio.get_running_loop()
-        for port in (self.port, self.natt_port):
-            sock = self._given.get(port)
-            if sock is None:
-                fam = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
-                sock = socket.socket(fam, socket.SOCK_DGRAM)
-                if self.transparent:
-                    may_use_absent_address(sock)
-                sock.bind((self.local_ip, port))
-            sock.setblocking(False)
-            _receive_buffer(sock)
-            self._sockets[port] = sock
-            self._loop.add_reader(sock.fileno(), self._readable, sock, port)
+        for ip in self.local_ips:
+            for port in (self.port, self.natt_port):
+                sock = self._given.get((ip, port)) or (self._given.get(port) if ip == self.local_ip else None)
+                if sock is None:
+                    sock = self._bind(ip, port)
+                sock.setblocking(False)
+                _receive_buffer(sock)
+                self._sockets[(ip, port)] = sock
+                self._loop.add_reader(sock.fileno(), self._readable, sock, ip, port)
         self._service()
         return self
+
+    def _bind(self, ip, port):
+        sock = socket.socket(family_of(ip), socket.SOCK_DGRAM)
+        try:
+            if family_of(ip) == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.fwmark:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.fwmark)
+            if self.transparent:
+                may_use_absent_address(sock)
+            sock.bind((ip, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def socket_for(self, local_ip: str | None, port: int, remote_ip: str):
+        """The socket to send to ``remote_ip`` from (``local_ip``, ``port``): that address's, else
+        the first of the remote's family on that port (a wildcard address)."""
+        sock = self._sockets.get((local_ip, port))
+        if sock is not None:
+            return sock
+        fam = family_of(remote_ip)
+        return next((s for (ip, p), s in self._sockets.items() if p == port and family_of(ip) == fam), None)
 
     def close(self):
         self._closed = True
@@ -134,13 +173,14 @@ class IkeUdpEndpoint:
         return r
 
     def send_esp(self, data: bytes, remote: tuple):
-        """Send an ESP-in-UDP packet from the NAT-T port (no marker: the SPI is never zero)."""
-        self._sendto(self.natt_port, data, remote)
+        """Send an ESP-in-UDP packet from the NAT-T port (no marker: the SPI is never zero), from
+        the address the peer's IKE SA uses."""
+        self._sendto(self._by_peer.get(remote[0]), self.natt_port, data, remote)
 
     # -------------------------------------------------------------- internals
 
-    def _sendto(self, port, data, remote):
-        sock = self._sockets.get(port)
+    def _sendto(self, local_ip, port, data, remote):
+        sock = self.socket_for(local_ip, port, remote[0])
         if sock is None:
             self.stats["no_socket"] += 1
             return
@@ -151,7 +191,7 @@ class IkeUdpEndpoint:
         except OSError:
             self.stats["socket_errors"] += 1
 
-    def _readable(self, sock, port):
+    def _readable(self, sock, ip, port):
         """Read what waits: ESP (cheap, to the data path) and IKE messages (a key exchange each,
         at worst) until IKE_TURN seconds of work are done; the rest waits for the next turn of
         the event loop, so that hundreds of IKE SAs coming up at once do not hold up every
@@ -165,11 +205,11 @@ class IkeUdpEndpoint:
             except OSError:                 # e.g. ICMP port unreachable: retransmissions handle loss
                 self.stats["socket_errors"] += 1
                 break
-            if self._received(data, addr[:2], port, batch=True) and time.perf_counter() > t_end:
+            if self._received(data, addr[:2], port, batch=True, local_ip=ip) and time.perf_counter() > t_end:
                 break
         self._service()
 
-    def _received(self, data: bytes, addr, port: int, batch: bool = False):
+    def _received(self, data: bytes, addr, port: int, batch: bool = False, local_ip: str | None = None):
         """One datagram from ``port``; True if it was an IKE message (not ESP or a keepalive)."""
         if not self.accepting:
             self.stats["standby_dropped"] += 1
@@ -187,7 +227,7 @@ class IkeUdpEndpoint:
                 return
         elif data[:4] == NON_ESP_MARKER:
             data = data[4:]
-        self.engine.receive_datagram(data, addr, self.now(), (self.local_ip, port))
+        self.engine.receive_datagram(data, addr, self.now(), (local_ip or self.local_ip, port))
         if not batch:
             self._service()
         return True
@@ -201,7 +241,11 @@ class IkeUdpEndpoint:
             for d in eng.datagrams_to_send():
                 port = d.local[1]
                 marker = port == self.natt_port and not d.keepalive      # RFC 3948 §2.2, §2.3
-                self._sendto(port, NON_ESP_MARKER + d.data if marker else d.data, d.remote)
+                self._sendto(d.local[0], port, NON_ESP_MARKER + d.data if marker else d.data, d.remote)
+                if self._by_peer.get(d.remote[0]) != d.local[0]:
+                    if len(self._by_peer) >= PEERS_REMEMBERED:
+                        self._by_peer.clear()
+                    self._by_peer[d.remote[0]] = d.local[0]
             ev = eng.next_event()
             if ev is None:
                 break

@@ -102,22 +102,26 @@ def _control_socket_free(cfg):
 
 
 def _ports_free(cfg):
-    family = socket.AF_INET6 if ":" in cfg.listen else socket.AF_INET
-    for key, port in (("ike.port", cfg.ike_port), ("ike.natt_port", cfg.natt_port)):
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            if cfg.ha:          # the virtual address is here only while keepalived says MASTER
-                may_use_absent_address(s)
-            try:
-                s.bind((cfg.listen, port))
-            except OSError as e:
-                raise bind_error(cfg, key, port, e) from None
+    for addr in cfg.listen_addrs:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        for key, port in (("ike.port", cfg.ike_port), ("ike.natt_port", cfg.natt_port)):
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)    # as the daemon binds it
+                if cfg.ha:      # the virtual address is here only while keepalived says MASTER
+                    may_use_absent_address(s)
+                try:
+                    s.bind((addr, port))
+                except OSError as e:
+                    raise bind_error(cfg, key, port, e, addr) from None
 
 
-def bind_error(cfg, key, port, e):
-    """The ConfigError for a failed bind of the IKE port ``key``."""
-    where = "UDP %s port %d" % (cfg.listen, port)
+def bind_error(cfg, key, port, e, addr=None):
+    """The ConfigError for a failed bind of the IKE port ``key`` on ``addr`` (a listen address)."""
+    addr = addr or cfg.listen
+    where = "UDP %s port %d" % (addr, port)
     if e.errno == errno.EADDRNOTAVAIL:
-        return cfg.error("daemon.listen", "%s is not an address of this host (%s)" % (cfg.listen, e.strerror))
+        return cfg.error("daemon.listen", "%s is not an address of this host (%s)" % (addr, e.strerror))
     if e.errno == errno.EADDRINUSE:
         return cfg.error(key, "%s is in use by another program (charon? another ikeoffloadd? "
                          "`ss -ulpn sport = :%d` names it)" % (where, port))

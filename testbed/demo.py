@@ -215,10 +215,27 @@ class DemoBed:
             except (OSError, RuntimeError):
                 sas = []
             up = [s for s in sas if any(c["state"] == "INSTALLED" for c in s["children"])]
-            if len(up) >= n:
+            if len(up) >= n and self.routed(up):
                 return sas
             time.sleep(0.05)
         raise RuntimeError("tunnels did not come up:\n" + self.log_tail())
+
+    def routed(self, sas) -> bool:
+        """Every remote selector of the installed Child SAs of ``sas`` has its route into the TUN
+        device (they follow the install by a netlink round trip: traffic sent before is refused
+        with "Network is unreachable")."""
+        import ipaddress
+        import json
+        from host.config import DaemonConfig
+        want = {ipaddress.ip_network(ts) for sa in sas for c in sa["children"] if c["state"] == "INSTALLED"
+                for ts in c["remote_ts"]}
+        have = set()
+        for fam, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+            out = subprocess.run(["ip", "-j", "-n", self.net.ns_a, fam, "route", "show", "table",
+                                  str(DaemonConfig.routing_table)], capture_output=True, text=True).stdout
+            have |= {ipaddress.ip_network(default if r["dst"] == "default" else r["dst"])
+                     for r in json.loads(out or "[]")}
+        return want <= have
 
     def log_tail(self, n=30):
         try:

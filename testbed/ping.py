@@ -1,9 +1,11 @@
 """ICMP echo through a tunnel, counted per request: the demo's, the daemon tests' and the interop
 tests' one traffic check.
 
-A raw ICMP socket opened inside a network namespace sends an echo request every ``interval``
-seconds from ``src`` to ``dst`` and stamps every reply (time.monotonic()), matched by identifier,
-sequence number and source address (two pingers in one process share the identifier). Losses are
+A raw ICMP (or ICMPv6) socket opened inside a network namespace sends an echo request every
+``interval`` seconds from ``src`` (None: the address the route to ``dst`` gives, as a program on
+the router picks none) to ``dst`` and stamps every reply (time.monotonic()), matched by
+identifier, sequence number and source address (two pingers in one process share the
+identifier). Losses are
 counted per request, so a reply that is merely slow is not a loss, as it is for iputils ping,
 which stops waiting max(2 x slowest RTT, interval) after its last request.
 """
@@ -25,13 +27,19 @@ class Pinger(threading.Thread):
     def __init__(self, ns, src, dst, interval=0.02, count=None):
         super().__init__(daemon=True)
         self.dst, self.interval, self.count = dst, interval, count
+        self.v6 = ":" in dst
         with entered(ns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.sock.bind((src, 0))
+            if self.v6:
+                self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            else:
+                self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        if src is not None:
+            self.sock.bind((src, 0))
         self.sock.settimeout(0.005)
         self.icmp_id = os.getpid() & 0xFFFF
         self.sent = {}      # seq -> monotonic send time
         self.replies = {}   # seq -> monotonic reply time
+        self.send_errors = {}   # seq -> why the kernel refused to send it
         self._halt = threading.Event()
         self.seq = 0
         self.stopped_at = None
@@ -47,27 +55,34 @@ class Pinger(threading.Thread):
 
     def run(self):
         next_at = time.monotonic()
-        dst = socket.inet_aton(self.dst)
+        # ICMPv6 (RFC 4443): request 128, reply 129, the kernel fills in the checksum and hands a
+        # raw socket the message without the IPv6 header; ICMP (RFC 792): 8 and 0, with the header
+        request, reply = (128, 129) if self.v6 else (8, 0)
+        dst = socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, self.dst)
         while not self._halt.is_set():
             now = time.monotonic()
             if now >= next_at and (self.count is None or self.seq < self.count):
                 self.seq = (self.seq + 1) & 0xFFFF
                 body = struct.pack("!d", now) + b"ikeoffload-demo"
-                hdr = struct.pack("!BBHHH", 8, 0, 0, self.icmp_id, self.seq)
-                pkt = struct.pack("!BBHHH", 8, 0, self._csum(hdr + body), self.icmp_id, self.seq) + body
+                hdr = struct.pack("!BBHHH", request, 0, 0, self.icmp_id, self.seq)
+                csum = 0 if self.v6 else self._csum(hdr + body)
+                pkt = struct.pack("!BBHHH", request, 0, csum, self.icmp_id, self.seq) + body
                 try:
                     self.sock.sendto(pkt, (self.dst, 0))
-                except OSError:
-                    pass
+                except OSError as e:          # no route yet, say: counted as lost, the reason kept
+                    self.send_errors[self.seq] = e.strerror or str(e)
                 self.sent[self.seq] = now
                 next_at += self.interval
             try:
-                data = self.sock.recv(2048)
+                data, addr = self.sock.recvfrom(2048)
             except OSError:             # socket.timeout included: nothing arrived in 5 ms
                 continue
-            ihl = (data[0] & 0x0F) * 4
-            typ, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if typ == 0 and ident == self.icmp_id and data[12:16] == dst and seq in self.sent:
+            off = 0 if self.v6 else (data[0] & 0x0F) * 4
+            if len(data) < off + 8:
+                continue
+            typ, _, _, ident, seq = struct.unpack("!BBHHH", data[off:off + 8])
+            frm = socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, addr[0].split("%")[0])
+            if typ == reply and ident == self.icmp_id and frm == dst and seq in self.sent:
                 self.replies.setdefault(seq, time.monotonic())
 
     def stop(self):
@@ -108,7 +123,8 @@ class Pinger(threading.Thread):
         s = f"{len(self.replies)} of {len(self.sent)} echo requests to {self.dst} answered\n"
         for q in self.lost:
             s += f"  icmp_seq {q} sent at {self.sent[q]:.6f}, unanswered; the reply before it at " \
-                 f"{self.replies.get(q - 1)}\n"
+                 f"{self.replies.get(q - 1)}" + (f" (not sent: {self.send_errors[q]})" if q in self.send_errors
+                                                  else "") + "\n"
         return s
 
     def __str__(self):

@@ -2,6 +2,7 @@
 whatever fails on the way (the real BoardClient and BoardPool against the simulated board on a
 pty, host/child_sas.py between them and an answer log standing in for the engine)."""
 import asyncio
+import ipaddress
 import os
 
 import pytest
@@ -179,34 +180,65 @@ def test_without_a_ready_board_the_install_is_refused(small_board):
     asyncio.run(go())
 
 
-class Tun:
-    """The TUN device's routing calls (the real one needs root): a log of them, or a failure."""
+class Rtnl:
+    """The rtnetlink calls TunRoutes makes (the real ones need root and a namespace:
+    tests/test_tun_routes.py): a log of the route changes, this host's addresses."""
 
-    def __init__(self, fail=None):
+    def __init__(self, addresses=("192.0.2.1", "198.51.100.1")):
         self.calls = []
-        self.fail = fail
+        self.proto = 149
+        self._addresses = [ipaddress.ip_address(a) for a in addresses]
 
-    def add_route(self, net, src):
-        if self.fail:
-            raise self.fail
-        self.calls.append(("add", net, src))
+    async def open(self):
+        return self
 
-    def del_route(self, net):
-        self.calls.append(("del", net))
+    def close(self):
+        pass
+
+    async def link_up(self, ifname, mtu, txqlen):
+        return 7
+
+    async def flush_ours(self):
+        return 0, 0
+
+    async def add_bypass_rule(self, family, priority, table, fwmark):
+        pass
+
+    async def addresses(self):
+        return self._addresses
+
+    async def replace_route(self, net, ifindex, table, src=None):
+        self.calls.append(("add", str(net), str(src)))
+
+    async def delete_route(self, net, ifindex, table):
+        self.calls.append(("del", str(net)))
+
+
+async def tun_routes(rtnl):
+    from host.dataplane.tun_routes import TunRoutes
+    routes = TunRoutes(rtnl, "ikeo0", mtu=1400, table=210, priority=210, fwmark=0x494B4F)
+    await routes.start()
+    return routes
+
+
+class BrokenRoutes:
+    """Route bookkeeping with a bug in it."""
+
+    def add(self, route):
+        raise RuntimeError("a bug in the route books")
 
 
 def test_a_failure_after_the_board_took_both_halves_takes_them_off_again(small_board):
-    """Whatever fails once the SAs are on the board (here the TUN routes) is answered as a
+    """Whatever fails once the SAs are on the board (here the TUN routes' books) is answered as a
     failed install, and both halves leave the board and the data path."""
-    from host.dataplane.tun_routes import TunRoutes
     prof, board = small_board
 
     async def go():
         pool, client, sas, answers = await rig(prof, board)
-        sas.routes = TunRoutes(Tun(fail=RuntimeError("netlink socket closed")))
+        sas.routes = BrokenRoutes()
         try:
             await asyncio.wait_for(sas.install(install(1)), 5)
-            assert answers == [(1, False, "install failed: netlink socket closed")], answers
+            assert answers == [(1, False, "install failed: a bug in the route books")], answers
             assert client.sa_count() == 0 and sas.installed(1) is None and pool.boards["b0"].reserved == 0
             assert not sas.datapath.by_spi_in
         finally:
@@ -240,23 +272,25 @@ def test_routes_follow_the_child_sas_and_a_replaced_sa_lingers_inbound(small_boa
     board once its packets in flight are back, its inbound half after the linger, unless the
     board lost it meanwhile."""
     from host import child_sas as mod
-    from host.dataplane.tun_routes import TunRoutes
     from host.ike.events import ChildSaDelete
     monkeypatch.setattr(mod, "REPLACED_INBOUND_LINGER", 0.3)
     prof, board = small_board
 
     async def go():
         pool, client, sas, answers = await rig(prof, board)
-        tun = Tun()
-        sas.routes = TunRoutes(tun)
+        tun = Rtnl()
+        sas.routes = await tun_routes(tun)
         try:
             for h in (1, 2):
                 await asyncio.wait_for(sas.install(install(h, remote_ts=selectors(1, "203.0.113.%d" % h))), 5)
+            await sas.routes.settle()
+            # each with a source inside its local selectors (not the first address, 192.0.2.1)
             assert tun.calls == [("add", "203.0.113.%d/32" % h, "198.51.100.1") for h in (1, 2)]
             r1 = sas.installed(1)
             r1.out_in_flight = 1                          # a packet of it still with the board
             sas.remove(ChildSaDelete(1, 1, r1.spi_in, r1.spi_out, "rekeyed", replaced=True))
             assert sas.installed(1) is None and sas.datapath.by_spi_in[r1.spi_in] is r1   # still decrypts
+            await sas.routes.settle()
             assert tun.calls[-1] == ("del", "203.0.113.1/32")
             await asyncio.sleep(0.1)
             assert client.has_sa(r1.spi_out, m.DIR_OUT)    # waits for its packet
@@ -275,6 +309,7 @@ def test_routes_follow_the_child_sas_and_a_replaced_sa_lingers_inbound(small_boa
             assert not sas._tasks
             sas.remove(ChildSaDelete(2, 1, r2.spi_in, r2.spi_out, "again"))    # unknown now: nothing
         finally:
+            await sas.routes.close()
             await client.close()
     asyncio.run(go())
 

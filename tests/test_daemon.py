@@ -386,7 +386,7 @@ def test_child_rekeys_keep_traffic_flowing_through_the_board(who, profile):
         rekeys = b.log_tail(200).count("up: SPIs in") - 1
         assert rekeys >= 2, b.log_tail(60)
         lost = p.lost_before_stop()
-        assert lost == 0, "%d of %d pings lost across %d rekeys" % (lost, len(p.sent), rekeys)
+        assert lost == 0, "%d of %d pings lost across %d rekeys\n%s" % (lost, len(p.sent), rekeys, p.summary())
         board_settles_to_one_pair(b)
         print("\n%s rekeyed the Child SA %d times in 7 s: %d of %d pings lost" % (who, rekeys, lost, len(p.sent)))
     finally:

@@ -38,12 +38,19 @@ def test_the_shipped_example_is_valid():
 
 def test_defaults():
     c = config.loads(GOOD)
-    assert (c.ike_port, c.natt_port, c.tun, c.routing_table, c.replay_window) == (500, 4500, "ikeo0", 220, 64)
+    assert (c.ike_port, c.natt_port, c.tun, c.routing_table, c.replay_window) == (500, 4500, "ikeo0", 210, 64)
+    # none of strongSwan's defaults (table 220, rule priority 220): the two run side by side
+    assert (c.rule_priority, c.fwmark, c.route_protocol) == (210, 0x494B4F, 149)
+    assert c.listen_addrs == ["192.0.2.1"] and c.listen == "192.0.2.1"
     assert c.boards[0].period == 0.1 and c.boards[0].misses == 3
 
 
 @pytest.mark.parametrize("change,key,line", [
     (('listen = "192.0.2.1"', 'listen = "not-an-ip"'), "daemon.listen", 2),
+    (('listen = "192.0.2.1"', 'listen = ["192.0.2.1", "2001:db8::x"]'), "daemon.listen[1]", 2),
+    (('listen = "192.0.2.1"', 'listen = ["192.0.2.1", "192.0.2.1"]'), "daemon.listen[1]", 2),
+    (('listen = "192.0.2.1"', 'listen = []'), "daemon.listen", 2),
+    (('listen = "192.0.2.1"', 'listen = 5'), "daemon.listen", 2),
     (('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nlog_lvl = "x"'), "daemon.log_lvl", 3),
     (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nmisses = 0'), "board[0].misses", 9),
     (('port = "/dev/pts/9"', 'port = "/dev/pts/9"\nheartbeat_ms = 900'), "board[0].heartbeat_ms", 9),

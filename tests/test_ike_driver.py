@@ -64,7 +64,7 @@ def test_two_endpoints_over_loopback():
             inst = [e for e in events["a"] if isinstance(e, ChildSaInstall)][0]
             # ESP-in-UDP from a's NAT-T port reaches b's data path; a keepalive does not
             eps["a"].send_esp(inst.spi_out.to_bytes(4, "big") + b"\0\0\0\1payload", ("127.0.0.1", nb))
-            eps["a"]._sockets[na].sendto(b"\xff", ("127.0.0.1", nb))
+            eps["a"]._sockets[("127.0.0.1", na)].sendto(b"\xff", ("127.0.0.1", nb))
             for _ in range(100):
                 if esp and eps["b"].stats["keepalives"]:
                     break

@@ -58,7 +58,7 @@ def test_wheel_carries_profiles_example_unit_and_license(wheel):
     assert "License-Expression: MIT" in meta            # PEP 639, not the deprecated license table
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     runtime = sorted(r.split(">")[0].split("=")[0] for r in requires if "extra ==" not in r)
-    assert runtime == ["cobs", "cryptography", "pyserial"], requires
+    assert runtime == ["cobs", "cryptography", "pyroute2", "pyserial"], requires
     extras = {line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")}
     assert {"spi", "flash", "test"} <= extras
     assert any(r.startswith("pyftdi") and 'extra == "spi"' in r for r in requires)
@@ -72,7 +72,7 @@ def test_installed_wheel_runs_in_a_fresh_venv(wheel, tmp_path):
     py, bindir = str(venv / "bin" / "python"), venv / "bin"
     run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheel)], cwd=tmp_path)
     installed = {p["name"].lower() for p in json.loads(run([py, "-m", "pip", "list", "--format", "json"]).stdout)}
-    assert {"ikeoffload", "cobs", "cryptography", "pyserial"} <= installed
+    assert {"ikeoffload", "cobs", "cryptography", "pyroute2", "pyserial"} <= installed
     assert not {"invoke", "pyftdi", "pyusb"} & installed, installed
 
     for prog in ("ikeoffloadd", "ikeoffloadctl"):

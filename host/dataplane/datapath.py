@@ -159,13 +159,18 @@ class RouteIndex:
 
 class DataPath:
     def __init__(self, boards, send_esp, write_tun, on_unknown_spi=None, on_inbound=None, pending=None,
-                 clock=time.monotonic, on_wrong_peer=None):
+                 clock=time.monotonic, on_wrong_peer=None, traps=None, on_trap=None):
         """boards: name -> BoardClient; send_esp(esp, (ip, port)); write_tun(packet);
         on_unknown_spi(spi, (ip, port)); on_inbound(route) for liveness proof; pending(spi) says
         whether an inbound SPI belongs to a Child SA being set up (its ESP waits for the install);
         on_wrong_peer(route, (ip, port)): ESP on a known SPI from another address or port (dropped
-        here; the driver may check whether a NAT moved the peer)."""
+        here; the driver may check whether a NAT moved the peer); traps: a TrapTable (traps.py)
+        whose policies hold the packets no Child SA carries yet, on_trap(policy, src, dst) asks
+        for a policy's Child SA."""
         self.on_wrong_peer = on_wrong_peer
+        self.traps = traps
+        self.on_trap = on_trap
+        self._trap_expiry = None
         self.pending = pending
         self._held = {}                  # spi -> [(data, addr)] waiting for that SA's install
         self.boards = boards
@@ -201,6 +206,9 @@ class DataPath:
         for data, addr in self._held.pop(route.spi_in, ()):
             self.stats["in_held_delivered"] += 1
             self.esp_in(data, addr)
+        if self.traps is not None and route.sending:
+            for pkt in self.traps.release(route.matches, self.clock()):
+                self._queue(route, OUT, pkt, None)      # the board's admission, as for any packet
 
     def remove(self, handle):
         r = self.by_handle.pop(handle, None)
@@ -272,9 +280,29 @@ class DataPath:
                     self.stats["out_dropped_board_lost"] += 1
                 else:
                     self._queue(r, OUT, pkt, None)
+            elif self.traps is not None and self._trap(pkt, src, dst):
+                continue
             else:
                 self.stats["out_no_sa"] += 1
                 log.debug("no SA for %s -> %s", src, dst)
+
+    def _trap(self, pkt, src, dst) -> bool:
+        """A packet for an on-demand Child SA not there yet: held (bounded, counted) and, once,
+        the Child SA asked for. False: no trap policy covers it."""
+        held, ask = self.traps.hold(pkt, src, dst, self.clock())
+        if not held:
+            return False
+        if self._trap_expiry is None:
+            self._trap_expiry = self._running_loop().call_later(1.0, self._expire_traps)
+        if ask is not None and self.on_trap is not None:
+            self.on_trap(ask, src, dst)
+        return True
+
+    def _expire_traps(self):
+        self._trap_expiry = None
+        self.traps.expire(self.clock())
+        if self.traps.held():
+            self._trap_expiry = self._running_loop().call_later(1.0, self._expire_traps)
 
     def _route_out(self, src, dst):
         return self.out_index.lookup(src, dst)
@@ -481,7 +509,7 @@ class DataPath:
         for q in self.queues.values():
             out.update(q.drops)
         for k in ("dropped_board_not_ready", "out_dropped_board_lost", "in_dropped_board_lost", "in_wrong_peer",
-                  "out_no_sa", "in_unknown_spi"):
+                  "out_no_sa", "in_unknown_spi", "trap_hold_overflow", "trap_hold_expired"):
             if self.stats[k]:
                 out[k] = self.stats[k]
         return out

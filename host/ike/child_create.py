@@ -9,6 +9,7 @@ TEMPORARY_FAILURE otherwise.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import NamedTuple
 
 from . import followup_ke, lifetimes, reauth
@@ -19,7 +20,7 @@ from .events import ChildSaFailed, ChildSaInstall, ChildSaUp
 from .ike_sa import ChildSa, IkeSa
 from .informational import DeleteSpisTask
 from .keys import child_keymat
-from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, TsPayload, notify_error_name
+from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, TrafficSelector, TsPayload, notify_error_name
 from .proposals import accept_response, filter_child_specs, select
 from .states import ChildSaState, IkeSaState
 from .task import Outcome, Task
@@ -64,9 +65,28 @@ def acceptable_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts) -> bool:
         len(fit_board(sa, tsi)) == len(tsi) and len(fit_board(sa, tsr)) == len(tsr)
 
 
-def our_selectors(sa: IkeSa, cfg: ChildConfig):
-    """(local, remote) selectors of ``cfg`` with ``dynamic`` resolved to the IKE addresses."""
-    return resolve_ts(cfg.local_ts, sa.local[0]), resolve_ts(cfg.remote_ts, sa.remote[0])
+def our_selectors(sa: IkeSa, cfg: ChildConfig, trigger: tuple | None = None):
+    """(local, remote) selectors of ``cfg`` with ``dynamic`` resolved to the IKE addresses; with
+    ``trigger`` = (source, destination) of the packet that asked for the Child SA (on demand),
+    each list starts with a selector of just that packet's address (§2.9)."""
+    local, remote = resolve_ts(cfg.local_ts, sa.local[0]), resolve_ts(cfg.remote_ts, sa.remote[0])
+    if trigger is not None:
+        local, remote = packet_first(local, trigger[0]), packet_first(remote, trigger[1])
+    return local, remote
+
+
+def packet_first(selectors: list, addr: str) -> list:
+    """§2.9: "if the initiator has requested the SA due to a data packet, the initiator SHOULD
+    include as the first Traffic Selector in each of TSi and TSr a very specific Traffic Selector
+    including the addresses in the packet triggering the request" — so a responder that narrows
+    keeps the packet's flow. The first of our selectors that covers ``addr`` gives its protocol
+    and ports; none covers it: nothing is added."""
+    a = ipaddress.ip_address(addr).packed
+    for t in selectors:
+        if len(t.start) == len(a) and t.start <= a <= t.end:
+            host = TrafficSelector(t.ts_type, t.ip_proto, t.start_port, t.end_port, a, a)
+            return [host] + [x for x in selectors if x != host]
+    return list(selectors)
 
 
 def offer(sa: IkeSa, cfg: ChildConfig, with_dh: bool):
@@ -295,9 +315,10 @@ class CreateChildTask(ChildSaExchange):
     exchange = ExchangeType.CREATE_CHILD_SA
     MAX_TEMPORARY_FAILURES = 5
 
-    def __init__(self, cfg: ChildConfig | None = None, name: str | None = None):
+    def __init__(self, cfg: ChildConfig | None = None, name: str | None = None, trigger: tuple | None = None):
         self.cfg = cfg
         self.name = name or (cfg.name if cfg is not None else "")
+        self.trigger = trigger          # (src, dst) of the packet that asked for it (on demand)
         self.offered = None
         self.spi_in = 0
         self.ni = b""
@@ -312,7 +333,7 @@ class CreateChildTask(ChildSaExchange):
     # -------------------------------------------------------------- initiator
 
     def selectors(self, sa: IkeSa):
-        return our_selectors(sa, self.cfg)
+        return our_selectors(sa, self.cfg, self.trigger)
 
     def request_head(self, sa: IkeSa) -> list:
         """Payloads before SA (REKEY_SA for a rekey, §1.3.3)."""

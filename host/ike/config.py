@@ -7,9 +7,9 @@ Example::
     remote_addrs = ["192.0.2.2"]
     proposals = ["aes256gcm16-prfsha256-x25519"]
     psk = "a long random secret"
-    start_action = "start"            # none | start
+    start_action = "start"            # none | start | trap (on demand: the first packet initiates)
     dpd_delay = 30                    # liveness check after 30 s without inbound IKE or ESP (0 = off)
-    dpd_action = "restart"            # clear (= none) | restart: after a failed liveness check
+    dpd_action = "restart"            # clear (= none) | restart | trap: after a failed liveness check
     keyingtries = 0                   # initiation attempts for start/restart (0 = until it works)
     rekey_time = 14400                # IKE SA rekey (RFC 7296 §2.18), minus up to rand_time
     # over_time = 1440; rand_time = 1440   (hard end = rekey_time + over_time)
@@ -27,7 +27,8 @@ Example::
     remote_ts = ["203.0.113.0/24"]
     esp_proposals = ["aes128gcm16", "aes128-sha256"]
     mode = "tunnel"
-    close_action = "start"            # none | start: the peer closed it (or its IKE SA): set it up again
+    close_action = "start"            # none | start | trap: the peer closed it (or its IKE SA): set it
+                                      # up again now (start) or on the next packet for it (trap)
     rekey_time = 3600                 # Child SA rekey (§2.8), minus up to rand_time
     # life_time = 3960; rand_time = 360   (hard end; jitter)
 
@@ -145,8 +146,9 @@ class ChildConfig:
     remote_ts: list
     esp_proposals: list[ProposalSpec]
     mode: str = "tunnel"
-    start_action: str = "none"
-    close_action: str = "none"      # start: create it again when the peer closes it (or its IKE SA)
+    start_action: str = "none"      # start: with the connection; trap: on the first packet for it
+    close_action: str = "none"      # start: create it again when the peer closes it (or its IKE SA);
+                                    # trap: on the next packet for it
     rekey_time: float = 3600.0
     life_time: float = 3960.0
     rand_time: float = 360.0
@@ -166,8 +168,8 @@ class Connection:
     remote_port_nat_t: int = 4500
     psk: bytes | None = field(default=None, repr=False)
     encap: bool = True
-    start_action: str = "none"
-    dpd_action: str = "clear"       # after a failed liveness check: clear (= none) | restart
+    start_action: str = "none"      # start | trap (its Child SAs on demand) | none
+    dpd_action: str = "clear"       # after a failed liveness check: clear (= none) | restart | trap
     dpd_delay: float = 0.0          # liveness check after this long without inbound IKE/ESP; 0 = off
     rekey_time: float = 14400.0     # IKE SA rekey (§2.18); 0 = off
     over_time: float = 1440.0       # hard end of the IKE SA = rekey_time + over_time
@@ -186,6 +188,12 @@ class Connection:
             if a != "%any" and "/" not in a:
                 return a
         return None
+
+    def trapped_children(self) -> list[str]:
+        """The Child SAs set up on demand from the start (``start_action = "trap"``): those that
+        say so, and, when the connection says so, every child that names no start_action."""
+        return [n for n, c in self.children.items()
+                if c.start_action == "trap" or (self.start_action == "trap" and c.start_action == "none")]
 
     @property
     def local_host(self) -> str | None:
@@ -446,8 +454,8 @@ def _child(sec: _Section, name: str) -> ChildConfig:
         name=name, local_ts=ts["local_ts"], remote_ts=ts["remote_ts"],
         esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, ["aes128gcm16", "aes128-sha256"]),
         mode=sec.choice("mode", ("tunnel", "transport"), "tunnel"),
-        start_action=sec.choice("start_action", ("none", "start"), "none"),
-        close_action=sec.choice("close_action", ("none", "start"), "none"),
+        start_action=sec.choice("start_action", ("none", "start", "trap"), "none"),
+        close_action=sec.choice("close_action", ("none", "start", "trap"), "none"),
         rekey_time=rekey, life_time=life, rand_time=rand,
     )
     sec.done()
@@ -519,16 +527,23 @@ def parse_connection(name: str, data: dict, base: Path | None = None, path: str 
         remote_port_nat_t=_port(sec, "remote_port_nat_t", 4500),
         psk=psk.encode() if psk else None,
         encap=sec.get("encap", bool, True),
-        start_action=sec.choice("start_action", ("none", "start"), "none"),
-        dpd_action=sec.choice("dpd_action", ("none", "clear", "restart"), "clear"),
+        start_action=sec.choice("start_action", ("none", "start", "trap"), "none"),
+        dpd_action=sec.choice("dpd_action", ("none", "clear", "restart", "trap"), "clear"),
         dpd_delay=_seconds(sec, "dpd_delay", 0.0),
         rekey_time=ike_rekey, over_time=ike_over, rand_time=ike_rand,
         reauth_time=_seconds(sec, "reauth_time", 0.0),
         keyingtries=keyingtries,
         initial_contact=sec.get("initial_contact", bool, True),
     )
-    if conn.start_action == "start" and conn.remote_host is None:
-        raise ConfigError(sec.key("remote_addrs"), "start_action = start needs a specific remote address")
+    if conn.start_action != "none" and conn.remote_host is None:
+        raise ConfigError(sec.key("remote_addrs"),
+                          f"start_action = {conn.start_action} needs a specific remote address")
+    for cname, child in children.items():
+        on_demand = "trap" in (child.start_action, child.close_action) or conn.dpd_action == "trap"
+        if on_demand and conn.remote_host is None:
+            key = "dpd_action" if conn.dpd_action == "trap" else f"children.{cname}." + (
+                "start_action" if child.start_action == "trap" else "close_action")
+            raise ConfigError(sec.key(key), "trap (on demand) needs a specific remote address to initiate to")
     if conn.reauth_time and conn.remote_host is None:
         raise ConfigError(sec.key("reauth_time"), "reauthentication needs a specific remote address")
     sec.done()

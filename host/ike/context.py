@@ -31,7 +31,7 @@ from . import cookies, followup_ke, fragments, invalid_spi, lifetimes, liveness,
 from .child_create import CreateChildTask
 from .config import Connection, EngineSettings, RetransmitPolicy
 from .constants import ExchangeType, Flag, Notify
-from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeWarning
+from .events import ChildSaDelete, ChildSaOutbound, IkeSaDown, IkeWarning, TrapRequested
 from .ike_auth import IkeAuthTask
 from .ike_init import ZERO_SPI, IkeInitTask
 from .ike_sa import Attempt, IkeSa
@@ -235,7 +235,7 @@ class Context:
                 del self.half_open_per_ip[key[1]]
 
     def initiate(self, conn_name: str, now: float, child=None, *, retry: bool = False,
-                 start_at: float | None = None, attempt: int = 1) -> IkeSa:
+                 start_at: float | None = None, attempt: int = 1, trigger: tuple | None = None) -> IkeSa:
         """Start an IKE SA for ``conn_name`` (see ``IkeEngine.initiate``)."""
         conn = self.connections[conn_name]
         remote = conn.remote_host
@@ -256,7 +256,7 @@ class Context:
         if retry:
             sa.attempt = Attempt(attempt, [c.name for c in cfgs] or False)
         sa.queue.append(IkeInitTask(conn.proposals[0].dh[0]))
-        sa.queue.append(IkeAuthTask(cfgs[0] if cfgs else None))
+        sa.queue.append(IkeAuthTask(cfgs[0] if cfgs else None, trigger))
         for cfg in cfgs[1:]:
             sa.queue.append(CreateChildTask(cfg))
         if start_at is not None and start_at > now:
@@ -426,7 +426,9 @@ class Context:
 
     def reopen_child(self, sa: IkeSa, cfg, now: float):
         """The peer deleted a Child SA (§1.4.1, not a rekey): with ``close_action = start`` it is
-        negotiated again in the same IKE SA."""
+        negotiated again in the same IKE SA; with ``close_action = trap`` on the next packet for it."""
+        if cfg is not None and cfg.close_action == "trap" and cfg.name in sa.conn.children:
+            self.emit(TrapRequested(sa.conn.name, [cfg.name], "closed"))
         if cfg is not None and cfg.close_action == "start" and sa.state == IkeSaState.ESTABLISHED and \
                 sa.successor is None and cfg.name in sa.conn.children and \
                 not any(c.cfg is cfg and c.state == ChildSaState.INSTALLED for c in sa.children.values()) and \

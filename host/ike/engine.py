@@ -111,18 +111,23 @@ class IkeEngine:
         return ids
 
     def initiate(self, conn_name: str, now: float, child: str | list | None | bool = None, *,
-                 retry: bool = False, start_at: float | None = None, attempt: int = 1) -> int:
+                 retry: bool = False, start_at: float | None = None, attempt: int = 1,
+                 trigger: tuple | None = None) -> int:
         """Start an IKE SA for ``conn_name``. ``child``: a child name or list of names (the first is
         negotiated in IKE_AUTH, the others with CREATE_CHILD_SA right after), None for the first
         configured child, False for none (childless, RFC 6023). ``retry``: if it fails before it is
         established, try again per the connection's ``keyingtries`` (liveness.py). ``start_at``:
-        send the first message only then. Returns the IKE SA id."""
-        return self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt).ike_id
+        send the first message only then. ``trigger``: (source, destination) of the packet that
+        asked for the first Child SA (on demand): its selectors come first (§2.9). Returns the
+        IKE SA id."""
+        return self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt,
+                                 trigger=trigger).ike_id
 
-    def create_child(self, ike_id: int, child: str, now: float):
-        """Negotiate one more Child SA on an established IKE SA (CREATE_CHILD_SA, §1.3.1)."""
+    def create_child(self, ike_id: int, child: str, now: float, trigger: tuple | None = None):
+        """Negotiate one more Child SA on an established IKE SA (CREATE_CHILD_SA, §1.3.1);
+        ``trigger`` as for :meth:`initiate`."""
         sa = self.ctx.by_id[ike_id]
-        sa.add_task(CreateChildTask(sa.conn.children[child]), now)
+        sa.add_task(CreateChildTask(sa.conn.children[child], trigger=trigger), now)
 
     def rekey_child(self, handle: int, now: float) -> bool:
         """Rekey Child SA ``handle`` now (§1.3.3). False if it cannot be (not installed, being

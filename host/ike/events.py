@@ -159,6 +159,18 @@ class ChildSaDelete(Event):
 
 
 @dataclass(slots=True)
+class TrapRequested(Event):
+    """From now on set up the Child SAs ``children`` of connection ``conn`` on demand: route their
+    selectors into the tunnel and initiate on the first packet for them — ``close_action =
+    "trap"`` after the peer closed them (``cause`` "closed"), ``dpd_action = "trap"`` after a
+    liveness check went unanswered ("timeout"). ``start_action = "trap"`` needs no event: the
+    driver traps those from the start (``Connection.trapped_children``)."""
+    conn: str
+    children: list
+    cause: str
+
+
+@dataclass(slots=True)
 class ChildSaFailed(Event):
     """A Child SA could not be created (peer refused, no proposal, TS unacceptable, board refused).
     Nothing is installed for it."""

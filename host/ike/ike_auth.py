@@ -135,8 +135,9 @@ class IkeAuthTask(cc.ChildSaExchange):
     failure only drops the Child SA, an authentication failure the IKE SA (§2.21.2)."""
     exchange = ExchangeType.IKE_AUTH
 
-    def __init__(self, child_cfg=None):
+    def __init__(self, child_cfg=None, trigger=None):
         self.child_cfg = child_cfg
+        self.trigger = trigger          # (src, dst) of the packet that asked for the Child SA (on demand)
         self.offered = None
         self.spi_in = 0
         self.local_ts = self.remote_ts = ()
@@ -162,7 +163,7 @@ class IkeAuthTask(cc.ChildSaExchange):
             if self.offered is None:
                 sa.ctx.emit(ChildSaFailed(sa.ike_id, cfg.name, cc.NO_BOARD_PROPOSAL))
             else:
-                self.local_ts, self.remote_ts = (cc.fit_board(sa, ts) for ts in cc.our_selectors(sa, cfg))
+                self.local_ts, self.remote_ts = (cc.fit_board(sa, ts) for ts in cc.our_selectors(sa, cfg, self.trigger))
                 if cfg.mode == "transport":
                     payloads.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
                 payloads += [SaPayload(self.offered), TsPayload(self.local_ts, PayloadType.TSi),

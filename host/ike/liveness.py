@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+from .events import TrapRequested
 from .informational import LivenessTask
 from .states import ChildSaState, IkeSaState
 
@@ -100,6 +101,17 @@ def default_children(conn) -> list[str] | bool:
     return [next(iter(conn.children))] if conn.children else False
 
 
+def _trapped_after(conn, cause, children) -> list[str]:
+    """The Child SAs an IKE SA that went for ``cause`` leaves on demand (``close_action`` or
+    ``dpd_action`` = trap)."""
+    if cause == "closed":
+        return [n for n in children if n in conn.children and conn.children[n].close_action == "trap"]
+    if cause == "timeout" and conn.dpd_action == "trap":
+        names = children or default_children(conn)
+        return list(names) if names else []
+    return []
+
+
 def after_down(sa, cause, children, now: float) -> int | None:
     """Policy after an IKE SA went away for ``cause`` ("timeout": a request went unanswered;
     "failed": the peer refused the initiation; "expired": hard lifetime; "closed": the peer
@@ -110,6 +122,9 @@ def after_down(sa, cause, children, now: float) -> int | None:
     if conn is None or sa.successor is not None or cause is None:
         return None
     if sa.established_at is not None:
+        trap = _trapped_after(conn, cause, children)
+        if trap:
+            ctx.emit(TrapRequested(conn.name, trap, cause))
         if cause == "closed":
             # the peer deleted it (§1.4.1): only Child SAs configured with close_action = start, and
             # only those no other IKE SA carries (a peer that reauthenticates makes the new one first)
