@@ -3,7 +3,7 @@
 The daemon listens on a unix socket (mode 0600). One JSON object per line each way:
     -> {"cmd": "list-sas"}                 <- {"ok": true, "result": [...]}
     -> {"cmd": "initiate", "conn": "gw"}   <- {"ok": false, "error": "..."}
-Commands: list-sas, list-boards, initiate, terminate, flush-board, stats. A request is checked
+Commands: list-sas, list-boards, initiate, terminate, flush-board, stats, ha. A request is checked
 against its command's fields and their types before the daemon sees it: anything else gets an
 error reply, and the connection stays (so does the daemon, whatever the handler raises).
 `ikeoffloadctl --json CMD` prints the result object; without --json a readable form in the
@@ -25,10 +25,13 @@ log = logging.getLogger("ikeoffloadd")
 DEFAULT_SOCKET = "/run/ikeoffload/control.sock"
 # command -> {field: type}; the fields each command needs
 FIELDS = {"list-sas": {}, "list-boards": {}, "stats": {}, "initiate": {"conn": str},
-          "terminate": {"conn": str, "ike_id": int}, "flush-board": {"board": str}}
+          "terminate": {"conn": str, "ike_id": int}, "flush-board": {"board": str},
+          "ha": {"state": str}}
 NEEDS = {"initiate": ("conn",), "flush-board": ("board",)}
 COMMANDS = tuple(FIELDS)
 TYPE_NAMES = {str: "a string", int: "an integer"}
+HA_VERBS = ("master", "backup", "fault", "stop", "status", "check")
+HA_CHECK_TIMEOUT = 1.5
 
 
 def check_request(req):
@@ -203,6 +206,20 @@ def format_boards(boards, now=None):
     return "\n".join(out) if out else "no boards"
 
 
+def format_ha(st, now=None):
+    """`ikeoffloadctl ha`: the role, health and the last changes (their times are the daemon's
+    time.monotonic(), the same clock on the same host)."""
+    now = time.monotonic() if now is None else now
+    if not st.get("enabled"):
+        return "HA off ([ha] enabled = false): always active"
+    out = ["%s (%s) for %.1f s; %s" % (st["state"].upper(), "active" if st["active"] else "standby",
+                                       now - st["since"], "healthy" if st["healthy"] else
+                                       "UNHEALTHY: " + st["reason"])]
+    for h in reversed(st.get("history", [])):
+        out.append("  %8.1f s ago  %s -> %s" % (now - h["at"], h["from"], h["to"]))
+    return "\n".join(out)
+
+
 def format_generic(result):
     if isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
@@ -227,16 +244,23 @@ def main(argv=None):
     p = sub.add_parser("flush-board", help="treat a board as lost: flush its IKE SAs, re-establish")
     p.add_argument("board")
     sub.add_parser("stats", help="daemon counters")
+    p = sub.add_parser("ha", help="active/standby: keepalived's notify (master, backup, fault, stop), "
+                       "its track script (check: exit 1 unless this router can be active), or the status")
+    p.add_argument("state", nargs="?", choices=HA_VERBS)
     args = ap.parse_args(argv)
 
     req = {"cmd": args.cmd}
+    if args.cmd == "ha" and args.state not in (None, "check", "status"):
+        req["state"] = args.state
     for k in ("conn", "board", "ike_id"):
         if getattr(args, k, None) is not None:
             req[k] = getattr(args, k)
     if args.cmd == "terminate" and not args.conn and args.ike_id is None:
         ap.error("terminate needs a connection name or --ike-id")
+    # keepalived's track script: a daemon that does not answer within HA_CHECK_TIMEOUT is hung
+    timeout = HA_CHECK_TIMEOUT if args.cmd == "ha" and args.state == "check" else 30.0
     try:
-        reply = call(args.socket, req)
+        reply = call(args.socket, req, timeout)
     except (OSError, ValueError) as e:
         print("ikeoffloadctl: cannot reach ikeoffloadd at %s: %s" % (args.socket, e), file=sys.stderr)
         return 2
@@ -244,12 +268,19 @@ def main(argv=None):
         print("ikeoffloadctl: %s" % reply.get("error"), file=sys.stderr)
         return 1
     result = reply["result"]
+    if args.cmd == "ha" and args.state == "check":
+        if not result.get("healthy"):      # keepalived's track script: non-zero puts it in FAULT
+            print("ikeoffloadctl: cannot be active: %s" % result.get("reason"), file=sys.stderr)
+            return 1
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.cmd == "list-sas":
         print(format_sas(result))
     elif args.cmd == "list-boards":
         print(format_boards(result))
+    elif args.cmd == "ha":
+        print(format_ha(result))
     else:
         print(format_generic(result))
     return 0

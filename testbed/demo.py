@@ -125,12 +125,17 @@ class DemoBed:
                 "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
                 "children": children}
 
-    def write_config(self):
-        lines = ['[daemon]', 'control_socket = "%s"' % self.control, 'log_level = "%s"' % self.log_level,
+    def write_config(self, boards=None, control=None, path=None, extra=()):
+        """The daemon's configuration: ``boards`` (indexes into the sims, default all), its control
+        socket and file (default the bed's own), ``extra`` lines (e.g. an [ha] table)."""
+        control = control or self.control
+        lines = ['[daemon]', 'control_socket = "%s"' % control, 'log_level = "%s"' % self.log_level,
                  'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false"),
                  '', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0', 'base = 1.8',
-                 'tries = 3', '']
+                 'tries = 3', ''] + list(extra)
         for i, (_, dev, _) in enumerate(self.sims):
+            if boards is not None and i not in boards:
+                continue
             lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev]
             if profiles.link_auth(profiles.load(self.profile)):
                 lines.append('link_key = "%s"' % os.path.join(self.state, "b%d.key" % i))
@@ -145,9 +150,12 @@ class DemoBed:
                       'remote_ts = ["%s/32"]' % self.inner_b[i],
                       'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals),
                       'rekey_time = %d' % self.child_rekey, '']
-        self.config = os.path.join(self.state, "ikeoffloadd.toml")
-        with open(self.config, "w") as f:
+        path = path or os.path.join(self.state, "ikeoffloadd.toml")
+        with open(path, "w") as f:
             f.write("\n".join(lines))
+        if control == self.control:
+            self.config = path
+        return path
 
     def start_daemon(self):
         self._log = open(self.daemon_log, "a")
