@@ -50,10 +50,12 @@ class BoardIncident:
 
 
 class BoardLossRecovery:
-    def __init__(self, engine, call, pool, datapath, *, flush=True, stats=None):
+    def __init__(self, engine, call, pool, datapath, *, flush=True, stats=None, active=None):
         """engine: the IkeEngine; call(fn, *args, **kw): runs an engine command and sends what it
         queued (IkeUdpEndpoint.call); flush: daemon.flush_on_board_loss; stats: the daemon's
-        counters (board_losses, ike_sas_flushed, deletes_sent)."""
+        counters (board_losses, ike_sas_flushed, deletes_sent); active(): may this router initiate
+        (False on an HA standby, host/ha.py)."""
+        self.active = active or (lambda: True)
         self.engine = engine
         self.call = call
         self.pool = pool
@@ -148,12 +150,16 @@ class BoardLossRecovery:
             inc.ready_at = ev.at
         self.restart(now)
 
+    def cancel_restarts(self):
+        """The router goes standby: what waits for a board is not re-initiated here."""
+        self._restart_pending.clear()
+
     def restart(self, now):
         """Re-initiate the connections waiting for a board, as many as the ready boards have SA
         slots for (a Child SA takes two); the rest wait for the next board that says HELLO (the
         lost one, when it comes back) rather than fail for want of room."""
         ready = self.pool.ready_boards()
-        if not self._restart_pending or not ready:
+        if not self._restart_pending or not ready or not self.active():
             return
         room = sum(b.free_slots() for b in ready) - self._unplaced_slots()
         for conn, (inc, children) in list(self._restart_pending.items()):

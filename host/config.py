@@ -26,6 +26,9 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     # heartbeat_ms = 100               # override the profile's heartbeat period and misses
     # misses = 3
 
+    [ha]                               # active/standby with keepalived (host/ha.py, README "HA")
+    enabled = false                    # true: standby until `ikeoffloadctl ha master`
+
     [ike]                              # engine settings (host/ike/README.md): ports, cookies,
     port = 500                         # INVALID_SPI, rate limits, ...
     natt_port = 4500
@@ -86,6 +89,7 @@ class DaemonConfig:
     listen_addrs: list = field(default_factory=lambda: ["0.0.0.0"])     # daemon.listen
     metrics: str | None = None                       # "HOST:PORT" of the OpenMetrics endpoint, None: off
     flush_on_board_loss: bool = True
+    ha: bool = False                   # [ha] enabled: keepalived decides when IKE runs here
     tun: str = "ikeo0"
     mtu: int = 1400
     routing_table: int = 210
@@ -137,8 +141,9 @@ RESERVED_ROUTE_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 
                             17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis",
                             188: "ospf", 189: "rip", 192: "eigrp"}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int, "link_key": str}
-_TOP = {"daemon", "dataplane", "board", "ike", "connections"}
-_TABLES = ("daemon", "dataplane", "ike", "connections")
+_HA_KEYS = {"enabled": bool}
+_TOP = {"daemon", "dataplane", "board", "ike", "connections", "ha"}
+_TABLES = ("daemon", "dataplane", "ike", "connections", "ha")
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
 UNIX_PATH_MAX = 107
 # pyserial URL handlers a board port may name; ftdi:// is an SPI adapter (pyftdi), for spi-pio boards
@@ -194,6 +199,11 @@ def loads(text, path="<config>", base=None):
     _typed(err, data.get("dataplane", {}), "dataplane", _DATAPLANE_KEYS, d)
     for k, v in d.items():
         setattr(cfg, k, v)
+    ha = {}
+    _typed(err, data.get("ha", {}), "ha", _HA_KEYS, ha)
+    cfg.ha = ha.get("enabled", False)
+    if cfg.ha and any(a in ("0.0.0.0", "::") for a in cfg.listen_addrs):
+        err("ha.enabled", "needs daemon.listen = the virtual address(es) keepalived moves (not a wildcard)")
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
     for sub, level in cfg.log_levels.items():

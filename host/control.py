@@ -6,7 +6,7 @@ The daemon listens on a unix socket (mode 0600). One JSON object per line each w
     -> {"cmd": "log"}                                      <- {"ok": true, "stream": true}, then
                                                               {"event": {...}} lines until the client goes
 Commands: list-sas, list-conns, list-boards, stats, initiate, terminate, rekey, flush-board,
-reload, log. A request is checked against its command's fields and their types before the daemon
+reload, log, ha. A request is checked against its command's fields and their types before the daemon
 sees it: anything else gets an error reply, and the connection stays (so does the daemon,
 whatever the handler raises). `ikeoffloadctl CMD [--json]` prints the result object as JSON, or
 a readable form in the style of swanctl's; initiate, terminate and rekey wait for the outcome
@@ -36,11 +36,13 @@ FIELDS = {"list-sas": {}, "list-conns": {}, "list-boards": {}, "stats": {}, "rel
           "initiate": {"conn": str, "child": str, "timeout": NUMBER},
           "terminate": {"conn": str, "ike_id": int, "child_id": int, "timeout": NUMBER},
           "rekey": {"conn": str, "ike_id": int, "child_id": int, "timeout": NUMBER},
-          "flush-board": {"board": str}, "log": {"level": str}}
+          "flush-board": {"board": str}, "log": {"level": str}, "ha": {"state": str}}
 NEEDS = {"initiate": ("conn",), "flush-board": ("board",)}
 COMMANDS = tuple(FIELDS)
 TYPE_NAMES = {str: "a string", int: "an integer", NUMBER: "a number"}
 EXIT_TIMEOUT = 3
+HA_VERBS = ("master", "backup", "fault", "stop", "status", "check")
+HA_CHECK_TIMEOUT = 1.5
 
 
 def check_request(req):
@@ -344,6 +346,20 @@ def format_outcome(cmd, r):
     return "rekeying %s" % (r.get("rekeying_child") or ", ".join("#%d" % i for i in r.get("rekeying", [])))
 
 
+def format_ha(st, now=None):
+    """`ikeoffloadctl ha`: the role, health and the last changes (their times are the daemon's
+    time.monotonic(), the same clock on the same host)."""
+    now = time.monotonic() if now is None else now
+    if not st.get("enabled"):
+        return "HA off ([ha] enabled = false): always active"
+    out = ["%s (%s) for %.1f s; %s" % (st["state"].upper(), "active" if st["active"] else "standby",
+                                       now - st["since"], "healthy" if st["healthy"] else
+                                       "UNHEALTHY: " + st["reason"])]
+    for h in reversed(st.get("history", [])):
+        out.append("  %8.1f s ago  %s -> %s" % (now - h["at"], h["from"], h["to"]))
+    return "\n".join(out)
+
+
 def format_generic(result):
     if isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
@@ -389,6 +405,9 @@ def _parser():
     cmd("reload", "load the configuration file again (as SIGHUP): unchanged tunnels keep running")
     p = cmd("log", "follow the daemon's log (Ctrl-C ends)")
     p.add_argument("--level", choices=LOG_LEVELS, help="only records at this level or above")
+    p = cmd("ha", "active/standby: keepalived's notify (master, backup, fault, stop), its track script "
+            "(check: exit 1 unless this router can be active), or the status")
+    p.add_argument("state", nargs="?", choices=HA_VERBS)
     return ap
 
 
@@ -398,6 +417,8 @@ def main(argv=None):
     args.json = getattr(args, "json", False)
     args.socket = getattr(args, "socket", None) or os.environ.get("IKEOFFLOAD_SOCKET", DEFAULT_SOCKET)
     req = {"cmd": args.cmd}
+    if args.cmd == "ha" and args.state not in (None, "check", "status"):
+        req["state"] = args.state
     for k in ("conn", "board", "ike_id", "child_id", "child", "timeout", "level"):
         if getattr(args, k, None) is not None:
             req[k] = getattr(args, k)
@@ -408,7 +429,9 @@ def main(argv=None):
     if args.cmd == "log":
         return _follow(args, req)
     try:
-        reply = call(args.socket, req, timeout=req.get("timeout", 30.0) + 30.0)
+        # keepalived's track script: a daemon that does not answer within HA_CHECK_TIMEOUT is hung
+        timeout = HA_CHECK_TIMEOUT if args.cmd == "ha" and args.state == "check" else req.get("timeout", 30.0) + 30.0
+        reply = call(args.socket, req, timeout=timeout)
     except (OSError, ValueError) as e:
         print("ikeoffloadctl: cannot reach ikeoffloadd at %s: %s" % (args.socket, e), file=sys.stderr)
         return 2
@@ -416,6 +439,11 @@ def main(argv=None):
         print("ikeoffloadctl: %s" % reply.get("error"), file=sys.stderr)
         return EXIT_TIMEOUT if reply.get("timeout") else 1
     result = reply["result"]
+    if args.cmd == "ha" and args.state == "check":
+        if not result.get("healthy"):      # keepalived's track script: non-zero puts it in FAULT
+            print("ikeoffloadctl: cannot be active: %s" % result.get("reason"), file=sys.stderr)
+            return 1
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.cmd == "list-sas":
@@ -428,6 +456,8 @@ def main(argv=None):
         print(format_reload(result))
     elif args.cmd in ("initiate", "terminate", "rekey"):
         print(format_outcome(args.cmd, result))
+    elif args.cmd == "ha":
+        print(format_ha(result))
     else:
         print(format_generic(result))
     return 0

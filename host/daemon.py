@@ -36,6 +36,7 @@ from host.dataplane.netlink import Rtnl
 from host.dataplane.traps import TrapTable
 from host.dataplane.tun import Tun
 from host.dataplane.tun_routes import TunRoutes
+from host.ha import HaState
 from host.ike import events as ike_ev
 from host.ike.engine import IkeEngine
 from host.ike.proposals import OffloadCapabilities
@@ -43,6 +44,7 @@ from host.ike_driver import IkeUdpEndpoint
 from host.offload.client import BoardClient, LinkError
 from host.offload.events import BoardLost, BoardReady, SaExpired, UnknownSpiReport
 from host.offload.pool import BoardPool, NoBoard
+from host.standby import Standby
 from host.on_demand import OnDemand
 from host.operations import Operations, Waiters
 from host.preflight import Guard
@@ -81,6 +83,8 @@ class Daemon:
         self.child_sas = None
         self.recovery = None
         self.control = None
+        self.ha = HaState(cfg.ha, time.monotonic())   # active/standby under keepalived (host/ha.py)
+        self.standby = None
         self._wrong_peer_checks = {}  # ike_id -> when ESP from an unexpected source last started a check
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -98,7 +102,8 @@ class Daemon:
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
         # the daemon's own packets carry fwmark: its rule keeps them out of its tunnel (tun_routes.py)
         self.udp = IkeUdpEndpoint(self.engine, c.listen_addrs, c.ike_port, c.natt_port,
-                                  on_event=self._ike_event, on_esp=self._esp_in, fwmark=c.fwmark if self.use_tun else 0)
+                                  on_event=self._ike_event, on_esp=self._esp_in, fwmark=c.fwmark if self.use_tun else 0,
+                                  transparent=c.ha)
         self.datapath = DataPath(self.clients, self.udp.send_esp, self._tun_write,
                                  on_unknown_spi=self._unknown_spi, on_inbound=self._inbound,
                                  pending=self.engine.spi_pending, on_wrong_peer=self._wrong_peer,
@@ -113,10 +118,13 @@ class Daemon:
         self.child_sas = ChildSas(self.pool, self.datapath, self.udp.child_sa_installed,
                                   replay_window=c.replay_window, routes=self.routes, stats=self.stats)
         self.recovery = BoardLossRecovery(self.engine, self.udp.call, self.pool, self.datapath,
-                                          flush=c.flush_on_board_loss, stats=self.stats)
+                                          flush=c.flush_on_board_loss, stats=self.stats,
+                                          active=lambda: self.ha.active)
         self.operations = Operations(self.engine, self.udp.call, self.waiters)
         self.on_demand = OnDemand(self.engine, self.udp.call, self.datapath.traps, self.routes, self.pool,
                                   stats=self.stats)
+        self.standby = Standby(self.ha, self.engine, self.udp, self.clients, self.recovery,
+                               self._start_connections)
         if c.metrics:
             from host.metrics import MetricsServer
             self.metrics = MetricsServer(self, c.metrics)
@@ -138,6 +146,9 @@ class Daemon:
         log.info("started: %d board(s) ready (%s), %d connection(s), IKE on %s:%d/%d, control %s",
                  len(ready), ", ".join(ready) or "none", len(c.connections), ", ".join(c.listen_addrs), c.ike_port,
                  c.natt_port, c.control_socket)
+        self.ha.boards(bool(ready), time.monotonic())
+        if c.ha:
+            log.info("HA: standby until keepalived says MASTER (ikeoffloadctl ha master)")
         if not c.flush_on_board_loss:
             log.warning("flush_on_board_loss = false: IKE SAs will outlive a lost board (RFC 7296 §2.4 "
                         "says they must not); their tunnels stay dead until the peer's DPD gives up")
@@ -160,12 +171,18 @@ class Daemon:
     def connections_started(self):
         return self._connections_started
 
-    def _start_connections(self):
-        """start_action = start: once, when the first board is ready (Child SAs need a board)."""
-        if not self._connections_started:
-            self._connections_started = True
-            self.stats["connections_started_at"] = time.monotonic()
-            self.udp.call(self.engine.start)
+    def _start_connections(self, force=False):
+        """start_action = start: once, when the first board is ready (Child SAs need a board) —
+        and again on every move to HA MASTER (``force``). Only on the active side. Returns the IKE
+        SA ids initiated."""
+        if not self.ha.active or (self._connections_started and not force):
+            return []
+        if not self.pool.ready_boards():
+            self._connections_started = False      # the first board to come up starts them
+            return []
+        self._connections_started = True
+        self.stats["connections_started_at"] = time.monotonic()
+        return self.udp.call(self.engine.start)
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -256,8 +273,10 @@ class Daemon:
         if isinstance(ev, BoardLost):
             self.on_demand.board_lost(self.pool.ike_sas_on(ev.board))
             self.recovery.board_lost(ev, now)
+            self.ha.boards(bool(self.pool.ready_boards()), now)
         elif isinstance(ev, BoardReady):
             self.pool.on_event(ev)
+            self.ha.boards(True, now)
             h = ev.hello
             log.info("board %s ready: boot %s, %s reset, firmware %s, %d SA slots, transforms %s",
                      ev.board, ev.boot_id.hex(), RESET_CAUSES.get(h.reset_cause, h.reset_cause), h.fw_version,
@@ -328,7 +347,8 @@ class Daemon:
         self.datapath.esp_in(data, addr)
 
     def _trapped(self, policy, src, dst):
-        self.on_demand.triggered(policy, src, dst)
+        if self.ha.active:          # an HA standby initiates nothing, whatever traffic arrives
+            self.on_demand.triggered(policy, src, dst)
 
     def _tun_write(self, pkt):
         if self.tun:
@@ -373,6 +393,12 @@ class Daemon:
             return list_conns(self.engine)
         if cmd == "list-boards":
             return list_boards(self.cfg.boards, self.pool, self.recovery)
+        if cmd == "ha":
+            if req.get("state") is None:
+                return self.standby.status()
+            return await self.standby.set(req["state"])
+        if cmd in ("initiate", "rekey") and not self.ha.active:
+            raise ValueError("standby (HA %s): IKE is initiated only on the active side" % self.ha.role.value)
         if cmd in ("initiate", "terminate", "rekey"):
             args = {k: v for k, v in req.items() if k != "cmd" and v is not None}
             return await getattr(self.operations, cmd)(**args)

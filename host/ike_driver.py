@@ -33,6 +33,22 @@ from host.ike.constants import NON_ESP_MARKER
 
 KEEPALIVE = b"\xff"
 SO_MARK = getattr(socket, "SO_MARK", 36)        # socket(7): Linux's value
+IP_FREEBIND, IP_TRANSPARENT = 15, 19            # linux/in.h, and linux/in6.h:
+IPV6_FREEBIND, IPV6_TRANSPARENT = 78, 75
+
+
+def may_use_absent_address(sock):
+    """An HA router's IKE sockets are bound to the virtual address, which keepalived adds and
+    removes: bind it while it is absent (IP_FREEBIND), and send from it just after keepalived took
+    it away (IP_TRANSPARENT, CAP_NET_ADMIN) — the Deletes a router leaving MASTER still owes."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+
+
 # Bytes the kernel holds for a socket (ESP of hundreds of tunnels, IKE) while the event loop is
 # busy for a moment; the default (about 200 KB) is a few hundred packets.
 RECEIVE_BUFFER = 4 << 20
@@ -66,8 +82,10 @@ class IkeUdpEndpoint:
 
     def __init__(self, engine, local_ip: str | list, port: int = 500, natt_port: int = 4500,
                  on_event: Callable | None = None, on_esp: Callable | None = None,
-                 sockets: dict | None = None, fwmark: int = 0):
+                 sockets: dict | None = None, fwmark: int = 0, transparent: bool = False):
         self.engine = engine
+        self.transparent = transparent
+        self.accepting = True           # False on an HA standby: what arrives is dropped
         self.local_ips = [local_ip] if isinstance(local_ip, str) else list(local_ip)
         self.local_ip = self.local_ips[0]
         self.port, self.natt_port = port, natt_port
@@ -107,6 +125,8 @@ class IkeUdpEndpoint:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.fwmark)
+            if self.transparent:
+                may_use_absent_address(sock)
             sock.bind((ip, port))
         except OSError:
             sock.close()
@@ -191,6 +211,9 @@ class IkeUdpEndpoint:
 
     def _received(self, data: bytes, addr, port: int, batch: bool = False, local_ip: str | None = None):
         """One datagram from ``port``; True if it was an IKE message (not ESP or a keepalive)."""
+        if not self.accepting:
+            self.stats["standby_dropped"] += 1
+            return
         if port == self.natt_port:
             if data[:4] == NON_ESP_MARKER:
                 data = data[4:]

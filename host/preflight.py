@@ -23,6 +23,7 @@ from firmware.link import keyfile
 from host import config as cfgmod
 from host.control import ControlSocketError, answers
 from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
+from host.ike_driver import may_use_absent_address
 from host.offload import port_names
 
 log = logging.getLogger("ikeoffloadd")
@@ -139,6 +140,8 @@ def _ports_free(cfg):
             with socket.socket(family, socket.SOCK_DGRAM) as s:
                 if family == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)    # as the daemon binds it
+                if cfg.ha:      # the virtual address is here only while keepalived says MASTER
+                    may_use_absent_address(s)
                 try:
                     s.bind((addr, port))
                 except OSError as e:

@@ -147,7 +147,7 @@ class Reloader:
 
         # Connections (the engine's swanctl --load-all); a flushed connection waiting for a
         # board to come back is the engine's now if the reload removed it or starts it itself.
-        started = d.connections_started and bool(d.pool.ready_boards())
+        started = d.connections_started and bool(d.pool.ready_boards()) and d.ha.active
         res = d.udp.call(d.engine.load_connections, new.connections, start=started)
         d.recovery.forget(res.removed + (res.changed if started else []))
 

@@ -131,16 +131,17 @@ class DemoBed:
                 "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
                 "children": children}
 
-    def config_text(self, conns=None, boards=None, daemon=(), conn_extra=None):
+    def config_text(self, conns=None, boards=None, daemon=(), conn_extra=None, control=None, extra=()):
         """The daemon's configuration: connections gw<i> for ``conns`` (default all), boards b<i>
-        for ``boards`` (default every sim), more [daemon] lines, more lines for connection i."""
+        for ``boards`` (default every sim), more [daemon] lines, more lines for connection i, its
+        control socket (default the bed's own), ``extra`` lines (e.g. an [ha] table)."""
         conns = range(self.nconns) if conns is None else conns
         boards = range(len(self.sims)) if boards is None else boards
         conn_extra = conn_extra or {}
-        lines = ['[daemon]', 'control_socket = "%s"' % self.control, 'log_level = "%s"' % self.log_level,
+        lines = ['[daemon]', 'control_socket = "%s"' % (control or self.control), 'log_level = "%s"' % self.log_level,
                  'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false")]
         lines += list(daemon) + ['', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0',
-                                 'base = 1.8', 'tries = 3', '']
+                                 'base = 1.8', 'tries = 3', ''] + list(extra)
         for i in boards:
             lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % self.sims[i][1]]
             if profiles.link_auth(profiles.load(self.profile)):
@@ -159,11 +160,18 @@ class DemoBed:
                       'rekey_time = %d' % self.child_rekey, '']
         return "\n".join(lines)
 
-    def write_config(self, **kw):
-        """Write config_text(**kw) (default: the bed's first configuration) to the daemon's file."""
-        self.config = os.path.join(self.state, "ikeoffloadd.toml")
-        with open(self.config, "w") as f:
-            f.write(self.config_text(**(kw or self.config_args)))
+    def write_config(self, path=None, control=None, **kw):
+        """Write config_text(**kw) (default: the bed's first configuration) to ``path`` (default
+        the daemon's file, which becomes the bed's when ``control`` is the bed's socket)."""
+        kw = dict(kw or self.config_args)
+        if control is not None:
+            kw["control"] = control
+        path = path or os.path.join(self.state, "ikeoffloadd.toml")
+        with open(path, "w") as f:
+            f.write(self.config_text(**kw))
+        if (control or self.control) == self.control:
+            self.config = path
+        return path
 
     def start_daemon(self):
         self._log = open(self.daemon_log, "a")

@@ -37,7 +37,7 @@ def cleanup_stale(tag: str = "ik") -> list[str]:
     by that run). Returns the namespaces removed."""
     import re
     import signal
-    pat = re.compile(rf"^{re.escape(tag)}(\d+)x\d+[abr]$")       # natrouter.py adds r
+    pat = re.compile(rf"^{re.escape(tag)}(\d+)x\d+[abhpr]$")     # natrouter.py adds r, ha.py h and p
     out = run("ip", "netns", "list", check=False).stdout.split()
     removed = []
     for ns in out:

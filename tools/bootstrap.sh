@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what the project needs on Debian 12 or 13: apt packages (Python's venv, and its headers
 # with gcc for the one C extension, PyPI cobs; the strongSwan peer, iproute2, ping, iperf3,
-# nftables and conntrack for the NAT-T tests' router, node), a project virtual environment in
-# .venv built from Debian's own python3 (PEP 668 forbids pip in the system Python; Debian's
+# nftables and conntrack for the NAT-T tests' router, keepalived for the HA test bed, node), a
+# project virtual environment in .venv built from Debian's own python3 (PEP 668 forbids pip in the system Python; Debian's
 # python3-cryptography and python3-invoke are too old), the package with its test extra in that
 # venv, and the npm packages (the wasm MicroPython). Idempotent: skips work whose inputs have not
 # changed. `--force` redoes all.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 force=0; [ "${1:-}" = "--force" ] && force=1
 
 APT_PKGS="python3 python3-venv python3-dev gcc strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
-libstrongswan-extra-plugins libcharon-extra-plugins iproute2 iputils-ping iperf3 nftables conntrack"
+libstrongswan-extra-plugins libcharon-extra-plugins iproute2 iputils-ping iperf3 nftables conntrack keepalived"
 command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
 command -v npm >/dev/null 2>&1 || APT_PKGS="$APT_PKGS npm"
 missing=""
@@ -25,6 +25,11 @@ if [ -n "$missing" ]; then
     echo "bootstrap: apt-get install$missing"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PKGS >/dev/null
+    # The HA tests run their own keepalived per network namespace; the host's own service must not
+    # run (it would speak VRRP on the host's interfaces). Debian enables it on install.
+    case " $missing " in *" keepalived "*)
+        if [ -d /run/systemd/system ]; then systemctl disable --now keepalived >/dev/null 2>&1 || true; fi ;;
+    esac
 fi
 
 # Debian's interpreter, whatever PATH says (sudo resets it; a developer's may put another first).

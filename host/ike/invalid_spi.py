@@ -171,6 +171,9 @@ def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
         o.policy, o.tries, o.next_at = hint, 0, now + hint.delay(0)
         sa.reschedule()
         st["liveness_checks_from_ike_spi_hints"] += 1
+        ctx.warn(sa, "INVALID_IKE_SPI from %s: the peer may have lost this IKE SA (a hint, RFC 7296 §2.21.4); "
+                 "request %d now retransmitted %.1f s x %.1f^n, %d times" % (addr[0], o.mid, hint.timeout,
+                                                                              hint.base, hint.tries))
     else:
         st["invalid_ike_spi_no_sooner"] += 1
     return True

@@ -1,0 +1,82 @@
+"""An HA router's daemon in process (tests/daemon_pair.py: real daemons, simulated boards on ptys,
+IKE over loopback): daemon a with [ha] enabled is the router, daemon b its peer. Standby until
+keepalived's `ha master`; then it initiates with INITIAL_CONTACT and carries traffic; `ha backup`
+sends the Delete, drops the IKE SA, flushes the board and takes no more IKE; the operator cannot
+initiate on a standby; a board gone makes `ha check` fail. The real thing, with keepalived,
+charon and two routers, is tests/test_ha_failover.py (root)."""
+import asyncio
+
+import pytest
+
+from host import config as cfgmod
+from host import control
+from tests.daemon_pair import DaemonPair, sim_pair, until
+
+
+@pytest.fixture(scope="module")
+def sim_boards():
+    yield from sim_pair()
+
+
+def ha_pair(tmp_path, sims):
+    pair = DaemonPair(tmp_path, sims)
+    path = tmp_path / "a.toml"
+    path.write_text(path.read_text() + "\n[ha]\nenabled = true\n")
+    pair.a.cfg = cfgmod.load(path)
+    return pair
+
+
+def test_standby_master_backup_through_the_control_socket(tmp_path, sim_boards, capsys):
+    async def ctl(*args):       # ikeoffloadctl, as keepalived runs it
+        return await asyncio.to_thread(control.main, ["--socket", str(pair.a.cfg.control_socket)] + list(args))
+
+    pair = None
+
+    async def go():
+        nonlocal pair
+        pair = ha_pair(tmp_path, sim_boards)
+        try:
+            await pair.b.start()
+            await pair.a.start()
+            a, b = pair.a, pair.b
+            await asyncio.sleep(0.3)
+            st = (await a.ctl("ha"))["result"]
+            assert st["state"] == "unknown" and not st["active"]
+            # its address (loopback) is here although keepalived said nothing: the check fails
+            assert not st["healthy"] and st["reason"].startswith("the virtual address is here")
+            assert a.engine.ike_sas() == [] and b.engine.ike_sas() == []      # a standby initiates nothing
+            refused = await a.ctl("initiate", conn="gw")
+            assert not refused["ok"] and "standby" in refused["error"]
+            # a request from the peer is not answered either
+            b.daemon.udp.call(b.engine.initiate, "gw")
+            await asyncio.sleep(0.3)
+            assert a.daemon.udp.stats["standby_dropped"] >= 1 and a.engine.ike_sas() == []
+            for sa in b.engine.ike_sas():
+                b.daemon.udp.call(b.engine.drop_ike, sa.ike_id, reason="test", send_delete=False)
+
+            assert await ctl("ha", "check") == 1
+            assert await ctl("ha", "master") == 0
+            assert capsys.readouterr().out.startswith("MASTER (active) for ")
+            assert await ctl("ha", "check") == 0
+            await pair.up()
+            assert a.engine.ike_sas()[0].initial_contact                  # RFC 7296 §2.4
+            await pair.ping(seq=1)
+
+            assert await ctl("--json", "ha", "backup") == 0
+            assert '"state": "backup"' in capsys.readouterr().out
+            assert a.engine.ike_sas() == [] and a.children() == []
+            await until(lambda: b.engine.ike_sas() == [], 3, "the peer got the Delete")
+            await until(lambda: a.sim_ctl("sad")["sas"] == [], 3, "a's board flushed")
+            await asyncio.sleep(1.0)
+            assert a.engine.ike_sas() == []                                 # nothing re-initiated
+
+            a.sim.proc.kill()                                               # the board is gone
+            await until(lambda: not a.daemon.pool.ready_boards(), 5, "a's board lost")
+            await asyncio.sleep(0.6)
+            st = (await a.ctl("ha"))["result"]
+            assert not st["healthy"] and st["reason"].startswith("no board ready")
+            assert await ctl("ha", "check") == 1
+            assert "cannot be active: no board ready" in capsys.readouterr().err
+        finally:
+            await pair.stop()
+    asyncio.run(go())

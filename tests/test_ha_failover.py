@@ -1,0 +1,157 @@
+"""Two routers, active/standby with real keepalived (VRRPv3, packaging/keepalived.conf), each with
+its own simulated board, and a real strongSwan charon as the peer (testbed/ha.py). Each failure of
+the active router — its daemon killed, its link down, its keepalived stopped, its board gone — must
+bring traffic back through the standby within 3 s from the injection to the first ping reply, and
+leave charon with exactly one IKE SA: the standby's, which it initiated with INITIAL_CONTACT.
+Needs root; CI runs it (keepalived is in tools/bootstrap.sh's apt list)."""
+import os
+import time
+
+import pytest
+
+from testbed import ha as habed
+from testbed.ping import Pinger
+
+pytestmark = [pytest.mark.strongswan,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500, keepalived)")]
+
+FAILOVER_BOUND = 3.0
+
+
+@pytest.fixture
+def bed():
+    b = habed.HaBed()
+    try:
+        b.start()
+        b.wait_active("a")
+        yield b
+    finally:
+        b.stop()
+
+
+def wait_one_sa_at_peer(bed, spis, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    sas = []
+    while time.monotonic() < deadline:
+        sas = bed.peer_sas()
+        if len(sas) == 1 and sas[0] in spis:
+            return sas
+        time.sleep(0.1)
+    return sas
+
+
+def failover(bed, what, new_sa_timeout=10):
+    """Ping through router a, break it as ``what`` says, wait for b to carry the tunnel; returns
+    (the timeline, b's IKE SAs)."""
+    pinger = Pinger(bed.peer_ns, habed.PEER_INNER, habed.OUR_INNER)
+    pinger.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pinger.replies and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pinger.replies, "no traffic through router a:\n" + bed.logs()
+        time.sleep(0.5)
+        t0 = bed.inject(what, "a")
+        sas_b = bed.wait_active("b", timeout=new_sa_timeout)
+        time.sleep(1.5)
+        tl = bed.timeline(t0, pinger)
+    finally:
+        pinger.stop()
+    print("\n" + habed.format_timeline(tl, "%s (router a), peer %s" % (habed.INJECTION_NAMES[what], bed.peer_kind),
+                                      bed.routers_start))
+    return tl, sas_b
+
+
+@pytest.mark.parametrize("what", habed.INJECTIONS)
+def test_failover_to_the_standby_within_3s_and_one_ike_sa_at_the_peer(bed, what):
+    tl, sas_b = failover(bed, what)
+    took = tl["first_reply"]
+    assert took is not None and took < FAILOVER_BOUND * 1000, "%s: %s\n%s" % (what, tl, bed.logs())
+    spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
+    sas = wait_one_sa_at_peer(bed, spis)
+    assert len(sas) == 1 and sas[0] in spis, "charon holds %s after %s:\n%s" % (sas, what, bed.logs())
+    assert bed.active() == ["b"]
+    if what == "keepalived":        # router a's Delete went out although keepalived had taken the address
+        assert "received DELETE for IKE_SA gw[1]" in bed.charon.log(), bed.logs()
+
+
+@pytest.mark.parametrize("what", ["kill", "link"])
+def test_our_own_daemon_as_the_peer_drops_the_old_ike_sa_on_initial_contact(what):
+    bed = habed.HaBed(peer="ikeoffloadd")
+    try:
+        bed.start()
+        bed.wait_active("a")
+        tl, sas_b = failover(bed, what)
+        spis = {(s["spi_i"], s["spi_r"]) for s in sas_b}
+        sas = wait_one_sa_at_peer(bed, spis)
+        log = open(bed.peer.log_path).read()
+    finally:
+        bed.stop()
+    assert tl["first_reply"] is not None and tl["first_reply"] < FAILOVER_BOUND * 1000, tl
+    assert len(sas) == 1 and sas[0] in spis, sas
+    assert "down: replaced (INITIAL_CONTACT)" in log, log
+
+
+def test_our_own_peer_acts_on_invalid_ike_spi_when_the_routers_only_answer():
+    """A hub pair that never dials out: after the failover nobody initiates, the peer's liveness
+    check (dpd_delay 1 s) reaches the new active router, which has no such IKE SA and answers
+    INVALID_IKE_SPI; the peer moves the check to its hint schedule (0.5 s x 2^n, 3 times: 7.5 s)
+    instead of its full one (1 s x 1.8^n, 3 times: 11.9 s), then restarts the connection."""
+    bed = habed.HaBed(peer="ikeoffloadd", routers_start=False)
+    try:
+        bed.start()
+        bed.wait_active("a")
+        tl, sas_b = failover(bed, "kill", new_sa_timeout=20)
+        log = open(bed.peer.log_path).read()
+        sas = wait_one_sa_at_peer(bed, {(s["spi_i"], s["spi_r"]) for s in sas_b})
+    finally:
+        bed.stop()
+    assert "INVALID_IKE_SPI from 192.0.2.1: the peer may have lost this IKE SA" in log, log
+    assert len(sas) == 1
+    full = 1 + sum(1.0 * 1.8 ** n for n in range(4))          # dpd_delay + the whole retransmission schedule
+    assert tl["first_reply"] is not None and tl["first_reply"] < full * 1000, tl
+
+
+@pytest.mark.parametrize("preempt", [True, False], ids=["preempt", "nopreempt"])
+def test_failback_without_duplicate_ike_sas_or_flapping(preempt):
+    """Router a (priority 150) dies, b takes over; a returns. With preempt a takes the address
+    back (b sends its Deletes, a initiates with INITIAL_CONTACT); with nopreempt b keeps it and
+    its IKE SA. Either way: one role change each, charon never holds two IKE SAs for the pair."""
+    bed = habed.HaBed(preempt=preempt)
+    try:
+        bed.start()
+        bed.wait_active("a")
+        bed.inject("kill", "a")
+        sas_b = bed.wait_active("b", timeout=10)
+        t_back = time.monotonic()
+        bed.repair("kill", "a")
+        winner = "a" if preempt else "b"
+        counts = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:          # a's keepalived: rise 2 s, then BACKUP (and MASTER)
+            counts.append(len(bed.peer_sas()))
+            time.sleep(0.05)
+        sas = bed.wait_active(winner, timeout=5)
+        hist = {n: [h["to"] for h in r.ha()["history"] if h["at"] >= t_back] for n, r in bed.routers.items()}
+        spis = {(s["spi_i"], s["spi_r"]) for s in sas}
+        final = wait_one_sa_at_peer(bed, spis)
+    finally:
+        bed.stop()
+    print("\nfailback (%s): roles after a returned %s; charon's IKE SA count %d..%d over 8 s"
+          % ("preempt" if preempt else "nopreempt", hist, min(counts), max(counts)))
+    assert max(counts) == 1, "charon held %d IKE SAs at once" % max(counts)
+    assert len(final) == 1
+    if preempt:
+        assert hist == {"a": ["backup", "master"], "b": ["backup"]}, hist
+    else:
+        assert hist == {"a": ["backup"], "b": []}, hist
+        assert spis == {(s["spi_i"], s["spi_r"]) for s in sas_b}      # b's tunnel was not touched
+
+
+def test_inv_demo_ha_prints_one_failover_with_its_timeline(capsys):
+    assert habed.main(["--injection", "keepalived"]) == 0
+    out = capsys.readouterr().out
+    for line in ("router a is MASTER", "router b is BACKUP", "failover: keepalived stopped on router a",
+                 "standby told MASTER", "new IKE SA up, INITIAL_CONTACT sent", "first ping reply through it",
+                 "charon now holds 1 IKE SA(s)", "traffic back through the standby in"):
+        assert line in out, out
