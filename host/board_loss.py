@@ -8,6 +8,7 @@ as soon as a board is ready. Each loss is a BoardIncident: when it was detected,
 board came back, when the new IKE SA and Child SA were up.
 """
 import asyncio
+import collections
 import logging
 import time
 
@@ -62,6 +63,9 @@ class BoardLossRecovery:
         self.flush = flush
         self.stats = stats if stats is not None else {"board_losses": 0, "ike_sas_flushed": 0, "deletes_sent": 0}
         self.incidents = []
+        self.counts = collections.Counter()   # (board, reason) -> incidents, since the start
+        self.on_flushed = None       # on_flushed(incident) and on_recovered(incident): the
+        self.on_recovered = None     # flush and the recovery timings (host/metrics.py)
         self._open = {}              # board -> BoardIncident awaiting recovery
         self._restart_pending = {}   # conn -> (BoardIncident, Child SA names)
         self._restart_of = {}        # ike_id -> BoardIncident
@@ -84,6 +88,7 @@ class BoardLossRecovery:
         connections are re-initiated as it goes (``inc.flushed_at`` marks the last slice)."""
         inc = BoardIncident(ev.board, ev)
         self.incidents.append(inc)
+        self.counts[(ev.board, ev.reason)] += 1
         del self.incidents[:-INCIDENTS_KEPT]
         self._open[ev.board] = inc
         self.datapath.set_usable(ev.board, False)
@@ -115,6 +120,8 @@ class BoardLossRecovery:
             asyncio.get_running_loop().call_soon(self._flush_slice, inc, ev, ids, start + FLUSH_SLICE, conns)
             return
         inc.flushed_at = time.monotonic()
+        if self.on_flushed is not None:
+            self.on_flushed(inc)
         self.stats["ike_sas_flushed"] += len(ids)
         self.stats["deletes_sent"] += inc.deletes_sent
         log.warning("board %s lost (%s: %s), detected %.0f ms after its last ack: flushed %d IKE SA(s), "
@@ -129,6 +136,11 @@ class BoardLossRecovery:
         while inc.flushed_at is None and self.flush and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         return inc
+
+    def forget(self, conns):
+        """Connections a reload removed, or re-establishes itself: none of them is restarted here."""
+        for conn in conns:
+            self._restart_pending.pop(conn, None)
 
     # ---- and comes back ---------------------------------------------------------------------
     def board_ready(self, ev, now):
@@ -178,6 +190,8 @@ class BoardLossRecovery:
         now = time.monotonic()
         if inc.child_up_at is None:
             inc.child_up_at = now
+            if self.on_recovered is not None:
+                self.on_recovered(inc)
             log.info("board %s recovery: new Child SA %s up %.0f ms after the loss was detected",
                      inc.board, ev.name, (inc.child_up_at - inc.detected_at) * 1000)
             self._open.pop(inc.board, None)

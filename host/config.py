@@ -4,7 +4,9 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     [daemon]
     control_socket = "/run/ikeoffload/control.sock"
     log_level = "info"                 # debug | info | warning | error
+    log_levels = { ike = "debug" }     # per subsystem: daemon ike board dataplane control (host/logs.py)
     listen = "192.0.2.1"               # address(es) the IKE ports bind to: ["192.0.2.1", "2001:db8::1"]
+    metrics = "127.0.0.1:9466"         # OpenMetrics over HTTP (host/metrics.py; needs prometheus_client)
     flush_on_board_loss = true         # RFC 7296 §2.4: IKE SAs die with their board (see README)
 
     [dataplane]
@@ -52,9 +54,10 @@ from host.ike.config import ConfigError as IkeConfigError
 from host.ike.config import EngineSettings, RetransmitPolicy, parse_connections, parse_settings
 from host.ike.constants import Integ, Prf, TsType
 from host.ike.proposals import OffloadCapabilities, esp_keyword, filter_child_specs
+from host.logs import LEVELS as LOG_LEVELS
+from host.logs import SUBSYSTEMS
+from host.offload import port_names
 from host.tomlpos import key_lines, line_of
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -82,7 +85,9 @@ class DaemonConfig:
     path: str
     control_socket: str = "/run/ikeoffload/control.sock"
     log_level: str = "info"
+    log_levels: dict = field(default_factory=dict)   # subsystem -> level (host/logs.py)
     listen_addrs: list = field(default_factory=lambda: ["0.0.0.0"])     # daemon.listen
+    metrics: str | None = None                       # "HOST:PORT" of the OpenMetrics endpoint, None: off
     flush_on_board_loss: bool = True
     ha: bool = False                   # [ha] enabled: keepalived decides when IKE runs here
     tun: str = "ikeo0"
@@ -126,7 +131,8 @@ class DaemonConfig:
 # that lost its state is known in 7.5 s. [ike.hint_retransmit] overrides it.
 HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
 
-_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": (str, list), "flush_on_board_loss": bool}
+_DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": (str, list), "flush_on_board_loss": bool,
+                "log_levels": dict, "metrics": str}
 _DATAPLANE_KEYS = {"tun": str, "mtu": int, "routing_table": int, "rule_priority": int, "fwmark": int,
                    "route_protocol": int, "replay_window": int}
 # rtnetlink protocol numbers that name other programs' routes (iproute2's rt_protos, linux/rtnetlink.h)
@@ -200,6 +206,16 @@ def loads(text, path="<config>", base=None):
         err("ha.enabled", "needs daemon.listen = the virtual address(es) keepalived moves (not a wildcard)")
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
+    for sub, level in cfg.log_levels.items():
+        if sub not in SUBSYSTEMS:
+            err("daemon.log_levels.%s" % sub, "unknown subsystem (known: %s)" % ", ".join(SUBSYSTEMS))
+        if level not in LOG_LEVELS:
+            err("daemon.log_levels.%s" % sub, "must be one of %s, not %r" % (", ".join(LOG_LEVELS), level))
+    if cfg.metrics is not None:
+        try:
+            metrics_address(cfg.metrics)
+        except ValueError as e:
+            err("daemon.metrics", str(e))
     if not os.path.isabs(cfg.control_socket):
         err("daemon.control_socket", "must be an absolute path, not %r" % cfg.control_socket)
     if len(os.fsencode(cfg.control_socket)) > UNIX_PATH_MAX:
@@ -264,6 +280,10 @@ def loads(text, path="<config>", base=None):
         except (profiles.ProfileError, OSError, ValueError) as e:
             err(kp + ".profile", str(e))
         _check_port(err, kp + ".port", bd["port"], prof)
+        if port_names.renumbered(bd["port"]):
+            warn(kp + ".port", "%s is numbered in plug order: after a replug or a reboot it may name another "
+                 "device, and the daemon would speak its link protocol to it; name the board by its %s/ "
+                 "link (`ls -l %s/`)" % (bd["port"], port_names.BY_ID, port_names.BY_ID))
         same = ports.get(_port_identity(bd["port"]))
         if same is not None:
             err(kp + ".port", "%s is board[%d]'s port already: one board, one port" % (bd["port"], same))
@@ -304,6 +324,21 @@ def loads(text, path="<config>", base=None):
         cfg.engine.local_addr = cfg.listen
     _check_connections(cfg, err, warn)
     return cfg
+
+
+def metrics_address(text):
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (host, port); ValueError says what is wrong."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not m:
+        raise ValueError("must be HOST:PORT (e.g. 127.0.0.1:9466, [::1]:9466), not %r" % text)
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("%r is not an IP address (the endpoint binds one address)" % host) from None
+    if not 1 <= int(port) <= 65535:
+        raise ValueError("port %s is not within 1..65535" % port)
+    return host, int(port)
 
 
 def _check_port(err, key, port, profile):

@@ -9,7 +9,10 @@ back in about a second instead of after the peer's dead-peer detection gives up.
 
     host/child_sas.py      Child SAs on the boards: two-phase install with rollback, make-before-break removal
     host/board_loss.py     a lost board's IKE SAs flushed and re-established; the recovery timelines
-    host/control_views.py  list-sas, list-boards, stats
+    host/control_views.py  list-sas, list-conns, list-boards, stats
+    host/operations.py     ikeoffloadctl's initiate, terminate, rekey, waiting for their outcome
+    host/reload.py         a configuration reload (SIGHUP, ikeoffloadctl reload) as swanctl --load-all
+    host/metrics.py        the OpenMetrics endpoint
     host/dataplane/        the data path (TUN <-> board <-> ESP-in-UDP), the TUN device's routes and rules
     host/on_demand.py      on-demand tunnels (trap): the first packet for a trapped Child SA asks for it
     host/ike_driver.py     the IKE engine's sockets and timer
@@ -27,7 +30,7 @@ from host import sdnotify
 from host.board_loss import BoardLossRecovery
 from host.child_sas import ChildSas, esp_transforms
 from host.control import ControlServer
-from host.control_views import RESET_CAUSES, list_boards, list_sas, stats
+from host.control_views import RESET_CAUSES, list_boards, list_conns, list_sas, stats
 from host.dataplane.datapath import DataPath
 from host.dataplane.netlink import Rtnl
 from host.dataplane.traps import TrapTable
@@ -43,6 +46,9 @@ from host.offload.events import BoardLost, BoardReady, SaExpired, UnknownSpiRepo
 from host.offload.pool import BoardPool, NoBoard
 from host.standby import Standby
 from host.on_demand import OnDemand
+from host.operations import Operations, Waiters
+from host.preflight import Guard
+from host.reload import Reloader
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -51,9 +57,21 @@ WRONG_PEER_CHECK = 2.0
 
 
 class Daemon:
-    def __init__(self, cfg, *, tun=True):
+    def __init__(self, cfg, *, tun=True, guard=None, log_override=None, followers=None):
+        """guard: what host/preflight.py holds (board port locks: a reload adds and releases
+        them); log_override: --log-level, which a reload keeps; followers: the logs.Followers
+        handler that `ikeoffloadctl log` reads."""
         self.cfg = cfg
         self.use_tun = tun
+        self.guard = guard if guard is not None else Guard()
+        self.log_override = log_override
+        self.followers = followers
+        self.waiters = Waiters()
+        self.operations = None
+        self.reloader = Reloader(self)
+        self.notify = sdnotify.Notifier({})   # run() makes the one systemd's environment names
+        self.metrics = None
+        self._tasks = set()
         self.pool = BoardPool()
         self.clients = {}
         self.engine = None
@@ -80,11 +98,7 @@ class Daemon:
     async def start(self):
         c = self.cfg
         for b in c.boards:
-            client = BoardClient(b.name, b.port, profile=b.profile, period=b.period, misses=b.misses,
-                                 flush_on_open=True, on_event=self._board_event,
-                                 link_key=keyfile.read(b.link_key) if b.link_key else None)
-            self.clients[b.name] = client
-            self.pool.add(b.name, client)
+            self.add_board(b)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
         # the daemon's own packets carry fwmark: its rule keeps them out of its tunnel (tun_routes.py)
         self.udp = IkeUdpEndpoint(self.engine, c.listen_addrs, c.ike_port, c.natt_port,
@@ -106,19 +120,23 @@ class Daemon:
         self.recovery = BoardLossRecovery(self.engine, self.udp.call, self.pool, self.datapath,
                                           flush=c.flush_on_board_loss, stats=self.stats,
                                           active=lambda: self.ha.active)
+        self.operations = Operations(self.engine, self.udp.call, self.waiters)
         self.on_demand = OnDemand(self.engine, self.udp.call, self.datapath.traps, self.routes, self.pool,
                                   stats=self.stats)
         self.standby = Standby(self.ha, self.engine, self.udp, self.clients, self.recovery,
                                self._start_connections)
+        if c.metrics:
+            from host.metrics import MetricsServer
+            self.metrics = MetricsServer(self, c.metrics)
+            self.recovery.on_flushed, self.recovery.on_recovered = self.metrics.flushed, self.metrics.recovered
         await self.udp.start()
         self.on_demand.start()
+        if self.metrics:
+            self.metrics.start()
         self.control = ControlServer(c.control_socket, self._control)
         await self.control.start()
-        for name, client in self.clients.items():
+        for client in self.clients.values():
             await client.start(retry=True)  # HELLO, then SA_FLUSH: a starting daemon flushes its boards
-            if client.transport is None:
-                log.error("board %s: cannot open %s yet; retrying every %.0f s", name, client.url,
-                          client.reopen_interval)
         try:      # give every board a moment; a late one starts the connections when it comes
             await asyncio.wait_for(asyncio.gather(*(cl.wait_ready(5) for cl in self.clients.values()),
                                                   return_exceptions=True), 5)
@@ -140,6 +158,19 @@ class Daemon:
         else:
             log.warning("no board ready yet: connections start when one is")
 
+    def add_board(self, b):
+        """A configured board's client, in the pool (opened by its start())."""
+        client = BoardClient(b.name, b.port, profile=b.profile, period=b.period, misses=b.misses,
+                             flush_on_open=True, on_event=self._board_event,
+                             link_key=keyfile.read(b.link_key) if b.link_key else None)
+        self.clients[b.name] = client
+        self.pool.add(b.name, client)
+        return client
+
+    @property
+    def connections_started(self):
+        return self._connections_started
+
     def _start_connections(self, force=False):
         """start_action = start: once, when the first board is ready (Child SAs need a board) —
         and again on every move to HA MASTER (``force``). Only on the active side. Returns the IKE
@@ -157,18 +188,43 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP: reloading the configuration is not "
-                                "supported yet; still running with %s as it was loaded", self.cfg.path)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.start()
-        notify = sdnotify.Notifier()       # systemd Type=notify: READY, STOPPING, watchdog pings
-        notify.ready(loop, "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections)))
+        self.notify = notify = sdnotify.Notifier()   # systemd Type=notify: READY, STOPPING, watchdog pings
+        notify.ready(loop, self._status())
         await self._stopped.wait()
         notify.stopping()
         await self.shutdown()
         notify.close()
 
+    def _status(self):
+        return "%d board(s), %d connection(s)" % (len(self.clients), len(self.cfg.connections))
+
+    async def reload(self):
+        """The configuration file again (host/reload.py). systemd hears RELOADING=1 and, when it
+        is over (applied or refused), READY=1 (sd_notify(3))."""
+        self.notify.reloading()
+        try:
+            return await self.reloader.reload()
+        finally:
+            self.notify.reloaded(self._status())
+
     def stop(self):
         self._stopped.set()
+
+    def _sighup(self):
+        """SIGHUP (systemd's ExecReload): reload the configuration; a bad file is logged, and
+        everything runs on as it was."""
+        async def reload():
+            try:
+                await self.reload()
+            except ValueError as e:           # ConfigError: file:line: key: message
+                log.error("reload refused, still running as before: %s", e)
+            except Exception:
+                log.exception("reload failed")
+        t = asyncio.get_running_loop().create_task(reload())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def shutdown(self):
         """Deletes to every peer, then the boards are flushed and closed."""
@@ -190,6 +246,8 @@ class Daemon:
             await client.close()
         if self.control:
             await self.control.close()
+        if self.metrics:
+            self.metrics.close()
         self.udp.close()
         if self.routes:
             await self.routes.close()       # our routes and rules, nobody else's
@@ -243,6 +301,7 @@ class Daemon:
 
     # ---- IKE events -------------------------------------------------------------------------
     def _ike_event(self, ev):
+        self.waiters.feed(ev)            # ikeoffloadctl's initiate, terminate, rekey wait for these
         if isinstance(ev, ike_ev.ChildSaInstall):
             self.child_sas.begin_install(ev)
         elif isinstance(ev, ike_ev.ChildSaDelete):
@@ -330,29 +389,25 @@ class Daemon:
         cmd = req["cmd"]
         if cmd == "list-sas":
             return list_sas(self.engine, self.pool, self.datapath, await self._board_counters())
+        if cmd == "list-conns":
+            return list_conns(self.engine)
         if cmd == "list-boards":
             return list_boards(self.cfg.boards, self.pool, self.recovery)
         if cmd == "ha":
             if req.get("state") is None:
                 return self.standby.status()
             return await self.standby.set(req["state"])
-        if cmd == "initiate":
-            if not self.ha.active:
-                raise ValueError("standby (HA %s): IKE is initiated only on the active side" % self.ha.role.value)
-            conn = req.get("conn")
-            if conn not in self.engine.connections:
-                raise KeyError("no connection %r (known: %s)" % (conn, ", ".join(self.engine.connections)))
-            return {"ike_id": self.udp.call(self.engine.initiate, conn)}
-        if cmd == "terminate":
-            if req.get("ike_id") is not None and self.engine.ike_sa(req["ike_id"]) is None:
-                raise LookupError("no IKE SA #%s (ikeoffloadctl list-sas shows them)" % req["ike_id"])
-            ids = [req["ike_id"]] if req.get("ike_id") is not None else [
-                sa.ike_id for sa in self.engine.ike_sas() if sa.conn and sa.conn.name == req.get("conn")]
-            if not ids:
-                raise KeyError("no IKE SA for %s" % (req.get("conn") or req.get("ike_id")))
-            for i in ids:
-                self.udp.call(self.engine.delete_ike, i, reason="terminated by operator")
-            return {"terminated": ids}
+        if cmd in ("initiate", "rekey") and not self.ha.active:
+            raise ValueError("standby (HA %s): IKE is initiated only on the active side" % self.ha.role.value)
+        if cmd in ("initiate", "terminate", "rekey"):
+            args = {k: v for k, v in req.items() if k != "cmd" and v is not None}
+            return await getattr(self.operations, cmd)(**args)
+        if cmd == "reload":
+            return await self.reload()
+        if cmd == "log":
+            if self.followers is None:
+                raise LookupError("this daemon keeps no log to follow")
+            return self._follow(req.get("level"))
         if cmd == "flush-board":
             name = req.get("board")
             client = self.clients.get(name)
@@ -369,9 +424,29 @@ class Daemon:
             inc = self.recovery.flush_board(lost, gone, now)
             return (await self.recovery.flushed(inc)).as_dict()
         if cmd == "stats":
-            return stats(self.stats, self.engine, self.child_sas, self.datapath, self.udp, self.recovery,
-                         self.started_at)
+            s = stats(self.stats, self.engine, self.child_sas, self.datapath, self.udp, self.recovery,
+                      self.started_at, self.pool)
+            s.update(reloads=self.reloader.reloads, reload_failures=self.reloader.failures,
+                     last_reload=self.reloader.last)
+            return s
         raise ValueError(cmd)
+
+    async def _follow(self, level):
+        """`ikeoffloadctl log`: the records the loggers let through (at ``level`` or above), as
+        they come; None every tenth of a second so that the control server notices a client
+        that went."""
+        floor = getattr(logging, (level or "debug").upper())
+        q = self.followers.follow()
+        try:
+            while True:
+                while q:
+                    item = q.popleft()
+                    if getattr(logging, item["level"].upper()) >= floor:
+                        yield item
+                yield None
+                await asyncio.sleep(0.1)
+        finally:
+            self.followers.unfollow(q)
 
     async def _board_counters(self):
         """Every ready board's SA counters, by (spi, direction); a board that does not answer in

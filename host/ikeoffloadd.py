@@ -1,6 +1,6 @@
 """ikeoffloadd: an IKEv2 daemon that offloads ESP to MicroPython boards (host/daemon.py runs it).
 
-    ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml [--log-level info]
+    ikeoffloadd --config /etc/ikeoffload/ikeoffloadd.toml [--log-level info]   # SIGHUP reloads it
     ikeoffloadd --check-config FILE
 
 The command line, its logging (journald's priority prefixes under systemd) and the checks made
@@ -15,7 +15,7 @@ import sys
 from firmware import cli
 from host import __version__
 from host import config as cfgmod
-from host import preflight
+from host import logs, preflight
 from host.daemon import Daemon
 
 log = logging.getLogger("ikeoffloadd")
@@ -36,12 +36,16 @@ class JournalFormatter(logging.Formatter):
         return "<%d>%s" % (self.PRIO.get(record.levelno, 6), s) if self.journal else s
 
 
-def setup_logging(level):
+def setup_logging(level, levels=None):
+    """stderr (journald under systemd), and the records `ikeoffloadctl log` follows; ``levels``:
+    per subsystem (host/logs.py). Returns the followers' handler."""
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+    followers = logs.Followers()
     root = logging.getLogger()
-    root.handlers[:] = [h]
-    root.setLevel(getattr(logging, level.upper()))
+    root.handlers[:] = [h, followers]
+    logs.set_levels(level, levels)
+    return followers
 
 
 def main(argv=None):
@@ -67,7 +71,7 @@ def main(argv=None):
     except cfgmod.ConfigError as e:
         print("ikeoffloadd: %s" % e, file=sys.stderr)
         return 1
-    setup_logging(args.log_level or c.log_level)
+    followers = setup_logging(args.log_level or c.log_level, None if args.log_level else c.log_levels)
     for w in c.warnings:
         log.warning("%s", w)
     try:      # a second daemon, ports in use, bad board ports: refused before anything changes
@@ -77,7 +81,8 @@ def main(argv=None):
         return 1
     gc.set_threshold(20000, 20, 20)   # thousands of live SAs make full collections expensive
     try:
-        asyncio.run(Daemon(c, tun=not args.no_tun).run())
+        asyncio.run(Daemon(c, tun=not args.no_tun, guard=guard, log_override=args.log_level,
+                           followers=followers).run())
     except OSError as e:
         log.error("%s", preflight.runtime_error(c, e))
         return 1

@@ -5,10 +5,11 @@ the live control socket, take over or share the IKE ports, and on exit flush the
 boards. So before the daemon touches a board, a socket or the TUN device, :func:`check` takes
 `<control_socket>.lock` (flock: released by the kernel however the daemon ends), makes sure no
 daemon answers on the control socket, binds the IKE ports once (no SO_REUSEADDR: a port in use is
-refused), and looks at every board port: a missing device is reported with its cause and the
-daemon retries it; a path that is no tty, or a tty another daemon holds (flock), is refused; a
-board's link key file must be readable by us alone and hold a key. Each refusal is one
-ConfigError naming file, line and key.
+refused), and looks at every board port: one that is missing or forbidden is left to the board's
+client, which says why and retries it (host/offload/client.py); a path that is no tty, or a tty
+another daemon holds (flock), is refused; a /dev/ttyUSBn name gets its /dev/serial/by-id/ name
+recommended. A board's link key file must be readable by us alone and hold a key. Each refusal
+is one ConfigError naming file, line and key.
 """
 import errno
 import fcntl
@@ -19,25 +20,32 @@ import stat
 import struct
 
 from firmware.link import keyfile
+from host import config as cfgmod
 from host.control import ControlSocketError, answers
 from host.dataplane.tun import IFF_NO_PI, IFF_TUN, TUNSETIFF, TunError
 from host.ike_driver import may_use_absent_address
+from host.offload import port_names
 
 log = logging.getLogger("ikeoffloadd")
 
-BY_ID = "/dev/serial/by-id"
-
-
 class Guard:
-    """What the checks hold for the daemon's lifetime: the instance lock and the board locks."""
+    """What the checks hold for the daemon's lifetime: the instance lock and the board ports'
+    locks (by board name: a reload adds and releases them)."""
 
     def __init__(self):
         self.fds = []
+        self.boards = {}
+
+    def release_board(self, name):
+        fd = self.boards.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     def release(self):
-        for fd in self.fds:
+        for fd in self.fds + list(self.boards.values()):
             os.close(fd)
         self.fds = []
+        self.boards = {}
 
 
 def _root():
@@ -53,15 +61,39 @@ def check(cfg, tun=True):
         _ports_free(cfg)
         if tun:
             _tun_free(cfg)
+        _metrics(cfg)
         for i, board in enumerate(cfg.boards):
-            _link_key(cfg, i, board)
-            fd = _board_port(cfg, i, board)
+            fd = check_board(cfg, i, board)
             if fd is not None:
-                guard.fds.append(fd)
+                guard.boards[board.name] = fd
     except BaseException:
         guard.release()
         raise
     return guard
+
+
+def check_board(cfg, i, board, port=True):
+    """A board's link key and (``port``) its port, as at start and for a board a reload adds;
+    returns the fd that holds the port's lock, or None."""
+    _link_key(cfg, i, board)
+    return _board_port(cfg, i, board) if port else None
+
+
+def _metrics(cfg):
+    """The OpenMetrics endpoint needs prometheus_client (the `metrics` extra) and a free port."""
+    if cfg.metrics is None:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise cfg.error("daemon.metrics", "needs the prometheus_client package: pip install "
+                        "'ikeoffload[metrics]' (or remove the setting)") from None
+    host, port = cfgmod.metrics_address(cfg.metrics)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise cfg.error("daemon.metrics", "TCP %s port %d: %s" % (host, port, e.strerror or e)) from None
 
 
 def _instance_lock(cfg):
@@ -177,37 +209,9 @@ def runtime_error(cfg, e):
     return "%s: %s" % (cfg.path, e)
 
 
-def by_id_name(port):
-    """The /dev/serial/by-id/ name of the device at ``port`` (a name that survives renumbering and
-    replugging, unlike /dev/ttyUSB0), or None."""
-    try:
-        target = os.path.realpath(port)
-        for name in sorted(os.listdir(BY_ID)):
-            if os.path.realpath(os.path.join(BY_ID, name)) == target:
-                return os.path.join(BY_ID, name)
-    except OSError:
-        pass
-    return None
-
-
 def port_problem(port, err):
-    """Why a board port cannot be opened, in words, from the OSError ``err``."""
-    if err.errno == errno.ENOENT:
-        names = []
-        try:
-            names = sorted(os.listdir(BY_ID))
-        except OSError:
-            pass
-        return "no such device (not plugged in, or renumbered: name it by /dev/serial/by-id/%s)" % (
-            "..., present now: " + ", ".join(names) if names else "...; none is present now")
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied (%s; the systemd unit's DeviceAllow= must allow it too)" % (
-            "run as root or in group dialout" if not _root() else "refused although root: a device policy")
-    if err.errno == errno.ENOTTY:
-        return "not a tty: no serial device"
-    if err.errno == errno.EBUSY:
-        return "busy: another program holds it exclusively"
-    return err.strerror or str(err)
+    """Why a board port cannot be opened, in words (host/offload/port_names.py)."""
+    return port_names.port_problem(port, err, root=_root())
 
 
 def _board_port(cfg, i, board):
@@ -218,18 +222,16 @@ def _board_port(cfg, i, board):
     key = "board[%d].port" % i
     try:
         st = os.stat(port)
-    except OSError as e:
-        log.warning("board %s: %s: %s; the daemon retries it every second", board.name, port, port_problem(port, e))
-        return None
+    except OSError:
+        return None                       # the board's client says why and retries it (host/offload/client.py)
     if not stat.S_ISCHR(st.st_mode):
         raise cfg.error(key, "%s is not a serial device but a %s" % (
             port, "directory" if stat.S_ISDIR(st.st_mode) else "regular file" if stat.S_ISREG(st.st_mode)
             else "special file"))
     try:
         fd = os.open(port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        log.error("board %s: %s: %s; the daemon retries it every second", board.name, port, port_problem(port, e))
-        return None
+    except OSError:
+        return None                       # as above: said with its cause by the client, retried
     if not os.isatty(fd):
         os.close(fd)
         raise cfg.error(key, "%s is a character device but not a tty: no serial port" % port)
@@ -238,7 +240,7 @@ def _board_port(cfg, i, board):
     except BlockingIOError:
         os.close(fd)
         raise cfg.error(key, "%s is held by another ikeoffloadd (or a program that locks it)" % port) from None
-    alias = by_id_name(port)
-    if alias and not port.startswith("/dev/serial/"):
-        log.info("board %s: %s is %s: that name survives renumbering and replugging", board.name, port, alias)
+    advice = port_names.by_id_advice(port)
+    if advice:
+        log.warning("board %s (%s): %s", board.name, key, advice)
     return fd

@@ -2,7 +2,8 @@
 
 The service manager names a unix datagram socket in $NOTIFY_SOCKET (a path, or an abstract name
 written with a leading "@"); the daemon sends it newline-separated KEY=VALUE assignments:
-READY=1 once it serves, STOPPING=1 when it begins to shut down, STATUS=<text> for
+READY=1 once it serves, RELOADING=1 while it loads its configuration again (READY=1 after),
+STOPPING=1 when it begins to shut down, STATUS=<text> for
 `systemctl status`, and WATCHDOG=1 at least every $WATCHDOG_USEC microseconds when the unit sets
 WatchdogSec= (for the process $WATCHDOG_PID names, if it names one). The pings are sent from a
 timer on the event loop, so a loop that stops turning stops them and systemd restarts the service.
@@ -10,6 +11,7 @@ Without $NOTIFY_SOCKET every call does nothing.
 """
 import os
 import socket
+import time
 
 
 def watchdog_interval(env):
@@ -65,6 +67,14 @@ class Notifier:
 
     def status(self, text):
         self.send("STATUS=" + text)
+
+    def reloading(self):
+        """RELOADING=1 with the time it began (MONOTONIC_USEC, which systemd 253's notify-reload
+        wants); READY=1 must follow (:meth:`reloaded`)."""
+        self.send("RELOADING=1", "MONOTONIC_USEC=%d" % (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
+
+    def reloaded(self, status=None):
+        self.send("READY=1", *(["STATUS=" + status] if status else []))
 
     def stopping(self, status=None):
         """STOPPING=1. The pings go on while the shutdown's Deletes and board flushes run."""

@@ -51,10 +51,15 @@ def esp_proposals_for(profile):
 
 class DemoBed:
     def __init__(self, boards=1, flush=True, log_level="info", conns=1, state=None, quiet=False, profile="sim",
-                 peer_child_rekey=0, child_rekey=0, reauth=0, baud=None, esp_proposals=None):
+                 peer_child_rekey=0, child_rekey=0, reauth=0, baud=None, esp_proposals=None, config=None,
+                 charon_log_groups=None):
         """profile: the board profile the sims stand in for and the daemon's config names;
         baud: the sims' link rate (None: the profile's own); esp_proposals: both sides' ESP
-        proposals (default: the profile's fast transforms, as a router owner would configure)."""
+        proposals (default: the profile's fast transforms, as a router owner would configure);
+        config: config_text()'s arguments for the daemon's first configuration (default: every
+        board and connection); charon_log_groups: charon's log levels by group (e.g. {"ike": 4})."""
+        self.config_args = config or {}
+        self.charon_log_groups = charon_log_groups
         self.nboards, self.flush, self.log_level, self.nconns = boards, flush, log_level, conns
         self.profile = profile
         self.baud = baud
@@ -82,7 +87,8 @@ class DemoBed:
         self.net = VethPair(unique_prefix("ikd"), OUR_IP, PEER_IP, lo_a=inner_a, lo_b=inner_b)
         for i in range(self.nboards):
             self.start_sim(i)
-        self.charon = charon_mod.Charon(self.net.ns_b, os.path.join(self.state, "c"), loglevel=0)
+        self.charon = charon_mod.Charon(self.net.ns_b, os.path.join(self.state, "c"), loglevel=0,
+                                        log_groups=self.charon_log_groups)
         self.charon.start()
         self.charon.load_psk(PSK, [OUR_ID, PEER_ID])
         self.charon.load_conn("gw", self._charon_conn())
@@ -125,35 +131,45 @@ class DemoBed:
                 "local": {"auth": "psk", "id": PEER_ID}, "remote": {"auth": "psk", "id": OUR_ID},
                 "children": children}
 
-    def write_config(self, boards=None, control=None, path=None, extra=()):
-        """The daemon's configuration: ``boards`` (indexes into the sims, default all), its control
-        socket and file (default the bed's own), ``extra`` lines (e.g. an [ha] table)."""
-        control = control or self.control
-        lines = ['[daemon]', 'control_socket = "%s"' % control, 'log_level = "%s"' % self.log_level,
-                 'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false"),
-                 '', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0', 'base = 1.8',
-                 'tries = 3', ''] + list(extra)
-        for i, (_, dev, _) in enumerate(self.sims):
-            if boards is not None and i not in boards:
-                continue
-            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % dev]
+    def config_text(self, conns=None, boards=None, daemon=(), conn_extra=None, control=None, extra=()):
+        """The daemon's configuration: connections gw<i> for ``conns`` (default all), boards b<i>
+        for ``boards`` (default every sim), more [daemon] lines, more lines for connection i, its
+        control socket (default the bed's own), ``extra`` lines (e.g. an [ha] table)."""
+        conns = range(self.nconns) if conns is None else conns
+        boards = range(len(self.sims)) if boards is None else boards
+        conn_extra = conn_extra or {}
+        lines = ['[daemon]', 'control_socket = "%s"' % (control or self.control), 'log_level = "%s"' % self.log_level,
+                 'listen = "%s"' % OUR_IP, 'flush_on_board_loss = %s' % ("true" if self.flush else "false")]
+        lines += list(daemon) + ['', '[dataplane]', 'tun = "ikeo0"', '', '[ike.retransmit]', 'timeout = 1.0',
+                                 'base = 1.8', 'tries = 3', ''] + list(extra)
+        for i in boards:
+            lines += ['[[board]]', 'name = "b%d"' % i, 'profile = "%s"' % self.profile, 'port = "%s"' % self.sims[i][1]]
             if profiles.link_auth(profiles.load(self.profile)):
                 lines.append('link_key = "%s"' % os.path.join(self.state, "b%d.key" % i))
             lines.append('')
-        for i in range(self.nconns):
+        for i in conns:
             lines += ['[connections.gw%d]' % i, 'local_addrs = ["%s"]' % OUR_IP, 'remote_addrs = ["%s"]' % PEER_IP,
                       'proposals = ["aes256gcm16-prfsha256-x25519"]', 'psk = "%s"' % PSK, 'start_action = "start"',
                       'reauth_time = %d' % self.reauth, 'rekey_time = %d' % (0 if self.reauth else 14400),
+                      *conn_extra.get(i, ()),
                       '[connections.gw%d.local]' % i, 'auth = "psk"', 'id = "%s"' % OUR_ID,
                       '[connections.gw%d.remote]' % i, 'auth = "psk"', 'id = "%s"' % PEER_ID,
                       '[connections.gw%d.children.net%d]' % (i, i), 'local_ts = ["%s/32"]' % self.inner_a[i],
                       'remote_ts = ["%s/32"]' % self.inner_b[i],
                       'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals),
                       'rekey_time = %d' % self.child_rekey, '']
+        return "\n".join(lines)
+
+    def write_config(self, path=None, control=None, **kw):
+        """Write config_text(**kw) (default: the bed's first configuration) to ``path`` (default
+        the daemon's file, which becomes the bed's when ``control`` is the bed's socket)."""
+        kw = dict(kw or self.config_args)
+        if control is not None:
+            kw["control"] = control
         path = path or os.path.join(self.state, "ikeoffloadd.toml")
         with open(path, "w") as f:
-            f.write("\n".join(lines))
-        if control == self.control:
+            f.write(self.config_text(**kw))
+        if (control or self.control) == self.control:
             self.config = path
         return path
 

@@ -26,7 +26,7 @@ replay_window = 64
 name = "b0"
 link_key = "private/b0.key"
 profile = "sim"
-port = "/dev/ttyUSB0"
+port = "/dev/ttyS0"
 
 [[board]]
 name = "b1"
@@ -84,7 +84,7 @@ remote_ts = REMOTE
 '''
 
 DATAPLANE = '[dataplane]\ntun = "ikeo0"\nmtu = 1400\nrouting_table = 220\nreplay_window = 64\n'
-BOARDS = ('[[board]]\nname = "b0"\nlink_key = "private/b0.key"\nprofile = "sim"\nport = "/dev/ttyUSB0"\n\n'
+BOARDS = ('[[board]]\nname = "b0"\nlink_key = "private/b0.key"\nprofile = "sim"\nport = "/dev/ttyS0"\n\n'
           '[[board]]\nname = "b1"\nlink_key = "private/b1.key"\nprofile = "sim"\nport = "socket://127.0.0.1:7000"\n')
 LONG_SOCKET = "/run/" + "x" * 110 + ".sock"
 
@@ -107,27 +107,27 @@ BROKEN = [
     ("replay_window = 64", "replay_window = 5000", "dataplane.replay_window", "replay_window"),
     (BOARDS, "", "board", "board =", 'board = "b0"\n'),
     (BOARDS, "", "board[0]", "board =", 'board = ["b0"]\n'),
-    (BOARDS, '[board]\nname = "b0"\nprofile = "sim"\nport = "/dev/ttyUSB0"\n', "board", "[board]"),
+    (BOARDS, '[board]\nname = "b0"\nprofile = "sim"\nport = "/dev/ttyS0"\n', "board", "[board]"),
     ('name = "b0"', 'name = ""', "board[0].name", 'name = ""'),
     ('name = "b1"', 'name = "b0"', "board[1].name", 'name = "b0"\nlink_key = "private/b1.key"'),
-    ('port = "/dev/ttyUSB0"', 'port = ""', "board[0].port", 'port = ""'),
-    ('port = "/dev/ttyUSB0"', 'port = "ttyUSB0"', "board[0].port", 'port = "ttyUSB0"'),
-    ('port = "/dev/ttyUSB0"', 'port = "ftdi://ftdi:232h/1"', "board[0].port", "ftdi://"),
+    ('port = "/dev/ttyS0"', 'port = ""', "board[0].port", 'port = ""'),
+    ('port = "/dev/ttyS0"', 'port = "ttyUSB0"', "board[0].port", 'port = "ttyUSB0"'),
+    ('port = "/dev/ttyS0"', 'port = "ftdi://ftdi:232h/1"', "board[0].port", "ftdi://"),
     # an SPI board on a serial device: an adapter's ftdi:// URL, or the sim's pty, but not that
-    ('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "rp2040-pico-spi"\nport = "/dev/ttyUSB0"', "board[0].port",
-     'port = "/dev/ttyUSB0"'),
+    ('profile = "sim"\nport = "/dev/ttyS0"', 'profile = "rp2040-pico-spi"\nport = "/dev/ttyS0"', "board[0].port",
+     'port = "/dev/ttyS0"'),
     ('port = "socket://127.0.0.1:7000"', 'port = "socket://127.0.0.1"', "board[1].port", "socket://"),
-    ('port = "socket://127.0.0.1:7000"', 'port = "/dev/ttyUSB0"', "board[1].port",
-     'port = "/dev/ttyUSB0"\n\n[ike]'),
-    ('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "nosuch"\nport = "/dev/ttyUSB0"', "board[0].profile",
+    ('port = "socket://127.0.0.1:7000"', 'port = "/dev/ttyS0"', "board[1].port",
+     'port = "/dev/ttyS0"\n\n[ike]'),
+    ('profile = "sim"\nport = "/dev/ttyS0"', 'profile = "nosuch"\nport = "/dev/ttyS0"', "board[0].profile",
      'profile = "nosuch"'),
-    ('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "/etc/"\nport = "/dev/ttyUSB0"', "board[0].profile",
+    ('profile = "sim"\nport = "/dev/ttyS0"', 'profile = "/etc/"\nport = "/dev/ttyS0"', "board[0].profile",
      'profile = "/etc/"'),
-    ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nmisses = 1000', "board[0].misses", "misses"),
+    ('port = "/dev/ttyS0"', 'port = "/dev/ttyS0"\nmisses = 1000', "board[0].misses", "misses"),
     ('link_key = "private/b0.key"\n', '', "board[0].link_key", '[[board]]\nname = "b0"'),
     ('link_key = "private/b1.key"', 'link_key = 7', "board[1].link_key", "link_key = 7"),
-    ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nheartbeat_ms = 0', "board[0].heartbeat_ms", "heartbeat_ms"),
-    ('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\nbaud = 9600', "board[0].baud", "baud"),
+    ('port = "/dev/ttyS0"', 'port = "/dev/ttyS0"\nheartbeat_ms = 0', "board[0].heartbeat_ms", "heartbeat_ms"),
+    ('port = "/dev/ttyS0"', 'port = "/dev/ttyS0"\nbaud = 9600', "board[0].baud", "baud"),
     ("natt_port = 4500", "natt_port = 500", "ike.natt_port", "natt_port"),
     ("port = 500\n", "port = 0\n", "ike.port", "port = 0"),
     ("timeout = 4.0", "timeout = nan", "ike.retransmit.timeout", "timeout"),
@@ -155,6 +155,14 @@ BROKEN = [
     ("[connections.gw.children.lan]", "[[connections.gw.children.lan]]", "connections.gw.children.lan",
      "[[connections.gw.children.lan]]"),
     ("rekey_time = 3600", "rekey_time = 3600\n[broken", "<toml>", "[broken"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = { iek = "debug" }', "daemon.log_levels.iek",
+     "log_levels"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = { ike = "loud" }', "daemon.log_levels.ike",
+     "log_levels"),
+    ('log_level = "info"', 'log_level = "info"\nlog_levels = "debug"', "daemon.log_levels", "log_levels"),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "9466"', "daemon.metrics", "metrics ="),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "localhost:9466"', "daemon.metrics", "metrics ="),
+    ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "127.0.0.1:70000"', "daemon.metrics", "metrics ="),
 ]
 
 
@@ -185,7 +193,7 @@ def test_the_base_is_valid(tmp_path):
 
 def test_an_spi_board_takes_an_adapter_or_the_sim_standing_in_for_it(tmp_path):
     for port in ("ftdi://ftdi:232h/1", "/dev/pts/7", "socket://127.0.0.1:7001"):
-        text = GOOD.replace('profile = "sim"\nport = "/dev/ttyUSB0"', 'profile = "rp2040-pico-spi"\nport = "%s"' % port)
+        text = GOOD.replace('profile = "sim"\nport = "/dev/ttyS0"', 'profile = "rp2040-pico-spi"\nport = "%s"' % port)
         assert config.load(write(tmp_path, text)).boards[0].port == port
 
 

@@ -97,7 +97,7 @@ def test_a_server_that_closes_without_answering_is_an_error_for_the_client(tmp_p
 
 
 def test_terminate_needs_a_connection_or_an_ike_id():
-    with pytest.raises(ValueError, match="terminate needs conn or ike_id"):
+    with pytest.raises(ValueError, match="terminate needs one of conn, ike_id, child_id"):
         control.check_request({"cmd": "terminate"})
     assert control.check_request({"cmd": "terminate", "ike_id": 3}) == {"cmd": "terminate", "ike_id": 3}
     with pytest.raises(ValueError, match="not list"):
@@ -111,6 +111,8 @@ def test_ikeoffloadctl_exit_statuses_and_requests(tmp_path, capsys):
         asked.append(req)
         if req["cmd"] == "initiate":
             raise KeyError("no connection 'nope' (known: gw)")
+        if req["cmd"] == "terminate":
+            return {"terminated": [req["ike_id"]]}
         return {"ike_sas": 2, "board_losses": 0}
     path = tmp_path / "ctl.sock"
     _, stop = serve(path, handler)
@@ -121,16 +123,17 @@ def test_ikeoffloadctl_exit_statuses_and_requests(tmp_path, capsys):
         assert control.main(["--socket", str(path), "--json", "stats"]) == 0
         assert json.loads(capsys.readouterr().out) == {"ike_sas": 2, "board_losses": 0}
         assert control.main(["--socket", str(path), "initiate", "nope"]) == 1
-        assert "ikeoffloadctl: \"no connection 'nope' (known: gw)\"" in capsys.readouterr().err
+        assert capsys.readouterr().err == "ikeoffloadctl: no connection 'nope' (known: gw)\n"     # not its repr
         assert control.main(["--socket", str(path), "terminate", "--ike-id", "7"]) == 0
+        assert capsys.readouterr().out == "IKE SA(s) #7 deleted\n"
         assert control.main(["--socket", str(path), "flush-board", "b0"]) == 0
         with pytest.raises(SystemExit) as e:
             control.main(["--socket", str(path), "terminate"])
         assert e.value.code == 2 and "needs a connection name or --ike-id" in capsys.readouterr().err
     finally:
         stop()
-    assert asked == [{"cmd": "stats"}, {"cmd": "stats"}, {"cmd": "initiate", "conn": "nope"},
-                     {"cmd": "terminate", "ike_id": 7}, {"cmd": "flush-board", "board": "b0"}]
+    assert asked == [{"cmd": "stats"}, {"cmd": "stats"}, {"cmd": "initiate", "conn": "nope", "timeout": 30.0},
+                     {"cmd": "terminate", "ike_id": 7, "timeout": 30.0}, {"cmd": "flush-board", "board": "b0"}]
     assert control.main(["--socket", str(path), "stats"]) == 2
     assert "cannot reach ikeoffloadd at %s" % path in capsys.readouterr().err
 

@@ -164,7 +164,7 @@ def test_ikeoffloadctl_refuses_unknown_ids_and_names(bed):
     env = dict(os.environ, PYTHONPATH=ROOT)
     for args, says in ((["terminate", "--ike-id", "999"], "no IKE SA #999"),
                        (["terminate", "--ike-id", "0"], "no IKE SA #0"),
-                       (["terminate", "nosuchconn"], "no IKE SA for nosuchconn"),
+                       (["terminate", "nosuchconn"], "no connection 'nosuchconn'"),
                        (["initiate", "nosuchconn"], "no connection"),
                        (["flush-board", "nosuchboard"], "no board")):
         r = subprocess.run([sys.executable, "-m", "host.control", "--socket", bed.control] + args,

@@ -65,7 +65,7 @@ def test_install_venv_etc_and_a_unit_systemd_accepts(tmp_path, wheel):
     assert svc["ExecStart"] == ["%s --config %s" % (daemon, config)]
     assert svc["ExecStartPre"] == ["%s --check-config %s" % (daemon, config)]
     assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"] and svc["WatchdogSec"] == ["10"]
-    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and svc["LimitCORE"] == ["0"]
+    assert svc["ExecReload"] == ["%s reload" % (prefix / "bin" / "ikeoffloadctl")] and svc["LimitCORE"] == ["0"]
     assert svc["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
     assert svc["SystemCallFilter"] == ["@system-service"]
     assert "char-usb_device rw" not in svc["DeviceAllow"]          # no SPI adapter configured
@@ -87,9 +87,12 @@ def test_reinstall_keeps_the_config_tightens_its_mode_and_sees_spi_boards(tmp_pa
     installer(tmp_path, wheel)
     etc = tmp_path / "etc" / "ikeoffload"
     config = etc / "ikeoffloadd.toml"
-    text = config.read_text().replace('profile = "rp2040-pico"\nport = "/dev/ttyACM0"',
-                                      'profile = "rp2040-pico-spi"\nport = "ftdi://ftdi:232h/1"')
+    pico = 'profile = "rp2040-pico"\nport = "/dev/serial/by-id/usb-MicroPython_Board_in_FS_mode_e6614c311b7e6f35-if00"'
+    text = config.read_text().replace(pico, 'profile = "rp2040-pico-spi"\nport = "ftdi://ftdi:232h/1"')
     assert "rp2040-pico-spi" in text
+    text = text.replace('control_socket = "/run/ikeoffload/control.sock"', 'control_socket = "/run/ikeoffload/gw.sock"')
+    text = text.replace('# metrics = "127.0.0.1:9466"', 'metrics = "127.0.0.1:9466"')
+    assert "gw.sock" in text and '\nmetrics = "127.0.0.1:9466"' in text
     config.write_text(text)
     os.chmod(config, 0o644)
     (etc / "private" / "gw.key").write_text("a key")
@@ -103,6 +106,10 @@ def test_reinstall_keeps_the_config_tightens_its_mode_and_sees_spi_boards(tmp_pa
     assert "char-usb_device rw" in svc["DeviceAllow"]
     py = str(tmp_path / "opt" / "ikeoffload" / "bin" / "python")
     assert subprocess.run([py, "-c", "import pyftdi"]).returncode == 0
+    assert "sets daemon.metrics" in out
+    assert subprocess.run([py, "-c", "import prometheus_client"]).returncode == 0
+    ctl = tmp_path / "opt" / "ikeoffload" / "bin" / "ikeoffloadctl"
+    assert svc["ExecReload"] == ["%s --socket /run/ikeoffload/gw.sock reload" % ctl]    # where the daemon listens
     r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "units" / "ikeoffloadd.service")],
                        capture_output=True, text=True)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr

@@ -1,8 +1,7 @@
 """The daemon's checks before it changes anything (host/preflight.py), on real files, ptys, unix and
-UDP sockets: each refusal names file, line and key; a missing or forbidden board port is reported
-with its cause and the daemon goes on (it retries the port)."""
+UDP sockets: each refusal names file, line and key; a missing or forbidden board port does not stop
+the daemon (its client says why and retries it); a port's problem in words; /dev/serial/by-id/."""
 import errno
-import logging
 import os
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 
 from firmware.link import keyfile
 from host import config, preflight
+from host.offload import port_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,23 +122,50 @@ def test_a_board_port_held_by_another_daemon_is_refused(tmp_path, pty):
         guard.release()
 
 
-def test_missing_and_forbidden_ports_are_logged_with_their_cause(tmp_path, caplog):
-    cfg, _ = make_config(tmp_path, "/dev/ttyUSB97")
-    with caplog.at_level(logging.INFO, logger="ikeoffloadd"):
-        preflight.check(cfg, tun=False).release()
-    msg = caplog.records[-1].getMessage()
-    assert msg.startswith("board b0: /dev/ttyUSB97: no such device (not plugged in, or renumbered: name it by "
-                          "/dev/serial/by-id/"), msg
-    assert "retries it every second" in msg
-    assert "permission denied" in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
-    assert "not a tty" in preflight.port_problem("/dev/x", OSError(errno.ENOTTY, "Inappropriate ioctl"))
+def test_a_missing_port_is_left_to_the_client_and_a_renumbered_one_named_by_id(tmp_path, pty, monkeypatch):
+    """A missing device does not stop the daemon (the board's client says why and retries it:
+    tests/test_board_client.py); a /dev/ttyUSBn name is a warning of the validator, and where the
+    device has a /dev/serial/by-id/ link the daemon names it."""
+    cfg, text = make_config(tmp_path, "/dev/ttyUSB97")
+    preflight.check(cfg, tun=False).release()
+    assert cfg.warnings == ["%s:%d: board[0].port: /dev/ttyUSB97 is numbered in plug order: after a replug or a "
+                            "reboot it may name another device, and the daemon would speak its link protocol to it; "
+                            "name the board by its /dev/serial/by-id/ link (`ls -l /dev/serial/by-id/`)"
+                            % (cfg.path, line(text, 'port = "/dev/ttyUSB97"'))]
+    # a by-id directory as udev makes it (a symlink to the device), here for a pty
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (by_id / "usb-Silicon_Labs_CP2102_0001-if00-port0").symlink_to(pty)
+    monkeypatch.setattr(port_names, "BY_ID", str(by_id))
+    assert port_names.by_id_name(pty) == str(by_id / "usb-Silicon_Labs_CP2102_0001-if00-port0")
+    assert port_names.by_id_name("/dev/null") is None
+    assert port_names.by_id_advice(pty) is None                    # a pty is not numbered in plug order
+    assert "configure the board's name under %s/" % by_id in port_names.by_id_advice("/dev/ttyACM3")
+    assert port_names.by_id_advice("socket://127.0.0.1:7000") is None
+    cfg, _ = make_config(tmp_path / "b", str(by_id / "usb-Silicon_Labs_CP2102_0001-if00-port0"))
+    assert cfg.warnings == []
 
 
-def test_permission_denied_names_the_group_unless_root(monkeypatch):
-    monkeypatch.setattr(preflight, "_root", lambda: False)
-    assert "group dialout" in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
-    monkeypatch.setattr(preflight, "_root", lambda: True)
-    assert "dialout" not in preflight.port_problem("/dev/x", OSError(errno.EACCES, "Permission denied"))
+def test_the_cause_of_a_port_in_words(tmp_path):
+    import serial
+    words = {errno.ENOENT: "no such device", errno.EACCES: "permission denied", errno.ENOTTY: "not a tty",
+             errno.EISDIR: "a directory", errno.EBUSY: "busy: another program holds it",
+             errno.EIO: "Input/output error"}
+    for code, says in words.items():
+        assert says in port_names.port_problem("/dev/x", OSError(code, os.strerror(code))), code
+    assert "group dialout" in port_names.port_problem("/dev/x", errno.EACCES, root=False)
+    assert "dialout" not in port_names.port_problem("/dev/x", errno.EACCES, root=True)
+    assert "not plugged in?" in port_names.port_problem("/dev/serial/by-id/usb-x", errno.ENOENT)
+    # pyserial's errors, as it raises them: termios.error wrapped without an errno, and OSError's
+    for path, code in ((tmp_path, errno.EISDIR), (tmp_path / "nosuch", errno.ENOENT)):
+        with pytest.raises(serial.SerialException) as e:
+            serial.serial_for_url(str(path))
+        assert port_names.os_errno(e.value) == code
+    regular = tmp_path / "file"
+    regular.write_text("")
+    with pytest.raises(serial.SerialException) as e:
+        serial.serial_for_url(str(regular))
+    assert e.value.errno is None and port_names.os_errno(e.value) == errno.ENOTTY
 
 
 def test_the_daemon_refuses_a_bad_board_port_in_one_line(tmp_path):
@@ -175,3 +202,24 @@ def test_a_board_link_key_must_be_there_ours_alone_and_a_key(tmp_path, pty):
     key.unlink()
     keyfile.create(str(key))
     preflight.check(cfg, tun=False).release()
+
+
+def test_the_metrics_endpoint_needs_its_port_and_prometheus_client(tmp_path, pty, monkeypatch):
+    cfg, text = make_config(tmp_path, pty)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "ikeoffloadd.toml"
+        text = text.replace('listen = "127.0.0.1"\n', 'listen = "127.0.0.1"\nmetrics = "127.0.0.1:%d"\n' % port)
+        path.write_text(text)
+        cfg = config.load(str(path))
+        with pytest.raises(config.ConfigError) as e:
+            preflight.check(cfg, tun=False)
+        assert str(e.value).startswith("%s:%d: daemon.metrics: TCP 127.0.0.1 port %d: Address already in use"
+                                       % (path, line(text, "metrics ="), port)), str(e.value)
+    preflight.check(cfg, tun=False).release()                      # the port is free again
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)     # as where the extra is not installed
+    with pytest.raises(config.ConfigError, match=r"daemon.metrics: needs the prometheus_client package: pip install "
+                       r"'ikeoffload\[metrics\]'"):
+        preflight.check(cfg, tun=False)

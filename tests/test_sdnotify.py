@@ -4,6 +4,7 @@ READY=1 once it serves, WATCHDOG=1 pings from its event loop, SIGHUP (ExecReload
 survived, STOPPING=1 at SIGTERM."""
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,12 +103,18 @@ def test_daemon_under_a_notify_socket(tmp_path):
             t0 = time.monotonic()
             pings = [r.recv(100) for _ in range(5)]
             assert pings == [b"WATCHDOG=1"] * 5 and time.monotonic() - t0 < 1.5
-            d.send_signal(signal.SIGHUP)                 # ExecReload
-            time.sleep(0.3)
+            d.send_signal(signal.SIGHUP)                 # a reload: RELOADING=1, then READY=1
+            said = []
+            while not said or said[-1] != b"READY=1\nSTATUS=1 board(s), 0 connection(s)":
+                said.append(r.recv(100))
+            reloading = [m for m in said if m != b"WATCHDOG=1"][0]
+            assert re.fullmatch(rb"RELOADING=1\nMONOTONIC_USEC=(\d+)", reloading), said
+            usec = int(reloading.split(b"=")[-1])
+            assert abs(usec / 1e6 - time.monotonic()) < 5             # CLOCK_MONOTONIC, in microseconds
             assert d.poll() is None
             assert r.recv(100) == b"WATCHDOG=1"
             log.seek(0)
-            assert "SIGHUP: reloading the configuration is not supported yet" in log.read()
+            assert "configuration reloaded from %s" % cfg in log.read()
             d.send_signal(signal.SIGTERM)
             while (msg := r.recv(100)) == b"WATCHDOG=1":
                 pass

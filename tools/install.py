@@ -6,7 +6,7 @@
 Runs with Debian's own python3 (standard library only; python3-venv from apt):
 1. PREFIX becomes a venv made from /usr/bin/python3 with the package (built from this checkout,
    or --wheel) and the daemon's dependencies only — [spi] (pyftdi) where an SPI board is
-   configured or --spi is given.
+   configured or --spi is given, [metrics] (prometheus_client) where daemon.metrics is set.
 2. ETC gets the swanctl-like layout: x509/ (our certificates), x509ca/ (trust anchors), x509crl/
    (CRLs), private/ (keys and passphrase files, 0700), boards/ (the router's own board profiles),
    and ikeoffloadd.toml (the packaged example when none exists; never overwritten). The
@@ -31,6 +31,7 @@ CONFIG = "ikeoffloadd.toml"
 PKI_DIRS = {"x509": 0o755, "x509ca": 0o755, "x509crl": 0o755, "private": 0o700, "boards": 0o755}
 # what the packaged unit says, and what each becomes
 SHIPPED_PREFIX, SHIPPED_ETC = "/opt/ikeoffload", "/etc/ikeoffload"
+SHIPPED_SOCKET = "/run/ikeoffload/control.sock"
 USB_LINE = "#DeviceAllow=char-usb_device rw"
 BUILD_LEFTOVERS = (".git", ".venv", "venv", "node_modules", "build", "dist", "*.egg-info", ".cache", "__pycache__",
                    ".pytest_cache", ".hypothesis")
@@ -92,17 +93,21 @@ def package_file(py, name):
     return os.path.join(where, "packaging", name)
 
 
-def config_uses_spi(py, config):
-    """Does the installed daemon's configuration name a board on an SPI link (an FTDI adapter)?"""
+def config_needs(py, config):
+    """What the installed daemon's configuration needs: spi where it names a board on an SPI link
+    (an FTDI adapter), metrics where it sets [daemon] metrics (prometheus_client), and its
+    control_socket (where the unit's ExecReload finds the daemon)."""
+    none = {"spi": False, "metrics": False, "control_socket": None}
     if not os.path.exists(config):
-        return False
+        return none
     code = ("import json, sys\nfrom host import config\n"
             "c = config.load(sys.argv[1])\n"
-            "print(json.dumps(any(b.profile['link']['kind'] == 'spi-pio' for b in c.boards)))")
+            "print(json.dumps({'spi': any(b.profile['link']['kind'] == 'spi-pio' for b in c.boards), "
+            "'metrics': c.metrics is not None, 'control_socket': c.control_socket}))")
     try:
         return json.loads(run([py, "-c", code, config], cwd="/"))
     except InstallError:
-        return False             # a bad config is reported by --check-config below
+        return none             # a bad config is reported by --check-config below
 
 
 def install_etc(etc, example):
@@ -125,11 +130,15 @@ def install_etc(etc, example):
     return config
 
 
-def render_unit(template, prefix, etc, spi):
+def render_unit(template, prefix, etc, spi, control_socket=None):
+    """The packaged unit with this install's paths; ExecReload names the configured control socket
+    where it is not the default one."""
     text = template.replace(SHIPPED_PREFIX + "/bin/", prefix.rstrip("/") + "/bin/")
     text = text.replace(SHIPPED_ETC + "/", etc.rstrip("/") + "/")
     if spi:
         text = text.replace(USB_LINE, USB_LINE[1:])
+    if control_socket and control_socket != SHIPPED_SOCKET:
+        text = text.replace("/bin/ikeoffloadctl reload", "/bin/ikeoffloadctl --socket %s reload" % control_socket)
     return text
 
 
@@ -153,12 +162,16 @@ def install(prefix, etc, unit_dir, wheel=None, spi=False, python="/usr/bin/pytho
             wheel = build_wheel(ROOT, tmp, py)
         pip_install(py, os.path.abspath(wheel), ["spi"] if spi else [])
         config = install_etc(etc, package_file(py, CONFIG))
-        if not spi and config_uses_spi(py, config):
+        needs = config_needs(py, config)
+        if not spi and needs["spi"]:
             say("%s configures an SPI board: adding pyftdi and USB device access" % config)
             spi = True
-            pip_install(py, os.path.abspath(wheel), ["spi"])
+        if needs["metrics"]:
+            say("%s sets daemon.metrics: adding prometheus_client" % config)
+        if needs["spi"] or needs["metrics"]:
+            pip_install(py, os.path.abspath(wheel), ["spi"] * spi + ["metrics"] * needs["metrics"])
     with open(package_file(py, UNIT)) as f:
-        unit = render_unit(f.read(), prefix, etc, spi)
+        unit = render_unit(f.read(), prefix, etc, spi, needs["control_socket"])
     os.makedirs(unit_dir, exist_ok=True)
     unit_path = os.path.join(unit_dir, UNIT)
     with open(unit_path, "w") as f:

@@ -91,6 +91,12 @@ HOLD_SPIS = 16              # SPIs held at once
 # Bytes a packet adds on the link beyond itself, request or reply (the larger): item headers,
 # ESP's header, IV, padding and ICV, a share of the frame's header, CRC and COBS.
 LINK_OVERHEAD = 80
+# why the host drops a packet before the link: in a board's queue (CoDel's delay, a full queue, the
+# queue emptied when its board went) or in the data path (no board, no SA, an unknown SPI, ...)
+QUEUE_DROPS = ("queue_full", "queue_delay", "board_lost", "board_not_ready")
+PATH_DROPS = ("dropped_board_not_ready", "out_dropped_board_lost", "in_dropped_board_lost", "in_wrong_peer",
+              "out_no_sa", "in_unknown_spi", "trap_hold_overflow", "trap_hold_expired")
+DROP_REASONS = QUEUE_DROPS + PATH_DROPS
 SPARSE_FRAME = 512      # bytes of small packets in one urgent frame (the board works small frames first)
 
 
@@ -508,8 +514,7 @@ class DataPath:
         out = collections.Counter()
         for q in self.queues.values():
             out.update(q.drops)
-        for k in ("dropped_board_not_ready", "out_dropped_board_lost", "in_dropped_board_lost", "in_wrong_peer",
-                  "out_no_sa", "in_unknown_spi", "trap_hold_overflow", "trap_hold_expired"):
+        for k in PATH_DROPS:
             if self.stats[k]:
                 out[k] = self.stats[k]
         return out

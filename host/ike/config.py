@@ -203,6 +203,34 @@ class Connection:
         return None
 
 
+def config_form(value):
+    """A comparable form of a configuration value (a Connection and everything in it), for
+    telling an unchanged connection from a changed one on reload: certificates and CRLs by their
+    DER bytes, a private key by its public key (which identifies it; no secret is copied),
+    dataclasses field by field, a TrustStore with its CRLs."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization as ser
+
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__,) + tuple((f.name, config_form(getattr(value, f.name))) for f in fields(value))
+    if isinstance(value, pki.TrustStore):
+        return ("TrustStore", tuple(config_form(c) for c in value), tuple(config_form(c) for c in value.crls))
+    if isinstance(value, (list, tuple)):
+        return tuple(config_form(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, config_form(v)) for k, v in value.items())
+    if isinstance(value, (x509.Certificate, x509.CertificateRevocationList)):
+        return ("DER", value.public_bytes(ser.Encoding.DER))
+    if hasattr(value, "public_key") and hasattr(value, "private_bytes"):
+        return ("key", value.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo))
+    return value
+
+
+def same_connection(a: Connection, b: Connection) -> bool:
+    """Does ``b`` configure exactly what ``a`` does (swanctl --load-all keeps such a connection's SAs)?"""
+    return config_form(a) == config_form(b)
+
+
 def _addr_ok(allowed: list[str], ip: str) -> bool:
     if not allowed:
         return True

@@ -21,10 +21,12 @@ invalid_spi.py and cookies.py.
 from __future__ import annotations
 
 import heapq
+import logging
+from dataclasses import dataclass, field
 
 from . import cookies, followup_ke, fragments, ike_intermediate, informational, invalid_spi, liveness, rekey
 from .child_create import CreateChildTask
-from .config import Connection, EngineSettings, RetransmitPolicy
+from .config import Connection, EngineSettings, RetransmitPolicy, same_connection
 from .constants import ExchangeType, Flag, Notify, PayloadType
 from .context import Context, Datagram
 from .events import IkeSaMoved
@@ -37,7 +39,7 @@ from .proposals import OffloadCapabilities
 from .states import ChildSaState, IkeSaState
 from .task import Outcome
 
-__all__ = ["Datagram", "EngineSettings", "IkeEngine"]
+__all__ = ["ConnectionsLoaded", "Datagram", "EngineSettings", "IkeEngine"]
 
 _INIT = int(ExchangeType.IKE_SA_INIT)
 _AUTH = int(ExchangeType.IKE_AUTH)
@@ -54,6 +56,35 @@ RESPONDERS = {
     _INFO: lambda msg: informational.InformationalTask(),
 }
 _DEAD = IkeSaState.DEAD
+# What the engine logs: messages in and out (debug: exchange, Message ID, SPIs, addresses — never
+# a payload, a key or a secret), commands, malformed input (debug) and internal errors.
+log = logging.getLogger("ikeoffloadd.ike")
+
+
+def _exchange_name(exch):
+    try:
+        return ExchangeType(exch).name
+    except ValueError:
+        return "exchange %d" % exch
+
+
+def describe_header(hdr) -> str:
+    """An IKE header in words, for the log: exchange, request/response, Message ID, SPIs."""
+    return "%s %s #%d [%s_i %s_r]" % (_exchange_name(hdr.exchange),
+                                      "response" if hdr.flags & Flag.RESPONSE else "request", hdr.mid,
+                                      hdr.spi_i.hex(), hdr.spi_r.hex())
+
+
+@dataclass
+class ConnectionsLoaded:
+    """What :meth:`IkeEngine.load_connections` did, by connection name; the IKE SAs it deleted
+    and those it initiated, by id."""
+    unchanged: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
+    added: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    deleted: list = field(default_factory=list)
+    initiated: list = field(default_factory=list)
 
 
 class IkeEngine:
@@ -98,13 +129,13 @@ class IkeEngine:
 
     # ================================================================ public API: commands
 
-    def start(self, now: float) -> list[int]:
-        """Initiate every connection with ``start_action = "start"``, with the children marked
-        ``start_action = "start"`` (or its first child if none is), retried per ``keyingtries``.
-        Returns the IKE SA ids."""
+    def start(self, now: float, names=None) -> list[int]:
+        """Initiate every connection with ``start_action = "start"`` (of ``names`` only, if given),
+        with the children marked ``start_action = "start"`` (or its first child if none is),
+        retried per ``keyingtries``. Returns the IKE SA ids."""
         ids = []
         for name, conn in self.connections.items():
-            if conn.start_action != "start":
+            if conn.start_action != "start" or (names is not None and name not in names):
                 continue
             marked = [c for c, cfg in conn.children.items() if cfg.start_action == "start"]
             ids.append(self.initiate(name, now, marked or None, retry=True))
@@ -120,8 +151,57 @@ class IkeEngine:
         send the first message only then. ``trigger``: (source, destination) of the packet that
         asked for the first Child SA (on demand): its selectors come first (§2.9). Returns the
         IKE SA id."""
-        return self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt,
-                                 trigger=trigger).ike_id
+        ike_id = self.ctx.initiate(conn_name, now, child, retry=retry, start_at=start_at, attempt=attempt,
+                                   trigger=trigger).ike_id
+        log.debug("initiating %s as IKE SA #%d (attempt %d)", conn_name, ike_id, attempt)
+        return ike_id
+
+    def load_connections(self, connections, now: float, start: bool = True) -> ConnectionsLoaded:
+        """Take a new set of connections (a configuration reload, as swanctl --load-all): an
+        unchanged connection keeps its IKE SAs; a removed one's IKE SAs are deleted (a Delete to
+        the peer, §1.4.1); a changed one's are deleted and it is established anew; an added one
+        starts. With ``start`` (False while the driver holds connections back, e.g. until an ESP
+        processor is ready), changed and added connections with ``start_action = "start"`` are
+        initiated, and a changed one that had IKE SAs up comes back with the Child SAs they
+        carried whatever its start_action."""
+        if isinstance(connections, (list, tuple)):
+            connections = {c.name: c for c in connections}
+        old = self.connections
+        out = ConnectionsLoaded()
+        new = {}
+        for name, conn in connections.items():
+            if name not in old:
+                out.added.append(name)
+                new[name] = conn
+            elif same_connection(old[name], conn):
+                out.unchanged.append(name)
+                new[name] = old[name]           # its IKE SAs keep the very object they were made with
+            else:
+                out.changed.append(name)
+                new[name] = conn
+        out.removed = [name for name in old if name not in connections]
+        self.ctx.connections = new
+        self._conn_cache.clear()
+        log.debug("connections loaded: unchanged %s, changed %s, added %s, removed %s",
+                  out.unchanged, out.changed, out.added, out.removed)
+        carried = {}
+        for sa in self.ike_sas():
+            name = sa.conn.name if sa.conn is not None else None
+            if name in out.removed or name in out.changed:
+                if sa.state == IkeSaState.ESTABLISHED:
+                    carried.setdefault(name, liveness.child_names(sa))
+                out.deleted.append(sa.ike_id)
+                self.delete_ike(sa.ike_id, now, "connection %s by a configuration reload"
+                                % ("removed" if name in out.removed else "changed"))
+        if start:
+            out.initiated = self.start(now, set(out.added) | set(out.changed))
+            started = {self.ctx.by_id[i].conn.name for i in out.initiated if i in self.ctx.by_id}
+            for name in out.changed:
+                conn = new[name]
+                if name in carried and name not in started and conn.remote_host is not None:
+                    kids = [c for c in carried[name] if c in conn.children] or None
+                    out.initiated.append(self.initiate(name, now, kids, retry=True))
+        return out
 
     def create_child(self, ike_id: int, child: str, now: float, trigger: tuple | None = None):
         """Negotiate one more Child SA on an established IKE SA (CREATE_CHILD_SA, §1.3.1);
@@ -154,6 +234,7 @@ class IkeEngine:
         sa = self.ctx.by_id.get(ike_id)
         if sa is None:
             return
+        log.debug("deleting IKE SA #%d: %s", ike_id, reason)
         if sa.state == IkeSaState.ESTABLISHED:
             sa.queue.clear()
             sa.add_task(informational.DeleteIkeTask(reason), now, first=True)
@@ -234,16 +315,26 @@ class IkeEngine:
             return
         try:
             self._receive(data, addr, now, local)
-        except (SyntaxError_, UnsupportedCritical, VersionError):
+        except (SyntaxError_, UnsupportedCritical, VersionError) as e:
             self.stats["malformed"] += 1
+            log.debug("malformed IKE message from %s[%s] dropped: %s", addr[0], addr[1], e.__class__.__name__)
         except Exception:                      # pragma: no cover - a bug; keep the daemon alive
             self.stats["internal_errors"] += 1
             if self.strict:
                 raise
+            log.exception("internal error on an IKE message from %s[%s]", addr[0], addr[1])
 
     def datagrams_to_send(self, now: float | None = None) -> list[Datagram]:
         ctx = self.ctx
         out, ctx.datagrams = ctx.datagrams, []
+        if out and log.isEnabledFor(logging.DEBUG):
+            for d in out:
+                if not d.keepalive:
+                    try:
+                        what = describe_header(parse_header(d.data))
+                    except (SyntaxError_, VersionError):
+                        what = "%d bytes" % len(d.data)
+                    log.debug("sending %s to %s[%s] from port %s", what, d.remote[0], d.remote[1], d.local[1])
         return out
 
     def get_timer(self) -> float | None:
@@ -319,6 +410,8 @@ class IkeEngine:
 
     def _receive(self, data, addr, now, local):
         hdr = parse_header(data)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("received %s from %s[%s]", describe_header(hdr), addr[0], addr[1])
         if local is None:
             local = (self.settings.local_addr or "0.0.0.0", self.settings.port)
         if hdr.exchange == _INIT:

@@ -8,6 +8,8 @@
 Every coroutine's request has a deadline; nothing waits forever.
 """
 import asyncio
+import errno
+import logging
 import time
 
 from firmware import profiles
@@ -17,7 +19,11 @@ from host.offload.events import BoardLost, BoardReady, Reply, RequestFailed
 from host.offload.link import LinkClient
 from host.offload.session import READY, BoardSession, NotReady
 from host.offload.errors import TransportError
+from host.offload.port_names import by_id_advice, port_problem
 from host.offload.transport import for_profile
+
+log = logging.getLogger("ikeoffloadd.board")
+OPEN_REMINDER = 300.0    # seconds between the log lines of a port that stays unopenable for one cause
 
 
 class LinkError(RuntimeError):
@@ -74,6 +80,9 @@ class BoardClient:
         self._ready = asyncio.Event()
         self._reopen_task = None
         self._closed = False
+        self.open_problem = None     # why the port cannot be opened now (None: it is open, or not tried)
+        self.open_failures = 0
+        self._open_said_at = 0.0
         self.ready_at = None
         self.lost = []  # BoardLost history (most recent last)
 
@@ -90,14 +99,15 @@ class BoardClient:
         transport = self._make_transport()
         try:
             transport.open()
-        except TransportError:
+        except TransportError as e:
             if not retry:
                 raise
             transport = None
+            self._cannot_open(e, self._now())
         self.transport = transport
         self.session = BoardSession(self.name, self._now(), period=self.period, misses=self.misses,
                                     flush_on_open=self.flush_on_open,
-                                    link=LinkClient(**self.link_options))
+                                    link=LinkClient(name="board " + self.name, **self.link_options))
         if transport is None:
             self._reopen_task = self._loop.create_task(self._reopen())
         self._after()
@@ -298,6 +308,9 @@ class BoardClient:
     def _on_transport_error(self, exc):
         if self._closed:
             return
+        log.warning("board %s: %s failed: %s; reopening it every %g s", self.name, self.url,
+                    port_problem(self.url, exc) if getattr(exc, "errno", None) is not None else exc,
+                    self.reopen_interval)
         self.session.transport_error(str(exc), self._now())
         self._after()
         if self._reopen_task is None or self._reopen_task.done():
@@ -309,11 +322,31 @@ class BoardClient:
             try:
                 self.transport = self._make_transport()
                 self.transport.open()
-            except TransportError:
+            except TransportError as e:
+                self._cannot_open(e, self._now())
                 continue
+            log.info("board %s: %s open again%s", self.name, self.url,
+                     " after %d failed tries" % self.open_failures if self.open_failures else "")
+            self.open_problem, self.open_failures = None, 0
             self.session.reopen(self._now())
             self._after()
             return
+
+    def _cannot_open(self, exc, now):
+        """A failed open of the port, logged with its cause in words: when the cause is new or
+        changed, and then every OPEN_REMINDER seconds while it lasts (not every retry)."""
+        problem = port_problem(self.url, exc) if exc.errno is not None else str(exc)
+        self.open_failures += 1
+        if problem != self.open_problem:
+            # a missing device's cause names /dev/serial/by-id/ already
+            advice = by_id_advice(self.url) if exc.errno != errno.ENOENT else None
+            log.warning("board %s: cannot open %s: %s; retrying every %g s%s", self.name, self.url, problem,
+                        self.reopen_interval, "; " + advice if advice else "")
+            self.open_problem, self._open_said_at = problem, now
+        elif now - self._open_said_at >= OPEN_REMINDER:
+            log.warning("board %s: still cannot open %s after %d tries: %s", self.name, self.url,
+                        self.open_failures, problem)
+            self._open_said_at = now
 
     def _after(self):
         """Flush output, deliver events, re-arm the timer: called after every input."""

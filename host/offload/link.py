@@ -37,12 +37,15 @@ cache — and every frame received is checked; what fails is dropped and counted
 (`auth.counters`). A HELLO request carries a fresh nonce; its reply makes the session.
 """
 import collections
+import logging
 import os
 
 from firmware.link import auth as la
 from firmware.link import frame as fr
 from firmware.link import messages as m
 from host.offload.events import BoardFrame, Reply, RequestFailed
+
+log = logging.getLogger("ikeoffloadd.board")
 
 
 class _Pending:
@@ -75,10 +78,11 @@ class _Pending:
 class LinkClient:
     def __init__(self, *, window=8, cache_size=1, rto_initial=0.2, rto_min=0.005, rto_max=0.2, give_up=3.0,
                  byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME, data_budget=0.05, data_frames=16,
-                 data_bytes=1 << 18, urgent_frames=4, link_key=None):
+                 data_bytes=1 << 18, urgent_frames=4, link_key=None, name="board"):
         """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty);
         data_budget: seconds of link-and-board time the data requests in flight may hold;
         link_key: the board's link key (None: an open link)."""
+        self.name = name             # for the log
         self.window = window
         self.cache_size = cache_size
         self.rto_min = rto_min
@@ -275,6 +279,7 @@ class LinkClient:
                 p.deadline = now + self.give_up
         else:
             self.counters["retries"] += 1
+            log.debug("%s: %s seq %d retried (try %d)", self.name, m.NAMES.get(p.type, p.type), p.seq, p.tries + 1)
         p.sent_at = now
         if not p.retry:
             p.expires = p.deadline  # sent once: it waits for its reply until the deadline
@@ -373,6 +378,9 @@ class LinkClient:
             if now >= p.deadline:
                 self._retire(p)
                 self.counters["failed"] += 1
+                if p.retry:          # a data request sent once is the data path's to count
+                    log.debug("%s: %s seq %d got no reply after %d tries", self.name, m.NAMES.get(p.type, p.type),
+                              p.seq, p.tries)
                 self._events.append(RequestFailed(p.seq, p.type, "timeout"))
             elif now >= p.expires:
                 self._transmit(p, now)

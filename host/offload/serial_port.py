@@ -11,6 +11,7 @@ import os
 import serial
 
 from host.offload.errors import TransportError
+from host.offload.port_names import os_errno
 
 
 class SerialTransport:
@@ -36,7 +37,9 @@ class SerialTransport:
             self.fd = self.ser.fileno()
         except (serial.SerialException, OSError, ValueError) as e:
             self.ser = None
-            raise TransportError("cannot open %s: %s" % (self.url, e)) from None
+            err = TransportError("cannot open %s: %s" % (self.url, e))
+            err.errno = os_errno(e)          # the cause, for the words the daemon logs (port_names)
+            raise err from None
         os.set_blocking(self.fd, False)
         self._loop.add_reader(self.fd, self._readable)
 

@@ -25,11 +25,14 @@ board at once (a heartbeat out of turn); a rebooted board answers that with a pr
 with an ack — and a replayed announcement changes nothing.
 """
 import collections
+import logging
 import os
 
 from firmware.link import messages as m
 from host.offload.events import (BoardFrame, BoardLost, BoardReady, Reply, SaExpired, UnknownSpiReport)
 from host.offload.link import LinkClient
+
+log = logging.getLogger("ikeoffloadd.board")
 
 OPENING = "opening"
 READY = "ready"
@@ -169,6 +172,7 @@ class BoardSession:
             self._ops.pop(self._hello_seq, None)
         seq = self._hello_seq = self.link.request(m.HELLO, m.encode_hello_request(self.session_id), now,
                                                   reply_len=120)
+        log.debug("board %s: HELLO (seq %d)", self.name, seq)
         self._ops[seq] = ("hello", None)
 
     def heartbeat_slack(self):
@@ -194,6 +198,7 @@ class BoardSession:
         self.announced = None
         self.losses += 1
         self.counters["lost_" + reason] += 1
+        log.debug("board %s: session lost (%s: %s); opening a new one", self.name, reason, detail)
         ev = BoardLost(self.name, reason, detail, now, self.last_ack_at, tuple(sorted(self.books.sas)))
         self.last_loss = ev
         self._events.append(ev)
@@ -239,6 +244,8 @@ class BoardSession:
         if self.state == READY:
             self.missed += 1
             self.counters["missed_heartbeats"] += 1
+            log.info("board %s: no heartbeat ack in a period of %.0f ms (%d of %d before it counts as lost)",
+                     self.name, self.period * 1000, self.missed, self.misses)
             if self.missed >= self.misses:
                 self._lose("missed-heartbeats", "%d heartbeat periods of %.0f ms without an ack"
                            % (self.missed, self.period * 1000), now)
@@ -251,6 +258,7 @@ class BoardSession:
             hello = m.Hello.decode(ev.body[1:])
         except m.MessageError:
             self.counters["bad_replies"] += 1
+            log.debug("board %s: a reply that does not decode, dropped", self.name)
             self._open(now)
             return
         self.hello = hello
@@ -271,6 +279,7 @@ class BoardSession:
             r = m.SadReply.decode(ev.body)
         except m.MessageError:
             self.counters["bad_replies"] += 1
+            log.debug("board %s: a reply that does not decode, dropped", self.name)
             self._open(now)
             return
         if r.status != m.OK:
@@ -286,11 +295,15 @@ class BoardSession:
         self.missed = 0
         self.last_ack_at = now
         self.next_heartbeat = now
+        log.debug("board %s: session open (boot %s), SAD flushed: %s", self.name,
+                  self.boot_id.hex() if self.boot_id else "-", "yes" if flush_reply else "no")
         self._events.append(BoardReady(self.name, self.boot_id, self.hello, now))
 
     def _on_probe(self, ev, sent_at, now):
         if self.state == READY and self.announced is not None:
             self.counters["boot_hellos_refuted"] += 1     # the board still has this session
+            log.info("board %s: a boot announcement the board refuted (its session lives on): a replayed frame?",
+                     self.name)
         self.announced = None
         self._on_heartbeat(ev, sent_at, now, probe=True)
 
@@ -305,6 +318,7 @@ class BoardSession:
             # a refusal or an ack that does not decode is no ack: the period passed without
             # one (a board that answers every heartbeat so is not working)
             self.counters["bad_replies"] += 1
+            log.debug("board %s: a heartbeat reply that is no ack (refused or not decodable)", self.name)
             if not probe:
                 self._missed(now)
             return
@@ -333,6 +347,7 @@ class BoardSession:
             r = m.SadReply.decode(ev.body)
         except m.MessageError:
             self.counters["bad_replies"] += 1
+            log.debug("board %s: a reply that does not decode, dropped", self.name)
             return None
         if r.status == m.OK and (self.books.gen is None or r.sad_gen > self.books.gen):
             self.books.gen = r.sad_gen
