@@ -66,6 +66,20 @@ class OnDemand:
                  ", ".join(map(str, policy.local_nets)), ", ".join(map(str, policy.remote_nets)))
         return policy
 
+    def reloaded(self, removed, changed, added):
+        """A configuration reload (IkeEngine.load_connections): the traps of removed and changed
+        connections go with their routes; changed and added ones trap what they now name."""
+        for name in list(removed) + list(changed):
+            for policy in self.table.remove(name):
+                if self.routes is not None:
+                    self.routes.untrap(policy)
+                log.info("trap %s/%s removed by the reload", policy.conn, policy.child)
+        for name in list(changed) + list(added):
+            conn = self.engine.connections.get(name)
+            if conn is not None:
+                for child in conn.trapped_children():
+                    self.trap(name, child)
+
     # ---- engine events --------------------------------------------------------------------------
     def requested(self, ev):
         """TrapRequested (close_action / dpd_action = trap)."""

@@ -150,6 +150,8 @@ class Reloader:
         started = d.connections_started and bool(d.pool.ready_boards()) and d.ha.active
         res = d.udp.call(d.engine.load_connections, new.connections, start=started)
         d.recovery.forget(res.removed + (res.changed if started else []))
+        if d.on_demand is not None:
+            d.on_demand.reloaded(res.removed, res.changed, res.added)
 
         # The IKE SAs of the boards that go, flushed as on a loss (Deletes, re-established on a
         # ready board); then the boards are flushed and closed.

@@ -14,6 +14,7 @@ from host.dataplane.datapath import DataPath
 from host.dataplane.traps import TrapPolicy, TrapTable
 from host.ike.child_create import packet_first
 from host.ike.config import ConfigError, RetransmitPolicy, parse_connections
+from host.ike.engine import IkeEngine
 from host.ike.events import ChildSaInstall, IkeSaDown, TrapRequested
 from host.ike.payloads import TrafficSelector
 from host.offload.pool import BoardPool
@@ -21,7 +22,7 @@ from host.on_demand import OnDemand
 from host.offload.client import BoardClient
 from tests.simboard import SimBoard
 from tests.test_child_install import install, selectors
-from tests.test_engine import A_NET, B_NET, A, B, conn, kinds, pair
+from tests.test_engine import A_NET, ALL, B_NET, A, B, conn, kinds, pair
 from tests.test_lifecycle import advance, only_child, up
 
 N = ipaddress.ip_network
@@ -235,3 +236,26 @@ def test_trap_settings_in_the_configuration():
         with pytest.raises(ConfigError) as e:
             parse(**kw)
         assert e.value.key == key, e.value
+
+
+def test_a_reload_drops_the_traps_of_removed_and_changed_connections_and_traps_what_the_new_file_names():
+    """swanctl --load-all semantics for traps: a removed connection's trap goes (what it held is
+    dropped and counted), a changed one is trapped as its new file says, an added one is trapped."""
+    def trapped(n, net):
+        return conn(A, B, "a.example", "b.example", "198.51.100.0/24", net, extra={"start_action": "trap"})
+    engine = IkeEngine(parse_connections({"gw1": trapped(1, "203.0.113.0/25"), "gw2": trapped(2, "203.0.113.128/25")}),
+                       ALL, strict=True)
+    t = TrapTable()
+    od = OnDemand(engine, lambda *a, **kw: None, t, None, BoardPool(), clock=lambda: 0.0)
+    od.start()
+    assert sorted((p.conn, str(p.remote_nets[0])) for p in t.policies) == [
+        ("gw1", "203.0.113.0/25"), ("gw2", "203.0.113.128/25")]
+    assert t.hold(b"x", IP("198.51.100.1"), IP("203.0.113.200"), 0.0)[0]            # gw2 holds one
+    new = parse_connections({"gw1": trapped(1, "203.0.113.0/26"), "gw3": trapped(3, "192.0.2.0/24")})
+    res = engine.load_connections(new, 1.0)
+    assert (res.changed, res.added, res.removed) == (["gw1"], ["gw3"], ["gw2"])
+    od.reloaded(res.removed, res.changed, res.added)
+    assert sorted((p.conn, str(p.remote_nets[0])) for p in t.policies) == [
+        ("gw1", "203.0.113.0/26"), ("gw3", "192.0.2.0/24")]
+    assert t.stats["trap_hold_expired"] == 1 and t.held() == 0
+    assert t.hold(b"y", IP("198.51.100.1"), IP("203.0.113.200"), 1.0) == (False, None)  # gw2's net: none of ours

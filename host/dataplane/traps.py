@@ -65,6 +65,18 @@ class TrapTable:
         self.policies.append(policy)
         return True
 
+    def remove(self, conn) -> list:
+        """Drop every trap policy of connection ``conn`` (a reload removed or changed it); what
+        they held is dropped and counted (``trap_hold_expired``: it will never be sent). Returns
+        the removed policies."""
+        gone = [p for p in self.policies if p.conn == conn]
+        if gone:
+            self.policies = [p for p in self.policies if p.conn != conn]
+            n = sum(len(p.held) for p in gone)
+            if n:
+                self.stats["trap_hold_expired"] += n
+        return gone
+
     def held(self) -> int:
         return sum(len(p.held) for p in self.policies)
 

@@ -98,6 +98,10 @@ class TunRoutes:
         """A trap policy (host/dataplane/traps.py): its remote networks into the tunnel, no SA yet."""
         self._use(policy.remote_nets, policy.local_nets)
 
+    def untrap(self, policy):
+        """A trap policy went (a reload): its remote networks no SA or other trap needs go."""
+        self._unuse(policy.remote_nets)
+
     def _use(self, remote_nets, local_nets):
         for net in remote_nets:
             self.refs[net] += 1
