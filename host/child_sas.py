@@ -147,14 +147,15 @@ class ChildSas:
         except (ValueError, m.MessageError) as e:
             log.warning("Child SA %s #%d: cannot be installed: %s", ev.name, ev.handle, e)
             return "bad traffic selectors: %s" % (e,)
-        if not b.reserve(2):
+        keys = [(spec.spi, spec.direction) for spec in specs]
+        if not b.reserve(keys):
             log.warning("Child SA %s #%d: board %s has no room for 2 more SAs", ev.name, ev.handle, b.name)
             return "full"
         client = b.client
         try:
             results = await asyncio.gather(*(client.sa_add(spec) for spec in specs), return_exceptions=True)
         finally:
-            b.unreserve(2)          # what went on the board is counted in its books from here on
+            b.unreserve(keys)       # what went on the board is counted in its books from here on
         e = next((r for r in results if isinstance(r, BaseException)), None)
         if e is not None:
             await self._roll_back(client, [s for s, r in zip(specs, results) if not isinstance(r, BaseException)])

@@ -165,6 +165,30 @@ def test_a_full_board_refuses_the_next_child_sa_before_it_is_asked(small_board):
     asyncio.run(go())
 
 
+def test_a_half_the_board_acked_counts_once_while_its_install_finishes(small_board):
+    """Three Child SAs on a board with room for four: the third asks while the first two are
+    half on the board (an SA_ADD acked, its install not resumed yet) and still fits — a slot
+    in the board's books and promised to an install in flight is one slot, not two."""
+    prof, board = small_board
+
+    async def go():
+        pool, client, sas, answers = await rig(prof, board)
+        try:
+            first = [asyncio.ensure_future(sas.install(install(h))) for h in (1, 2)]
+            b0 = pool.boards["b0"]
+            while not client.has_sa(0xC0000001, m.DIR_IN) and not client.has_sa(0xD0000001, m.DIR_OUT):
+                await asyncio.sleep(0)                  # until the board acked a half of the first
+            assert b0.reserved < 4                      # the acked half is in the books only
+            await asyncio.wait_for(sas.install(install(3)), 5)
+            await asyncio.wait_for(asyncio.gather(*first), 5)
+            await asyncio.wait_for(sas.install(install(4)), 5)
+            assert sorted(answers) == [(h, True, None) for h in range(1, 5)], answers
+            assert client.sa_count() == SLOTS and b0.reserved == 0 and not b0.promised
+        finally:
+            await client.close()
+    asyncio.run(go())
+
+
 def test_without_a_ready_board_the_install_is_refused(small_board):
     prof, board = small_board
 

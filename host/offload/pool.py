@@ -21,19 +21,27 @@ class BoardState:
     losses: int = 0
     last_loss: BoardLost | None = None
     ready_at: float | None = None
-    reserved: int = 0                    # SA slots promised to installs in flight
+    promised: set = field(default_factory=set)   # (spi, direction) of installs in flight
 
-    def reserve(self, n):
-        """Claim n SA slots for an install, so that concurrent installs cannot overcommit the
-        board's SAD and fail each other half-way; False if they are not there."""
+    def reserve(self, keys):
+        """Claim SA slots for the (spi, direction) ``keys`` of an install, so that concurrent
+        installs cannot overcommit the board's SAD and fail each other half-way; False if they
+        are not there."""
+        keys = set(keys)
         h = self.hello
-        if h is None or self.client.sa_count() + self.reserved + n > h.max_sas:
+        if h is None or self.client.sa_count() + self.reserved + len(keys - self.promised) > h.max_sas:
             return False
-        self.reserved += n
+        self.promised |= keys
         return True
 
-    def unreserve(self, n):
-        self.reserved = max(0, self.reserved - n)
+    def unreserve(self, keys):
+        self.promised -= set(keys)
+
+    @property
+    def reserved(self):
+        """SA slots promised and not yet in the board's books: a half the board has acked counts
+        once (in its books), whether or not its install has finished."""
+        return sum(1 for spi, d in self.promised if not self.client.has_sa(spi, d))
 
     @property
     def hello(self):
