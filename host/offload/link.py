@@ -13,8 +13,9 @@ Two kinds of request share the link:
   evicted from the board's cache when it is retried. Idempotent requests (heartbeats) retry at the
   RTO within their deadline.
 - **data** (ENCRYPT/DECRYPT, retry=False): sent once. What is in flight is bounded by `data_budget`
-  seconds of link-and-board time — the wire time of each request or reply (the longer) at the
-  link's `byte_time`, plus the board's crypto time the caller states (`work`) — and by
+  seconds of link-or-board time — each request holds the longer of its wire time (request or
+  reply, at the link's `byte_time`) and the board's crypto time the caller states (`work`): the
+  board works on one frame while the next is on the wire, so the two overlap — and by
   `data_frames` / `data_bytes` where the link has no rate (a pty): data frames and urgent ones
   together, since the board's data queue holds both (a bulk frame finding `data_frames` queued
   there is refused BUSY). At least one data request may always be in flight whatever its cost
@@ -66,7 +67,7 @@ class _Pending:
         self.index = index
         self.deadline = deadline
         self.reply_len = reply_len
-        self.cost = cost          # data: seconds of link-and-board time it holds while in flight
+        self.cost = cost          # data: seconds of link-or-board time it holds while in flight
         self.step = step          # data: the board's longest single step (one packet's crypto)
         self.urgent = False       # data: a frame of small packets, outside the data budget
         self.first_sent = None
@@ -80,7 +81,7 @@ class LinkClient:
                  byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME, data_budget=0.05, data_frames=16,
                  data_bytes=1 << 18, urgent_frames=4, link_key=None, name="board"):
         """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty);
-        data_budget: seconds of link-and-board time the data requests in flight may hold;
+        data_budget: seconds of link-or-board time the data requests in flight may hold;
         link_key: the board's link key (None: an open link)."""
         self.name = name             # for the log
         self.window = window
@@ -153,7 +154,7 @@ class LinkClient:
         elif retry:
             self._waiting_idem.append(p)
         else:
-            p.cost = max(p.size, reply_len) * self.byte_time + work
+            p.cost = max(max(p.size, reply_len) * self.byte_time, work)
             p.step = work if step is None else step
             p.urgent = urgent
             (self._waiting_urgent if urgent else self._waiting_data).append(p)
