@@ -15,11 +15,14 @@ import types
 from importlib.machinery import SourceFileLoader
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from firmware.crypto import gcm, pure
 from tools import fwcheck
 
 NATIVE = fwcheck.FIRMWARE / "crypto" / "native.viper"
+LINK_NATIVE = fwcheck.FIRMWARE / "link" / "native.viper"
 
 
 @pytest.mark.parametrize("arch", ["armv6m", "xtensawin"])
@@ -37,7 +40,7 @@ def test_native_code_without_an_arch_is_refused(tmp_path):
     ok, msg = fwcheck.compile_file(NATIVE, tmp_path / "n.mpy", "native.viper")
     assert not ok and "invalid arch" in msg
     assert fwcheck.native_archs(NATIVE) == ["armv6m", "xtensawin"]
-    assert fwcheck.native_files() == [NATIVE]
+    assert fwcheck.native_files() == [NATIVE, LINK_NATIVE]
 
 
 def test_a_plain_mpy_cross_compiles_every_py_file_of_the_firmware(tmp_path):
@@ -135,3 +138,78 @@ def test_inv_flash_installs_native_code_for_the_boards_architecture_only(tmp_pat
     src = flash.stage(prof, tmp_path / "src", compile_mpy=False)
     assert "/firmware/crypto/native.py" in src and "/firmware/crypto/native.viper" not in src
     assert src["/firmware/crypto/native.py"].read_text() == NATIVE.read_text()
+
+
+# ---- the link's COBS (firmware/link/native.viper) ------------------------------------------------
+@pytest.mark.parametrize("arch", ["armv6m", "xtensawin"])
+def test_native_cobs_compiles_for_both_chips(arch, tmp_path):
+    out = tmp_path / "native.mpy"
+    p = subprocess.run([fwcheck.mpy_cross_binary(), "-march=" + arch, "-s", "firmware/link/native.viper",
+                        "-o", str(out), str(LINK_NATIVE)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert fwcheck.native_archs(LINK_NATIVE) == ["armv6m", "xtensawin"]
+
+
+@pytest.fixture
+def cobs_native_on_cpython(monkeypatch):
+    """firmware.link.native imported on CPython (viper as the identity, ptr8 as indexing), and
+    cobs bound to it."""
+    from firmware.link import cobs
+    mp = types.ModuleType("micropython")
+    mp.viper = lambda f: f
+    monkeypatch.setitem(sys.modules, "micropython", mp)
+    name = "firmware.link.native"
+    loader = SourceFileLoader(name, str(LINK_NATIVE))
+    native = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(native)
+    native.ptr8 = lambda x: x
+    monkeypatch.setitem(sys.modules, name, native)
+    yield native
+    sys.modules.pop(name, None)
+    import firmware.link as pkg
+    if hasattr(pkg, "native"):
+        del pkg.native
+    cobs.select("python")
+
+
+COBS_DATA = (st.binary(max_size=1200)
+             | st.lists(st.sampled_from((b"\x00", b"\x01", bytes(range(1, 255)), b"\xff" * 300)),
+                        max_size=12).map(b"".join))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=COBS_DATA, off=st.integers(0, 3))        # (the fixture only binds the module: same for every input)
+def test_native_cobs_gives_the_loops_bytes(cobs_native_on_cpython, raw, off):
+    from firmware.link import cobs
+    assert cobs.select() == "native" and cobs.encode is not cobs.py_encode
+    enc = cobs.py_encode(raw)
+    assert cobs.encode(raw) == enc
+    assert cobs.decode(enc) == raw
+    dst = bytearray(off + len(raw) + len(raw) // 254 + 1)
+    assert dst[off:cobs.encode_into(raw, dst, off)] == enc
+    for bad in (enc[:-1], enc + b"\x00", b"\x05ab"):
+        try:
+            want = cobs.py_decode(bad)
+        except cobs.CobsError:
+            want = None
+        try:
+            got = cobs.decode(bad)
+        except cobs.CobsError:
+            got = None
+        assert got == want
+
+
+def test_a_wrong_native_cobs_is_not_used(cobs_native_on_cpython, monkeypatch):
+    from firmware.link import cobs
+    real = cobs_native_on_cpython.cobs_encode
+
+    def off_by_one(src, start, end, dst, off):
+        o = real(src, start, end, dst, off)
+        dst[off] ^= 1
+        return o
+
+    monkeypatch.setattr(cobs_native_on_cpython, "cobs_encode", off_by_one)
+    assert cobs.select() == "c"
+    with pytest.raises(ValueError):
+        cobs.select("native")
+    assert cobs.encode is cobs._BASE[0]

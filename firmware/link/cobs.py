@@ -5,7 +5,9 @@ delimit frames on a byte stream: a receiver that loses sync resynchronises on th
 Runs on CPython and MicroPython (bytes.find and slicing only). On CPython, where PyPI's `cobs`
 (a C implementation with the same output, checked by tests/test_cobs_c.py) is installed, encode
 and decode are that library's: the Python loop below costs one turn per zero byte, so a frame of
-zero-filled plaintext took ~100x longer than one of random bytes.
+zero-filled plaintext took ~100x longer than one of random bytes. On a board with a native
+emitter, firmware/link/native.viper does the same in a few cycles a byte (`select()`); the loops
+below run where neither is there (the wasm MicroPython).
 """
 
 
@@ -120,7 +122,79 @@ def decode_into(src, dst, off=0, start=0, end=None):
 
 
 # The loops above, whatever encode/decode end up bound to (tests compare the two).
-py_encode, py_decode = encode, decode
+py_encode, py_decode, py_encode_into, py_decode_into = encode, decode, encode_into, decode_into
+_native = None
+
+
+def _encode_native(data):
+    n = len(data)
+    out = bytearray(n + n // 254 + 1)
+    return bytes(memoryview(out)[:_native.cobs_encode(data, 0, n, out, 0)])
+
+
+def _decode_native(data):
+    if type(data) is not bytes and type(data) is not bytearray:
+        data = bytes(data)
+    n = len(data)
+    out = bytearray(n)
+    return bytes(memoryview(out)[:_decode_native_into(data, out, 0, 0, n)])
+
+
+def _encode_native_into(src, dst, off=0, start=0, end=None):
+    return _native.cobs_encode(src, start, len(src) if end is None else end, dst, off)
+
+
+def _decode_native_into(src, dst, off=0, start=0, end=None):
+    n = len(src) if end is None else end
+    if src.find(b"\x00", start, n) >= 0:
+        raise CobsError("zero byte inside COBS block")
+    o = _native.cobs_decode(src, start, n, dst, off)
+    if o < 0:
+        raise CobsError("COBS block truncated")
+    return o
+
+
+def select(name=None):
+    """Bind encode/decode (and the _into versions) to the native code if `name` is "native" or
+    None (the default: if it loads and gives the loops' answers on a test vector), else to the
+    loops (on CPython encode/decode to the C library's). Returns IMPL. Runs at import on
+    MicroPython; tests call it to force either."""
+    global IMPL, _native, encode, decode, encode_into, decode_into
+    IMPL = "c" if C_SPEED else "python"
+    encode, decode, encode_into, decode_into = _BASE
+    if name == "python":
+        return IMPL
+    try:
+        from firmware.link import native as nat   # mpy-ok: boards with a native emitter only
+    except Exception:     # ImportError, SyntaxError (no native emitter), ValueError (.mpy arch)
+        if name == "native":
+            raise
+        return IMPL
+    if not _selftest(nat):
+        if name == "native":
+            raise ValueError("native COBS disagrees with the Python version")
+        return IMPL
+    _native = nat
+    IMPL, encode, decode, encode_into, decode_into = (
+        "native", _encode_native, _decode_native, _encode_native_into, _decode_native_into)
+    return IMPL
+
+
+def _selftest(nat):
+    """The native functions give the loops' answers on a fixed input: runs of zeros, a block of
+    254 bytes without one, a frame ending on a full block."""
+    data = bytes(3) + bytes(range(1, 255)) + bytes((7, 0, 0, 9)) + bytes(range(1, 255))
+    try:
+        want = py_encode(data)
+        out = bytearray(len(data) + len(data) // 254 + 3)
+        end = nat.cobs_encode(data, 0, len(data), out, 1)
+        if out[1:end] != want or out[0] or end != len(want) + 1:
+            return False
+        back = bytearray(len(data) + 1)
+        return (nat.cobs_decode(want, 0, len(want), back, 1) == len(data) + 1 and back[1:] == data
+                and nat.cobs_decode(want, 0, len(want) - 1, back, 0) == -1)
+    except Exception:
+        return False
 
 
 def _bind_c():
@@ -143,3 +217,7 @@ def _bind_c():
 
 
 C_SPEED = _bind_c()
+_BASE = (encode, decode, encode_into, decode_into)
+IMPL = "c" if C_SPEED else "python"
+if not C_SPEED:
+    select()
