@@ -434,27 +434,41 @@ class Board:
             q.append(job)
 
     def _work(self, limit):
+        """Up to `limit` units of data work (None: all): a unit is a packet, a slice of a packet
+        (sliced SAs), or building and sealing the reply of a job whose packets are done — a unit
+        of its own, so that a loop turn never pays for a frame's last packet and its reply (a
+        few ms each on an RP2040, more when the heap is collected on the way)."""
         q = self.data_queue
         while q and (limit is None or limit > 0):
             job = q[0]
-            step = self._encrypt_step if job.type == m.ENCRYPT else self._decrypt_step
-            try:
-                n = step(job, limit)
-                done = job.k >= len(job.items)
-                if done:
+            if job.k >= len(job.items):
+                try:
                     if job.type == m.ENCRYPT:
                         body = m.encode_encrypt_reply(job.out)
                     else:
                         body = m.encode_decrypt_reply(job.out)
+                except Exception as e:
+                    self._failed(e)
+                    body = _INTERNAL
+                self._finish(job, body)
+                if limit is not None:
+                    limit -= 1
+                continue
+            step = self._encrypt_step if job.type == m.ENCRYPT else self._decrypt_step
+            try:
+                n = step(job, limit)
             except Exception as e:
                 # as for a control request: this data request fails (INTERNAL), the board stays
                 self._failed(e)
-                n, done, body = 1, True, _INTERNAL
+                self._finish(job, _INTERNAL)
+                n = 1
             if limit is not None:
                 limit -= max(1, n)
-            if done:
-                q.pop(0)
-                self.queue_data_reply(job.small, self._reply(job, body))
+
+    def _finish(self, job, body):
+        self.data_queue.pop(0)
+        job.out = None
+        self.queue_data_reply(job.small, self._reply(job, body))
 
     def queue_data_reply(self, small, item):
         """A data reply to send (unsealed: it is sealed when it leaves): small ones go ahead of

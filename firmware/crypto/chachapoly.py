@@ -661,11 +661,12 @@ class ChaChaPoly:
         self._begin(nonce, aad, src, off, end, dst, doff, _MAC)
 
     def step(self, budget=None):
-        """Work on the message begun for about `budget` units (None: to its end; at least one
-        block's worth). True when it is done; open: the backend's AuthError (nothing written) when
-        the tag is wrong."""
+        """Work on the message begun for at most `budget` units (None: to its end; one ChaCha20
+        block if the budget is smaller than that). True when it is done; open: the backend's
+        AuthError (nothing written) when the tag is wrong."""
         if budget is None:
             budget = 1 << 29
+        full = budget
         src, off, end = self._src, self._off, self._end
         while self._ph:
             if budget <= 0:
@@ -673,7 +674,11 @@ class ChaChaPoly:
             ph = self._ph
             pos = self._pos
             if ph == _XOR:
-                blocks = min((end - pos + 63) >> 6, _KSB, max(1, budget // _CHACHA))
+                blocks = min((end - pos + 63) >> 6, _KSB, budget // _CHACHA)
+                if blocks < 1:
+                    if budget < full:
+                        return False        # a block would overrun this step: the next one does it
+                    blocks = 1
                 _keystream(self._st, blocks)
                 n = min(end - pos, 64 * blocks)
                 gcm.xor_into(self._dst, self._doff + pos - off, src, pos, _KS, 0, n)
