@@ -151,7 +151,8 @@ SCHEMA = {
     },
     "reset": {"method": _Str(True, RESET_METHODS), "pulse_ms": _Int(1, 10_000), "boot_ms": _Int(0, 60_000)},
     "heartbeat": {"period_ms": _Int(1, 600_000, True), "misses": _Int(1, 100, True)},
-    "crypto": {"backend": _Str(False, CRYPTO_BACKENDS), "fast": _List(TRANSFORMS), "cost_us": None},
+    "crypto": {"backend": _Str(False, CRYPTO_BACKENDS), "fast": _List(TRANSFORMS), "cost_us": None,
+               "step_us": _Int(1, 10_000_000)},
     "crypto.cost_us": _AnyOf(TRANSFORMS, _Cost()),
     "bench": {"scale": _Float(0.001, 1.0), "rto_min_ms": _Int(1, 10_000), "fast_period_ms": _Int(1, 10_000)},
 }
@@ -447,18 +448,26 @@ def loss_bound(profile, period=None, misses=None):
     """Seconds from a board hanging to the host declaring it lost, at the worst: `misses`
     heartbeats unanswered each within period + slack, the slack being the data in flight ahead
     of a heartbeat and of its ack (data_budget), one data reply frame already on the wire, and
-    the longest single packet the board may be working on when it arrives."""
+    the longest step the board may be in when it arrives (longest_step)."""
     hb = profile["heartbeat"]
     period = hb["period_ms"] / 1000 if period is None else period
     misses = hb["misses"] if misses is None else misses
     return (misses + 1) * period + heartbeat_slack(profile)
 
 
+def longest_step(profile):
+    """Seconds of the board's longest step between two looks at its link: [crypto] step_us (the
+    firmware works on a slow transform in slices of a packet and builds a frame's reply in a step
+    of its own; bench/rp2040.py measures it) when it is shorter than the costliest packet of
+    [crypto.cost_us] at the MTU, else that packet."""
+    costs = cpu_costs(profile)
+    packet = max((packet_time(costs, t, 1500) for t in costs), default=0.0)
+    step = profile.get("crypto", {}).get("step_us")
+    return packet if step is None else min(packet, step / 1e6)
+
+
 def heartbeat_slack(profile, budget=None):
     """The most a healthy board's heartbeat ack can be late: data in flight, one frame, one step."""
     rate = link_rate(profile)
     frame = profile["board"]["max_frame"] / rate if rate else 0.0
-    costs = cpu_costs(profile)
-    mtu = 1500
-    step = max((packet_time(costs, t, mtu) for t in costs), default=0.0)
-    return (data_budget(profile) if budget is None else budget) + frame + step
+    return (data_budget(profile) if budget is None else budget) + frame + longest_step(profile)

@@ -55,6 +55,7 @@ class BoardClient:
         # clock) and its CPU's time per packet. The link client bounds data in flight with them;
         # the data path admits traffic at this rate; heartbeats allow for what is in flight.
         self.costs = profiles.cpu_costs(profile) if profile else {}
+        self.step = profiles.longest_step(profile) if profile else 0.0   # the board's longest step
         rate = profiles.link_rate(profile) if profile else None
         if rate and "byte_time" not in self.link_options:
             self.link_options["byte_time"] = 1.0 / rate
@@ -212,8 +213,7 @@ class BoardClient:
         beyond period + slack (docs/link-protocol.md, "Control before data"; for a profile's own
         link and CPU this is firmware/profiles.py loss_bound)."""
         s = self.session
-        step = max((self.packet_work(t, 1500) for t in self.costs), default=0.0)
-        return (self.misses + 1) * self.period + s.slack_base + s.link.data_budget + step
+        return (self.misses + 1) * self.period + s.slack_base + s.link.data_budget + self.step
 
     # ---- the data path ------------------------------------------------------------------------
     def packet_work(self, transform, nbytes):
