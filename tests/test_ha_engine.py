@@ -130,7 +130,7 @@ def test_the_peer_acts_on_invalid_ike_spi_from_the_new_active_router():
     assert answers, "the new active router did not answer with INVALID_IKE_SPI"
     assert p.stats["liveness_checks_from_ike_spi_hints"] == 1
     assert [w.text.split(":")[0] for w in kinds(net.events[PEER], IkeWarning)] == ["INVALID_IKE_SPI from %s" % VIP]
-    advance(net, now, 45.0)                                   # hint schedule: 0.5 + 1 + 2 + 4 s
+    advance(net, now, 45.0)                                   # hint schedule: 0.15 + 0.3 + 0.6 s
     down = kinds(net.events[PEER], IkeSaDown)
     assert down and down[0].restart_ike_id is not None       # gone in seconds, and restarted
     assert len(p.ike_sas()) == 1 and len(b.ike_sas()) == 1
