@@ -16,13 +16,14 @@ Rules it keeps:
 - Control before data: ENCRYPT/DECRYPT requests are queued (at most `data_queue` frames; more
   are refused at once with BUSY) and worked on by work(now, limit) a few packets at a time, so a
   port that calls work() between looks at the link answers a heartbeat or an SA command within
-  one packet's crypto, however much data waits. Control replies and events leave before data
-  replies. A small data frame (the host's frames of pings, ACKs and the like) goes ahead of the
-  bulk frames not yet started, and has room beyond `data_queue`; its reply goes ahead of bulk
-  replies not yet sent. feed() itself works off `work_budget` packets (None: everything queued).
-  A port that can tell when its line is free sets `hold_data` and sends data replies one at a
-  time with next_data(), so a control reply or a small data reply never waits behind more than
-  the one frame on the line.
+  one packet's crypto, however much data waits. A transform too slow for that (ChaCha20-Poly1305
+  in Python: SaRecord.sliced) is worked on in slices of a packet, one per unit of work().
+  Control replies and events leave before data replies. A small data frame (the host's frames
+  of pings, ACKs and the like) goes ahead of the bulk frames not yet started, and has room
+  beyond `data_queue`; its reply goes ahead of bulk replies not yet sent. feed() itself works
+  off `work_budget` packets (None: everything queued). A port that can tell when its line is
+  free sets `hold_data` and sends data replies one at a time with next_data(), so a control
+  reply or a small data reply never waits behind more than the one frame on the line.
 - Link security (firmware/link/auth.py), when the profile gives a link key: every frame is
   authenticated, frames that are not are dropped and counted, and only frames of the host's
   session count as the host being there. Frames are sealed (given their auth sequence number)
@@ -128,6 +129,7 @@ class _DataJob:
         self.flags = f.flags
         self.items = items
         self.k = 0
+        self.pend = None        # (SA, SPI) of items[k] while it is worked on in slices
         self.out = []
         self.room = room
         self.small = len(f.body) <= SMALL_FRAME
@@ -425,7 +427,7 @@ class Board:
         job = _DataJob(f, items, self._reply_room())
         if small:
             i = 0       # behind the started job and the small ones, ahead of waiting bulk
-            while i < len(q) and (q[i].small or q[i].k):
+            while i < len(q) and (q[i].small or q[i].k or q[i].pend):
                 i += 1
             q.insert(i, job)
         else:
@@ -547,15 +549,53 @@ class Board:
     def _reply_room(self):
         return self.max_frame - self.overhead - 3
 
+    def _resume(self, job, direction):
+        """One more slice of the packet of `job` worked on in slices: its result when it is done,
+        else None. An SA that left the SAD meanwhile (deleted, flushed) takes the packet with it:
+        P_UNKNOWN_SPI, as for the packets after it."""
+        rec, spi = job.pend
+        if self.sad.get(spi, direction) is not rec:
+            res = (m.P_UNKNOWN_SPI, b"")
+        else:
+            res = rec.resume()
+            if res is None:
+                return None
+            self._expiry(rec)
+            self._packet(rec, len(job.items[job.k][1]))
+        job.pend = None
+        return res
+
     def _encrypt_step(self, job, limit):
-        """Encrypt up to `limit` packets of `job` (None: the rest); returns how many."""
+        """Encrypt up to `limit` packets of `job` (None: the rest); returns how many. A packet
+        for a sliced SA (SaRecord.sliced) is worked on a slice per unit of `limit` (when `limit`
+        is not None): a step that begins or resumes it ends with that slice."""
         items, out = job.items, job.out
+        if job.pend is not None:
+            res = self._resume(job, m.DIR_OUT)
+            if res is not None:
+                job.room -= 3 + len(res[1])
+                out.append(res)
+                job.k += 1
+            return 1
         n = len(items)
         k = k0 = job.k
         end = n if limit is None else min(n, k + max(1, limit))
         while k < end:
             spi, pkt = items[k]
             rec = self.sad.get(spi, m.DIR_OUT)
+            if (rec is not None and rec.sliced and limit is not None
+                    and len(pkt) + self.ESP_OVERHEAD + 3 <= job.room):
+                res = rec.begin_encrypt(pkt)
+                if res is None:
+                    job.pend = (rec, spi)
+                    job.k = k
+                    return k - k0 + 1
+                self._expiry(rec)
+                self._packet(rec, len(pkt))
+                job.room -= 3 + len(res[1])
+                out.append(res)
+                k += 1
+                continue
             # A run of items for one SA goes through rec.encrypt_batch: those that fit the
             # reply even if every packet before them grew by ESP_OVERHEAD (more than ESP adds,
             # esp.MAX_OVERHEAD), so the P_TOO_BIG decision is the one the exact per-packet
@@ -595,15 +635,38 @@ class Board:
         return k - k0
 
     def _decrypt_step(self, job, limit):
-        """Decrypt up to `limit` packets of `job` (None: the rest); returns how many."""
+        """Decrypt up to `limit` packets of `job` (None: the rest); returns how many. Sliced SAs
+        as in _encrypt_step."""
         items, out = job.items, job.out
+        if job.pend is not None:
+            spi = job.pend[1]
+            res = self._resume(job, m.DIR_IN)
+            if res is not None:
+                st, inner = res
+                if len(inner) + 7 > job.room:
+                    st, inner = m.P_TOO_BIG, b""
+                job.room -= 7 + len(inner)
+                out.append((st, spi, inner))
+                job.k += 1
+            return 1
         n = len(items)
         k = k0 = job.k
         end = n if limit is None else min(n, k + max(1, limit))
         while k < end:
             src, pkt = items[k]
             st, spi, inner = self._decrypt_one(src, pkt, True)
-            if st is None:
+            if st is None and inner.sliced and limit is not None:
+                rec = inner
+                r = rec.begin_decrypt(pkt)
+                if r is None:
+                    job.pend = (rec, spi)
+                    job.k = k
+                    return k - k0 + 1
+                self._expiry(rec)
+                self._packet(rec, len(pkt))
+                res = (r,)
+                k += 1
+            elif st is None:
                 # `inner` is the SA: this item and the following ones that are ESP for the same
                 # SPI with the same encapsulation (what _decrypt_one would check for each) form
                 # one run through rec.decrypt_batch

@@ -802,7 +802,9 @@ class GcmBufSa(GcmSa):
         self._aead = aead
         self.salt = bytearray(key[len(key) - 4:])
 
-    def encrypt(self, pkt):
+    def _seal_args(self, pkt):
+        """The ESP packet laid out (EspSa._frame) and its nonce and AAD: (out, seq, end, nonce,
+        aad), or a (status, b"") tuple to return."""
         r = self._frame(pkt, 8, 4)
         if len(r) == 2:
             return r
@@ -821,10 +823,19 @@ class GcmBufSa(GcmSa):
             aad = _AAD8
             aad[0:4] = self.spi_b
             _pack_into(">I", aad, 4, lo)
+        return out, seq, end, nonce, aad
+
+    def encrypt(self, pkt):
+        r = self._seal_args(pkt)
+        if len(r) == 2:
+            return r
+        out, seq, end, nonce, aad = r
         self._aead.seal_into(nonce, aad, out, 16, end)
         return self._sealed(pkt, seq, out)
 
-    def decrypt(self, pkt):
+    def _open_args(self, pkt):
+        """The checks before the ICV (RFC 4303 §3.4), the nonce, the AAD and the plaintext's
+        buffer: (seq, nonce, aad, pt, hl), or a (status, b"") tuple to return."""
         if self.state == _ST_HARD:
             return _R_EXPIRED
         n = len(pkt)
@@ -848,9 +859,15 @@ class GcmBufSa(GcmSa):
             for i in range(8):
                 aad[i] = pkt[i]
         hl = self._room()
-        pt = bytearray(hl + n - 32)
+        return seq, nonce, aad, bytearray(hl + n - 32), hl
+
+    def decrypt(self, pkt):
+        r = self._open_args(pkt)
+        if len(r) == 2:
+            return r
+        seq, nonce, aad, pt, hl = r
         try:
-            self._aead.open_into(nonce, aad, pkt, 16, n - 16, pt, hl)
+            self._aead.open_into(nonce, aad, pkt, 16, len(pkt) - 16, pt, hl)
         except self.backend.AuthError:
             self.auth_fail += 1
             return _R_AUTH
@@ -892,7 +909,50 @@ class ChaChaSa(_ChaChaKey, GcmSa):
 
 
 class ChaChaBufSa(_ChaChaKey, GcmBufSa):
-    __slots__ = ()
+    """ChaCha20-Poly1305 on an IN_PLACE backend (a board), where it runs in Python: a packet
+    costs ~0.23 s on an RP2040, so the board works on it in slices (firmware/board.py): begin_*()
+    checks, lays out and starts the packet (None: resume() has the rest; else the result), then
+    resume() does about a slice of it per call (None until the result). One packet at a time;
+    the result is encrypt()'s / decrypt()'s."""
+    __slots__ = ("_pend",)
+    sliced = True
+
+    def begin_encrypt(self, pkt):
+        r = self._seal_args(pkt)
+        if len(r) == 2:
+            return r
+        out, seq, end, nonce, aad = r
+        self._aead.seal_begin(nonce, aad, out, 16, end)
+        self._pend = (pkt, seq, out)
+        return None
+
+    def begin_decrypt(self, pkt):
+        r = self._open_args(pkt)
+        if len(r) == 2:
+            return r
+        seq, nonce, aad, pt, hl = r
+        self._aead.open_begin(nonce, aad, pkt, 16, len(pkt) - 16, pt, hl)
+        self._pend = (None, seq, pt, hl)
+        return None
+
+    def resume(self):
+        p = self._pend
+        try:
+            if not self._aead.step_slice():
+                return None
+        except self.backend.AuthError:
+            self._pend = None
+            self.auth_fail += 1
+            return _R_AUTH
+        self._pend = None
+        if p[0] is not None:
+            return self._sealed(p[0], p[1], p[2])
+        self.window.update(p[1])
+        return self._deliver_buf(p[2], p[3])
+
+    def wipe(self):
+        GcmBufSa.wipe(self)
+        self._pend = None
 
 
 class CbcHmacSa(EspSa):

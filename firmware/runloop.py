@@ -7,8 +7,9 @@ port's wait() only while the board has nothing due (board.next_deadline()).
 
 Control before data: everything waiting on the port is read and fed first — heartbeats and SA
 commands are answered at once, ENCRYPT/DECRYPT requests only queued — and the board then works
-on one data packet per turn, looking at the port again after each. A heartbeat therefore waits
-for at most one packet's crypto, however much data the host has in flight. A port that can tell
+on one data packet per turn (one slice of a packet for a transform the board works on in slices,
+firmware/crypto/chachapoly.py), looking at the port again after each. A heartbeat therefore waits
+for at most one packet's crypto (or one slice), however much data the host has in flight. A port that can tell
 when its transmitter is idle (tx_ready()) gets data replies one frame at a time, so a control
 reply, or a small data reply, never queues behind more than the frame on the line.
 """
@@ -52,7 +53,7 @@ def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
         if n:
             out = board.feed(mv[:n], now)
         elif board.busy():
-            out = board.work(now, 1)   # one packet, then look at the port again
+            out = board.work(now, 1)   # one packet (or slice), then look at the port again
         else:
             out = board.tick(now)
         if out:

@@ -24,6 +24,9 @@ class SaRecord:
     # (CPython; MicroPython ignores them). Without them CPython 3.11 gives an instance with
     # more than 30 attributes a dict of its own and every attribute access a hashed lookup.
     __slots__ = ("auth_fail", "octets", "packets", "replay", "seq", "spec", "state")
+    # True: a packet is worked on in slices, begin_encrypt/begin_decrypt(pkt) then resume()
+    # (firmware/esp.py ChaChaBufSa; the board drives them, firmware/board.py)
+    sliced = False
 
     def __init__(self, spec):
         self.spec = spec

@@ -112,9 +112,10 @@ def assert_all_passed(run, impl):
 # --- mpy-cross ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def compiled_firmware(tmp_path_factory):
-    """The firmware as a board gets it: every non-test, non-cpython-only file compiled to .mpy."""
+    """The firmware as a board gets it: every non-test, non-cpython-only file compiled to .mpy (native
+    code per architecture)."""
     out = tmp_path_factory.mktemp("mpy")
-    files = fwcheck.firmware_files(include_tests=False)
+    files = fwcheck.firmware_files(include_tests=False) + fwcheck.native_files()
     return out, files, fwcheck.compile_tree(files, out)
 
 
@@ -128,7 +129,7 @@ def test_mpy_cross_compiles_every_firmware_file(compiled_firmware):
     assert not [f for f in files if fwcheck.TESTS_DIR in f.parents]
     assert not failures, "mpy-cross rejected:\n" + "\n".join("%s: %s" % f for f in failures)
     native = [f for f in files if fwcheck.native_archs(f)]
-    assert FIRMWARE / "crypto" / "native.py" in native
+    assert FIRMWARE / "crypto" / "native.viper" in native
     for src in files:
         rel = src.relative_to(ROOT).with_suffix(".mpy")
         if src in native:   # per architecture, never where a board without it would import it

@@ -107,9 +107,9 @@ def probe(port):
 
 def stage(profile, out, compile_mpy, arch=0):
     """Build the board's filesystem image in `out`: {board path: local file}. `arch`: the board's
-    native architecture (sys.implementation._mpy >> 10; 0: none): native code (fwcheck's
-    `# native:` files) goes on as .mpy only for it, as source everywhere (a board without a native
-    emitter fails to import it and runs the Python versions)."""
+    native architecture (sys.implementation._mpy >> 10; 0: none): native code (fwcheck's .viper
+    files) goes on as .mpy only for it, as .py source everywhere sources go (a board without a
+    native emitter fails to import it and runs the Python versions)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -118,7 +118,7 @@ def stage(profile, out, compile_mpy, arch=0):
     sources = [s for s in sources if BOARD_ROOT not in s.parents]
     if compile_mpy:
         march = {n: a for a, n in fwcheck.NATIVE_ARCHS.items()}.get(arch)
-        sources = [s for s in sources if not fwcheck.native_archs(s) or march in fwcheck.native_archs(s)]
+        sources += [s for s in fwcheck.native_files() if march in fwcheck.native_archs(s)]
         failures = fwcheck.compile_tree(sources, out, arch=march)
         if failures:
             raise FlashError("mpy-cross rejected:\n" + "\n".join("%s: %s" % f for f in failures))
@@ -126,8 +126,8 @@ def stage(profile, out, compile_mpy, arch=0):
             rel = s.relative_to(ROOT).with_suffix(".mpy")
             files["/" + rel.as_posix()] = out / rel
     else:
-        for s in sources:
-            rel = s.relative_to(ROOT)
+        for s in sources + fwcheck.native_files():
+            rel = s.relative_to(ROOT).with_suffix(".py")
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(s, out / rel)
             files["/" + rel.as_posix()] = out / rel

@@ -24,10 +24,13 @@ FIRMWARE = ROOT / "firmware"
 TESTS_DIR = FIRMWARE / "tests"
 CPYTHON_ONLY_RE = re.compile(r"^#\s*cpython-only\b", re.IGNORECASE)
 CPYTHON_ONLY_LINES = 5  # the marker must be a comment within the first lines of the file
-# `# native: armv6m xtensawin` in the first lines: the file holds @micropython.native/viper code
-# for those architectures. mpy-cross compiles it only with -march (a plain mpy-cross and the wasm
-# build refuse it), so it is compiled per architecture and installed only on boards of one of
-# them; its importer must fall back when it cannot be imported (firmware/crypto/gcm.py).
+# Native code (@micropython.native/viper) lives in `NAME.viper` files, never `.py`: mpy-cross
+# compiles it only with -march (without, it fails with "invalid arch"; the wasm build refuses it
+# too), so a plain mpy-cross over the firmware's .py files never meets it. `# native: armv6m
+# xtensawin` in its first lines names the architectures it is for: it is compiled for each of them
+# and installed as NAME.mpy only on boards of one of them (and as NAME.py where a board takes
+# sources); its importer must fall back when it cannot be imported (firmware/crypto/gcm.py).
+NATIVE_SUFFIX = ".viper"
 NATIVE_RE = re.compile(r"^#\s*native:\s*(.*)$", re.IGNORECASE)
 # mpy-cross -march names -> the architecture number in .mpy headers and sys.implementation._mpy
 # (py/persistentcode.h: MP_NATIVE_ARCH_ARMV6M = 4, MP_NATIVE_ARCH_XTENSAWIN = 10)
@@ -135,7 +138,9 @@ def is_cpython_only(path):
 
 
 def native_archs(path):
-    """The architectures a `# native:` file is for, [] for ordinary files."""
+    """The architectures a native (.viper) file is for, [] for ordinary files."""
+    if Path(path).suffix != NATIVE_SUFFIX:
+        return []
     with open(path, encoding="utf-8") as f:
         for _ in range(CPYTHON_ONLY_LINES):
             mt = NATIVE_RE.match(f.readline())
@@ -153,6 +158,11 @@ def firmware_files(include_tests=False, root=FIRMWARE):
     tests = root / "tests"
     return [p for p in _all_py(root)
             if (include_tests or tests not in p.parents) and not is_cpython_only(p)]
+
+
+def native_files(root=FIRMWARE):
+    """Native code for the boards (NATIVE_SUFFIX files): compiled with -march only."""
+    return sorted(p for p in root.rglob("*" + NATIVE_SUFFIX) if "__pycache__" not in p.parts)
 
 
 def cpython_only_files(root=FIRMWARE):
@@ -194,13 +204,17 @@ def compile_tree(files, out_dir, root=ROOT, arch=None):
     """Compile each file to out_dir/<path relative to root>.mpy, embedding that relative path as the
     source name (what a traceback on the board shows). Returns [(relative path, error)] for rejections.
 
-    `# native:` files: with `arch` (a board's, e.g. "armv6m"), compiled with -march=arch if they are
-    for it and left out otherwise; without, compiled for each of their architectures into
-    out_dir/<arch>/<path>.mpy (to check them), and not to the board path."""
+    Native (.viper) files: with `arch` (a board's, e.g. "armv6m"), compiled with -march=arch if they
+    are for it and left out otherwise; without, compiled for each of their architectures into
+    out_dir/<arch>/<path>.mpy (to check them), and not to the board path. One with no `# native:`
+    line is a failure."""
     failures = []
     for src in files:
         rel = Path(src).relative_to(root)
         archs = native_archs(src)
+        if Path(src).suffix == NATIVE_SUFFIX and not archs:
+            failures.append((rel.as_posix(), "native code without a `# native: ARCH ...` line"))
+            continue
         if not archs:
             targets = [(Path(out_dir) / rel.with_suffix(".mpy"), arch)]
         elif arch:
@@ -473,11 +487,11 @@ def main():
     for f in findings:
         print(f)
     with tempfile.TemporaryDirectory() as out:
-        failures = compile_tree(firmware_files(include_tests=False), out)
+        failures = compile_tree(firmware_files(include_tests=False) + native_files(), out)
     for rel, msg in failures:
         print("%s: mpy-cross: %s" % (rel, msg))
-    print("fwcheck: %d files, %d findings, %d mpy-cross rejections (%s); cpython-only: %s" % (
-        len(files), len(findings), len(failures), mpy_cross_version(),
+    print("fwcheck: %d files and %d native, %d findings, %d mpy-cross rejections (%s); cpython-only: %s" % (
+        len(files), len(native_files()), len(findings), len(failures), mpy_cross_version(),
         ", ".join(p.relative_to(ROOT).as_posix() for p in cpython_only_files()) or "none"))
     return 1 if findings or failures else 0
 

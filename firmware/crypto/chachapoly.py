@@ -12,8 +12,13 @@ Written for MicroPython's 31-bit small ints and a microcontroller's heap, like p
   stays below 2^12.3 and 5r_j below 2^12.4, so a column of 13 products stays below 2^28: no heap
   int. In the AEAD every block Poly1305 sees is whole (the AAD and the ciphertext are padded to
   16 bytes, §2.8), so the 2^128 bit is always set.
-- Nothing is allocated per block: the state, the keystream and the limbs live in module buffers
-  (the firmware is single-threaded), the packet is encrypted in place.
+- Nothing is allocated per block: the state and the limbs live in buffers of the AEAD object
+  (one per SA), the keystream and a block's scratch in module buffers, the packet is encrypted
+  in place.
+- A message is worked on in slices (begin, then step(budget) until it says done), so a board can
+  look at its link between them: one 1400-byte packet costs ~0.23 s on an RP2040 in Python, a
+  slice of SLICE units ~16 ms. A unit is one Poly1305 block (~0.64 ms there); a ChaCha20 block
+  with its 64 bytes of XOR is _CHACHA units (~7.5 ms there).
 Checked against RFC 8439's test vectors (firmware/tests/test_crypto_kat.py) and, through the ESP
 engine, against scapy's and OpenSSL's ChaCha20-Poly1305 (tests/test_esp_oracle.py).
 """
@@ -24,14 +29,19 @@ from firmware.crypto import gcm
 from firmware.crypto.hmac256 import equal_at
 
 _pack_into = struct.pack_into
-_ST = array("H", bytes(64))     # the block function's input: 16 words as (low, high) halves
-_OTK = bytearray(64)            # block 0: the Poly1305 one-time key (§2.6)
-_KS = [bytearray(0)]            # the keystream of one message: grows to the largest packet
-_H = array("H", bytes(26))      # Poly1305's accumulator: 13 limbs of 10 bits (a little more)
-_RS = array("H", bytes(52))     # r's limbs, then 5 * r's limbs
-_SK = bytearray(16)             # s, the second half of the one-time key
+SLICE = 24                      # units of work per step() on the board (see the module docstring)
+_CHACHA = 12                    # a ChaCha20 block and its XOR, in units
+_TAGU = 3                       # the lengths block and the tag, in units
+_KSB = 4                        # keystream blocks made per XOR call
+_KS = bytearray(64 * _KSB)      # keystream: used within one step, never kept across steps
+_OTK = bytearray(64)            # block 0: the Poly1305 one-time key (§2.6), used within begin
 _PB = bytearray(16)             # a zero-padded last block; the lengths block
-_TAG = bytearray(16)
+_TAG = bytearray(16)            # the tag computed by open: compared within the step that makes it
+# what a message in progress does next
+_XOR = 1                        # ChaCha20 over the data (seal: first; open: after the tag check)
+_MAC = 2                        # Poly1305 over the ciphertext
+_TAG_OUT = 3                    # seal: write the tag
+_TAG_CHECK = 4                  # open: compare the tag
 
 
 def _block(st, ks, koff):
@@ -339,9 +349,8 @@ def _block(st, ks, koff):
                x8l, x8h, x9l, x9h, x10l, x10h, x11l, x11h, x12l, x12h, x13l, x13h, x14l, x14h, x15l, x15h)
 
 
-def _state(key, nonce, counter):
+def _state(st, key, nonce, counter):
     """The input block (§2.3): the constants, the 256-bit key, the block counter, the 96-bit nonce."""
-    st = _ST
     st[0] = 0x7865
     st[1] = 0x6170
     st[2] = 0x646E
@@ -360,27 +369,25 @@ def _state(key, nonce, counter):
         st[27 + 2 * i] = nonce[4 * i + 2] | nonce[4 * i + 3] << 8
 
 
-def _xor_keystream(src, soff, dst, doff, n):
-    """dst[doff:doff+n] = src[soff:soff+n] ^ ChaCha20's keystream from the state's counter on."""
-    if not n:
-        return
-    k = (n + 63) & ~63
-    ks = _KS[0]
-    if len(ks) < k:
-        ks = _KS[0] = bytearray((k + 255) & ~255)
-    st = _ST
-    for o in range(0, k, 64):
+def _keystream(st, blocks):
+    """_KS[:64 * blocks] = ChaCha20's keystream from the state's counter on; the counter moves on."""
+    ks = _KS
+    for o in range(0, 64 * blocks, 64):
         _block(st, ks, o)
         c = st[24] + 1
         st[24] = c & 0xFFFF
         st[25] = (st[25] + (c >> 16)) & 0xFFFF
-    gcm.xor_into(dst, doff, src, soff, ks, 0, n)
 
 
 # ---- Poly1305 ----------------------------------------------------------------------------------
-def _poly_init(otk):
+def poly_state():
+    """Poly1305's state: the accumulator h (13 limbs of 10 bits, a little more), r's limbs then
+    5 * r's limbs, and s (the second half of the one-time key)."""
+    return array("H", bytes(26)), array("H", bytes(52)), bytearray(16)
+
+
+def _poly_init(otk, h, rs, sk):
     """r (clamped, §2.5) and s from the one-time key; the accumulator to 0."""
-    rs = _RS
     b0 = otk[0]
     b1 = otk[1]
     b2 = otk[2]
@@ -412,16 +419,14 @@ def _poly_init(otk):
     rs[12] = b15
     for i in range(13):
         rs[13 + i] = 5 * rs[i]
-        _H[i] = 0
+        h[i] = 0
     for i in range(16):
-        _SK[i] = otk[16 + i]
+        sk[i] = otk[16 + i]
 
 
-def _poly_blocks(data, off, end):
+def _poly_blocks(h, rs, data, off, end):
     """Fold the whole 16-byte blocks data[off:end] into the accumulator: h = (h + m) * r mod p,
     partly reduced (§2.5.1)."""
-    h = _H
-    rs = _RS
     h0 = h[0]
     h1 = h[1]
     h2 = h[2]
@@ -554,28 +559,27 @@ def _poly_blocks(data, off, end):
     h[12] = h12
 
 
-def _poly_update(data, off, end):
+def _poly_update(h, rs, data, off, end):
     """Fold data[off:end] in, zero-padded to whole blocks (§2.8: AAD and ciphertext each are)."""
     full = off + ((end - off) & ~15)
     if full > off:
-        _poly_blocks(data, off, full)
+        _poly_blocks(h, rs, data, off, full)
     if full < end:
         p = _PB
         for i in range(16):
             p[i] = data[full + i] if full + i < end else 0
-        _poly_blocks(p, 0, 16)
+        _poly_blocks(h, rs, p, 0, 16)
 
 
-def _poly_finish(alen, clen, out, ooff):
+def _poly_finish(h, rs, sk, alen, clen, out, ooff):
     """Fold in the lengths block (§2.8) and write the tag to out[ooff:ooff + 16]."""
     _pack_into("<IIII", _PB, 0, alen, 0, clen, 0)
-    _poly_blocks(_PB, 0, 16)
-    _poly_tag(out, ooff)
+    _poly_blocks(h, rs, _PB, 0, 16)
+    _poly_tag(h, rs, sk, out, ooff)
 
 
-def _poly_tag(out, ooff):
+def _poly_tag(h, rs, sk, out, ooff):
     """Write (h mod p) + s mod 2^128, little-endian, to out[ooff:ooff + 16] (§2.5.1)."""
-    h = _H
     for _ in range(2):                  # carry fully: every limb below 2^10
         c = 0
         for i in range(13):
@@ -588,8 +592,8 @@ def _poly_tag(out, ooff):
     for i in range(13):
         v = h[i] + c
         c = v >> 10
-        _RS[i] = v & 1023               # r is no longer needed
-    g = _RS if c else h
+        rs[i] = v & 1023                # r is no longer needed
+    g = rs if c else h
     v = nbits = c = 0
     i = 0
     for k in range(16):
@@ -597,7 +601,7 @@ def _poly_tag(out, ooff):
             v += g[i] << nbits
             nbits += 10
             i += 1
-        t = (v & 255) + _SK[k] + c
+        t = (v & 255) + sk[k] + c
         out[ooff + k] = t & 255
         c = t >> 8
         v >>= 8
@@ -608,7 +612,8 @@ def _poly_tag(out, ooff):
 class ChaChaPoly:
     """AEAD_CHACHA20_POLY1305 (RFC 8439 §2.8): a 32-byte key, 12-byte nonces, 16-byte tags.
     seal_into/open_into work on the caller's buffers (the ESP engine's path: nothing allocated per
-    block); encrypt/decrypt have the call shape of cryptography's ChaCha20Poly1305. ``error`` is
+    block); seal_begin/open_begin then step() do the same in slices, one message at a time per
+    object; encrypt/decrypt have the call shape of cryptography's ChaCha20Poly1305. ``error`` is
     the backend's AuthError."""
 
     def __init__(self, key, error):
@@ -616,37 +621,106 @@ class ChaChaPoly:
             raise ValueError("ChaCha20-Poly1305 key must be 32 bytes")
         self._key = key if type(key) in (bytes, bytearray) else bytes(key)   # no copy: see pure.check_key
         self._error = error
+        self._st = array("H", bytes(64))    # the block function's input: 16 words as (low, high) halves
+        self._h, self._rs, self._sk = poly_state()
+        self._ph = 0                        # what the message in progress does next (0: none)
+        self._sealing = False
+        self._src = self._dst = None
+        self._off = self._end = self._pos = self._doff = self._alen = 0
 
-    def _start(self, nonce):
-        """The one-time Poly1305 key from block 0 (§2.6); the keystream then runs from block 1."""
+    def _begin(self, nonce, aad, src, off, end, dst, doff, phase):
+        """The one-time Poly1305 key from block 0 (§2.6), the AAD folded in; the keystream then
+        runs from block 1."""
         if len(nonce) != 12:
             raise ValueError("ChaCha20-Poly1305 nonce must be 12 bytes")
-        _state(self._key, nonce, 0)
-        _block(_ST, _OTK, 0)
-        _poly_init(_OTK)
-        _ST[24] = 1
+        st = self._st
+        _state(st, self._key, nonce, 0)
+        _block(st, _OTK, 0)
+        _poly_init(_OTK, self._h, self._rs, self._sk)
+        st[24] = 1
+        _poly_update(self._h, self._rs, aad, 0, len(aad))
+        self._alen = len(aad)
+        self._src = src
+        self._dst = dst
+        self._off = self._pos = off
+        self._end = end
+        self._doff = doff
+        self._sealing = phase == _XOR
+        self._ph = phase
 
-    def _tag(self, aad, ct, off, end, out, ooff):
-        _poly_update(aad, 0, len(aad))
-        _poly_update(ct, off, end)
-        _poly_finish(len(aad), end - off, out, ooff)
+    def seal_begin(self, nonce, aad, buf, off, end):
+        """Begin to encrypt buf[off:end] in place, the tag to go to buf[end:end + 16]; step()
+        does the work."""
+        self._begin(nonce, aad, buf, off, end, buf, off, _XOR)
+
+    def open_begin(self, nonce, aad, src, off, end, dst, doff):
+        """Begin to check the tag src[end:end + 16] over src[off:end], then to decrypt src[off:end]
+        into dst[doff:]; step() does the work."""
+        if end + 16 > len(src) or end < off:
+            raise self._error("ChaCha20-Poly1305 input shorter than its tag")
+        self._begin(nonce, aad, src, off, end, dst, doff, _MAC)
+
+    def step(self, budget=None):
+        """Work on the message begun for about `budget` units (None: to its end; at least one
+        block's worth). True when it is done; open: the backend's AuthError (nothing written) when
+        the tag is wrong."""
+        if budget is None:
+            budget = 1 << 29
+        src, off, end = self._src, self._off, self._end
+        while self._ph:
+            if budget <= 0:
+                return False
+            ph = self._ph
+            pos = self._pos
+            if ph == _XOR:
+                blocks = min((end - pos + 63) >> 6, _KSB, max(1, budget // _CHACHA))
+                _keystream(self._st, blocks)
+                n = min(end - pos, 64 * blocks)
+                gcm.xor_into(self._dst, self._doff + pos - off, src, pos, _KS, 0, n)
+                budget -= blocks * _CHACHA
+                pos += n
+                if pos >= end:
+                    pos = off
+                    ph = _MAC if self._sealing else 0         # seal: MAC the ciphertext next
+            elif ph == _MAC:
+                stop = min(end, pos + 16 * budget)
+                _poly_update(self._h, self._rs, src, pos, stop)
+                budget -= (stop - pos + 15) >> 4
+                pos = stop
+                if pos >= end:
+                    ph = _TAG_OUT if self._sealing else _TAG_CHECK
+            else:
+                budget -= _TAGU
+                if ph == _TAG_OUT:
+                    _poly_finish(self._h, self._rs, self._sk, self._alen, end - off, src, end)
+                    ph = 0
+                else:
+                    _poly_finish(self._h, self._rs, self._sk, self._alen, end - off, _TAG, 0)
+                    if not equal_at(_TAG, src, end, 16):
+                        self._ph = 0
+                        self._src = self._dst = None
+                        raise self._error("ChaCha20-Poly1305 tag mismatch")
+                    ph = _XOR
+                    pos = off
+            self._pos = pos
+            self._ph = ph
+        self._src = self._dst = None
+        return True
+
+    def step_slice(self):
+        """step() for a slice's worth (SLICE units, read at each call)."""
+        return self.step(SLICE)
 
     def seal_into(self, nonce, aad, buf, off, end):
         """Encrypt buf[off:end] in place and write the tag to buf[end:end + 16]."""
-        self._start(nonce)
-        _xor_keystream(buf, off, buf, off, end - off)
-        self._tag(aad, buf, off, end, buf, end)
+        self.seal_begin(nonce, aad, buf, off, end)
+        self.step()
 
     def open_into(self, nonce, aad, src, off, end, dst, doff):
         """Check the tag src[end:end + 16] over src[off:end], then decrypt src[off:end] into
         dst[doff:]. The backend's AuthError (nothing written) if the tag is wrong."""
-        if end + 16 > len(src) or end < off:
-            raise self._error("ChaCha20-Poly1305 input shorter than its tag")
-        self._start(nonce)
-        self._tag(aad, src, off, end, _TAG, 0)
-        if not equal_at(_TAG, src, end, 16):
-            raise self._error("ChaCha20-Poly1305 tag mismatch")
-        _xor_keystream(src, off, dst, doff, end - off)
+        self.open_begin(nonce, aad, src, off, end, dst, doff)
+        self.step()
 
     def encrypt(self, nonce, data, aad):
         n = len(data)
@@ -664,13 +738,13 @@ class ChaChaPoly:
         return bytes(out)
 
     def wipe(self):
-        """Forget the key: zero what was derived from it (the key is the caller's to zero)."""
-        for buf in (_ST, _OTK, _H, _RS, _SK, _TAG):
+        """Forget the key: zero what was derived from it (the key is the caller's to zero), and
+        any message in progress."""
+        self._ph = 0
+        self._src = self._dst = None
+        for buf in (self._st, self._h, self._rs, self._sk, _OTK, _KS, _PB, _TAG):
             for i in range(len(buf)):
                 buf[i] = 0
-        ks = _KS[0]
-        for i in range(len(ks)):
-            ks[i] = 0
 
     def __repr__(self):
         return "ChaChaPoly(<key hidden>)"

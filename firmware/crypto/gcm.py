@@ -16,10 +16,11 @@ lowest halves. w * H is looked up as hi(x) * H + lo(x) * x^8 * H from two 256-en
 The tables (8 KB, array('H')) are kept for the last key's H or two (SLOTS) and built again for
 another key's; the reduction tables (2 KB) are constant.
 
-Native code: on boards with a native emitter, firmware/crypto/native.py (@micropython.viper,
-compiled with mpy-cross -march) does the same work on the same tables, and builds them. It is used only if it
-loads and gives the Python versions' answers on a test vector (`select()`); else the Python
-versions run (the wasm MicroPython rejects native code). IMPL says which runs.
+Native code: on boards with a native emitter, firmware/crypto/native.viper (@micropython.viper,
+compiled with mpy-cross -march only, installed as native.mpy) does the same work on the same
+tables, and builds them. It is used only if it loads and gives the Python versions' answers on a
+test vector (`select()`); else the Python versions run (the wasm MicroPython rejects native
+code). IMPL says which runs.
 """
 import struct
 from array import array

@@ -114,3 +114,127 @@ def test_a_small_frame_goes_ahead_of_bulk_not_yet_started():
     while b.busy():
         done += [f.seq for f in h.collect(b.work(1000, 1))]
     assert done == [10, 12, 11]                       # after the started job, before the waiting one
+
+
+# ---- a transform worked on in slices of a packet (ChaCha20-Poly1305 in Python) -------------------
+CHACHA = m.ENCR_CHACHA20_POLY1305
+
+
+def _chacha_host(budget=0):
+    b = esp.make_board({"data_queue": 4, "max_batch": 8}, 1000, backend="pure", random_bytes=lambda n: det(n, 9))
+    h = LinkHost(b, 1000)
+    for direction, src, dst in ((m.DIR_OUT, A1, A2), (m.DIR_IN, A2, A1)):
+        spec = d.spec(0x7100, direction, CHACHA, flags=m.SAF_UDP_ENCAP, src=(src, 4500), dst=(dst, 4500))
+        assert m.SadReply.decode(h.call(m.SA_ADD, spec.encode())).status == m.OK
+    b.work_budget = budget
+    return h, b
+
+
+def _chacha_packets(n, size):
+    return [(0x7100, ipv4(A1, A2, 17, d.udp(2000 + i, 53, det(size, i)))) for i in range(n)]
+
+
+def _drain(h, b):
+    got, steps = [], 0
+    while b.busy():
+        got += h.collect(b.work(1000, 1))
+        steps += 1
+    return got, steps
+
+
+def test_a_chacha_packet_is_worked_in_slices_and_control_is_answered_between_them():
+    from firmware.crypto import chachapoly
+    items = _chacha_packets(2, 1372)                   # 1400-byte IPv4 packets
+    h1, b1 = _chacha_host(None)
+    want = h1.collect(b1.feed(fr.encode(m.ENCRYPT, 7, NOCACHE, m.encode_encrypt_request(items)), 1000))
+    h, b = _chacha_host()
+    h.collect(b.feed(fr.encode(m.ENCRYPT, 7, NOCACHE, m.encode_encrypt_request(items)), 1000))
+    h.collect(b.work(1000, 1))                         # the first packet begun: k is still 0
+    assert b.data_queue[0].pend is not None and b.data_queue[0].k == 0
+    # a heartbeat in the middle of a packet is answered at once; a small frame waits behind it
+    mid = h.collect(b.feed(fr.encode(m.HEARTBEAT, 8, NOCACHE, b"") +
+                           fr.encode(m.ENCRYPT, 9, NOCACHE, m.encode_encrypt_request(_chacha_packets(1, 40))), 1000))
+    assert [f.seq for f in mid] == [8]
+    got, steps = _drain(h, b)
+    assert [f.seq for f in got] == [7, 9]
+    assert got[0].body == want[0].body                 # the same bytes as in one pass
+    # a 1400-byte packet: its ~22 ChaCha20 blocks and ~90 Poly1305 blocks, SLICE units a step
+    assert steps >= 2 * (22 * chachapoly._CHACHA + 90) // chachapoly.SLICE, steps
+    assert b.counters["data_packets"] == 3
+    # and back, in slices too, to the packets sent
+    esps = [p for _, p in m.decode_encrypt_reply(got[0].body)[1]]
+    req = m.encode_decrypt_request([((A2, 4500), p) for p in esps])
+    h.collect(b.feed(fr.encode(m.DECRYPT, 10, NOCACHE, req), 1000))
+    back, steps = _drain(h, b)
+    st, res = m.decode_decrypt_reply(back[0].body)
+    assert st == m.OK and [r[2] for r in res] == [p for _, p in items], [r[0] for r in res]
+    assert steps >= 2 * (22 * chachapoly._CHACHA + 90) // chachapoly.SLICE, steps
+
+
+def test_each_chacha_slice_does_a_bounded_amount_of_work():
+    """Units counted as step() spends them: a ChaCha20 block is _CHACHA units, a Poly1305 block
+    one; no step goes beyond SLICE by more than one ChaCha20 block (nor the tag)."""
+    from firmware.crypto import chachapoly as cp
+    from firmware.crypto import pure
+    used = [0]
+    block, poly = cp._block, cp._poly_blocks
+
+    def count_block(st, ks, koff):
+        used[0] += cp._CHACHA
+        block(st, ks, koff)
+
+    def count_poly(hh, rs, data, off, end):
+        used[0] += (end - off) // 16
+        poly(hh, rs, data, off, end)
+    c = cp.ChaChaPoly(det(32, 5), pure.AuthError)
+    buf = bytearray(det(1403, 6)) + bytearray(16)
+    want = c.encrypt(det(12, 7), bytes(buf[:1403]), b"aad")
+    cp._block, cp._poly_blocks = count_block, count_poly
+    try:
+        c.seal_begin(det(12, 7), b"aad", buf, 0, 1403)
+        worst = steps = 0
+        used[0] = 0
+        while not c.step_slice():
+            worst = max(worst, used[0])
+            used[0] = 0
+            steps += 1
+        worst = max(worst, used[0])
+        out = bytearray(1403)
+        c.open_begin(det(12, 7), b"aad", buf, 0, 1403, out, 0)
+        used[0] = 0
+        while not c.step_slice():
+            worst = max(worst, used[0])
+            used[0] = 0
+    finally:
+        cp._block, cp._poly_blocks = block, poly
+    assert bytes(buf) == want and bytes(out) == bytes(det(1403, 6))
+    assert steps >= (22 * cp._CHACHA + 88) // cp.SLICE, steps
+    assert worst <= cp.SLICE + cp._CHACHA - 1, worst
+
+
+def test_an_sa_deleted_in_the_middle_of_a_packet_takes_the_packet_with_it():
+    h, b = _chacha_host()
+    h.collect(b.feed(fr.encode(m.ENCRYPT, 20, NOCACHE, m.encode_encrypt_request(_chacha_packets(2, 600))), 1000))
+    h.collect(b.work(1000, 1))
+    h.collect(b.work(1000, 1))
+    assert b.data_queue[0].pend is not None
+    body = h.call(m.SA_DEL, m.encode_sa_ref(0x7100, m.DIR_OUT))
+    assert m.SadReply.decode(body).status == m.OK
+    got, _ = _drain(h, b)
+    st, res = m.decode_encrypt_reply(got[0].body)
+    assert st == m.OK and [r[0] for r in res] == [m.P_UNKNOWN_SPI] * 2
+
+
+def test_a_tampered_chacha_packet_fails_in_slices_and_the_next_one_passes():
+    h, b = _chacha_host(None)
+    got = h.collect(b.feed(fr.encode(m.ENCRYPT, 30, NOCACHE, m.encode_encrypt_request(_chacha_packets(2, 300))), 1000))
+    esps = [bytearray(p) for _, p in m.decode_encrypt_reply(got[0].body)[1]]
+    esps[0][-1] ^= 1
+    b.work_budget = 0
+    h.collect(b.feed(fr.encode(m.DECRYPT, 31, NOCACHE,
+                               m.encode_decrypt_request([((A2, 4500), bytes(p)) for p in esps])), 1000))
+    back, steps = _drain(h, b)
+    st, res = m.decode_decrypt_reply(back[0].body)
+    assert st == m.OK and [r[0] for r in res] == [m.P_AUTH_FAIL, m.P_OK], res
+    assert steps > 2
+    assert b.sad.get(0x7100, m.DIR_IN).auth_fail == 1

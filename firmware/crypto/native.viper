@@ -4,11 +4,12 @@
 firmware/crypto/gcm.py, which says what they compute and runs them only after they gave its
 Python versions' answers on a test vector (gcm.select()).
 
-Compiled by mpy-cross with -march=armv6m (RP2040) or -march=xtensawin (ESP32), by `inv flash`
-for the board's architecture; the wasm MicroPython and CPython cannot import it (gcm.py then
-uses its Python versions). The arithmetic is on 16-bit halves and bytes, so each expression has
-the value it has in Python (no 32-bit wrap, no sign): tests/test_native.py runs this source on
-CPython with ptr8/ptr16 standing for plain indexing.
+A .viper file, not .py: mpy-cross compiles it only with -march=armv6m (RP2040) or
+-march=xtensawin (ESP32) (tools/fwcheck.py; `inv flash` installs it as firmware/crypto/native.mpy
+for the board's architecture, or as native.py where a board takes sources); the wasm MicroPython
+and CPython cannot import it (gcm.py then uses its Python versions). The arithmetic is on 16-bit
+halves and bytes, so each expression has the value it has in Python (no 32-bit wrap, no sign):
+tests/test_native.py runs this source on CPython with ptr8/ptr16 standing for plain indexing.
 """
 import micropython
 
