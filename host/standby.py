@@ -3,7 +3,8 @@
 Activate: IKE datagrams and ESP are taken again, and every ``start_action = "start"`` connection
 is initiated — with INITIAL_CONTACT, since no other IKE SA with the peer exists here (RFC 7296
 §2.4), so the peer drops what the old active side left. Requests for IKE SAs we never had are
-answered with INVALID_IKE_SPI by the engine (§2.21.4, ``ike.invalid_ike_spi``).
+answered with INVALID_IKE_SPI by the engine (§2.21.4, ``ike.invalid_ike_spi``), ESP for SPIs we
+never had with an unprotected INVALID_SPI (§1.5, ``ike.unprotected_invalid_spi``).
 
 Deactivate: nothing more is taken from the address, every IKE SA is dropped (a best-effort
 Delete first when we were active: still authentic, and sent even though keepalived may already
