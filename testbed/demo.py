@@ -191,9 +191,15 @@ class DemoBed:
         if os.path.exists(self.control) and sig == signal.SIGKILL:
             os.unlink(self.control)
 
+    def stop_daemons(self):
+        """Our side's daemons end (here the one ikeoffloadd; a bed with more ends them all)."""
+        self.stop_daemon()
+
     def stop(self):
+        """Everything the bed started ends and goes: the daemons, the sims, charon, the namespaces
+        and the state directory."""
         try:
-            self.stop_daemon()
+            self.stop_daemons()
         finally:
             for p, _, _ in self.sims:
                 process.stop(p)

@@ -17,7 +17,6 @@ killed: the board is gone, not reset).
 """
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -164,7 +163,7 @@ class HaBed(DemoBed):
         self.prefix = None
         self.routers = {}
         self.hub = None
-        self._netns = Namespaces()
+        self.net = Namespaces()         # the hub's, the routers' and the peer's
 
     # ---- set up -----------------------------------------------------------------------------
     def start(self):
@@ -244,7 +243,7 @@ class HaBed(DemoBed):
         p = self.prefix
         self.hub, self.peer_ns = p + "h", p + "p"
         for ns in (self.hub, p + "a", p + "b", self.peer_ns):
-            self._netns.add_netns(ns)
+            self.net.add_netns(ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.hub, "link", "set", "br0", "up")
@@ -337,19 +336,11 @@ class HaBed(DemoBed):
                 "first_reply": ms(rec[1]) if rec else None, "lost": len(lost)}
 
     # ---- tear down --------------------------------------------------------------------------
-    def stop(self):
-        try:
-            for r in self.routers.values():
-                r.stop_keepalived()
-            for r in list(self.routers.values()) + ([self.peer] if self.peer else []):
-                r.stop_daemon()
-        finally:
-            for p, _, _ in self.sims:
-                process.stop(p)
-            if self.charon:
-                self.charon.stop()
-            self._netns.destroy()
-            shutil.rmtree(self.state, ignore_errors=True)
+    def stop_daemons(self):
+        for r in self.routers.values():
+            r.stop_keepalived()
+        for r in list(self.routers.values()) + ([self.peer] if self.peer else []):
+            r.stop_daemon()
 
     def logs(self):
         return "\n".join(r.log_tail() for r in self.routers.values()) + "\n== peer\n" + (
