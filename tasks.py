@@ -74,6 +74,8 @@ COVERAGE_FLOOR = {
     "host/offload/client.py": 86.0,         # 89.9
     "host/dataplane/datapath.py": 92.0,     # 94.6
     "host/dataplane/aqm.py": 91.0,          # 93.7
+    "host/ike/auth.py": 95.0,               # 97.4 (tests/test_auth.py, test_signatures.py, test_pki.py,
+                                            # test_cert_chains.py alone)
 }
 
 

@@ -132,12 +132,14 @@ def run_case(case, seconds):
                   ("udp_up_3x", ["-u", "-b", str(udp_rate), "-l", str(MTU - 28)])]
         for name, args in phases:
             before = bed.ctl("stats")
-            p0, busy0 = packets(bed), bed.sim(0, "status").get("cpu_busy_s", 0.0)
+            st0 = bed.sim(0, "status")
+            p0, busy0, late0 = packets(bed), st0.get("cpu_busy_s", 0.0), st0.get("cpu_late_s", 0.0)
             t0 = time.monotonic()
             res = iperf(bed, args, seconds)
             t1 = time.monotonic()
             after = bed.ctl("stats")
-            p1, busy1 = packets(bed), bed.sim(0, "status").get("cpu_busy_s", 0.0)
+            st1 = bed.sim(0, "status")
+            p1, busy1, late1 = packets(bed), st1.get("cpu_busy_s", 0.0), st1.get("cpu_late_s", 0.0)
             esp_out, esp_in = p1[0] - p0[0], p1[1] - p0[1]
             rtts = [pinger.replies[s] - pinger.sent[s] for s in pinger.sent
                     if s in pinger.replies and t0 + 1 <= pinger.sent[s] <= t1 - 1]
@@ -164,7 +166,9 @@ def run_case(case, seconds):
                 "capacity_bps": tcp_cap if "-u" not in args else (cap["ip_Bps"] * 8 if cap["ip_Bps"] else None),
                 "of_capacity": bps / tcp_cap if bps and tcp_cap
                 else (bps / (cap["ip_Bps"] * 8) if bps and cap["ip_Bps"] and "-u" in args else None),
-                "board_cpu_busy": (busy1 - busy0) / (t1 - t0), "packets_out": esp_out, "packets_in": esp_in,
+                "board_cpu_busy": (busy1 - busy0) / (t1 - t0),
+                "sim_late": (late1 - late0) / (t1 - t0),
+                "packets_out": esp_out, "packets_in": esp_in,
                 "board_losses": after["board_losses"] - before["board_losses"],
                 "ping_sent": len(sent_in), "ping_answered": len(rtts),
                 "rtt_p50_ms": median(rtts) * 1000 if rtts else None,

@@ -435,7 +435,7 @@ def packet_time(costs, transform, nbytes):
 
 
 def data_budget(profile):
-    """Seconds of link-and-board time the host keeps in flight as data (docs/link-protocol.md):
+    """Seconds of link-or-board time the host keeps in flight as data (docs/link-protocol.md):
     what a heartbeat may have to wait behind, in either direction."""
     ms = profile["link"].get("data_budget_ms")
     if ms:

@@ -52,24 +52,39 @@ def now_ms():
 
 
 class Pacer:
-    """Token bucket in bytes: at most `rate` bytes per second (None: unlimited)."""
+    """Token bucket in bytes: at most `rate` bytes per second (None: unlimited).
+
+    A line that was idle gives at most ~2 ms of line time at once (a UART has no burst; this only
+    spares the loop a wake-up per byte). A line that had bytes waiting all along, since the last
+    call left some, was busy all that time: it gets that time back, up to CATCH_UP seconds, so
+    that this process waking up late does not take the line's rate."""
+
+    CATCH_UP = 0.05
 
     def __init__(self, rate):
         self.rate = rate
         self.tokens = 0.0
         self.at = time.monotonic()
-        # ~2 ms of line time: a UART has no burst; this only spares the loop a wake-up per byte
         self.burst = max(64, int(rate // 500)) if rate else 0
+        self.backlog = False
 
     def allow(self, want):
         if not self.rate:
             return want
         t = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (t - self.at) * self.rate)
+        cap = max(self.burst, self.CATCH_UP * self.rate) if self.backlog else self.burst
+        self.tokens = min(cap, self.tokens + (t - self.at) * self.rate)
         self.at = t
         n = min(want, int(self.tokens))
         self.tokens -= n
+        self.backlog = n < want
         return n
+
+    def unused(self, n):
+        """Of what allow() gave, `n` bytes found nothing to carry: the line went idle."""
+        if n > 0:
+            self.tokens += n
+            self.backlog = False
 
     def wait(self):
         """Seconds until at least one byte may pass."""
@@ -105,6 +120,7 @@ class Simulator:
         self._busy_out = []            # ... and the data replies that work completes, released then
         self._busy_s = 0.0
         self.cpu_busy_s = 0.0
+        self.cpu_late_s = 0.0          # the simulating machine's wake-up delays, not charged to the board
         self._new_board(m.RESET_POWER_ON)
 
     @staticmethod
@@ -177,10 +193,11 @@ class Simulator:
             if wdt and (t - self.hung_since) * 1000 >= wdt:
                 self.reset(m.RESET_WDT)
             return
+        free_at = None
         if self.busy_until is not None:
             if t < self.busy_until:
                 return
-            self.busy_until = None
+            free_at, self.busy_until = self.busy_until, None
             for small, wire in self._busy_out:
                 self.board.queue_data_reply(small, wire)
             self._busy_out = []
@@ -188,13 +205,24 @@ class Simulator:
             self._read()                        # what arrived while the CPU was busy
         self._queue(self.board.tick(now_ms()))
         if self.costs and self.board.busy():
-            # one packet of the next data request; a reply it completes leaves when the CPU is done
+            # One packet of the next data request. A reply it completes leaves when the CPU is done
+            # with it; the replies already done keep their place on the line meanwhile (the
+            # firmware writes each reply to its port as it completes).
             self._busy_s = 0.0
+            done, self.board.data_out = self.board.data_out, []
             self._queue(self.board.work(now_ms(), 1))
+            made, self.board.data_out = self.board.data_out, done
             self.cpu_busy_s += self._busy_s
             if self._busy_s > 0:
-                self.busy_until = t + self._busy_s
-                self._busy_out, self.board.data_out = self.board.data_out, []
+                # A chip goes straight from one packet to the next: the next starts when the last one
+                # ended, however late this process woke up to notice (it catches up, never runs ahead).
+                start = t if free_at is None else free_at
+                self.cpu_late_s += t - start
+                self.busy_until = start + self._busy_s
+                self._busy_out = made
+            else:
+                for small, wire in made:
+                    self.board.queue_data_reply(small, wire)
 
     def timeout(self):
         """Seconds until on_tick() has work."""
@@ -260,7 +288,8 @@ class Simulator:
                     "uptime_ms": b.uptime(now_ms()), "sa_count": len(b.sad), "sad_gen": b.sad.gen,
                     "resets": self.resets, "hung": self.hung_since is not None,
                     "counters": counters, "dropped_out": self.dropped_out,
-                    "cpu_busy_s": round(self.cpu_busy_s, 4), "data_queue": len(b.data_queue)}
+                    "cpu_busy_s": round(self.cpu_busy_s, 4), "cpu_late_s": round(self.cpu_late_s, 4),
+                    "data_queue": len(b.data_queue)}
         if cmd == "sad":
             sas = []
             for rec in self.board.sad.records():
@@ -353,6 +382,7 @@ def serve(sim, master_fd=None, listen_sock=None, control_path=None, ready=None):
                             data = None
                         except OSError:
                             data = b""
+                        sim.rx_pacer.unused(n - len(data or b""))
                         if data:
                             sim.on_input(data)
                         elif data == b"" and conn is not None:

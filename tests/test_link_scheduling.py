@@ -1,11 +1,12 @@
 """Control before data in the host's link client (host/offload/link.py): data in flight bounded
-by its budget of link-and-board time, heartbeats and SA commands never behind it, and the pump
+by its budget of link-or-board time, heartbeats and SA commands never behind it, and the pump
 independent of the queue's length."""
 from firmware.link import frame as fr
 from firmware.link import messages as m
 from host.offload.link import LinkClient
 
 BYTE = 10 / 921600          # a UART at 921600 baud
+NO_BQL = float("inf")               # line_ahead for tests of the budget alone: every frame it allows is written
 
 
 def frames(data):
@@ -19,24 +20,25 @@ def data_request(link, now, n=1, size=1400, work=0.004):
 
 
 def test_data_in_flight_stays_within_the_budget_and_control_passes_it():
-    link = LinkClient(byte_time=BYTE, data_budget=0.05)
+    link = LinkClient(byte_time=BYTE, data_budget=0.05, line_ahead=NO_BQL)
     seqs = [data_request(link, 0.0) for _ in range(10)]
     sent = frames(link.data_to_send())
-    # one 1400-byte packet costs ~15.9 ms of wire plus 4 ms of crypto: two fit 50 ms, three do not
-    assert [f.seq for f in sent] == seqs[:2]
+    # one 1400-byte packet holds ~15.9 ms of wire and 4 ms of crypto, which overlap (the board works
+    # on one frame while the next is on the wire): the longer counts, three fit 50 ms, four do not
+    assert [f.seq for f in sent] == seqs[:3]
     assert link.data_room() == 0.0
     n, cost, step = link.data_in_flight()
-    assert n == 2 and 0.035 < cost <= 0.05 and step == 0.004
+    assert n == 3 and 0.045 < cost <= 0.05 and step == 0.004
     hb = link.request(m.HEARTBEAT, b"", 0.0, idempotent=True, deadline=0.2)
     add = link.request(m.SA_ADD, b"x", 0.0)
     assert [f.seq for f in frames(link.data_to_send())] == [hb, add]     # not behind the 8 waiting
     # a reply frees budget: the next data request leaves
     link.receive(fr.encode(m.ENCRYPT, seqs[0], fr.FLAG_REPLY | fr.FLAG_NOCACHE, b"\x00\x00\x00"), 0.03)
-    assert [f.seq for f in frames(link.data_to_send())] == [seqs[2]]
+    assert [f.seq for f in frames(link.data_to_send())] == [seqs[3]]
 
 
 def test_one_data_request_is_always_allowed_even_over_budget():
-    link = LinkClient(byte_time=BYTE, data_budget=0.001)
+    link = LinkClient(byte_time=BYTE, data_budget=0.001, line_ahead=NO_BQL)
     a, b = data_request(link, 0.0, n=8), data_request(link, 0.0)
     assert [f.seq for f in frames(link.data_to_send())] == [a]
     assert link.data_in_flight()[0] == 1 and link.data_room() == 0.0
@@ -56,18 +58,18 @@ def test_a_rateless_link_is_bounded_by_frames_and_bytes():
 
 
 def test_failures_and_cancels_give_the_budget_back():
-    link = LinkClient(byte_time=BYTE, data_budget=0.05)
-    a, b, c = data_request(link, 0.0), data_request(link, 0.0), data_request(link, 0.0)
-    assert [f.seq for f in frames(link.data_to_send())] == [a, b]
+    link = LinkClient(byte_time=BYTE, data_budget=0.05, line_ahead=NO_BQL)
+    a, b, c, d = (data_request(link, 0.0) for _ in range(4))
+    assert [f.seq for f in frames(link.data_to_send())] == [a, b, c]
     link.cancel(a)
     link.handle_timer(0.01)                                         # nothing due; the pump runs
-    assert [f.seq for f in frames(link.data_to_send())] == [c]
-    assert link.data_in_flight()[0] == 2
-    link.handle_timer(2.5)                                          # b's and c's deadlines passed
+    assert [f.seq for f in frames(link.data_to_send())] == [d]
+    assert link.data_in_flight()[0] == 3
+    link.handle_timer(2.5)                                          # b's, c's and d's deadlines passed
     failed = set()
     while (e := link.next_event()) is not None:
         failed.add(e.seq)
-    assert failed == {b, c}
+    assert failed == {b, c, d}
     assert link.data_in_flight() == (0, 0.0, 0.0) and link.data_room() == 0.05
     d = data_request(link, 3.0)
     link.fail_all("lost", 3.0)
@@ -87,7 +89,7 @@ def test_cached_requests_keep_order_and_the_window_while_heartbeats_pass():
 def test_the_pump_does_not_walk_the_queue():
     """10,000 waiting data requests: sending the next one after a reply touches only it."""
     import time
-    link = LinkClient(byte_time=BYTE, data_budget=0.02)
+    link = LinkClient(byte_time=BYTE, data_budget=0.02, line_ahead=NO_BQL)
     seqs = [data_request(link, 0.0) for _ in range(10000)]
     link.data_to_send()
     t0 = time.perf_counter()
@@ -105,7 +107,7 @@ def _hung_with_data(in_flight):
     from tests.board_wire import Wire
     from host.offload.session import READY
 
-    w = Wire(period=0.2, misses=3, byte_time=BYTE, link=LinkClient(byte_time=BYTE, data_budget=0.05))
+    w = Wire(period=0.2, misses=3, byte_time=BYTE, link=LinkClient(byte_time=BYTE, data_budget=0.05, line_ahead=NO_BQL))
     w.run_until(lambda: w.session.state == READY)
     w.run(0.05)
     w.board_hung = True
@@ -164,3 +166,34 @@ def test_the_frames_in_flight_always_fit_the_boards_data_queue():
 def profiles_sim():
     from firmware import profiles
     return profiles.load("sim")
+
+
+def test_bulk_frames_wait_in_the_client_not_in_the_ports_buffer():
+    """Bytes written to the port leave in order: a bulk frame is written only when the line will
+    have sent what is ahead of it within `line_ahead`, so a heartbeat or an urgent frame made
+    meanwhile waits behind at most that much and the one frame on the line, however much data
+    the budget allows. The client's timer writes the next bulk frame when the line has room."""
+    link = LinkClient(byte_time=BYTE, data_budget=0.2, line_ahead=0.005)
+    seqs = [data_request(link, 0.0) for _ in range(6)]
+    first = link.data_to_send()
+    assert [f.seq for f in frames(first)] == seqs[:1]
+    frame_time = len(first) * BYTE                   # one 1400-byte packet's request on the wire
+    assert link.data_room() == 0.0                   # the data path keeps the next batch meanwhile
+    t = link.get_timer()
+    assert abs(t - (frame_time - 0.005)) < 0.001
+    hb = link.request(m.HEARTBEAT, b"", 0.001, idempotent=True, deadline=0.2)
+    urgent = link.request(m.ENCRYPT, m.encode_encrypt_request([(0x1000, bytes(60))]), 0.001, retry=False,
+                          deadline=2, reply_len=140, urgent=True)
+    assert [f.seq for f in frames(link.data_to_send())] == [hb, urgent]     # not behind 5 bulk frames
+    t = link.get_timer()                             # the line has those two to send as well
+    link.handle_timer(t - 0.002)
+    assert link.data_to_send() == b""                # it still has more than 5 ms to send
+    written = 1
+    while written < 6:
+        link.handle_timer(t)
+        sent = frames(link.data_to_send())
+        assert len(sent) == 1 and sent[0].seq == seqs[written]
+        written += 1
+        # the next one is written as this one's last 5 ms leave: the line never runs dry between
+        t, last = link.get_timer(), t
+        assert written == 6 or abs(t - last - frame_time) < 0.0005

@@ -332,3 +332,178 @@ def test_an_ike_sa_whose_reauthentication_keeps_failing_ends_at_its_hard_lifetim
     assert a.stats["ike_hard_expiries"] == 1 and sa_a not in a.ike_sas() and sa_b not in b.ike_sas()
     (down,) = [e for e in kinds(net.events[A], IkeSaDown) if e.ike_id == sa_a.ike_id]
     assert "lifetime expired" in down.reason
+
+
+# ---- responses the initiator cannot accept after the responder made the new SA (§1.3, §2.18, §2.21.3) ----
+
+def _tamper_answers(b, task_type, change):
+    """b answers the CREATE_CHILD_SA requests whose task is a ``task_type`` with
+    ``change(payloads)`` instead of what it made (error answers go out unchanged). b's own state
+    is what it made: only the peer sees the changed answer."""
+    from host.ike.constants import PayloadType
+    normal = b.responders[ExchangeType.CREATE_CHILD_SA]
+
+    def responder(msg):
+        task = normal(msg)
+        if not isinstance(task, task_type):
+            return task
+        on_request = task.on_request
+
+        def tampered(sa, m, reply, now):
+            def changed(ps, t):
+                err = any(p.ptype == PayloadType.NOTIFY and p.notify_type < 16384 for p in ps)
+                reply(ps if err else change(list(ps)), t)
+            return on_request(sa, m, changed, now)
+        task.on_request = tampered
+        return task
+    b.responders[ExchangeType.CREATE_CHILD_SA] = responder
+
+
+def _without(cls):
+    return lambda ps: [p for p in ps if not isinstance(p, cls)]
+
+
+def _alive_both_ways(a, b, net, sa_a, sa_b, now):
+    """Each end's liveness check (an empty INFORMATIONAL, §1.4) on its IKE SA is answered."""
+    alive = []
+    a.check_liveness(sa_a.ike_id, now, on_alive=lambda sa, t: alive.append("a"))
+    net.pump(now)
+    b.check_liveness(sa_b.ike_id, now, on_alive=lambda sa, t: alive.append("b"))
+    net.pump(now)
+    assert alive == ["a", "b"]
+
+
+def _ike_answer_nonce_dropped():
+    from host.ike.payloads import NoncePayload
+    return _without(NoncePayload)
+
+
+def _ike_answer_ke_of_another_group():
+    from host.ike.payloads import KePayload
+    return lambda ps: [KePayload(19, p.data) if isinstance(p, KePayload) else p for p in ps]
+
+
+def _ike_answer_zero_spi():
+    from host.ike.payloads import Proposal, SaPayload
+    return lambda ps: [SaPayload([Proposal(x.num, x.protocol, bytes(8), x.transforms) for x in p.proposals])
+                       if isinstance(p, SaPayload) else p for p in ps]
+
+
+@pytest.mark.parametrize("change", [_ike_answer_nonce_dropped, _ike_answer_ke_of_another_group,
+                                    _ike_answer_zero_spi], ids=["no-nonce", "ke-group", "zero-spi"])
+def test_ike_rekey_answer_the_initiator_cannot_use_leaves_the_old_ike_sa_at_both_ends(change):
+    """b makes its new IKE SA and answers; a cannot make the new SA's keys from the answer
+    (§1.3.2, §2.18). a keeps its old IKE SA and Child SA and retries later; b, which had moved the
+    Child SA to its new IKE SA, learns from a's next request on the old one that a never took it
+    (§2.21.3: the peers' states differ) and drops the new one. Past b's reap time (where b would
+    otherwise have deleted the old IKE SA as replaced) both still have the old one, carrying the
+    Child SA, and both pass liveness checks."""
+    from host.ike import rekey
+    a, b, net = pair()
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    child_a, child_b = assert_pair(sa_a, sa_b)
+    _tamper_answers(b, rekey.RekeyIkeTask, change())
+    assert a.rekey_ike(sa_a.ike_id, 1.0)
+    net.pump(1.0)
+    assert a.stats["ike_rekeys_failed"] == 1 and a.stats["ike_rekeys_done"] == 0
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    assert assert_pair(sa_a, sa_b) == (child_a, child_b)
+    assert len(a.ctx.by_spi) == len(b.ctx.by_spi) == 1          # no half-made IKE SA kept at either end
+    assert b.stats["ike_rekeys_unused_by_peer"] == 1
+    _alive_both_ways(a, b, net, sa_a, sa_b, 1.5)
+    advance(net, 1.5, 45.0)                                     # retried (and spoilt) every 3..6 s
+    assert a.stats["ike_rekeys_failed"] >= 5
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    assert assert_pair(sa_a, sa_b) == (child_a, child_b)
+    assert not kinds(net.events[A], ChildSaDelete) and not kinds(net.events[B], ChildSaDelete)
+    assert not [e for e in kinds(net.events[A], IkeSaDown) if e.ike_id == sa_a.ike_id]
+    assert not [e for e in kinds(net.events[B], IkeSaDown) if e.ike_id == sa_b.ike_id]
+    _alive_both_ways(a, b, net, sa_a, sa_b, 45.0)
+    b.responders[ExchangeType.CREATE_CHILD_SA] = rekey.responder_for
+    advance(net, 45.0, 52.0)                                    # the next retry goes through
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na is not sa_a and nb is not sa_b and a.stats["ike_rekeys_done"] == 1
+    assert assert_pair(na, nb) == (child_a, child_b)
+
+
+def test_ike_rekey_answer_with_a_proposal_we_did_not_offer_is_deleted_under_the_new_keys(monkeypatch):
+    """b chose (and keyed its new IKE SA with) a proposal a did not offer — here because a's
+    request went out with another one than a recorded. a can still make the new SA's keys: it
+    brings the SA up only to delete it there (§1.4.1), nothing announced. b takes the Child SA
+    back to its old IKE SA, which both keep; liveness checks pass both ways."""
+    from host.ike.payloads import SaPayload
+    from host.ike.proposals import parse_proposal
+    aes128 = parse_proposal("aes128gcm16-prfsha256-x25519")
+    a, b, net = pair(a_conn=conn(A, B, "a.example", "b.example", A_NET, B_NET),
+                     b_conn=conn(B, A, "b.example", "a.example", B_NET, A_NET,
+                                 ike=["aes256gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-x25519"]))
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    child_a, child_b = assert_pair(sa_a, sa_b)
+    _tamper_rekey_request(monkeypatch, lambda ps: [SaPayload([aes128.to_proposal(1, p.proposals[0].spi)])
+                                                   if isinstance(p, SaPayload) else p for p in ps])
+    assert a.rekey_ike(sa_a.ike_id, 1.0)
+    net.pump(1.0)
+    assert a.stats["ike_rekeys_failed"] == 1 and a.stats["ike_rekeys_refused_deleted"] == 1
+    assert a.ike_sas() == [sa_a] and b.ike_sas() == [sa_b]
+    assert assert_pair(sa_a, sa_b) == (child_a, child_b)
+    assert len(a.ctx.by_spi) == len(b.ctx.by_spi) == 1
+    assert not kinds(net.events[A], IkeSaRekeyed) and not kinds(net.events[A], IkeSaDown)
+    there, back = kinds(net.events[B], IkeSaRekeyed)             # b moved the Child SA, then back
+    assert (there.old_ike_id, back.new_ike_id) == (sa_b.ike_id, sa_b.ike_id)
+    assert back.old_ike_id == there.new_ike_id
+    (down,) = kinds(net.events[B], IkeSaDown)
+    assert down.ike_id == there.new_ike_id and down.replaced_by == sa_b.ike_id
+    assert not kinds(net.events[B], ChildSaDelete)
+    monkeypatch.undo()
+    advance(net, 1.0, 40.0)
+    (na,), (nb,) = a.ike_sas(), b.ike_sas()
+    assert na is not sa_a and a.stats["ike_rekeys_done"] == 1
+    assert assert_pair(na, nb) == (child_a, child_b)
+    _alive_both_ways(a, b, net, na, nb, 40.0)
+
+
+def _child_answer_not_offered(ps):
+    """The answer's ESP proposal with AES-GCM-16 of 128 bits, which a did not offer."""
+    from host.ike.constants import TransformType
+    from host.ike.payloads import Proposal, SaPayload, Transform
+    out = []
+    for p in ps:
+        if isinstance(p, SaPayload):
+            x = p.proposals[0]
+            p = SaPayload([Proposal(x.num, x.protocol, x.spi,
+                                    [Transform(t.ttype, t.tid, 128) if t.ttype == TransformType.ENCR else t
+                                     for t in x.transforms])])
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("change", [lambda: _child_answer_not_offered,
+                                    lambda: _without(__import__("host.ike.payloads").ike.payloads.NoncePayload)],
+                         ids=["proposal-not-offered", "no-nonce"])
+def test_child_rekey_answer_the_initiator_cannot_use_is_deleted_at_the_responder(change):
+    """b installs the new Child SA and answers; a cannot use the answer (§1.3.3, §3.3.6). a tells b
+    to delete the SA b made (§1.4.1: the SPI b sends with), keeps the old one and retries later;
+    b drops the new SA, keeps the old one, and accepts the retry (no TEMPORARY_FAILURE for an SA
+    it thinks already replaced)."""
+    from host.ike import rekey
+    a, b, net = pair()
+    a.settings.retry_delay = 6.0
+    sa_a, sa_b = up(a, b, net)
+    old_a, old_b = assert_pair(sa_a, sa_b)
+    _tamper_answers(b, rekey.RekeyChildTask, change())
+    assert a.rekey_child(old_a.handle, 1.0)
+    net.pump(1.0)
+    assert a.stats["child_rekeys_failed"] == 1
+    assert assert_pair(sa_a, sa_b) == (old_a, old_b)
+    assert old_a.rekey_state is None and old_b.rekey_state is None
+    (gone,) = kinds(net.events[B], ChildSaDelete)
+    assert gone.handle != old_b.handle and not gone.replaced
+    _alive_both_ways(a, b, net, sa_a, sa_b, 1.5)
+    b.responders[ExchangeType.CREATE_CHILD_SA] = rekey.responder_for
+    advance(net, 1.5, 8.0)
+    new_a, new_b = assert_pair(sa_a, sa_b)
+    assert new_a.rekey_of == old_a.handle and a.stats["child_rekeys_done"] == 1
+    assert not any("TEMPORARY_FAILURE" in w.text for w in kinds(net.events[A], IkeWarning))
+    _alive_both_ways(a, b, net, sa_a, sa_b, 8.0)

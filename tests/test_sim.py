@@ -211,3 +211,92 @@ def test_the_sim_stands_in_for_a_boards_transforms_link_and_cpu(profile):
             assert took <= 3 * (cpu + wire) + 0.3, (took, cpu, wire)
     finally:
         stop(p)
+
+
+@pytest.mark.parametrize("step", [0.0005, 0.005])
+def test_a_cpu_bound_board_answers_each_frame_as_it_finishes_it(tmp_path, monkeypatch, step):
+    """The CPU model (rp2040-pico-spi, crypto-bound): four one-packet ENCRYPT frames queued at once
+    are answered one CPU time apart, each reply leaving while the board works on the next (the
+    firmware's loop hands a finished reply to the line between packets). Replies held until the
+    queue runs dry would keep the host's window full of answered frames and the board short of
+    work. The sim runs on a clock the test moves `step` at a time: a sim that wakes up late (5 ms
+    steps, as on a loaded machine) still starts each packet when the last one ended, as a chip
+    would, so its wake-up delays do not take the board's capacity."""
+    from firmware import profiles
+    from firmware import sim as simmod
+    from firmware.tests import espdata as d
+    from firmware.tests.espdata import A1, A2, det, ipv4
+
+    class Clock:
+        t = 1000.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.t
+
+    monkeypatch.setattr(simmod, "time", Clock)
+    full = profiles.load("rp2040-pico-spi")
+    profile = profiles.board_config(full)
+    key_path = str(tmp_path / "link.key")
+    profile["link_key"], _ = keyfile.ensure(key_path)
+    sim = simmod.Simulator(profile, rate=profiles.link_rate(full), costs=profiles.cpu_costs(full))
+    link = Link(key_path)
+    replies = []
+
+    def run(seconds):
+        end = Clock.t + seconds
+        while Clock.t < end:
+            Clock.t += step
+            sim.on_tick()
+            while sim.pending_output():
+                chunk = sim.next_output(1 << 16)
+                n = sim.tx_pacer.allow(len(chunk))
+                if not n:
+                    break
+                sim.sent(n)
+                replies.extend((Clock.t, f) for f in link.feed(chunk[:n]) if f.flags & fr.FLAG_REPLY)
+
+    sim.on_input(link.frame(m.HELLO, 1, 0, m.encode_hello_request(b"testtest")))
+    run(0.05)
+    spec = d.spec(0x6000, m.DIR_OUT, m.ENCR_AES_CBC, 256, flags=m.SAF_UDP_ENCAP, src=(A1, 4500), dst=(A2, 4500))
+    sim.on_input(link.frame(m.SA_ADD, 2, 0, spec.encode()))
+    run(0.05)
+    assert [f.type for _, f in replies] == [m.HELLO, m.SA_ADD]
+    pkt = ipv4(A1, A2, 17, d.udp(1, 2, det(1372)))
+    replies.clear()
+    t0 = Clock.t
+    sim.on_input(b"".join(link.frame(m.ENCRYPT, 10 + i, fr.FLAG_NOCACHE, m.encode_encrypt_request([(0x6000, pkt)]))
+                          for i in range(4)))
+    run(0.2)
+    assert [f.seq for _, f in replies] == [10, 11, 12, 13]
+    cpu = profiles.packet_time(profiles.cpu_costs(full), (m.ENCR_AES_CBC, 256, m.AUTH_HMAC_SHA2_256_128), len(pkt))
+    wire = 1600 / profiles.link_rate(full)                   # one reply frame on the SPI link
+    for k, (t, _) in enumerate(replies, 1):
+        # late by at most a step to notice the input, one to notice the end, one for the line
+        assert k * cpu <= t - t0 <= k * cpu + wire + 3 * step + 0.002, (k, t - t0, cpu)
+    # and the lateness does not add up: one CPU time apart, give or take a step
+    assert replies[-1][0] - replies[0][0] <= 3 * cpu + step + 0.001
+
+
+def test_the_line_pacer_gives_back_time_a_late_wake_up_took_but_never_bursts_from_idle(monkeypatch):
+    """The sim's line (Pacer): at 92,160 bytes/s, bytes that waited all along get the line's time
+    since the last call even if this process wakes up 10 ms late; a line that was idle gets ~2 ms."""
+    from firmware import sim as simmod
+
+    class Clock:
+        t = 50.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.t
+
+    monkeypatch.setattr(simmod, "time", Clock)
+    p = simmod.Pacer(92160)
+    Clock.t += 1.0                                   # idle for a second
+    assert p.allow(10_000) == p.burst == 184         # ~2 ms, not a second's worth
+    Clock.t += 0.010                                 # woke up 10 ms later, bytes still waiting
+    assert p.allow(10_000) == 921                    # the 10 ms of line they were owed
+    Clock.t += 0.010
+    assert p.allow(100) == 100                       # all sent: the line goes idle
+    Clock.t += 0.010
+    assert p.allow(10_000) <= p.burst + 1            # from idle, ~2 ms again

@@ -31,7 +31,7 @@ class Item:
     data: bytes
     addr: tuple | None
     work: float          # the board's CPU seconds for this packet
-    cost: float          # its link and board time: what it takes of the data budget
+    cost: float          # the longer of its link and board time: what it takes of the data budget
     at: float            # when it was queued
 
 
@@ -163,7 +163,7 @@ class BoardQueue:
 
     def push(self, item):
         """Queue a packet; False (and counted) when its direction already holds `max_delay` of
-        link and board time."""
+        link-or-board time."""
         k = item.kind
         if len(item.data) <= SMALL and len(self.sparse[k]) < SPARSE_DEPTH:
             self.sparse[k].append(item)

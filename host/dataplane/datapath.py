@@ -391,7 +391,7 @@ class DataPath:
         if q is None:
             q = self.queues[route.board] = BoardQueue(self._limits(client))
         work = client.packet_work(route.transform, len(data))
-        cost = (len(data) + LINK_OVERHEAD) * client.byte_time + work
+        cost = max((len(data) + LINK_OVERHEAD) * client.byte_time, work)
         if q.push(Item(kind, route, data, addr, work, cost, self.clock())):
             self._schedule(route.board)
 
@@ -401,7 +401,7 @@ class DataPath:
         packets fill them sooner, and its target must not grow with it)."""
         mtu = 1500
         work = min((client.packet_work(t, mtu) for t in client.costs), default=0.0)
-        return QueueLimits.for_board((mtu + LINK_OVERHEAD) * client.byte_time + work)
+        return QueueLimits.for_board(max((mtu + LINK_OVERHEAD) * client.byte_time, work))
 
     def _schedule(self, board):
         if board not in self._pump_scheduled:

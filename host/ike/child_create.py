@@ -391,11 +391,11 @@ class CreateChildTask(ChildSaExchange):
         return Answer(True, chosen, nonce, g_ir, tsi, tsr) if ok else Answer(False, chosen)
 
     def unacceptable(self, sa, chosen, now):
-        # The peer may have installed its half: delete it (§1.4.1).
-        sa.ctx.release_child_spi(self.spi_in)
+        """A response without an error notification means the peer made the Child SA (§1.3): we
+        cannot use it, so the peer must delete its half (§1.4.1, as §1.3.1 asks of an initiator
+        that finds the mode unacceptable). Our SPI, which names it, stays ours until then."""
         sa.ctx.emit(ChildSaFailed(sa.ike_id, self.name, "unacceptable CREATE_CHILD_SA response"))
-        if chosen is not None:
-            sa.add_task(DeleteSpisTask([self.spi_in]), now, first=True)
+        sa.add_task(DeleteSpisTask([self.spi_in], release=True), now, first=True)
 
     def make_child(self, sa, mode: str, ans: Answer, additional: bytes = b"") -> ChildSa:
         child = new_child(sa, self.cfg, self.name)

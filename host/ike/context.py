@@ -312,6 +312,10 @@ class Context:
             del self.by_id[sa.ike_id]
             self._unregister_conn(sa, sa.conn)
         self._unregister_peer(sa)
+        sa.unconfirmed = None
+        succ = sa.successor
+        if succ is not None and succ.unconfirmed is not None and succ.unconfirmed[0] is sa:
+            rekey.confirm(succ, now)            # the old one is gone: the new one carries on alone
         col, sa.rekey_collision = sa.rekey_collision, None
         if col is not None and col.new.state != IkeSaState.DEAD and not col.new.announced:
             self.destroy(col.new, "IKE SA it rekeyed is gone", now, send_delete=True)

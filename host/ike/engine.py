@@ -588,6 +588,8 @@ class IkeEngine:
         msg = Message(hdr.spi_i, hdr.spi_r, exch, hdr.flags, mid, inner, True)
         if sa.collision_of is not None:
             rekey.peer_resolved(sa, inner, now)
+        if sa.unconfirmed is not None or (sa.successor is not None and sa.successor.unconfirmed is not None):
+            rekey.peer_request(sa, inner, now)
         if responder(msg).on_request(sa, msg, reply, now) is Outcome.PENDING:
             sa.pending_mid = mid    # answered after the board's verdict; a resend of it waits too
 

@@ -50,7 +50,10 @@ class IkeSaRekeyed(Event):
     """IKE SA ``old_ike_id`` was rekeyed (RFC 7296 §2.18): ``new_ike_id`` replaces it, with the same
     peer, identities and placement; every Child SA moved to it unchanged (same handles, SPIs and
     board entries). Later events for those Child SAs carry ``new_ike_id``. The old IKE SA ends
-    with an IkeSaDown(replaced_by=new_ike_id) once its Delete is through."""
+    with an IkeSaDown(replaced_by=new_ike_id) once its Delete is through. When a peer whose
+    rekey we answered turns out not to have taken the new IKE SA (§2.21.3), the move is undone
+    with an IkeSaRekeyed from the new one back to the old, and the new one ends with
+    IkeSaDown(replaced_by=old)."""
     old_ike_id: int
     new_ike_id: int
     conn: str

@@ -153,6 +153,8 @@ class IkeSa:
         self.successor = None               # IKE rekey: the IKE SA our Child SAs moved to (§2.18)
         self.rekey_collision = None         # RekeyCollision of a peer rekey we answered (§2.8.2)
         self.collision_of = None            # that new IkeSa: the old one, until the collision is decided
+        self.unconfirmed = None             # rekey responder: (old IkeSa, its own timers) until the peer
+                                            # shows it took this new one (rekey.confirm / take_back)
         self.attempt = None                 # Attempt, when a failure before it is up re-initiates
         self.reopening = None               # child names a close_action = start brings back
         self.reauth_of = None               # reauth.py: the IKE SA this one replaces (§2.8.3) ...
@@ -198,9 +200,10 @@ class IkeSa:
         self.kick(now)
 
     def kick(self, now: float):
-        """Start the next queued exchange if none is running (window size 1, §2.3)."""
+        """Start the next queued exchange if none is running (window size 1, §2.3); none on a new
+        IKE SA from the peer's rekey before the peer shows it has it (it may have refused our answer)."""
         while self.active is None and self.queue and self.state != IkeSaState.DEAD and \
-                self.pacing != pacing.WAITING:
+                self.pacing != pacing.WAITING and self.unconfirmed is None:
             task = self.queue.popleft()
             payloads = task.build(self, now)
             if payloads is None:            # nothing to do after all

@@ -7,6 +7,7 @@ LivenessTask); the responder half, common to all of them, is ``InformationalTask
 from __future__ import annotations
 
 from .constants import ExchangeType, Notify, PayloadType, ProtocolId
+from .lifetimes import retry_child_rekey
 from .payloads import DeletePayload
 from .states import ChildSaState, IkeSaState, RekeyState
 from .task import Outcome, Task
@@ -14,6 +15,19 @@ from .task import Outcome, Task
 
 def _spi4(v: int) -> bytes:
     return v.to_bytes(4, "big")
+
+
+def _rekey_refused(sa, child):
+    """The Child SA that ``child``, made answering the peer's rekey, was to replace, if the peer
+    deletes ``child`` before it: the peer could not use our answer (§1.3.3, §2.21.3). Not for the
+    redundant SA of a simultaneous rekey (§2.8.1), nor one still undecided."""
+    if child.exchange_initiator or child.rekey_of is None or child.rekey_state is not None:
+        return None
+    old = sa.children.get(child.rekey_of)
+    if old is None or old.state != ChildSaState.INSTALLED or old.rekey_state != RekeyState.REKEYED or \
+            old.collisions:
+        return None
+    return old
 
 
 class InformationalTask(Task):
@@ -51,7 +65,11 @@ class InformationalTask(Task):
                     ours.append(_spi4(child.spi_in))
                     ctx.remove_child(sa, child, "rekeyed by peer" if child.rekey_state == RekeyState.REKEYED
                                      else "deleted by peer")
-                    if child.rekey_state is None:       # closed, not replaced by a rekey (§2.8)
+                    replaced = _rekey_refused(sa, child)
+                    if replaced is not None:
+                        replaced.rekey_state = None     # it stays, and may be rekeyed again
+                        retry_child_rekey(sa, replaced, now)
+                    elif child.rekey_state is None:     # closed, not replaced by a rekey (§2.8)
                         reopen.append(child.cfg)
             if ours:
                 out.append(DeletePayload(d.protocol, ours))
@@ -93,16 +111,24 @@ class DeleteChildTask(InformationalTask):
 
 class DeleteSpisTask(InformationalTask):
     """Tell the peer to delete Child SAs that were never installed here (our inbound SPIs): used
-    when a Child SA the peer created is unacceptable or the board refused it."""
+    when a Child SA the peer created is unacceptable or the board refused it. ``release``: the
+    SPIs were only offered, and are free again once the peer has deleted what they name."""
 
-    def __init__(self, spis):
+    def __init__(self, spis, release=False):
         self.spis = list(spis)
+        self.release = release
 
     def build(self, sa, now):
         return [DeletePayload(ProtocolId.ESP, [_spi4(s) for s in self.spis])]
 
     def on_response(self, sa, msg, raw, now) -> Outcome:
+        self.abort(sa)
         return Outcome.DONE
+
+    def abort(self, sa):
+        if self.release:
+            for s in self.spis:
+                sa.ctx.release_child_spi(s)
 
 
 class DeleteIkeTask(InformationalTask):

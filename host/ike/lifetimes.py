@@ -4,6 +4,8 @@ over_time``. These are the IKE SA's named timers; rekey.py handles them when the
 board's own soft/hard expiry (SA_EXPIRE) arrives through ``IkeEngine.child_sa_expired``."""
 from __future__ import annotations
 
+from .states import ChildSaState, IkeSaState
+
 CHILD_REKEY = "child_rekey"         # timer (CHILD_REKEY, handle)
 CHILD_EXPIRE = "child_expire"       # timer (CHILD_EXPIRE, handle)
 IKE_REKEY = ("ike_rekey",)
@@ -25,6 +27,13 @@ def arm_child(sa, child, now: float):
         sa.set_timer((CHILD_REKEY, child.handle), soft(sa, now, cfg.rekey_time, cfg.rand_time))
     if cfg.life_time > 0:
         sa.set_timer((CHILD_EXPIRE, child.handle), now + cfg.life_time)
+
+
+def retry_child_rekey(sa, child, now: float):
+    """A rekey of ``child`` that did not happen is tried again after 0.5..1 x ``retry_delay``
+    (§2.25: never at once)."""
+    if child.state == ChildSaState.INSTALLED and child.rekey_state is None and sa.state == IkeSaState.ESTABLISHED:
+        sa.set_timer((CHILD_REKEY, child.handle), now + sa.ctx.retry_delay())
 
 
 def arm_ike(sa, now: float):

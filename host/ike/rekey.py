@@ -31,9 +31,9 @@ from .crypto import CryptoError, dh_group, random_bytes
 from .events import IkeSaRekeyed
 from .ike_init import ZERO_SPI, select_ike
 from .ike_sa import IkeSa, RekeyCollision
-from .informational import DeleteChildTask, DeleteIkeTask, DeleteSpisTask
+from .informational import DeleteChildTask, DeleteIkeTask, DeleteSpisTask, LivenessTask
 from .keys import derive, skeyseed_rekey
-from .lifetimes import CHILD_EXPIRE, CHILD_REKEY, IKE_REKEY, REAP, arm_ike
+from .lifetimes import CHILD_EXPIRE, CHILD_REKEY, IKE_REKEY, REAP, arm_ike, retry_child_rekey
 from .payloads import KePayload, NoncePayload, NotifyPayload, SaPayload, notify_error_name
 from .proposals import accept_response
 from .states import ChildSaState, IkeSaState, RekeyState
@@ -58,11 +58,6 @@ def responder_for(msg) -> Task:
 
 
 # ---------------------------------------------------------------- timers
-
-def retry_child_rekey(sa: IkeSa, child, now: float):
-    if child.state == ChildSaState.INSTALLED and child.rekey_state is None and sa.state == IkeSaState.ESTABLISHED:
-        sa.set_timer((CHILD_REKEY, child.handle), now + sa.ctx.retry_delay())
-
 
 def on_child_rekey(sa, key, now):
     child = sa.children.get(key[1])
@@ -362,24 +357,50 @@ class RekeyIkeTask(Task):
 
     def _close_redundant(self, sa, msg, now) -> bool:
         """Our exchange completed but lost: bring its IKE SA up only to delete it (§2.8.2)."""
-        sap, nonce, ke = msg.get(PayloadType.SA), msg.get(PayloadType.NONCE), msg.get(PayloadType.KE)
+        sap = msg.get(PayloadType.SA)
         chosen = accept_response(sap.proposals[0], self.offered, ProtocolId.IKE) \
             if sap is not None and len(sap.proposals) == 1 else None
-        if chosen is None or nonce is None or ke is None or ke.group != self.group or len(chosen.spi) != 8 or \
-                chosen.ake:
+        if not self._up_only_to_delete(sa, chosen, msg.get(PayloadType.NONCE), msg.get(PayloadType.KE),
+                                       REDUNDANT, now):
             return False
-        try:
-            shared = dh_group(self.group).shared(self.dh_priv, ke.data)
-        except CryptoError:
+        sa.ctx.stats["ike_rekey_collisions_lost"] += 1
+        return True
+
+    def _up_only_to_delete(self, sa, chosen, nonce, ke, reason, now) -> bool:
+        """Make the new IKE SA's keys from the peer's answer (``chosen`` proposal, nonce, KE) and
+        delete it there at once (§1.4.1), never announced. False if the keys cannot be made."""
+        if chosen is None or nonce is None or ke is None or ke.group != self.group or \
+                chosen.dh != self.group or chosen.ake or len(chosen.spi) != 8 or chosen.spi == ZERO_SPI:
             return False
         new = self.new
-        new.spi_i, new.spi_r = self.spi, chosen.spi
-        setup(sa, new, chosen, skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data),
-              self.ni, nonce.data, now)
+        try:
+            shared = dh_group(self.group).shared(self.dh_priv, ke.data)
+            new.spi_i, new.spi_r = self.spi, chosen.spi
+            setup(sa, new, chosen, skeyseed_rekey(sa.prf, sa.keys.sk_d, shared, self.ni, nonce.data),
+                  self.ni, nonce.data, now)
+        except CryptoError:                     # an answer with algorithms we do not have
+            new.state = IkeSaState.DEAD
+            return False
         self.dh_priv = None
-        sa.ctx.stats["ike_rekey_collisions_lost"] += 1
-        new.add_task(DeleteIkeTask(REDUNDANT), now)
+        new.add_task(DeleteIkeTask(reason), now)
         return True
+
+    def _reject_answer(self, sa, sap, nonce, ke, now):
+        """The responder made its new IKE SA with an answer we cannot accept (§1.3.2, §2.18), and
+        took the Child SAs over to it: it must learn that we keep the old one. No error
+        notification (§2.21.3: errors in a response are not reported). If the new SA's keys can
+        still be made from the answer (say, from a proposal we did not offer), we delete it there;
+        otherwise an empty INFORMATIONAL on the old IKE SA at once (§1.4) shows the responder we
+        did not take the new one, which it then drops (``peer_request``)."""
+        prop = sap.proposals[0] if sap is not None and len(sap.proposals) == 1 else None
+        chosen = accept_response(prop, self.offered, ProtocolId.IKE) if prop is not None else None
+        if chosen is None and prop is not None:
+            chosen = accept_response(prop, [prop], ProtocolId.IKE)     # well-formed, but not offered
+        if self._up_only_to_delete(sa, chosen, nonce, ke, "unacceptable rekey answer", now):
+            sa.ctx.stats["ike_rekeys_refused_deleted"] += 1
+            return
+        self.abort(sa)
+        sa.add_task(LivenessTask(), now, first=True)
 
     def abort(self, sa):
         """Release the new SPI (the exchange failed, or the old IKE SA went away)."""
@@ -422,9 +443,9 @@ class RekeyIkeTask(Task):
             except CryptoError:
                 shared = None
         if shared is None:
-            self.abort(sa)
             ctx.stats["ike_rekeys_failed"] += 1
             ctx.warn(sa, "unacceptable IKE SA rekey response; retrying")
+            self._reject_answer(sa, sap, nonce, ke, now)
             sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
             return Outcome.DONE
         self.nr = nonce.data
@@ -469,6 +490,9 @@ class RekeyIkeTask(Task):
         ctx.stats["ike_rekeys_failed"] += 1
         ctx.warn(sa, f"IKE SA rekey: additional key exchange failed ({why}); retrying")
         sa.set_timer(IKE_REKEY, now + ctx.retry_delay())
+        # the responder makes the new IKE SA answering the last IKE_FOLLOWUP_KE: a request on the
+        # old one shows it we did not take it (see _reject_answer)
+        sa.add_task(LivenessTask(), now, first=True)
 
     def _complete(self, sa, chosen, shared, additional: bytes, now) -> Outcome:
         """Initiator: every key exchange is done; the new IKE SA takes over (§2.18)."""
@@ -554,7 +578,7 @@ class RekeyIkeTask(Task):
             new.announced = False
             ctx.stats["ike_rekey_collisions"] += 1
         else:
-            adopt(sa, new, now, delete_old=False)
+            adopt(sa, new, now, delete_old=False, confirmed=False)
 
     def followups_answer(self, sa, payloads, reply, now) -> Outcome:
         additional = self.followups.additional()
@@ -591,9 +615,11 @@ def setup(old: IkeSa, new: IkeSa, chosen, seed: bytes, ni: bytes, nr: bytes, now
     old.ctx.register_sa(new)
 
 
-def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
+def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool, confirmed: bool = True):
     """Move everything the old IKE SA carried to ``new`` (§2.8: "the new IKE SA ... inherits all
-    the Child SAs") and let the old one go."""
+    the Child SAs") and let the old one go. Not ``confirmed`` (we answered the peer's rekey): the
+    peer may yet refuse our answer, so the old IKE SA's own timers are kept for ``take_back`` and
+    ``new`` starts no exchange of its own until the peer shows it has it (``confirm``)."""
     ctx = old.ctx
     for h, c in list(old.children.items()):
         c.ike = new
@@ -607,6 +633,8 @@ def adopt(old: IkeSa, new: IkeSa, now: float, delete_old: bool):
     new.queue.extend(old.queue)
     old.queue.clear()
     new.invalid_spi_task, old.invalid_spi_task = old.invalid_spi_task, None
+    if not confirmed:
+        new.unconfirmed = (old, dict(old.timers))
     old.timers.clear()
     old.successor = new
     new.last_heard = max(new.last_heard, old.last_heard)
@@ -638,3 +666,70 @@ def peer_resolved(new: IkeSa, payloads, now: float):
     old.rekey_collision = None
     old.ctx.stats["ike_rekey_collisions_peer_won"] += 1
     adopt(old, new, now, delete_old=False)
+
+
+# ---------------------------------------------------------------- the responder's new IKE SA, until the peer took it
+
+def confirm(new: IkeSa, now: float):
+    """The peer has the new IKE SA of its rekey (it used it, deleted the old one, or the old one
+    is gone): ``new`` may start its own exchanges."""
+    if new.unconfirmed is not None:
+        new.unconfirmed = None
+        new.kick(now)
+
+
+def take_back(new: IkeSa, now: float) -> IkeSa:
+    """The peer did not take the new IKE SA we made answering its rekey (its response check
+    failed, §1.3.2, §2.18): the Child SAs, queued tasks and the old IKE SA's own timers go back to
+    the old one, which stays; ``new`` is left empty, replaced by the old one (``IkeSaRekeyed`` from
+    new to old: the driver moves its books back). Returns the old IKE SA."""
+    ctx = new.ctx
+    old, timers = new.unconfirmed
+    new.unconfirmed = None
+    for h, c in list(new.children.items()):
+        c.ike = old
+        old.children[h] = c
+        for kind in (CHILD_REKEY, CHILD_EXPIRE):
+            t = new.timers.pop((kind, h), None)
+            if t is not None:
+                old.timers[(kind, h)] = t
+    new.children.clear()
+    ctx.move_delayed_tasks(new, old)
+    old.queue.extend(new.queue)
+    new.queue.clear()
+    old.invalid_spi_task, new.invalid_spi_task = new.invalid_spi_task, None
+    old.successor = None
+    old.timers.pop(REAP, None)
+    old.timers.update(timers)
+    old.last_heard = max(old.last_heard, new.last_heard)
+    new.successor = old
+    ctx.emit(IkeSaRekeyed(new.ike_id, old.ike_id, old.conn.name, old.initiator, old.chosen.describe()))
+    old.reschedule()
+    old.kick(now)
+    return old
+
+
+def peer_request(sa: IkeSa, payloads, now: float):
+    """An authentic request on either IKE SA of a rekey we answered, before the peer showed which
+    one it keeps (§2.18): on the new one, it has it — unless the request deletes it, the peer
+    refusing our answer; on the old one, the peer's last request there deletes it — any other
+    means the peer never took the new one (§2.21.3: the two ends' states differ), which we drop
+    without a word (the peer has no such SA)."""
+    ctx = sa.ctx
+    deletes_ike = any(p.ptype == PayloadType.DELETE and p.protocol == ProtocolId.IKE for p in payloads)
+    if sa.unconfirmed is not None:
+        if deletes_ike:
+            ctx.stats["ike_rekeys_refused_by_peer"] += 1
+            take_back(sa, now)              # the Delete itself then removes the empty new SA
+        else:
+            confirm(sa, now)
+        return
+    new = sa.successor
+    if new is None or new.unconfirmed is None or new.unconfirmed[0] is not sa:
+        return
+    if deletes_ike:
+        confirm(new, now)
+        return
+    ctx.stats["ike_rekeys_unused_by_peer"] += 1
+    take_back(new, now)
+    ctx.destroy(new, "the peer did not take it (its rekey failed at its end)", now)

@@ -13,8 +13,9 @@ Two kinds of request share the link:
   evicted from the board's cache when it is retried. Idempotent requests (heartbeats) retry at the
   RTO within their deadline.
 - **data** (ENCRYPT/DECRYPT, retry=False): sent once. What is in flight is bounded by `data_budget`
-  seconds of link-and-board time — the wire time of each request or reply (the longer) at the
-  link's `byte_time`, plus the board's crypto time the caller states (`work`) — and by
+  seconds of link-or-board time — each request holds the longer of its wire time (request or
+  reply, at the link's `byte_time`) and the board's crypto time the caller states (`work`): the
+  board works on one frame while the next is on the wire, so the two overlap — and by
   `data_frames` / `data_bytes` where the link has no rate (a pty): data frames and urgent ones
   together, since the board's data queue holds both (a bulk frame finding `data_frames` queued
   there is refused BUSY). At least one data request may always be in flight whatever its cost
@@ -25,6 +26,13 @@ Two kinds of request share the link:
 - **urgent data** (a frame of small packets: pings, TCP ACKs, DNS): sent once like data, but not
   held back by the data budget — at most `urgent_frames` in flight — so an interactive packet
   does not wait for bulk data to drain (the board works on small frames first, too).
+
+Bytes once written to the port leave in order, so on a link with a rate a bulk frame is written
+only when what was written before it leaves the line within `line_ahead` seconds (by the link's
+`byte_time`: the host's own byte queue limit, like Linux's BQL for a NIC's ring). It waits here,
+where a control or urgent frame can pass it, rather than in the port's buffer, where it could
+not; `data_room()` is nil meanwhile, so the data path keeps the next batch in its own queue. A
+timer wakes the pump when the line has room again.
 
 The retry timeout follows RFC 6298 (SRTT + 4·RTTVAR, Karn's rule: no samples from retransmitted
 requests) plus the wire time of the bytes ahead on a slow UART, and backs off exponentially.
@@ -66,7 +74,7 @@ class _Pending:
         self.index = index
         self.deadline = deadline
         self.reply_len = reply_len
-        self.cost = cost          # data: seconds of link-and-board time it holds while in flight
+        self.cost = cost          # data: seconds of link-or-board time it holds while in flight
         self.step = step          # data: the board's longest single step (one packet's crypto)
         self.urgent = False       # data: a frame of small packets, outside the data budget
         self.first_sent = None
@@ -78,9 +86,11 @@ class _Pending:
 class LinkClient:
     def __init__(self, *, window=8, cache_size=1, rto_initial=0.2, rto_min=0.005, rto_max=0.2, give_up=3.0,
                  byte_time=0.0, max_frame=fr.DEFAULT_MAX_FRAME, data_budget=0.05, data_frames=16,
-                 data_bytes=1 << 18, urgent_frames=4, link_key=None, name="board"):
+                 data_bytes=1 << 18, urgent_frames=4, link_key=None, name="board", line_ahead=0.005):
         """byte_time: seconds per byte on the wire (10/baud for a UART, 0 for a pty);
-        data_budget: seconds of link-and-board time the data requests in flight may hold;
+        data_budget: seconds of link-or-board time the data requests in flight may hold;
+        line_ahead: seconds of written bytes still to leave the line below which a bulk frame
+        is written (the rest wait in this client, where control and urgent frames pass them);
         link_key: the board's link key (None: an open link)."""
         self.name = name             # for the log
         self.window = window
@@ -93,6 +103,8 @@ class LinkClient:
         self.data_frames = data_frames
         self.data_bytes = data_bytes
         self.urgent_frames = urgent_frames
+        self.line_ahead = line_ahead
+        self._line_free_at = 0.0                     # when the bytes written so far will have left
         self.auth = la.HostAuth(link_key, os.urandom) if link_key else None
         self.decoder = fr.FrameDecoder(max_frame, auth=self.auth is not None)
         self.srtt = None
@@ -153,7 +165,7 @@ class LinkClient:
         elif retry:
             self._waiting_idem.append(p)
         else:
-            p.cost = max(p.size, reply_len) * self.byte_time + work
+            p.cost = max(max(p.size, reply_len) * self.byte_time, work)
             p.step = work if step is None else step
             p.urgent = urgent
             (self._waiting_urgent if urgent else self._waiting_data).append(p)
@@ -230,8 +242,12 @@ class LinkClient:
         while wu and self._urgent_n < self.urgent_frames:
             self._send(wu.popleft(), now)
         wd = self._waiting_data
-        while wd and self._data_fits(wd[0]):
+        while wd and self._data_fits(wd[0]) and self._line_room(now):
             self._send(wd.popleft(), now)
+
+    def _line_room(self, now):
+        """Whether a bulk frame written now would queue behind at most `line_ahead` of bytes."""
+        return not self.byte_time or self._line_free_at - now <= self.line_ahead + 1e-6
 
     def _data_fits(self, p):
         if self._data_n + self._urgent_n >= self.data_frames:
@@ -298,6 +314,8 @@ class LinkClient:
             if wire is None:
                 return          # no session yet to seal it in: it times out
         self._out += wire
+        if self.byte_time:
+            self._line_free_at = max(now, self._line_free_at) + len(wire) * self.byte_time
         self.counters["sent"] += 1
         if not p.retry:
             self.counters["data_sent"] += 1
@@ -363,6 +381,10 @@ class LinkClient:
                     t = p.deadline
         for p in self._pending.values():
             e = min(p.expires, p.deadline)
+            if t is None or e < t:
+                t = e
+        if self._waiting_data and self.byte_time and self._data_fits(self._waiting_data[0]):
+            e = self._line_free_at - self.line_ahead       # the line has room for it then
             if t is None or e < t:
                 t = e
         return t
