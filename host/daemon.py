@@ -246,12 +246,7 @@ class Daemon:
         for ike_id in [sa.ike_id for sa in self.engine.ike_sas()]:
             self.udp.call(self.engine.drop_ike, ike_id, reason="daemon shutdown", send_delete=False)
         for client in self.clients.values():
-            if client.ready:
-                try:
-                    await asyncio.wait_for(client.sa_flush(), 2)
-                except (LinkError, asyncio.TimeoutError):
-                    pass
-            await client.close()
+            await client.flush_and_close()
         if self.control:
             await self.control.close()
         if self.metrics:

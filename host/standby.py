@@ -12,13 +12,11 @@ have taken the address away — the sockets may send from it, see IkeUdpEndpoint
 their Child SAs leave the boards, and every ready board is flushed so that it holds nothing a
 later MASTER did not negotiate. The boards stay open, heartbeats go on.
 """
-import asyncio
 import logging
 import socket
 import time
 
 from host.ha import Activate, Deactivate, Role
-from host.offload.client import LinkError
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -85,10 +83,9 @@ class Standby:
         flushed = []
         for name, client in self.clients.items():
             if client.ready:
-                try:
-                    await asyncio.wait_for(client.sa_flush(), 2)
+                if await client.flush():
                     flushed.append(name)
-                except (LinkError, asyncio.TimeoutError):
+                else:
                     log.warning("HA %s: board %s did not confirm its flush", action.reason, name)
         log.warning("HA %s: standby; dropped %d IKE SA(s), sent %d Delete(s), flushed board(s) %s in %.1f ms",
                     action.reason, len(ids), deletes, ", ".join(flushed) or "-", (time.monotonic() - now) * 1000)
