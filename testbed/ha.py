@@ -210,7 +210,8 @@ class HaBed(DemoBed):
 
     def write_peer_config(self):
         """Our own daemon as the routers' peer: the mirror of their connection, initiating it when
-        they do not, with a liveness check after ``peer_dpd`` seconds without inbound traffic."""
+        they do not, with a liveness check after ``peer_dpd`` seconds without inbound traffic; when
+        they do not, it also opens the Child SA again when they delete it (``close_action``)."""
         _, dev, _ = self.sims[2]
         lines = ['[daemon]', 'control_socket = "%s"' % self.peer.control, 'log_level = "info"',
                  'listen = "%s"' % PEER_IP, '', '[dataplane]', 'tun = "ikeo0"', '',
@@ -227,7 +228,12 @@ class HaBed(DemoBed):
                   '[connections.gw.remote]', 'auth = "psk"', 'id = "%s"' % OUR_ID,
                   '[connections.gw.children.net0]', 'local_ts = ["%s/32"]' % PEER_INNER,
                   'remote_ts = ["%s/32"]' % OUR_INNER,
-                  'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals), '']
+                  'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals)]
+        if not self.routers_start:
+            # a router that leaves MASTER with its IKE SA still up Deletes it: only the peer can
+            # bring the tunnel back, on the new active router (which initiates nothing)
+            lines.append('close_action = "start"')
+        lines.append('')
         path = os.path.join(self.state, "ikeoffloadd-p.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines))
