@@ -111,7 +111,6 @@ def iperf(bed, args, seconds):
 
 def run_case(case, seconds):
     from testbed.demo import DemoBed
-    from testbed.ping import Pinger
     profile, _, baud = case.partition("@")
     if profile == "pty":
         profile = "sim"
@@ -126,8 +125,7 @@ def run_case(case, seconds):
         server = subprocess.Popen(["ip", "netns", "exec", bed.net.ns_b, "iperf3", "-s", "-B", bed.inner_b[0]],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        pinger = Pinger(bed.net.ns_a, bed.inner_a[0], bed.inner_b[0], interval=1 / PING_RATE)
-        pinger.start()
+        pinger = bed.start_pinger(interval=1 / PING_RATE)
         time.sleep(1.0)
         udp_rate = int(3 * cap["ip_Bps"] * 8) if cap["ip_Bps"] else 3_000_000_000
         phases = [("tcp_down", ["-R"]), ("tcp_up", []),

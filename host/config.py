@@ -32,7 +32,7 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
     [ike]                              # engine settings (host/ike/README.md): ports, cookies,
     port = 500                         # INVALID_SPI, rate limits, ...
     natt_port = 4500
-    unprotected_invalid_spi = false    # RFC 7296 §1.5 unprotected INVALID_SPI (a DoS magnet: off)
+    unprotected_invalid_spi = false    # RFC 7296 §1.5 unprotected INVALID_SPI (a DoS magnet: off; on with [ha])
     [ike.retransmit]                   # IKE request retransmission (RFC 7296 §2.1, §2.4)
     timeout = 4.0
     base = 1.8
@@ -126,10 +126,14 @@ class DaemonConfig:
         return self.engine.natt_port
 
 
-# Liveness checks started by an unprotected INVALID_SPI (RFC 7296 §1.5) need not wait out the full
-# IKE schedule: a live peer answers within one round trip. 0.5 s x 2^n, 3 retransmissions: a peer
-# that lost its state is known in 7.5 s. [ike.hint_retransmit] overrides it.
-HINT_RETRANSMIT = RetransmitPolicy(timeout=0.5, base=2.0, tries=3)
+# Liveness checks started or hastened by an unprotected INVALID_SPI or INVALID_IKE_SPI (RFC 7296
+# §1.5, §2.21.4) need not wait out the full IKE schedule: a live peer answers within one round
+# trip, and whoever can forge such a hint sits on the path and could as well drop the genuine
+# answers, so a short schedule gives a forger nothing new (host/ike/invalid_spi.py). 0.15 s x 2^n,
+# 2 retransmissions: a peer that lost its state is known 1.05 s after the hint (an HA failover
+# then costs the VRRP takeover + ~1.1 s); three sends keep a live peer whose round trip is under
+# a second. [ike.hint_retransmit] overrides it.
+HINT_RETRANSMIT = RetransmitPolicy(timeout=0.15, base=2.0, tries=2)
 
 _DAEMON_KEYS = {"control_socket": str, "log_level": str, "listen": (str, list), "flush_on_board_loss": bool,
                 "log_levels": dict, "metrics": str}
@@ -320,6 +324,10 @@ def loads(text, path="<config>", base=None):
         err("ike.natt_port", "must differ from ike.port")
     if cfg.engine.hint_retransmit is None:
         cfg.engine.hint_retransmit = HINT_RETRANSMIT
+    if cfg.ha and "unprotected_invalid_spi" not in (data.get("ike") or {}):
+        # after a failover the peers' ESP reaches a router that has none of their SAs: telling
+        # them at once (rate-limited) makes them check now instead of after their dpd_delay
+        cfg.engine.unprotected_invalid_spi = True
     if cfg.engine.local_addr is None and cfg.listen not in ("0.0.0.0", "::"):
         cfg.engine.local_addr = cfg.listen
     _check_connections(cfg, err, warn)

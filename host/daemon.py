@@ -146,7 +146,7 @@ class Daemon:
         log.info("started: %d board(s) ready (%s), %d connection(s), IKE on %s:%d/%d, control %s",
                  len(ready), ", ".join(ready) or "none", len(c.connections), ", ".join(c.listen_addrs), c.ike_port,
                  c.natt_port, c.control_socket)
-        self.ha.boards(bool(ready), time.monotonic())
+        self._boards_changed(bool(ready), time.monotonic())
         if c.ha:
             log.info("HA: standby until keepalived says MASTER (ikeoffloadctl ha master)")
         if not c.flush_on_board_loss:
@@ -157,6 +157,14 @@ class Daemon:
             self._start_connections()
         else:
             log.warning("no board ready yet: connections start when one is")
+
+    def _boards_changed(self, any_ready: bool, now: float):
+        """With no board ready an HA router is about to hand the address over (its health check
+        fails after the grace): it answers no new IKE_SA_INIT, whose IKE SA could carry no Child
+        SA here, so that the peer's retransmission reaches the router that takes over."""
+        self.ha.boards(any_ready, now)
+        if self.cfg.ha:
+            self.engine.answer_init = any_ready
 
     def add_board(self, b):
         """A configured board's client, in the pool (opened by its start())."""
@@ -238,12 +246,7 @@ class Daemon:
         for ike_id in [sa.ike_id for sa in self.engine.ike_sas()]:
             self.udp.call(self.engine.drop_ike, ike_id, reason="daemon shutdown", send_delete=False)
         for client in self.clients.values():
-            if client.ready:
-                try:
-                    await asyncio.wait_for(client.sa_flush(), 2)
-                except (LinkError, asyncio.TimeoutError):
-                    pass
-            await client.close()
+            await client.flush_and_close()
         if self.control:
             await self.control.close()
         if self.metrics:
@@ -273,10 +276,10 @@ class Daemon:
         if isinstance(ev, BoardLost):
             self.on_demand.board_lost(self.pool.ike_sas_on(ev.board))
             self.recovery.board_lost(ev, now)
-            self.ha.boards(bool(self.pool.ready_boards()), now)
+            self._boards_changed(bool(self.pool.ready_boards()), now)
         elif isinstance(ev, BoardReady):
             self.pool.on_event(ev)
-            self.ha.boards(True, now)
+            self._boards_changed(True, now)
             h = ev.hello
             log.info("board %s ready: boot %s, %s reset, firmware %s, %d SA slots, transforms %s",
                      ev.board, ev.boot_id.hex(), RESET_CAUSES.get(h.reset_cause, h.reset_cause), h.fw_version,

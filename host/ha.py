@@ -6,8 +6,9 @@ module decides what each change means; host/standby.py does it.
 
 * MASTER (active): IKE on the virtual address. Every ``start_action = "start"`` connection is
   initiated at once with INITIAL_CONTACT (RFC 7296 §2.4: the peer drops the IKE SAs the old
-  active side left behind), and requests for IKE SAs we do not have get INVALID_IKE_SPI
-  (§2.21.4), which makes a peer check its IKE SA at once instead of after its liveness timeout.
+  active side left behind), requests for IKE SAs we do not have get INVALID_IKE_SPI (§2.21.4)
+  and ESP for SPIs we do not have an unprotected INVALID_SPI (§1.5; on by default with [ha]),
+  which make a peer check its IKE SA at once instead of after its liveness timeout.
 * BACKUP, FAULT, STOP (standby): no IKE initiated or answered, boards flushed and kept ready
   (heartbeats go on) so that the next MASTER costs one IKE exchange. Leaving MASTER, every IKE
   SA gets a best-effort Delete (where it can still go: a dead link or a lost address drops it)

@@ -23,7 +23,6 @@ import time
 from firmware.link import keyfile
 from host import config as cfgmod
 from host import logs, preflight
-from host.offload.client import LinkError
 from host.offload.events import BoardLost
 
 log = logging.getLogger("ikeoffloadd")
@@ -162,13 +161,7 @@ class Reloader:
             flushed += inc.ike_sas
             await d.recovery.flushed(inc)       # its last slice dropped before the board closes
         for name in going:
-            client = d.clients.pop(name)
-            if client.ready:
-                try:
-                    await asyncio.wait_for(client.sa_flush(), 2)
-                except (LinkError, asyncio.TimeoutError):
-                    pass
-            await client.close()
+            await d.clients.pop(name).flush_and_close()
             d.datapath.queues.pop(name, None)
         self._move_locks(old, new, going, locks)
 

@@ -3,7 +3,8 @@
 Activate: IKE datagrams and ESP are taken again, and every ``start_action = "start"`` connection
 is initiated — with INITIAL_CONTACT, since no other IKE SA with the peer exists here (RFC 7296
 §2.4), so the peer drops what the old active side left. Requests for IKE SAs we never had are
-answered with INVALID_IKE_SPI by the engine (§2.21.4, ``ike.invalid_ike_spi``).
+answered with INVALID_IKE_SPI by the engine (§2.21.4, ``ike.invalid_ike_spi``), ESP for SPIs we
+never had with an unprotected INVALID_SPI (§1.5, ``ike.unprotected_invalid_spi``).
 
 Deactivate: nothing more is taken from the address, every IKE SA is dropped (a best-effort
 Delete first when we were active: still authentic, and sent even though keepalived may already
@@ -11,13 +12,11 @@ have taken the address away — the sockets may send from it, see IkeUdpEndpoint
 their Child SAs leave the boards, and every ready board is flushed so that it holds nothing a
 later MASTER did not negotiate. The boards stay open, heartbeats go on.
 """
-import asyncio
 import logging
 import socket
 import time
 
 from host.ha import Activate, Deactivate, Role
-from host.offload.client import LinkError
 
 log = logging.getLogger("ikeoffloadd")
 
@@ -84,10 +83,9 @@ class Standby:
         flushed = []
         for name, client in self.clients.items():
             if client.ready:
-                try:
-                    await asyncio.wait_for(client.sa_flush(), 2)
+                if await client.flush():
                     flushed.append(name)
-                except (LinkError, asyncio.TimeoutError):
+                else:
                     log.warning("HA %s: board %s did not confirm its flush", action.reason, name)
         log.warning("HA %s: standby; dropped %d IKE SA(s), sent %d Delete(s), flushed board(s) %s in %.1f ms",
                     action.reason, len(ids), deletes, ", ".join(flushed) or "-", (time.monotonic() - now) * 1000)

@@ -22,6 +22,7 @@ import time
 from firmware import profiles
 from firmware.sim import control
 from testbed import charon as charon_mod
+from testbed import process
 from testbed.netns import VethPair, cleanup_stale
 from testbed.ping import Pinger
 
@@ -185,26 +186,23 @@ class DemoBed:
             time.sleep(0.05)
 
     def stop_daemon(self, sig=signal.SIGTERM):
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.send_signal(sig)
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
+        if self.daemon:
+            process.stop(self.daemon, 10, sig)
         if os.path.exists(self.control) and sig == signal.SIGKILL:
             os.unlink(self.control)
 
+    def stop_daemons(self):
+        """Our side's daemons end (here the one ikeoffloadd; a bed with more ends them all)."""
+        self.stop_daemon()
+
     def stop(self):
+        """Everything the bed started ends and goes: the daemons, the sims, charon, the namespaces
+        and the state directory."""
         try:
-            self.stop_daemon()
+            self.stop_daemons()
         finally:
             for p, _, _ in self.sims:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                process.stop(p)
             if self.charon:
                 self.charon.stop()
             if self.net:
@@ -218,6 +216,13 @@ class DemoBed:
         if not reply.get("ok"):
             raise RuntimeError(reply.get("error"))
         return reply["result"]
+
+    def start_pinger(self, i=0, **kw):
+        """A started Pinger through tunnel ``i``: from its inner address on our side to the peer's
+        (``kw``: Pinger's interval and count)."""
+        p = Pinger(self.net.ns_a, self.inner_a[i], self.inner_b[i], **kw)
+        p.start()
+        return p
 
     def sim(self, i, cmd):
         return control(self.sims[i][2], cmd)
@@ -322,8 +327,7 @@ def main(argv=None):
         s = sas[0]
         print("tunnel up: IKE SA %s #%d (%s) on board %s, Child SA %s; pinging %s -> %s every 20 ms"
               % (s["conn"], s["ike_id"], s["proposal"], s["board"], s["children"][0]["name"], OUR_INNER, PEER_INNER))
-        pinger = Pinger(bed.net.ns_a, OUR_INNER, PEER_INNER)
-        pinger.start()
+        pinger = bed.start_pinger()
         time.sleep(1.0)
         assert pinger.replies, "no ping replies through the tunnel:\n" + bed.log_tail()
         print("traffic flowing: %d/%d echo replies" % (len(pinger.replies), len(pinger.sent)))
@@ -347,8 +351,7 @@ def main(argv=None):
         try:
             bed2.start()
             bed2.wait_tunnels()
-            pinger = Pinger(bed2.net.ns_a, OUR_INNER, PEER_INNER)
-            pinger.start()
+            pinger = bed2.start_pinger()
             time.sleep(1.0)
             tl = bed2.reset_and_recover(pinger, wait=args.contrast_seconds)
             pinger.stop()

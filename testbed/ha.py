@@ -17,15 +17,15 @@ killed: the board is gone, not reset).
 """
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from testbed import charon as charon_mod
+from testbed import process
 from testbed.demo import OUR_ID, OUR_INNER, OUR_IP, PEER_ID, PEER_INNER, PEER_IP, PSK, ROOT, DemoBed
-from testbed.netns import cleanup_stale, run, unique_prefix
+from testbed.netns import Namespaces, cleanup_stale, run, unique_prefix
 from testbed.ping import Pinger
 
 KEEPALIVED = "/usr/sbin/keepalived"
@@ -114,23 +114,12 @@ class Router:
 
     def stop_keepalived(self):
         p, self.keepalived = self.keepalived, None
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if p is not None:
+            process.stop(p)
 
     def stop_daemon(self, sig=signal.SIGTERM):
-        p = self.daemon
-        if p is not None and p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if self.daemon is not None:
+            process.stop(self.daemon, 10, sig)
 
     def ctl(self, cmd, **kw):
         from host.control import call
@@ -174,7 +163,7 @@ class HaBed(DemoBed):
         self.prefix = None
         self.routers = {}
         self.hub = None
-        self._made = []
+        self.net = Namespaces()         # the hub's, the routers' and the peer's
 
     # ---- set up -----------------------------------------------------------------------------
     def start(self):
@@ -221,7 +210,8 @@ class HaBed(DemoBed):
 
     def write_peer_config(self):
         """Our own daemon as the routers' peer: the mirror of their connection, initiating it when
-        they do not, with a liveness check after ``peer_dpd`` seconds without inbound traffic."""
+        they do not, with a liveness check after ``peer_dpd`` seconds without inbound traffic; when
+        they do not, it also opens the Child SA again when they delete it (``close_action``)."""
         _, dev, _ = self.sims[2]
         lines = ['[daemon]', 'control_socket = "%s"' % self.peer.control, 'log_level = "info"',
                  'listen = "%s"' % PEER_IP, '', '[dataplane]', 'tun = "ikeo0"', '',
@@ -238,7 +228,12 @@ class HaBed(DemoBed):
                   '[connections.gw.remote]', 'auth = "psk"', 'id = "%s"' % OUR_ID,
                   '[connections.gw.children.net0]', 'local_ts = ["%s/32"]' % PEER_INNER,
                   'remote_ts = ["%s/32"]' % OUR_INNER,
-                  'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals), '']
+                  'esp_proposals = [%s]' % ", ".join('"%s"' % p for p in self.esp_proposals)]
+        if not self.routers_start:
+            # a router that leaves MASTER with its IKE SA still up Deletes it: only the peer can
+            # bring the tunnel back, on the new active router (which initiates nothing)
+            lines.append('close_action = "start"')
+        lines.append('')
         path = os.path.join(self.state, "ikeoffloadd-p.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines))
@@ -254,8 +249,7 @@ class HaBed(DemoBed):
         p = self.prefix
         self.hub, self.peer_ns = p + "h", p + "p"
         for ns in (self.hub, p + "a", p + "b", self.peer_ns):
-            run("ip", "netns", "add", ns)
-            self._made.append(ns)
+            self.net.add_netns(ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.hub, "link", "set", "br0", "up")
@@ -348,26 +342,11 @@ class HaBed(DemoBed):
                 "first_reply": ms(rec[1]) if rec else None, "lost": len(lost)}
 
     # ---- tear down --------------------------------------------------------------------------
-    def stop(self):
-        try:
-            for r in self.routers.values():
-                r.stop_keepalived()
-            for r in list(self.routers.values()) + ([self.peer] if self.peer else []):
-                r.stop_daemon()
-        finally:
-            for p, _, _ in self.sims:
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(5)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-            if self.charon:
-                self.charon.stop()
-            for ns in reversed(self._made):
-                run("ip", "netns", "del", ns, check=False)
-            self._made.clear()
-            shutil.rmtree(self.state, ignore_errors=True)
+    def stop_daemons(self):
+        for r in self.routers.values():
+            r.stop_keepalived()
+        for r in list(self.routers.values()) + ([self.peer] if self.peer else []):
+            r.stop_daemon()
 
     def logs(self):
         return "\n".join(r.log_tail() for r in self.routers.values()) + "\n== peer\n" + (

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from testbed.netns import entered, run, unique_prefix
+from testbed.netns import Namespaces, entered, run, unique_prefix
 
 INSIDE, ROUTER_IN = "192.0.2.1", "192.0.2.2"
 ROUTER_OUT, OUTSIDE = "192.0.2.65", "192.0.2.66"
@@ -42,11 +42,12 @@ class Udp(NamedTuple):
     payload: bytes
 
 
-class NatRouter:
+class NatRouter(Namespaces):
     """Namespaces ``ns_a`` (inside), ``ns_r`` (router), ``ns_b`` (outside); see the module doc.
     A context manager; ``destroy()`` removes all it made."""
 
     def __init__(self, nat: bool, prefix: str | None = None, lo_a=(), lo_b=()):
+        super().__init__()
         self.nat = nat
         self.prefix = prefix or unique_prefix()
         self.ns_a, self.ns_r, self.ns_b = self.prefix + "a", self.prefix + "r", self.prefix + "b"
@@ -54,13 +55,11 @@ class NatRouter:
         self.if_b, self.if_rb = self.prefix + "b0", self.prefix + "rb"
         self.public_a = ROUTER_OUT if nat else INSIDE      # the inside host as the outside sees it
         self.seen: list[Udp] = []
-        self._made = []
         self._tap = None
         self._halt = threading.Event()
         try:
             for ns in (self.ns_a, self.ns_r, self.ns_b):
-                run("ip", "netns", "add", ns)
-                self._made.append(ns)
+                self.add_netns(ns)
             run("ip", "link", "add", self.if_a, "netns", self.ns_a, "type", "veth", "peer", "name", self.if_ra,
                 "netns", self.ns_r)
             run("ip", "link", "add", self.if_b, "netns", self.ns_b, "type", "veth", "peer", "name", self.if_rb,
@@ -155,12 +154,4 @@ class NatRouter:
             for s, _ in self._socks:
                 s.close()
             self._tap = None
-        for ns in reversed(self._made):
-            run("ip", "netns", "del", ns, check=False)
-        self._made.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.destroy()
+        super().destroy()

@@ -91,22 +91,45 @@ def udp_socket(ns: str, ip: str, port: int) -> socket.socket:
     return s
 
 
-class VethPair:
+class Namespaces:
+    """Network namespaces made with :meth:`add_netns`; ``destroy()`` (or leaving a ``with`` block)
+    deletes every one made, newest first, and can be called again."""
+
+    def __init__(self):
+        self._made = []
+
+    def add_netns(self, ns: str) -> str:
+        run("ip", "netns", "add", ns)
+        self._made.append(ns)
+        return ns
+
+    def destroy(self):
+        for ns in reversed(self._made):
+            run("ip", "netns", "del", ns, check=False)
+        self._made.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+
+class VethPair(Namespaces):
     """Two namespaces ``<prefix>a`` and ``<prefix>b`` joined by veth; ``addr_a``/``addr_b`` on the
     veth ends (a /24), extra addresses on each namespace's loopback (the inner, protected hosts).
     Use as a context manager or call ``destroy()``: it always removes what it created."""
 
     def __init__(self, prefix: str | None = None, addr_a="192.0.2.1", addr_b="192.0.2.2",
                  lo_a=(), lo_b=()):
+        super().__init__()
         self.prefix = prefix or unique_prefix()
         self.ns_a, self.ns_b = self.prefix + "a", self.prefix + "b"
         self.if_a, self.if_b = self.prefix + "a0", self.prefix + "b0"
         self.addr_a, self.addr_b = addr_a, addr_b
-        self._made = []
         try:
             for ns in (self.ns_a, self.ns_b):
-                run("ip", "netns", "add", ns)
-                self._made.append(ns)
+                self.add_netns(ns)
             run("ip", "link", "add", self.if_a, "netns", self.ns_a, "type", "veth", "peer", "name", self.if_b,
                 "netns", self.ns_b)
             for ns, ifn, addr, los in ((self.ns_a, self.if_a, addr_a, lo_a),
@@ -119,14 +142,3 @@ class VethPair:
         except BaseException:
             self.destroy()
             raise
-
-    def destroy(self):
-        for ns in reversed(self._made):
-            run("ip", "netns", "del", ns, check=False)
-        self._made.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.destroy()

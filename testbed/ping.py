@@ -21,6 +21,16 @@ import time
 from testbed.netns import entered
 
 
+def checksum(b: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``b``: an ICMP message's (RFC 792), an IPv4 header's."""
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
 class Pinger(threading.Thread):
     """Echo requests every ``interval`` seconds (``count`` of them, or until stop())."""
 
@@ -44,15 +54,6 @@ class Pinger(threading.Thread):
         self.seq = 0
         self.stopped_at = None
 
-    @staticmethod
-    def _csum(b):
-        if len(b) % 2:
-            b += b"\0"
-        s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-        s = (s >> 16) + (s & 0xFFFF)
-        s += s >> 16
-        return ~s & 0xFFFF
-
     def run(self):
         next_at = time.monotonic()
         # ICMPv6 (RFC 4443): request 128, reply 129, the kernel fills in the checksum and hands a
@@ -65,7 +66,7 @@ class Pinger(threading.Thread):
                 self.seq = (self.seq + 1) & 0xFFFF
                 body = struct.pack("!d", now) + b"ikeoffload-demo"
                 hdr = struct.pack("!BBHHH", request, 0, 0, self.icmp_id, self.seq)
-                csum = 0 if self.v6 else self._csum(hdr + body)
+                csum = 0 if self.v6 else checksum(hdr + body)
                 pkt = struct.pack("!BBHHH", request, 0, csum, self.icmp_id, self.seq) + body
                 try:
                     self.sock.sendto(pkt, (self.dst, 0))

@@ -20,17 +20,9 @@ import threading
 import time
 
 from testbed.netns import entered
+from testbed.ping import checksum
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
 
 
 class TunnelProbe(threading.Thread):
@@ -101,7 +93,7 @@ class TunnelProbe(threading.Thread):
         seq = self.seq[i] = (self.seq[i] + 1) & 0xFFFF
         body = struct.pack("!Hd", i & 0xFFFF, now) + b"ikeoffload-scale"
         hdr = struct.pack("!BBHHH", 8, 0, 0, self.icmp_id, seq)
-        pkt = struct.pack("!BBHHH", 8, 0, _csum(hdr + body), self.icmp_id, seq) + body
+        pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + body), self.icmp_id, seq) + body
         try:
             self.sock.sendmsg([pkt], [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("@I4s4s", 0, src, b"\0" * 4))],
                               0, (dst, 0))

@@ -12,7 +12,6 @@ traffic toward the remote networks is what "the router's own traffic" means here
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -23,6 +22,7 @@ import time
 from firmware import profiles
 from host.config import DaemonConfig
 from testbed import charon as charon_mod
+from testbed import process
 from testbed.demo import PSK, ROOT, DemoBed
 from testbed.netns import VethPair, cleanup_stale, entered, run, unique_prefix
 
@@ -212,12 +212,8 @@ class RoutingBed(DemoBed):
         try:
             for c in self.extra_charons:
                 c.stop()
-            if self.peer_daemon is not None and self.peer_daemon.poll() is None:
-                self.peer_daemon.terminate()
-                try:
-                    self.peer_daemon.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.peer_daemon.kill()
+            if self.peer_daemon is not None:
+                process.stop(self.peer_daemon, 10)
         finally:
             super().stop()
 
@@ -265,9 +261,3 @@ def spawn_daemon(ns, config, log_path, control, timeout=20):
             raise RuntimeError("ikeoffloadd in %s did not start:\n%s" % (ns, open(log_path).read()[-3000:]))
         time.sleep(0.05)
     return p
-
-
-def kill(p, sig=signal.SIGTERM):
-    if p is not None and p.poll() is None:
-        p.send_signal(sig)
-        p.wait(10)

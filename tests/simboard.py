@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from firmware.link import keyfile
+from testbed import process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,10 +28,4 @@ class SimBoard:
         return line[len(prefix):]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)

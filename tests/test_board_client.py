@@ -15,6 +15,7 @@ from firmware.link import keyfile
 from host.offload import client as client_mod
 from host.offload.client import BoardClient
 from host.offload.events import BoardLost, BoardReady
+from host.offload.session import CLOSED
 from host.offload.transport import TransportError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +68,34 @@ def test_a_board_that_appears_later_and_one_that_goes_away(tmp_path):
             assert ready.boot_id != first
         finally:
             await c.close()
+            p.kill()
+            p.wait()
+    asyncio.run(main())
+
+
+def test_flush_says_whether_the_board_confirmed_and_raises_nothing(tmp_path):
+    """What a shutdown, a reload and a fall to standby rely on: a flush that cannot be done (no
+    board yet, a board that stopped answering) is False, never an exception or a wait without end."""
+    key_path = str(tmp_path / "b.key")
+    key, _ = keyfile.ensure(key_path)
+
+    async def main():
+        port = free_port()
+        c = BoardClient("b", "socket://127.0.0.1:%d" % port, reopen_interval=0.1, link_key=key, period=1.0)
+        await c.start(retry=True)
+        assert await c.flush() is False                      # not there yet
+        p = sim(port, key_path)
+        try:
+            await c.wait_ready(5)
+            assert await c.flush() is True
+            p.send_signal(signal.SIGSTOP)                    # the board stops answering (lost only in 3 s)
+            t0 = asyncio.get_running_loop().time()
+            assert await c.flush(0.5) is False
+            assert asyncio.get_running_loop().time() - t0 < 1.5
+            t0 = asyncio.get_running_loop().time()
+            await c.flush_and_close(0.5)                     # and still closes
+            assert asyncio.get_running_loop().time() - t0 < 1.5 and c.session.state == CLOSED
+        finally:
             p.kill()
             p.wait()
     asyncio.run(main())

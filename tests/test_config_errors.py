@@ -9,19 +9,15 @@ import pytest
 from host import config
 from host.ikeoffloadd import main
 
-GOOD = '''\
-[daemon]
-control_socket = "/run/ikeoffload/control.sock"
-log_level = "info"
-listen = "192.0.2.1"
-flush_on_board_loss = true
-
+# GOOD's [dataplane] table and its boards, which some cases remove or replace whole
+DATAPLANE = '''\
 [dataplane]
 tun = "ikeo0"
 mtu = 1400
 routing_table = 220
 replay_window = 64
-
+'''
+BOARDS = '''\
 [[board]]
 name = "b0"
 link_key = "private/b0.key"
@@ -33,7 +29,15 @@ name = "b1"
 link_key = "private/b1.key"
 profile = "sim"
 port = "socket://127.0.0.1:7000"
+'''
+GOOD = '''\
+[daemon]
+control_socket = "/run/ikeoffload/control.sock"
+log_level = "info"
+listen = "192.0.2.1"
+flush_on_board_loss = true
 
+''' + DATAPLANE + "\n" + BOARDS + '''
 [ike]
 port = 500
 natt_port = 4500
@@ -83,9 +87,6 @@ local_ts = LOCAL
 remote_ts = REMOTE
 '''
 
-DATAPLANE = '[dataplane]\ntun = "ikeo0"\nmtu = 1400\nrouting_table = 220\nreplay_window = 64\n'
-BOARDS = ('[[board]]\nname = "b0"\nlink_key = "private/b0.key"\nprofile = "sim"\nport = "/dev/ttyS0"\n\n'
-          '[[board]]\nname = "b1"\nlink_key = "private/b1.key"\nprofile = "sim"\nport = "socket://127.0.0.1:7000"\n')
 LONG_SOCKET = "/run/" + "x" * 110 + ".sock"
 
 # (replace this, with this, the key the error names, a text on the line it must name[, a top-level

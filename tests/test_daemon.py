@@ -19,8 +19,7 @@ import pytest
 
 from firmware import profiles
 from host.child_sas import REPLACED_INBOUND_LINGER
-from testbed.demo import OUR_INNER, PEER_INNER, DemoBed, print_timeline
-from testbed.ping import Pinger
+from testbed.demo import DemoBed, print_timeline
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
@@ -49,8 +48,7 @@ def bed(request):
 @pytest.fixture
 def pinger(bed):
     bed.wait_tunnels()
-    p = Pinger(bed.net.ns_a, OUR_INNER, PEER_INNER)
-    p.start()
+    p = bed.start_pinger()
     deadline = time.monotonic() + 5
     while not p.replies and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -214,8 +212,7 @@ def test_flush_off_leaves_dead_sas_unused():
     try:
         b.start()
         b.wait_tunnels()
-        p = Pinger(b.net.ns_a, OUR_INNER, PEER_INNER)
-        p.start()
+        p = b.start_pinger()
         time.sleep(0.5)
         assert p.replies
         ike_before = {s["ike_id"] for s in b.ctl("list-sas")}
@@ -245,10 +242,8 @@ def test_two_boards_one_lost_only_its_ike_sas_go():
         other_conn = next(c for c in placed if c != victim_conn)
         i_other = int(other_conn[2:])
         survivor = next(s["ike_id"] for s in sas if s["conn"] == other_conn)
-        p_other = Pinger(b.net.ns_a, b.inner_a[i_other], b.inner_b[i_other])
-        p_victim = Pinger(b.net.ns_a, b.inner_a[1 - i_other], b.inner_b[1 - i_other])
-        p_other.start()
-        p_victim.start()
+        p_other = b.start_pinger(i_other)
+        p_victim = b.start_pinger(1 - i_other)
         time.sleep(0.5)
         t0 = time.monotonic()
         tl = b.reset_and_recover(p_victim, board=0)
@@ -295,8 +290,7 @@ def test_a_full_board_fails_only_the_new_child_sa(tmp_path):
         assert "no room for 2 more SAs" in b.log_tail(80)
         assert b.ctl("list-boards")[0]["sa_count"] == 2
         i = int(installed[0]["conn"][2:])
-        p = Pinger(b.net.ns_a, b.inner_a[i], b.inner_b[i])
-        p.start()
+        p = b.start_pinger(i)
         time.sleep(0.5)
         p.stop()
         assert len(p.replies) >= len(p.sent) - 2          # the working tunnel carries traffic
@@ -350,8 +344,7 @@ def test_reauthentication_keeps_traffic_flowing_through_the_board(profile):
     try:
         b.start()
         first = b.wait_tunnels()[0]
-        p = Pinger(b.net.ns_a, OUR_INNER, PEER_INNER)
-        p.start()
+        p = b.start_pinger()
         time.sleep(5.0)
         p.stop()
         time.sleep(0.3)
@@ -377,8 +370,7 @@ def test_child_rekeys_keep_traffic_flowing_through_the_board(who, profile):
     try:
         b.start()
         first = b.wait_tunnels()[0]["children"][0]
-        p = Pinger(b.net.ns_a, OUR_INNER, PEER_INNER)
-        p.start()
+        p = b.start_pinger()
         time.sleep(7.0)
         p.stop()
         now = b.ctl("list-sas")[0]["children"]

@@ -32,7 +32,7 @@ def test_the_shipped_example_is_valid():
     c = config.load(os.path.join(ROOT, "packaging", "ikeoffloadd.toml"))
     assert [b.name for b in c.boards] == ["b0", "b1"] and "branch" in c.connections
     assert c.flush_on_board_loss is True and c.engine.unprotected_invalid_spi is False
-    assert c.engine.hint_retransmit.timeout == 0.5 and c.retransmit.tries == 5
+    assert c.engine.hint_retransmit == config.HINT_RETRANSMIT and c.retransmit.tries == 5
     assert c.boards[0].period == 0.2 and c.boards[0].profile["link"]["baud"] == 921600
 
 

@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from testbed.demo import OUR_INNER, PEER_INNER, DemoBed
-from testbed.ping import Pinger
+from testbed.demo import DemoBed
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
@@ -72,8 +71,7 @@ def line_of(text, marker):
 
 def test_second_daemons_are_refused_and_the_first_keeps_everything(bed):
     bed.wait_tunnels()
-    pinger = Pinger(bed.net.ns_a, OUR_INNER, PEER_INNER)
-    pinger.start()
+    pinger = bed.start_pinger()
     try:
         deadline = time.monotonic() + 5
         while not pinger.replies and time.monotonic() < deadline:

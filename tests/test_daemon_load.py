@@ -21,7 +21,6 @@ import pytest
 from bench.load import capacity, iperf, packets, tcp_capacity
 from testbed.demo import DemoBed
 from testbed.netns import entered, run
-from testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
@@ -51,8 +50,7 @@ def bed():
 
 @pytest.fixture
 def pinger(bed):
-    p = Pinger(bed.net.ns_a, bed.inner_a[0], bed.inner_b[0], interval=0.05)
-    p.start()
+    p = bed.start_pinger(interval=0.05)
     yield p
     p.stop()
 

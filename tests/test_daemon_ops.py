@@ -19,7 +19,6 @@ import pytest
 
 from host.dataplane.datapath import DROP_REASONS
 from testbed.demo import PSK, DemoBed
-from testbed.ping import Pinger
 
 pytestmark = [pytest.mark.strongswan,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, TUN, port 500)")]
@@ -77,8 +76,7 @@ def charon_children(bed):
 
 
 def pinger(bed, i):
-    p = Pinger(bed.net.ns_a, bed.inner_a[i], bed.inner_b[i])
-    p.start()
+    p = bed.start_pinger(i)
     wait(lambda: p.replies, 5, "reply through gw%d" % i)
     return p
 

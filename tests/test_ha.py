@@ -91,7 +91,13 @@ link_key = "/etc/ikeoffload/private/b0.key"
 def test_ha_config():
     c = cfgmod.loads(BASE % "192.0.2.1" + "[ha]\nenabled = true\n")
     assert c.ha is True
-    assert cfgmod.loads(BASE % "192.0.2.1").ha is False
+    # a new active router tells the peers of the old one at once that their SAs are gone (§1.5) ...
+    assert c.engine.unprotected_invalid_spi is True
+    lone = cfgmod.loads(BASE % "192.0.2.1")
+    assert lone.ha is False and lone.engine.unprotected_invalid_spi is False
+    # ... unless told otherwise
+    off = cfgmod.loads(BASE % "192.0.2.1" + "[ha]\nenabled = true\n[ike]\nunprotected_invalid_spi = false\n")
+    assert off.engine.unprotected_invalid_spi is False
     with pytest.raises(cfgmod.ConfigError, match=r":11: ha.enabled: needs daemon.listen"):
         cfgmod.loads(BASE % "0.0.0.0" + "[ha]\nenabled = true\n")
     with pytest.raises(cfgmod.ConfigError, match=r"ha.enabled: must be bool"):

@@ -2,7 +2,8 @@
 IKE over loopback): daemon a with [ha] enabled is the router, daemon b its peer. Standby until
 keepalived's `ha master`; then it initiates with INITIAL_CONTACT and carries traffic; `ha backup`
 sends the Delete, drops the IKE SA, flushes the board and takes no more IKE; the operator cannot
-initiate on a standby; a board gone makes `ha check` fail. The real thing, with keepalived,
+initiate on a standby; a board gone makes `ha check` fail, and no IKE_SA_INIT is answered
+without a board. The real thing, with keepalived,
 charon and two routers, is tests/test_ha_failover.py (root)."""
 import asyncio
 
@@ -10,6 +11,7 @@ import pytest
 
 from host import config as cfgmod
 from host import control
+from host.ike.states import IkeSaState
 from tests.daemon_pair import DaemonPair, sim_pair, until
 
 
@@ -77,6 +79,13 @@ def test_standby_master_backup_through_the_control_socket(tmp_path, sim_boards, 
             assert not st["healthy"] and st["reason"].startswith("no board ready")
             assert await ctl("ha", "check") == 1
             assert "cannot be active: no board ready" in capsys.readouterr().err
+            # MASTER before keepalived asked again: a new IKE SA could carry no Child SA here, so
+            # the peer's IKE_SA_INIT goes unanswered (its retransmission reaches the other router)
+            assert await ctl("ha", "master") == 0
+            b.daemon.udp.call(b.engine.initiate, "gw")
+            await until(lambda: a.engine.stats["init_not_answered"] >= 1, 3, "a saw the IKE_SA_INIT")
+            await asyncio.sleep(0.3)
+            assert a.engine.ike_sas() == [] and all(sa.state == IkeSaState.CONNECTING for sa in b.engine.ike_sas())
         finally:
             await pair.stop()
     asyncio.run(go())

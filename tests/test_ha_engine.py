@@ -2,8 +2,9 @@
 two routers share the virtual address (whichever engine the loopback network delivers it to), a
 third engine is the peer. MASTER initiates with INITIAL_CONTACT and the peer keeps one IKE SA;
 leaving MASTER sends Deletes and initiates nothing more; the new active side answers the peer's
-requests on lost IKE SAs with INVALID_IKE_SPI and the peer acts on it at once (RFC 7296 §2.4,
-§2.21.4). The standby's driver drops what arrives (a real IkeUdpEndpoint on loopback)."""
+requests on lost IKE SAs with INVALID_IKE_SPI and ESP on lost Child SAs with INVALID_SPI, and
+the peer acts on them at once (RFC 7296 §1.5, §2.4, §2.21.4). The standby's driver drops what
+arrives (a real IkeUdpEndpoint on loopback)."""
 import asyncio
 import socket
 
@@ -129,11 +130,46 @@ def test_the_peer_acts_on_invalid_ike_spi_from_the_new_active_router():
     assert answers, "the new active router did not answer with INVALID_IKE_SPI"
     assert p.stats["liveness_checks_from_ike_spi_hints"] == 1
     assert [w.text.split(":")[0] for w in kinds(net.events[PEER], IkeWarning)] == ["INVALID_IKE_SPI from %s" % VIP]
-    advance(net, now, 45.0)                                   # hint schedule: 0.5 + 1 + 2 + 4 s
+    advance(net, now, 45.0)                                   # hint schedule: 0.15 + 0.3 + 0.6 s
     down = kinds(net.events[PEER], IkeSaDown)
     assert down and down[0].restart_ike_id is not None       # gone in seconds, and restarted
     assert len(p.ike_sas()) == 1 and len(b.ike_sas()) == 1
     assert kinds(net.events[VIP], IkeSaUp) or kinds(net.events[PEER], IkeSaUp)
+
+
+def test_the_new_active_router_answers_the_peers_esp_and_the_peer_checks_at_once():
+    """The routers only answer and the peer's dpd_delay is long: the first the new active router
+    sees of the peer is ESP for an SPI it never had. Its unprotected INVALID_SPI (§1.5; the
+    daemon's default with [ha]) makes the peer check at once on the hint schedule; the router
+    answers that check with INVALID_IKE_SPI, and the peer gives the old IKE SA up one hint
+    schedule after the ESP (1.05 s) and restarts it — instead of after its dpd_delay (30 s)."""
+    from host.ike.loopback import Network
+    net = Network()
+    p = peer(net, dpd_delay=30, dpd_action="restart")
+    a, _, sa = router(net, start=False)
+    b, drv_b, sb = router(net, start=False)
+    p.ctx.settings.hint_retransmit = HINT_RETRANSMIT
+    b.ctx.settings.unprotected_invalid_spi = True
+    net.add(VIP, a)
+    set_role(sa, "master", 0.0)
+    set_role(sb, "backup", 0.0)
+    p.strict = True
+    p.initiate("gw", 0.0)
+    net.pump(0.0)
+    net.engines[VIP] = b                                      # a dies; b becomes MASTER
+    set_role(sb, "master", 1.0)
+    spi = next(iter(p.ike_sas()[0].children.values())).spi_out
+    drv_b.now = 1.02
+    assert drv_b.call(b.esp_unknown_spi, spi, (PEER, 4500)) == "unprotected"
+    warnings = [w.text.split(":")[0] for w in kinds(net.events[PEER], IkeWarning)]
+    assert warnings == ["unprotected INVALID_SPI from %s for SPI %08x" % (VIP, spi), "INVALID_IKE_SPI from %s" % VIP]
+    total = sum(HINT_RETRANSMIT.delay(k) for k in range(HINT_RETRANSMIT.tries + 1))
+    advance(net, 1.02, 1.02 + total - 0.01)
+    assert not kinds(net.events[PEER], IkeSaDown)            # nothing unprotected changed anything
+    advance(net, 1.02, 1.02 + total + 0.01)
+    (down,) = kinds(net.events[PEER], IkeSaDown)
+    assert "it answered INVALID_IKE_SPI" in down.reason and down.restart_ike_id is not None
+    assert len(p.ike_sas()) == 1 and len(b.ike_sas()) == 1
 
 
 def _is_invalid_ike_spi(data):

@@ -411,6 +411,54 @@ def test_unprotected_invalid_spi_starts_one_check_changes_nothing_and_is_never_a
     assert not kinds(net.events[A], ChildSaDelete) and a.ike_sas() == [sa_a]
 
 
+def test_unprotected_invalid_spi_sends_the_request_in_flight_again_now_on_the_hint_schedule():
+    """A request already in flight is the check (§2.4): an unprotected INVALID_SPI sends it again at
+    once (it may have gone where the peer no longer is) and moves what is left to the hint
+    schedule — once per request, at the hint rate; a live peer answers and nothing changes, a dead
+    one is given up the hint schedule after the hint instead of after the request's own."""
+    from host.ike import liveness
+
+    def setup():
+        a = IkeEngine(parse_connections({"gw": conn(A, B, "a.example", "b.example", A_NET, B_NET)}), ALL,
+                      settings=EngineSettings(hint_retransmit=FAST))
+        b = IkeEngine(parse_connections({"gw": conn(B, A, "b.example", "a.example", B_NET, A_NET)}), ALL)
+        net = Network()
+        net.add(A, a)
+        net.add(B, b)
+        sa_a, sa_b = up(a, b, net)
+        assert liveness.request_check(sa_a, 1.0)
+        (req,) = a.datagrams_to_send(1.0)                   # lost: the default schedule resends at 5 s
+        return a, b, net, sa_a, sa_b, req
+
+    a, b, net, sa_a, sa_b, req = setup()
+    c = only_child(sa_a)
+    o = sa_a.outstanding
+    for _ in range(5):
+        a.receive_datagram(_hint(c.spi_out), (B, 4500), 2.0, (A, 4500))
+    out = a.datagrams_to_send(2.0)
+    assert [d.data for d in out] == [req.data]                          # sent again, once, unchanged
+    assert o.policy == FAST and o.next_at == pytest.approx(2.5) and o.hinted
+    assert a.stats["liveness_checks_hastened_by_hints"] == 1 and a.stats["invalid_spi_hints_check_running"] == 4
+    assert a.stats["liveness_checks_from_hints"] == 0
+    for d in out:
+        b.receive_datagram(d.data, (A, 4500), 2.0, (B, 4500))
+    net.pump(2.0)                                                        # b is alive and answers
+    assert sa_a.outstanding is None and a.ike_sas() == [sa_a] and only_child(sa_a) is c
+    assert not kinds(net.events[A], IkeSaDown)
+
+    a, b, net, sa_a, sa_b, req = setup()                                 # b lost its state: silent
+    net.engines.pop(B)
+    spi = only_child(sa_a).spi_out
+    a.receive_datagram(_hint(spi), (B, 4500), 2.0, (A, 4500))
+    advance(net, 2.0, 2.0 + sum(FAST.delay(k) for k in range(FAST.tries + 1)) - 0.01)
+    assert a.ike_sas() == [sa_a]
+    advance(net, 2.0, 10.0)
+    (down,) = kinds(net.events[A], IkeSaDown)
+    assert "after an unprotected INVALID_SPI" in down.reason
+    assert [w.text.split(":")[0] for w in kinds(net.events[A], IkeWarning)] == \
+        ["unprotected INVALID_SPI from %s for SPI %08x" % (B, spi)]
+
+
 @pytest.mark.parametrize("action", ["none", "start"])
 def test_close_action_when_the_peer_deletes_a_child_sa_then_the_ike_sa(action):
     """swanctl's close_action: a Child SA the peer closed (§1.4.1, not a rekey) is negotiated again

@@ -29,7 +29,8 @@ def _module_name(path: Path) -> str:
 def _modules() -> dict[str, Path]:
     out = {}
     for pkg in PACKAGES:
-        for p in (ROOT / pkg).rglob("*.py"):
+        # a board's native code is a module too, in a .viper file (compiled only with -march)
+        for p in [*(ROOT / pkg).rglob("*.py"), *(ROOT / pkg).rglob("*.viper")]:
             out[_module_name(p)] = p
     return out
 

@@ -3,6 +3,7 @@ of their own: tagged with the daemon's protocol number, a crashed run's removed 
 ours and nothing else at stop — a strongSwan's rule and table 220 beside them stay as they were —
 both families, routes counted by what needs them, sources inside the local selectors. Root."""
 import asyncio
+import gc
 import ipaddress
 import os
 
@@ -118,6 +119,36 @@ def test_a_route_that_cannot_be_added_is_logged_and_the_rest_go_on(ns, caplog):
 
     assert asyncio.run(scenario()) == 1
     assert "route 203.0.113.0/24" in caplog.text
+
+
+def test_netlink_requests_leave_no_cyclic_garbage(ns):
+    """pyroute2's messages are reference cycles, which a daemon of long-lived objects may not
+    collect for a long time (none was while 500 tunnels came up, and their resident memory grew by
+    ~4 KB per tunnel): each request collects them while they are young. Automatic collection is
+    off here, so whatever a request leaves is found by the last collection."""
+    async def scenario():
+        rtnl = await Rtnl(PROTO, netns=ns).open()
+        try:
+            idx = await rtnl.link_up("ikeo0", 1400, 1000)
+            gc.collect()
+            gc.disable()
+            try:
+                nets = [N("10.20.%d.0/24" % i) for i in range(20)] + [N("2001:db8:20:%x::/64" % i) for i in range(20)]
+                for net in nets:
+                    await rtnl.replace_route(net, idx, TABLE)
+                found = await rtnl.addresses()
+                for net in nets:
+                    await rtnl.delete_route(net, idx, TABLE)
+                return found, gc.collect()
+            finally:
+                gc.enable()
+        finally:
+            rtnl.close()
+
+    found, left = asyncio.run(scenario())
+    assert ipaddress.ip_address("198.51.100.1") in found
+    # 80 route requests and an address read: ~3,700 objects left behind without the collections
+    assert left < 80, left
 
 
 def test_pick_source_takes_the_first_address_inside_the_local_selectors():

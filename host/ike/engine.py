@@ -103,6 +103,10 @@ class IkeEngine:
                            retransmit or RetransmitPolicy())
         self.strict = strict
         self.responders = dict(RESPONDERS)      # replaceable, e.g. by tests
+        # False: a new IKE_SA_INIT request gets no answer (the daemon says so while an HA router has
+        # no board to carry a Child SA: the standby can serve it, and an IKE SA set up here would be
+        # one without Child SAs, dropped when this router hands the address over)
+        self.answer_init = True
         self._conn_cache: dict = {}
 
     @property
@@ -451,6 +455,9 @@ class IkeEngine:
                     ctx.send(sa.init_resp, addr, local)
                 else:
                     self.stats["replies_rate_limited"] += 1
+            return
+        if not self.answer_init:
+            self.stats["init_not_answered"] += 1
             return
         try:
             payloads, sk = parse_plain(hdr, data)

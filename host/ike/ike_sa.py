@@ -85,12 +85,13 @@ class ChildSa:
 class Outstanding:
     """Our request in flight (window size 1): its datagrams (several if fragmented, RFC 7383) are
     resent unchanged (§2.1) on ``policy``'s exponential schedule (§2.4)."""
-    __slots__ = ("data", "exchange", "hinted", "mid", "next_at", "policy", "task", "tries")
+    __slots__ = ("data", "exchange", "hinted", "invalid_ike_spi", "mid", "next_at", "policy", "task", "tries")
 
     def __init__(self, mid, exchange, data, task, next_at, policy):
         self.mid, self.exchange, self.data, self.task = mid, exchange, data, task
         self.tries, self.next_at, self.policy = 0, next_at, policy
-        self.hinted = False             # an INVALID_IKE_SPI answer moved it to the hint schedule
+        self.hinted = False             # an unprotected hint started it or moved it to the hint schedule
+        self.invalid_ike_spi = False    # it was answered with an unprotected INVALID_IKE_SPI
 
 
 class IkeSa:
@@ -285,8 +286,10 @@ class IkeSa:
             if o.tries >= policy.tries:
                 self.outstanding = None
                 reason = o.task.timeout_reason()
-                if o.hinted:
+                if o.invalid_ike_spi:
                     reason += "; it answered INVALID_IKE_SPI"
+                elif o.hinted:
+                    reason += "; after an unprotected INVALID_SPI"
                 liveness.request_timed_out(self, o.task, reason, now)
                 return
             o.tries += 1

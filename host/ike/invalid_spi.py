@@ -17,10 +17,12 @@ Receiving:
 
 * Unprotected: a hint that "should only be used ... as a hint that something might be wrong
   (because it could easily be forged)" (§1.5), and never answered (no message loops). No state
-  changes; when it names the SPI of one of our Child SAs with that peer, a liveness check starts
-  on that IKE SA at once — rate-limited per source and in total, at most one check in flight per
-  IKE SA. A peer that lost its state does not answer, and the ordinary teardown follows
-  (liveness.py); a live one answers and nothing happens.
+  changes; when it names the SPI of one of our Child SAs with that peer, a liveness check runs on
+  the hint schedule at once: a new one when no request of ours is in flight, else the request in
+  flight (any request is a check, §2.4) is sent again now and its remaining retransmissions move to
+  the hint schedule when that ends sooner — rate-limited per source and in total, once per
+  request, at most one check in flight per IKE SA. A peer that lost its state does not answer,
+  and the ordinary teardown follows (liveness.py); a live one answers and nothing happens.
 * Protected: the peer no longer has the Child SA that SPI belongs to. It is removed here, the peer
   is told to delete any half it still holds, and the Child SA is created anew (as §2.25 says for
   CHILD_SA_NOT_FOUND).
@@ -37,6 +39,14 @@ INVALID_IKE_SPI (§2.21.4), the same rule one level up:
   request in flight is that check, so its remaining retransmissions move to the hint schedule when
   that ends sooner (rate-limited, once per request). A live peer answers it; a peer that lost its
   state does not, and the ordinary teardown (and ``dpd_action``) follows sooner.
+
+The hint schedule (``hint_retransmit``; the daemon's default in host/config.py) may be short: a
+hint only makes us ask, and a live peer answers within one round trip. Whoever can forge an
+INVALID_IKE_SPI answer saw our request, so is on the path, and can as well drop the genuine
+replies and have the IKE SA torn down on any schedule; a fast one gives him nothing new. An
+INVALID_SPI needs the SPI of one of our Child SAs, which only the path sees, too. Its
+retransmissions still grow exponentially (§2.4), and the hint rate bounds how often a forger
+can make us ask.
 """
 from __future__ import annotations
 
@@ -158,24 +168,50 @@ def ike_spi_hint(sa, hdr, data: bytes, addr, now: float) -> bool:
     if addr[0] != sa.remote[0]:
         st["invalid_ike_spi_unmatched"] += 1
         return True
-    if o.hinted:
+    if o.invalid_ike_spi:
         st["invalid_ike_spi_check_running"] += 1
         return True
     if not ctx.limits.hints.take(addr[0], now):
         st["invalid_ike_spi_rate_limited_in"] += 1
         return True
-    o.hinted = True
-    hint = ctx.settings.hint_retransmit or ctx.retransmit
-    left = (o.next_at - now) + sum(o.policy.delay(k) for k in range(o.tries + 1, o.policy.tries + 1))
-    if sum(hint.delay(k) for k in range(hint.tries + 1)) < left:
-        o.policy, o.tries, o.next_at = hint, 0, now + hint.delay(0)
-        sa.reschedule()
+    o.invalid_ike_spi = True
+    what = "INVALID_IKE_SPI from %s: the peer may have lost this IKE SA (a hint, RFC 7296 §2.21.4); " \
+        "request %d " % (addr[0], o.mid)
+    if o.hinted and o.policy is _hint_policy(ctx):     # an INVALID_SPI put it there a moment ago
+        st["invalid_ike_spi_on_hint_schedule"] += 1
+        ctx.warn(sa, what + "already retransmitted " + _schedule(o.policy))
+    elif _hasten(sa, now, resend=False):
         st["liveness_checks_from_ike_spi_hints"] += 1
-        ctx.warn(sa, "INVALID_IKE_SPI from %s: the peer may have lost this IKE SA (a hint, RFC 7296 §2.21.4); "
-                 "request %d now retransmitted %.1f s x %.1f^n, %d times" % (addr[0], o.mid, hint.timeout,
-                                                                              hint.base, hint.tries))
+        ctx.warn(sa, what + "now retransmitted " + _schedule(o.policy))
     else:
         st["invalid_ike_spi_no_sooner"] += 1
+    return True
+
+
+def _hint_policy(ctx):
+    return ctx.settings.hint_retransmit or ctx.retransmit
+
+
+def _schedule(p) -> str:
+    return "%.2g s x %.2g^n, %d times" % (p.timeout, p.base, p.tries)
+
+
+def _hasten(sa, now: float, resend: bool) -> bool:
+    """Move the request in flight to the hint schedule when that ends sooner than what is left of
+    its own, once per request; ``resend``: send it again now too (the hint was no answer to it,
+    and it may have gone to a router that no longer holds the address). Returns whether it moved."""
+    ctx, o = sa.ctx, sa.outstanding
+    hint = _hint_policy(ctx)
+    left = (o.next_at - now) + sum(o.policy.delay(k) for k in range(o.tries + 1, o.policy.tries + 1))
+    o.hinted = True
+    if sum(hint.delay(k) for k in range(hint.tries + 1)) >= left:
+        return False
+    o.policy, o.tries, o.next_at = hint, 0, now + hint.delay(0)
+    if resend:
+        ctx.stats["retransmits"] += 1
+        for d in o.data:
+            ctx.send(d, sa.remote, sa.local)
+    sa.reschedule()
     return True
 
 
@@ -196,14 +232,27 @@ def unprotected_received(ctx, hdr, payloads, addr, now: float):
         if sa is None:
             st["invalid_spi_hints_unmatched"] += 1
             continue
-        if liveness.check_running(sa):
+        o = sa.outstanding
+        if (o.hinted if o is not None else liveness.check_running(sa)):
             st["invalid_spi_hints_check_running"] += 1
             continue
         if not ctx.limits.hints.take(addr[0], now):
             st["invalid_spi_hints_rate_limited"] += 1
             continue
-        if liveness.request_check(sa, now, ctx.settings.hint_retransmit):
+        what = "unprotected INVALID_SPI from %s for SPI %08x: the peer may have lost this IKE SA (a hint, " \
+            "RFC 7296 §1.5); " % (addr[0], spi)
+        if o is not None:
+            if _hasten(sa, now, resend=True):
+                st["liveness_checks_hastened_by_hints"] += 1
+                ctx.warn(sa, what + "request %d sent again now, then retransmitted %s" % (o.mid, _schedule(o.policy)))
+            else:
+                st["invalid_spi_hints_no_sooner"] += 1
+        elif liveness.request_check(sa, now, ctx.settings.hint_retransmit):
             st["liveness_checks_from_hints"] += 1
+            o = sa.outstanding
+            if o is not None:           # sent at once (not held back by pacing)
+                o.hinted = True
+                ctx.warn(sa, what + "liveness check %d sent now, retransmitted %s" % (o.mid, _schedule(o.policy)))
         else:
             st["invalid_spi_hints_check_running"] += 1
 

@@ -6,7 +6,8 @@
   any of its Child SAs" (§2.4).
 * The check: with ``dpd_delay`` set, an empty INFORMATIONAL request once nothing was heard for that
   long. Any request of ours that is in flight already is a check (§2.4), so none is added then.
-  An unprotected INVALID_SPI starts one at once (invalid_spi.py, rate-limited there).
+  An unprotected INVALID_SPI or INVALID_IKE_SPI starts one at once or hastens the one in flight,
+  on the hint schedule (invalid_spi.py, rate-limited there).
 * No answer: the request is retransmitted on the exponential schedule (§2.1, §2.4); after the last
   retransmission the IKE SA and all its Child SAs are deleted locally, and the connection's
   ``dpd_action`` applies: ``clear`` (or ``none``) ends there, ``restart`` initiates it anew — the

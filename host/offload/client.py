@@ -132,6 +132,22 @@ class BoardClient:
         if self.transport:
             self.transport.close()
 
+    async def flush(self, timeout=2.0):
+        """Flush a ready board's SAs; True if the board confirmed within ``timeout`` seconds, False
+        if it refused, did not answer or is not ready (nothing is raised: the callers go on)."""
+        if not self.ready:
+            return False
+        try:
+            await asyncio.wait_for(self.sa_flush(), timeout)
+        except (LinkError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def flush_and_close(self, timeout=2.0):
+        """Flush the board's SAs (if it is ready, as best it can within ``timeout``), then close."""
+        await self.flush(timeout)
+        await self.close()
+
     # ---- requests ---------------------------------------------------------------------------
     async def _call(self, seq):
         fut = self._loop.create_future()

@@ -113,15 +113,6 @@ def our_conn(ike, esp_):
 
 # ---------------------------------------------------------------- the board's ESP, answering pings
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def echo_reply(pkt: bytes):
     """The ICMP echo reply to an IPv4 echo request, or None."""
     ihl = (pkt[0] & 15) * 4
@@ -129,12 +120,12 @@ def echo_reply(pkt: bytes):
         return None
     icmp = bytearray(pkt[ihl:])
     icmp[0], icmp[2:4] = 0, b"\0\0"
-    icmp[2:4] = struct.pack("!H", _csum(bytes(icmp)))
+    icmp[2:4] = struct.pack("!H", pinging.checksum(bytes(icmp)))
     hdr = bytearray(pkt[:20])
     hdr[12:16], hdr[16:20] = pkt[16:20], pkt[12:16]
     hdr[8], hdr[10:12] = 64, b"\0\0"
     hdr[0], hdr[2:4] = 0x45, struct.pack("!H", 20 + len(icmp))
-    hdr[10:12] = struct.pack("!H", _csum(bytes(hdr)))
+    hdr[10:12] = struct.pack("!H", pinging.checksum(bytes(hdr)))
     return bytes(hdr) + bytes(icmp)
 
 
