@@ -20,10 +20,12 @@ Flashed with the real mpremote (tools/flash.py, mpy-cross output), then driven t
   heartbeat round trip through the board core with 64 SAs installed;
 - the longest step: for each transform, ENCRYPT and DECRYPT frames of 2 x 1400 bytes of
   zero-filled IPv4 (the worst case for the link's COBS) through the board core on an
-  authenticated link, worked on as firmware/runloop.py does it: feed() the request, then
-  work(now, 1) until the board is idle. Each of those calls is what the board does between two
-  looks at its link; their longest (the frame's decode, a packet, a slice of one, the reply built
-  and sealed, and any garbage collection that falls into one) is the board's `step_us`.
+  authenticated link, worked on as firmware/runloop.py does it (Board.preallocate(), data
+  replies through next_data()): feed() the request, then work(now, 1) and next_data() until the
+  board is idle. Each of those turns is what the board does between two looks at its link; their
+  longest (the frame's decode, a packet, a slice of one, the reply built, sealed, CRC'd and
+  COBS-encoded into the board's buffer, and any garbage collection that falls into one) is the
+  board's `step_us`.
 
 Writes bench/results/rp2040.json. Needs the image (tools/rp2040/README.md).
 """
@@ -101,7 +103,27 @@ h = LinkHost(b, 0, KEY)
 assert h.call(m.HELLO, m.encode_hello_request(b'session1'))[0] == m.OK
 for d in (m.DIR_OUT, m.DIR_IN):
     assert m.SadReply.decode(h.call(m.SA_ADD, m.SaSpec(0x1000, d, %(keys)s).encode())).status == m.OK
-b.work_budget = 0
+b.work_budget = 0               # as firmware/runloop.py sets the board up
+if hasattr(b, 'preallocate'):
+    b.preallocate()
+    # the test host's half runs on the board's heap too: it decodes into buffers of its own, so
+    # that its garbage does not fill the heap the board's steps are timed on
+    hd = fr.FrameDecoder(4096, auth=True, views=True)
+    def collect(data):
+        out = []
+        for f in hd.frames(data):
+            if h.auth.open(f) is not None and not f.flags & fr.FLAG_EVENT:
+                f.body, f.raw = bytes(f.body), None
+                out.append(f)
+        return out
+    h.collect = collect
+    hraw, hwire = bytearray(4096), bytearray(fr.max_wire_len(4096) + 2)
+    def frame(type, body, flags=0):
+        h.seq += 1
+        n = h.auth.current.sealer.seal_into(hwire, 0, hraw, type, h.seq, flags, body)
+        return memoryview(hwire)[:n]
+    h.frame = frame
+b.hold_data = True
 def run(type, body):
     wire = h.frame(type, body, flags=fr.FLAG_NOCACHE)
     h.sent.clear()              # (the test host's recording: not what a board holds)
@@ -110,33 +132,43 @@ def run(type, body):
     out = b.feed(wire, 0)
     feed = time.ticks_diff(time.ticks_us(), t0)
     replies = h.collect(out)
-    worst = n = 0
-    while b.busy():
+    worst = n = gcs = 0
+    while b.busy() or b.data_out:
+        free = gc.mem_free()
         t = time.ticks_us()
-        out = b.work(0, 1)
+        out = b.work(0, 1) if b.busy() else b''
+        data = b.next_data()    # the loop turn puts a finished reply on the line (the port copies it)
         d = time.ticks_diff(time.ticks_us(), t)
+        if gc.mem_free() > free:
+            gcs += 1            # the heap was collected in this step
         worst = max(worst, d)
         n += 1
         replies += h.collect(out)
+        if data:
+            replies += h.collect(data)
     assert len(replies) == 1 and replies[0].type == type
-    return time.ticks_diff(time.ticks_us(), t0), feed, worst, n, replies[0].body
+    return time.ticks_diff(time.ticks_us(), t0), feed, worst, n, replies[0].body, gcs
 gc.collect()
 res = {'encrypt': [], 'decrypt': []}
 for k in range(%(rounds)d):
-    tot, feed, worst, n, body = run(m.ENCRYPT, m.encode_encrypt_request([(0x1000, ip(1400)), (0x1000, ip(1400))]))
+    tot, feed, worst, n, body, gcs = run(m.ENCRYPT, m.encode_encrypt_request([(0x1000, ip(1400)), (0x1000, ip(1400))]))
     st, items = m.decode_encrypt_reply(body)
     assert st == 0 and [i[0] for i in items] == [0, 0], (st, [i[0] for i in items], b.counters)
-    res['encrypt'].append((tot, feed, worst, n))
-    tot, feed, worst, n, body = run(m.DECRYPT, m.encode_decrypt_request([(None, items[0][1]), (None, items[1][1])]))
+    res['encrypt'].append((tot, feed, worst, n, gcs))
+    req = m.encode_decrypt_request([(None, items[0][1]), (None, items[1][1])])
+    tot, feed, worst, n, body, gcs = run(m.DECRYPT, req)
     st, items = m.decode_decrypt_reply(body)
     assert st == 0 and [(i[0], len(i[2])) for i in items] == [(0, 1400)] * 2, (st, [i[0] for i in items])
-    res['decrypt'].append((tot, feed, worst, n))
+    res['decrypt'].append((tot, feed, worst, n, gcs))
 print('RES', res)
+b = h = hd = hraw = hwire = body = items = req = None   # (the next transform's run needs the heap)
+gc.collect()
 """
 
 
 def longest_steps(repl, keys, rounds):
-    """{"encrypt"|"decrypt": [(frame µs, feed() µs, longest work() µs, work() calls)] per round}."""
+    """{"encrypt"|"decrypt": [(frame µs, feed() µs, longest work() µs, work() calls, work() calls
+    in which the heap was collected)] per round}."""
     from pathlib import Path
     host = (Path(__file__).resolve().parents[1] / "firmware" / "tests" / "linkhost.py").read_text()
     return on_board(repl, host + STEPS % {"keys": keys, "rounds": rounds})

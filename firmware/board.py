@@ -176,6 +176,7 @@ class Board:
         self.work_budget = None        # packets feed() works off (None: all); ports set it
         self.on_packet = None          # on_packet(sa, nbytes) after each packet (the sim's CPU model)
         self.reset_requested = False
+        self._raw = self._wire = None  # preallocate(): the buffers a data reply is sealed in
         self.counters = {"requests": 0, "replies_from_cache": 0, "bad_requests": 0,
                          "unknown_types": 0, "events": 0, "unknown_spi_packets": 0,
                          "unknown_spi_suppressed": 0, "host_silence_flushes": 0,
@@ -194,7 +195,8 @@ class Board:
     def feed(self, data, now):
         """Bytes from the host; returns bytes to send back: control replies and events first,
         then the data replies that `work_budget` packets of work completed."""
-        for f in self.decoder.feed(data):
+        d = self.decoder
+        for f in (d.frames(data) if d.views else d.feed(data)):
             if self.auth is not None:
                 f = self._open(f, now)
                 if f is None:
@@ -208,6 +210,20 @@ class Board:
         if self.data_queue:
             self._work(self.work_budget)
         return self.tick(now)
+
+    def preallocate(self):
+        """For a board's main loop: frames are decoded into buffers made now and handed on as
+        views (fr.FrameDecoder `views`), and next_data() seals a data reply (CRC, COBS) into one
+        made now and returns a memoryview of it, valid until the next call into the board: the
+        port copies it. Nothing of a frame's size is allocated per frame then but the reply's
+        body; on CPython the bytes-building versions are the faster ones (C COBS)."""
+        d = self.decoder
+        self.decoder = fr.FrameDecoder(self.max_frame, auth=d.auth, views=True)
+        self.decoder.counters = d.counters
+        # a data reply is built in the decoder's buffer: next_data() runs between feed()s, when
+        # no decoded frame is in use (data requests keep copies of their packets)
+        self._raw = self.decoder.raw_buffer()
+        self._wire = bytearray(fr.max_wire_len(self.max_frame) + 2)
 
     def busy(self):
         """True while data requests wait for work()."""
@@ -287,6 +303,14 @@ class Board:
         if self.auth is None:
             return fr.encode(type, seq, flags, body)
         return self.auth.seal(type, seq, flags, body, sess)
+
+    def _seal_into(self, item, dst, raw):
+        """_seal() into dst from offset 0, the frame built in raw; the offset after the wire
+        bytes, or None (no session: dropped, counted)."""
+        type, seq, flags, body, sess = item
+        if self.auth is None:
+            return fr.encode_into(dst, 0, type, seq, flags, body, raw)
+        return self.auth.seal_into(dst, 0, raw, type, seq, flags, body, sess)
 
     def _send(self, type, seq, flags, body, sess=None):
         wire = self._seal((type, seq, flags, body, sess))
@@ -482,11 +506,18 @@ class Board:
         q.insert(i, (small, item))
 
     def next_data(self):
-        """The next data reply to put on the line (hold_data ports), sealed now, or None."""
+        """The next data reply to put on the line (hold_data ports), sealed now, or None. After
+        preallocate() a memoryview of the board's buffer (valid until the next call into it)."""
         while self.data_out:
-            wire = self._seal(self.data_out.pop(0)[1])
-            if wire:
-                return wire
+            item = self.data_out.pop(0)[1]
+            if self._wire is None:
+                wire = self._seal(item)
+                if wire:
+                    return wire
+                continue
+            end = self._seal_into(item, self._wire, self._raw)
+            if end is not None:
+                return memoryview(self._wire)[0:end]
         return None
 
     def pending_data(self):

@@ -12,6 +12,10 @@ firmware/crypto/chachapoly.py), looking at the port again after each. A heartbea
 for at most one packet's crypto (or one slice), however much data the host has in flight. A port that can tell
 when its transmitter is idle (tx_ready()) gets data replies one frame at a time, so a control
 reply, or a small data reply, never queues behind more than the frame on the line.
+
+Nothing of a frame's size is allocated per frame but a reply's body (Board.preallocate()): frames
+are decoded into the board's buffers and handed on as memoryviews, a data reply is sealed, CRC'd
+and COBS-encoded into one buffer, and port.write() copies it from there (into its TX queue).
 """
 import time
 
@@ -36,14 +40,19 @@ class Clock:
         return self.ms
 
 
+def _always():
+    return True
+
+
 def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
     """Serve the link until the host asks for a reset (returns "reset") or `steps` loop turns
     ran (tests; returns None). The reply to RESET is flushed out of the port first."""
     buf = bytearray(BUF)
     mv = memoryview(buf)
     board.work_budget = 0              # feed() answers control; data waits for work()
-    tx_ready = getattr(port, "tx_ready", None)
-    board.hold_data = tx_ready is not None
+    board.preallocate()                # frames decoded and data replies sealed in buffers made once
+    tx_ready = getattr(port, "tx_ready", None) or _always
+    board.hold_data = True             # data replies leave through next_data(): the port copies each
     while steps is None or steps > 0:
         if steps is not None:
             steps -= 1
@@ -58,7 +67,7 @@ def run(board, port, feed, clock, idle_ms=IDLE_MS, steps=None):
             out = board.tick(now)
         if out:
             port.write(out)
-        if board.data_out and tx_ready():
+        while board.data_out and tx_ready():
             wire = board.next_data()
             if wire:
                 port.write(wire)

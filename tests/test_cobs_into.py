@@ -46,3 +46,37 @@ def test_frame_encode_into_agrees_with_encode(type_, seq, flags, body):
     assert dst[:end] == want
     f, = fr.FrameDecoder(fr.MIN_FRAME + len(body) + 8).feed(dst[:end])
     assert (f.type, f.seq, f.flags, f.body) == (type_, seq & 0xFFFF, flags, body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(type_=st.integers(0, 255), seq=st.integers(0, 1 << 20), flags=st.integers(0, 0x3F), body=data,
+       enc=st.booleans())
+def test_sealer_seal_into_agrees_with_seal(type_, seq, flags, body, enc):
+    from firmware.link import auth as la
+    key, ek = bytes(range(32)), la.Mac(bytes(32))
+    flags |= fr.FLAG_ENC if enc else 0
+    want, tag = la.Sealer(key).seal(type_, seq, flags, body, ek)
+    n = fr.MIN_FRAME + fr.AUTH_LEN + len(body)
+    dst, raw = bytearray(fr.max_wire_len(n) + 2), bytearray(n)
+    s = la.Sealer(key)
+    end = s.seal_into(dst, 0, raw, type_, seq, flags, body, ek)
+    assert dst[:end] == want and s.next == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 0xFFFF), data), max_size=4),
+       junk=st.lists(st.binary(max_size=40), max_size=4), cuts=st.lists(st.integers(1, 900), max_size=8))
+def test_decoder_views_give_the_frames_feed_gives(frames, junk, cuts):
+    """A decoder of views (the boards) decodes any chunking of a stream with broken blocks in it
+    as feed() does: the same frames (bodies copied while they are valid), the same counters."""
+    stream = b"".join(fr.encode(t, s, 0, b) + (junk[i] if i < len(junk) else b"")
+                      for i, (t, s, b) in enumerate(frames))
+    plain = fr.FrameDecoder(1500)
+    want = plain.feed(stream)
+    views = fr.FrameDecoder(1500, views=True)
+    got, i = [], 0
+    for c in cuts + [len(stream)]:
+        for f in views.frames(stream[i:i + c]):
+            got.append(fr.Frame(f.type, f.seq, f.flags, bytes(f.body)))
+        i += c
+    assert got == want and views.counters == plain.counters

@@ -146,6 +146,21 @@ class Sealer:
 
     def seal(self, type, seq, flags, body, enc=None):
         """(wire bytes, tag) of an authenticated frame; `enc` (a Mac) encrypts a FLAG_ENC body."""
+        raw = bytearray(fr.MIN_FRAME + fr.AUTH_LEN + len(body))
+        n, tag = self.raw_into(raw, type, seq, flags, body, enc)
+        return fr.encode_raw(memoryview(raw)[0:n]), tag
+
+    def seal_into(self, dst, off, raw, type, seq, flags, body, enc=None):
+        """seal()'s wire bytes written to dst from offset off, the frame built in `raw` (a
+        bytearray of at least MIN_FRAME + AUTH_LEN + len(body) bytes); returns the offset after
+        them. dst needs fr.max_wire_len(len(raw)) + 2 bytes from off. For the boards: nothing of
+        the frame's size is allocated."""
+        n = self.raw_into(raw, type, seq, flags, body, enc)[0]
+        return fr.encode_raw_into(dst, off, raw, n)
+
+    def raw_into(self, raw, type, seq, flags, body, enc=None):
+        """The frame before its CRC (header, body, auth seq, tag) written to raw from offset 0,
+        the next auth sequence number taken; returns (its length, the tag)."""
         aseq = self.next
         if aseq:
             self.next = aseq + 1
@@ -153,12 +168,14 @@ class Sealer:
             if enc is None:
                 raise ValueError("FLAG_ENC needs the session's encryption key")
             body = keystream_xor(enc, aseq, body)
-        raw = bytearray(fr.header(type, seq, flags | fr.FLAG_AUTH))
-        raw += body
-        raw += _u64(aseq)
-        tag = self.mac.digest(raw)[:TAG_LEN]
-        raw += tag
-        return fr.encode_raw(raw), tag
+        struct.pack_into(fr.HEADER_FMT, raw, 0, fr.VERSION, type, flags | fr.FLAG_AUTH, seq & 0xFFFF)
+        n = fr.HEADER_LEN + len(body)
+        raw[fr.HEADER_LEN:n] = body
+        struct.pack_into(">II", raw, n, (aseq >> 32) & 0xFFFFFFFF, aseq & 0xFFFFFFFF)
+        n += SEQ_LEN
+        tag = self.mac.digest(memoryview(raw)[0:n])[:TAG_LEN]
+        raw[n:n + TAG_LEN] = tag
+        return n + TAG_LEN, tag
 
 
 # Opener.open() results
@@ -293,6 +310,18 @@ class BoardAuth:
                 self.counters["auth_unsealed"] += 1
                 return None
         return sess.sealer.seal(type, seq, flags, body)[0]
+
+    def seal_into(self, dst, off, raw, type, seq, flags, body, sess=None):
+        """seal() into the caller's buffers (Sealer.seal_into): the offset after the wire bytes
+        in dst, or None when there is no such session (dropped, counted)."""
+        if sess == BOOT:
+            return self.boot_out.seal_into(dst, off, raw, type, seq, flags, body)
+        if sess is None:
+            sess = self.current
+            if sess is None:
+                self.counters["auth_unsealed"] += 1
+                return None
+        return sess.sealer.seal_into(dst, off, raw, type, seq, flags, body)
 
     def dropped(self):
         c = self.counters

@@ -83,9 +83,16 @@ def encode_into(dst, off, type, seq, flags, body, scratch):
     n = HEADER_LEN + len(body)
     struct.pack_into(HEADER_FMT, scratch, 0, VERSION, type, flags, seq & 0xFFFF)
     scratch[HEADER_LEN:n] = body
-    struct.pack_into("<I", scratch, n, binascii.crc32(memoryview(scratch)[0:n]) & 0xFFFFFFFF)
+    return encode_raw_into(dst, off, scratch, n)
+
+
+def encode_raw_into(dst, off, raw, n):
+    """encode_raw(raw[:n])'s bytes written to dst from offset off, the CRC put in raw[n:n + 4]
+    (raw: a bytearray with that room); returns the offset after them. dst needs
+    max_wire_len(n + CRC_LEN) + 2 bytes from off."""
+    struct.pack_into("<I", raw, n, binascii.crc32(memoryview(raw)[0:n]) & 0xFFFFFFFF)
     dst[off] = 0
-    o = cobs.encode_into(scratch, dst, off + 1, 0, n + CRC_LEN)
+    o = cobs.encode_into(raw, dst, off + 1, 0, n + CRC_LEN)
     dst[o] = 0
     return o + 1
 
@@ -99,11 +106,17 @@ class FrameDecoder:
     """Stream decoder: feed() any chunking of the byte stream, get whole valid frames back.
 
     Counters (attribute `counters`, a dict) say what was dropped and why.
+
+    With `views` (the boards) nothing is allocated per frame but the Frame: the stream is
+    gathered and COBS-decoded into buffers made once, and frames() hands each frame on with its
+    body (and raw) a memoryview of them, valid until the next frame is asked for. Without, a
+    frame's body is its own bytes (feed(), the host).
     """
 
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME, auth=False):
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME, auth=False, views=False):
         """auth: the link is authenticated (frames without FLAG_AUTH are dropped); else frames
         with FLAG_AUTH are (a tag nobody can check is worth nothing)."""
+        self.views = views
         self.set_max_frame(max_frame)
         self.auth = auth
         self._buf = bytearray()
@@ -115,8 +128,21 @@ class FrameDecoder:
         """Accept frames up to `max_frame` decoded bytes (the host learns the board's from HELLO)."""
         self.max_frame = max_frame
         self._max_block = max_wire_len(max_frame)
+        if self.views:
+            self._in = bytearray(1024)                 # the chunk being looked at
+            self._block = bytearray(self._max_block)   # a block gathered across chunks
+            self._n = 0
+            self._raw = bytearray(self._max_block)     # the block decoded
+
+    def raw_buffer(self):
+        """Views mode: the buffer blocks are decoded into (max_wire_len(max_frame) bytes), which
+        the caller may use between frames() calls."""
+        return self._raw
 
     def feed(self, data):
+        """The whole valid frames that `data` completes (a list; each body its own bytes)."""
+        if self.views:
+            raise ValueError("a decoder of views hands frames on with frames()")
         frames = []
         data = bytes(data)
         n = len(data)
@@ -150,21 +176,75 @@ class FrameDecoder:
             i = j + 1
         return frames
 
+    def frames(self, data):
+        """Views mode: yields the whole valid frames that `data` completes, each a view of the
+        decoder's buffers until the next is asked for (copy what must outlive it)."""
+        src = memoryview(data)
+        buf = self._in
+        at = 0
+        while at < len(src):
+            n = min(len(src) - at, len(buf))
+            buf[0:n] = src[at:at + n]
+            at += n
+            for f in self._scan(n):
+                yield f
+
+    def _scan(self, n):
+        """frames() of the chunk in self._in[:n]."""
+        buf = self._in
+        blk = self._block
+        i = 0
+        while i < n:
+            j = buf.find(b"\x00", i, n)
+            end = n if j < 0 else j
+            if not self._skipping and end > i:
+                k = self._n + end - i
+                if k > self._max_block:
+                    self.counters["too_long"] += 1
+                    self._n = 0
+                    self._skipping = True
+                else:
+                    blk[self._n:k] = memoryview(buf)[i:end]
+                    self._n = k
+            if j < 0:
+                return
+            i = j + 1
+            if self._skipping:
+                self._skipping = False
+                continue
+            k, self._n = self._n, 0
+            if not k:
+                continue
+            try:
+                k = cobs.decode_into(blk, self._raw, 0, 0, k)
+            except cobs.CobsError:
+                self.counters["bad_cobs"] += 1
+                continue
+            f = self._check(memoryview(self._raw)[0:k])
+            if f is not None:
+                yield f
+
     def _decode_block(self, block):
-        c = self.counters
         try:
             raw = cobs.decode(block)
         except cobs.CobsError:
-            c["bad_cobs"] += 1
+            self.counters["bad_cobs"] += 1
             return None
-        if len(raw) < MIN_FRAME:
+        return self._check(raw)
+
+    def _check(self, raw):
+        """The Frame in decoded block `raw` (bytes, or a memoryview: the frame's body and raw
+        are then views too), or None when it is dropped (counted)."""
+        c = self.counters
+        n = len(raw)
+        if n < MIN_FRAME:
             c["short"] += 1
             return None
-        if len(raw) > self.max_frame:
+        if n > self.max_frame:
             c["too_long"] += 1
             return None
-        crc = struct.unpack("<I", raw[-CRC_LEN:])[0]
-        if binascii.crc32(raw[:-CRC_LEN]) & 0xFFFFFFFF != crc:
+        crc = struct.unpack_from("<I", raw, n - CRC_LEN)[0]
+        if binascii.crc32(raw[:n - CRC_LEN]) & 0xFFFFFFFF != crc:
             c["bad_crc"] += 1
             return None
         version, type, flags, seq = struct.unpack_from(HEADER_FMT, raw, 0)
@@ -175,18 +255,18 @@ class FrameDecoder:
             if not self.auth:
                 c["auth_dropped"] += 1
                 return None
-            if len(raw) < MIN_FRAME + AUTH_LEN:
+            if n < MIN_FRAME + AUTH_LEN:
                 c["short"] += 1
                 return None
             c["frames"] += 1
-            f = Frame(type, seq, flags, raw[HEADER_LEN:-CRC_LEN - AUTH_LEN])
+            f = Frame(type, seq, flags, raw[HEADER_LEN:n - CRC_LEN - AUTH_LEN])
             f.raw = raw          # the tag covers raw[:-CRC_LEN - TAG_LEN]
             return f
         if self.auth:
             c["unauthenticated"] += 1
             return None
         c["frames"] += 1
-        return Frame(type, seq, flags, raw[HEADER_LEN:-CRC_LEN])
+        return Frame(type, seq, flags, raw[HEADER_LEN:n - CRC_LEN])
 
     def dropped(self):
         """Total frames dropped for any reason."""

@@ -127,7 +127,9 @@ class Reader:
     """Bounds-checked cursor over a body."""
 
     def __init__(self, data):
-        self.data = bytes(data)
+        # a view of anything but bytes: each field is copied out of it once (the body of a
+        # frame the board decoded is a view of a buffer the next frame overwrites)
+        self.data = data if type(data) is bytes else memoryview(data)
         self.pos = 0
 
     def take(self, n):
@@ -136,7 +138,7 @@ class Reader:
             raise MessageError("body truncated")
         b = self.data[self.pos:end]
         self.pos = end
-        return b
+        return b if type(b) is bytes else bytes(b)
 
     def u8(self):
         return self.take(1)[0]
@@ -778,12 +780,20 @@ def decode_encrypt_request(body, max_batch):
 
 
 def encode_encrypt_reply(items):
-    """items: [(packet status, ESP packet or b"")]."""
-    out = bytearray(struct.pack(">BH", OK, len(items)))
+    """items: [(packet status, ESP packet or b"")]. One buffer of the reply's size (a bytearray):
+    a board builds a frame-sized reply without growing or copying it."""
+    n = 3
+    for _, pkt in items:
+        n += 3 + len(pkt)
+    out = bytearray(n)
+    struct.pack_into(">BH", out, 0, OK, len(items))
+    o = 3
     for st, pkt in items:
-        out += struct.pack(">BH", st, len(pkt))
-        out += pkt
-    return bytes(out)
+        k = len(pkt)
+        struct.pack_into(">BH", out, o, st, k)
+        out[o + 3:o + 3 + k] = pkt
+        o += 3 + k
+    return out
 
 
 def decode_encrypt_reply(body, max_batch=0xFFFF):
@@ -823,12 +833,19 @@ def decode_decrypt_request(body, max_batch):
 
 
 def encode_decrypt_reply(items):
-    """items: [(packet status, spi, inner packet or b"")]."""
-    out = bytearray(struct.pack(">BH", OK, len(items)))
+    """items: [(packet status, spi, inner packet or b"")]; one buffer, as encode_encrypt_reply."""
+    n = 3
+    for _, _, pkt in items:
+        n += 7 + len(pkt)
+    out = bytearray(n)
+    struct.pack_into(">BH", out, 0, OK, len(items))
+    o = 3
     for st, spi, pkt in items:
-        out += struct.pack(">BIH", st, spi, len(pkt))
-        out += pkt
-    return bytes(out)
+        k = len(pkt)
+        struct.pack_into(">BIH", out, o, st, spi, k)
+        out[o + 7:o + 7 + k] = pkt
+        o += 7 + k
+    return out
 
 
 def decode_decrypt_reply(body, max_batch=0xFFFF):
