@@ -145,12 +145,9 @@ def _encode_native_into(src, dst, off=0, start=0, end=None):
 
 
 def _decode_native_into(src, dst, off=0, start=0, end=None):
-    n = len(src) if end is None else end
-    if src.find(b"\x00", start, n) >= 0:
-        raise CobsError("zero byte inside COBS block")
-    o = _native.cobs_decode(src, start, n, dst, off)
+    o = _native.cobs_decode(src, start, len(src) if end is None else end, dst, off)
     if o < 0:
-        raise CobsError("COBS block truncated")
+        raise CobsError("zero byte inside COBS block" if o == -2 else "COBS block truncated")
     return o
 
 
