@@ -117,6 +117,27 @@ def measure_link(pkt):
         k = cobs.decode_into(dst, back, 0, 1, end - 1)
         res["decode_into_bytes"] = gc.mem_alloc() - a
         assert back[:k] == raw
+    if hasattr(fr.FrameDecoder, "frames"):   # the board's path: sealed (auth tag) and decoded as views
+        from firmware.link import auth as la
+        key = bytes(range(32))
+        n += fr.AUTH_LEN
+        raw, dst = bytearray(fr.max_wire_len(n) + 2), bytearray(fr.max_wire_len(n) + 2)
+        dec = fr.FrameDecoder(4096, auth=True, views=True)
+        sealer = la.Sealer(key)
+        a = gc.mem_alloc()
+        wire = sealer.seal(m.ENCRYPT, 1, fr.FLAG_REPLY, body)[0]
+        res["seal_bytes"] = gc.mem_alloc() - a
+        a = gc.mem_alloc()
+        end = sealer.seal_into(dst, 0, raw, m.ENCRYPT, 2, fr.FLAG_REPLY, body)
+        res["seal_into_bytes"] = gc.mem_alloc() - a
+        a = gc.mem_alloc()
+        got = fr.FrameDecoder(4096, auth=True).feed(wire)
+        res["feed_bytes"] = gc.mem_alloc() - a
+        a = gc.mem_alloc()
+        for f in dec.frames(memoryview(dst)[:end]):
+            got.append(f.seq)
+        res["frames_bytes"] = gc.mem_alloc() - a
+        assert len(got) == 2 and got[1] == 2 and end == len(wire)
     print(json.dumps(res))
 
 

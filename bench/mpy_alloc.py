@@ -108,6 +108,11 @@ def main(argv=None):
           ["frame", "encode", "encode_into", "decode", "decode_into"],
           [(r["transform"], r["encode_bytes"], r["encode_into_bytes"], r["decode_bytes"], r["decode_into_bytes"])
            for r in link])
+    table("The board's path: that frame sealed with its auth tag (auth.Sealer.seal / seal_into) and decoded "
+          "(FrameDecoder.feed / frames, views), bytes allocated",
+          ["frame", "seal", "seal_into", "feed", "frames"],
+          [(r["transform"], r.get("seal_bytes"), r.get("seal_into_bytes"), r.get("feed_bytes"), r.get("frames_bytes"))
+           for r in link])
     met = all(r["encrypt_bytes"] <= LIMITS[r["backend"]] and r["decrypt_bytes"] <= LIMITS[r["backend"]]
               for r in cur.values())
     print("goal (pure <= 16 KB, cryptolib <= 4 KB, every transform, both ways): %s"
