@@ -164,6 +164,12 @@ BROKEN = [
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "9466"', "daemon.metrics", "metrics ="),
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "localhost:9466"', "daemon.metrics", "metrics ="),
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "127.0.0.1:70000"', "daemon.metrics", "metrics ="),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = "ha-health"\n\n[dataplane]', "ha.track_file", "track_file"),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = "/run/ikeoffload/"\n\n[dataplane]', "ha.track_file",
+     "track_file"),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = 1\n\n[dataplane]', "ha.track_file", "track_file"),
+    ("[dataplane]", '[ha]\ntrack_file = "/run/ikeoffload/ha-health"\n\n[dataplane]', "ha.track_file",
+     "track_file"),
 ]
 
 
