@@ -198,6 +198,15 @@ def test_the_base_is_valid(tmp_path):
     assert len(c.boards) == 2 and "gw" in c.connections and c.warnings == []
 
 
+def test_the_ha_track_file_defaults_to_beside_the_control_socket(tmp_path):
+    """Where packaging/keepalived.conf looks for it; none without [ha]."""
+    assert config.load(write(tmp_path, GOOD)).ha_track_file is None
+    text = GOOD.replace("[dataplane]", "[ha]\nenabled = true\n\n[dataplane]", 1)
+    assert config.load(write(tmp_path, text)).ha_track_file == "/run/ikeoffload/ha-health"
+    text = GOOD.replace("[dataplane]", '[ha]\nenabled = true\ntrack_file = "/run/ka//h"\n\n[dataplane]', 1)
+    assert config.load(write(tmp_path, text)).ha_track_file == "/run/ka/h"
+
+
 def test_an_spi_board_takes_an_adapter_or_the_sim_standing_in_for_it(tmp_path):
     for port in ("ftdi://ftdi:232h/1", "/dev/pts/7", "socket://127.0.0.1:7001"):
         text = GOOD.replace('profile = "sim"\nport = "/dev/ttyS0"', 'profile = "rp2040-pico-spi"\nport = "%s"' % port)
