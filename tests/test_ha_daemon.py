@@ -139,7 +139,7 @@ def test_the_track_file_tells_keepalived_at_once_when_the_last_board_goes_and_co
             await until(lambda: not a.daemon.pool.ready_boards(), 5, "a's board lost")
             lost = time.monotonic()
             await until(lambda: health.read_text() == "1\n", 2, "unhealthy written")
-            took = seen[-1][0] - lost
+            took = time.monotonic() - lost
             assert 0.45 <= took <= 0.5 + 0.1, "unhealthy %.3f s after the loss (grace 0.5 s)" % took
             st = (await a.ctl("ha"))["result"]
             assert not st["healthy"] and st["reason"].startswith("no board ready")
@@ -148,8 +148,9 @@ def test_the_track_file_tells_keepalived_at_once_when_the_last_board_goes_and_co
             await until(lambda: a.daemon.pool.ready_boards(), 5, "a's board back")
             back = time.monotonic()
             await until(lambda: health.read_text() == "0\n", 1, "healthy written")
-            assert seen[-1][0] - back < 0.05
+            assert time.monotonic() - back < 0.05
             assert sorted(p.name for p in health.parent.iterdir()) == ["ha-health"]
+            await asyncio.sleep(0.05)                     # the watcher's turn before the stop
         finally:
             await pair.stop()
             await asyncio.sleep(0.02)
