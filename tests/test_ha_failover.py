@@ -17,10 +17,11 @@ pytestmark = [pytest.mark.strongswan,
 
 FAILOVER_BOUND = 3.0
 # After a board loss the standby is MASTER within the 0.5 s grace for a board reset, the skew
-# time of a priority-0 advert (VRRPv3: (256 - 100) / 256 x 0.25 s) and the notify: the daemon
-# writes keepalived's track file when the grace runs out; the track script alone would fail up
-# to a whole second later (it ran at 0.80-1.74 s).
-BOARD_MASTER_BOUND = 1.0
+# time of a priority-0 advert (VRRPv3: (256 - 100) / 256 x 0.25 s) and the notify — 0.74-0.99 s
+# measured, the slowest on a busy machine: the daemon writes keepalived's track file when the
+# grace runs out. The track script alone failed up to a whole second later (MASTER 1.04-1.74 s),
+# after the 1.5 s at which the peer of routers that only answer sends its IKE_SA_INIT again.
+BOARD_MASTER_BOUND = 1.2
 
 
 def assert_board_loss_noticed_at_once(what, tl):
