@@ -28,6 +28,8 @@ cannot work are errors, doubtful ones that can (two Child SAs for the same traff
 
     [ha]                               # active/standby with keepalived (host/ha.py, README "HA")
     enabled = false                    # true: standby until `ikeoffloadctl ha master`
+    track_file = "/run/ikeoffload/ha-health"   # keepalived's track_file: 0 healthy, 1 not (host/ha_track_file.py);
+                                       # default: ha-health beside daemon.control_socket
 
     [ike]                              # engine settings (host/ike/README.md): ports, cookies,
     port = 500                         # INVALID_SPI, rate limits, ...
@@ -90,6 +92,7 @@ class DaemonConfig:
     metrics: str | None = None                       # "HOST:PORT" of the OpenMetrics endpoint, None: off
     flush_on_board_loss: bool = True
     ha: bool = False                   # [ha] enabled: keepalived decides when IKE runs here
+    ha_track_file: str | None = None   # [ha] track_file: the health keepalived watches (set whenever ha is)
     tun: str = "ikeo0"
     mtu: int = 1400
     routing_table: int = 210
@@ -145,7 +148,7 @@ RESERVED_ROUTE_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 
                             17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis",
                             188: "ospf", 189: "rip", 192: "eigrp"}
 _BOARD_KEYS = {"name": str, "profile": str, "port": str, "heartbeat_ms": int, "misses": int, "link_key": str}
-_HA_KEYS = {"enabled": bool}
+_HA_KEYS = {"enabled": bool, "track_file": str}
 _TOP = {"daemon", "dataplane", "board", "ike", "connections", "ha"}
 _TABLES = ("daemon", "dataplane", "ike", "connections", "ha")
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
@@ -208,6 +211,14 @@ def loads(text, path="<config>", base=None):
     cfg.ha = ha.get("enabled", False)
     if cfg.ha and any(a in ("0.0.0.0", "::") for a in cfg.listen_addrs):
         err("ha.enabled", "needs daemon.listen = the virtual address(es) keepalived moves (not a wildcard)")
+    if "track_file" in ha:
+        tf = ha["track_file"]
+        if not cfg.ha:
+            err("ha.track_file", "only with [ha] enabled = true: keepalived reads it to judge this router")
+        if not os.path.isabs(tf) or tf.endswith("/") or os.path.basename(tf) in (".", ".."):
+            err("ha.track_file", "must be the absolute path of a file (keepalived's track_file), not %r" % tf)
+        cfg.ha_track_file = os.path.normpath(tf)
+    ha_track_file_default = cfg.ha and "track_file" not in ha
     if cfg.log_level not in LOG_LEVELS:
         err("daemon.log_level", "must be one of %s" % ", ".join(LOG_LEVELS))
     for sub, level in cfg.log_levels.items():
@@ -225,6 +236,8 @@ def loads(text, path="<config>", base=None):
     if len(os.fsencode(cfg.control_socket)) > UNIX_PATH_MAX:
         err("daemon.control_socket", "%d bytes long: a unix socket path holds at most %d"
             % (len(os.fsencode(cfg.control_socket)), UNIX_PATH_MAX))
+    if ha_track_file_default:       # beside the control socket, where packaging/keepalived.conf looks
+        cfg.ha_track_file = os.path.join(os.path.dirname(cfg.control_socket), "ha-health")
     raw = d.get("listen", cfg.listen_addrs)
     addrs = [raw] if isinstance(raw, str) else raw
     if not addrs:

@@ -37,6 +37,7 @@ from host.dataplane.traps import TrapTable
 from host.dataplane.tun import Tun
 from host.dataplane.tun_routes import TunRoutes
 from host.ha import HaState
+from host.ha_track_file import HealthFile
 from host.ike import events as ike_ev
 from host.ike.engine import IkeEngine
 from host.ike.proposals import OffloadCapabilities
@@ -85,6 +86,10 @@ class Daemon:
         self.control = None
         self.ha = HaState(cfg.ha, time.monotonic())   # active/standby under keepalived (host/ha.py)
         self.standby = None
+        # keepalived's track_file: the daemon says at once when it can no longer be the active side
+        self.health_file = HealthFile(cfg.ha_track_file) if cfg.ha and cfg.ha_track_file else None
+        self._health_timer = None
+        self._stopping = False
         self._wrong_peer_checks = {}  # ike_id -> when ESP from an unexpected source last started a check
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -97,6 +102,8 @@ class Daemon:
     # ---- life -------------------------------------------------------------------------------
     async def start(self):
         c = self.cfg
+        if self.health_file:       # no board yet: not a router keepalived may make active
+            self.health_file.publish(False, "starting")
         for b in c.boards:
             self.add_board(b)
         self.engine = IkeEngine(c.connections, self._capabilities, c.engine, c.retransmit)
@@ -165,6 +172,23 @@ class Daemon:
         self.ha.boards(any_ready, now)
         if self.cfg.ha:
             self.engine.answer_init = any_ready
+        self._publish_health()
+
+    def _publish_health(self):
+        """Tell keepalived's track_file whether this router can be the active one, as host/ha.py
+        judges it now — and again when the grace for a missing board runs out."""
+        if self.health_file is None or self.standby is None or self._stopping:
+            return
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
+        now = time.monotonic()
+        healthy, why = self.ha.health(now, self.standby.address_here())
+        self.health_file.publish(healthy, why)
+        at = self.ha.unhealthy_at()
+        if healthy and at is not None:      # a few ms late: health() must see the grace over
+            self._health_timer = asyncio.get_running_loop().call_later(max(at - now, 0) + 0.005,
+                                                                       self._publish_health)
 
     def add_board(self, b):
         """A configured board's client, in the pool (opened by its start())."""
@@ -235,8 +259,14 @@ class Daemon:
         t.add_done_callback(self._tasks.discard)
 
     async def shutdown(self):
-        """Deletes to every peer, then the boards are flushed and closed."""
+        """keepalived hears that this router can no longer be active; Deletes to every peer, then
+        the boards are flushed and closed."""
         t0 = time.monotonic()
+        if self.health_file:
+            self.health_file.publish(False, "the daemon stops")
+        self._stopping = True
+        if self._health_timer is not None:
+            self._health_timer.cancel()
         ids = [sa.ike_id for sa in self.engine.ike_sas()]
         for ike_id in ids:
             self.udp.call(self.engine.delete_ike, ike_id, reason="daemon shutdown")
@@ -399,7 +429,10 @@ class Daemon:
         if cmd == "ha":
             if req.get("state") is None:
                 return self.standby.status()
-            return await self.standby.set(req["state"])
+            try:
+                return await self.standby.set(req["state"])
+            finally:            # a role from keepalived ends the unhealthy "address here, no role"
+                self._publish_health()
         if cmd in ("initiate", "rekey") and not self.ha.active:
             raise ValueError("standby (HA %s): IKE is initiated only on the active side" % self.ha.role.value)
         if cmd in ("initiate", "terminate", "rekey"):

@@ -1,8 +1,9 @@
 """Active/standby: the role keepalived (VRRP, RFC 5798) gives this router, as a sans-I/O state.
 
 keepalived's notify hooks tell the daemon MASTER, BACKUP, FAULT or STOP (`ikeoffloadctl ha
-<state>`); its track script asks whether the daemon can serve (`ikeoffloadctl ha check`). This
-module decides what each change means; host/standby.py does it.
+<state>`); its track script asks whether the daemon can serve (`ikeoffloadctl ha check`), and its
+track file hears it from the daemon the moment that changes (host/ha_track_file.py). This module
+decides what each change means; host/standby.py does it.
 
 * MASTER (active): IKE on the virtual address. Every ``start_action = "start"`` connection is
   initiated at once with INITIAL_CONTACT (RFC 7296 §2.4: the peer drops the IKE SAs the old
@@ -102,6 +103,10 @@ class HaState:
             self._no_board_since = None
         elif self._no_board_since is None:
             self._no_board_since = now
+
+    def unhealthy_at(self) -> float | None:
+        """When the absence of every board will make this router unhealthy (None: a board is ready)."""
+        return None if self._no_board_since is None else self._no_board_since + self.no_board_grace
 
     def health(self, now: float, address_here: bool = False) -> tuple[bool, str]:
         """Can this router serve as the active side? (healthy, why) for keepalived's track script.

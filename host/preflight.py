@@ -62,6 +62,7 @@ def check(cfg, tun=True):
         if tun:
             _tun_free(cfg)
         _metrics(cfg)
+        _track_file(cfg)
         for i, board in enumerate(cfg.boards):
             fd = check_board(cfg, i, board)
             if fd is not None:
@@ -94,6 +95,23 @@ def _metrics(cfg):
             s.bind((host, port))
         except OSError as e:
             raise cfg.error("daemon.metrics", "TCP %s port %d: %s" % (host, port, e.strerror or e)) from None
+
+
+def _track_file(cfg):
+    """keepalived watches the track file's directory: it must exist (keepalived drops a track
+    file whose directory is missing) and take our files."""
+    path = cfg.ha_track_file
+    if path is None:
+        return
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise cfg.error("ha.track_file", "%s: no such directory (keepalived watches it; create it before "
+                        "keepalived starts)" % directory)
+    if os.path.isdir(path):
+        raise cfg.error("ha.track_file", "%s is a directory, not a file" % path)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise cfg.error("ha.track_file", "%s: cannot write files there (the health is written to a new "
+                        "file and renamed into place)" % directory)
 
 
 def _instance_lock(cfg):

@@ -32,7 +32,8 @@ RESTART_KEYS = (("listen_addrs", "daemon.listen"), ("control_socket", "daemon.co
                 ("metrics", "daemon.metrics"), ("tun", "dataplane.tun"), ("mtu", "dataplane.mtu"),
                 ("routing_table", "dataplane.routing_table"), ("rule_priority", "dataplane.rule_priority"),
                 ("fwmark", "dataplane.fwmark"), ("route_protocol", "dataplane.route_protocol"),
-                ("engine", "ike"), ("retransmit", "ike.retransmit"))
+                ("engine", "ike"), ("retransmit", "ike.retransmit"), ("ha", "ha.enabled"),
+                ("ha_track_file", "ha.track_file"))
 
 
 def restart_needed(old, new):

@@ -252,10 +252,14 @@ class DemoBed:
                 for ts in c["remote_ts"]}
         have = set()
         for fam, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-            out = subprocess.run(["ip", "-j", "-n", self.net.ns_a, fam, "route", "show", "table",
-                                  str(DaemonConfig.routing_table)], capture_output=True, text=True).stdout
-            have |= {ipaddress.ip_network(default if r["dst"] == "default" else r["dst"])
-                     for r in json.loads(out or "[]")}
+            r = subprocess.run(["ip", "-j", "-n", self.net.ns_a, fam, "route", "show", "table",
+                                str(DaemonConfig.routing_table)], capture_output=True, text=True)
+            try:
+                routes = json.loads(r.stdout or "[]")
+            except ValueError:
+                # a dump that the daemon's route changes interrupted ends after "[": look again
+                return False
+            have |= {ipaddress.ip_network(default if x["dst"] == "default" else x["dst"]) for x in routes}
         return want <= have
 
     def log_tail(self, n=30):

@@ -7,9 +7,10 @@
     netns <p>h: the LAN — a bridge joining the three
 
 keepalived runs packaging/keepalived.conf (only interface, priority, preemption and paths are
-substituted): VRRPv3 with 0.25 s adverts, `ikeoffloadctl ha check` as its track script, the notify
-hooks calling `ikeoffloadctl ha <state>`. A pinger in the peer's namespace sends an echo request
-every 20 ms to 198.51.100.1, which whichever router is active answers through its tunnel.
+substituted): VRRPv3 with 0.25 s adverts, the daemon's health file as its track file and
+`ikeoffloadctl ha check` as its track script, the notify hooks calling `ikeoffloadctl ha <state>`.
+A pinger in the peer's namespace sends an echo request every 20 ms to 198.51.100.1, which whichever
+router is active answers through its tunnel.
 
 Failure injections (``inject``): ``kill`` (ikeoffloadd of the active router, SIGKILL), ``link``
 (its LAN link down), ``keepalived`` (its keepalived stopped), ``board`` (its board's process
@@ -68,6 +69,7 @@ class Router:
         self.daemon = self.keepalived = None
         self.log_path = os.path.join(bed.state, "ikeoffloadd-%s.log" % name)
         self.kalog_path = os.path.join(bed.state, "keepalived-%s.log" % name)
+        self.health_path = os.path.join(bed.state, "ha-health-%s" % name)
 
     def start_daemon(self):
         if os.path.exists(self.control):
@@ -88,6 +90,7 @@ class Router:
         text = open(EXAMPLE).read()
         ctl = ctl_command()
         subs = [("/opt/ikeoffload/bin/ikeoffloadctl", ctl), ("/run/ikeoffload/control.sock", self.control),
+                ("/run/ikeoffload/ha-health", self.health_path),
                 ("eth0", self.ifname), ("priority 150", "priority %d" % PRIORITIES[self.name])]
         if not preempt:
             subs.append(("# nopreempt", "nopreempt"))
@@ -201,7 +204,8 @@ class HaBed(DemoBed):
 
     def write_router_config(self, r):
         path = self.write_config(boards=[r.board], control=r.control, path=r.config or os.path.join(
-            self.state, "ikeoffloadd-%s.toml" % r.name), extra=["[ha]", "enabled = true", ""])
+            self.state, "ikeoffloadd-%s.toml" % r.name), extra=["[ha]", "enabled = true",
+                                                                  'track_file = "%s"' % r.health_path, ""])
         if not self.routers_start:
             text = open(path).read()
             with open(path, "w") as f:

@@ -164,6 +164,12 @@ BROKEN = [
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "9466"', "daemon.metrics", "metrics ="),
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "localhost:9466"', "daemon.metrics", "metrics ="),
     ('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nmetrics = "127.0.0.1:70000"', "daemon.metrics", "metrics ="),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = "ha-health"\n\n[dataplane]', "ha.track_file", "track_file"),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = "/run/ikeoffload/"\n\n[dataplane]', "ha.track_file",
+     "track_file"),
+    ("[dataplane]", '[ha]\nenabled = true\ntrack_file = 1\n\n[dataplane]', "ha.track_file", "track_file"),
+    ("[dataplane]", '[ha]\ntrack_file = "/run/ikeoffload/ha-health"\n\n[dataplane]', "ha.track_file",
+     "track_file"),
 ]
 
 
@@ -190,6 +196,15 @@ def check_refused(capsys, path, key, line):
 def test_the_base_is_valid(tmp_path):
     c = config.load(write(tmp_path, GOOD))
     assert len(c.boards) == 2 and "gw" in c.connections and c.warnings == []
+
+
+def test_the_ha_track_file_defaults_to_beside_the_control_socket(tmp_path):
+    """Where packaging/keepalived.conf looks for it; none without [ha]."""
+    assert config.load(write(tmp_path, GOOD)).ha_track_file is None
+    text = GOOD.replace("[dataplane]", "[ha]\nenabled = true\n\n[dataplane]", 1)
+    assert config.load(write(tmp_path, text)).ha_track_file == "/run/ikeoffload/ha-health"
+    text = GOOD.replace("[dataplane]", '[ha]\nenabled = true\ntrack_file = "/run/ka//h"\n\n[dataplane]', 1)
+    assert config.load(write(tmp_path, text)).ha_track_file == "/run/ka/h"
 
 
 def test_an_spi_board_takes_an_adapter_or_the_sim_standing_in_for_it(tmp_path):

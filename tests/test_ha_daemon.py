@@ -6,6 +6,7 @@ initiate on a standby; a board gone makes `ha check` fail, and no IKE_SA_INIT is
 without a board. The real thing, with keepalived,
 charon and two routers, is tests/test_ha_failover.py (root)."""
 import asyncio
+import time
 
 import pytest
 
@@ -89,3 +90,86 @@ def test_standby_master_backup_through_the_control_socket(tmp_path, sim_boards, 
         finally:
             await pair.stop()
     asyncio.run(go())
+
+
+@pytest.fixture
+def own_sims():
+    yield from sim_pair()
+
+
+def test_the_track_file_tells_keepalived_at_once_when_the_last_board_goes_and_comes_back(tmp_path, own_sims):
+    """keepalived's track_file ([ha] track_file): 1 while the daemon starts, 0 once it has a board
+    and a role, 1 within a few ms of the grace for a missing board running out (not on the next
+    track script run, each whole second), 0 the moment the board is ready again, 1 when the daemon
+    stops. Each value is renamed into place: no temporary file is left beside it."""
+    health = tmp_path / "run" / "ha-health"
+    health.parent.mkdir()
+    seen = []                                   # (monotonic time, value) whenever the file changes
+
+    async def watch():
+        last = None
+        while True:
+            try:
+                v = health.read_text()
+            except FileNotFoundError:
+                v = None
+            if v != last:
+                seen.append((time.monotonic(), v))
+                last = v
+            await asyncio.sleep(0.002)
+
+    async def go():
+        pair = DaemonPair(tmp_path, own_sims)
+        path = tmp_path / "a.toml"
+        path.write_text(path.read_text() + '\n[ha]\nenabled = true\ntrack_file = "%s"\n' % health)
+        pair.a.cfg = cfgmod.load(path)
+        a = pair.a
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await pair.b.start()
+            await a.start()
+            await asyncio.sleep(0.05)
+            # its address (loopback) is here and keepalived has said nothing: unhealthy
+            assert health.read_text() == "1\n"
+            assert seen[0][1] == "1\n"
+            assert (await a.ctl("ha", state="backup"))["ok"]
+            assert health.read_text() == "0\n"            # written before the answer
+
+            a.sim_ctl("hang")                             # the board stops answering
+            await until(lambda: not a.daemon.pool.ready_boards(), 5, "a's board lost")
+            lost = time.monotonic()
+            await until(lambda: health.read_text() == "1\n", 2, "unhealthy written")
+            took = time.monotonic() - lost
+            assert 0.45 <= took <= 0.5 + 0.1, "unhealthy %.3f s after the loss (grace 0.5 s)" % took
+            st = (await a.ctl("ha"))["result"]
+            assert not st["healthy"] and st["reason"].startswith("no board ready")
+
+            a.sim_ctl("resume")
+            await until(lambda: a.daemon.pool.ready_boards(), 5, "a's board back")
+            back = time.monotonic()
+            await until(lambda: health.read_text() == "0\n", 1, "healthy written")
+            assert time.monotonic() - back < 0.05
+            assert sorted(p.name for p in health.parent.iterdir()) == ["ha-health"]
+            await asyncio.sleep(0.05)                     # the watcher's turn before the stop
+        finally:
+            await pair.stop()
+            await asyncio.sleep(0.02)
+            watcher.cancel()
+        assert health.read_text() == "1\n"                # stopped: not a router to make active
+        assert [v for _, v in seen] == ["1\n", "0\n", "1\n", "0\n", "1\n"], seen
+    asyncio.run(go())
+
+
+def test_an_unwritable_track_file_is_logged_and_tried_again(tmp_path, caplog):
+    """The file is keepalived's fast path; the track script still judges the router. A failed
+    write leaves no temporary file and is tried again on the next change."""
+    from host.ha_track_file import HealthFile
+    where = tmp_path / "gone"
+    hf = HealthFile(str(where / "ha-health"))
+    assert not hf.publish(False, "starting")
+    assert "cannot write the health keepalived tracks" in caplog.text
+    where.mkdir()
+    assert hf.publish(False, "starting") and (where / "ha-health").read_text() == "1\n"
+    assert not hf.publish(False, "again")                 # unchanged: not rewritten
+    assert hf.publish(True) and (where / "ha-health").read_text() == "0\n"
+    assert [p.name for p in where.iterdir()] == ["ha-health"] and hf.writes == 2

@@ -76,6 +76,10 @@ def test_install_venv_etc_and_a_unit_systemd_accepts(tmp_path, wheel):
                        text=True)
     m = re.search(r"Overall exposure level for ikeoffloadd.service: (\d+\.\d+)", r.stdout)
     assert m and float(m.group(1)) <= 3.0, r.stdout[-400:]
+    # keepalived starts after the daemon, whose runtime directory holds an HA pair's track file
+    dropin = configparser.ConfigParser(strict=False, interpolation=None)
+    dropin.read(tmp_path / "units" / "keepalived.service.d" / "ikeoffload.conf")
+    assert dropin["Unit"]["After"] == "ikeoffloadd.service"
     # the shipped unit names the default prefix; it is the same file apart from the paths
     shipped = configparser.ConfigParser(strict=False, interpolation=None)
     shipped.read(os.path.join(ROOT, "packaging", "ikeoffloadd.service"))

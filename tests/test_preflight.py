@@ -223,3 +223,22 @@ def test_the_metrics_endpoint_needs_its_port_and_prometheus_client(tmp_path, pty
     with pytest.raises(config.ConfigError, match=r"daemon.metrics: needs the prometheus_client package: pip install "
                        r"'ikeoffload\[metrics\]'"):
         preflight.check(cfg, tun=False)
+
+
+def test_the_ha_track_file_needs_its_directory(tmp_path, pty):
+    """keepalived drops a track file whose directory is missing: refused before anything starts."""
+    cfg, text = make_config(tmp_path, pty)
+    path = tmp_path / "ikeoffloadd.toml"
+    health = tmp_path / "ka" / "ha-health"
+    text += '\n[ha]\nenabled = true\ntrack_file = "%s"\n' % health
+    path.write_text(text)
+    cfg = config.load(str(path))
+    with pytest.raises(config.ConfigError) as e:
+        preflight.check(cfg, tun=False)
+    assert str(e.value).startswith("%s:%d: ha.track_file: %s: no such directory"
+                                   % (path, line(text, "track_file ="), health.parent)), str(e.value)
+    health.mkdir(parents=True)           # the path names a directory, not a file
+    with pytest.raises(config.ConfigError, match="ha.track_file: .* is a directory"):
+        preflight.check(cfg, tun=False)
+    health.rmdir()
+    preflight.check(cfg, tun=False).release()

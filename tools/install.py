@@ -13,7 +13,10 @@ Runs with Debian's own python3 (standard library only; python3-venv from apt):
    configuration holds PSKs: it and every file in private/ are made 0600.
 3. UNIT_DIR/ikeoffloadd.service is the packaged unit with ExecStart in PREFIX and the config in
    ETC; USB devices are allowed where an SPI adapter is configured. systemd-analyze checks it.
-4. `systemctl daemon-reload` when systemd runs; enabling the service is left to the owner.
+4. UNIT_DIR/keepalived.service.d/ikeoffload.conf orders keepalived after the daemon: an HA pair's
+   keepalived watches the daemon's track file in /run/ikeoffload (packaging/keepalived.conf), and
+   a track file whose directory does not exist when keepalived starts is dropped for good.
+5. `systemctl daemon-reload` when systemd runs; enabling the service is left to the owner.
 """
 import json
 import os
@@ -27,6 +30,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)             # run as a script by Debian's python3: firmware.cli from the checkout
 from firmware import cli  # noqa: E402  (standard library only)
 UNIT = "ikeoffloadd.service"
+KEEPALIVED_DROPIN = os.path.join("keepalived.service.d", "ikeoffload.conf")
+KEEPALIVED_ORDER = ("# installed by ikeoffload's tools/install.py: keepalived watches ikeoffloadd's HA track\n"
+                    "# file in /run/ikeoffload, which ikeoffloadd makes; keepalived must start after it\n"
+                    "[Unit]\nAfter=ikeoffloadd.service\n")
 CONFIG = "ikeoffloadd.toml"
 PKI_DIRS = {"x509": 0o755, "x509ca": 0o755, "x509crl": 0o755, "private": 0o700, "boards": 0o755}
 # what the packaged unit says, and what each becomes
@@ -178,6 +185,12 @@ def install(prefix, etc, unit_dir, wheel=None, spi=False, python="/usr/bin/pytho
         f.write(unit)
     os.chmod(unit_path, 0o644)
     say("%s: ExecStart=%s/bin/ikeoffloadd --config %s" % (unit_path, prefix, config))
+    dropin = os.path.join(unit_dir, KEEPALIVED_DROPIN)
+    os.makedirs(os.path.dirname(dropin), exist_ok=True)
+    with open(dropin, "w") as f:
+        f.write(KEEPALIVED_ORDER)
+    os.chmod(dropin, 0o644)
+    say("%s: keepalived starts after ikeoffloadd (an HA pair's track file)" % dropin)
     warnings = verify_unit(unit_path)
     if warnings:
         say("systemd-analyze verify:\n" + warnings)
