@@ -92,20 +92,23 @@ print('RES', time.ticks_diff(t1, t0) / %(n)d, len(b.sad), len(out))
 # linkhost.py's LinkHost is prepended: the host's half of the authenticated link).
 STEPS = """
 import gc, time
+from firmware.link import frame as fr
+# the test host's half runs on the board's heap too: it decodes and seals into buffers of its own,
+# made first (the heap fragments as the firmware is imported), so that its garbage does not fill
+# the heap the board's steps are timed on
+views = hasattr(fr.FrameDecoder, 'frames')
+if views:
+    hd = fr.FrameDecoder(4096, auth=True, views=True)
+    hraw, hwire = bytearray(4096), bytearray(fr.max_wire_len(4096) + 2)
 from firmware import esp
-from firmware.link import frame as fr, messages as m
+from firmware.link import messages as m
 KEY = bytes(range(32))
 def ip(n):
     return bytes((0x45, 0, n >> 8, n & 255, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 1, 10, 2, 0, 1)) + bytes(n - 20)
 b = esp.make_board({'board_id': 'x', 'max_frame': 4096, 'max_batch': 8, 'host_silence_ms': 0, 'link_key': KEY},
                    0, backend='cryptolib')
-views = hasattr(b, 'preallocate')
 if views:
     b.preallocate()             # as firmware/runloop.py does, before any SA is added
-    # the test host's half runs on the board's heap too: it decodes into buffers of its own, so
-    # that its garbage does not fill the heap the board's steps are timed on
-    hd = fr.FrameDecoder(4096, auth=True, views=True)
-    hraw, hwire = bytearray(4096), bytearray(fr.max_wire_len(4096) + 2)
 h = LinkHost(b, 0, KEY)
 assert h.call(m.HELLO, m.encode_hello_request(b'session1'))[0] == m.OK
 for d in (m.DIR_OUT, m.DIR_IN):

@@ -68,6 +68,7 @@ or above a hard limit a hard one, after which the SA answers P_EXPIRED until the
 it. Events are collected by pop_expiry() and sent by the board core.
 """
 import struct
+import sys
 
 from firmware import crypto
 from firmware.board import Board
@@ -1056,6 +1057,9 @@ def make_board(profile, now, reset_cause=m.RESET_POWER_ON, backend=None, random_
     """A board core running this ESP engine. The backend is `backend` (a name), else the
     profile's "crypto" key, else the best this runtime has (firmware/crypto/__init__.py)."""
     be = crypto.load(backend or (profile or {}).get("crypto"))
+    g = getattr(be, "gcm", None)
+    if g is not None and sys.implementation.name == "micropython":
+        g.reserve()         # GHASH's 8 KB tables, before the heap fragments
 
     def factory(spec):
         return new_sa(spec, be)
