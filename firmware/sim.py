@@ -205,9 +205,14 @@ class Simulator:
             self._read()                        # what arrived while the CPU was busy
         self._queue(self.board.tick(now_ms()))
         if self.costs and self.board.busy():
-            # One packet of the next data request. A reply it completes leaves when the CPU is done
-            # with it; the replies already done keep their place on the line meanwhile (the
-            # firmware writes each reply to its port as it completes).
+            self._work(t, free_at)
+
+    def _work(self, t, free_at):
+        """One packet of the next data request, after any units that cost no modelled CPU time (a
+        frame's reply is built in a unit of its own). A reply the packet completes leaves when the
+        CPU is done with it; the replies already done keep their place on the line meanwhile (the
+        firmware writes each reply to its port as it completes)."""
+        for _ in range(8):
             self._busy_s = 0.0
             done, self.board.data_out = self.board.data_out, []
             self._queue(self.board.work(now_ms(), 1))
@@ -220,9 +225,11 @@ class Simulator:
                 self.cpu_late_s += t - start
                 self.busy_until = start + self._busy_s
                 self._busy_out = made
-            else:
-                for small, wire in made:
-                    self.board.queue_data_reply(small, wire)
+                return
+            for small, wire in made:
+                self.board.queue_data_reply(small, wire)
+            if not self.board.busy():
+                return
 
     def timeout(self):
         """Seconds until on_tick() has work."""
