@@ -56,13 +56,13 @@ NOT_FAST = ["tests/interop", "tests/test_daemon.py", "tests/test_testbed_ping.py
             "tests/test_scale.py", "tests/test_routing.py", "tests/test_tun_routes.py",
             "tests/test_ha_failover.py"]
 # Branch coverage floors (percent) of the fast tests, per package and for the daemon's modules
-# one by one: the figure reached on 2026-12-03 (host 89.9, firmware 86.5; each file's in the
+# one by one: the figure reached on 2026-12-03 (host 90.0, firmware 88.4; each file's in the
 # comment) less one to three points for branches that depend on timing on a loaded machine.
 COVERAGE_FLOOR = {
-    "host": 88.5, "firmware": 85.5,
+    "host": 88.5, "firmware": 87.0,
     # daemon.py, control.py and control_views.py: the reload, the waiting ikeoffloadctl verbs, the
     # metrics and HA verbs are held by the daemon tests with charon (root), not by the fast ones
-    "host/daemon.py": 83.0,                 # 84.8
+    "host/daemon.py": 84.0,                 # 86.1
     "host/child_sas.py": 95.5,              # 97.8
     "host/board_loss.py": 85.0,             # 88.8: the sliced flush and the restart by room are
                                             # exercised by the scale tests (root), not here
