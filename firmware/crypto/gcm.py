@@ -25,6 +25,7 @@ code). IMPL says which runs.
 import struct
 from array import array
 
+from firmware import native_code
 from firmware.crypto.hmac256 import equal_at  # noqa: F401  (the tag check of pure.AesGcm)
 
 # Tables for this many keys' H: with the native builder (a board) one, since changing key costs
@@ -232,21 +233,17 @@ def select(name=None):
     the emulated board call it to force either."""
     global IMPL, _blocks, _fill, xor_into, _native
     IMPL, _blocks, _fill, xor_into = "python", _blocks_py, _fill_py, xor_py
-    if name == "python":
-        return IMPL
-    try:
-        from firmware.crypto import native as nat   # mpy-ok: boards with a native emitter only
-    except Exception:     # ImportError, SyntaxError (no native emitter), ValueError (.mpy arch)
-        if name == "native":
-            raise
-        return IMPL
-    if not _selftest(nat):
-        if name == "native":
-            raise ValueError("native GHASH/XOR disagree with the Python versions")
+    nat = native_code.choose(_load_native, _selftest, name, "GHASH/XOR")
+    if nat is None:
         return IMPL
     _native = nat
     IMPL, _blocks, _fill, xor_into = "native", _native_blocks, nat.fill_tables, nat.xor_into
     return IMPL
+
+
+def _load_native():
+    from firmware.crypto import native as nat   # mpy-ok: boards with a native emitter only
+    return nat
 
 
 def _selftest(nat):

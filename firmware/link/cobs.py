@@ -9,6 +9,7 @@ zero-filled plaintext took ~100x longer than one of random bytes. On a board wit
 emitter, firmware/link/native.viper does the same in a few cycles a byte (`select()`); the loops
 below run where neither is there (the wasm MicroPython).
 """
+from firmware import native_code
 
 
 class CobsError(ValueError):
@@ -159,22 +160,18 @@ def select(name=None):
     global IMPL, _native, encode, decode, encode_into, decode_into
     IMPL = "c" if C_SPEED else "python"
     encode, decode, encode_into, decode_into = _BASE
-    if name == "python":
-        return IMPL
-    try:
-        from firmware.link import native as nat   # mpy-ok: boards with a native emitter only
-    except Exception:     # ImportError, SyntaxError (no native emitter), ValueError (.mpy arch)
-        if name == "native":
-            raise
-        return IMPL
-    if not _selftest(nat):
-        if name == "native":
-            raise ValueError("native COBS disagrees with the Python version")
+    nat = native_code.choose(_load_native, _selftest, name, "COBS")
+    if nat is None:
         return IMPL
     _native = nat
     IMPL, encode, decode, encode_into, decode_into = (
         "native", _encode_native, _decode_native, _encode_native_into, _decode_native_into)
     return IMPL
+
+
+def _load_native():
+    from firmware.link import native as nat   # mpy-ok: boards with a native emitter only
+    return nat
 
 
 def _selftest(nat):
