@@ -213,6 +213,20 @@ def test_the_sim_stands_in_for_a_boards_transforms_link_and_cpu(profile):
         stop(p)
 
 
+def sim_clock(monkeypatch, t):
+    """The sim's clock (its `time.monotonic`), at `t` and moved by the test: `Clock.t += s`."""
+    from firmware import sim as simmod
+
+    class Clock:
+        @classmethod
+        def monotonic(cls):
+            return cls.t
+
+    Clock.t = t
+    monkeypatch.setattr(simmod, "time", Clock)
+    return Clock
+
+
 @pytest.mark.parametrize("step", [0.0005, 0.005])
 def test_a_cpu_bound_board_answers_each_frame_as_it_finishes_it(tmp_path, monkeypatch, step):
     """The CPU model (rp2040-pico-spi's, crypto-bound): four one-packet ENCRYPT frames queued at once
@@ -227,14 +241,7 @@ def test_a_cpu_bound_board_answers_each_frame_as_it_finishes_it(tmp_path, monkey
     from firmware.tests import espdata as d
     from firmware.tests.espdata import A1, A2, det, ipv4
 
-    class Clock:
-        t = 1000.0
-
-        @classmethod
-        def monotonic(cls):
-            return cls.t
-
-    monkeypatch.setattr(simmod, "time", Clock)
+    Clock = sim_clock(monkeypatch, 1000.0)
     # rp2040-pico-spi's link rate and CPU on the `sim` profile's board (its backend is CPython's:
     # a cryptolib board in this process would leave the sim's cryptolib behind for other tests)
     full = profiles.load("rp2040-pico-spi")
@@ -285,14 +292,7 @@ def test_the_line_pacer_gives_back_time_a_late_wake_up_took_but_never_bursts_fro
     since the last call even if this process wakes up 10 ms late; a line that was idle gets ~2 ms."""
     from firmware import sim as simmod
 
-    class Clock:
-        t = 50.0
-
-        @classmethod
-        def monotonic(cls):
-            return cls.t
-
-    monkeypatch.setattr(simmod, "time", Clock)
+    Clock = sim_clock(monkeypatch, 50.0)
     p = simmod.Pacer(92160)
     Clock.t += 1.0                                   # idle for a second
     assert p.allow(10_000) == p.burst == 184         # ~2 ms, not a second's worth
